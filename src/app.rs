@@ -1,0 +1,263 @@
+//! Wiring: from a validated [`Config`] to running listeners, and the `check` report.
+
+use crate::config::{split_host_port, Config, ServiceConfig};
+use crate::keys::{self, KeyStore, LoadedIdentity};
+use crate::smtp::pipeline::Outbound;
+use crate::smtp::server::{serve, SmtpService};
+use crate::smtp::session::SessionConfig;
+use crate::smtp::upstream::{Target, Upstream};
+use crate::tls;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Keys(#[from] keys::KeyError),
+    #[error("cannot listen on {addr} ({what}): {message}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        what: String,
+        message: String,
+    },
+}
+
+/// Everything loaded from the config that the services share.
+pub struct Loaded {
+    pub store: Arc<KeyStore>,
+    pub identities: Vec<Arc<LoadedIdentity>>,
+    pub client_tls: Arc<rustls::ClientConfig>,
+    pub server_tls: Arc<rustls::ServerConfig>,
+}
+
+pub fn load(config: &Config) -> Result<Loaded, AppError> {
+    let store = Arc::new(KeyStore::open(&config.key_dir())?);
+    let identities = config
+        .identities
+        .iter()
+        .map(|id| keys::load_identity(id).map(Arc::new))
+        .collect::<Result<Vec<_>, _>>()?;
+    let client_tls = tls::client_config(config.keys.extra_ca.as_deref())?;
+    let server_tls = tls::listener_config(config)?;
+    Ok(Loaded {
+        store,
+        identities,
+        client_tls,
+        server_tls,
+    })
+}
+
+/// The upstream of a service, as the SMTP client needs it.
+pub fn target(service: &ServiceConfig, loaded: &Loaded, config: &Config) -> Target {
+    let (host, port) = split_host_port(&service.upstream).expect("validated by Config::load");
+    Target {
+        host,
+        port,
+        security: service.upstream_security,
+        tls: loaded.client_tls.clone(),
+        timeout: config.limits.upstream_timeout(),
+        ehlo_name: hostname(),
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+        })
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// Binds every listener, serves until SIGTERM/SIGINT, then drains the sessions.
+pub async fn run(config: Config) -> Result<(), AppError> {
+    let loaded = load(&config)?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let acceptor = tokio_rustls::TlsAcceptor::from(loaded.server_tls.clone());
+    let outbound = Arc::new(Outbound {
+        store: loaded.store.clone(),
+        identities: loaded.identities.clone(),
+        policy: config.policy.clone(),
+    });
+    let mut tasks = Vec::new();
+    for account in &config.accounts {
+        if let Some(smtp) = &account.smtp {
+            let service = Arc::new(SmtpService {
+                account: account.name.clone(),
+                session: SessionConfig {
+                    hostname: hostname(),
+                    max_message_size: config.limits.max_message_size,
+                    max_line_length: config.limits.max_line_length,
+                    max_recipients: config.limits.max_recipients,
+                    starttls_available: true,
+                    plaintext_auth_ok: false,
+                },
+                target: target(smtp, &loaded, &config),
+                outbound: outbound.clone(),
+                acceptor: acceptor.clone(),
+                idle_timeout: config.limits.idle_timeout(),
+                max_connections: config.limits.max_connections,
+            });
+            for (addr, implicit) in [(smtp.listen, false), (smtp.listen_tls, true)] {
+                let Some(addr) = addr else { continue };
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| AppError::Listen {
+                        addr,
+                        what: format!("account {} smtp", account.name),
+                        message: e.to_string(),
+                    })?;
+                tracing::info!(account = %account.name, %addr, implicit_tls = implicit, upstream = %smtp.upstream, "SMTP listener ready");
+                tasks.push(tokio::spawn(serve(
+                    listener,
+                    implicit,
+                    service.clone(),
+                    stop_rx.clone(),
+                )));
+            }
+        }
+        if account.imap.is_some() {
+            tracing::warn!(account = %account.name, "the IMAP proxy is not available in this version; [account.imap] is ignored");
+        }
+    }
+    wait_for_signal().await;
+    tracing::info!("shutting down: no new connections, finishing transactions in flight");
+    let _ = stop_tx.send(true);
+    let drain = async {
+        for t in tasks {
+            let _ = t.await;
+        }
+    };
+    if tokio::time::timeout(config.limits.idle_timeout(), drain)
+        .await
+        .is_err()
+    {
+        tracing::warn!("some sessions did not finish in time; closing them");
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// One line of `sealpost check`.
+pub struct CheckLine {
+    pub ok: bool,
+    pub what: String,
+    pub detail: String,
+}
+
+/// Loads everything and connects to every upstream; never stops at the first failure
+/// so the report lists every problem at once.
+pub async fn check(config: &Config) -> Vec<CheckLine> {
+    let mut lines = vec![CheckLine {
+        ok: true,
+        what: "config".into(),
+        detail: format!("{} is valid", config.source.display()),
+    }];
+    let mut push =
+        |ok: bool, what: String, detail: String| lines.push(CheckLine { ok, what, detail });
+    let store = KeyStore::open(&config.key_dir());
+    match &store {
+        Ok(s) => match s.certs() {
+            Ok(c) => push(
+                true,
+                "key store".into(),
+                format!("{} holds {} certificate(s)", s.dir().display(), c.len()),
+            ),
+            Err(e) => push(false, "key store".into(), e.to_string()),
+        },
+        Err(e) => push(false, "key store".into(), e.to_string()),
+    }
+    for id in &config.identities {
+        match keys::load_identity(id) {
+            Ok(l) => push(
+                true,
+                format!("identity {}", id.address),
+                format!(
+                    "key {} unlocked (signing: {}, decryption subkeys: {})",
+                    l.cert.fingerprint().to_hex(),
+                    if l.signer.is_some() { "yes" } else { "no" },
+                    l.decryptors.len()
+                ),
+            ),
+            Err(e) => push(false, format!("identity {}", id.address), e.to_string()),
+        }
+    }
+    let server_tls = tls::listener_config(config);
+    match &server_tls {
+        Ok(_) => push(
+            true,
+            "listener certificate".into(),
+            match &config.tls {
+                Some(t) => format!("{} loaded", t.cert.display()),
+                None => format!("self-signed certificate in {}", config.state_dir.display()),
+            },
+        ),
+        Err(e) => push(false, "listener certificate".into(), e.to_string()),
+    }
+    let client_tls = match tls::client_config(config.keys.extra_ca.as_deref()) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            push(false, "upstream TLS roots".into(), e.to_string());
+            None
+        }
+    };
+    for account in &config.accounts {
+        if let Some(smtp) = &account.smtp {
+            for addr in [smtp.listen, smtp.listen_tls].into_iter().flatten() {
+                match std::net::TcpListener::bind(addr) {
+                    Ok(_) => push(true, format!("account {} smtp listen", account.name), format!("{addr} is free")),
+                    Err(e) => push(
+                        false,
+                        format!("account {} smtp listen", account.name),
+                        format!("cannot bind {addr}: {e} (is sealpost already running, or another server on that port?)"),
+                    ),
+                }
+            }
+            if let Some(client_tls) = &client_tls {
+                let (host, port) = split_host_port(&smtp.upstream).expect("validated");
+                let target = Target {
+                    host,
+                    port,
+                    security: smtp.upstream_security,
+                    tls: client_tls.clone(),
+                    timeout: config
+                        .limits
+                        .upstream_timeout()
+                        .min(std::time::Duration::from_secs(15)),
+                    ehlo_name: hostname(),
+                };
+                let what = format!("account {} smtp upstream", account.name);
+                match Upstream::connect(&target).await {
+                    Ok(up) => {
+                        up.quit().await;
+                        push(true, what, format!("{} answered over {:?}", smtp.upstream, smtp.upstream_security));
+                    }
+                    Err(e) => push(false, what, format!("{e}; check `upstream` and `upstream_security` (\"tls\" for port 465, \"starttls\" for 587), and extra_ca for a private CA")),
+                }
+            }
+        }
+        if account.imap.is_some() {
+            push(
+                true,
+                format!("account {} imap", account.name),
+                "ignored: the IMAP proxy is not available in this version".into(),
+            );
+        }
+    }
+    lines
+}

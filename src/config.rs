@@ -1,0 +1,526 @@
+//! The TOML configuration: schema, defaults and validation.
+//!
+//! Everything a running sealpost needs to know comes from one file. Unknown keys are
+//! refused (`deny_unknown_fields`) so that a typo never silently turns a setting off;
+//! relative paths are resolved against the folder of the config file so a config and its
+//! keys can move together.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Why a configuration could not be used. Every variant names the file and says what
+/// to change.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {key}: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+/// How sealpost reaches an upstream server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamSecurity {
+    /// Implicit TLS from the first byte (ports 465 and 993).
+    Tls,
+    /// Plain connection upgraded with STARTTLS before anything else is said.
+    Starttls,
+    /// No TLS at all: only accepted for an upstream on a loopback address.
+    Plain,
+}
+
+/// What to do for a recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyAction {
+    /// Encrypt when a key is found, otherwise send unchanged.
+    Opportunistic,
+    /// Encrypt, and refuse the message when no key is found.
+    Require,
+    /// Never encrypt.
+    Plain,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Folder for the generated listener certificate and caches.
+    pub state_dir: PathBuf,
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    #[serde(default, rename = "account")]
+    pub accounts: Vec<Account>,
+    #[serde(default, rename = "identity")]
+    pub identities: Vec<Identity>,
+    #[serde(default)]
+    pub keys: KeysConfig,
+    #[serde(default)]
+    pub policy: PolicyConfig,
+    #[serde(default)]
+    pub limits: Limits,
+    /// Where the config was read from; set by [`Config::load`].
+    #[serde(skip)]
+    pub source: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Account {
+    pub name: String,
+    #[serde(default)]
+    pub smtp: Option<ServiceConfig>,
+    #[serde(default)]
+    pub imap: Option<ServiceConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// Plain listener that offers STARTTLS.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// Implicit-TLS listener.
+    #[serde(default)]
+    pub listen_tls: Option<SocketAddr>,
+    /// `host:port` of the provider's server.
+    pub upstream: String,
+    pub upstream_security: UpstreamSecurity,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Identity {
+    pub address: String,
+    /// Login name at the provider when it differs from the address.
+    #[serde(default)]
+    pub login: Option<String>,
+    pub secret_key: PathBuf,
+    #[serde(default)]
+    pub passphrase_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysConfig {
+    /// Public key store (an openpgp-cert-d directory, shared with `sq`).
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// PEM file of CA certificates trusted besides the system's.
+    #[serde(default)]
+    pub extra_ca: Option<PathBuf>,
+}
+
+#[allow(clippy::derivable_impls)]
+impl Default for KeysConfig {
+    fn default() -> Self {
+        KeysConfig {
+            dir: None,
+            extra_ca: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    #[serde(default = "default_action")]
+    pub default: PolicyAction,
+    #[serde(default = "yes")]
+    pub sign: bool,
+    #[serde(default = "yes")]
+    pub protect_headers: bool,
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<PolicyRule>,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            default: default_action(),
+            sign: true,
+            protect_headers: true,
+            rules: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyRule {
+    /// An address, or a glob where `*` matches any run of characters.
+    pub recipient: String,
+    pub action: PolicyAction,
+}
+
+/// Bounds on everything a client can make sealpost hold.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Largest message accepted, in bytes (advertised with EHLO SIZE).
+    #[serde(default = "default_max_message_size")]
+    pub max_message_size: usize,
+    /// Longest command or message line, in bytes, CRLF included.
+    #[serde(default = "default_max_line_length")]
+    pub max_line_length: usize,
+    /// Most envelope recipients in one message.
+    #[serde(default = "default_max_recipients")]
+    pub max_recipients: usize,
+    /// Seconds a client may stay silent before the connection is closed.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_secs: u64,
+    /// Seconds allowed for connecting to and each reply from upstream.
+    #[serde(default = "default_upstream_timeout")]
+    pub upstream_timeout_secs: u64,
+    /// Most client connections served at once, per listener.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_size: default_max_message_size(),
+            max_line_length: default_max_line_length(),
+            max_recipients: default_max_recipients(),
+            idle_timeout_secs: default_idle_timeout(),
+            upstream_timeout_secs: default_upstream_timeout(),
+            max_connections: default_max_connections(),
+        }
+    }
+}
+
+impl Limits {
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
+    }
+    pub fn upstream_timeout(&self) -> Duration {
+        Duration::from_secs(self.upstream_timeout_secs)
+    }
+}
+
+fn default_action() -> PolicyAction {
+    PolicyAction::Opportunistic
+}
+fn yes() -> bool {
+    true
+}
+fn default_max_message_size() -> usize {
+    50 * 1024 * 1024
+}
+fn default_max_line_length() -> usize {
+    // RFC 5321 §4.5.3.1.6 asks for at least 1000 octets per text line; extensions and
+    // long AUTH responses need more, so give generous room while staying bounded.
+    16 * 1024
+}
+fn default_max_recipients() -> usize {
+    100
+}
+fn default_idle_timeout() -> u64 {
+    // RFC 5321 §4.5.3.2.7 suggests a server timeout of at least 5 minutes.
+    300
+}
+fn default_upstream_timeout() -> u64 {
+    60
+}
+fn default_max_connections() -> usize {
+    256
+}
+
+impl Config {
+    /// Reads, parses, resolves and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses config text as if read from `path` (used for relative paths and messages).
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: describe_toml_error(text, &e),
+        })?;
+        config.source = path.to_path_buf();
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        config.resolve_paths(&base);
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.state_dir);
+        if let Some(tls) = &mut self.tls {
+            fix(&mut tls.cert);
+            fix(&mut tls.key);
+        }
+        for id in &mut self.identities {
+            fix(&mut id.secret_key);
+            if let Some(p) = &mut id.passphrase_file {
+                fix(p);
+            }
+        }
+        if let Some(p) = &mut self.keys.dir {
+            fix(p);
+        }
+        if let Some(p) = &mut self.keys.extra_ca {
+            fix(p);
+        }
+    }
+
+    fn invalid(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.source.clone(),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.accounts.is_empty() {
+            return Err(self.invalid(
+                "account",
+                "no [[account]] is configured; add one with an [account.smtp] section",
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, account) in self.accounts.iter().enumerate() {
+            let at = format!("account[{i}]");
+            if account.name.trim().is_empty() {
+                return Err(self.invalid(format!("{at}.name"), "must not be empty"));
+            }
+            if !names.insert(account.name.as_str()) {
+                return Err(self.invalid(
+                    format!("{at}.name"),
+                    format!("the name {:?} is used by two accounts", account.name),
+                ));
+            }
+            if account.smtp.is_none() && account.imap.is_none() {
+                return Err(self.invalid(
+                    at.clone(),
+                    "needs an [account.smtp] or [account.imap] section",
+                ));
+            }
+            for (kind, service) in [("smtp", &account.smtp), ("imap", &account.imap)] {
+                let Some(service) = service else { continue };
+                let key = format!("{at}.{kind}");
+                if service.listen.is_none() && service.listen_tls.is_none() {
+                    return Err(self.invalid(
+                        key,
+                        "needs `listen` (STARTTLS) or `listen_tls` (implicit TLS), e.g. listen = \"127.0.0.1:1587\"",
+                    ));
+                }
+                let (host, _port) = split_host_port(&service.upstream)
+                    .map_err(|m| self.invalid(format!("{key}.upstream"), m))?;
+                if service.upstream_security == UpstreamSecurity::Plain && !is_loopback_host(&host)
+                {
+                    return Err(self.invalid(
+                        format!("{key}.upstream_security"),
+                        format!(
+                            "\"plain\" is only allowed for an upstream on a loopback address, not {host:?}; use \"tls\" or \"starttls\""
+                        ),
+                    ));
+                }
+            }
+        }
+        for (i, id) in self.identities.iter().enumerate() {
+            if !looks_like_address(&id.address) {
+                return Err(self.invalid(
+                    format!("identity[{i}].address"),
+                    format!("{:?} is not an email address", id.address),
+                ));
+            }
+        }
+        for (i, rule) in self.policy.rules.iter().enumerate() {
+            if rule.recipient.trim().is_empty() {
+                return Err(self.invalid(
+                    format!("policy.rule[{i}].recipient"),
+                    "must be an address or a glob such as \"*@example.org\"",
+                ));
+            }
+        }
+        let l = &self.limits;
+        if l.max_line_length < 1000 {
+            return Err(self.invalid(
+                "limits.max_line_length",
+                "must be at least 1000 (RFC 5321 §4.5.3.1.6)",
+            ));
+        }
+        if l.max_message_size < 1024 {
+            return Err(self.invalid("limits.max_message_size", "must be at least 1024"));
+        }
+        if l.max_recipients == 0 || l.max_connections == 0 {
+            return Err(self.invalid(
+                "limits",
+                "max_recipients and max_connections must be at least 1",
+            ));
+        }
+        if l.idle_timeout_secs == 0 || l.upstream_timeout_secs == 0 {
+            return Err(self.invalid(
+                "limits",
+                "idle_timeout_secs and upstream_timeout_secs must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The public key store folder (default: `state_dir/keys`).
+    pub fn key_dir(&self) -> PathBuf {
+        self.keys
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("keys"))
+    }
+}
+
+/// Splits `host:port` (or `[v6]:port`) and checks both parts.
+pub fn split_host_port(s: &str) -> Result<(String, u16), String> {
+    let err = || format!("{s:?} must be host:port, e.g. \"smtp.example.com:465\"");
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (h, p) = rest.split_once("]:").ok_or_else(err)?;
+        (h.to_string(), p)
+    } else {
+        let (h, p) = s.rsplit_once(':').ok_or_else(err)?;
+        (h.to_string(), p)
+    };
+    if host.is_empty() {
+        return Err(err());
+    }
+    let port: u16 = port.parse().map_err(|_| err())?;
+    if port == 0 {
+        return Err(err());
+    }
+    Ok((host, port))
+}
+
+/// True for `localhost` and addresses in 127.0.0.0/8 or ::1.
+pub fn is_loopback_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .map(|ip| ip.is_loopback())
+            .unwrap_or(false)
+}
+
+fn looks_like_address(s: &str) -> bool {
+    match s.rsplit_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty() && !domain.is_empty() && !s.contains(char::is_whitespace)
+        }
+        None => false,
+    }
+}
+
+/// Turns a toml error into "line N: message", which is what a person needs to fix it.
+fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().to_string();
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            let snippet = text.lines().nth(line - 1).unwrap_or("").trim();
+            format!("line {line}: {message} (at `{snippet}`)")
+        }
+        None => message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+state_dir = "state"
+[[account]]
+name = "example"
+[account.smtp]
+listen = "127.0.0.1:1587"
+upstream = "smtp.example.com:465"
+upstream_security = "tls"
+"#;
+
+    #[test]
+    fn minimal_config_gets_defaults_and_resolved_paths() {
+        let c = Config::parse(MINIMAL, Path::new("/etc/sealpost/sealpost.toml")).unwrap();
+        assert_eq!(c.state_dir, PathBuf::from("/etc/sealpost/state"));
+        assert_eq!(c.key_dir(), PathBuf::from("/etc/sealpost/state/keys"));
+        assert_eq!(c.policy.default, PolicyAction::Opportunistic);
+        assert!(c.policy.sign && c.policy.protect_headers);
+        assert_eq!(c.limits.max_message_size, 50 * 1024 * 1024);
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let text = MINIMAL.replace("upstream_security", "upstream_securty");
+        let err = Config::parse(&text, Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("x.toml"), "{err}");
+        assert!(err.contains("upstream_securty"), "{err}");
+        assert!(err.contains("line 8"), "{err}");
+    }
+
+    #[test]
+    fn plain_upstream_only_on_loopback() {
+        let text = MINIMAL.replace("\"tls\"", "\"plain\"");
+        let err = Config::parse(&text, Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("upstream_security"), "{err}");
+        let text = text.replace("smtp.example.com", "127.0.0.1");
+        Config::parse(&text, Path::new("x.toml")).unwrap();
+    }
+
+    #[test]
+    fn bad_values_are_explained() {
+        let text = MINIMAL.replace("\"tls\"", "\"ssl\"");
+        let err = Config::parse(&text, Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tls") && err.contains("starttls"), "{err}");
+        let text = MINIMAL.replace("smtp.example.com:465", "smtp.example.com");
+        let err = Config::parse(&text, Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("host:port"), "{err}");
+    }
+
+    #[test]
+    fn host_port_forms() {
+        assert_eq!(
+            split_host_port("[::1]:25").unwrap(),
+            ("::1".to_string(), 25)
+        );
+        assert!(split_host_port("a:0").is_err());
+        assert!(is_loopback_host("127.0.0.2"));
+        assert!(is_loopback_host("::1"));
+        assert!(!is_loopback_host("10.0.0.1"));
+    }
+}

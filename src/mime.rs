@@ -1,0 +1,141 @@
+//! Byte-exact handling of RFC 5322 header sections.
+//!
+//! PGP/MIME needs to move header fields between the outer message and the encrypted
+//! inner entity without re-encoding them, so fields are kept as the raw bytes the
+//! client sent (folding included) and only their names are interpreted.
+
+/// Splits a message into its header section (including the final line break of the
+/// last field) and its body (after the empty line). A message without an empty line
+/// is all header (RFC 5322 §3.5 allows a missing body).
+pub fn split_message(raw: &[u8]) -> (&[u8], &[u8]) {
+    let mut i = 0;
+    // An empty first line means an empty header section.
+    if raw.starts_with(b"\r\n") {
+        return (&raw[..0], &raw[2..]);
+    }
+    if raw.starts_with(b"\n") {
+        return (&raw[..0], &raw[1..]);
+    }
+    while let Some(pos) = raw[i..].iter().position(|&b| b == b'\n') {
+        let line_end = i + pos + 1;
+        let rest = &raw[line_end..];
+        if rest.starts_with(b"\r\n") {
+            return (&raw[..line_end], &raw[line_end + 2..]);
+        }
+        if rest.starts_with(b"\n") {
+            return (&raw[..line_end], &raw[line_end + 1..]);
+        }
+        i = line_end;
+    }
+    (raw, &raw[raw.len()..])
+}
+
+/// One header field: its name and the raw bytes of the whole field, from the first
+/// character of the name to the line break that ends its last continuation line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Field<'a> {
+    pub name: &'a str,
+    pub raw: &'a [u8],
+}
+
+impl Field<'_> {
+    /// True when the field is named `name` (case-insensitive, RFC 5322 §1.2.2).
+    pub fn is(&self, name: &str) -> bool {
+        self.name.eq_ignore_ascii_case(name)
+    }
+
+    /// The unfolded value, trimmed; non-UTF-8 bytes are replaced.
+    pub fn value(&self) -> String {
+        let colon = self.raw.iter().position(|&b| b == b':').unwrap_or(0);
+        let v = String::from_utf8_lossy(&self.raw[colon + 1..]);
+        v.replace("\r\n", "").replace('\n', "").trim().to_string()
+    }
+}
+
+/// Splits a header section into fields. Lines that are not fields (no colon, or
+/// garbage before the first field) are attached to the preceding field or, when there
+/// is none, returned as a nameless field so that nothing is lost.
+pub fn fields(header: &[u8]) -> Vec<Field<'_>> {
+    let mut out: Vec<Field<'_>> = Vec::new();
+    let mut start = 0;
+    let mut i = 0;
+    let n = header.len();
+    while i < n {
+        let line_end = header[i..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map(|p| i + p + 1)
+            .unwrap_or(n);
+        let next_is_continuation = line_end < n && matches!(header[line_end], b' ' | b'\t');
+        if !next_is_continuation {
+            let raw = &header[start..line_end];
+            let name = raw
+                .iter()
+                .position(|&b| b == b':')
+                .and_then(|c| std::str::from_utf8(&raw[..c]).ok())
+                .filter(|s| !s.is_empty() && s.bytes().all(|b| (33..=126).contains(&b)))
+                .unwrap_or("");
+            out.push(Field { name, raw });
+            start = line_end;
+        }
+        i = line_end;
+    }
+    out
+}
+
+/// Copies `raw` with every bare LF turned into CRLF (RFC 5322 §2.3 line endings).
+pub fn to_crlf(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len() + raw.len() / 32);
+    let mut prev = 0u8;
+    for &b in raw {
+        if b == b'\n' && prev != b'\r' {
+            out.push(b'\r');
+        }
+        out.push(b);
+        prev = b;
+    }
+    out
+}
+
+/// Appends `raw` to `out`, making sure it ends with CRLF.
+pub fn push_line(out: &mut Vec<u8>, raw: &[u8]) {
+    out.extend_from_slice(raw);
+    if !raw.ends_with(b"\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_header_and_body() {
+        let m = b"A: 1\r\nB: 2\r\n\r\nbody\r\n";
+        let (h, b) = split_message(m);
+        assert_eq!(h, b"A: 1\r\nB: 2\r\n");
+        assert_eq!(b, b"body\r\n");
+        let (h, b) = split_message(b"A: 1\n\nx");
+        assert_eq!((h, b), (&b"A: 1\n"[..], &b"x"[..]));
+        let (h, b) = split_message(b"A: 1\r\n");
+        assert_eq!((h, b), (&b"A: 1\r\n"[..], &b""[..]));
+    }
+
+    #[test]
+    fn keeps_folded_fields_whole() {
+        let h = b"Subject: a\r\n  b\r\nTo: x@y\r\n";
+        let f = fields(h);
+        assert_eq!(f.len(), 2);
+        assert!(f[0].is("subject"));
+        assert_eq!(f[0].raw, b"Subject: a\r\n  b\r\n");
+        assert_eq!(f[0].value(), "a  b");
+        assert_eq!(f[1].value(), "x@y");
+        let joined: Vec<u8> = f.iter().flat_map(|f| f.raw.to_vec()).collect();
+        assert_eq!(joined, h);
+    }
+
+    #[test]
+    fn crlf_normalisation() {
+        assert_eq!(to_crlf(b"a\nb\r\nc"), b"a\r\nb\r\nc");
+    }
+}

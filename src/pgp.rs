@@ -1,0 +1,265 @@
+//! OpenPGP for mail: recognising encrypted messages and building PGP/MIME.
+//!
+//! Outgoing messages are wrapped as RFC 3156 §4 `multipart/encrypted`. The original
+//! MIME entity (its Content-* fields and body) becomes the encrypted payload, signed
+//! inside the encryption (RFC 3156 §6.2, combined method). With header protection
+//! (RFC 9788, `protected-headers="v1"`) the inner entity also carries the visible
+//! header fields and the outer Subject is replaced so the provider does not see it.
+
+use crate::mime;
+use openpgp::cert::Cert;
+use openpgp::crypto::KeyPair;
+use openpgp::serialize::stream::{Armorer, Encryptor, LiteralWriter, Message, Recipient, Signer};
+use sequoia_openpgp as openpgp;
+use std::io::Write;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PgpError {
+    #[error("no usable encryption key among the recipients' certificates")]
+    NoRecipients,
+    #[error("OpenPGP encryption failed: {0}")]
+    Encrypt(String),
+}
+
+/// Fields that RFC 9788 header protection copies into the encrypted part.
+pub const PROTECTED_FIELDS: &[&str] = &[
+    "Subject",
+    "From",
+    "To",
+    "Cc",
+    "Date",
+    "Message-ID",
+    "Reply-To",
+];
+
+/// The Subject shown outside an encrypted message with protected headers.
+pub const HIDDEN_SUBJECT: &str = "...";
+
+const ARMOR_BEGIN: &[u8] = b"-----BEGIN PGP MESSAGE-----";
+
+/// Is the message already OpenPGP-encrypted (PGP/MIME, or inline PGP in a single
+/// text part)? Such mail is relayed unchanged.
+pub fn is_encrypted(raw: &[u8]) -> bool {
+    let (header, body) = mime::split_message(raw);
+    let content_type = mime::fields(header)
+        .into_iter()
+        .find(|f| f.is("Content-Type"))
+        .map(|f| f.value().to_ascii_lowercase());
+    match content_type {
+        Some(ct) if ct.starts_with("multipart/encrypted") => {
+            ct.contains("application/pgp-encrypted")
+        }
+        Some(ct) if !ct.starts_with("text/plain") => false,
+        _ => body
+            .split(|&b| b == b'\n')
+            .any(|line| line.trim_ascii_start().starts_with(ARMOR_BEGIN)),
+    }
+}
+
+/// What to encrypt and for whom.
+pub struct EncryptRequest<'a> {
+    /// The message as submitted (header and body).
+    pub raw: &'a [u8],
+    /// Certificates to encrypt to (recipients and the sender's own).
+    pub recipients: &'a [Cert],
+    /// Signs the inner entity when present.
+    pub signer: Option<&'a KeyPair>,
+    /// RFC 9788 header protection.
+    pub protect_headers: bool,
+    /// MIME boundary for the outer message (random in production).
+    pub boundary: &'a str,
+}
+
+/// Builds the PGP/MIME message. Fields named in `drop_fields` (e.g. Bcc) are removed
+/// from both the outer header and the protected copy.
+pub fn encrypt_message(
+    req: &EncryptRequest<'_>,
+    drop_fields: &[&str],
+) -> Result<Vec<u8>, PgpError> {
+    let raw = mime::to_crlf(req.raw);
+    let (header, body) = mime::split_message(&raw);
+    let fields: Vec<_> = mime::fields(header)
+        .into_iter()
+        .filter(|f| !drop_fields.iter().any(|d| f.is(d)))
+        .collect();
+    let is_content =
+        |f: &mime::Field<'_>| f.name.len() >= 8 && f.name[..8].eq_ignore_ascii_case("Content-");
+
+    // The inner entity: the original Content-* fields, then (with protection) the
+    // protected header fields, then the original body.
+    let mut inner = Vec::with_capacity(raw.len() + 512);
+    let mut has_content_type = false;
+    for f in fields.iter().filter(|f| is_content(f)) {
+        if f.is("Content-Type") {
+            has_content_type = true;
+            if req.protect_headers {
+                let line = f.raw.strip_suffix(b"\r\n").unwrap_or(f.raw);
+                inner.extend_from_slice(line);
+                inner.extend_from_slice(b"; protected-headers=\"v1\"\r\n");
+                continue;
+            }
+        }
+        mime::push_line(&mut inner, f.raw);
+    }
+    if !has_content_type {
+        // RFC 2045 §5.2 default, stated explicitly so the inner entity stands alone.
+        let charset = if body.is_ascii() { "us-ascii" } else { "utf-8" };
+        inner.extend_from_slice(format!("Content-Type: text/plain; charset={charset}").as_bytes());
+        if req.protect_headers {
+            inner.extend_from_slice(b"; protected-headers=\"v1\"");
+        }
+        inner.extend_from_slice(b"\r\n");
+    }
+    if req.protect_headers {
+        for f in fields
+            .iter()
+            .filter(|f| PROTECTED_FIELDS.iter().any(|p| f.is(p)))
+        {
+            mime::push_line(&mut inner, f.raw);
+        }
+    }
+    inner.extend_from_slice(b"\r\n");
+    inner.extend_from_slice(body);
+
+    let ciphertext = encrypt_bytes(&inner, req.recipients, req.signer)?;
+
+    // The outer message: every non-MIME field, Subject hidden when protected.
+    let mut out = Vec::with_capacity(ciphertext.len() + header.len() + 512);
+    for f in &fields {
+        if is_content(f) || f.is("MIME-Version") {
+            continue;
+        }
+        if req.protect_headers && f.is("Subject") {
+            out.extend_from_slice(format!("Subject: {HIDDEN_SUBJECT}\r\n").as_bytes());
+            continue;
+        }
+        mime::push_line(&mut out, f.raw);
+    }
+    let b = req.boundary;
+    out.extend_from_slice(
+        format!(
+            "MIME-Version: 1.0\r\n\
+             Content-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\";\r\n \
+             boundary=\"{b}\"\r\n\
+             \r\n\
+             This is an OpenPGP/MIME encrypted message (RFC 4880 and 3156)\r\n\
+             --{b}\r\n\
+             Content-Type: application/pgp-encrypted\r\n\
+             Content-Description: PGP/MIME version identification\r\n\
+             \r\n\
+             Version: 1\r\n\
+             \r\n\
+             --{b}\r\n\
+             Content-Type: application/octet-stream; name=\"encrypted.asc\"\r\n\
+             Content-Description: OpenPGP encrypted message\r\n\
+             Content-Disposition: inline; filename=\"encrypted.asc\"\r\n\
+             \r\n"
+        )
+        .as_bytes(),
+    );
+    out.extend_from_slice(&mime::to_crlf(&ciphertext));
+    if !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(format!("\r\n--{b}--\r\n").as_bytes());
+    Ok(out)
+}
+
+/// Encrypts (and signs, inside the encryption) `plaintext` as an ASCII-armored
+/// OpenPGP message for every usable encryption subkey of `recipients`.
+pub fn encrypt_bytes(
+    plaintext: &[u8],
+    recipients: &[Cert],
+    signer: Option<&KeyPair>,
+) -> Result<Vec<u8>, PgpError> {
+    let policy = &crate::keys::POLICY;
+    let valid: Vec<_> = recipients
+        .iter()
+        .filter_map(|c| c.with_policy(policy, None).ok())
+        .collect();
+    let keys: Vec<Recipient<'_>> = valid
+        .iter()
+        .flat_map(|vc| crate::keys::encryption_keys(vc).map(Recipient::from))
+        .collect();
+    if keys.is_empty() {
+        return Err(PgpError::NoRecipients);
+    }
+    let e = |e: anyhow::Error| PgpError::Encrypt(e.to_string());
+    let mut sink = Vec::with_capacity(plaintext.len() * 4 / 3 + 1024);
+    {
+        let message = Message::new(&mut sink);
+        let message = Armorer::new(message).build().map_err(e)?;
+        let message = Encryptor::for_recipients(message, keys)
+            .build()
+            .map_err(e)?;
+        let message = match signer {
+            Some(kp) => Signer::new(message, kp.clone())
+                .map_err(e)?
+                .build()
+                .map_err(e)?,
+            None => message,
+        };
+        let mut message = LiteralWriter::new(message).build().map_err(e)?;
+        message
+            .write_all(plaintext)
+            .map_err(|err| PgpError::Encrypt(err.to_string()))?;
+        message.finalize().map_err(e)?;
+    }
+    Ok(sink)
+}
+
+/// A random MIME boundary that cannot occur in base64 or armored text.
+pub fn random_boundary() -> String {
+    use rand::Rng;
+    let n: u128 = rand::rng().random();
+    format!("=_sealpost_{n:032x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::tests::make_cert;
+
+    #[test]
+    fn recognises_encrypted_mail() {
+        assert!(is_encrypted(
+            b"Content-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; boundary=x\r\n\r\n--x--\r\n"
+        ));
+        assert!(is_encrypted(
+            b"Subject: hi\r\n\r\n-----BEGIN PGP MESSAGE-----\r\n\r\nabc\r\n-----END PGP MESSAGE-----\r\n"
+        ));
+        assert!(!is_encrypted(b"Subject: hi\r\n\r\nhello\r\n"));
+        assert!(!is_encrypted(
+            b"Content-Type: multipart/mixed; boundary=x\r\n\r\n-----BEGIN PGP MESSAGE-----\r\n"
+        ));
+        assert!(!is_encrypted(
+            b"Content-Type: multipart/encrypted; protocol=\"application/pkcs7-mime\"\r\n\r\n"
+        ));
+    }
+
+    #[test]
+    fn builds_pgp_mime_with_protected_headers() {
+        let bob = make_cert("bob@example.org");
+        let msg = b"From: a@example.com\r\nTo: bob@example.org\r\nBcc: secret@example.net\r\nSubject: Secret plans\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nHello\r\n";
+        let out = encrypt_message(
+            &EncryptRequest {
+                raw: msg,
+                recipients: std::slice::from_ref(&bob),
+                signer: None,
+                protect_headers: true,
+                boundary: "BOUND",
+            },
+            &["Bcc"],
+        )
+        .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("Subject: ...\r\n"), "{text}");
+        assert!(!text.contains("Secret plans"));
+        assert!(!text.contains("secret@example.net"));
+        assert!(text.contains("To: bob@example.org\r\n"));
+        assert!(text.contains("protocol=\"application/pgp-encrypted\""));
+        assert!(text.contains("-----BEGIN PGP MESSAGE-----"));
+        assert!(text.ends_with("\r\n--BOUND--\r\n"));
+        assert!(is_encrypted(text.as_bytes()));
+    }
+}

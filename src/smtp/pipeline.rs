@@ -1,0 +1,271 @@
+//! The outbound pipeline: from one submitted message to the copies that leave.
+//!
+//! Per recipient the policy decides (encrypt / plain / refuse). Recipients named in
+//! To or Cc share one encrypted copy; every other envelope recipient (a Bcc) gets a
+//! copy of their own, encrypted to them and the sender only, so that no copy reveals a
+//! Bcc recipient, neither in a header nor in its encryption-key list. The sender's own
+//! key is always added so the Sent copy stays readable. Under `require`, a recipient
+//! without a key refuses the whole message and nothing leaves.
+
+use super::session::Envelope;
+use super::Reply;
+use crate::config::PolicyConfig;
+use crate::keys::{normalize_address, KeyStore, LoadedIdentity};
+use crate::policy::{self, Decision};
+use crate::{mime, pgp};
+use sequoia_openpgp::Cert;
+use std::collections::HashSet;
+use std::sync::Arc;
+
+/// One message to relay upstream.
+#[derive(Debug, Clone)]
+pub struct OutgoingCopy {
+    pub rcpts: Vec<String>,
+    pub message: Vec<u8>,
+    pub encrypted: bool,
+}
+
+/// Everything the pipeline needs, shared by all sessions.
+pub struct Outbound {
+    pub store: Arc<KeyStore>,
+    pub identities: Vec<Arc<LoadedIdentity>>,
+    pub policy: PolicyConfig,
+}
+
+impl Outbound {
+    /// The identity that sends this message: by envelope sender, else by From.
+    fn identity(&self, env: &Envelope, from_header: Option<&str>) -> Option<&LoadedIdentity> {
+        let candidates = [Some(env.from.as_str()), from_header];
+        candidates.iter().flatten().find_map(|addr| {
+            let a = normalize_address(addr);
+            self.identities
+                .iter()
+                .find(|i| normalize_address(&i.address) == a)
+                .map(|i| i.as_ref())
+        })
+    }
+
+    /// Decides what leaves for `env` and `raw`. `Err` is the reply that refuses the
+    /// message (nothing is relayed then).
+    pub fn plan(&self, env: &Envelope, raw: &[u8]) -> Result<Vec<OutgoingCopy>, Reply> {
+        if pgp::is_encrypted(raw) {
+            // Already end-to-end encrypted by the client: relay as it is.
+            return Ok(vec![OutgoingCopy {
+                rcpts: env.rcpts.clone(),
+                message: raw.to_vec(),
+                encrypted: true,
+            }]);
+        }
+        let (header, _) = mime::split_message(raw);
+        let parsed = mail_parser::MessageParser::default().parse_headers(header);
+        let list = |a: Option<&mail_parser::Address<'_>>| -> Vec<String> {
+            a.map(|a| {
+                a.iter()
+                    .filter_map(|x| x.address())
+                    .map(normalize_address)
+                    .collect()
+            })
+            .unwrap_or_default()
+        };
+        let (visible, from_header): (HashSet<String>, Option<String>) = match &parsed {
+            Some(m) => (
+                list(m.to()).into_iter().chain(list(m.cc())).collect(),
+                list(m.from()).into_iter().next(),
+            ),
+            None => (HashSet::new(), None),
+        };
+        let identity = self.identity(env, from_header.as_deref());
+
+        // Decide per recipient.
+        let mut refused = Vec::new();
+        let mut plain = Vec::new();
+        let mut shared: Vec<(String, Vec<Cert>)> = Vec::new();
+        let mut separate: Vec<(String, Vec<Cert>)> = Vec::new();
+        for rcpt in &env.rcpts {
+            let action = policy::action_for(&self.policy, rcpt);
+            let certs = if action == crate::config::PolicyAction::Plain {
+                Vec::new()
+            } else {
+                self.store.lookup(rcpt).unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "key store lookup failed; treating as no key");
+                    Vec::new()
+                })
+            };
+            match policy::decide(action, !certs.is_empty()) {
+                Decision::Refuse => refused.push(rcpt.clone()),
+                Decision::SendPlain => plain.push(rcpt.clone()),
+                Decision::Encrypt if visible.contains(&normalize_address(rcpt)) => {
+                    shared.push((rcpt.clone(), certs))
+                }
+                Decision::Encrypt => separate.push((rcpt.clone(), certs)),
+            }
+        }
+        if !refused.is_empty() {
+            return Err(Reply::new(
+                550,
+                format!(
+                    "5.7.1 No OpenPGP key for {}; policy requires encryption, nothing was sent",
+                    refused.join(", ")
+                ),
+            ));
+        }
+
+        let own: Vec<Cert> = match identity {
+            Some(id) => vec![id.cert.clone()],
+            None => self.store.lookup(&env.from).unwrap_or_default(),
+        };
+        let signer = identity
+            .filter(|_| self.policy.sign)
+            .and_then(|id| id.signer.as_ref());
+        let encrypt = |group: &[(String, Vec<Cert>)]| -> Result<OutgoingCopy, Reply> {
+            let mut certs: Vec<Cert> = group.iter().flat_map(|(_, c)| c.clone()).collect();
+            certs.extend(own.iter().cloned());
+            let boundary = pgp::random_boundary();
+            let message = pgp::encrypt_message(
+                &pgp::EncryptRequest {
+                    raw,
+                    recipients: &certs,
+                    signer,
+                    protect_headers: self.policy.protect_headers,
+                    boundary: &boundary,
+                },
+                &["Bcc"],
+            )
+            .map_err(|e| {
+                tracing::error!(error = %e, "encryption failed");
+                Reply::new(451, "4.7.0 Encryption failed; the message was not sent")
+            })?;
+            Ok(OutgoingCopy {
+                rcpts: group.iter().map(|(r, _)| r.clone()).collect(),
+                message,
+                encrypted: true,
+            })
+        };
+
+        let mut copies = Vec::new();
+        if !shared.is_empty() {
+            copies.push(encrypt(&shared)?);
+        }
+        for one in &separate {
+            copies.push(encrypt(std::slice::from_ref(one))?);
+        }
+        if !plain.is_empty() {
+            copies.push(OutgoingCopy {
+                rcpts: plain,
+                message: without_fields(raw, &["Bcc"]),
+                encrypted: false,
+            });
+        }
+        Ok(copies)
+    }
+}
+
+/// The message with the named header fields removed, everything else byte for byte.
+pub fn without_fields(raw: &[u8], names: &[&str]) -> Vec<u8> {
+    let (header, body) = mime::split_message(raw);
+    let fields = mime::fields(header);
+    if !fields.iter().any(|f| names.iter().any(|n| f.is(n))) {
+        return raw.to_vec();
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    for f in fields.iter().filter(|f| !names.iter().any(|n| f.is(n))) {
+        out.extend_from_slice(f.raw);
+    }
+    // Restore the separator exactly as it was.
+    out.extend_from_slice(&raw[header.len()..raw.len() - body.len()]);
+    out.extend_from_slice(body);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{PolicyAction, PolicyRule};
+    use crate::keys::tests::make_cert;
+    use sequoia_openpgp::serialize::SerializeInto;
+
+    fn setup(default: PolicyAction) -> (tempfile::TempDir, Outbound) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::open(dir.path()).unwrap();
+        for uid in ["bob@example.org", "dave@example.net"] {
+            store
+                .import(&make_cert(uid).armored().to_vec().unwrap(), uid)
+                .unwrap();
+        }
+        let out = Outbound {
+            store: Arc::new(store),
+            identities: Vec::new(),
+            policy: PolicyConfig {
+                default,
+                rules: vec![PolicyRule {
+                    recipient: "*@plain.example".into(),
+                    action: PolicyAction::Plain,
+                }],
+                ..PolicyConfig::default()
+            },
+        };
+        (dir, out)
+    }
+
+    fn env(rcpts: &[&str]) -> Envelope {
+        Envelope {
+            from: "alice@example.com".into(),
+            rcpts: rcpts.iter().map(|s| s.to_string()).collect(),
+            body_8bit: false,
+            smtputf8: false,
+        }
+    }
+
+    const MSG: &[u8] = b"From: alice@example.com\r\nTo: bob@example.org, carol@example.org\r\nBcc: dave@example.net\r\nSubject: hi\r\n\r\nbody\r\n";
+
+    #[test]
+    fn opportunistic_splits_into_shared_bcc_and_plain_copies() {
+        let (_d, out) = setup(PolicyAction::Opportunistic);
+        let copies = out
+            .plan(
+                &env(&["bob@example.org", "carol@example.org", "dave@example.net"]),
+                MSG,
+            )
+            .unwrap();
+        assert_eq!(copies.len(), 3);
+        assert_eq!(copies[0].rcpts, vec!["bob@example.org"]);
+        assert!(copies[0].encrypted);
+        assert_eq!(copies[1].rcpts, vec!["dave@example.net"]);
+        assert!(copies[1].encrypted);
+        assert_eq!(copies[2].rcpts, vec!["carol@example.org"]);
+        assert!(!copies[2].encrypted);
+        for c in &copies {
+            let text = String::from_utf8_lossy(&c.message);
+            assert!(!text.contains("Bcc:"), "{text}");
+        }
+    }
+
+    #[test]
+    fn require_without_key_refuses_naming_recipients() {
+        let (_d, out) = setup(PolicyAction::Require);
+        let err = out
+            .plan(&env(&["bob@example.org", "carol@example.org"]), MSG)
+            .unwrap_err();
+        assert_eq!(err.code, 550);
+        assert!(err.lines[0].contains("carol@example.org"));
+        assert!(!err.lines[0].contains("bob@"));
+        // A plain rule beats the default.
+        let copies = out.plan(&env(&["x@plain.example"]), MSG).unwrap();
+        assert!(!copies[0].encrypted);
+    }
+
+    #[test]
+    fn already_encrypted_mail_is_relayed_unchanged() {
+        let (_d, out) = setup(PolicyAction::Require);
+        let msg = b"To: carol@example.org\r\n\r\n-----BEGIN PGP MESSAGE-----\r\nxx\r\n-----END PGP MESSAGE-----\r\n";
+        let copies = out.plan(&env(&["carol@example.org"]), msg).unwrap();
+        assert_eq!(copies[0].message, msg.to_vec());
+    }
+
+    #[test]
+    fn removing_fields_keeps_the_rest_exact() {
+        let m = b"A: 1\r\nBcc: x\r\n y\r\nB: 2\r\n\r\nbody";
+        assert_eq!(without_fields(m, &["bcc"]), b"A: 1\r\nB: 2\r\n\r\nbody");
+        assert_eq!(without_fields(b"A: 1\n\nb", &["Bcc"]), b"A: 1\n\nb");
+    }
+}

@@ -1,0 +1,322 @@
+//! The SMTP listener: accepts clients and drives one [`Session`] per connection.
+//!
+//! This is the only part of the SMTP module that touches sockets. Plain (STARTTLS)
+//! and implicit-TLS connections run the same loop over a boxed stream.
+
+use super::pipeline::Outbound;
+use super::session::{Action, Envelope, Session, SessionConfig};
+use super::upstream::{Io, Target, Upstream, UpstreamError};
+use super::Reply;
+use secrecy::SecretString;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+/// Everything a listener shares between its connections.
+pub struct SmtpService {
+    pub account: String,
+    pub session: SessionConfig,
+    pub target: Target,
+    pub outbound: Arc<Outbound>,
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+}
+
+/// Serves `listener` until `shutdown` turns true, then waits for the sessions to end
+/// (each finishes its transaction in flight and closes when idle).
+pub async fn serve(
+    listener: TcpListener,
+    implicit_tls: bool,
+    service: Arc<SmtpService>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(service.max_connections));
+    let mut sessions = JoinSet::new();
+    let local = listener.local_addr().ok();
+    let plaintext_auth_ok = local.map(|a| a.ip().is_loopback()).unwrap_or(false);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                    tracing::warn!(%peer, "connection limit reached; refusing");
+                    sessions.spawn(refuse(stream));
+                    continue;
+                };
+                let svc = service.clone();
+                let sd = shutdown.clone();
+                let span = tracing::info_span!("smtp", account = %svc.account, %peer);
+                sessions.spawn(
+                    async move {
+                        let _permit = permit;
+                        if let Err(e) = handle(stream, peer, implicit_tls, plaintext_auth_ok, svc, sd).await {
+                            tracing::info!(error = %e, "connection ended");
+                        }
+                    }
+                    .instrument(span),
+                );
+            }
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+        }
+    }
+    while sessions.join_next().await.is_some() {}
+}
+
+async fn refuse(mut stream: TcpStream) {
+    let _ = stream
+        .write_all(&Reply::new(421, "4.7.0 Too many connections, try again later").to_wire())
+        .await;
+}
+
+async fn write(io: &mut Box<dyn Io>, data: &[u8]) -> std::io::Result<()> {
+    if !data.is_empty() {
+        io.write_all(data).await?;
+        io.flush().await?;
+    }
+    Ok(())
+}
+
+/// The upstream connection of a session, reopened if the provider dropped it
+/// between messages.
+struct UpstreamLink {
+    conn: Option<Upstream>,
+    credentials: Option<(String, SecretString)>,
+}
+
+impl UpstreamLink {
+    async fn login(
+        &mut self,
+        target: &Target,
+        user: &str,
+        password: &SecretString,
+    ) -> Result<Reply, UpstreamError> {
+        let mut conn = Upstream::connect(target).await?;
+        let reply = conn.authenticate(user, password).await?;
+        if reply.code == 235 {
+            self.conn = Some(conn);
+            self.credentials = Some((user.to_string(), password.clone()));
+        }
+        Ok(reply)
+    }
+
+    async fn ready(&mut self, target: &Target) -> Result<&mut Upstream, UpstreamError> {
+        let alive = match self.conn.as_mut() {
+            Some(c) => c.noop().await,
+            None => false,
+        };
+        if !alive {
+            self.conn = None;
+            let (user, password) = self.credentials.clone().ok_or(UpstreamError::Io {
+                target: format!("{}:{}", target.host, target.port),
+                message: "not logged in".into(),
+            })?;
+            let mut conn = Upstream::connect(target).await?;
+            let reply = conn.authenticate(&user, &password).await?;
+            if reply.code != 235 {
+                return Err(UpstreamError::Refused {
+                    target: format!("{}:{}", target.host, target.port),
+                    reply,
+                });
+            }
+            self.conn = Some(conn);
+        }
+        Ok(self.conn.as_mut().expect("set above"))
+    }
+}
+
+async fn handle(
+    stream: TcpStream,
+    peer: SocketAddr,
+    implicit_tls: bool,
+    plaintext_auth_ok: bool,
+    svc: Arc<SmtpService>,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let _ = stream.set_nodelay(true);
+    let mut io: Box<dyn Io> = if implicit_tls {
+        match tokio::time::timeout(svc.idle_timeout, svc.acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => Box::new(tls),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Ok(()),
+        }
+    } else {
+        Box::new(stream)
+    };
+    tracing::debug!(%peer, "connected");
+    let mut cfg = svc.session.clone();
+    cfg.plaintext_auth_ok = plaintext_auth_ok;
+    let mut session = Session::new(cfg, implicit_tls);
+    let mut link = UpstreamLink {
+        conn: None,
+        credentials: None,
+    };
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        match session.poll() {
+            Action::NeedInput => {
+                write(&mut io, &session.take_output()).await?;
+                if *shutdown.borrow() && session.is_idle() {
+                    write(
+                        &mut io,
+                        &Reply::new(421, "4.3.2 Service shutting down").to_wire(),
+                    )
+                    .await?;
+                    break;
+                }
+                let n = tokio::select! {
+                    r = tokio::time::timeout(svc.idle_timeout, io.read(&mut buf)) => match r {
+                        Ok(r) => r?,
+                        Err(_) => {
+                            write(&mut io, &Reply::new(421, "4.4.2 Idle timeout, closing connection").to_wire()).await?;
+                            break;
+                        }
+                    },
+                    _ = shutdown.changed(), if !*shutdown.borrow() => continue,
+                };
+                if n == 0 {
+                    break;
+                }
+                session.feed(&buf[..n]);
+            }
+            Action::StartTls => {
+                write(&mut io, &session.take_output()).await?;
+                let tls = tokio::time::timeout(svc.idle_timeout, svc.acceptor.accept(io))
+                    .await
+                    .map_err(|_| std::io::Error::other("TLS handshake timed out"))??;
+                io = Box::new(tls);
+                session.tls_started();
+            }
+            Action::Authenticate { user, password } => {
+                write(&mut io, &session.take_output()).await?;
+                let result = match link.login(&svc.target, &user, &password).await {
+                    Ok(r) if r.code == 235 => {
+                        tracing::info!(user = %user, "authenticated upstream");
+                        Ok(user)
+                    }
+                    Ok(r) => {
+                        tracing::info!(user = %user, code = r.code, "upstream refused login");
+                        Err(r)
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "upstream unreachable during AUTH");
+                        Err(Reply::new(
+                            454,
+                            "4.7.0 Temporary authentication failure: the mail provider cannot be reached",
+                        ))
+                    }
+                };
+                session.auth_result(result);
+            }
+            Action::Deliver { envelope, message } => {
+                write(&mut io, &session.take_output()).await?;
+                let verdict = deliver(&svc, &mut link, &envelope, &message).await;
+                session.delivered(verdict);
+            }
+            Action::Close => {
+                write(&mut io, &session.take_output()).await?;
+                let _ = io.shutdown().await;
+                break;
+            }
+        }
+    }
+    if let Some(conn) = link.conn.take() {
+        conn.quit().await;
+    }
+    Ok(())
+}
+
+/// Plans the copies and relays them; the reply is 250 only if upstream accepted all.
+async fn deliver(
+    svc: &SmtpService,
+    link: &mut UpstreamLink,
+    envelope: &Envelope,
+    message: &[u8],
+) -> Reply {
+    let outbound = svc.outbound.clone();
+    let env = envelope.clone();
+    let raw = message.to_vec();
+    // Encryption is CPU work: keep it off the I/O threads.
+    let planned = tokio::task::spawn_blocking(move || outbound.plan(&env, &raw)).await;
+    let copies = match planned {
+        Ok(Ok(c)) => c,
+        Ok(Err(refusal)) => {
+            tracing::info!(
+                code = refusal.code,
+                rcpts = envelope.rcpts.len(),
+                "message refused by policy"
+            );
+            return refusal;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "outbound pipeline crashed");
+            return Reply::new(451, "4.3.0 Internal error; the message was not sent");
+        }
+    };
+    let conn = match link.ready(&svc.target).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "upstream unavailable");
+            return Reply::new(
+                451,
+                "4.4.1 The mail provider cannot be reached; try again later",
+            );
+        }
+    };
+    let mut params = Vec::new();
+    if envelope.body_8bit {
+        params.push("BODY=8BITMIME");
+    }
+    if envelope.smtputf8 {
+        params.push("SMTPUTF8");
+    }
+    let encrypted = copies.iter().filter(|c| c.encrypted).count();
+    for copy in &copies {
+        match conn
+            .send_mail(&envelope.from, &copy.rcpts, &params, &copy.message)
+            .await
+        {
+            Ok(r) if r.is_positive() => {}
+            Ok(r) => {
+                tracing::info!(code = r.code, "upstream refused a copy");
+                return r;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "upstream failed during relay");
+                link.conn = None;
+                return Reply::new(
+                    451,
+                    "4.4.1 Connection to the mail provider failed; the message was not sent",
+                );
+            }
+        }
+    }
+    tracing::info!(
+        copies = copies.len(),
+        encrypted,
+        rcpts = envelope.rcpts.len(),
+        size = message.len(),
+        "message relayed"
+    );
+    Reply::new(
+        250,
+        format!(
+            "2.0.0 Message relayed ({} encrypted, {} plain)",
+            encrypted,
+            copies.len() - encrypted
+        ),
+    )
+}

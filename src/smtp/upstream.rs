@@ -1,0 +1,406 @@
+//! The SMTP client towards the provider.
+//!
+//! One upstream connection per client session, opened when the client authenticates
+//! (its credentials are checked by the provider, so the provider stays the authority).
+//! Every step returns the provider's reply so that its verdict can reach the client
+//! unchanged; connection trouble is an [`UpstreamError`], which the caller turns into
+//! `451 4.4.1`.
+
+use super::Reply;
+use crate::config::UpstreamSecurity;
+use base64::Engine;
+use secrecy::{ExposeSecret, SecretString};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+/// A byte stream: TCP, or TLS over TCP.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("cannot connect to {target}: {message}")]
+    Connect { target: String, message: String },
+    #[error("TLS with {target} failed: {message}")]
+    Tls { target: String, message: String },
+    #[error("{target} did not answer within {0:?}", .timeout)]
+    Timeout { target: String, timeout: Duration },
+    #[error("connection to {target} lost: {message}")]
+    Io { target: String, message: String },
+    #[error("{target} sent a malformed reply: {line:?}")]
+    Protocol { target: String, line: String },
+    #[error("{target} refused: {reply}")]
+    Refused { target: String, reply: Reply },
+}
+
+/// Where and how to reach the provider's submission server.
+#[derive(Clone)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+    pub security: UpstreamSecurity,
+    pub tls: Arc<rustls::ClientConfig>,
+    pub timeout: Duration,
+    /// Our name in EHLO.
+    pub ehlo_name: String,
+}
+
+impl Target {
+    fn label(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+/// Longest reply line accepted from upstream.
+const MAX_REPLY_LINE: usize = 4096;
+/// Most lines in one reply.
+const MAX_REPLY_LINES: usize = 100;
+
+pub struct Upstream {
+    stream: BufReader<Box<dyn Io>>,
+    target: Target,
+    extensions: Vec<String>,
+}
+
+impl Upstream {
+    /// Connects, secures and greets the provider (TLS or STARTTLS as configured).
+    pub async fn connect(target: &Target) -> Result<Upstream, UpstreamError> {
+        let label = target.label();
+        let tcp = tokio::time::timeout(
+            target.timeout,
+            TcpStream::connect((target.host.as_str(), target.port)),
+        )
+        .await
+        .map_err(|_| UpstreamError::Timeout {
+            target: label.clone(),
+            timeout: target.timeout,
+        })?
+        .map_err(|e| UpstreamError::Connect {
+            target: label.clone(),
+            message: e.to_string(),
+        })?;
+        let _ = tcp.set_nodelay(true);
+        let stream: Box<dyn Io> = match target.security {
+            UpstreamSecurity::Tls => Box::new(tls_connect(target, tcp).await?),
+            _ => Box::new(tcp),
+        };
+        let mut up = Upstream {
+            stream: BufReader::new(stream),
+            target: target.clone(),
+            extensions: Vec::new(),
+        };
+        up.expect(220).await?;
+        up.ehlo().await?;
+        if target.security == UpstreamSecurity::Starttls {
+            if !up.has_extension("STARTTLS") {
+                return Err(UpstreamError::Tls {
+                    target: label,
+                    message:
+                        "the server does not offer STARTTLS; refusing to continue in plain text"
+                            .into(),
+                });
+            }
+            up.send_line("STARTTLS").await?;
+            up.expect(220).await?;
+            // Nothing may be buffered from before the handshake (RFC 3207 §4.2).
+            if !up.stream.buffer().is_empty() {
+                return Err(UpstreamError::Protocol {
+                    target: label,
+                    line: "data sent before the TLS handshake".into(),
+                });
+            }
+            let Upstream { stream, .. } = up;
+            let inner = stream.into_inner();
+            let tls = tls_connect(target, inner).await?;
+            up = Upstream {
+                stream: BufReader::new(Box::new(tls)),
+                target: target.clone(),
+                extensions: Vec::new(),
+            };
+            up.ehlo().await?;
+        }
+        Ok(up)
+    }
+
+    fn has_extension(&self, name: &str) -> bool {
+        self.extensions.iter().any(|e| {
+            e.split_whitespace()
+                .next()
+                .map(|k| k.eq_ignore_ascii_case(name))
+                .unwrap_or(false)
+        })
+    }
+
+    fn auth_mechanisms(&self) -> Vec<String> {
+        self.extensions
+            .iter()
+            .filter_map(|e| {
+                let mut it = e.split_whitespace();
+                let k = it.next()?;
+                k.eq_ignore_ascii_case("AUTH")
+                    .then(|| it.map(|m| m.to_ascii_uppercase()).collect::<Vec<_>>())
+            })
+            .flatten()
+            .collect()
+    }
+
+    async fn ehlo(&mut self) -> Result<(), UpstreamError> {
+        let name = self.target.ehlo_name.clone();
+        self.send_line(&format!("EHLO {name}")).await?;
+        let reply = self.expect(250).await?;
+        self.extensions = reply.lines.into_iter().skip(1).collect();
+        Ok(())
+    }
+
+    /// Logs in with the client's credentials. `Ok(reply)` is the provider's verdict
+    /// (235 on success); `Err` is connection trouble.
+    pub async fn authenticate(
+        &mut self,
+        user: &str,
+        password: &SecretString,
+    ) -> Result<Reply, UpstreamError> {
+        let mechs = self.auth_mechanisms();
+        let b64 = |s: &[u8]| base64::engine::general_purpose::STANDARD.encode(s);
+        if mechs.iter().any(|m| m == "PLAIN") || !mechs.iter().any(|m| m == "LOGIN") {
+            let mut blob = Vec::new();
+            blob.push(0);
+            blob.extend_from_slice(user.as_bytes());
+            blob.push(0);
+            blob.extend_from_slice(password.expose_secret().as_bytes());
+            let line = SecretString::from(format!("AUTH PLAIN {}", b64(&blob)));
+            self.send_line(line.expose_secret()).await?;
+            return self.read_reply().await;
+        }
+        self.send_line("AUTH LOGIN").await?;
+        let r = self.read_reply().await?;
+        if r.code != 334 {
+            return Ok(r);
+        }
+        self.send_line(&b64(user.as_bytes())).await?;
+        let r = self.read_reply().await?;
+        if r.code != 334 {
+            return Ok(r);
+        }
+        let line = SecretString::from(b64(password.expose_secret().as_bytes()));
+        self.send_line(line.expose_secret()).await?;
+        self.read_reply().await
+    }
+
+    /// Sends one message. Returns the first negative reply, or the final 250.
+    pub async fn send_mail(
+        &mut self,
+        from: &str,
+        rcpts: &[String],
+        params: &[&str],
+        message: &[u8],
+    ) -> Result<Reply, UpstreamError> {
+        let mut mail = format!("MAIL FROM:<{from}>");
+        for p in params {
+            mail.push(' ');
+            mail.push_str(p);
+        }
+        if self.has_extension("SIZE") {
+            mail.push_str(&format!(" SIZE={}", message.len()));
+        }
+        self.send_line(&mail).await?;
+        let r = self.read_reply().await?;
+        if !r.is_positive() {
+            self.reset().await;
+            return Ok(r);
+        }
+        for rcpt in rcpts {
+            self.send_line(&format!("RCPT TO:<{rcpt}>")).await?;
+            let r = self.read_reply().await?;
+            if !r.is_positive() {
+                self.reset().await;
+                return Ok(r);
+            }
+        }
+        self.send_line("DATA").await?;
+        let r = self.read_reply().await?;
+        if r.code != 354 {
+            self.reset().await;
+            return Ok(r);
+        }
+        let body = dot_stuff(message);
+        self.write_all(&body).await?;
+        self.read_reply().await
+    }
+
+    /// Checks that the connection is still usable between transactions.
+    pub async fn noop(&mut self) -> bool {
+        if self.send_line("NOOP").await.is_err() {
+            return false;
+        }
+        matches!(self.read_reply().await, Ok(r) if r.is_positive())
+    }
+
+    async fn reset(&mut self) {
+        if self.send_line("RSET").await.is_ok() {
+            let _ = self.read_reply().await;
+        }
+    }
+
+    pub async fn quit(mut self) {
+        if self.send_line("QUIT").await.is_ok() {
+            let _ = self.read_reply().await;
+        }
+    }
+
+    async fn write_all(&mut self, data: &[u8]) -> Result<(), UpstreamError> {
+        let label = self.target.label();
+        let timeout = self.target.timeout;
+        let s = self.stream.get_mut();
+        let fut = async {
+            s.write_all(data).await?;
+            s.flush().await
+        };
+        tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| UpstreamError::Timeout {
+                target: label.clone(),
+                timeout,
+            })?
+            .map_err(|e| UpstreamError::Io {
+                target: label,
+                message: e.to_string(),
+            })
+    }
+
+    async fn send_line(&mut self, line: &str) -> Result<(), UpstreamError> {
+        let mut data = Vec::with_capacity(line.len() + 2);
+        data.extend_from_slice(line.as_bytes());
+        data.extend_from_slice(b"\r\n");
+        self.write_all(&data).await
+    }
+
+    async fn expect(&mut self, code: u16) -> Result<Reply, UpstreamError> {
+        let r = self.read_reply().await?;
+        if r.code != code {
+            return Err(UpstreamError::Refused {
+                target: self.target.label(),
+                reply: r,
+            });
+        }
+        Ok(r)
+    }
+
+    /// Reads one (possibly multi-line) reply, RFC 5321 §4.2.1.
+    pub async fn read_reply(&mut self) -> Result<Reply, UpstreamError> {
+        let label = self.target.label();
+        let timeout = self.target.timeout;
+        let mut lines = Vec::new();
+        let mut code = 0;
+        loop {
+            let mut line = Vec::new();
+            let n = tokio::time::timeout(
+                timeout,
+                (&mut self.stream)
+                    .take(MAX_REPLY_LINE as u64)
+                    .read_until(b'\n', &mut line),
+            )
+            .await
+            .map_err(|_| UpstreamError::Timeout {
+                target: label.clone(),
+                timeout,
+            })?
+            .map_err(|e| UpstreamError::Io {
+                target: label.clone(),
+                message: e.to_string(),
+            })?;
+            if n == 0 {
+                return Err(UpstreamError::Io {
+                    target: label,
+                    message: "connection closed".into(),
+                });
+            }
+            let text = String::from_utf8_lossy(&line);
+            let text = text.trim_end_matches(['\r', '\n']);
+            let bad = || UpstreamError::Protocol {
+                target: label.clone(),
+                line: text.chars().take(100).collect(),
+            };
+            if text.len() < 3 || !line.ends_with(b"\n") {
+                return Err(bad());
+            }
+            let c: u16 = text[..3].parse().map_err(|_| bad())?;
+            if !(200..600).contains(&c) || (code != 0 && c != code) {
+                return Err(bad());
+            }
+            code = c;
+            let sep = text.as_bytes().get(3).copied();
+            lines.push(text.get(4..).unwrap_or("").to_string());
+            match sep {
+                None | Some(b' ') => break,
+                Some(b'-') if lines.len() < MAX_REPLY_LINES => continue,
+                _ => return Err(bad()),
+            }
+        }
+        Ok(Reply { code, lines })
+    }
+}
+
+async fn tls_connect<S>(
+    target: &Target,
+    stream: S,
+) -> Result<tokio_rustls::client::TlsStream<S>, UpstreamError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let label = target.label();
+    let name = crate::tls::server_name(&target.host).map_err(|e| UpstreamError::Tls {
+        target: label.clone(),
+        message: e.to_string(),
+    })?;
+    let connector = tokio_rustls::TlsConnector::from(target.tls.clone());
+    tokio::time::timeout(target.timeout, connector.connect(name, stream))
+        .await
+        .map_err(|_| UpstreamError::Timeout {
+            target: label.clone(),
+            timeout: target.timeout,
+        })?
+        .map_err(|e| UpstreamError::Tls {
+            target: label,
+            message: e.to_string(),
+        })
+}
+
+/// Normalises line endings to CRLF, doubles leading dots (RFC 5321 §4.5.2) and adds
+/// the terminating `.CRLF`.
+pub fn dot_stuff(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len() + message.len() / 64 + 5);
+    let mut at_line_start = true;
+    let mut prev = 0u8;
+    for &b in message {
+        if at_line_start && b == b'.' {
+            out.push(b'.');
+        }
+        if b == b'\n' && prev != b'\r' {
+            out.push(b'\r');
+        }
+        out.push(b);
+        at_line_start = b == b'\n';
+        prev = b;
+    }
+    if !out.is_empty() && !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_stuffing() {
+        assert_eq!(
+            dot_stuff(b".a\r\nb\n.\r\nc"),
+            b"..a\r\nb\r\n..\r\nc\r\n.\r\n"
+        );
+        assert_eq!(dot_stuff(b""), b".\r\n");
+    }
+}

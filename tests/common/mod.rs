@@ -1,0 +1,46 @@
+//! Shared integration-test harness for sealpost.
+//!
+//! Use from a test file with `mod common;` and then e.g.
+//! `use common::{keyring, Sink, SinkConfig, SinkMode, TestCa};`.
+//!
+//! Everything here talks to 127.0.0.1 only and uses external tools that are
+//! installed on the test machine: the `openssl` CLI, `gpg` (2.2), `sq` (0.27)
+//! and Debian's `/usr/bin/python3` with python3-aiosmtpd.
+#![allow(dead_code, unused_imports)]
+
+pub mod json;
+pub mod net;
+pub mod pgp;
+pub mod proxy;
+pub mod sink;
+pub mod tls;
+
+pub use net::{
+    free_port, py_sendmail, run_python, run_python_ok, wait_for_port, PySend, PySendMode,
+    PySendResult, PYTHON,
+};
+pub use pgp::{
+    gpg, gpg_decrypt, gpg_detach_sign, gpg_encrypt, gpg_list_packets, gpg_recipient_keyids,
+    keyring, sq_decrypt, GpgResult, Keyring, Person,
+};
+pub use sink::{Sink, SinkConfig, SinkMessage, SinkMode};
+pub use tls::TestCa;
+
+use std::path::PathBuf;
+
+/// A fresh temporary directory (removed on drop) under /tmp with a short
+/// name.
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("sp")
+        .tempdir_in("/tmp")
+        .expect("create temp dir under /tmp")
+}
+
+/// Path to a file under `tests/support/`.
+pub fn support_file(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("support")
+        .join(name)
+}

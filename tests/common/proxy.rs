@@ -1,0 +1,221 @@
+//! Runs the real `sealpost` binary with a config written for the test.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use super::net::{free_port, wait_for_port};
+use super::tls::TestCa;
+
+/// What goes into the generated config.
+#[derive(Debug, Clone)]
+pub struct ProxyOptions {
+    /// Upstream SMTP port on 127.0.0.1.
+    pub upstream_port: u16,
+    /// "tls" | "starttls" | "plain".
+    pub upstream_security: &'static str,
+    /// `[policy] default`.
+    pub policy: &'static str,
+    /// `[[policy.rule]]` entries: (recipient glob, action).
+    pub rules: Vec<(String, String)>,
+    pub sign: bool,
+    pub protect_headers: bool,
+    /// Configure alice@example.com as identity (protected key + passphrase file).
+    pub alice_identity: bool,
+    /// Public key files imported with `sealpost keys import` before start.
+    pub import: Vec<PathBuf>,
+    /// Extra TOML appended verbatim (e.g. a `[limits]` table).
+    pub extra: String,
+}
+
+impl ProxyOptions {
+    pub fn new(upstream_port: u16) -> Self {
+        ProxyOptions {
+            upstream_port,
+            upstream_security: "tls",
+            policy: "opportunistic",
+            rules: Vec::new(),
+            sign: true,
+            protect_headers: true,
+            alice_identity: true,
+            import: Vec::new(),
+            extra: String::new(),
+        }
+    }
+}
+
+pub struct Proxy {
+    /// Plain listener (offers STARTTLS).
+    pub smtp_port: u16,
+    /// Implicit-TLS listener.
+    pub smtps_port: u16,
+    pub config: PathBuf,
+    pub log_path: PathBuf,
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+/// The sealpost binary built by cargo for the integration tests.
+pub fn sealpost_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_sealpost")
+}
+
+/// Runs `sealpost ARGS --config CONFIG` to completion.
+pub fn sealpost_cmd(config: &Path, args: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new(sealpost_bin());
+    let (sub, rest) = args.split_first().expect("a subcommand");
+    cmd.arg(sub);
+    // `keys` takes --config before its own subcommand.
+    cmd.arg("--config").arg(config);
+    cmd.args(rest);
+    cmd.output().expect("run sealpost")
+}
+
+impl Proxy {
+    pub fn write_config(
+        dir: &Path,
+        ca: &TestCa,
+        opts: &ProxyOptions,
+        ports: (u16, u16),
+    ) -> PathBuf {
+        let kr = super::pgp::keyring();
+        let mut toml = format!(
+            r#"state_dir = "{state}"
+[tls]
+cert = "{cert}"
+key = "{key}"
+[[account]]
+name = "test"
+[account.smtp]
+listen = "127.0.0.1:{p1}"
+listen_tls = "127.0.0.1:{p2}"
+upstream = "localhost:{up}"
+upstream_security = "{sec}"
+[keys]
+dir = "{state}/keys"
+extra_ca = "{ca}"
+[policy]
+default = "{policy}"
+sign = {sign}
+protect_headers = {protect}
+"#,
+            state = dir.join("state").display(),
+            cert = ca.cert_pem.display(),
+            key = ca.key_pem.display(),
+            p1 = ports.0,
+            p2 = ports.1,
+            up = opts.upstream_port,
+            sec = opts.upstream_security,
+            ca = ca.ca_pem.display(),
+            policy = opts.policy,
+            sign = opts.sign,
+            protect = opts.protect_headers,
+        );
+        for (r, a) in &opts.rules {
+            toml.push_str(&format!(
+                "[[policy.rule]]\nrecipient = \"{r}\"\naction = \"{a}\"\n"
+            ));
+        }
+        if opts.alice_identity {
+            toml.push_str(&format!(
+                "[[identity]]\naddress = \"alice@example.com\"\nsecret_key = \"{}\"\npassphrase_file = \"{}\"\n",
+                kr.alice().sec_asc.display(),
+                kr.alice_pass.display()
+            ));
+        }
+        toml.push_str(&opts.extra);
+        let path = dir.join("sealpost.toml");
+        std::fs::write(&path, toml).unwrap();
+        path
+    }
+
+    /// Writes the config, imports keys, starts `sealpost run` and waits for its ports.
+    pub fn start(ca: &TestCa, opts: &ProxyOptions) -> Proxy {
+        let dir = super::tempdir();
+        let ports = (free_port(), free_port());
+        let config = Proxy::write_config(dir.path(), ca, opts, ports);
+        if !opts.import.is_empty() {
+            let mut args = vec!["keys", "import"];
+            let files: Vec<String> = opts
+                .import
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            args.extend(files.iter().map(String::as_str));
+            let out = sealpost_cmd(&config, &args);
+            assert!(
+                out.status.success(),
+                "keys import failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let log_path = dir.path().join("sealpost.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let child = Command::new(sealpost_bin())
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .env("SEALPOST_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start sealpost");
+        let mut proxy = Proxy {
+            smtp_port: ports.0,
+            smtps_port: ports.1,
+            config,
+            log_path,
+            dir,
+            child: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(status) = proxy.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("sealpost exited early ({status}):\n{}", proxy.log());
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", ports.1)).is_ok() {
+                wait_for_port(ports.0, Duration::from_secs(5));
+                return proxy;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("sealpost did not listen in time:\n{}", proxy.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("sealpost did not stop within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -1,0 +1,311 @@
+//! Upstream SMTP server for tests: `tests/support/smtp_sink.py` (aiosmtpd).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use super::json;
+use super::net::{free_port, PYTHON};
+use super::tls::TestCa;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkMode {
+    /// Implicit TLS from the first byte (like port 465).
+    Tls,
+    /// Plain text; STARTTLS required before anything else (like port 587).
+    StartTls,
+}
+
+/// Options for [`Sink::start_with`]. `Default` = implicit TLS, user
+/// "sinkuser", password "sinkpass", no rejections.
+#[derive(Debug, Clone)]
+pub struct SinkConfig {
+    pub mode: SinkMode,
+    pub user: String,
+    pub password: String,
+    /// RCPT TO containing any of these -> `550 5.1.1 mailbox unavailable`.
+    pub reject_rcpt: Vec<String>,
+    /// Message containing this -> `554 5.6.0 rejected by test sink` after DATA.
+    pub reject_data: Option<String>,
+    /// Max accepted line length incl. CRLF (default 1001, RFC 5321); longer
+    /// lines get `500 Line too long` after DATA.
+    pub max_line: Option<usize>,
+    /// SIZE limit in bytes (default 128 MiB).
+    pub size_limit: Option<u64>,
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        SinkConfig {
+            mode: SinkMode::Tls,
+            user: "sinkuser".into(),
+            password: "sinkpass".into(),
+            reject_rcpt: Vec::new(),
+            reject_data: None,
+            max_line: None,
+            size_limit: None,
+        }
+    }
+}
+
+/// One message accepted by the sink.
+#[derive(Debug, Clone)]
+pub struct SinkMessage {
+    /// File number (1-based, NNNN.eml / NNNN.json).
+    pub num: u32,
+    pub mail_from: String,
+    pub rcpt_tos: Vec<String>,
+    /// MAIL FROM parameters as sent, upper-cased (e.g. "BODY=8BITMIME", "SIZE=123").
+    pub mail_options: Vec<String>,
+    /// The AUTH login used for the session.
+    pub auth_user: Option<String>,
+    /// Exact bytes of the message as received (CRLF, dot-unstuffed).
+    pub data: Vec<u8>,
+}
+
+impl SinkMessage {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.data).into_owned()
+    }
+}
+
+pub struct Sink {
+    pub port: u16,
+    pub outdir: PathBuf,
+    pub mode: SinkMode,
+    pub user: String,
+    pub password: String,
+    /// stdout/stderr of the python process.
+    pub log_path: PathBuf,
+    child: Child,
+    dir: Option<tempfile::TempDir>,
+}
+
+impl Sink {
+    /// Start a sink with default credentials ("sinkuser"/"sinkpass").
+    pub fn start(ca: &TestCa, mode: SinkMode) -> Sink {
+        Sink::start_with(
+            ca,
+            SinkConfig {
+                mode,
+                ..SinkConfig::default()
+            },
+        )
+    }
+
+    /// Start a sink and wait for it to print READY (retries on a port clash).
+    pub fn start_with(ca: &TestCa, cfg: SinkConfig) -> Sink {
+        let dir = super::tempdir();
+        let outdir = dir.path().join("out");
+        std::fs::create_dir_all(&outdir).unwrap();
+        let log_path = dir.path().join("sink.log");
+        let mut last_err = String::new();
+        for _attempt in 0..3 {
+            let port = free_port();
+            match spawn_sink(ca, &cfg, port, &outdir, &log_path) {
+                Ok(child) => {
+                    return Sink {
+                        port,
+                        outdir,
+                        mode: cfg.mode,
+                        user: cfg.user.clone(),
+                        password: cfg.password.clone(),
+                        log_path,
+                        child,
+                        dir: Some(dir),
+                    }
+                }
+                Err(e) => last_err = e,
+            }
+        }
+        panic!("smtp_sink.py did not start: {last_err}");
+    }
+
+    /// Completed messages (json present), sorted by number.
+    pub fn messages(&self) -> Vec<SinkMessage> {
+        let mut nums: Vec<u32> = std::fs::read_dir(&self.outdir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter_map(|e| {
+                        let name = e.file_name().into_string().ok()?;
+                        name.strip_suffix(".json")?.parse::<u32>().ok()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        nums.sort_unstable();
+        nums.into_iter()
+            .map(|n| read_message(&self.outdir, n))
+            .collect()
+    }
+
+    /// Wait until at least `n` messages are complete; returns all messages.
+    /// Panics (with the sink log) on timeout.
+    pub fn wait_for_messages(&self, n: usize, timeout: Duration) -> Vec<SinkMessage> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let msgs = self.messages();
+            if msgs.len() >= n {
+                return msgs;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "sink on port {}: expected {n} message(s) within {timeout:?}, got {}\n\
+                     --- sink log:\n{}",
+                    self.port,
+                    msgs.len(),
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Assert no message is (or becomes, within `settle`) complete.
+    pub fn assert_no_messages(&self, settle: Duration) {
+        std::thread::sleep(settle);
+        let msgs = self.messages();
+        assert!(
+            msgs.is_empty(),
+            "sink unexpectedly received {} message(s): {:?}",
+            msgs.len(),
+            msgs.iter()
+                .map(|m| (&m.mail_from, &m.rcpt_tos))
+                .collect::<Vec<_>>()
+        );
+    }
+
+    /// Contents of the sink's log (python stderr).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            if let Some(dir) = self.dir.take() {
+                let path = dir.keep();
+                eprintln!(
+                    "[sink port {}] test panicked; kept {} ; log:\n{}",
+                    self.port,
+                    path.display(),
+                    std::fs::read_to_string(path.join("sink.log")).unwrap_or_default()
+                );
+            }
+        }
+    }
+}
+
+fn spawn_sink(
+    ca: &TestCa,
+    cfg: &SinkConfig,
+    port: u16,
+    outdir: &Path,
+    log_path: &Path,
+) -> Result<Child, String> {
+    let script = super::support_file("smtp_sink.py");
+    let log = std::fs::File::create(log_path).map_err(|e| e.to_string())?;
+    let mut cmd = Command::new(PYTHON);
+    cmd.arg(&script)
+        .arg("--port")
+        .arg(port.to_string())
+        .arg("--cert")
+        .arg(&ca.cert_pem)
+        .arg("--key")
+        .arg(&ca.key_pem)
+        .arg("--mode")
+        .arg(match cfg.mode {
+            SinkMode::Tls => "tls",
+            SinkMode::StartTls => "starttls",
+        })
+        .arg("--user")
+        .arg(&cfg.user)
+        .arg("--password")
+        .arg(&cfg.password)
+        .arg("--outdir")
+        .arg(outdir);
+    for r in &cfg.reject_rcpt {
+        cmd.arg(format!("--reject-rcpt={r}"));
+    }
+    if let Some(d) = &cfg.reject_data {
+        cmd.arg(format!("--reject-data={d}"));
+    }
+    if let Some(m) = cfg.max_line {
+        cmd.arg("--max-line").arg(m.to_string());
+    }
+    if let Some(s) = cfg.size_limit {
+        cmd.arg("--size-limit").arg(s.to_string());
+    }
+    let mut child = cmd
+        .env_remove("PYTHONPATH")
+        .env_remove("PYTHONHOME")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .map_err(|e| format!("spawn {PYTHON} {}: {e}", script.display()))?;
+    let stdout = child.stdout.take().expect("sink stdout");
+    let (tx, rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        // Keeps draining stdout for the life of the process.
+        for line in BufReader::new(stdout).lines() {
+            match line {
+                Ok(l) => {
+                    let _ = tx.send(l);
+                }
+                Err(_) => break,
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) if l.trim() == "READY" => return Ok(child),
+            Ok(_) => continue,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "no READY from sink on port {port} ({e}); log:\n{}",
+                    std::fs::read_to_string(log_path).unwrap_or_default()
+                ));
+            }
+        }
+    }
+}
+
+fn read_message(outdir: &Path, n: u32) -> SinkMessage {
+    let base = outdir.join(format!("{n:04}"));
+    let meta_text = std::fs::read_to_string(base.with_extension("json"))
+        .unwrap_or_else(|e| panic!("read {n:04}.json: {e}"));
+    let meta = json::parse(&meta_text).unwrap_or_else(|e| panic!("parse {n:04}.json: {e}"));
+    let data = std::fs::read(base.with_extension("eml"))
+        .unwrap_or_else(|e| panic!("read {n:04}.eml: {e}"));
+    SinkMessage {
+        num: n,
+        mail_from: meta
+            .get("mail_from")
+            .and_then(|j| j.as_str())
+            .unwrap_or("")
+            .to_owned(),
+        rcpt_tos: meta
+            .get("rcpt_tos")
+            .map(|j| j.str_list())
+            .unwrap_or_default(),
+        mail_options: meta
+            .get("mail_options")
+            .map(|j| j.str_list())
+            .unwrap_or_default(),
+        auth_user: meta
+            .get("auth_user")
+            .and_then(|j| j.as_str())
+            .map(str::to_owned),
+        data,
+    }
+}

@@ -1,0 +1,463 @@
+//! End to end: a real SMTP client submits to the `sealpost` binary, which relays to a
+//! real SMTP server (aiosmtpd over TLS with a test CA); what arrives is checked with
+//! real GnuPG and sq.
+
+mod common;
+
+use common::proxy::{sealpost_cmd, Proxy, ProxyOptions};
+use common::{
+    gpg_decrypt, gpg_encrypt, gpg_recipient_keyids, keyring, py_sendmail, sq_decrypt, PySend,
+    PySendMode, Sink, SinkConfig, SinkMode, TestCa,
+};
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn message(to: &str, extra_headers: &str, subject: &str, body: &str) -> Vec<u8> {
+    format!(
+        "From: Alice <alice@example.com>\r\nTo: {to}\r\n{extra_headers}Subject: {subject}\r\nDate: Wed, 25 Nov 2026 10:00:00 +0000\r\nMessage-ID: <t-{n}@example.com>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n{body}",
+        n = std::process::id()
+    )
+    .into_bytes()
+}
+
+/// The armored OpenPGP message inside a PGP/MIME body.
+fn armored(data: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(data);
+    let start = text
+        .find("-----BEGIN PGP MESSAGE-----")
+        .unwrap_or_else(|| panic!("no PGP message in:\n{text}"));
+    let end = text[start..].find("-----END PGP MESSAGE-----").unwrap() + start + 25;
+    text[start..end].as_bytes().to_vec()
+}
+
+fn submit(
+    proxy: &Proxy,
+    ca: &TestCa,
+    from: &str,
+    rcpts: &[&str],
+    data: &[u8],
+) -> common::PySendResult {
+    let mut p = PySend::new(proxy.smtp_port, PySendMode::StartTls, from, rcpts, data);
+    p.cafile = Some(&ca.ca_pem);
+    p.login = Some(("sinkuser", "sinkpass"));
+    py_sendmail(&p)
+}
+
+fn keys(names: &[&str]) -> Vec<std::path::PathBuf> {
+    names
+        .iter()
+        .map(|n| keyring().person(n).pub_asc.clone())
+        .collect()
+}
+
+#[test]
+fn encrypted_and_signed_mail_decrypts_with_gpg_and_sq() {
+    let ca = TestCa::shared();
+    let sink = Sink::start(ca, SinkMode::Tls);
+    let mut opts = ProxyOptions::new(sink.port);
+    opts.import = keys(&["bob", "carol"]);
+    let proxy = Proxy::start(ca, &opts);
+
+    let body = "Grüße — the numbers are in.\r\n.leading dot line\r\n";
+    let msg = message(
+        "Bob <bob@example.org>",
+        "Cc: carol@example.org\r\n",
+        "Quarterly numbers",
+        body,
+    );
+    let r = submit(
+        &proxy,
+        ca,
+        "alice@example.com",
+        &["bob@example.org", "carol@example.org"],
+        &msg,
+    );
+    assert!(r.ok, "{r:?}\n{}", proxy.log());
+
+    let got = sink.wait_for_messages(1, WAIT);
+    assert_eq!(got.len(), 1, "To and Cc share one copy");
+    let m = &got[0];
+    assert_eq!(m.mail_from, "alice@example.com");
+    assert_eq!(m.rcpt_tos, vec!["bob@example.org", "carol@example.org"]);
+    let text = m.text();
+    assert!(text.contains("multipart/encrypted"), "{text}");
+    assert!(
+        text.contains("protocol=\"application/pgp-encrypted\""),
+        "{text}"
+    );
+    assert!(text.contains("\r\nSubject: ...\r\n"), "{text}");
+    assert!(!text.contains("Quarterly"), "subject leaked: {text}");
+    assert!(!text.contains("numbers are in"), "body leaked");
+    assert!(text.contains("To: Bob <bob@example.org>\r\n"), "{text}");
+
+    let kr = keyring();
+    let ids = gpg_recipient_keyids(&armored(&m.data));
+    for who in ["bob", "carol", "alice"] {
+        assert!(
+            ids.contains(&kr.person(who).enc_keyid),
+            "{who} missing in {ids:?}"
+        );
+    }
+
+    for who in ["bob", "carol", "alice"] {
+        let g = gpg_decrypt(who, &armored(&m.data));
+        g.assert_decrypted_signed_by("alice");
+        let plain = String::from_utf8(g.plaintext.clone()).unwrap();
+        assert!(plain.contains("protected-headers=\"v1\""), "{plain}");
+        assert!(plain.contains("Subject: Quarterly numbers\r\n"), "{plain}");
+        assert!(
+            plain.contains("Content-Transfer-Encoding: 8bit\r\n"),
+            "{plain}"
+        );
+        assert!(plain.ends_with(&format!("\r\n\r\n{body}")), "{plain}");
+    }
+    let (ok, plain, log) = sq_decrypt("bob", "alice", &armored(&m.data));
+    assert!(ok, "sq failed: {log}");
+    assert!(String::from_utf8_lossy(&plain).contains("Grüße"));
+    // Message bodies never reach the log.
+    assert!(!proxy.log().contains("numbers are in"));
+}
+
+#[test]
+fn bcc_recipients_get_separate_copies_that_reveal_nothing() {
+    let ca = TestCa::shared();
+    let sink = Sink::start(ca, SinkMode::Tls);
+    let mut opts = ProxyOptions::new(sink.port);
+    opts.import = keys(&["bob", "dave"]);
+    let proxy = Proxy::start(ca, &opts);
+
+    let msg = message(
+        "bob@example.org",
+        "Bcc: dave@example.net\r\n",
+        "Hidden",
+        "hi\r\n",
+    );
+    let r = submit(
+        &proxy,
+        ca,
+        "alice@example.com",
+        &["bob@example.org", "dave@example.net"],
+        &msg,
+    );
+    assert!(r.ok, "{r:?}");
+    let got = sink.wait_for_messages(2, WAIT);
+    assert_eq!(got.len(), 2);
+    let kr = keyring();
+    let to_bob = got
+        .iter()
+        .find(|m| m.rcpt_tos == ["bob@example.org"])
+        .expect("bob's copy");
+    let to_dave = got
+        .iter()
+        .find(|m| m.rcpt_tos == ["dave@example.net"])
+        .expect("dave's copy");
+
+    let bob_ids = gpg_recipient_keyids(&armored(&to_bob.data));
+    assert!(bob_ids.contains(&kr.bob().enc_keyid));
+    assert!(
+        !bob_ids.contains(&kr.dave().enc_keyid),
+        "Bcc key in the shared copy"
+    );
+    assert!(!to_bob.text().contains("dave"), "{}", to_bob.text());
+    let g = gpg_decrypt("bob", &armored(&to_bob.data));
+    g.assert_decrypted_signed_by("alice");
+    assert!(!String::from_utf8_lossy(&g.plaintext).contains("dave"));
+
+    let dave_ids = gpg_recipient_keyids(&armored(&to_dave.data));
+    let mut expected = vec![kr.dave().enc_keyid.clone(), kr.alice().enc_keyid.clone()];
+    expected.sort();
+    let mut dave_sorted = dave_ids.clone();
+    dave_sorted.sort();
+    assert_eq!(
+        dave_sorted, expected,
+        "dave's copy is for dave and the sender only"
+    );
+    gpg_decrypt("dave", &armored(&to_dave.data)).assert_decrypted_signed_by("alice");
+}
+
+#[test]
+fn opportunistic_sends_plain_to_recipients_without_keys() {
+    let ca = TestCa::shared();
+    let sink = Sink::start(ca, SinkMode::Tls);
+    let mut opts = ProxyOptions::new(sink.port);
+    opts.import = keys(&["bob"]);
+    let proxy = Proxy::start(ca, &opts);
+
+    let msg = message(
+        "bob@example.org, carol@example.org",
+        "",
+        "Mixed",
+        "plain for carol\r\n",
+    );
+    let r = submit(
+        &proxy,
+        ca,
+        "alice@example.com",
+        &["bob@example.org", "carol@example.org"],
+        &msg,
+    );
+    assert!(r.ok, "{r:?}");
+    let got = sink.wait_for_messages(2, WAIT);
+    let plain = got
+        .iter()
+        .find(|m| m.rcpt_tos == ["carol@example.org"])
+        .unwrap();
+    assert_eq!(
+        plain.data, msg,
+        "the plain copy is the message as submitted"
+    );
+    let enc = got
+        .iter()
+        .find(|m| m.rcpt_tos == ["bob@example.org"])
+        .unwrap();
+    gpg_decrypt("bob", &armored(&enc.data)).assert_decrypted_signed_by("alice");
+}
+
+#[test]
+fn require_policy_refuses_and_nothing_leaves() {
+    let ca = TestCa::shared();
+    let sink = Sink::start(ca, SinkMode::Tls);
+    let mut opts = ProxyOptions::new(sink.port);
+    opts.import = keys(&["bob"]);
+    opts.rules = vec![("*@example.org".into(), "require".into())];
+    let proxy = Proxy::start(ca, &opts);
+
+    let msg = message("bob@example.org, carol@example.org", "", "No key", "x\r\n");
+    let r = submit(
+        &proxy,
+        ca,
+        "alice@example.com",
+        &["bob@example.org", "carol@example.org"],
+        &msg,
+    );
+    assert!(!r.ok);
+    assert_eq!(r.code, 550, "{r:?}");
+    assert!(
+        r.error.contains("5.7.1") && r.error.contains("carol@example.org"),
+        "{r:?}"
+    );
+    assert!(!r.error.contains("bob@"), "{r:?}");
+    sink.assert_no_messages(Duration::from_millis(500));
+}
+
+#[test]
+fn already_encrypted_mail_is_relayed_unchanged() {
+    let ca = TestCa::shared();
+    let sink = Sink::start(ca, SinkMode::StartTls);
+    let mut opts = ProxyOptions::new(sink.port);
+    opts.upstream_security = "starttls";
+    opts.policy = "require";
+    let proxy = Proxy::start(ca, &opts);
+
+    let armored_body = gpg_encrypt(Some("alice"), &["carol"], b"client-side encrypted\n", true);
+    let mut msg =
+        b"From: alice@example.com\r\nTo: carol@example.org\r\nSubject: inline\r\n\r\n".to_vec();
+    msg.extend_from_slice(&common_crlf(&armored_body));
+    let r = submit(
+        &proxy,
+        ca,
+        "alice@example.com",
+        &["carol@example.org"],
+        &msg,
+    );
+    assert!(r.ok, "{r:?}");
+    let got = sink.wait_for_messages(1, WAIT);
+    assert_eq!(got[0].data, msg);
+}
+
+fn common_crlf(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for &b in data {
+        if b == b'\n' && out.last() != Some(&b'\r') {
+            out.push(b'\r');
+        }
+        out.push(b);
+    }
+    out
+}
+
+#[test]
+fn upstream_verdicts_reach_the_client() {
+    let ca = TestCa::shared();
+    let sink = Sink::start_with(
+        ca,
+        SinkConfig {
+            reject_rcpt: vec!["refuse-me".into()],
+            ..SinkConfig::default()
+        },
+    );
+    let proxy = Proxy::start(ca, &ProxyOptions::new(sink.port));
+
+    // Wrong password: the provider's 535 comes back.
+    let msg = message("x@example.org", "", "s", "b\r\n");
+    let mut p = PySend::new(
+        proxy.smtp_port,
+        PySendMode::StartTls,
+        "alice@example.com",
+        &["x@example.org"],
+        &msg,
+    );
+    p.cafile = Some(&ca.ca_pem);
+    p.login = Some(("sinkuser", "wrong"));
+    let r = py_sendmail(&p);
+    assert_eq!(r.code, 535, "{r:?}");
+
+    // A recipient the provider refuses: its reply, and nothing is reported sent.
+    let r = submit(
+        &proxy,
+        ca,
+        "alice@example.com",
+        &["refuse-me@example.org"],
+        &msg,
+    );
+    assert!(!r.ok);
+    assert_eq!(r.code, 550, "{r:?}");
+    assert!(r.error.contains("5.1.1"), "{r:?}");
+    sink.assert_no_messages(Duration::from_millis(300));
+}
+
+#[test]
+fn upstream_down_gives_451_and_the_client_keeps_the_message() {
+    let ca = TestCa::shared();
+    let sink = Sink::start(ca, SinkMode::Tls);
+    let proxy = Proxy::start(ca, &ProxyOptions::new(sink.port));
+
+    // Log in while the provider is up, then take it down before sending.
+    let script = r#"
+import smtplib, ssl, sys
+port, cafile = sys.argv[1], sys.argv[2]
+s = smtplib.SMTP("127.0.0.1", int(port), timeout=60)
+s.starttls(context=ssl.create_default_context(cafile=cafile))
+s.login("sinkuser", "sinkpass")
+print("LOGGED_IN", flush=True)
+sys.stdin.readline()
+try:
+    s.sendmail("alice@example.com", ["bob@example.org"], b"Subject: x\r\n\r\nbody\r\n")
+    print("SENT")
+except smtplib.SMTPResponseException as e:
+    print("ERR", e.smtp_code, e.smtp_error.decode())
+"#;
+    let mut child = Command::new(common::PYTHON)
+        .args([
+            "-c",
+            script,
+            &proxy.smtp_port.to_string(),
+            ca.ca_pem.to_str().unwrap(),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "LOGGED_IN");
+    drop(sink);
+    std::thread::sleep(Duration::from_millis(200));
+    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let mut rest = String::new();
+    out.read_line(&mut rest).unwrap();
+    child.wait().unwrap();
+    assert!(rest.starts_with("ERR 451 4.4.1"), "{rest}\n{}", proxy.log());
+}
+
+#[test]
+fn swaks_submits_over_implicit_tls() {
+    let ca = TestCa::shared();
+    let sink = Sink::start(ca, SinkMode::Tls);
+    let mut opts = ProxyOptions::new(sink.port);
+    opts.import = keys(&["bob"]);
+    let proxy = Proxy::start(ca, &opts);
+    let out = Command::new("swaks")
+        .args([
+            "--server",
+            &format!("127.0.0.1:{}", proxy.smtps_port),
+            "--tls-on-connect",
+            "--auth",
+            "PLAIN",
+            "--auth-user",
+            "sinkuser",
+            "--auth-password",
+            "sinkpass",
+            "--from",
+            "alice@example.com",
+            "--to",
+            "bob@example.org",
+            "--header",
+            "Subject: via swaks",
+            "--body",
+            "swaks body",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", proxy.log());
+    let got = sink.wait_for_messages(1, WAIT);
+    let g = gpg_decrypt("bob", &armored(&got[0].data));
+    g.assert_decrypted_signed_by("alice");
+    assert!(String::from_utf8_lossy(&g.plaintext).contains("swaks body"));
+}
+
+#[test]
+fn check_reports_each_problem_and_graceful_stop_exits_zero() {
+    let ca = TestCa::shared();
+    let sink = Sink::start(ca, SinkMode::Tls);
+    let dir = common::tempdir();
+    let opts = ProxyOptions::new(sink.port);
+    let config = Proxy::write_config(
+        dir.path(),
+        ca,
+        &opts,
+        (common::free_port(), common::free_port()),
+    );
+    let out = sealpost_cmd(&config, &["check"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("ok   identity alice@example.com"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("smtp upstream"), "{stdout}");
+
+    // Wrong passphrase and an upstream that is down: both named, non-zero exit.
+    let bad_pass = dir.path().join("bad.pass");
+    std::fs::write(&bad_pass, "nope\n").unwrap();
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(
+            &keyring().alice_pass.display().to_string(),
+            &bad_pass.display().to_string(),
+        )
+        .replace(
+            &format!("localhost:{}", sink.port),
+            &format!("localhost:{}", common::free_port()),
+        );
+    std::fs::write(&config, text).unwrap();
+    let out = sealpost_cmd(&config, &["check"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("FAIL identity alice@example.com") && stdout.contains("passphrase"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("FAIL account test smtp upstream"),
+        "{stdout}"
+    );
+
+    // An unknown key in the config is named with its line.
+    std::fs::write(&config, "state_dir = \"s\"\nbogus = 1\n").unwrap();
+    let out = sealpost_cmd(&config, &["check"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success() && stdout.contains("bogus") && stdout.contains("line 2"),
+        "{stdout}"
+    );
+
+    let mut proxy = Proxy::start(ca, &opts);
+    let status = proxy.terminate(Duration::from_secs(20));
+    assert!(status.success(), "{status}\n{}", proxy.log());
+}

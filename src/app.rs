@@ -1,6 +1,9 @@
 //! Wiring: from a validated [`Config`] to running listeners, and the `check` report.
 
 use crate::config::{split_host_port, Config, ServiceConfig};
+use crate::imap::cache::ViewCache;
+use crate::imap::server::{ImapService, ImapUpstream};
+use crate::imap::ImapContext;
 use crate::keys::{self, KeyStore, LoadedIdentity};
 use crate::smtp::pipeline::Outbound;
 use crate::smtp::server::{serve, SmtpService};
@@ -85,6 +88,13 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         identities: loaded.identities.clone(),
         policy: config.policy.clone(),
     });
+    let imap_ctx = Arc::new(ImapContext {
+        identities: loaded.identities.clone(),
+        store: loaded.store.clone(),
+        cache: Arc::new(ViewCache::new(config.limits.view_cache_size)),
+        max_message_size: config.limits.max_message_size,
+        max_line_length: config.limits.max_line_length,
+    });
     let mut tasks = Vec::new();
     for account in &config.accounts {
         if let Some(smtp) = &account.smtp {
@@ -122,8 +132,38 @@ pub async fn run(config: Config) -> Result<(), AppError> {
                 )));
             }
         }
-        if account.imap.is_some() {
-            tracing::warn!(account = %account.name, "the IMAP proxy is not available in this version; [account.imap] is ignored");
+        if let Some(imap) = &account.imap {
+            let (host, port) = split_host_port(&imap.upstream).expect("validated by Config::load");
+            let service = Arc::new(ImapService {
+                account: account.name.clone(),
+                ctx: imap_ctx.clone(),
+                upstream: ImapUpstream {
+                    host,
+                    port,
+                    security: imap.upstream_security,
+                    tls: loaded.client_tls.clone(),
+                    timeout: config.limits.upstream_timeout(),
+                },
+                acceptor: acceptor.clone(),
+                max_connections: config.limits.max_connections,
+            });
+            for (addr, implicit) in [(imap.listen, false), (imap.listen_tls, true)] {
+                let Some(addr) = addr else { continue };
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| AppError::Listen {
+                        addr,
+                        what: format!("account {} imap", account.name),
+                        message: e.to_string(),
+                    })?;
+                tracing::info!(account = %account.name, %addr, implicit_tls = implicit, upstream = %imap.upstream, "IMAP listener ready");
+                tasks.push(tokio::spawn(crate::imap::server::serve(
+                    listener,
+                    implicit,
+                    service.clone(),
+                    stop_rx.clone(),
+                )));
+            }
         }
     }
     wait_for_signal().await;
@@ -251,12 +291,32 @@ pub async fn check(config: &Config) -> Vec<CheckLine> {
                 }
             }
         }
-        if account.imap.is_some() {
-            push(
-                true,
-                format!("account {} imap", account.name),
-                "ignored: the IMAP proxy is not available in this version".into(),
-            );
+        if let Some(imap) = &account.imap {
+            for addr in [imap.listen, imap.listen_tls].into_iter().flatten() {
+                let what = format!("account {} imap listen", account.name);
+                match std::net::TcpListener::bind(addr) {
+                    Ok(_) => push(true, what, format!("{addr} is free")),
+                    Err(e) => push(false, what, format!("cannot bind {addr}: {e} (is sealpost already running, or another server on that port?)")),
+                }
+            }
+            if let Some(client_tls) = &client_tls {
+                let (host, port) = split_host_port(&imap.upstream).expect("validated");
+                let upstream = ImapUpstream {
+                    host,
+                    port,
+                    security: imap.upstream_security,
+                    tls: client_tls.clone(),
+                    timeout: config
+                        .limits
+                        .upstream_timeout()
+                        .min(std::time::Duration::from_secs(15)),
+                };
+                let what = format!("account {} imap upstream", account.name);
+                match crate::imap::server::connect_upstream(&upstream).await {
+                    Ok(_) => push(true, what, format!("{} answered over {:?}", imap.upstream, imap.upstream_security)),
+                    Err(e) => push(false, what, format!("{e}; check `upstream` and `upstream_security` (\"tls\" for port 993, \"starttls\" for 143), and extra_ca for a private CA")),
+                }
+            }
         }
     }
     lines

@@ -193,6 +193,9 @@ pub struct Limits {
     /// Most client connections served at once, per listener.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Bytes of decrypted message views kept in memory for IMAP clients.
+    #[serde(default = "default_view_cache_size")]
+    pub view_cache_size: usize,
 }
 
 impl Default for Limits {
@@ -204,6 +207,7 @@ impl Default for Limits {
             idle_timeout_secs: default_idle_timeout(),
             upstream_timeout_secs: default_upstream_timeout(),
             max_connections: default_max_connections(),
+            view_cache_size: default_view_cache_size(),
         }
     }
 }
@@ -243,6 +247,9 @@ fn default_upstream_timeout() -> u64 {
 }
 fn default_max_connections() -> usize {
     256
+}
+fn default_view_cache_size() -> usize {
+    256 * 1024 * 1024
 }
 
 impl Config {

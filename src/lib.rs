@@ -7,6 +7,7 @@
 
 pub mod app;
 pub mod config;
+pub mod imap;
 pub mod keys;
 pub mod mime;
 pub mod pgp;

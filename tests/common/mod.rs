@@ -8,6 +8,8 @@
 //! and Debian's `/usr/bin/python3` with python3-aiosmtpd.
 #![allow(dead_code, unused_imports)]
 
+pub mod dovecot;
+pub mod imapclients;
 pub mod json;
 pub mod net;
 pub mod pgp;
@@ -15,6 +17,12 @@ pub mod proxy;
 pub mod sink;
 pub mod tls;
 
+pub use dovecot::Dovecot;
+pub use imapclients::{
+    curl_fetch, curl_imap, imaplib_run, imaplib_script, imaplib_spawn, mbsync_normalize,
+    mbsync_pull, parse_fetches, script_value, script_values, Fetch, ImapReply, ImaplibChild,
+    ImaplibOutput, MbsyncPull, RawImap,
+};
 pub use net::{
     free_port, py_sendmail, run_python, run_python_ok, wait_for_port, PySend, PySendMode,
     PySendResult, PYTHON,

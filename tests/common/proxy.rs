@@ -26,6 +26,8 @@ pub struct ProxyOptions {
     pub import: Vec<PathBuf>,
     /// Extra TOML appended verbatim (e.g. a `[limits]` table).
     pub extra: String,
+    /// Upstream IMAP (Dovecot) port on localhost and its security ("tls"/"starttls").
+    pub imap_upstream: Option<(u16, &'static str)>,
 }
 
 impl ProxyOptions {
@@ -40,6 +42,7 @@ impl ProxyOptions {
             alice_identity: true,
             import: Vec::new(),
             extra: String::new(),
+            imap_upstream: None,
         }
     }
 }
@@ -49,6 +52,9 @@ pub struct Proxy {
     pub smtp_port: u16,
     /// Implicit-TLS listener.
     pub smtps_port: u16,
+    /// IMAP listener (STARTTLS offered) and implicit-TLS IMAP listener.
+    pub imap_port: u16,
+    pub imaps_port: u16,
     pub config: PathBuf,
     pub log_path: PathBuf,
     pub dir: tempfile::TempDir,
@@ -77,6 +83,16 @@ impl Proxy {
         ca: &TestCa,
         opts: &ProxyOptions,
         ports: (u16, u16),
+    ) -> PathBuf {
+        Proxy::write_config_imap(dir, ca, opts, ports, (0, 0))
+    }
+
+    pub fn write_config_imap(
+        dir: &Path,
+        ca: &TestCa,
+        opts: &ProxyOptions,
+        ports: (u16, u16),
+        imap_ports: (u16, u16),
     ) -> PathBuf {
         let kr = super::pgp::keyring();
         let mut toml = format!(
@@ -111,6 +127,17 @@ protect_headers = {protect}
             sign = opts.sign,
             protect = opts.protect_headers,
         );
+        if let Some((port, security)) = opts.imap_upstream {
+            // TOML: a sub-table of the last [[account]] may follow its other tables.
+            toml = toml.replacen(
+                "[keys]",
+                &format!(
+                    "[account.imap]\nlisten = \"127.0.0.1:{}\"\nlisten_tls = \"127.0.0.1:{}\"\nupstream = \"localhost:{port}\"\nupstream_security = \"{security}\"\n[keys]",
+                    imap_ports.0, imap_ports.1
+                ),
+                1,
+            );
+        }
         for (r, a) in &opts.rules {
             toml.push_str(&format!(
                 "[[policy.rule]]\nrecipient = \"{r}\"\naction = \"{a}\"\n"
@@ -133,7 +160,8 @@ protect_headers = {protect}
     pub fn start(ca: &TestCa, opts: &ProxyOptions) -> Proxy {
         let dir = super::tempdir();
         let ports = (free_port(), free_port());
-        let config = Proxy::write_config(dir.path(), ca, opts, ports);
+        let imap_ports = (free_port(), free_port());
+        let config = Proxy::write_config_imap(dir.path(), ca, opts, ports, imap_ports);
         if !opts.import.is_empty() {
             let mut args = vec!["keys", "import"];
             let files: Vec<String> = opts
@@ -163,6 +191,8 @@ protect_headers = {protect}
         let mut proxy = Proxy {
             smtp_port: ports.0,
             smtps_port: ports.1,
+            imap_port: imap_ports.0,
+            imaps_port: imap_ports.1,
             config,
             log_path,
             dir,

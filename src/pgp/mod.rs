@@ -6,6 +6,12 @@
 //! (RFC 9788, `protected-headers="v1"`) the inner entity also carries the visible
 //! header fields and the outer Subject is replaced so the provider does not see it.
 
+mod decrypt;
+mod unwrap;
+
+pub use decrypt::{decrypt_bytes, DecryptError, Decrypted, SignatureStatus};
+pub use unwrap::{view_of, View, ViewKind, STATUS_HEADER};
+
 use crate::mime;
 use openpgp::cert::Cert;
 use openpgp::crypto::KeyPair;

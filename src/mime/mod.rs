@@ -1,8 +1,11 @@
-//! Byte-exact handling of RFC 5322 header sections.
+//! Byte-exact handling of RFC 5322 messages: header sections here, the IMAP view of a
+//! message (BODYSTRUCTURE, ENVELOPE, sections) in [`view`].
 //!
 //! PGP/MIME needs to move header fields between the outer message and the encrypted
 //! inner entity without re-encoding them, so fields are kept as the raw bytes the
 //! client sent (folding included) and only their names are interpreted.
+
+pub mod view;
 
 /// Splits a message into its header section (including the final line break of the
 /// last field) and its body (after the empty line). A message without an empty line
@@ -105,9 +108,33 @@ pub fn push_line(out: &mut Vec<u8>, raw: &[u8]) {
     }
 }
 
+/// The message with the named header fields removed, everything else byte for byte.
+pub fn without_fields(raw: &[u8], names: &[&str]) -> Vec<u8> {
+    let (header, body) = split_message(raw);
+    let fields: Vec<Field<'_>> = self::fields(header);
+    if !fields.iter().any(|f| names.iter().any(|n| f.is(n))) {
+        return raw.to_vec();
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    for f in fields.iter().filter(|f| !names.iter().any(|n| f.is(n))) {
+        out.extend_from_slice(f.raw);
+    }
+    // Restore the separator exactly as it was.
+    out.extend_from_slice(&raw[header.len()..raw.len() - body.len()]);
+    out.extend_from_slice(body);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn removing_fields_keeps_the_rest_exact() {
+        let m = b"A: 1\r\nBcc: x\r\n y\r\nB: 2\r\n\r\nbody";
+        assert_eq!(without_fields(m, &["bcc"]), b"A: 1\r\nB: 2\r\n\r\nbody");
+        assert_eq!(without_fields(b"A: 1\n\nb", &["Bcc"]), b"A: 1\n\nb");
+    }
 
     #[test]
     fn splits_header_and_body() {

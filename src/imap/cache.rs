@@ -1,0 +1,152 @@
+//! The decrypted-view cache, shared by every IMAP session of the process.
+//!
+//! Keyed by (identity, mailbox, UIDVALIDITY, UID): a UID names one immutable message
+//! for as long as UIDVALIDITY is unchanged (RFC 3501 §2.3.1.1), so an entry never goes
+//! stale; a change of UIDVALIDITY simply stops matching. Bounded by total bytes, the
+//! least recently used entries go first. Also remembers which messages need no view,
+//! so repeated fetches of plain mail cost no extra round trip.
+
+use crate::pgp::View;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Key {
+    pub identity: String,
+    pub mailbox: String,
+    pub uidvalidity: u32,
+    pub uid: u32,
+}
+
+/// How a message is shown.
+#[derive(Debug, Clone)]
+pub enum Entry {
+    /// Shown exactly as upstream has it.
+    Plain,
+    View(Arc<View>),
+}
+
+struct Inner {
+    map: HashMap<Key, (Entry, u64)>,
+    bytes: usize,
+    clock: u64,
+}
+
+pub struct ViewCache {
+    inner: Mutex<Inner>,
+    max_bytes: usize,
+    max_entries: usize,
+}
+
+fn cost(e: &Entry) -> usize {
+    match e {
+        Entry::Plain => 64,
+        Entry::View(v) => v.bytes.len() + 128,
+    }
+}
+
+impl ViewCache {
+    pub fn new(max_bytes: usize) -> ViewCache {
+        ViewCache {
+            inner: Mutex::new(Inner {
+                map: HashMap::new(),
+                bytes: 0,
+                clock: 0,
+            }),
+            max_bytes,
+            max_entries: 1_000_000,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn get(&self, key: &Key) -> Option<Entry> {
+        let mut inner = self.lock();
+        inner.clock += 1;
+        let now = inner.clock;
+        inner.map.get_mut(key).map(|(e, t)| {
+            *t = now;
+            e.clone()
+        })
+    }
+
+    pub fn insert(&self, key: Key, entry: Entry) {
+        let c = cost(&entry);
+        if c > self.max_bytes {
+            return;
+        }
+        let mut inner = self.lock();
+        inner.clock += 1;
+        let now = inner.clock;
+        if let Some((old, _)) = inner.map.insert(key, (entry, now)) {
+            inner.bytes -= cost(&old);
+        }
+        inner.bytes += c;
+        while inner.bytes > self.max_bytes || inner.map.len() > self.max_entries {
+            let Some(oldest) = inner
+                .map
+                .iter()
+                .min_by_key(|(_, (_, t))| *t)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            if let Some((e, _)) = inner.map.remove(&oldest) {
+                inner.bytes -= cost(&e);
+            }
+        }
+    }
+
+    pub fn remove(&self, key: &Key) {
+        let mut inner = self.lock();
+        if let Some((e, _)) = inner.map.remove(key) {
+            inner.bytes -= cost(&e);
+        }
+    }
+
+    /// Total bytes held (for tests and logs).
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pgp::ViewKind;
+
+    fn key(uid: u32) -> Key {
+        Key {
+            identity: "a@x".into(),
+            mailbox: "INBOX".into(),
+            uidvalidity: 7,
+            uid,
+        }
+    }
+
+    fn view(n: usize) -> Entry {
+        Entry::View(Arc::new(View {
+            bytes: vec![b'x'; n],
+            kind: ViewKind::Plain,
+        }))
+    }
+
+    #[test]
+    fn bounded_by_bytes_least_recently_used_first() {
+        let c = ViewCache::new(3000);
+        c.insert(key(1), view(1000));
+        c.insert(key(2), view(1000));
+        assert!(c.get(&key(1)).is_some());
+        c.insert(key(3), view(1000));
+        assert!(c.get(&key(2)).is_none(), "2 was least recently used");
+        assert!(c.get(&key(1)).is_some() && c.get(&key(3)).is_some());
+        assert!(c.bytes() <= 3000);
+        c.insert(key(4), view(5000));
+        assert!(c.get(&key(4)).is_none(), "larger than the whole cache");
+        let mut other = key(1);
+        other.uidvalidity = 8;
+        assert!(c.get(&other).is_none());
+    }
+}

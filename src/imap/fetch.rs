@@ -1,0 +1,792 @@
+//! FETCH of possibly encrypted messages, as a sequence of upstream commands.
+//!
+//! A client's FETCH that asks for anything computed from message content (sizes,
+//! structure, envelope, sections) is answered in steps, each one upstream command with
+//! a tag of our own (DESIGN.md, "The IMAP view of an encrypted message"):
+//!
+//! 1. *classify*: `FETCH set (UID BODYSTRUCTURE BODY.PEEK[HEADER.FIELDS (SEALPOST-DECRYPTED)])`
+//!    finds PGP/MIME messages and stored messages carrying a forged status field;
+//!    single-part text messages are then checked for inline PGP with a `SEARCH BODY`;
+//! 2. *download*: `FETCH special (UID BODY.PEEK[])` for those not cached, then the view
+//!    is built (decrypted) and cached;
+//! 3. *plain*: the client's own item list for the other messages; their responses are
+//!    relayed byte for byte;
+//! 4. *special*: `STORE +FLAGS.SILENT (\Seen)` when a non-PEEK item asks for it (RFC 3501
+//!    §6.4.5), then `FETCH special (UID FLAGS …)` for the items that do not depend on
+//!    content; each response is rewritten with the content items computed from the view.
+//!
+//! Seq-number FETCHes use seq-number commands throughout so that no EXPUNGE can arrive
+//! in between (RFC 3501 §7.4.1), and UID FETCHes use UID commands.
+
+use super::cache::{Entry, Key};
+use super::framer::Frame;
+use super::ImapContext;
+use crate::pgp::ViewKind;
+use imap_codec::decode::Decoder;
+use imap_codec::encode::Encoder;
+use imap_codec::ResponseCodec;
+use imap_types::body::{BodyStructure, SpecificFields};
+use imap_types::core::{IString, Literal, NString, Vec1};
+use imap_types::fetch::{
+    Macro, MacroOrMessageDataItemNames, MessageDataItem, MessageDataItemName, Section,
+};
+use imap_types::response::{Data, Response};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+/// Where the job is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Classify,
+    Search,
+    Download,
+    Plain,
+    Store,
+    Special,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Plain,
+    Special,
+    /// Single-part text: inline PGP possible, to be searched.
+    Candidate,
+}
+
+#[derive(Debug, Clone)]
+struct Msg {
+    seq: Option<u32>,
+    uid: u32,
+    class: Class,
+}
+
+/// Output of a job step.
+#[derive(Debug)]
+pub enum JobOutput {
+    Client(Vec<u8>),
+    Upstream(Vec<u8>),
+}
+
+/// Mailbox context of the FETCH.
+#[derive(Debug, Clone)]
+pub struct Selected {
+    pub identity: String,
+    pub mailbox: String,
+    pub uidvalidity: u32,
+    pub read_only: bool,
+}
+
+pub struct FetchJob {
+    client_tag: String,
+    uid: bool,
+    set_text: String,
+    items_text: String,
+    items: Vec<MessageDataItemName<'static>>,
+    selected: Selected,
+    step: Step,
+    tag: String,
+    tag_seq: u64,
+    tag_prefix: String,
+    msgs: Vec<Msg>,
+    sets_seen: bool,
+}
+
+/// Does the item depend on message content (and so on the view)?
+fn content_item(item: &MessageDataItemName<'_>) -> bool {
+    matches!(
+        item,
+        MessageDataItemName::Body
+            | MessageDataItemName::BodyExt { .. }
+            | MessageDataItemName::BodyStructure
+            | MessageDataItemName::Envelope
+            | MessageDataItemName::Rfc822
+            | MessageDataItemName::Rfc822Header
+            | MessageDataItemName::Rfc822Size
+            | MessageDataItemName::Rfc822Text
+            | MessageDataItemName::Binary { .. }
+            | MessageDataItemName::BinarySize { .. }
+    )
+}
+
+/// RFC 3501 §6.4.5: BODY[...] and RFC822/RFC822.TEXT set \Seen; PEEK and HEADER do not.
+fn sets_seen(item: &MessageDataItemName<'_>) -> bool {
+    matches!(
+        item,
+        MessageDataItemName::BodyExt { peek: false, .. }
+            | MessageDataItemName::Rfc822
+            | MessageDataItemName::Rfc822Text
+    )
+}
+
+/// Expands FAST/ALL/FULL (RFC 3501 §6.4.5).
+pub fn expand(m: MacroOrMessageDataItemNames<'_>) -> Vec<MessageDataItemName<'static>> {
+    use imap_types::IntoStatic;
+    match m {
+        MacroOrMessageDataItemNames::Macro(mac) => {
+            let mut v = vec![
+                MessageDataItemName::Flags,
+                MessageDataItemName::InternalDate,
+                MessageDataItemName::Rfc822Size,
+            ];
+            match mac {
+                Macro::Fast => {}
+                Macro::All => v.push(MessageDataItemName::Envelope),
+                Macro::Full => {
+                    v.push(MessageDataItemName::Envelope);
+                    v.push(MessageDataItemName::Body);
+                }
+                // The enum is non-exhaustive; future macros are at least FAST.
+                _ => {}
+            }
+            v
+        }
+        MacroOrMessageDataItemNames::MessageDataItemNames(v) => {
+            v.into_iter().map(|i| i.into_static()).collect()
+        }
+    }
+}
+
+/// True when a FETCH needs the view machinery at all.
+pub fn needs_view(items: &[MessageDataItemName<'_>]) -> bool {
+    items.iter().any(content_item)
+}
+
+/// Splits `tag [UID] FETCH set rest` textually: returns (set, rest without CRLF).
+pub fn split_fetch_line(line: &[u8]) -> Option<(String, String)> {
+    let text = std::str::from_utf8(line)
+        .ok()?
+        .trim_end_matches(['\r', '\n']);
+    let mut parts = text.splitn(3, ' ');
+    let _tag = parts.next()?;
+    let mut cmd = parts.next()?;
+    let mut rest = parts.next()?;
+    if cmd.eq_ignore_ascii_case("UID") {
+        let mut p = rest.splitn(2, ' ');
+        cmd = p.next()?;
+        rest = p.next()?;
+    }
+    if !cmd.eq_ignore_ascii_case("FETCH") {
+        return None;
+    }
+    let (set, items) = rest.split_once(' ')?;
+    Some((set.to_string(), items.to_string()))
+}
+
+/// Formats numbers as a compact IMAP sequence set ("1:3,7").
+pub fn format_set(nums: &[u32]) -> String {
+    let mut v = nums.to_vec();
+    v.sort_unstable();
+    v.dedup();
+    let mut out = String::new();
+    let mut i = 0;
+    while i < v.len() {
+        let start = v[i];
+        let mut end = start;
+        while i + 1 < v.len() && v[i + 1] == end + 1 {
+            i += 1;
+            end = v[i];
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        if start == end {
+            out.push_str(&start.to_string());
+        } else {
+            out.push_str(&format!("{start}:{end}"));
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Expands an explicit UID set ("4,7:9") when it has no `*` and is small.
+fn explicit_uids(set: &str) -> Option<Vec<u32>> {
+    let mut out = Vec::new();
+    for part in set.split(',') {
+        let (a, b) = match part.split_once(':') {
+            Some((a, b)) => (a.parse::<u32>().ok()?, b.parse::<u32>().ok()?),
+            None => {
+                let n = part.parse::<u32>().ok()?;
+                (n, n)
+            }
+        };
+        let (lo, hi) = (a.min(b), a.max(b));
+        if hi - lo > 1000 || out.len() > 1000 {
+            return None;
+        }
+        out.extend(lo..=hi);
+    }
+    Some(out)
+}
+
+fn nstring(data: &[u8]) -> NString<'static> {
+    // RFC 3501 §4.3: literals carry no NUL; Dovecot maps it to 0x80 as well.
+    let clean: Vec<u8> = data
+        .iter()
+        .map(|&b| if b == 0 { 0x80 } else { b })
+        .collect();
+    match Literal::try_from(clean) {
+        Ok(l) => NString(Some(IString::Literal(l))),
+        Err(_) => NString(None),
+    }
+}
+
+impl FetchJob {
+    /// A job for `client_tag`, or `None` when the FETCH can simply be relayed.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        client_tag: &str,
+        uid: bool,
+        line: &[u8],
+        items: Vec<MessageDataItemName<'static>>,
+        selected: Selected,
+        tag_prefix: &str,
+    ) -> Option<FetchJob> {
+        if !needs_view(&items) {
+            return None;
+        }
+        let (set_text, items_text) = split_fetch_line(line)?;
+        Some(FetchJob {
+            client_tag: client_tag.to_string(),
+            uid,
+            set_text,
+            items_text,
+            sets_seen: items.iter().any(sets_seen) && !selected.read_only,
+            items,
+            selected,
+            step: Step::Classify,
+            tag: String::new(),
+            tag_seq: 0,
+            tag_prefix: tag_prefix.to_string(),
+            msgs: Vec::new(),
+        })
+    }
+
+    fn key(&self, uid: u32) -> Key {
+        Key {
+            identity: self.selected.identity.clone(),
+            mailbox: self.selected.mailbox.clone(),
+            uidvalidity: self.selected.uidvalidity,
+            uid,
+        }
+    }
+
+    fn command(&mut self, body: String) -> JobOutput {
+        self.tag_seq += 1;
+        self.tag = format!("{}{}", self.tag_prefix, self.tag_seq);
+        JobOutput::Upstream(format!("{} {}\r\n", self.tag, body).into_bytes())
+    }
+
+    fn uid_prefix(&self) -> &'static str {
+        if self.uid {
+            "UID "
+        } else {
+            ""
+        }
+    }
+
+    /// The set addressing `msgs` in the job's numbering (UIDs or seq numbers).
+    fn set_of(&self, class: Class) -> String {
+        let nums: Vec<u32> = self
+            .msgs
+            .iter()
+            .filter(|m| m.class == class)
+            .filter_map(|m| if self.uid { Some(m.uid) } else { m.seq })
+            .collect();
+        format_set(&nums)
+    }
+
+    /// Starts the job: the first upstream command.
+    pub fn start(&mut self, ctx: &ImapContext) -> Vec<JobOutput> {
+        if self.items.iter().any(|i| {
+            matches!(
+                i,
+                MessageDataItemName::Binary { .. } | MessageDataItemName::BinarySize { .. }
+            )
+        }) {
+            // BINARY is not advertised; a client that asks anyway gets a clear answer.
+            return vec![JobOutput::Client(
+                format!(
+                    "{} BAD BINARY fetches are not available through sealpost\r\n",
+                    self.client_tag
+                )
+                .into_bytes(),
+            )];
+        }
+        // A UID FETCH of messages all known already skips classification.
+        if self.uid {
+            if let Some(uids) = explicit_uids(&self.set_text) {
+                let known: Option<Vec<Msg>> = uids
+                    .iter()
+                    .map(|&uid| {
+                        ctx.cache.get(&self.key(uid)).map(|e| Msg {
+                            seq: None,
+                            uid,
+                            class: match e {
+                                Entry::Plain => Class::Plain,
+                                Entry::View(_) => Class::Special,
+                            },
+                        })
+                    })
+                    .collect();
+                if let Some(msgs) = known {
+                    self.msgs = msgs;
+                    return self.after_download(ctx);
+                }
+            }
+        }
+        self.step = Step::Classify;
+        let body = format!(
+            "{}FETCH {} (UID BODYSTRUCTURE BODY.PEEK[HEADER.FIELDS (SEALPOST-DECRYPTED)])",
+            self.uid_prefix(),
+            self.set_text
+        );
+        vec![self.command(body)]
+    }
+
+    /// Feeds one upstream frame. `message` is the complete message when this frame
+    /// completed it. Returns what to send and whether the job is finished.
+    pub fn on_upstream(
+        &mut self,
+        frame: &Frame,
+        message: Option<&[u8]>,
+        complete: bool,
+        ctx: &ImapContext,
+    ) -> (Vec<JobOutput>, bool) {
+        // Plain step: relay the client's own responses as they stream in.
+        if self.step == Step::Plain {
+            if let Frame::Line { bytes, first, .. } = frame {
+                if *first && self.is_our_tagged(bytes) {
+                    return self.on_tagged(bytes, ctx);
+                }
+            }
+            let bytes = match frame {
+                Frame::Line { bytes, .. } | Frame::Literal { bytes, .. } => bytes.clone(),
+            };
+            return (vec![JobOutput::Client(bytes)], false);
+        }
+        if !complete {
+            return (Vec::new(), false);
+        }
+        let Some(message) = message else {
+            // Too large to hold: only a download can be that big.
+            tracing::warn!("upstream response exceeded the size bound; relaying as is");
+            return (Vec::new(), false);
+        };
+        if self.is_our_tagged(message) {
+            return self.on_tagged(message, ctx);
+        }
+        match self.consume(message, ctx) {
+            Some(out) => (out, false),
+            None => (vec![JobOutput::Client(message.to_vec())], false),
+        }
+    }
+
+    fn is_our_tagged(&self, bytes: &[u8]) -> bool {
+        bytes.starts_with(self.tag.as_bytes()) && bytes.get(self.tag.len()) == Some(&b' ')
+    }
+
+    /// An untagged response during a step: ours to use (Some) or to relay (None).
+    fn consume(&mut self, message: &[u8], ctx: &ImapContext) -> Option<Vec<JobOutput>> {
+        if self.step == Step::Search {
+            let text = std::str::from_utf8(message).ok()?;
+            let rest = text.strip_prefix("* SEARCH")?;
+            let found: Vec<u32> = rest
+                .split_whitespace()
+                .filter_map(|n| n.parse().ok())
+                .collect();
+            for m in &mut self.msgs {
+                if m.class == Class::Candidate {
+                    let n = if self.uid { Some(m.uid) } else { m.seq };
+                    if n.is_some_and(|n| found.contains(&n)) {
+                        m.class = Class::Special;
+                    }
+                }
+            }
+            return Some(Vec::new());
+        }
+        if !message.starts_with(b"* ") || !contains_ci(message, b" FETCH (") {
+            return None;
+        }
+        let (_, response) = ResponseCodec::default().decode(message).ok()?;
+        let Response::Data(Data::Fetch { seq, items }) = response else {
+            return None;
+        };
+        let items = items.into_inner();
+        let uid = items.iter().find_map(|i| match i {
+            MessageDataItem::Uid(u) => Some(u.get()),
+            _ => None,
+        })?;
+        match self.step {
+            Step::Classify => {
+                let structure = items.iter().find_map(|i| match i {
+                    MessageDataItem::BodyStructure(b) => Some(b),
+                    _ => None,
+                })?;
+                let forged = items.iter().any(|i| match i {
+                    MessageDataItem::BodyExt { data, .. } => {
+                        data.0.as_ref().is_some_and(|d| d.as_ref().len() > 2)
+                    }
+                    _ => false,
+                });
+                let class = if forged {
+                    Class::Special
+                } else {
+                    classify(structure)
+                };
+                self.msgs.push(Msg {
+                    seq: Some(seq.get()),
+                    uid,
+                    class,
+                });
+                Some(Vec::new())
+            }
+            Step::Download => {
+                let raw = items.iter().find_map(|i| match i {
+                    MessageDataItem::BodyExt {
+                        section: None,
+                        data,
+                        ..
+                    } => Some(
+                        data.0
+                            .as_ref()
+                            .map(|d| d.as_ref().to_vec())
+                            .unwrap_or_default(),
+                    ),
+                    _ => None,
+                })?;
+                self.store_view(uid, &raw, ctx);
+                Some(Vec::new())
+            }
+            Step::Special => Some(self.synthesize(seq.get(), uid, &items, ctx)),
+            _ => None,
+        }
+    }
+
+    fn store_view(&mut self, uid: u32, raw: &[u8], ctx: &ImapContext) {
+        let view = ctx.view(&self.selected.identity, raw);
+        let entry = match &view.kind {
+            ViewKind::Undecryptable(reason) => {
+                tracing::warn!(uid, mailbox = %self.selected.mailbox, %reason, "cannot decrypt; shown as stored");
+                if view.bytes == raw {
+                    Entry::Plain
+                } else {
+                    Entry::View(Arc::new(view))
+                }
+            }
+            ViewKind::Plain if view.bytes == raw => Entry::Plain,
+            _ => Entry::View(Arc::new(view)),
+        };
+        if matches!(entry, Entry::Plain) {
+            if let Some(m) = self.msgs.iter_mut().find(|m| m.uid == uid) {
+                m.class = Class::Plain;
+            }
+        }
+        ctx.cache.insert(self.key(uid), entry);
+    }
+
+    /// The tagged completion of our current command.
+    fn on_tagged(&mut self, line: &[u8], ctx: &ImapContext) -> (Vec<JobOutput>, bool) {
+        let text = String::from_utf8_lossy(line);
+        let rest = text[self.tag.len()..].trim_start();
+        let ok = rest.len() >= 2 && rest[..2].eq_ignore_ascii_case("OK");
+        if !ok {
+            // Upstream's verdict, under the client's tag.
+            let reply = format!("{} {}", self.client_tag, rest.trim_end());
+            return (
+                vec![JobOutput::Client(format!("{reply}\r\n").into_bytes())],
+                true,
+            );
+        }
+        let out = match self.step {
+            Step::Classify => self.after_classify(ctx),
+            Step::Search => self.after_search(ctx),
+            Step::Download => {
+                // Anything still special without a cached view could not be fetched.
+                let missing: Vec<u32> = self
+                    .msgs
+                    .iter()
+                    .filter(|m| m.class == Class::Special)
+                    .filter(|m| !matches!(ctx.cache.get(&self.key(m.uid)), Some(Entry::View(_))))
+                    .map(|m| m.uid)
+                    .collect();
+                for m in self.msgs.iter_mut() {
+                    if missing.contains(&m.uid) {
+                        m.class = Class::Plain;
+                    }
+                }
+                self.after_download(ctx)
+            }
+            Step::Plain => self.after_plain(),
+            Step::Store => self.special_fetch(),
+            Step::Special => Vec::new(),
+        };
+        if out.is_empty() {
+            let done = format!("{} OK Fetch completed (sealpost)\r\n", self.client_tag);
+            return (vec![JobOutput::Client(done.into_bytes())], true);
+        }
+        (out, false)
+    }
+
+    fn after_classify(&mut self, ctx: &ImapContext) -> Vec<JobOutput> {
+        // Cached classification wins over guessing from the structure.
+        for i in 0..self.msgs.len() {
+            match ctx.cache.get(&self.key(self.msgs[i].uid)) {
+                Some(Entry::Plain) => self.msgs[i].class = Class::Plain,
+                Some(Entry::View(_)) => self.msgs[i].class = Class::Special,
+                None => {}
+            }
+        }
+        if self.msgs.iter().any(|m| m.class == Class::Candidate) {
+            self.step = Step::Search;
+            let set = self.set_of(Class::Candidate);
+            let body = if self.uid {
+                format!("UID SEARCH UID {set} BODY \"-----BEGIN PGP MESSAGE-----\"")
+            } else {
+                format!("SEARCH {set} BODY \"-----BEGIN PGP MESSAGE-----\"")
+            };
+            return vec![self.command(body)];
+        }
+        self.after_search(ctx)
+    }
+
+    fn after_search(&mut self, ctx: &ImapContext) -> Vec<JobOutput> {
+        for m in self.msgs.iter_mut() {
+            if m.class == Class::Candidate {
+                m.class = Class::Plain;
+            }
+        }
+        for m in self.msgs.iter().filter(|m| m.class == Class::Plain) {
+            if ctx.cache.get(&self.key(m.uid)).is_none() {
+                ctx.cache.insert(self.key(m.uid), Entry::Plain);
+            }
+        }
+        let to_download: Vec<u32> = self
+            .msgs
+            .iter()
+            .filter(|m| m.class == Class::Special)
+            .filter(|m| ctx.cache.get(&self.key(m.uid)).is_none())
+            .filter_map(|m| if self.uid { Some(m.uid) } else { m.seq })
+            .collect();
+        if !to_download.is_empty() {
+            self.step = Step::Download;
+            let body = format!(
+                "{}FETCH {} (UID BODY.PEEK[])",
+                self.uid_prefix(),
+                format_set(&to_download)
+            );
+            return vec![self.command(body)];
+        }
+        self.after_download(ctx)
+    }
+
+    fn after_download(&mut self, _ctx: &ImapContext) -> Vec<JobOutput> {
+        if self.msgs.iter().any(|m| m.class == Class::Plain) {
+            self.step = Step::Plain;
+            let body = format!(
+                "{}FETCH {} {}",
+                self.uid_prefix(),
+                self.set_of(Class::Plain),
+                self.items_text
+            );
+            return vec![self.command(body)];
+        }
+        self.after_plain()
+    }
+
+    fn after_plain(&mut self) -> Vec<JobOutput> {
+        if !self.msgs.iter().any(|m| m.class == Class::Special) {
+            return Vec::new();
+        }
+        if self.sets_seen {
+            self.step = Step::Store;
+            let body = format!(
+                "{}STORE {} +FLAGS.SILENT (\\Seen)",
+                self.uid_prefix(),
+                self.set_of(Class::Special)
+            );
+            return vec![self.command(body)];
+        }
+        self.special_fetch()
+    }
+
+    fn special_fetch(&mut self) -> Vec<JobOutput> {
+        self.step = Step::Special;
+        let mut names = vec!["UID".to_string()];
+        for item in &self.items {
+            let n = match item {
+                MessageDataItemName::Flags => "FLAGS",
+                MessageDataItemName::InternalDate => "INTERNALDATE",
+                MessageDataItemName::ModSeq => "MODSEQ",
+                _ => continue,
+            };
+            if !names.iter().any(|x| x == n) {
+                names.push(n.to_string());
+            }
+        }
+        if self.sets_seen && !names.iter().any(|x| x == "FLAGS") {
+            names.push("FLAGS".into());
+        }
+        let body = format!(
+            "{}FETCH {} ({})",
+            self.uid_prefix(),
+            self.set_of(Class::Special),
+            names.join(" ")
+        );
+        vec![self.command(body)]
+    }
+
+    /// Builds the client's FETCH response for a message shown through its view.
+    fn synthesize(
+        &self,
+        seq: u32,
+        uid: u32,
+        upstream: &[MessageDataItem<'_>],
+        ctx: &ImapContext,
+    ) -> Vec<JobOutput> {
+        use imap_types::IntoStatic;
+        let Some(Entry::View(view)) = ctx.cache.get(&self.key(uid)) else {
+            // Evicted between steps (tiny cache): relay what we have, honestly empty.
+            tracing::warn!(uid, "view evicted during a fetch");
+            return Vec::new();
+        };
+        let msg = &view.bytes;
+        let mut items: Vec<MessageDataItem<'static>> = Vec::new();
+        let from_upstream = |name: &MessageDataItemName<'_>| {
+            upstream.iter().find(|i| {
+                matches!(
+                    (name, i),
+                    (MessageDataItemName::Flags, MessageDataItem::Flags(_))
+                        | (
+                            MessageDataItemName::InternalDate,
+                            MessageDataItem::InternalDate(_)
+                        )
+                        | (MessageDataItemName::ModSeq, MessageDataItem::ModSeq(_))
+                )
+            })
+        };
+        if self.uid {
+            if let Some(u) = NonZeroU32::new(uid) {
+                items.push(MessageDataItem::Uid(u));
+            }
+        }
+        for name in &self.items {
+            let item = match name {
+                MessageDataItemName::Uid => {
+                    if self.uid {
+                        continue;
+                    }
+                    NonZeroU32::new(uid).map(MessageDataItem::Uid)
+                }
+                MessageDataItemName::Flags
+                | MessageDataItemName::InternalDate
+                | MessageDataItemName::ModSeq => {
+                    from_upstream(name).map(|i| i.clone().into_static())
+                }
+                MessageDataItemName::Rfc822Size => {
+                    Some(MessageDataItem::Rfc822Size(msg.len() as u32))
+                }
+                MessageDataItemName::Body => Some(MessageDataItem::Body(
+                    crate::mime::view::body_structure(msg, false),
+                )),
+                MessageDataItemName::BodyStructure => Some(MessageDataItem::BodyStructure(
+                    crate::mime::view::body_structure(msg, true),
+                )),
+                MessageDataItemName::Envelope => {
+                    Some(MessageDataItem::Envelope(crate::mime::view::envelope(msg)))
+                }
+                MessageDataItemName::Rfc822 => Some(MessageDataItem::Rfc822(nstring(msg))),
+                MessageDataItemName::Rfc822Header => {
+                    let s = Section::Header(None);
+                    let data = crate::mime::view::section(msg, Some(&s)).unwrap_or_default();
+                    Some(MessageDataItem::Rfc822Header(nstring(&data)))
+                }
+                MessageDataItemName::Rfc822Text => {
+                    let s = Section::Text(None);
+                    let data = crate::mime::view::section(msg, Some(&s)).unwrap_or_default();
+                    Some(MessageDataItem::Rfc822Text(nstring(&data)))
+                }
+                MessageDataItemName::BodyExt {
+                    section, partial, ..
+                } => {
+                    let data =
+                        crate::mime::view::section(msg, section.as_ref()).unwrap_or_default();
+                    let part = crate::mime::view::partial(&data, *partial);
+                    Some(MessageDataItem::BodyExt {
+                        section: section.clone(),
+                        origin: partial.map(|(o, _)| o),
+                        data: nstring(part),
+                    })
+                }
+                MessageDataItemName::Binary { .. } | MessageDataItemName::BinarySize { .. } => None,
+            };
+            if let Some(item) = item {
+                items.push(item);
+            }
+        }
+        // RFC 3501 §6.4.5: the flag change caused by this fetch is reported.
+        if self.sets_seen && !self.items.contains(&MessageDataItemName::Flags) {
+            if let Some(f) = upstream
+                .iter()
+                .find(|i| matches!(i, MessageDataItem::Flags(_)))
+            {
+                items.push(f.clone().into_static());
+            }
+        }
+        let (Some(seq), Ok(items)) = (NonZeroU32::new(seq), Vec1::try_from(items)) else {
+            return Vec::new();
+        };
+        let response = Response::Data(Data::Fetch { seq, items });
+        let bytes = ResponseCodec::default().encode(&response).dump();
+        vec![JobOutput::Client(bytes)]
+    }
+}
+
+/// Encrypted by structure (PGP/MIME), possibly inline (single text part), or plain.
+fn classify(b: &BodyStructure<'_>) -> Class {
+    match b {
+        BodyStructure::Multi { subtype, .. } => {
+            if subtype.as_ref().eq_ignore_ascii_case(b"encrypted") {
+                Class::Special
+            } else {
+                Class::Plain
+            }
+        }
+        BodyStructure::Single { body, .. } => match &body.specific {
+            SpecificFields::Text { subtype, .. }
+                if subtype.as_ref().eq_ignore_ascii_case(b"plain") =>
+            {
+                Class::Candidate
+            }
+            _ => Class::Plain,
+        },
+    }
+}
+
+fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
+    let limit = hay.len().min(200);
+    hay[..limit]
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sets_and_lines() {
+        assert_eq!(format_set(&[5, 1, 2, 3, 9, 10]), "1:3,5,9:10");
+        assert_eq!(explicit_uids("4,7:9"), Some(vec![4, 7, 8, 9]));
+        assert_eq!(explicit_uids("1:*"), None);
+        assert_eq!(
+            split_fetch_line(b"a1 UID fetch 1:5 (UID RFC822.SIZE)\r\n"),
+            Some(("1:5".into(), "(UID RFC822.SIZE)".into()))
+        );
+        assert_eq!(
+            split_fetch_line(b"a2 FETCH 3 BODY[]\r\n"),
+            Some(("3".into(), "BODY[]".into()))
+        );
+        assert_eq!(split_fetch_line(b"a2 STORE 3 +FLAGS (x)\r\n"), None);
+    }
+}

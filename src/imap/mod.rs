@@ -1,0 +1,54 @@
+//! The IMAP proxy: one upstream connection per client connection, the conversation
+//! relayed as it is except where the decrypted view of encrypted mail must be shown.
+
+pub mod cache;
+pub mod caps;
+pub mod fetch;
+pub mod framer;
+pub mod server;
+pub mod session;
+
+use crate::keys::{KeyStore, LoadedIdentity};
+use crate::pgp::{view_of, View, ViewKind};
+use std::sync::Arc;
+
+/// Shared by every IMAP session of the process.
+pub struct ImapContext {
+    pub identities: Vec<Arc<LoadedIdentity>>,
+    pub store: Arc<KeyStore>,
+    pub cache: Arc<cache::ViewCache>,
+    /// Largest message (and literal) handled, in bytes.
+    pub max_message_size: usize,
+    /// Longest line accepted from client or server.
+    pub max_line_length: usize,
+}
+
+impl ImapContext {
+    /// The identity whose key decrypts for a login name (`login`, else `address`).
+    pub fn identity_for_login(&self, login: &str) -> Option<&Arc<LoadedIdentity>> {
+        self.identities
+            .iter()
+            .find(|i| i.login.eq_ignore_ascii_case(login))
+    }
+
+    /// The view of a stored message for `identity` (decrypting when it can).
+    pub fn view(&self, identity: &str, raw: &[u8]) -> View {
+        let Some(id) = self
+            .identities
+            .iter()
+            .find(|i| i.address.eq_ignore_ascii_case(identity))
+        else {
+            return View {
+                bytes: raw.to_vec(),
+                kind: ViewKind::Undecryptable("no identity".into()),
+            };
+        };
+        let mut certs: Vec<sequoia_openpgp::Cert> = self
+            .store
+            .certs()
+            .map(|c| c.as_ref().clone())
+            .unwrap_or_default();
+        certs.push(id.cert.clone());
+        view_of(raw, &id.decryptors, &certs, self.max_message_size)
+    }
+}

@@ -1,0 +1,273 @@
+//! The IMAP listener: one task per client, one upstream connection per client.
+
+use super::session::{Output, Session};
+use super::ImapContext;
+use crate::config::UpstreamSecurity;
+use crate::smtp::upstream::Io;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+/// RFC 3501 §5.4: an idle client may stay at least 30 minutes (IDLE re-issues every 29).
+const IMAP_IDLE_TIMEOUT: Duration = Duration::from_secs(31 * 60);
+
+/// Where and how to reach the provider's IMAP server.
+#[derive(Clone)]
+pub struct ImapUpstream {
+    pub host: String,
+    pub port: u16,
+    pub security: UpstreamSecurity,
+    pub tls: Arc<rustls::ClientConfig>,
+    pub timeout: Duration,
+}
+
+pub struct ImapService {
+    pub account: String,
+    pub ctx: Arc<ImapContext>,
+    pub upstream: ImapUpstream,
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    pub max_connections: usize,
+}
+
+/// Serves until `shutdown`; sessions then end at their next idle point.
+pub async fn serve(
+    listener: TcpListener,
+    implicit_tls: bool,
+    service: Arc<ImapService>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(service.max_connections));
+    let mut sessions = JoinSet::new();
+    let plaintext_ok = listener
+        .local_addr()
+        .map(|a| a.ip().is_loopback())
+        .unwrap_or(false);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                    let mut s = stream;
+                    sessions.spawn(async move {
+                        let _ = s.write_all(b"* BYE Too many connections, try again later\r\n").await;
+                    });
+                    continue;
+                };
+                let svc = service.clone();
+                let sd = shutdown.clone();
+                let span = tracing::info_span!("imap", account = %svc.account, %peer);
+                sessions.spawn(async move {
+                    let _permit = permit;
+                    if let Err(e) = handle(stream, implicit_tls, plaintext_ok, svc, sd).await {
+                        tracing::info!(error = %e, "connection ended");
+                    }
+                }.instrument(span));
+            }
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+        }
+    }
+    while sessions.join_next().await.is_some() {}
+}
+
+/// Connects to the provider and returns the stream and the greeting to relay.
+pub async fn connect_upstream(svc: &ImapUpstream) -> std::io::Result<(Box<dyn Io>, Vec<u8>)> {
+    let target = format!("{}:{}", svc.host, svc.port);
+    let tcp = tokio::time::timeout(
+        svc.timeout,
+        TcpStream::connect((svc.host.as_str(), svc.port)),
+    )
+    .await
+    .map_err(|_| std::io::Error::other(format!("{target}: connect timed out")))??;
+    let _ = tcp.set_nodelay(true);
+    let tls_connect = |io| async {
+        let name =
+            crate::tls::server_name(&svc.host).map_err(|e| std::io::Error::other(e.to_string()))?;
+        let connector = tokio_rustls::TlsConnector::from(svc.tls.clone());
+        tokio::time::timeout(svc.timeout, connector.connect(name, io))
+            .await
+            .map_err(|_| std::io::Error::other(format!("{target}: TLS handshake timed out")))?
+    };
+    match svc.security {
+        UpstreamSecurity::Tls => {
+            let tls = tls_connect(tcp).await?;
+            Ok((Box::new(tls), Vec::new()))
+        }
+        UpstreamSecurity::Plain => Ok((Box::new(tcp), Vec::new())),
+        UpstreamSecurity::Starttls => {
+            let mut reader = BufReader::new(tcp);
+            let mut line = Vec::new();
+            read_line(&mut reader, &mut line, svc.timeout).await?;
+            if !line.starts_with(b"* OK") {
+                return Err(std::io::Error::other(format!(
+                    "{target}: unexpected greeting {:?}",
+                    String::from_utf8_lossy(&line)
+                )));
+            }
+            reader.get_mut().write_all(b"sp0 STARTTLS\r\n").await?;
+            loop {
+                line.clear();
+                read_line(&mut reader, &mut line, svc.timeout).await?;
+                if line.starts_with(b"sp0 ") {
+                    break;
+                }
+            }
+            if !line.starts_with(b"sp0 OK") {
+                return Err(std::io::Error::other(format!(
+                    "{target}: STARTTLS refused; refusing to continue in plain text"
+                )));
+            }
+            if !reader.buffer().is_empty() {
+                return Err(std::io::Error::other(format!(
+                    "{target}: data before the TLS handshake"
+                )));
+            }
+            let tls = tls_connect(reader.into_inner()).await?;
+            // The first greeting's capabilities were from before TLS; ask again and
+            // present a greeting of our own with the real ones.
+            let mut io: Box<dyn Io> = Box::new(tls);
+            io.write_all(b"sp0 CAPABILITY\r\n").await?;
+            let mut reader = BufReader::new(io);
+            let mut caps = Vec::new();
+            loop {
+                line.clear();
+                read_line(&mut reader, &mut line, svc.timeout).await?;
+                if line.to_ascii_uppercase().starts_with(b"* CAPABILITY ") {
+                    caps = line.trim_ascii_end()[b"* CAPABILITY ".len()..].to_vec();
+                }
+                if line.starts_with(b"sp0 ") {
+                    break;
+                }
+            }
+            if !reader.buffer().is_empty() {
+                return Err(std::io::Error::other(format!("{target}: unexpected data")));
+            }
+            let mut greeting = b"* OK [CAPABILITY ".to_vec();
+            greeting.extend_from_slice(&caps);
+            greeting.extend_from_slice(b"] sealpost ready\r\n");
+            Ok((reader.into_inner(), greeting))
+        }
+    }
+}
+
+async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
+    r: &mut R,
+    line: &mut Vec<u8>,
+    timeout: Duration,
+) -> std::io::Result<()> {
+    let n = tokio::time::timeout(timeout, (&mut *r).take(64 * 1024).read_until(b'\n', line))
+        .await
+        .map_err(|_| std::io::Error::other("upstream did not answer in time"))??;
+    if n == 0 {
+        return Err(std::io::Error::other("upstream closed the connection"));
+    }
+    Ok(())
+}
+
+async fn handle(
+    stream: TcpStream,
+    implicit_tls: bool,
+    plaintext_ok: bool,
+    svc: Arc<ImapService>,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let _ = stream.set_nodelay(true);
+    let mut client: Box<dyn Io> = if implicit_tls {
+        match tokio::time::timeout(svc.upstream.timeout, svc.acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => Box::new(tls),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Ok(()),
+        }
+    } else {
+        Box::new(stream)
+    };
+    let (mut upstream, greeting) = match connect_upstream(&svc.upstream).await {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot reach the IMAP server");
+            let _ = client
+                .write_all(
+                    b"* BYE [UNAVAILABLE] The mail server cannot be reached; try again later\r\n",
+                )
+                .await;
+            return Ok(());
+        }
+    };
+    let mut session = Session::new(svc.ctx.clone(), implicit_tls, plaintext_ok);
+    let mut outputs = Vec::new();
+    if !greeting.is_empty() {
+        outputs = session.on_upstream(&greeting);
+    }
+    let mut cbuf = vec![0u8; 64 * 1024];
+    let mut ubuf = vec![0u8; 256 * 1024];
+    loop {
+        for out in std::mem::take(&mut outputs) {
+            match out {
+                Output::Client(b) => client.write_all(&b).await?,
+                Output::Upstream(b) => upstream.write_all(&b).await?,
+                Output::StartTls => {
+                    client.flush().await?;
+                    let tls =
+                        tokio::time::timeout(svc.upstream.timeout, svc.acceptor.accept(client))
+                            .await
+                            .map_err(|_| std::io::Error::other("TLS handshake timed out"))??;
+                    client = Box::new(tls);
+                    session.tls_started();
+                }
+                Output::Close => {
+                    client.flush().await?;
+                    let _ = client.shutdown().await;
+                    return Ok(());
+                }
+            }
+        }
+        client.flush().await?;
+        upstream.flush().await?;
+        if *shutdown.borrow() && session.is_idle() {
+            let _ = client
+                .write_all(b"* BYE sealpost is shutting down\r\n")
+                .await;
+            let _ = client.shutdown().await;
+            return Ok(());
+        }
+        let read_client = !session.client_blocked();
+        tokio::select! {
+            r = tokio::time::timeout(IMAP_IDLE_TIMEOUT, client.read(&mut cbuf)), if read_client => {
+                let n = match r {
+                    Ok(r) => r?,
+                    Err(_) => {
+                        let _ = client.write_all(b"* BYE Idle timeout\r\n").await;
+                        return Ok(());
+                    }
+                };
+                if n == 0 {
+                    return Ok(());
+                }
+                let bytes = &cbuf[..n];
+                outputs = tokio::task::block_in_place(|| session.on_client(bytes));
+            }
+            r = upstream.read(&mut ubuf) => {
+                let n = r?;
+                if n == 0 {
+                    let _ = client.write_all(b"* BYE The mail server closed the connection\r\n").await;
+                    return Ok(());
+                }
+                let bytes = &ubuf[..n];
+                // Decryption is CPU work; keep the runtime's other tasks moving.
+                outputs = tokio::task::block_in_place(|| session.on_upstream(bytes));
+            }
+            _ = shutdown.changed(), if !*shutdown.borrow() => {}
+        }
+    }
+}

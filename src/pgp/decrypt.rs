@@ -1,0 +1,203 @@
+//! Decryption and signature verification of one OpenPGP message.
+//!
+//! Sequoia's streaming decryptor only releases plaintext that passed its integrity
+//! check (MDC or AEAD, RFC 9580 §5.13); on top of that the plaintext is collected in
+//! full and returned only when the whole message was processed without error, so a
+//! truncated or tampered message never yields partial plaintext (EFAIL).
+
+use openpgp::cert::Cert;
+use openpgp::crypto::{KeyPair, SessionKey};
+use openpgp::packet::{PKESK, SKESK};
+use openpgp::parse::stream::{
+    DecryptionHelper, DecryptorBuilder, MessageLayer, MessageStructure, VerificationError,
+    VerificationHelper,
+};
+use openpgp::parse::Parse;
+use openpgp::types::SymmetricAlgorithm;
+use openpgp::KeyHandle;
+use sequoia_openpgp as openpgp;
+use std::io::Read;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecryptError {
+    #[error("none of our keys can decrypt this message")]
+    NoKey,
+    #[error("the decrypted message is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("decryption failed: {0}")]
+    Failed(String),
+}
+
+/// What the signature inside an encrypted message says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignatureStatus {
+    Unsigned,
+    /// Verified with a known certificate.
+    Good {
+        fingerprint: String,
+    },
+    /// A signature that does not verify (tampered, or the key is not valid).
+    Bad,
+    /// Signed by a key that is not in the store.
+    UnknownKey {
+        issuer: String,
+    },
+}
+
+#[derive(Debug)]
+pub struct Decrypted {
+    pub plaintext: Vec<u8>,
+    pub signature: SignatureStatus,
+}
+
+struct Helper<'a> {
+    keys: &'a [KeyPair],
+    certs: &'a [Cert],
+    signature: SignatureStatus,
+}
+
+impl VerificationHelper for Helper<'_> {
+    fn get_certs(&mut self, ids: &[KeyHandle]) -> openpgp::Result<Vec<Cert>> {
+        Ok(self
+            .certs
+            .iter()
+            .filter(|c| {
+                ids.iter()
+                    .any(|id| c.keys().any(|k| k.key().key_handle().aliases(id)))
+            })
+            .cloned()
+            .collect())
+    }
+
+    fn check(&mut self, structure: MessageStructure) -> openpgp::Result<()> {
+        for layer in structure.into_iter() {
+            if let MessageLayer::SignatureGroup { results } = layer {
+                for result in results {
+                    let status = match result {
+                        Ok(good) => SignatureStatus::Good {
+                            fingerprint: good.ka.cert().fingerprint().to_hex(),
+                        },
+                        Err(VerificationError::MissingKey { sig }) => SignatureStatus::UnknownKey {
+                            issuer: sig
+                                .get_issuers()
+                                .first()
+                                .map(|h| h.to_hex())
+                                .unwrap_or_default(),
+                        },
+                        Err(_) => SignatureStatus::Bad,
+                    };
+                    // The best result wins when several signatures are present.
+                    let better = matches!(
+                        (&self.signature, &status),
+                        (SignatureStatus::Unsigned, _)
+                            | (_, SignatureStatus::Good { .. })
+                            | (SignatureStatus::Bad, SignatureStatus::UnknownKey { .. })
+                    );
+                    if better && !matches!(self.signature, SignatureStatus::Good { .. }) {
+                        self.signature = status;
+                    }
+                }
+            }
+        }
+        // Signature problems are reported, not fatal: the content is still shown,
+        // labelled with the result.
+        Ok(())
+    }
+}
+
+impl DecryptionHelper for Helper<'_> {
+    fn decrypt(
+        &mut self,
+        pkesks: &[PKESK],
+        _skesks: &[SKESK],
+        sym_algo: Option<SymmetricAlgorithm>,
+        decrypt: &mut dyn FnMut(Option<SymmetricAlgorithm>, &SessionKey) -> bool,
+    ) -> openpgp::Result<Option<Cert>> {
+        for pkesk in pkesks {
+            for key in self.keys {
+                let matches = match pkesk.recipient() {
+                    Some(r) => key.public().key_handle().aliases(r),
+                    // Anonymous recipient (wildcard key ID): try every key.
+                    None => true,
+                };
+                if !matches {
+                    continue;
+                }
+                let mut kp = key.clone();
+                if let Some((algo, sk)) = pkesk.decrypt(&mut kp, sym_algo) {
+                    if decrypt(algo, &sk) {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+        Err(anyhow::anyhow!("no matching secret key"))
+    }
+}
+
+/// Decrypts `ciphertext` (armored or binary) with `keys`, verifying signatures
+/// against `certs`. Plaintext larger than `max_size` is refused.
+pub fn decrypt_bytes(
+    ciphertext: &[u8],
+    keys: &[KeyPair],
+    certs: &[Cert],
+    max_size: usize,
+) -> Result<Decrypted, DecryptError> {
+    if keys.is_empty() {
+        return Err(DecryptError::NoKey);
+    }
+    let helper = Helper {
+        keys,
+        certs,
+        signature: SignatureStatus::Unsigned,
+    };
+    let mut decryptor = DecryptorBuilder::from_bytes(ciphertext)
+        .map_err(|e| DecryptError::Failed(e.to_string()))?
+        .with_policy(&crate::keys::POLICY, None, helper)
+        .map_err(|e| {
+            let text = e.to_string();
+            if text.contains("no matching secret key") {
+                DecryptError::NoKey
+            } else {
+                DecryptError::Failed(text)
+            }
+        })?;
+    let mut plaintext = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let n = decryptor
+            .read(&mut chunk)
+            .map_err(|e| DecryptError::Failed(e.to_string()))?;
+        if n == 0 {
+            break;
+        }
+        if plaintext.len() + n > max_size {
+            return Err(DecryptError::TooLarge(max_size));
+        }
+        plaintext.extend_from_slice(&chunk[..n]);
+    }
+    if !decryptor.message_processed() {
+        return Err(DecryptError::Failed("message not fully processed".into()));
+    }
+    let signature = decryptor.into_helper().signature;
+    Ok(Decrypted {
+        plaintext,
+        signature,
+    })
+}
+
+impl SignatureStatus {
+    /// The value of the `Sealpost-Decrypted` header for this result.
+    pub fn header_value(&self) -> String {
+        match self {
+            SignatureStatus::Unsigned => "yes; unsigned".into(),
+            SignatureStatus::Good { fingerprint } => {
+                format!("yes; signature=good; signer={fingerprint}")
+            }
+            SignatureStatus::Bad => "yes; signature=bad".into(),
+            SignatureStatus::UnknownKey { issuer } => {
+                format!("yes; signature=unknown-key; issuer={issuer}")
+            }
+        }
+    }
+}

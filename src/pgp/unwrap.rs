@@ -1,0 +1,322 @@
+//! From a stored message to the message a mail client is shown.
+//!
+//! An encrypted message (RFC 3156 PGP/MIME, or inline PGP in a single text part) is
+//! replaced by a *view*: the outer header fields, with the protected header fields of
+//! the inner entity taking precedence (RFC 9788), a `Sealpost-Decrypted` field saying
+//! what happened, and the decrypted entity's MIME fields and body. Any
+//! `Sealpost-Decrypted` field that arrives in stored mail is removed first, so a sender
+//! cannot fake the result. A message that cannot be decrypted is shown as stored.
+
+use super::decrypt::{decrypt_bytes, DecryptError, SignatureStatus};
+use crate::mime;
+use mail_parser::MimeHeaders;
+use openpgp::cert::Cert;
+use openpgp::crypto::KeyPair;
+use sequoia_openpgp as openpgp;
+
+/// The header field that reports decryption results to the client.
+pub const STATUS_HEADER: &str = "Sealpost-Decrypted";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ViewKind {
+    /// Not encrypted; at most a forged status field was removed.
+    Plain,
+    Decrypted(SignatureStatus),
+    /// Encrypted, but not decryptable here; shown as stored.
+    Undecryptable(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct View {
+    pub bytes: Vec<u8>,
+    pub kind: ViewKind,
+}
+
+enum Encrypted {
+    PgpMime(Vec<u8>),
+    Inline(Vec<u8>),
+}
+
+/// Locates the OpenPGP data of an encrypted message.
+fn encrypted_payload(raw: &[u8]) -> Option<Encrypted> {
+    if !super::is_encrypted(raw) {
+        return None;
+    }
+    let msg = mail_parser::MessageParser::default().parse(raw)?;
+    let root = msg.parts.first()?;
+    let ct = root.content_type()?;
+    if ct.ctype().eq_ignore_ascii_case("multipart")
+        && ct
+            .subtype()
+            .is_some_and(|s| s.eq_ignore_ascii_case("encrypted"))
+    {
+        // RFC 3156 §4: the second body part, application/octet-stream, holds the data.
+        let part = msg.parts.iter().skip(1).find(|p| {
+            p.content_type().is_some_and(|c| {
+                c.ctype().eq_ignore_ascii_case("application")
+                    && c.subtype()
+                        .is_some_and(|s| s.eq_ignore_ascii_case("octet-stream"))
+            })
+        })?;
+        return Some(Encrypted::PgpMime(part.contents().to_vec()));
+    }
+    let body = root.contents();
+    let text = if body.is_empty() {
+        msg.parts.get(1).map(|p| p.contents()).unwrap_or_default()
+    } else {
+        body
+    };
+    let start = find(text, b"-----BEGIN PGP MESSAGE-----")?;
+    let end_marker = b"-----END PGP MESSAGE-----";
+    let end = find(&text[start..], end_marker)? + start + end_marker.len();
+    Some(Encrypted::Inline(text[start..end].to_vec()))
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn is_content_field(f: &mime::Field<'_>) -> bool {
+    f.name.len() >= 8 && f.name[..8].eq_ignore_ascii_case("Content-")
+}
+
+/// Computes the view of a stored message.
+pub fn view_of(raw: &[u8], keys: &[KeyPair], certs: &[Cert], max_size: usize) -> View {
+    let stripped = mime::without_fields(raw, &[STATUS_HEADER]);
+    let Some(payload) = encrypted_payload(&stripped) else {
+        return View {
+            bytes: stripped,
+            kind: ViewKind::Plain,
+        };
+    };
+    let (ciphertext, inline) = match payload {
+        Encrypted::PgpMime(c) => (c, false),
+        Encrypted::Inline(c) => (c, true),
+    };
+    let decrypted = match decrypt_bytes(&ciphertext, keys, certs, max_size) {
+        Ok(d) => d,
+        Err(e) => {
+            let reason = match e {
+                DecryptError::NoKey => "no key".to_string(),
+                other => other.to_string(),
+            };
+            return View {
+                bytes: stripped,
+                kind: ViewKind::Undecryptable(reason),
+            };
+        }
+    };
+    let status = format!(
+        "{STATUS_HEADER}: {}\r\n",
+        decrypted.signature.header_value()
+    );
+    let (outer_header, _) = mime::split_message(&stripped);
+    let outer: Vec<_> = mime::fields(outer_header);
+    let mut out = Vec::with_capacity(decrypted.plaintext.len() + outer_header.len() + 256);
+
+    if inline {
+        for f in outer.iter().filter(|f| !is_content_field(f)) {
+            mime::push_line(&mut out, f.raw);
+        }
+        out.extend_from_slice(status.as_bytes());
+        let body = mime::to_crlf(&decrypted.plaintext);
+        let charset_line = if body.is_ascii() {
+            "Content-Type: text/plain; charset=us-ascii\r\nContent-Transfer-Encoding: 7bit\r\n"
+        } else {
+            "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n"
+        };
+        out.extend_from_slice(charset_line.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&body);
+        return View {
+            bytes: out,
+            kind: ViewKind::Decrypted(decrypted.signature),
+        };
+    }
+
+    let inner_raw = mime::to_crlf(&decrypted.plaintext);
+    let (inner_header, inner_body) = mime::split_message(&inner_raw);
+    let inner: Vec<_> = mime::fields(inner_header)
+        .into_iter()
+        .filter(|f| !f.is(STATUS_HEADER))
+        .collect();
+    let protected = inner.iter().any(|f| {
+        f.is("Content-Type") && {
+            let v = f.value().to_ascii_lowercase();
+            v.contains("protected-headers=\"v1\"") || v.contains("protected-headers=v1")
+        }
+    });
+    let replaced: Vec<&mime::Field<'_>> = if protected {
+        inner
+            .iter()
+            .filter(|f| !is_content_field(f) && !f.name.is_empty())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut emitted = std::collections::HashSet::new();
+    for f in outer.iter().filter(|f| !is_content_field(f)) {
+        let name = f.name.to_ascii_lowercase();
+        if replaced.iter().any(|r| r.name.eq_ignore_ascii_case(&name)) {
+            if emitted.insert(name.clone()) {
+                for r in replaced
+                    .iter()
+                    .filter(|r| r.name.eq_ignore_ascii_case(&name))
+                {
+                    mime::push_line(&mut out, r.raw);
+                }
+            }
+            continue;
+        }
+        mime::push_line(&mut out, f.raw);
+    }
+    for r in &replaced {
+        if !emitted.contains(&r.name.to_ascii_lowercase()) {
+            mime::push_line(&mut out, r.raw);
+        }
+    }
+    out.extend_from_slice(status.as_bytes());
+    let mut has_content_type = false;
+    for f in inner.iter().filter(|f| is_content_field(f)) {
+        has_content_type |= f.is("Content-Type");
+        mime::push_line(&mut out, f.raw);
+    }
+    if !has_content_type {
+        out.extend_from_slice(b"Content-Type: text/plain; charset=us-ascii\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(inner_body);
+    View {
+        bytes: out,
+        kind: ViewKind::Decrypted(decrypted.signature),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::tests::make_cert;
+    use openpgp::cert::CertBuilder;
+    use openpgp::policy::StandardPolicy;
+
+    fn keypairs(cert: &Cert) -> Vec<KeyPair> {
+        let p = StandardPolicy::new();
+        cert.keys()
+            .secret()
+            .with_policy(&p, None)
+            .for_transport_encryption()
+            .map(|k| k.key().clone().into_keypair().unwrap())
+            .collect()
+    }
+
+    fn signer(cert: &Cert) -> KeyPair {
+        let p = StandardPolicy::new();
+        cert.keys()
+            .secret()
+            .with_policy(&p, None)
+            .for_signing()
+            .next()
+            .unwrap()
+            .key()
+            .clone()
+            .into_keypair()
+            .unwrap()
+    }
+
+    const MSG: &[u8] = b"From: alice@example.com\r\nTo: bob@example.org\r\nSubject: Real subject\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nsecret body\r\n";
+
+    #[test]
+    fn round_trip_restores_protected_subject_and_reports_signature() {
+        let (alice, _) = CertBuilder::general_purpose(Some("alice@example.com"))
+            .generate()
+            .unwrap();
+        let (bob, _) = CertBuilder::general_purpose(Some("bob@example.org"))
+            .generate()
+            .unwrap();
+        let sk = signer(&alice);
+        let enc = super::super::encrypt_message(
+            &super::super::EncryptRequest {
+                raw: MSG,
+                recipients: std::slice::from_ref(&bob),
+                signer: Some(&sk),
+                protect_headers: true,
+                boundary: "b1",
+            },
+            &[],
+        )
+        .unwrap();
+        let view = view_of(&enc, &keypairs(&bob), std::slice::from_ref(&alice), 1 << 20);
+        let text = String::from_utf8(view.bytes.clone()).unwrap();
+        assert!(text.contains("Subject: Real subject\r\n"), "{text}");
+        assert!(!text.contains("Subject: ..."), "{text}");
+        assert!(text.ends_with("\r\n\r\nsecret body\r\n"), "{text}");
+        assert!(
+            text.contains(&format!(
+                "Sealpost-Decrypted: yes; signature=good; signer={}",
+                alice.fingerprint().to_hex()
+            )),
+            "{text}"
+        );
+        assert_eq!(text.matches("Subject:").count(), 1);
+        // Without the signer's certificate the signature is of an unknown key.
+        let view = view_of(&enc, &keypairs(&bob), &[], 1 << 20);
+        assert!(matches!(
+            view.kind,
+            ViewKind::Decrypted(SignatureStatus::UnknownKey { .. })
+        ));
+    }
+
+    #[test]
+    fn undecryptable_and_plain_messages_are_shown_as_stored_minus_forged_status() {
+        let carol = make_cert("carol@example.org");
+        let bob = make_cert("bob@example.org");
+        let enc = super::super::encrypt_message(
+            &super::super::EncryptRequest {
+                raw: MSG,
+                recipients: std::slice::from_ref(&carol),
+                signer: None,
+                protect_headers: false,
+                boundary: "b2",
+            },
+            &[],
+        )
+        .unwrap();
+        let view = view_of(&enc, &keypairs(&bob), &[], 1 << 20);
+        assert_eq!(view.bytes, enc);
+        assert!(matches!(view.kind, ViewKind::Undecryptable(_)));
+
+        let forged = b"Subject: x\r\nSealpost-Decrypted: yes; signature=good\r\n\r\nhi\r\n";
+        let view = view_of(forged, &keypairs(&bob), &[], 1 << 20);
+        assert_eq!(view.bytes, b"Subject: x\r\n\r\nhi\r\n");
+        assert_eq!(view.kind, ViewKind::Plain);
+    }
+
+    #[test]
+    fn tampered_ciphertext_releases_nothing() {
+        let bob = make_cert("bob@example.org");
+        let enc = super::super::encrypt_message(
+            &super::super::EncryptRequest {
+                raw: MSG,
+                recipients: std::slice::from_ref(&bob),
+                signer: None,
+                protect_headers: false,
+                boundary: "b3",
+            },
+            &[],
+        )
+        .unwrap();
+        // Flip one base64 character in the middle of the armored data.
+        let text = String::from_utf8(enc.clone()).unwrap();
+        let start = text.find("-----BEGIN PGP MESSAGE-----").unwrap() + 40;
+        let pos = start + (text[start..].find("-----END").unwrap()) / 2;
+        let mut bytes = enc.clone();
+        bytes[pos] = if bytes[pos] == b'A' { b'B' } else { b'A' };
+        let view = view_of(&bytes, &keypairs(&bob), &[], 1 << 20);
+        assert!(
+            matches!(view.kind, ViewKind::Undecryptable(_)),
+            "{:?}",
+            view.kind
+        );
+        assert_eq!(view.bytes, bytes);
+    }
+}

@@ -1,0 +1,572 @@
+//! End to end: real IMAP clients talk to the `sealpost` binary, which relays to a real
+//! Dovecot holding mail encrypted by real GnuPG and sq. What the client sees of an
+//! encrypted message is checked against gpg's own decryption, and every item computed
+//! from the view is checked against what Dovecot itself answers for the decrypted
+//! message (appended to a scratch mailbox as plain mail).
+
+mod common;
+
+use common::dovecot::Dovecot;
+use common::imapclients::{parse_fetches, RawImap};
+use common::proxy::{Proxy, ProxyOptions};
+use common::{gpg_decrypt, gpg_encrypt, keyring, TestCa};
+use std::collections::HashMap;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+const USER: &str = "alice@example.com";
+const PASS: &str = "alicepw";
+
+/// Deterministic pseudo-random bytes.
+fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+fn base64_lines(data: &[u8]) -> String {
+    use base64::Engine;
+    let b = base64::engine::general_purpose::STANDARD.encode(data);
+    b.as_bytes()
+        .chunks(76)
+        .map(|c| format!("{}\r\n", std::str::from_utf8(c).unwrap()))
+        .collect()
+}
+
+fn crlf(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + data.len() / 40);
+    for &b in data {
+        if b == b'\n' && out.last() != Some(&b'\r') {
+            out.push(b'\r');
+        }
+        out.push(b);
+    }
+    out
+}
+
+fn pgp_mime(outer_headers: &str, armored: &[u8]) -> Vec<u8> {
+    let mut m = format!(
+        "{outer_headers}MIME-Version: 1.0\r\nContent-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; boundary=\"enc-b\"\r\n\r\nThis is an OpenPGP/MIME encrypted message\r\n--enc-b\r\nContent-Type: application/pgp-encrypted\r\n\r\nVersion: 1\r\n\r\n--enc-b\r\nContent-Type: application/octet-stream; name=\"encrypted.asc\"\r\n\r\n"
+    )
+    .into_bytes();
+    m.extend_from_slice(&crlf(armored));
+    m.extend_from_slice(b"\r\n--enc-b--\r\n");
+    m
+}
+
+fn sq_encrypt_to_alice(data: &[u8]) -> Vec<u8> {
+    let dir = common::tempdir();
+    let input = dir.path().join("in");
+    std::fs::write(&input, data).unwrap();
+    let out = Command::new("sq")
+        .args(["encrypt", "--recipient-cert"])
+        .arg(&keyring().alice().pub_asc)
+        .arg(&input)
+        .output()
+        .expect("run sq");
+    assert!(
+        out.status.success(),
+        "sq encrypt: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// The test mailbox: name -> (stored message, inner plaintext as gpg sees it).
+struct Corpus {
+    messages: Vec<(&'static str, Vec<u8>)>,
+}
+
+fn corpus() -> &'static Corpus {
+    static C: OnceLock<Corpus> = OnceLock::new();
+    C.get_or_init(|| {
+        let outer = "From: Bob <bob@example.org>\r\nTo: Alice <alice@example.com>\r\nSubject: ...\r\nDate: Tue, 24 Nov 2026 09:00:00 +0000\r\nMessage-ID: <m1@example.org>\r\n";
+        let inner_mixed = format!(
+            "Content-Type: multipart/mixed; boundary=\"inner1\"; protected-headers=\"v1\"\r\nSubject: Board meeting minutes\r\nFrom: Bob <bob@example.org>\r\nTo: Alice <alice@example.com>\r\nDate: Tue, 24 Nov 2026 09:00:00 +0000\r\nMessage-ID: <m1@example.org>\r\n\r\n--inner1\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\nHello Alice — the minutes are attached.\r\n--inner1\r\nContent-Type: application/octet-stream; name=\"data.bin\"\r\nContent-Disposition: attachment; filename=\"data.bin\"\r\nContent-Transfer-Encoding: base64\r\n\r\n{}--inner1--\r\n",
+            base64_lines(&noise(3000, 1))
+        );
+        let signed_mime = pgp_mime(outer, &gpg_encrypt(Some("bob"), &["alice"], inner_mixed.as_bytes(), true));
+
+        let inner_text = b"Content-Type: text/plain; charset=us-ascii\r\n\r\nEncrypted by sq, not signed.\r\n";
+        let sq_mime = pgp_mime(
+            "From: bob@example.org\r\nTo: alice@example.com\r\nSubject: from sq\r\nMessage-ID: <m2@example.org>\r\n",
+            &sq_encrypt_to_alice(inner_text),
+        );
+
+        let mut inline = b"From: bob@example.org\r\nTo: alice@example.com\r\nSubject: inline\r\nMessage-ID: <m3@example.org>\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n".to_vec();
+        inline.extend_from_slice(&crlf(&gpg_encrypt(Some("bob"), &["alice"], b"inline secret text\n", true)));
+
+        let for_carol = pgp_mime(
+            "From: bob@example.org\r\nTo: carol@example.org\r\nSubject: not for alice\r\nMessage-ID: <m4@example.org>\r\n",
+            &gpg_encrypt(Some("bob"), &["carol"], b"Content-Type: text/plain\r\n\r\ncarol only\r\n", true),
+        );
+
+        let plain = b"From: carol@example.org\r\nTo: alice@example.com\r\nSubject: plain hello\r\nMessage-ID: <m5@example.org>\r\nMIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary=\"alt\"\r\n\r\n--alt\r\nContent-Type: text/plain\r\n\r\nplain text\r\n--alt\r\nContent-Type: text/html\r\n\r\n<p>plain html</p>\r\n--alt--\r\n".to_vec();
+
+        // Compresses well: the view is much larger than what is stored.
+        let mut big_inner = b"Content-Type: text/plain; charset=us-ascii\r\n\r\n".to_vec();
+        for i in 0..60_000 {
+            big_inner.extend_from_slice(format!("line {i:06} of a long and very repetitive report\r\n").as_bytes());
+        }
+        let big = pgp_mime(
+            "From: bob@example.org\r\nTo: alice@example.com\r\nSubject: big report\r\nMessage-ID: <m6@example.org>\r\n",
+            &gpg_encrypt(Some("bob"), &["alice"], &big_inner, true),
+        );
+
+        let forged = b"From: mallory@example.net\r\nTo: alice@example.com\r\nSubject: trust me\r\nSealpost-Decrypted: yes; signature=good; signer=0000\r\nMessage-ID: <m7@example.org>\r\n\r\nI am totally verified.\r\n".to_vec();
+
+        Corpus {
+            messages: vec![
+                ("signed_mime", signed_mime),
+                ("sq_mime", sq_mime),
+                ("inline", inline),
+                ("for_carol", for_carol),
+                ("plain", plain),
+                ("big", big),
+                ("forged", forged),
+            ],
+        }
+    })
+}
+
+struct Env {
+    ca: &'static TestCa,
+    dovecot: Dovecot,
+    proxy: Proxy,
+    uids: HashMap<&'static str, u32>,
+}
+
+impl Env {
+    fn new() -> Env {
+        let ca = TestCa::shared();
+        let dovecot = Dovecot::start(ca, &[(USER, PASS)]);
+        let mut uids = HashMap::new();
+        for (name, msg) in &corpus().messages {
+            uids.insert(*name, dovecot.append(USER, PASS, "INBOX", msg, &[]));
+        }
+        let mut opts = ProxyOptions::new(1);
+        opts.imap_upstream = Some((dovecot.imaps_port, "tls"));
+        opts.import = vec![keyring().bob().pub_asc.clone()];
+        let proxy = Proxy::start(ca, &opts);
+        Env {
+            ca,
+            dovecot,
+            proxy,
+            uids,
+        }
+    }
+
+    fn client(&self) -> RawImap {
+        let mut c = RawImap::connect_login(
+            self.proxy.imap_port,
+            "starttls",
+            Some(&self.ca.ca_pem),
+            USER,
+            PASS,
+        );
+        c.command_ok("SELECT INBOX");
+        c
+    }
+
+    /// Dovecot's own answer for `items` of a plain copy of `view` (appended to a scratch mailbox).
+    fn dovecot_answer(&self, view: &[u8], items: &str) -> common::imapclients::Fetch {
+        let mut s = self.dovecot.session(USER, PASS);
+        let _ = s.command("CREATE Scratch");
+        let r = s.append("Scratch", &[], view);
+        assert!(r.is_ok(), "{}", r.tagged_text());
+        let text = r.tagged_text();
+        let uid: u32 = text
+            .split("APPENDUID ")
+            .nth(1)
+            .and_then(|t| t.split_whitespace().nth(1))
+            .and_then(|u| u.trim_end_matches(']').parse().ok())
+            .expect("APPENDUID");
+        s.command_ok("EXAMINE Scratch");
+        let raw = s.command_ok(&format!("UID FETCH {uid} ({items})"));
+        parse_fetches(&raw).pop().expect("a fetch response")
+    }
+}
+
+fn fetch_one(c: &mut RawImap, uid: u32, items: &str) -> common::imapclients::Fetch {
+    let raw = c.command_ok(&format!("UID FETCH {uid} ({items})"));
+    let mut f = parse_fetches(&raw);
+    assert_eq!(f.len(), 1, "{}", String::from_utf8_lossy(&raw));
+    f.pop().unwrap()
+}
+
+fn body_after_header(msg: &[u8]) -> &[u8] {
+    let pos = msg
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("header end");
+    &msg[pos + 4..]
+}
+
+#[test]
+fn encrypted_messages_are_shown_decrypted_and_every_item_agrees() {
+    let env = Env::new();
+    let mut c = env.client();
+    let kr = keyring();
+    let bob_fpr = &kr.bob().fpr;
+
+    for name in ["signed_mime", "sq_mime", "inline", "big"] {
+        let uid = env.uids[name];
+        let f = fetch_one(&mut c, uid, "UID RFC822.SIZE BODY.PEEK[]");
+        let view = f.get("BODY[]").expect("BODY[]").to_vec();
+        let size: usize = String::from_utf8_lossy(f.get("RFC822.SIZE").unwrap())
+            .parse()
+            .unwrap();
+        assert_eq!(size, view.len(), "{name}: RFC822.SIZE == len(BODY[])");
+        let text = String::from_utf8_lossy(&view);
+        assert!(
+            text.contains("\r\nSealpost-Decrypted: yes"),
+            "{name}:\n{text}"
+        );
+        assert!(
+            !text.contains("BEGIN PGP MESSAGE"),
+            "{name} still encrypted"
+        );
+
+        // What gpg makes of the stored message.
+        let stored = &corpus()
+            .messages
+            .iter()
+            .find(|(n, _)| *n == name)
+            .unwrap()
+            .1;
+        let s = String::from_utf8_lossy(stored);
+        let a = s.find("-----BEGIN PGP MESSAGE-----").unwrap();
+        let b = s.find("-----END PGP MESSAGE-----").unwrap() + 25;
+        let g = gpg_decrypt("alice", s[a..b].as_bytes());
+        assert!(g.decrypted(), "{g}");
+        let plain = crlf(&g.plaintext);
+        match name {
+            "signed_mime" => {
+                assert!(
+                    text.contains(&format!("signature=good; signer={bob_fpr}")),
+                    "{text}"
+                );
+                assert!(
+                    text.contains("Subject: Board meeting minutes\r\n"),
+                    "{text}"
+                );
+                assert!(!text.contains("Subject: ...\r\n"));
+                assert_eq!(body_after_header(&view), body_after_header(&plain));
+            }
+            "sq_mime" => {
+                assert!(text.contains("Sealpost-Decrypted: yes; unsigned"), "{text}");
+                assert!(text.contains("Subject: from sq\r\n"));
+                assert_eq!(body_after_header(&view), body_after_header(&plain));
+            }
+            "inline" => {
+                assert!(text.contains(&format!("signer={bob_fpr}")), "{text}");
+                assert_eq!(body_after_header(&view), plain.as_slice());
+            }
+            "big" => {
+                assert!(
+                    view.len() > stored.len() * 3,
+                    "decompressed view is larger than stored"
+                );
+                assert_eq!(body_after_header(&view), body_after_header(&plain));
+            }
+            _ => unreachable!(),
+        }
+
+        // Every content item agrees with Dovecot's answer for the decrypted message.
+        let items = "BODYSTRUCTURE BODY ENVELOPE RFC822.SIZE BODY.PEEK[HEADER] BODY.PEEK[TEXT] BODY.PEEK[1] BODY.PEEK[1.MIME] BODY.PEEK[HEADER.FIELDS (Subject From Content-Type)] BODY.PEEK[HEADER.FIELDS.NOT (Received Subject)] RFC822.HEADER";
+        let ours = fetch_one(&mut c, uid, items);
+        let theirs = env.dovecot_answer(&view, items);
+        for (item, value) in theirs.items.iter().filter(|(i, _)| i != "UID") {
+            let mut o = ours
+                .get(item)
+                .map(|v| String::from_utf8_lossy(v).into_owned());
+            let mut t = Some(String::from_utf8_lossy(value).into_owned());
+            if item.starts_with("BODY") && !item.contains('[') {
+                // imap-codec writes the text type as "TEXT", Dovecot as "text": MIME
+                // types are case-insensitive (RFC 2045 §5.1).
+                o = o.map(|s| s.replace("\"TEXT\"", "\"text\""));
+                t = t.map(|s| s.replace("\"TEXT\"", "\"text\""));
+            }
+            assert_eq!(o, t, "{name}: {item} differs from Dovecot's");
+        }
+        if name == "signed_mime" {
+            for item in ["BODY.PEEK[2]", "BODY.PEEK[2.MIME]", "BODY.PEEK[1]<5.10>"] {
+                let ours = fetch_one(&mut c, uid, item);
+                let theirs = env.dovecot_answer(&view, item);
+                let last = |f: &common::imapclients::Fetch| {
+                    f.items.iter().rfind(|(i, _)| i != "UID").cloned()
+                };
+                assert_eq!(last(&ours), last(&theirs), "{name}: {item}");
+            }
+        }
+
+        // Chunked fetches reassemble to BODY[].
+        for chunk in [4096usize, 65536] {
+            let mut whole = Vec::new();
+            let mut offset = 0;
+            loop {
+                let f = fetch_one(&mut c, uid, &format!("BODY.PEEK[]<{offset}.{chunk}>"));
+                let part = f
+                    .get(&format!("BODY[]<{offset}>"))
+                    .expect("partial")
+                    .to_vec();
+                whole.extend_from_slice(&part);
+                offset += chunk;
+                if part.len() < chunk || offset > view.len() + chunk {
+                    break;
+                }
+                if name == "big" && chunk == 4096 && offset > 40 * 4096 {
+                    // Enough 4 KiB round trips for the big one; finish in one piece.
+                    let f = fetch_one(
+                        &mut c,
+                        uid,
+                        &format!("BODY.PEEK[]<{offset}.{}>", view.len()),
+                    );
+                    whole.extend_from_slice(f.get(&format!("BODY[]<{offset}>")).unwrap());
+                    break;
+                }
+            }
+            assert_eq!(
+                whole, view,
+                "{name}: {chunk}-byte chunks reassemble to BODY[]"
+            );
+        }
+    }
+}
+
+#[test]
+fn undecryptable_and_plain_messages_are_byte_identical_to_dovecot() {
+    let env = Env::new();
+    let mut c = env.client();
+    for name in ["for_carol", "plain"] {
+        let uid = env.uids[name];
+        for items in [
+            "UID RFC822.SIZE BODY.PEEK[]",
+            "UID BODYSTRUCTURE ENVELOPE BODY.PEEK[1]",
+        ] {
+            let ours = c.command_ok(&format!("UID FETCH {uid} ({items})"));
+            let theirs = env.dovecot.fetch_raw(USER, PASS, "INBOX", uid, items);
+            assert_eq!(
+                String::from_utf8_lossy(&ours),
+                String::from_utf8_lossy(&theirs),
+                "{name} {items}"
+            );
+        }
+    }
+    // A forged status header never reaches the client.
+    let f = fetch_one(&mut c, env.uids["forged"], "UID RFC822.SIZE BODY.PEEK[]");
+    let body = f.get("BODY[]").unwrap();
+    assert!(!String::from_utf8_lossy(body).contains("Sealpost-Decrypted"));
+    assert!(String::from_utf8_lossy(body).contains("I am totally verified."));
+}
+
+#[test]
+fn body_fetch_sets_seen_and_reports_flags_like_the_server() {
+    let env = Env::new();
+    let mut c = env.client();
+    let uid = env.uids["signed_mime"];
+    let raw = c.command_ok(&format!("UID FETCH {uid} (UID BODY[1])"));
+    let f = &parse_fetches(&raw)[0];
+    assert!(String::from_utf8_lossy(f.get("FLAGS").expect("FLAGS reported")).contains("\\Seen"));
+    assert!(String::from_utf8_lossy(f.get("BODY[1]").unwrap()).contains("minutes are attached"));
+    assert!(env
+        .dovecot
+        .flags(USER, PASS, "INBOX", uid)
+        .iter()
+        .any(|f| f == "\\Seen"));
+    // PEEK leaves flags alone.
+    let uid2 = env.uids["sq_mime"];
+    fetch_one(&mut c, uid2, "UID BODY.PEEK[]");
+    assert!(!env
+        .dovecot
+        .flags(USER, PASS, "INBOX", uid2)
+        .iter()
+        .any(|f| f == "\\Seen"));
+    // EXAMINE (read-only) never sets it.
+    c.command_ok("EXAMINE INBOX");
+    let f = fetch_one(&mut c, uid2, "UID BODY[]");
+    assert!(f.get("BODY[]").is_some());
+    assert!(!env
+        .dovecot
+        .flags(USER, PASS, "INBOX", uid2)
+        .iter()
+        .any(|f| f == "\\Seen"));
+}
+
+#[test]
+fn sequence_fetch_of_a_mixed_range_and_thunderbirds_habits() {
+    let env = Env::new();
+    let mut c = env.client();
+    let n = corpus().messages.len();
+    // Thunderbird's list-time fetch.
+    let raw = c.command_ok(&format!("UID fetch 1:{n} (UID RFC822.SIZE FLAGS BODY.PEEK[HEADER.FIELDS (From To Cc Bcc Subject Date Message-ID Priority X-Priority References Newsgroups In-Reply-To Content-Type Reply-To Received)])"));
+    let fetches = parse_fetches(&raw);
+    assert_eq!(fetches.len(), n);
+    let by_uid: HashMap<u32, &common::imapclients::Fetch> =
+        fetches.iter().map(|f| (f.uid().unwrap(), f)).collect();
+    let hdr = |name: &str| {
+        String::from_utf8_lossy(
+            by_uid[&env.uids[name]]
+                .items
+                .iter()
+                .find(|(k, _)| k.starts_with("BODY[HEADER.FIELDS"))
+                .unwrap()
+                .1
+                .as_slice(),
+        )
+        .into_owned()
+    };
+    assert!(hdr("signed_mime").contains("Subject: Board meeting minutes"));
+    assert!(hdr("signed_mime").contains("multipart/mixed"));
+    assert!(hdr("plain").contains("multipart/alternative"));
+    assert!(hdr("for_carol").contains("multipart/encrypted"));
+    // New-mail preview, then display in chunks.
+    let uid = env.uids["signed_mime"];
+    let f = fetch_one(&mut c, uid, "UID BODY.PEEK[HEADER.FIELDS (Content-Type Content-Transfer-Encoding)] BODY.PEEK[TEXT]<0.2048>");
+    assert!(
+        String::from_utf8_lossy(f.get("BODY[TEXT]<0>").unwrap()).contains("minutes are attached")
+    );
+    let whole = fetch_one(&mut c, uid, "UID RFC822.SIZE BODY.PEEK[]");
+    let bs = fetch_one(&mut c, uid, "UID BODYSTRUCTURE");
+    assert!(String::from_utf8_lossy(bs.get("BODYSTRUCTURE").unwrap())
+        .to_ascii_lowercase()
+        .contains("\"mixed\""));
+    assert!(whole.get("BODY[]").is_some());
+
+    // Sequence-number FETCH over every message, plain and encrypted together.
+    let raw = c.command_ok(&format!("FETCH 1:{n} (RFC822.SIZE ENVELOPE)"));
+    let fetches = parse_fetches(&raw);
+    assert_eq!(fetches.len(), n, "{}", String::from_utf8_lossy(&raw));
+    assert!(
+        fetches.iter().all(|f| f.uid().is_none()),
+        "UID not asked, not shown"
+    );
+    let subjects: Vec<String> = fetches
+        .iter()
+        .map(|f| String::from_utf8_lossy(f.get("ENVELOPE").unwrap()).into_owned())
+        .collect();
+    assert!(
+        subjects.iter().any(|s| s.contains("Board meeting minutes")),
+        "{subjects:?}"
+    );
+}
+
+#[test]
+fn real_clients_imaplib_curl_and_mbsync_see_decrypted_mail() {
+    let env = Env::new();
+    let uid = env.uids["signed_mime"];
+    let mut c = env.client();
+    let view = fetch_one(&mut c, uid, "UID BODY.PEEK[]")
+        .get("BODY[]")
+        .unwrap()
+        .to_vec();
+
+    // python imaplib over implicit TLS.
+    let script = r#"
+import imaplib, ssl, sys, base64
+port, ca, user, pw, uid = sys.argv[1:6]
+c = imaplib.IMAP4_SSL("127.0.0.1", int(port), ssl_context=ssl.create_default_context(cafile=ca))
+c.login(user, pw)
+c.select("INBOX", readonly=True)
+typ, data = c.uid("FETCH", uid, "(BODY.PEEK[])")
+print(base64.b64encode(data[0][1]).decode())
+c.logout()
+"#;
+    let out = common::run_python_ok(
+        script,
+        &[
+            &env.proxy.imaps_port.to_string(),
+            env.ca.ca_pem.to_str().unwrap(),
+            USER,
+            PASS,
+            &uid.to_string(),
+        ],
+    );
+    use base64::Engine;
+    let got = base64::engine::general_purpose::STANDARD
+        .decode(out.trim())
+        .unwrap();
+    assert_eq!(got, view, "imaplib");
+
+    // curl's IMAP support.
+    let got = common::imapclients::curl_fetch(
+        env.proxy.imaps_port,
+        "tls",
+        &env.ca.ca_pem,
+        USER,
+        PASS,
+        "INBOX",
+        uid,
+    );
+    assert_eq!(got, view, "curl");
+
+    // mbsync syncs the mailbox; the encrypted messages arrive decrypted.
+    let synced = common::imapclients::mbsync_pull(
+        env.proxy.imaps_port,
+        "tls",
+        &env.ca.ca_pem,
+        USER,
+        PASS,
+        "INBOX",
+    );
+    assert_eq!(synced.messages.len(), corpus().messages.len());
+    let texts: Vec<String> = synced
+        .messages
+        .iter()
+        .map(|(_, b)| String::from_utf8_lossy(b).into_owned())
+        .collect();
+    assert!(texts.iter().any(
+        |t| t.contains("Subject: Board meeting minutes") && t.contains("minutes are attached")
+    ));
+    assert!(texts.iter().any(|t| t.contains("inline secret text")));
+    assert_eq!(
+        texts
+            .iter()
+            .filter(|t| t.contains("-----BEGIN PGP MESSAGE-----"))
+            .count(),
+        1,
+        "only the one for carol stays encrypted"
+    );
+}
+
+#[test]
+fn idle_through_sealpost_sees_new_mail_and_capabilities_are_filtered() {
+    let env = Env::new();
+    let mut c = env.client();
+    let caps = c.command_ok("CAPABILITY");
+    let caps = String::from_utf8_lossy(&caps).to_ascii_uppercase();
+    assert!(caps.contains("IDLE"), "{caps}");
+    for gone in ["COMPRESS=", "BINARY", "STARTTLS", "SORT", "THREAD="] {
+        assert!(!caps.contains(gone), "{gone} in {caps}");
+    }
+    let tag = c.new_tag();
+    c.send_raw(format!("{tag} IDLE\r\n").as_bytes());
+    let cont = c.read_line();
+    assert!(cont.starts_with(b"+"), "{}", String::from_utf8_lossy(&cont));
+    env.dovecot.deliver_new(
+        USER,
+        b"From: x@example.org\r\nSubject: new\r\n\r\nhello\r\n",
+    );
+    c.set_timeout(Duration::from_secs(20));
+    let mut seen = false;
+    for _ in 0..10 {
+        let line = c.read_line();
+        if String::from_utf8_lossy(&line).contains("EXISTS") {
+            seen = true;
+            break;
+        }
+    }
+    assert!(seen, "IDLE saw no EXISTS");
+    c.send_raw(b"DONE\r\n");
+    let r = c.read_until_tagged(&tag);
+    assert!(r.is_ok(), "{}", r.tagged_text());
+}

@@ -216,7 +216,7 @@ mod tests {
     fn lines_and_literals_at_every_split() {
         let input = b"a1 LOGIN {5}\r\nalice {3+}\r\npw!\r\na2 NOOP\r\n";
         let reference = frames(input, input.len());
-        assert_eq!(reference.len(), 5);
+        assert_eq!(reference.len(), 6);
         assert_eq!(
             reference[0],
             Frame::Line {
@@ -226,7 +226,7 @@ mod tests {
             }
         );
         assert_eq!(
-            reference[3],
+            reference[4],
             Frame::Line {
                 bytes: b"\r\n".to_vec(),
                 first: false,

@@ -569,4 +569,15 @@ fn idle_through_sealpost_sees_new_mail_and_capabilities_are_filtered() {
     c.send_raw(b"DONE\r\n");
     let r = c.read_until_tagged(&tag);
     assert!(r.is_ok(), "{}", r.tagged_text());
+
+    // AUTHENTICATE PLAIN with SASL-IR passes through and still selects the identity.
+    use base64::Engine;
+    let ir = base64::engine::general_purpose::STANDARD.encode(format!("\0{USER}\0{PASS}"));
+    let mut c = RawImap::connect(env.proxy.imaps_port, "tls", Some(&env.ca.ca_pem));
+    c.command_ok(&format!("AUTHENTICATE PLAIN {ir}"));
+    c.command_ok("EXAMINE INBOX");
+    let f = fetch_one(&mut c, env.uids["sq_mime"], "UID BODY.PEEK[HEADER]");
+    assert!(
+        String::from_utf8_lossy(f.get("BODY[HEADER]").unwrap()).contains("Sealpost-Decrypted: yes")
+    );
 }

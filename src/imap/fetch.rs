@@ -458,7 +458,15 @@ impl FetchJob {
                 self.store_view(uid, &raw, ctx);
                 Some(Vec::new())
             }
-            Step::Special => Some(self.synthesize(seq.get(), uid, &items, ctx)),
+            // Only the messages this step asked about; anything else is unsolicited.
+            Step::Special
+                if self
+                    .msgs
+                    .iter()
+                    .any(|m| m.uid == uid && m.class == Class::Special) =>
+            {
+                Some(self.synthesize(seq.get(), uid, &items, ctx))
+            }
             _ => None,
         }
     }

@@ -260,7 +260,9 @@ async fn handle(
             r = upstream.read(&mut ubuf) => {
                 let n = r?;
                 if n == 0 {
-                    let _ = client.write_all(b"* BYE The mail server closed the connection\r\n").await;
+                    if !session.logged_out() {
+                        let _ = client.write_all(b"* BYE The mail server closed the connection\r\n").await;
+                    }
                     return Ok(());
                 }
                 let bytes = &ubuf[..n];

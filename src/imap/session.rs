@@ -131,6 +131,11 @@ impl Session {
         self.job.is_none()
     }
 
+    /// True after the client's LOGOUT completed (the server's BYE was relayed).
+    pub fn logged_out(&self) -> bool {
+        matches!(self.state, State::Logout)
+    }
+
     /// True while client input should not be read (held bytes at their bound).
     pub fn client_blocked(&self) -> bool {
         self.held.len() >= MAX_HELD
@@ -635,6 +640,83 @@ fn sasl_user(mechanism: &str, line: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ctx() -> Arc<ImapContext> {
+        let dir = tempfile::tempdir().unwrap();
+        Arc::new(ImapContext {
+            identities: Vec::new(),
+            store: Arc::new(crate::keys::KeyStore::open(dir.path()).unwrap()),
+            cache: Arc::new(super::super::cache::ViewCache::new(1 << 20)),
+            max_message_size: 1 << 20,
+            max_line_length: 8192,
+        })
+    }
+
+    fn client_text(outs: &[Output]) -> String {
+        outs.iter()
+            .filter_map(|o| match o {
+                Output::Client(b) => Some(String::from_utf8_lossy(b).into_owned()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn upstream_text(outs: &[Output]) -> String {
+        outs.iter()
+            .filter_map(|o| match o {
+                Output::Upstream(b) => Some(String::from_utf8_lossy(b).into_owned()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn plaintext_login_refused_off_loopback_until_starttls() {
+        let mut s = Session::new(ctx(), false, false);
+        let out = s.on_upstream(b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN STARTTLS IDLE] ready\r\n");
+        let greeting = client_text(&out);
+        assert!(greeting.contains("STARTTLS LOGINDISABLED]"), "{greeting}");
+        assert!(!greeting.contains("AUTH=PLAIN"), "{greeting}");
+        // A synchronizing literal is refused before the client sends it.
+        let out = s.on_client(b"a1 LOGIN {5}\r\n");
+        assert_eq!(
+            client_text(&out),
+            "a1 NO [PRIVACYREQUIRED] Use STARTTLS before logging in\r\n"
+        );
+        assert!(upstream_text(&out).is_empty());
+        let out = s.on_client(b"a2 AUTHENTICATE PLAIN AGEAYg==\r\n");
+        assert!(client_text(&out).starts_with("a2 NO [PRIVACYREQUIRED]"));
+        // STARTTLS is answered locally; whatever was pipelined behind it is dropped.
+        let out = s.on_client(b"a3 STARTTLS\r\na4 LOGIN x y\r\n");
+        assert_eq!(out.last(), Some(&Output::StartTls));
+        assert!(client_text(&out).contains("a3 OK"));
+        s.tls_started();
+        let out = s.on_client(b"");
+        assert!(
+            upstream_text(&out).is_empty(),
+            "injected LOGIN must not be relayed"
+        );
+        // After TLS, LOGIN goes upstream.
+        let out = s.on_client(b"a5 LOGIN alice pw\r\n");
+        assert_eq!(upstream_text(&out), "a5 LOGIN alice pw\r\n");
+    }
+
+    #[test]
+    fn literals_stream_through_and_compress_is_refused() {
+        let mut s = Session::new(ctx(), true, true);
+        s.on_upstream(b"* OK ready\r\n");
+        let out = s.on_client(b"a1 APPEND INBOX {10+}\r\n01234");
+        assert_eq!(upstream_text(&out), "a1 APPEND INBOX {10+}\r\n01234");
+        let out = s.on_client(b"56789\r\na2 COMPRESS DEFLATE\r\n");
+        assert_eq!(upstream_text(&out), "56789\r\n");
+        assert!(client_text(&out).starts_with("a2 NO [CANNOT]"));
+        // A literal in a server response is never read as a response line.
+        let out = s.on_upstream(b"* 1 FETCH (BODY[] {14}\r\na1 OK fake\r\n\r\n)\r\na1 OK done\r\n");
+        assert_eq!(
+            client_text(&out),
+            "* 1 FETCH (BODY[] {14}\r\na1 OK fake\r\n\r\n)\r\na1 OK done\r\n"
+        );
+    }
 
     #[test]
     fn sasl_logins() {

@@ -181,9 +181,10 @@ impl Node {
             .is_some_and(|c| c.ty.eq_ignore_ascii_case(b"multipart") && !c.sub.is_empty())
     }
 
+    /// The boundary, cut to 80 bytes as Dovecot does.
     fn boundary(&self) -> Option<&[u8]> {
         let b = param(&self.ct.as_ref()?.params, b"boundary")?;
-        (self.is_multipart() && !b.is_empty()).then_some(b)
+        (self.is_multipart() && !b.is_empty()).then_some(&b[..b.len().min(80)])
     }
 
     fn is_rfc822(&self) -> bool {
@@ -496,10 +497,13 @@ fn structure(m: &[u8], n: &Node, ext: bool) -> BodyStructure<'static> {
     if text && param(&params, b"charset").is_none() {
         params.push((b"charset".to_vec(), b"us-ascii".to_vec()));
     }
-    let cte = mime(b"content-transfer-encoding").map(|v| {
+    // A single token (comments allowed), else the default.
+    let cte = mime(b"content-transfer-encoding").and_then(|v| {
         let mut lx = Lex::new(v);
         lx.cfws();
-        lx.run(is_token).to_vec()
+        let token = lx.run(is_token).to_vec();
+        lx.cfws();
+        (!token.is_empty() && lx.peek().is_none()).then_some(token)
     });
     let body = &m[n.body.clone()];
     let lines = u32::try_from(body.iter().filter(|&&b| b == b'\n').count()).unwrap_or(u32::MAX);
@@ -507,7 +511,7 @@ fn structure(m: &[u8], n: &Node, ext: bool) -> BodyStructure<'static> {
         parameter_list: pairs(params),
         id: nstr(mime(b"content-id").map(nolf)),
         description: nstr(mime(b"content-description").map(nolf)),
-        content_transfer_encoding: istr(cte.filter(|c| !c.is_empty()).unwrap_or(b"7bit".to_vec())),
+        content_transfer_encoding: istr(cte.unwrap_or(b"7bit".to_vec())),
         size: u32::try_from(body.len()).unwrap_or(u32::MAX),
     };
     let specific = match &n.kind {
@@ -542,22 +546,31 @@ struct Ctype {
     params: Params,
 }
 
+/// `type ["/" subtype]`, then parameters; anything else makes it `"" ""` (Dovecot).
 fn parse_ctype(v: &[u8]) -> Ctype {
     let mut lx = Lex::new(v);
     lx.cfws();
     let ty = lx.run(is_token).to_vec();
     lx.cfws();
     let mut sub = Vec::new();
+    let mut ok = !ty.is_empty();
     if lx.peek() == Some(b'/') {
         lx.i += 1;
         lx.cfws();
         sub = lx.run(is_token).to_vec();
+        ok &= !sub.is_empty();
+        lx.cfws();
     }
-    Ctype {
-        ty,
-        sub,
-        params: parse_params(&mut lx),
+    if !ok || !matches!(lx.peek(), None | Some(b';')) {
+        let params = Params::new();
+        return Ctype {
+            ty: Vec::new(),
+            sub: Vec::new(),
+            params,
+        };
     }
+    let params = parse_params(&mut lx);
+    Ctype { ty, sub, params }
 }
 
 fn param<'p>(params: &'p Params, name: &[u8]) -> Option<&'p [u8]> {
@@ -585,7 +598,10 @@ fn parse_params(lx: &mut Lex<'_>) -> Params {
         lx.i += 1;
         lx.cfws();
         let value = match lx.peek() {
-            Some(b'"') => lx.quoted(),
+            Some(b'"') => match lx.quoted() {
+                (v, true) => v,
+                (_, false) => break,
+            },
             // Broken senders write name==?utf-8?...?= unquoted.
             Some(b'=') => lx
                 .run(|c| !matches!(c, b';' | b' ' | b'\t' | b'\r' | b'\n'))
@@ -593,6 +609,9 @@ fn parse_params(lx: &mut Lex<'_>) -> Params {
             _ => lx.run(is_token).to_vec(),
         };
         raw.push((name, value));
+        lx.cfws();
+        // Junk after a value is skipped up to the next parameter.
+        lx.run(|c| c != b';');
     }
     rfc2231(raw)
 }
@@ -814,7 +833,7 @@ fn addr_spec(lx: &mut Lex<'_>) -> (Vec<u8>, Option<Vec<u8>>) {
     loop {
         lx.cfws();
         match lx.peek() {
-            Some(b'"') => local.extend(lx.quoted()),
+            Some(b'"') => local.extend(lx.quoted().0),
             Some(c) if is_atext(c) => local.extend_from_slice(lx.run(is_atext)),
             _ => break,
         }
@@ -869,7 +888,7 @@ fn phrase(lx: &mut Lex<'_>) -> (Vec<u8>, usize) {
     loop {
         lx.cfws();
         let word = match lx.peek() {
-            Some(b'"') => lx.quoted(),
+            Some(b'"') => lx.quoted().0,
             Some(c) if is_atext(c) || c == b'.' => lx.run(|c| is_atext(c) || c == b'.').to_vec(),
             _ => return (out, words),
         };
@@ -1061,7 +1080,7 @@ impl<'a> Lex<'a> {
     fn cfws(&mut self) {
         while let Some(c) = self.peek() {
             if c == b'(' {
-                self.comment = self.delimited(b')');
+                self.comment = self.delimited(b')').0;
             } else if matches!(c, b' ' | b'\t' | b'\r' | b'\n') {
                 self.i += 1;
             } else {
@@ -1070,13 +1089,14 @@ impl<'a> Lex<'a> {
         }
     }
 
-    fn quoted(&mut self) -> Vec<u8> {
+    /// A quoted string's content, and whether it was terminated.
+    fn quoted(&mut self) -> (Vec<u8>, bool) {
         self.delimited(b'"')
     }
 
     /// Content of a quoted string or comment starting at the cursor: escapes resolved,
     /// line breaks dropped; an unterminated one runs to the end.
-    fn delimited(&mut self, close: u8) -> Vec<u8> {
+    fn delimited(&mut self, close: u8) -> (Vec<u8>, bool) {
         let open = self.s[self.i];
         self.i += 1;
         let mut depth = 1;
@@ -1094,7 +1114,7 @@ impl<'a> Lex<'a> {
                 _ if c == close => {
                     depth -= 1;
                     if depth == 0 {
-                        break;
+                        return (out, true);
                     }
                     out.push(c);
                 }
@@ -1106,7 +1126,7 @@ impl<'a> Lex<'a> {
                 }
             }
         }
-        out
+        (out, false)
     }
 }
 

@@ -520,6 +520,14 @@ upstream_security = "tls"
     }
 
     #[test]
+    fn the_documented_example_is_valid() {
+        let text = include_str!("../config.example.toml");
+        let c = Config::parse(text, Path::new("/etc/sealpost/sealpost.toml")).unwrap();
+        assert!(c.accounts[0].imap.is_some() && c.accounts[0].smtp.is_some());
+        assert_eq!(c.identities[0].secret_key, PathBuf::from("/etc/sealpost/alice.sec.asc"));
+    }
+
+    #[test]
     fn host_port_forms() {
         assert_eq!(
             split_host_port("[::1]:25").unwrap(),

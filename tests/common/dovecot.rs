@@ -367,7 +367,7 @@ impl Dovecot {
             let config = write_config(&dir, ca, &u, ports, extra_conf);
             match spawn_and_wait(&dir, &config, ports, users[0]) {
                 Ok(child) => {
-                    let watchdog = spawn_watchdog(child.id());
+                    let watchdog = spawn_watchdog(child.id(), &dir);
                     return Dovecot {
                         imap_port: ports.0,
                         imaps_port: ports.1,
@@ -707,16 +707,22 @@ fn spawn_and_wait(
 }
 
 /// A detached `sh` that stops Dovecot if the test process dies without
-/// dropping the [`Dovecot`] (e.g. killed by a timeout).
-fn spawn_watchdog(dovecot_pid: u32) -> Option<Child> {
+/// dropping the [`Dovecot`] (e.g. killed by a timeout), then removes the
+/// instance directory (unless SEALPOST_TEST_KEEP is set).
+fn spawn_watchdog(dovecot_pid: u32, dir: &Path) -> Option<Child> {
+    let keep = std::env::var_os("SEALPOST_TEST_KEEP").is_some_and(|v| v != "0");
     Command::new("sh")
         .arg("-c")
         .arg(
             r#"while kill -0 "$0" 2>/dev/null; do kill -0 "$1" 2>/dev/null || exit 0; sleep 1; done
-kill -TERM "$1" 2>/dev/null"#,
+kill -TERM "$1" 2>/dev/null
+sleep 3
+[ "$3" = keep ] || rm -rf "$2""#,
         )
         .arg(std::process::id().to_string())
         .arg(dovecot_pid.to_string())
+        .arg(dir)
+        .arg(if keep { "keep" } else { "remove" })
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -4,6 +4,8 @@ use crate::config::{split_host_port, Config, ServiceConfig};
 use crate::imap::cache::ViewCache;
 use crate::imap::server::{ImapService, ImapUpstream};
 use crate::imap::ImapContext;
+use crate::keys::autocrypt::AutocryptStore;
+use crate::keys::discover::Discovery;
 use crate::keys::{self, KeyStore, LoadedIdentity};
 use crate::smtp::pipeline::Outbound;
 use crate::smtp::server::{serve, SmtpService};
@@ -20,6 +22,8 @@ pub enum AppError {
     Tls(#[from] tls::TlsError),
     #[error(transparent)]
     Keys(#[from] keys::KeyError),
+    #[error(transparent)]
+    Discovery(#[from] crate::keys::discover::DiscoveryError),
     #[error("cannot listen on {addr} ({what}): {message}")]
     Listen {
         addr: std::net::SocketAddr,
@@ -31,6 +35,7 @@ pub enum AppError {
 /// Everything loaded from the config that the services share.
 pub struct Loaded {
     pub store: Arc<KeyStore>,
+    pub discovery: Arc<Discovery>,
     pub identities: Vec<Arc<LoadedIdentity>>,
     pub client_tls: Arc<rustls::ClientConfig>,
     pub server_tls: Arc<rustls::ServerConfig>,
@@ -45,7 +50,16 @@ pub fn load(config: &Config) -> Result<Loaded, AppError> {
         .collect::<Result<Vec<_>, _>>()?;
     let client_tls = tls::client_config(config.keys.extra_ca.as_deref())?;
     let server_tls = tls::listener_config(config)?;
+    let autocrypt = Arc::new(AutocryptStore::open(&config.state_dir));
+    let discovery = Arc::new(Discovery::new(
+        &config.keys,
+        &config.state_dir,
+        store.clone(),
+        autocrypt,
+        client_tls.clone(),
+    )?);
     Ok(Loaded {
+        discovery,
         store,
         identities,
         client_tls,
@@ -87,8 +101,24 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         store: loaded.store.clone(),
         identities: loaded.identities.clone(),
         policy: config.policy.clone(),
+        autocrypt: config
+            .keys
+            .autocrypt
+            .then_some(config.keys.prefer_encrypt_mutual),
     });
+    if config.keys.refresh_interval_secs > 0 {
+        let discovery = loaded.discovery.clone();
+        let every = std::time::Duration::from_secs(config.keys.refresh_interval_secs);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let n = discovery.refresh().await;
+                tracing::info!(updated = n, "refreshed discovered keys");
+            }
+        });
+    }
     let imap_ctx = Arc::new(ImapContext {
+        autocrypt: Some(loaded.discovery.autocrypt().clone()),
         identities: loaded.identities.clone(),
         store: loaded.store.clone(),
         cache: Arc::new(ViewCache::new(config.limits.view_cache_size)),
@@ -110,6 +140,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
                 },
                 target: target(smtp, &loaded, &config),
                 outbound: outbound.clone(),
+                discovery: loaded.discovery.clone(),
                 acceptor: acceptor.clone(),
                 idle_timeout: config.limits.idle_timeout(),
                 max_connections: config.limits.max_connections,

@@ -116,6 +116,26 @@ pub struct Identity {
     pub secret_key: PathBuf,
     #[serde(default)]
     pub passphrase_file: Option<PathBuf>,
+    /// Name of a systemd credential (`$CREDENTIALS_DIRECTORY/<name>`) holding the passphrase.
+    #[serde(default)]
+    pub passphrase_credential: Option<String>,
+    /// Name of an environment variable holding the passphrase.
+    #[serde(default)]
+    pub passphrase_env: Option<String>,
+}
+
+/// Where recipients' keys are looked for, in the configured order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeySource {
+    /// The local key store.
+    Store,
+    /// Keys learned from Autocrypt headers of received mail.
+    Autocrypt,
+    /// Web Key Directory of the recipient's domain.
+    Wkd,
+    /// A keys.openpgp.org-style verifying key server (by e-mail).
+    Vks,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -127,16 +147,68 @@ pub struct KeysConfig {
     /// PEM file of CA certificates trusted besides the system's.
     #[serde(default)]
     pub extra_ca: Option<PathBuf>,
+    /// Lookup order for recipients' keys.
+    #[serde(default = "default_discover")]
+    pub discover: Vec<KeySource>,
+    /// Base URL of the verifying key server (`/vks/v1/by-email/` is appended).
+    #[serde(default = "default_vks")]
+    pub vks: String,
+    /// Host name -> `ip:port` overrides for key lookups (like curl's --resolve).
+    #[serde(default)]
+    pub resolve: std::collections::BTreeMap<String, String>,
+    /// Seconds all lookups for one message may take together.
+    #[serde(default = "default_lookup_timeout")]
+    pub lookup_timeout_secs: u64,
+    /// Seconds a lookup that found nothing is remembered.
+    #[serde(default = "default_negative_cache")]
+    pub negative_cache_secs: u64,
+    /// Seconds between refreshes of discovered keys from their source (0: never).
+    #[serde(default = "default_refresh")]
+    pub refresh_interval_secs: u64,
+    /// Announce the sender's key in outgoing mail (Autocrypt header).
+    #[serde(default = "yes")]
+    pub autocrypt: bool,
+    /// Announce `prefer-encrypt=mutual` in the Autocrypt header.
+    #[serde(default)]
+    pub prefer_encrypt_mutual: bool,
 }
 
-#[allow(clippy::derivable_impls)]
 impl Default for KeysConfig {
     fn default() -> Self {
         KeysConfig {
             dir: None,
             extra_ca: None,
+            discover: default_discover(),
+            vks: default_vks(),
+            resolve: Default::default(),
+            lookup_timeout_secs: default_lookup_timeout(),
+            negative_cache_secs: default_negative_cache(),
+            refresh_interval_secs: default_refresh(),
+            autocrypt: true,
+            prefer_encrypt_mutual: false,
         }
     }
+}
+
+fn default_discover() -> Vec<KeySource> {
+    vec![
+        KeySource::Store,
+        KeySource::Autocrypt,
+        KeySource::Wkd,
+        KeySource::Vks,
+    ]
+}
+fn default_vks() -> String {
+    "https://keys.openpgp.org".into()
+}
+fn default_lookup_timeout() -> u64 {
+    5
+}
+fn default_negative_cache() -> u64 {
+    3600
+}
+fn default_refresh() -> u64 {
+    86400
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -373,6 +445,23 @@ impl Config {
                     "must be an address or a glob such as \"*@example.org\"",
                 ));
             }
+        }
+        for (host, addr) in &self.keys.resolve {
+            if addr.parse::<std::net::SocketAddr>().is_err() {
+                return Err(self.invalid(
+                    format!("keys.resolve.{host}"),
+                    format!("{addr:?} must be ip:port, e.g. \"127.0.0.1:8443\""),
+                ));
+            }
+        }
+        if !self.keys.vks.starts_with("https://") {
+            return Err(self.invalid(
+                "keys.vks",
+                "must be an https:// URL, e.g. \"https://keys.openpgp.org\"",
+            ));
+        }
+        if self.keys.lookup_timeout_secs == 0 {
+            return Err(self.invalid("keys.lookup_timeout_secs", "must be at least 1"));
         }
         let l = &self.limits;
         if l.max_line_length < 1000 {

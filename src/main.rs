@@ -3,6 +3,8 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sealpost::config::Config;
+use sealpost::keys::autocrypt::AutocryptStore;
+use sealpost::keys::discover::{outcome_label, Discovery};
 use sealpost::keys::KeyStore;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -48,6 +50,22 @@ enum KeysCommand {
     },
     /// List the certificates in the store and whether they can be used.
     List,
+    /// Ask every configured source for ADDRESS and say which key would be used.
+    Lookup { address: String },
+    /// Print the stored certificates for ADDRESS, armored.
+    Export { address: String },
+    /// Remove a certificate from the store.
+    Remove { fingerprint: String },
+    /// Re-fetch discovered keys from where they were found (revocations, new subkeys).
+    Refresh,
+    /// Make a new key for an identity that has none, and say how to publish it.
+    Generate {
+        address: String,
+        /// Folder for the secret key, its passphrase file and the WKD file
+        /// (default: the config file's folder).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 fn init_logging() {
@@ -108,7 +126,68 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Keys { config, command } => {
             let config = Config::load(&config)?;
             let store = KeyStore::open(&config.key_dir())?;
+            let discovery = || -> anyhow::Result<Discovery> {
+                let tls = sealpost::tls::client_config(config.keys.extra_ca.as_deref())?;
+                let autocrypt = std::sync::Arc::new(AutocryptStore::open(&config.state_dir));
+                let store = std::sync::Arc::new(KeyStore::open(&config.key_dir())?);
+                Ok(Discovery::new(&config.keys, &config.state_dir, store, autocrypt, tls)?)
+            };
             match command {
+                KeysCommand::Lookup { address } => {
+                    let d = discovery()?;
+                    let rt = tokio::runtime::Runtime::new()?;
+                    let report = rt.block_on(d.lookup(&address));
+                    for a in &report.attempts {
+                        println!("{:<10} {}", format!("{:?}", a.source).to_lowercase(), outcome_label(&a.outcome));
+                    }
+                    match report.chosen() {
+                        Some((source, certs)) => {
+                            for c in certs {
+                                println!(
+                                    "use        {} (from {}; valid, not revoked, encryption subkey present, user ID matches {})",
+                                    c.fingerprint().to_hex(),
+                                    format!("{source:?}").to_lowercase(),
+                                    report.address
+                                );
+                            }
+                        }
+                        None => {
+                            println!("use        none: mail to {} follows the policy for recipients without a key", report.address);
+                            return Ok(ExitCode::FAILURE);
+                        }
+                    }
+                }
+                KeysCommand::Export { address } => {
+                    let certs = store.with_address(&address)?;
+                    if certs.is_empty() {
+                        anyhow::bail!("no certificate for {address} in {}", store.dir().display());
+                    }
+                    use sequoia_openpgp::serialize::SerializeInto;
+                    for c in certs {
+                        print!("{}", String::from_utf8(c.armored().to_vec()?)?);
+                    }
+                }
+                KeysCommand::Remove { fingerprint } => {
+                    if store.remove(&fingerprint)? {
+                        println!("removed {fingerprint}");
+                    } else {
+                        anyhow::bail!("no certificate {fingerprint} in {}", store.dir().display());
+                    }
+                }
+                KeysCommand::Refresh => {
+                    let d = discovery()?;
+                    let rt = tokio::runtime::Runtime::new()?;
+                    let n = rt.block_on(d.refresh());
+                    println!("refreshed {n} certificate(s)");
+                }
+                KeysCommand::Generate { address, out } => {
+                    let out = out.unwrap_or_else(|| {
+                        config.source.parent().map(|p| p.to_path_buf()).unwrap_or_default()
+                    });
+                    let g = sealpost::keys::generate(&address, &out)?;
+                    store.insert(g.cert.clone())?;
+                    println!("{}", g.instructions);
+                }
                 KeysCommand::Import { files } => {
                     for file in files {
                         let data = std::fs::read(&file)

@@ -205,10 +205,13 @@ fn opportunistic_sends_plain_to_recipients_without_keys() {
         .iter()
         .find(|m| m.rcpt_tos == ["carol@example.org"])
         .unwrap();
-    assert_eq!(
-        plain.data, msg,
-        "the plain copy is the message as submitted"
+    // The plain copy is the message as submitted, plus the sender's Autocrypt header.
+    let text = plain.text();
+    assert!(
+        text.starts_with("Autocrypt: addr=alice@example.com; keydata=\r\n "),
+        "{text}"
     );
+    assert!(plain.data.ends_with(&msg), "{text}");
     let enc = got
         .iter()
         .find(|m| m.rcpt_tos == ["bob@example.org"])

@@ -14,6 +14,8 @@ use std::sync::Arc;
 
 /// Shared by every IMAP session of the process.
 pub struct ImapContext {
+    /// Learns peers' keys from Autocrypt headers in fetched mail.
+    pub autocrypt: Option<Arc<crate::keys::autocrypt::AutocryptStore>>,
     pub identities: Vec<Arc<LoadedIdentity>>,
     pub store: Arc<KeyStore>,
     pub cache: Arc<cache::ViewCache>,

@@ -431,6 +431,11 @@ impl Session {
                 }
             };
             let complete = self.upstream.message_complete();
+            if complete {
+                if let (Some(ac), Some(m)) = (&self.ctx.autocrypt, self.upstream.message()) {
+                    learn_autocrypt(ac, m);
+                }
+            }
             if let Some(job) = &mut self.job {
                 let message = if complete {
                     self.upstream.message().map(|m| m.to_vec())
@@ -590,6 +595,47 @@ impl Session {
     }
 }
 
+/// Feeds the header of any message in a FETCH response to the Autocrypt state
+/// (Autocrypt 1.1 §2.3: update on every received message that carries a header).
+fn learn_autocrypt(ac: &crate::keys::autocrypt::AutocryptStore, response: &[u8]) {
+    use imap_codec::ResponseCodec;
+    use imap_types::fetch::{MessageDataItem, Section};
+    use imap_types::response::{Data, Response};
+    if !response.starts_with(b"* ")
+        || !response
+            .windows(10)
+            .any(|w| w.eq_ignore_ascii_case(b"autocrypt:"))
+    {
+        return;
+    }
+    let Ok((_, Response::Data(Data::Fetch { items, .. }))) = ResponseCodec::default().decode(response)
+    else {
+        return;
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    for item in items.as_ref() {
+        let data = match item {
+            MessageDataItem::BodyExt {
+                section: None | Some(Section::Header(None)),
+                data,
+                ..
+            }
+            | MessageDataItem::Rfc822(data)
+            | MessageDataItem::Rfc822Header(data) => data,
+            _ => continue,
+        };
+        if let Some(bytes) = &data.0 {
+            let (header, _) = crate::mime::split_message(bytes.as_ref());
+            if let crate::keys::autocrypt::Learned::Key { addr } = ac.learn(header, false, now) {
+                tracing::info!(address = %addr, "learned a key from an Autocrypt header");
+            }
+        }
+    }
+}
+
 fn is_ok(line: &[u8], tag: &str) -> bool {
     let rest = &line[tag.len().min(line.len())..];
     let rest = String::from_utf8_lossy(rest);
@@ -644,6 +690,7 @@ mod tests {
     fn ctx() -> Arc<ImapContext> {
         let dir = tempfile::tempdir().unwrap();
         Arc::new(ImapContext {
+            autocrypt: None,
             identities: Vec::new(),
             store: Arc::new(crate::keys::KeyStore::open(dir.path()).unwrap()),
             cache: Arc::new(super::super::cache::ViewCache::new(1 << 20)),

@@ -101,7 +101,8 @@ fn section_raw(m: &[u8], section: Option<&Section<'_>>) -> Option<Vec<u8>> {
         What::Body | What::Text => m[node.body.clone()].to_vec(),
         What::Mime | What::Header => m[node.hdr.clone()].to_vec(),
         What::Fields | What::FieldsNot => {
-            header_fields(m, node, names.unwrap_or(&[]), what == What::FieldsNot)
+            let not = what == What::FieldsNot;
+            header_fields(m, node, names.unwrap_or(&[]), not, path.is_none())
         }
     })
 }
@@ -127,12 +128,20 @@ enum What {
     FieldsNot,
 }
 
-/// HEADER.FIELDS: the matching fields, each ending in CRLF, then an empty line.
-/// HEADER.FIELDS.NOT: the other fields as they are, then the empty line if the header
-/// had one. (Both are what Dovecot sends, also for a header without an empty line.)
-fn header_fields(m: &[u8], node: &Node, names: &[AString<'_>], not: bool) -> Vec<u8> {
+/// HEADER.FIELDS: the matching fields, each ending in CRLF, then an empty line (for an
+/// encapsulated message only if its header has one). HEADER.FIELDS.NOT: the other
+/// fields as they are, then the empty line if there is one. As in Dovecot.
+fn header_fields(m: &[u8], node: &Node, names: &[AString<'_>], not: bool, top: bool) -> Vec<u8> {
+    let (mut head, mut blank) = (&m[node.hdr.start..node.blank.start], &m[node.blank.clone()]);
+    let cut = blank.is_empty() && node.hdr.end < m.len();
+    if cut {
+        // Cut short by a boundary: Dovecot reads on to an empty line, boundaries and all.
+        let (h, rest) = split_message(&m[node.hdr.start..]);
+        let start = node.hdr.start + h.len();
+        (head, blank) = (h, &m[start..m.len() - rest.len()]);
+    }
     let mut out = Vec::new();
-    for f in fields(&m[node.hdr.start..node.blank.start]) {
+    for f in fields(head) {
         let name = field_name(f.raw);
         let hit = !name.is_empty() && names.iter().any(|n| n.as_ref().eq_ignore_ascii_case(name));
         match (hit, not) {
@@ -142,8 +151,8 @@ fn header_fields(m: &[u8], node: &Node, names: &[AString<'_>], not: bool) -> Vec
         }
     }
     if not {
-        out.extend_from_slice(&m[node.blank.clone()]);
-    } else {
+        out.extend_from_slice(blank);
+    } else if top || !blank.is_empty() {
         out.extend_from_slice(b"\r\n");
     }
     out
@@ -311,14 +320,20 @@ impl Parser<'_> {
             }
             let e = self.line_end(p);
             if matches!(&self.m[p..e], b"\r\n" | b"\n") {
-                // A boundary right after the empty line takes it as its line break,
-                // unless this part is a multipart (Dovecot ends its header early).
-                let multi = header_info(&self.m[start..p], in_multi, digest)
+                // An enclosing boundary right after the empty line takes it as its
+                // line break (a multipart's own boundary there does not).
+                let own = header_info(&self.m[start..p], in_multi, digest)
                     .boundary()
-                    .is_some();
-                match self.stop_at(e, start).filter(|_| !multi) {
-                    Some(stop) => break (p, p..e, Some((stop, e))),
-                    None => break (e, p..e, None),
+                    .map(<[u8]>::to_vec);
+                let outer = self.stack.len();
+                self.stack.extend(own);
+                let stop = self.stop_at(e, start);
+                self.stack.truncate(outer);
+                match stop {
+                    Some(stop @ Stop::At { idx, .. }) if idx < outer => {
+                        break (p, p..e, Some((stop, e)))
+                    }
+                    _ => break (e, p..e, None),
                 }
             }
             p = e;
@@ -336,7 +351,9 @@ impl Parser<'_> {
             node.kind = if node.is_multipart() {
                 Kind::Multi(Vec::new())
             } else if node.is_rfc822() {
-                Kind::Msg(Box::new(header_info(b"", false, false)))
+                let (mut child, at) = (header_info(b"", false, false), node.hdr.end);
+                (child.hdr, child.blank, child.body) = (at..at, at..at, at..at);
+                Kind::Msg(Box::new(child))
             } else {
                 Kind::Leaf
             };
@@ -347,9 +364,9 @@ impl Parser<'_> {
                 .ct
                 .as_ref()
                 .is_some_and(|c| c.sub.eq_ignore_ascii_case(b"digest"));
-            let (children, stop) = self.multipart(b0, b.to_vec(), depth, is_digest);
+            let (children, stop, tail) = self.multipart(b0, b.to_vec(), depth, is_digest);
             node.kind = Kind::Multi(children);
-            (stop, self.end_of(stop))
+            (stop, tail)
         } else if node.is_rfc822() {
             let (child, stop, tail) = self.part(b0, depth + 1, false, false);
             node.kind = Kind::Msg(Box::new(child));
@@ -371,32 +388,34 @@ impl Parser<'_> {
         boundary: Vec<u8>,
         depth: usize,
         digest: bool,
-    ) -> (Vec<Node>, Stop) {
+    ) -> (Vec<Node>, Stop, usize) {
         let my = self.stack.len();
         self.stack.push(boundary);
         let mut children = Vec::new();
         let mut stop = self.scan(b0);
-        let stop = loop {
-            match stop {
-                Stop::At {
-                    idx,
-                    next,
-                    close: true,
-                    ..
-                } if idx == my => {
-                    self.stack.truncate(my);
-                    break self.scan(next);
-                }
-                Stop::At { idx, next, .. } if idx == my => {
-                    let (child, s, _) = self.part(next, depth + 1, true, digest);
-                    children.push(child);
-                    stop = s;
-                }
-                other => break other,
+        let mut tail = self.end_of(stop);
+        while let Stop::At { idx, next, close, .. } = stop {
+            if idx != my {
+                break;
             }
-        };
+            if close {
+                // The epilogue runs to an enclosing boundary.
+                self.stack.truncate(my);
+                stop = self.scan(next);
+                tail = self.end_of(stop);
+                break;
+            }
+            if !self.m[..next].ends_with(b"\n") {
+                // A boundary line cut off by the end of the message opens no part.
+                (stop, tail) = (Stop::Eof, next);
+                break;
+            }
+            let (child, s, t) = self.part(next, depth + 1, true, digest);
+            children.push(child);
+            (stop, tail) = (s, t);
+        }
         self.stack.truncate(my);
-        (children, stop)
+        (children, stop, tail)
     }
 }
 

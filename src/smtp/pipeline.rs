@@ -14,7 +14,7 @@ use crate::keys::{normalize_address, KeyStore, LoadedIdentity};
 use crate::policy::{self, Decision};
 use crate::{mime, pgp};
 use sequoia_openpgp::Cert;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// One message to relay upstream.
@@ -30,7 +30,12 @@ pub struct Outbound {
     pub store: Arc<KeyStore>,
     pub identities: Vec<Arc<LoadedIdentity>>,
     pub policy: PolicyConfig,
+    /// Announce the sender's key with an Autocrypt header (and with `mutual`).
+    pub autocrypt: Option<bool>,
 }
+
+/// Keys found for recipients, by normalised address.
+pub type FoundKeys = HashMap<String, Vec<Cert>>;
 
 impl Outbound {
     /// The identity that sends this message: by envelope sender, else by From.
@@ -45,9 +50,27 @@ impl Outbound {
         })
     }
 
-    /// Decides what leaves for `env` and `raw`. `Err` is the reply that refuses the
-    /// message (nothing is relayed then).
-    pub fn plan(&self, env: &Envelope, raw: &[u8]) -> Result<Vec<OutgoingCopy>, Reply> {
+    /// The recipients whose keys are worth looking up (policy is not `plain`), or
+    /// none when the message is already encrypted.
+    pub fn wanted_keys(&self, env: &Envelope, raw: &[u8]) -> Vec<String> {
+        if pgp::is_encrypted(raw) {
+            return Vec::new();
+        }
+        env.rcpts
+            .iter()
+            .filter(|r| policy::action_for(&self.policy, r) != crate::config::PolicyAction::Plain)
+            .map(|r| normalize_address(r))
+            .collect()
+    }
+
+    /// Decides what leaves for `env` and `raw`, given the keys found for the
+    /// recipients. `Err` is the reply that refuses the message (nothing is relayed).
+    pub fn plan(
+        &self,
+        env: &Envelope,
+        raw: &[u8],
+        found: &FoundKeys,
+    ) -> Result<Vec<OutgoingCopy>, Reply> {
         if pgp::is_encrypted(raw) {
             // Already end-to-end encrypted by the client: relay as it is.
             return Ok(vec![OutgoingCopy {
@@ -75,6 +98,22 @@ impl Outbound {
             None => (HashSet::new(), None),
         };
         let identity = self.identity(env, from_header.as_deref());
+        // Autocrypt Level 1 §2.1: announce the sender's key, unless the client does.
+        let with_header;
+        let raw = match (self.autocrypt, identity) {
+            (Some(mutual), Some(id))
+                if !mime::fields(header).iter().any(|f| f.is("Autocrypt")) =>
+            {
+                match crate::keys::autocrypt::header_field(&id.cert, &id.address, mutual) {
+                    Some(field) => {
+                        with_header = [field.as_bytes(), raw].concat();
+                        with_header.as_slice()
+                    }
+                    None => raw,
+                }
+            }
+            _ => raw,
+        };
 
         // Decide per recipient.
         let mut refused = Vec::new();
@@ -86,10 +125,7 @@ impl Outbound {
             let certs = if action == crate::config::PolicyAction::Plain {
                 Vec::new()
             } else {
-                self.store.lookup(rcpt).unwrap_or_else(|e| {
-                    tracing::warn!(error = %e, "key store lookup failed; treating as no key");
-                    Vec::new()
-                })
+                found.get(&normalize_address(rcpt)).cloned().unwrap_or_default()
             };
             match policy::decide(action, !certs.is_empty()) {
                 Decision::Refuse => refused.push(rcpt.clone()),
@@ -178,6 +214,7 @@ mod tests {
         let out = Outbound {
             store: Arc::new(store),
             identities: Vec::new(),
+            autocrypt: None,
             policy: PolicyConfig {
                 default,
                 rules: vec![PolicyRule {
@@ -188,6 +225,22 @@ mod tests {
             },
         };
         (dir, out)
+    }
+
+    impl Outbound {
+        /// Plans with keys from the local store only.
+        fn plan_from_store(&self, env: &Envelope, raw: &[u8]) -> Result<Vec<OutgoingCopy>, Reply> {
+            let found: FoundKeys = self
+                .wanted_keys(env, raw)
+                .into_iter()
+                .map(|a| {
+                    let c = self.store.lookup(&a).unwrap();
+                    (a, c)
+                })
+                .filter(|(_, c)| !c.is_empty())
+                .collect();
+            self.plan(env, raw, &found)
+        }
     }
 
     fn env(rcpts: &[&str]) -> Envelope {
@@ -205,7 +258,7 @@ mod tests {
     fn opportunistic_splits_into_shared_bcc_and_plain_copies() {
         let (_d, out) = setup(PolicyAction::Opportunistic);
         let copies = out
-            .plan(
+            .plan_from_store(
                 &env(&["bob@example.org", "carol@example.org", "dave@example.net"]),
                 MSG,
             )
@@ -227,13 +280,13 @@ mod tests {
     fn require_without_key_refuses_naming_recipients() {
         let (_d, out) = setup(PolicyAction::Require);
         let err = out
-            .plan(&env(&["bob@example.org", "carol@example.org"]), MSG)
+            .plan_from_store(&env(&["bob@example.org", "carol@example.org"]), MSG)
             .unwrap_err();
         assert_eq!(err.code, 550);
         assert!(err.lines[0].contains("carol@example.org"));
         assert!(!err.lines[0].contains("bob@"));
         // A plain rule beats the default.
-        let copies = out.plan(&env(&["x@plain.example"]), MSG).unwrap();
+        let copies = out.plan_from_store(&env(&["x@plain.example"]), MSG).unwrap();
         assert!(!copies[0].encrypted);
     }
 
@@ -241,7 +294,7 @@ mod tests {
     fn already_encrypted_mail_is_relayed_unchanged() {
         let (_d, out) = setup(PolicyAction::Require);
         let msg = b"To: carol@example.org\r\n\r\n-----BEGIN PGP MESSAGE-----\r\nxx\r\n-----END PGP MESSAGE-----\r\n";
-        let copies = out.plan(&env(&["carol@example.org"]), msg).unwrap();
+        let copies = out.plan_from_store(&env(&["carol@example.org"]), msg).unwrap();
         assert_eq!(copies[0].message, msg.to_vec());
     }
 }

@@ -23,6 +23,7 @@ pub struct SmtpService {
     pub session: SessionConfig,
     pub target: Target,
     pub outbound: Arc<Outbound>,
+    pub discovery: Arc<crate::keys::discover::Discovery>,
     pub acceptor: tokio_rustls::TlsAcceptor,
     pub idle_timeout: Duration,
     pub max_connections: usize,
@@ -247,10 +248,14 @@ async fn deliver(
     message: &[u8],
 ) -> Reply {
     let outbound = svc.outbound.clone();
+    let wanted = outbound.wanted_keys(envelope, message);
+    // Bounded in time: a slow key source never holds up the transaction.
+    let found = svc.discovery.keys_for(&wanted).await;
     let env = envelope.clone();
     let raw = message.to_vec();
     // Encryption is CPU work: keep it off the I/O threads.
-    let planned = tokio::task::spawn_blocking(move || outbound.plan(&env, &raw)).await;
+    let planned =
+        tokio::task::spawn_blocking(move || outbound.plan(&env, &raw, &found)).await;
     let copies = match planned {
         Ok(Ok(c)) => c,
         Ok(Err(refusal)) => {

@@ -11,6 +11,7 @@
 pub mod dovecot;
 pub mod imapclients;
 pub mod json;
+pub mod keyserver;
 pub mod net;
 pub mod pgp;
 pub mod proxy;
@@ -22,6 +23,10 @@ pub use imapclients::{
     curl_fetch, curl_imap, imaplib_run, imaplib_script, imaplib_spawn, mbsync_normalize,
     mbsync_pull, parse_fetches, script_value, script_values, Fetch, ImapReply, ImaplibChild,
     ImaplibOutput, MbsyncPull, RawImap,
+};
+pub use keyserver::{
+    gpg_export_armored, gpg_export_binary, wkd_advanced_url, wkd_direct_url, wkd_hash, HttpGet,
+    KeyServer, KEYSERVER_HOSTS,
 };
 pub use net::{
     free_port, py_sendmail, run_python, run_python_ok, wait_for_port, PySend, PySendMode,

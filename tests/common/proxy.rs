@@ -28,6 +28,9 @@ pub struct ProxyOptions {
     pub extra: String,
     /// Upstream IMAP (Dovecot) port on localhost and its security ("tls"/"starttls").
     pub imap_upstream: Option<(u16, &'static str)>,
+    /// Lines for the `[keys]` table. The default keeps key lookups local: no test
+    /// may reach the internet, so WKD/VKS are only enabled against a local server.
+    pub keys_extra: String,
 }
 
 impl ProxyOptions {
@@ -43,6 +46,7 @@ impl ProxyOptions {
             import: Vec::new(),
             extra: String::new(),
             imap_upstream: None,
+            keys_extra: "discover = [\"store\", \"autocrypt\"]\n".into(),
         }
     }
 }
@@ -110,7 +114,7 @@ upstream_security = "{sec}"
 [keys]
 dir = "{state}/keys"
 extra_ca = "{ca}"
-[policy]
+{keys_extra}[policy]
 default = "{policy}"
 sign = {sign}
 protect_headers = {protect}
@@ -126,6 +130,7 @@ protect_headers = {protect}
             policy = opts.policy,
             sign = opts.sign,
             protect = opts.protect_headers,
+            keys_extra = opts.keys_extra,
         );
         if let Some((port, security)) = opts.imap_upstream {
             // TOML: a sub-table of the last [[account]] may follow its other tables.

@@ -7,6 +7,12 @@
 //! that address, the certificate is neither revoked nor expired, and it has a live,
 //! encryption-capable subkey (RFC 9580 §5.2.3.29 key flags).
 
+pub mod autocrypt;
+pub mod discover;
+mod generate;
+
+pub use generate::{generate, Generated};
+
 use openpgp::cert::prelude::*;
 use openpgp::crypto::{KeyPair, Password};
 use openpgp::parse::Parse;
@@ -151,6 +157,47 @@ impl KeyStore {
         Ok(certs)
     }
 
+    /// Removes a certificate by fingerprint. Returns false when it was not there.
+    pub fn remove(&self, fingerprint: &str) -> Result<bool, KeyError> {
+        let fpr = fingerprint.replace(' ', "").to_lowercase();
+        let err = |message: String| KeyError::Store {
+            dir: self.dir.clone(),
+            message,
+        };
+        let path = self
+            .certd
+            .get_path_by_fingerprint(&fpr)
+            .map_err(|e| err(format!("{fingerprint:?} is not a fingerprint: {e}")))?;
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                // Make the change visible to the tag-based cache.
+                *self.cache.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                Ok(true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(err(e.to_string())),
+        }
+    }
+
+    /// Every stored certificate with a user ID for `address`, usable or not.
+    pub fn with_address(&self, address: &str) -> Result<Vec<Cert>, KeyError> {
+        let wanted = normalize_address(address);
+        Ok(self
+            .certs()?
+            .iter()
+            .filter(|c| {
+                c.userids().any(|u| {
+                    u.userid()
+                        .email()
+                        .ok()
+                        .flatten()
+                        .is_some_and(|e| normalize_address(e) == wanted)
+                })
+            })
+            .cloned()
+            .collect())
+    }
+
     /// The certificates usable to encrypt to `address` (see the module docs).
     pub fn lookup(&self, address: &str) -> Result<Vec<Cert>, KeyError> {
         Ok(self
@@ -174,11 +221,25 @@ pub fn normalize_address(address: &str) -> String {
 
 /// True when `cert` may be used to encrypt to `address` now.
 pub fn usable_for(cert: &Cert, address: &str, policy: &dyn Policy) -> bool {
-    let Ok(vc) = cert.with_policy(policy, None) else {
-        return false;
+    reason_with_policy(cert, address, policy).is_none()
+}
+
+/// Why `cert` cannot be used for `address`, or `None` when it can.
+pub fn unusable_reason(cert: &Cert, address: &str) -> Option<String> {
+    reason_with_policy(cert, address, &POLICY)
+}
+
+fn reason_with_policy(cert: &Cert, address: &str, policy: &dyn Policy) -> Option<String> {
+    let fpr = cert.fingerprint().to_hex();
+    let vc = match cert.with_policy(policy, None) {
+        Ok(vc) => vc,
+        Err(e) => return Some(format!("{fpr}: not valid under the OpenPGP policy ({e})")),
     };
-    if vc.alive().is_err() || matches!(vc.revocation_status(), RevocationStatus::Revoked(_)) {
-        return false;
+    if let RevocationStatus::Revoked(_) = vc.revocation_status() {
+        return Some(format!("{fpr}: revoked"));
+    }
+    if let Err(e) = vc.alive() {
+        return Some(format!("{fpr}: expired or not yet valid ({e})"));
     }
     let wanted = normalize_address(address);
     let uid_matches = vc.userids().any(|ua| {
@@ -191,7 +252,13 @@ pub fn usable_for(cert: &Cert, address: &str, policy: &dyn Policy) -> bool {
                 .map(|e| normalize_address(e) == wanted)
                 .unwrap_or(false)
     });
-    uid_matches && encryption_keys(&vc).next().is_some()
+    if !uid_matches {
+        return Some(format!("{fpr}: no valid user ID with the address {wanted}"));
+    }
+    if encryption_keys(&vc).next().is_none() {
+        return Some(format!("{fpr}: no live encryption subkey"));
+    }
+    None
 }
 
 /// Live, unrevoked, supported subkeys that may encrypt (transport or storage).
@@ -226,6 +293,44 @@ impl std::fmt::Debug for LoadedIdentity {
     }
 }
 
+/// The passphrase of an identity and where it came from: `passphrase_file`, a
+/// systemd credential (`$CREDENTIALS_DIRECTORY/<name>`) or an environment variable.
+fn passphrase(id: &crate::config::Identity) -> Result<Option<(Password, String)>, KeyError> {
+    let first_line = |text: &str| {
+        let line = text.split('\n').next().unwrap_or("");
+        Password::from(line.strip_suffix('\r').unwrap_or(line))
+    };
+    if let Some(path) = &id.passphrase_file {
+        let text = std::fs::read_to_string(path).map_err(|e| KeyError::Read {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        return Ok(Some((first_line(&text), path.display().to_string())));
+    }
+    if let Some(name) = &id.passphrase_credential {
+        let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| KeyError::Identity {
+            address: id.address.clone(),
+            message: format!(
+                "passphrase_credential = {name:?} but $CREDENTIALS_DIRECTORY is not set (use LoadCredential= in the systemd unit)"
+            ),
+        })?;
+        let path = PathBuf::from(dir).join(name);
+        let text = std::fs::read_to_string(&path).map_err(|e| KeyError::Read {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        return Ok(Some((first_line(&text), format!("credential {name}"))));
+    }
+    if let Some(var) = &id.passphrase_env {
+        let value = std::env::var(var).map_err(|_| KeyError::Identity {
+            address: id.address.clone(),
+            message: format!("passphrase_env = {var:?} but that environment variable is not set"),
+        })?;
+        return Ok(Some((first_line(&value), format!("${var}"))));
+    }
+    Ok(None)
+}
+
 /// Loads and unlocks an identity's secret key, so that a wrong passphrase fails at
 /// start-up (and in `sealpost check`), never at the first message.
 pub fn load_identity(id: &crate::config::Identity) -> Result<LoadedIdentity, KeyError> {
@@ -250,18 +355,7 @@ pub fn load_identity(id: &crate::config::Identity) -> Result<LoadedIdentity, Key
             id.address
         )));
     }
-    let password: Option<Password> = match &id.passphrase_file {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| KeyError::Read {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
-            let line = text.strip_suffix('\n').unwrap_or(&text);
-            let line = line.strip_suffix('\r').unwrap_or(line);
-            Some(Password::from(line))
-        }
-        None => None,
-    };
+    let password = passphrase(id)?;
     if !usable_for(&cert, &id.address, &POLICY) && cert.with_policy(&POLICY, None).is_err() {
         return Err(ierr(
             "the key is not valid under the current OpenPGP policy".into(),
@@ -278,19 +372,15 @@ pub fn load_identity(id: &crate::config::Identity) -> Result<LoadedIdentity, Key
         let key = if key.has_unencrypted_secret() {
             key
         } else {
-            let Some(pw) = &password else {
+            let Some((pw, from)) = &password else {
                 return Err(ierr(format!(
-                    "the secret key in {} is protected by a passphrase; set passphrase_file",
+                    "the secret key in {} is protected by a passphrase; set passphrase_file, passphrase_credential or passphrase_env",
                     id.secret_key.display()
                 )));
             };
             key.decrypt_secret(pw).map_err(|_| {
                 ierr(format!(
-                    "the passphrase in {} does not unlock the secret key in {}",
-                    id.passphrase_file
-                        .as_ref()
-                        .map(|p| p.display().to_string())
-                        .unwrap_or_default(),
+                    "the passphrase from {from} does not unlock the secret key in {}",
                     id.secret_key.display()
                 ))
             })?

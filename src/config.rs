@@ -613,7 +613,10 @@ upstream_security = "tls"
         let text = include_str!("../config.example.toml");
         let c = Config::parse(text, Path::new("/etc/sealpost/sealpost.toml")).unwrap();
         assert!(c.accounts[0].imap.is_some() && c.accounts[0].smtp.is_some());
-        assert_eq!(c.identities[0].secret_key, PathBuf::from("/etc/sealpost/alice.sec.asc"));
+        assert_eq!(
+            c.identities[0].secret_key,
+            PathBuf::from("/etc/sealpost/alice.sec.asc")
+        );
     }
 
     #[test]

@@ -130,7 +130,13 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 let tls = sealpost::tls::client_config(config.keys.extra_ca.as_deref())?;
                 let autocrypt = std::sync::Arc::new(AutocryptStore::open(&config.state_dir));
                 let store = std::sync::Arc::new(KeyStore::open(&config.key_dir())?);
-                Ok(Discovery::new(&config.keys, &config.state_dir, store, autocrypt, tls)?)
+                Ok(Discovery::new(
+                    &config.keys,
+                    &config.state_dir,
+                    store,
+                    autocrypt,
+                    tls,
+                )?)
             };
             match command {
                 KeysCommand::Lookup { address } => {
@@ -138,7 +144,11 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                     let rt = tokio::runtime::Runtime::new()?;
                     let report = rt.block_on(d.lookup(&address));
                     for a in &report.attempts {
-                        println!("{:<10} {}", format!("{:?}", a.source).to_lowercase(), outcome_label(&a.outcome));
+                        println!(
+                            "{:<10} {}",
+                            format!("{:?}", a.source).to_lowercase(),
+                            outcome_label(&a.outcome)
+                        );
                     }
                     match report.chosen() {
                         Some((source, certs)) => {
@@ -182,7 +192,11 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 KeysCommand::Generate { address, out } => {
                     let out = out.unwrap_or_else(|| {
-                        config.source.parent().map(|p| p.to_path_buf()).unwrap_or_default()
+                        config
+                            .source
+                            .parent()
+                            .map(|p| p.to_path_buf())
+                            .unwrap_or_default()
                     });
                     let g = sealpost::keys::generate(&address, &out)?;
                     store.insert(g.cert.clone())?;

@@ -608,7 +608,8 @@ fn learn_autocrypt(ac: &crate::keys::autocrypt::AutocryptStore, response: &[u8])
     {
         return;
     }
-    let Ok((_, Response::Data(Data::Fetch { items, .. }))) = ResponseCodec::default().decode(response)
+    let Ok((_, Response::Data(Data::Fetch { items, .. }))) =
+        ResponseCodec::default().decode(response)
     else {
         return;
     };

@@ -142,7 +142,11 @@ impl AutocryptStore {
             if let (false, Some(cert)) = (critical_unknown, &h.key) {
                 if date > peer.autocrypt_timestamp {
                     peer.autocrypt_timestamp = date;
-                    peer.key = cert.armored().to_vec().ok().and_then(|v| String::from_utf8(v).ok());
+                    peer.key = cert
+                        .armored()
+                        .to_vec()
+                        .ok()
+                        .and_then(|v| String::from_utf8(v).ok());
                     peer.prefer_encrypt = h
                         .get("prefer-encrypt")
                         .map(|a| a.value.clone())
@@ -166,7 +170,11 @@ impl AutocryptStore {
                 let p = state.peers.entry(addr.clone()).or_default();
                 if date > p.gossip_timestamp {
                     p.gossip_timestamp = date;
-                    p.gossip_key = cert.armored().to_vec().ok().and_then(|v| String::from_utf8(v).ok());
+                    p.gossip_key = cert
+                        .armored()
+                        .to_vec()
+                        .ok()
+                        .and_then(|v| String::from_utf8(v).ok());
                     addrs.push(addr);
                 }
             }
@@ -221,25 +229,47 @@ mod tests {
             format!("From: Bob <bob@example.org>\r\nDate: {date}\r\n{field}Subject: x\r\n\r\n")
         };
         let now = 2_000_000_000;
-        let learned = store.learn(msg("Tue, 24 Nov 2026 09:00:00 +0000").as_bytes(), false, now);
-        assert_eq!(learned, Learned::Key { addr: "bob@example.org".into() });
+        let learned = store.learn(
+            msg("Tue, 24 Nov 2026 09:00:00 +0000").as_bytes(),
+            false,
+            now,
+        );
+        assert_eq!(
+            learned,
+            Learned::Key {
+                addr: "bob@example.org".into()
+            }
+        );
         let peer = store.peer("BOB@example.org").unwrap();
         assert_eq!(peer.prefer_encrypt, "mutual");
-        assert_eq!(store.key_for("bob@example.org").unwrap().fingerprint(), bob.fingerprint());
+        assert_eq!(
+            store.key_for("bob@example.org").unwrap().fingerprint(),
+            bob.fingerprint()
+        );
 
         // An older message with another key does not roll the key back.
         let other = make_cert("bob@example.org");
         let old_field = header_field(&other, "bob@example.org", false).unwrap();
-        let old = format!("From: bob@example.org\r\nDate: Mon, 23 Nov 2026 09:00:00 +0000\r\n{old_field}\r\n");
+        let old = format!(
+            "From: bob@example.org\r\nDate: Mon, 23 Nov 2026 09:00:00 +0000\r\n{old_field}\r\n"
+        );
         assert_eq!(store.learn(old.as_bytes(), false, now), Learned::Nothing);
-        assert_eq!(store.key_for("bob@example.org").unwrap().fingerprint(), bob.fingerprint());
+        assert_eq!(
+            store.key_for("bob@example.org").unwrap().fingerprint(),
+            bob.fingerprint()
+        );
 
         // A header for another address than From is ignored; state survives reopening.
-        let wrong = format!("From: mallory@example.net\r\nDate: Wed, 25 Nov 2026 09:00:00 +0000\r\n{old_field}\r\n");
+        let wrong = format!(
+            "From: mallory@example.net\r\nDate: Wed, 25 Nov 2026 09:00:00 +0000\r\n{old_field}\r\n"
+        );
         store.learn(wrong.as_bytes(), false, now);
         assert!(store.key_for("mallory@example.net").is_none());
         let reopened = AutocryptStore::open(dir.path());
-        assert_eq!(reopened.key_for("bob@example.org").unwrap().fingerprint(), bob.fingerprint());
+        assert_eq!(
+            reopened.key_for("bob@example.org").unwrap().fingerprint(),
+            bob.fingerprint()
+        );
     }
 
     #[test]
@@ -250,11 +280,17 @@ mod tests {
         let g = header_field(&carol, "carol@example.org", false)
             .unwrap()
             .replacen("Autocrypt:", "Autocrypt-Gossip:", 1);
-        let msg = format!("From: bob@example.org\r\nDate: Tue, 24 Nov 2026 09:00:00 +0000\r\n{g}\r\n");
+        let msg =
+            format!("From: bob@example.org\r\nDate: Tue, 24 Nov 2026 09:00:00 +0000\r\n{g}\r\n");
         store.learn(msg.as_bytes(), false, 2_000_000_000);
         assert!(store.key_for("carol@example.org").is_none());
         let l = store.learn(msg.as_bytes(), true, 2_000_000_000);
-        assert_eq!(l, Learned::Gossip { addrs: vec!["carol@example.org".into()] });
+        assert_eq!(
+            l,
+            Learned::Gossip {
+                addrs: vec!["carol@example.org".into()]
+            }
+        );
         assert!(store.key_for("carol@example.org").is_some());
     }
 }

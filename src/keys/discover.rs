@@ -293,11 +293,7 @@ impl Discovery {
     }
 
     async fn fetch_vks(&self, addr: &str) -> Result<Vec<Cert>, String> {
-        let url = format!(
-            "{}/vks/v1/by-email/{}",
-            self.vks,
-            percent_encode(addr)
-        );
+        let url = format!("{}/vks/v1/by-email/{}", self.vks, percent_encode(addr));
         let resp = self
             .http
             .get(&url)
@@ -324,10 +320,7 @@ impl Discovery {
         for a in addrs {
             let me = self.clone();
             let a = a.clone();
-            handles.push((
-                a.clone(),
-                tokio::spawn(async move { me.lookup(&a).await }),
-            ));
+            handles.push((a.clone(), tokio::spawn(async move { me.lookup(&a).await })));
         }
         let deadline = tokio::time::Instant::now() + self.timeout;
         let mut out = HashMap::new();
@@ -341,7 +334,9 @@ impl Discovery {
                     }
                 }
                 Ok(Err(e)) => tracing::warn!(error = %e, "key lookup task failed"),
-                Err(_) => tracing::warn!(address = %addr, "key lookup timed out; treating as no key for this message"),
+                Err(_) => {
+                    tracing::warn!(address = %addr, "key lookup timed out; treating as no key for this message")
+                }
             }
         }
         out
@@ -352,7 +347,10 @@ impl Discovery {
     pub async fn refresh(&self) -> usize {
         let entries: Vec<(String, Provenance)> = {
             let p = self.provenance.lock().unwrap_or_else(|e| e.into_inner());
-            p.certs.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+            p.certs
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
         };
         let mut updated = 0;
         for (fpr, prov) in entries {
@@ -377,7 +375,10 @@ impl Discovery {
             self.save_provenance(&p);
         }
         // A refreshed key may now be usable or not: forget misses.
-        self.misses.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.misses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         updated
     }
 }

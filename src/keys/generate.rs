@@ -28,12 +28,15 @@ pub fn generate(address: &str, out: &Path) -> Result<Generated, KeyError> {
     let Some((local, domain)) = address.rsplit_once('@') else {
         return Err(err("not an email address".into()));
     };
-    std::fs::create_dir_all(out).map_err(|e| err(format!("cannot create {}: {e}", out.display())))?;
+    std::fs::create_dir_all(out)
+        .map_err(|e| err(format!("cannot create {}: {e}", out.display())))?;
     let passphrase: String = {
         use rand::Rng;
         const CHARS: &[u8] = b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
         let mut rng = rand::rng();
-        (0..28).map(|_| CHARS[rng.random_range(0..CHARS.len())] as char).collect()
+        (0..28)
+            .map(|_| CHARS[rng.random_range(0..CHARS.len())] as char)
+            .collect()
     };
     let (cert, _revocation) = CertBuilder::general_purpose(Some(format!("<{address}>")))
         .set_cipher_suite(CipherSuite::Cv25519)
@@ -44,17 +47,25 @@ pub fn generate(address: &str, out: &Path) -> Result<Generated, KeyError> {
     let secret_key = out.join(format!("{base}.sec.asc"));
     let passphrase_file = out.join(format!("{base}.pass"));
     let write = |path: &Path, data: &[u8]| {
-        crate::tls::write_private(path, data).map_err(|e| err(format!("cannot write {}: {e}", path.display())))
+        crate::tls::write_private(path, data)
+            .map_err(|e| err(format!("cannot write {}: {e}", path.display())))
     };
     write(
         &secret_key,
-        &cert.as_tsk().armored().to_vec().map_err(|e| err(e.to_string()))?,
+        &cert
+            .as_tsk()
+            .armored()
+            .to_vec()
+            .map_err(|e| err(e.to_string()))?,
     )?;
     write(&passphrase_file, format!("{passphrase}\n").as_bytes())?;
     let public = cert.clone().strip_secret_key_material();
     let armored_pub = out.join(format!("{base}.pub.asc"));
-    std::fs::write(&armored_pub, public.armored().to_vec().map_err(|e| err(e.to_string()))?)
-        .map_err(|e| err(e.to_string()))?;
+    std::fs::write(
+        &armored_pub,
+        public.armored().to_vec().map_err(|e| err(e.to_string()))?,
+    )
+    .map_err(|e| err(e.to_string()))?;
 
     // Web Key Directory file names (draft-koch-openpgp-webkey-service §3.1).
     let wkd = sequoia_net::wkd::Url::from(&address).map_err(|e| err(e.to_string()))?;
@@ -66,7 +77,9 @@ pub fn generate(address: &str, out: &Path) -> Result<Generated, KeyError> {
         .map_err(|e| err(e.to_string()))?;
     let wkd_file = out.join(format!("{base}.wkd"));
     let mut binary = Vec::new();
-    public.serialize(&mut binary).map_err(|e| err(e.to_string()))?;
+    public
+        .serialize(&mut binary)
+        .map_err(|e| err(e.to_string()))?;
     std::fs::write(&wkd_file, &binary).map_err(|e| err(e.to_string()))?;
     let hash = advanced
         .file_name()
@@ -114,7 +127,9 @@ mod tests {
     fn generated_key_loads_as_an_identity() {
         let dir = tempfile::tempdir().unwrap();
         let g = generate("New.User@Example.org", dir.path()).unwrap();
-        assert!(g.instructions.contains("openpgpkey.example.org/.well-known/openpgpkey/example.org/hu/"));
+        assert!(g
+            .instructions
+            .contains("openpgpkey.example.org/.well-known/openpgpkey/example.org/hu/"));
         let id = crate::config::Identity {
             address: "new.user@example.org".into(),
             login: None,
@@ -125,7 +140,11 @@ mod tests {
         };
         let loaded = super::super::load_identity(&id).unwrap();
         assert!(loaded.signer.is_some() && !loaded.decryptors.is_empty());
-        assert!(super::super::usable_for(&g.cert, "new.user@example.org", &super::super::POLICY));
+        assert!(super::super::usable_for(
+            &g.cert,
+            "new.user@example.org",
+            &super::super::POLICY
+        ));
         // Without the passphrase the key does not unlock.
         let mut bad = id.clone();
         bad.passphrase_file = None;

@@ -59,12 +59,11 @@ pub fn envelope(msg: &[u8]) -> Envelope<'static> {
 }
 
 /// The bytes of `BODY[<section>]`; `None` means `BODY[]`, the whole (CRLF-normalised)
-/// message. NUL bytes come out as 0x80, as Dovecot sends them (an IMAP literal cannot
-/// hold NUL; BINARY[] would be the way to get them). Returns `None` when the section does not exist (a part number past the
-/// end, a subpart of a non-multipart part, HEADER/TEXT of a part that is not
-/// message/rfc822): Dovecot then answers an empty string (`BODY[3] {0}`), not NIL, and
-/// the caller should do the same. As in Dovecot, `1.MIME` of a non-multipart message
-/// is its header.
+/// message. NUL bytes come out as 0x80, as Dovecot sends them (a literal cannot hold
+/// NUL). Returns `None` when the section does not exist (a part number past the end, a
+/// subpart of a non-multipart part, HEADER/TEXT of a part that is not message/rfc822):
+/// Dovecot then answers an empty string (`BODY[3] {0}`), not NIL, and so should the
+/// caller. As in Dovecot, `1.MIME` of a non-multipart message is its header.
 pub fn section(msg: &[u8], section: Option<&Section<'_>>) -> Option<Vec<u8>> {
     let mut out = section_raw(&to_crlf(msg), section)?;
     for b in out.iter_mut().filter(|b| **b == 0) {
@@ -128,9 +127,10 @@ enum What {
     FieldsNot,
 }
 
-/// HEADER.FIELDS: the matching fields, each ending in CRLF, then an empty line (for an
-/// encapsulated message only if its header has one). HEADER.FIELDS.NOT: the other
-/// fields as they are, then the empty line if there is one. As in Dovecot.
+/// HEADER.FIELDS: the matching fields, then an empty line; at the top level every
+/// field is made to end in CRLF, in an encapsulated message the empty line is only
+/// added if its header has one. HEADER.FIELDS.NOT: the other fields as they are, then
+/// the empty line if there is one. (Dovecot's behaviour, also for broken headers.)
 fn header_fields(m: &[u8], node: &Node, names: &[AString<'_>], not: bool, top: bool) -> Vec<u8> {
     let (mut head, mut blank) = (&m[node.hdr.start..node.blank.start], &m[node.blank.clone()]);
     let cut = blank.is_empty() && node.hdr.end < m.len();
@@ -145,8 +145,8 @@ fn header_fields(m: &[u8], node: &Node, names: &[AString<'_>], not: bool, top: b
         let name = field_name(f.raw);
         let hit = !name.is_empty() && names.iter().any(|n| n.as_ref().eq_ignore_ascii_case(name));
         match (hit, not) {
-            (true, false) => push_line(&mut out, f.raw),
-            (false, true) => out.extend_from_slice(f.raw),
+            (true, false) if top => push_line(&mut out, f.raw),
+            (true, false) | (false, true) => out.extend_from_slice(f.raw),
             _ => {}
         }
     }
@@ -394,7 +394,10 @@ impl Parser<'_> {
         let mut children = Vec::new();
         let mut stop = self.scan(b0);
         let mut tail = self.end_of(stop);
-        while let Stop::At { idx, next, close, .. } = stop {
+        while let Stop::At {
+            idx, next, close, ..
+        } = stop
+        {
             if idx != my {
                 break;
             }
@@ -1033,19 +1036,10 @@ fn humans(v: &[u8]) -> Vec<u8> {
 
 /// An IMAP string: quoted when possible, else a literal; NUL becomes U+FFFD.
 fn istr(v: Vec<u8>) -> IString<'static> {
-    let v = if v.contains(&0) {
-        v.iter()
-            .flat_map(|&b| {
-                if b == 0 {
-                    "\u{FFFD}".as_bytes().to_vec()
-                } else {
-                    vec![b]
-                }
-            })
-            .collect()
-    } else {
-        v
-    };
+    let v = v
+        .split(|&b| b == 0)
+        .collect::<Vec<_>>()
+        .join("\u{FFFD}".as_bytes());
     // Only NUL is invalid in a literal.
     IString::try_from(v).unwrap_or_else(|_| IString::from(Quoted::unvalidated("")))
 }
@@ -1146,74 +1140,5 @@ impl<'a> Lex<'a> {
             }
         }
         (out, false)
-    }
-}
-
-#[cfg(test)]
-mod devcmp {
-    use super::*;
-    use imap_codec::decode::Decoder;
-    use imap_codec::encode::Encoder;
-    use imap_types::command::CommandBody;
-    use imap_types::fetch::{MacroOrMessageDataItemNames, MessageDataItem, MessageDataItemName};
-    use imap_types::response::{Data, Response};
-
-    #[test]
-    #[ignore]
-    fn dev_compare() {
-        let dir = std::env::var("DV_DIR").unwrap();
-        let items = std::env::var("DV_ITEMS").unwrap();
-        let cmd = format!("a FETCH 1 ({items})\r\n");
-        let (_, cmd) = imap_codec::CommandCodec::default()
-            .decode(cmd.as_bytes())
-            .unwrap();
-        let CommandBody::Fetch {
-            macro_or_item_names: MacroOrMessageDataItemNames::MessageDataItemNames(names),
-            ..
-        } = cmd.body
-        else {
-            panic!()
-        };
-        let mut files: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        files.sort();
-        let mut out = Vec::new();
-        for (i, f) in files.iter().enumerate() {
-            let msg = std::fs::read(f).unwrap();
-            let mut its = Vec::new();
-            for n in &names {
-                its.push(match n {
-                    MessageDataItemName::Body => MessageDataItem::Body(body_structure(&msg, false)),
-                    MessageDataItemName::BodyStructure => {
-                        MessageDataItem::BodyStructure(body_structure(&msg, true))
-                    }
-                    MessageDataItemName::Envelope => MessageDataItem::Envelope(envelope(&msg)),
-                    MessageDataItemName::BodyExt {
-                        section: s,
-                        partial: p,
-                        ..
-                    } => {
-                        let data = section(&msg, s.as_ref()).unwrap_or_default();
-                        let d = partial(&data, *p).to_vec();
-                        MessageDataItem::BodyExt {
-                            section: s.clone(),
-                            origin: p.map(|x| x.0),
-                            data: NString(Some(IString::Literal(
-                                imap_types::core::Literal::try_from(d).unwrap(),
-                            ))),
-                        }
-                    }
-                    _ => panic!(),
-                });
-            }
-            let r = Response::Data(Data::Fetch {
-                seq: NonZeroU32::new(i as u32 + 1).unwrap(),
-                items: Vec1::try_from(its).unwrap(),
-            });
-            out.extend(imap_codec::ResponseCodec::default().encode(&r).dump());
-        }
-        std::fs::write(format!("{dir}.ours"), out).unwrap();
     }
 }

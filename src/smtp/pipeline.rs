@@ -101,9 +101,7 @@ impl Outbound {
         // Autocrypt Level 1 §2.1: announce the sender's key, unless the client does.
         let with_header;
         let raw = match (self.autocrypt, identity) {
-            (Some(mutual), Some(id))
-                if !mime::fields(header).iter().any(|f| f.is("Autocrypt")) =>
-            {
+            (Some(mutual), Some(id)) if !mime::fields(header).iter().any(|f| f.is("Autocrypt")) => {
                 match crate::keys::autocrypt::header_field(&id.cert, &id.address, mutual) {
                     Some(field) => {
                         with_header = [field.as_bytes(), raw].concat();
@@ -125,7 +123,10 @@ impl Outbound {
             let certs = if action == crate::config::PolicyAction::Plain {
                 Vec::new()
             } else {
-                found.get(&normalize_address(rcpt)).cloned().unwrap_or_default()
+                found
+                    .get(&normalize_address(rcpt))
+                    .cloned()
+                    .unwrap_or_default()
             };
             match policy::decide(action, !certs.is_empty()) {
                 Decision::Refuse => refused.push(rcpt.clone()),
@@ -286,7 +287,9 @@ mod tests {
         assert!(err.lines[0].contains("carol@example.org"));
         assert!(!err.lines[0].contains("bob@"));
         // A plain rule beats the default.
-        let copies = out.plan_from_store(&env(&["x@plain.example"]), MSG).unwrap();
+        let copies = out
+            .plan_from_store(&env(&["x@plain.example"]), MSG)
+            .unwrap();
         assert!(!copies[0].encrypted);
     }
 
@@ -294,7 +297,9 @@ mod tests {
     fn already_encrypted_mail_is_relayed_unchanged() {
         let (_d, out) = setup(PolicyAction::Require);
         let msg = b"To: carol@example.org\r\n\r\n-----BEGIN PGP MESSAGE-----\r\nxx\r\n-----END PGP MESSAGE-----\r\n";
-        let copies = out.plan_from_store(&env(&["carol@example.org"]), msg).unwrap();
+        let copies = out
+            .plan_from_store(&env(&["carol@example.org"]), msg)
+            .unwrap();
         assert_eq!(copies[0].message, msg.to_vec());
     }
 }

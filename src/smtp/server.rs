@@ -254,8 +254,7 @@ async fn deliver(
     let env = envelope.clone();
     let raw = message.to_vec();
     // Encryption is CPU work: keep it off the I/O threads.
-    let planned =
-        tokio::task::spawn_blocking(move || outbound.plan(&env, &raw, &found)).await;
+    let planned = tokio::task::spawn_blocking(move || outbound.plan(&env, &raw, &found)).await;
     let copies = match planned {
         Ok(Ok(c)) => c,
         Ok(Err(refusal)) => {

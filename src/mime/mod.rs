@@ -86,8 +86,16 @@ pub fn fields(header: &[u8]) -> Vec<Field<'_>> {
     out
 }
 
-/// Copies `raw` with every bare LF turned into CRLF (RFC 5322 §2.3 line endings).
-pub fn to_crlf(raw: &[u8]) -> Vec<u8> {
+/// `raw` with every bare LF turned into CRLF (RFC 5322 §2.3 line endings); borrowed
+/// when it already has none, so large CRLF messages are not copied.
+pub fn to_crlf(raw: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let bare_lf = raw
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && (i == 0 || raw[i - 1] != b'\r'));
+    if !bare_lf {
+        return std::borrow::Cow::Borrowed(raw);
+    }
     let mut out = Vec::with_capacity(raw.len() + raw.len() / 32);
     let mut prev = 0u8;
     for &b in raw {
@@ -97,7 +105,7 @@ pub fn to_crlf(raw: &[u8]) -> Vec<u8> {
         out.push(b);
         prev = b;
     }
-    out
+    std::borrow::Cow::Owned(out)
 }
 
 /// Appends `raw` to `out`, making sure it ends with CRLF.
@@ -163,6 +171,7 @@ mod tests {
 
     #[test]
     fn crlf_normalisation() {
-        assert_eq!(to_crlf(b"a\nb\r\nc"), b"a\r\nb\r\nc");
+        assert_eq!(&*to_crlf(b"a\nb\r\nc"), b"a\r\nb\r\nc");
+        assert!(matches!(to_crlf(b"a\r\n"), std::borrow::Cow::Borrowed(_)));
     }
 }

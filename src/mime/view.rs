@@ -9,10 +9,12 @@
 //!   must be the length of `section(msg, None)`.
 //! * Multipart bodies are split on lines that *start* with `--boundary` (the longest
 //!   matching boundary of this part or of any enclosing multipart wins, the innermost on
-//!   a tie); the CRLF before a boundary line belongs to the boundary. A boundary line
-//!   inside a part's header ends the header (whose last CRLF then goes to the boundary).
-//!   After `--boundary--` the boundary is forgotten; the epilogue runs to the next
-//!   enclosing boundary. Nesting deeper than [`MAX_DEPTH`] is reported as text/plain.
+//!   a tie; boundaries count up to 80 bytes); the CRLF before a boundary line belongs
+//!   to the boundary. A boundary line inside a part's header, or right after its empty
+//!   line, ends the header, and the last line break goes to the boundary. After
+//!   `--boundary--` the boundary is forgotten; the epilogue runs to the next enclosing
+//!   boundary, and a boundary line cut off by the end of the message opens no part.
+//!   Nesting deeper than [`MAX_DEPTH`] is reported as text/plain.
 //! * Content-* fields count only in MIME parts (a multipart child, or a header with
 //!   MIME-Version or Content-Type); the first occurrence of each wins, except that a
 //!   Content-Disposition without parameters can be replaced by a later one.
@@ -299,8 +301,8 @@ impl Parser<'_> {
     }
 
     /// Parses the entity at `start`; returns it, where it stopped, and where its content
-    /// ends for an enclosing message/rfc822 part (Dovecot counts the CRLF before a
-    /// boundary that cut a header into the message/rfc822 body).
+    /// ends for the enclosing parts (Dovecot counts the CRLF before a boundary that cut
+    /// a header into their bodies, though not into the header).
     fn part(
         &mut self,
         start: usize,
@@ -765,33 +767,12 @@ fn address_list(v: &[u8], out: &mut Vec<Address<'static>>) {
             break;
         }
         let save = lx.i;
-        let (group, words) = phrase(&mut lx);
-        if words > 0 && lx.peek() == Some(b':') {
-            // RFC 3501: group start (mailbox = name, host NIL) … end (all NIL).
-            lx.i += 1;
-            out.push(address(None, None, Some(group), None));
-            loop {
-                lx.cfws();
-                match lx.peek() {
-                    None => break,
-                    Some(b';') => {
-                        lx.i += 1;
-                        break;
-                    }
-                    Some(b',') => lx.i += 1,
-                    Some(_) => {
-                        let at = lx.i;
-                        mailbox(&mut lx, out);
-                        if lx.i == at {
-                            break;
-                        }
-                    }
-                }
+        match phrase(&mut lx) {
+            (name, _, true) if lx.peek() == Some(b':') => group(&mut lx, name, out),
+            _ => {
+                lx.i = save;
+                mailbox(&mut lx, out);
             }
-            out.push(address(None, None, None, None));
-        } else {
-            lx.i = save;
-            mailbox(&mut lx, out);
         }
         lx.cfws();
         if lx.peek() != Some(b',') {
@@ -801,12 +782,41 @@ fn address_list(v: &[u8], out: &mut Vec<Address<'static>>) {
     }
 }
 
+/// `name ":" [mailbox *("," mailbox)] [";"]`, as RFC 3501 writes it: a start marker
+/// (mailbox = name, host NIL), the members, an end marker (all NIL).
+fn group(lx: &mut Lex<'_>, name: Vec<u8>, out: &mut Vec<Address<'static>>) {
+    lx.i += 1;
+    out.push(address(None, None, Some(name), None));
+    lx.cfws();
+    match lx.peek() {
+        Some(b';') => lx.i += 1,
+        Some(_) => loop {
+            mailbox(lx, out);
+            lx.cfws();
+            match lx.peek() {
+                Some(b',') => {
+                    lx.i += 1;
+                    lx.cfws();
+                    if lx.peek().is_none() {
+                        break;
+                    }
+                }
+                Some(b';') => {
+                    lx.i += 1;
+                    break;
+                }
+                _ => break,
+            }
+        },
+        None => {}
+    }
+    out.push(address(None, None, None, None));
+}
+
 /// `[phrase] "<" [route ":"] addr-spec ">"` or `addr-spec [(comment)]`.
 fn mailbox(lx: &mut Lex<'_>, out: &mut Vec<Address<'static>>) {
     let save = lx.i;
-    let (name, words) = phrase(lx);
-    let phrase_end = lx.i;
-    if lx.peek() == Some(b'<') {
+    if let ((name, _, true), Some(b'<')) = (phrase(lx), lx.peek()) {
         lx.i += 1;
         lx.cfws();
         let mut route = Vec::new();
@@ -826,7 +836,7 @@ fn mailbox(lx: &mut Lex<'_>, out: &mut Vec<Address<'static>>) {
         if !route.is_empty() && lx.peek() == Some(b':') {
             lx.i += 1;
         }
-        let (local, host) = addr_spec(lx);
+        let (local, _, host) = addr_spec(lx);
         let host = if lx.peek() == Some(b'>') {
             lx.i += 1;
             host
@@ -838,40 +848,66 @@ fn mailbox(lx: &mut Lex<'_>, out: &mut Vec<Address<'static>>) {
     }
     lx.i = save;
     lx.comment.clear();
-    let (local, host) = addr_spec(lx);
-    if host.is_none() && words > 1 {
-        // "foo bar": a display name without an address.
-        lx.i = phrase_end;
-        out.push(filled(Some(name), None, Vec::new(), None));
-    } else {
-        let comment = std::mem::take(&mut lx.comment);
+    let (local, quoted, host) = addr_spec(lx);
+    let comment = std::mem::take(&mut lx.comment);
+    if host.is_some() || !comment.is_empty() {
         out.push(filled(Some(comment), None, local, host));
+        return;
+    }
+    // A local part without domain: with more words after it, or quoted, it was a
+    // display name.
+    let more = phrase(lx).0;
+    if more.is_empty() && !quoted {
+        out.push(filled(None, None, local, None));
+    } else {
+        let name = if more.is_empty() {
+            local
+        } else {
+            [local, more].join(&b' ')
+        };
+        out.push(filled(Some(name), None, Vec::new(), None));
     }
 }
 
-/// `local-part ["@" domain]`, followed by CFWS (whose last comment is kept).
-fn addr_spec(lx: &mut Lex<'_>) -> (Vec<u8>, Option<Vec<u8>>) {
-    let mut local = Vec::new();
+/// `local-part ["@" domain]`, followed by CFWS (whose last comment is kept); also
+/// whether the local part was a quoted string. Stray dots are tolerated.
+fn addr_spec(lx: &mut Lex<'_>) -> (Vec<u8>, bool, Option<Vec<u8>>) {
+    let (mut local, mut word, mut quoted) = (Vec::new(), false, false);
     loop {
         lx.cfws();
         match lx.peek() {
-            Some(b'"') => local.extend(lx.quoted().0),
-            Some(c) if is_atext(c) => local.extend_from_slice(lx.run(is_atext)),
+            Some(b'.') => {
+                lx.i += 1;
+                local.push(b'.');
+                word = false;
+                lx.cfws();
+                if lx.peek().is_some_and(|c| c != b'"' && !is_atext(c)) {
+                    // A dot before junk: not an address (Dovecot).
+                    return (Vec::new(), false, None);
+                }
+            }
+            Some(b'"') if !word => {
+                let (q, closed) = lx.quoted();
+                if !closed {
+                    return (Vec::new(), false, None);
+                }
+                quoted = local.is_empty();
+                local.extend(q);
+                word = true;
+            }
+            Some(c) if is_atext(c) && !word => {
+                local.extend_from_slice(lx.run(is_atext));
+                word = true;
+            }
             _ => break,
         }
-        lx.cfws();
-        if lx.peek() != Some(b'.') {
-            break;
-        }
-        lx.i += 1;
-        local.push(b'.');
     }
     let host = (lx.peek() == Some(b'@')).then(|| {
         lx.i += 1;
         domain(lx)
     });
     lx.cfws();
-    (local, host)
+    (local, quoted, host)
 }
 
 /// A dot-atom or a domain literal.
@@ -902,17 +938,22 @@ fn domain(lx: &mut Lex<'_>) -> Vec<u8> {
     }
 }
 
-/// Words (atoms, possibly with dots, and quoted strings) joined by single spaces, and
-/// how many there were.
-fn phrase(lx: &mut Lex<'_>) -> (Vec<u8>, usize) {
+/// Words (atoms, possibly with dots, and quoted strings) joined by single spaces, how
+/// many there were, and whether that was a valid phrase (no leading dot, no unclosed
+/// quote, which ends it).
+fn phrase(lx: &mut Lex<'_>) -> (Vec<u8>, usize, bool) {
     let mut out = Vec::new();
     let mut words = 0;
     loop {
         lx.cfws();
         let word = match lx.peek() {
-            Some(b'"') => lx.quoted().0,
+            Some(b'.') if words == 0 => return (out, 0, false),
+            Some(b'"') => match lx.quoted() {
+                (w, true) => w,
+                (_, false) => return (out, words, false),
+            },
             Some(c) if is_atext(c) || c == b'.' => lx.run(|c| is_atext(c) || c == b'.').to_vec(),
-            _ => return (out, words),
+            _ => return (out, words, true),
         };
         if words > 0 {
             out.push(b' ');
@@ -1140,5 +1181,507 @@ impl<'a> Lex<'a> {
             }
         }
         (out, false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use imap_codec::decode::Decoder;
+    use imap_codec::encode::Encoder;
+    use imap_codec::{CommandCodec, ResponseCodec};
+    use imap_types::command::CommandBody;
+    use imap_types::fetch::{MacroOrMessageDataItemNames, MessageDataItem, MessageDataItemName};
+    use imap_types::response::{Data, Response};
+
+    /// `BODY[<spec>]` of `msg`, the section parsed by imap-codec.
+    fn get(msg: &[u8], spec: &str) -> Option<Vec<u8>> {
+        let cmd = format!("a FETCH 1 BODY[{spec}]\r\n");
+        let (_, cmd) = CommandCodec::default().decode(cmd.as_bytes()).expect(spec);
+        let CommandBody::Fetch {
+            macro_or_item_names: MacroOrMessageDataItemNames::MessageDataItemNames(items),
+            ..
+        } = cmd.body
+        else {
+            panic!("{spec}: not a FETCH");
+        };
+        let MessageDataItemName::BodyExt { section: s, .. } = &items[0] else {
+            panic!("{spec}: not BODY[]");
+        };
+        section(msg, s.as_ref())
+    }
+
+    fn text(msg: &[u8], spec: &str) -> String {
+        String::from_utf8(get(msg, spec).expect(spec)).expect("UTF-8")
+    }
+
+    /// The untagged FETCH response with these items, as imap-codec sends it.
+    fn wire(items: Vec<MessageDataItem<'static>>) -> String {
+        let items = Vec1::try_from(items).expect("items");
+        let seq = NonZeroU32::new(1).expect("seq");
+        let r = Response::Data(Data::Fetch { seq, items });
+        String::from_utf8(ResponseCodec::default().encode(&r).dump()).expect("UTF-8")
+    }
+
+    /// BODYSTRUCTURE (or BODY) on the wire, without the FETCH wrapping.
+    fn bs(msg: &[u8], ext: bool) -> String {
+        let b = body_structure(msg, ext);
+        let s = wire(vec![if ext {
+            MessageDataItem::BodyStructure(b)
+        } else {
+            MessageDataItem::Body(b)
+        }]);
+        let s = s.strip_prefix(if ext {
+            "* 1 FETCH (BODYSTRUCTURE "
+        } else {
+            "* 1 FETCH (BODY "
+        });
+        s.and_then(|s| s.strip_suffix(")\r\n"))
+            .expect("fetch")
+            .to_string()
+    }
+
+    fn env(msg: &[u8]) -> String {
+        let s = wire(vec![MessageDataItem::Envelope(envelope(msg))]);
+        s["* 1 FETCH (ENVELOPE ".len()..s.len() - 3].to_string()
+    }
+
+    fn lines(s: &str) -> usize {
+        s.matches('\n').count()
+    }
+
+    #[test]
+    fn simple_text_message() {
+        let m = b"From: Alice <alice@example.org>\r\nSubject: hi\r\n\r\nhello\r\nworld\r\n";
+        let hdr = "From: Alice <alice@example.org>\r\nSubject: hi\r\n\r\n";
+        let basic = r#""TEXT" "plain" ("charset" "us-ascii") NIL NIL "7bit" 14 2"#;
+        assert_eq!(bs(m, true), format!("({basic} NIL NIL NIL NIL)"));
+        assert_eq!(bs(m, false), format!("({basic})"));
+        let alice = r#"(("Alice" NIL "alice" "example.org"))"#;
+        assert_eq!(
+            env(m),
+            format!(r#"(NIL "hi" {alice} {alice} {alice} NIL NIL NIL NIL NIL)"#)
+        );
+        assert_eq!(get(m, "").as_deref(), Some(&m[..]));
+        assert_eq!(text(m, "HEADER"), hdr);
+        assert_eq!(text(m, "TEXT"), "hello\r\nworld\r\n");
+        assert_eq!(text(m, "1"), "hello\r\nworld\r\n");
+        assert_eq!(text(m, "1.MIME"), hdr); // Dovecot: the message header
+        for missing in ["2", "1.1", "1.HEADER", "1.TEXT"] {
+            assert_eq!(get(m, missing), None, "{missing}");
+        }
+    }
+
+    /// mixed: text, base64 attachment; with preamble and epilogue.
+    fn mixed() -> (Vec<u8>, [&'static str; 4]) {
+        let t = "Hello Bob,\r\nsee the attachment.";
+        let t_mime = "Content-Type: text/plain; charset=UTF-8; format=flowed\r\n\r\n";
+        let a = "JVBERi0xLjQKJcfsj6IKNSAwIG9iago8PC9MZW5ndGggNiAwIFI+PgpzdHJlYW0K\r\nZW5kc3RyZWFt";
+        let a_mime = "Content-Type: application/pdf; name=\"report.pdf\"\r\n\
+            Content-Transfer-Encoding: base64\r\n\
+            Content-Disposition: attachment; filename=\"report.pdf\"; size=42\r\n\r\n";
+        let m = [
+            "From: a@example.org\r\nMIME-Version: 1.0\r\n",
+            "Content-Type: multipart/mixed; boundary=\"=-b1\"\r\n\r\n",
+            "This is a MIME message.\r\n--=-b1\r\n",
+            t_mime,
+            t,
+            "\r\n--=-b1\r\n",
+            a_mime,
+            a,
+            "\r\n--=-b1--\r\nepilogue\r\n",
+        ];
+        (m.concat().into_bytes(), [t_mime, t, a_mime, a])
+    }
+
+    #[test]
+    fn multipart_with_attachment() {
+        let (m, [t_mime, t, a_mime, a]) = mixed();
+        let text_part = format!(
+            r#"("TEXT" "plain" ("charset" "UTF-8" "format" "flowed") NIL NIL "7bit" {} {} NIL NIL NIL NIL)"#,
+            t.len(),
+            lines(t)
+        );
+        let pdf = format!(
+            r#"("application" "pdf" ("name" "report.pdf") NIL NIL "base64" {} NIL ("attachment" ("filename" "report.pdf" "size" "42")) NIL NIL)"#,
+            a.len()
+        );
+        let ext = r#""mixed" ("boundary" "=-b1") NIL NIL NIL"#;
+        assert_eq!(bs(&m, true), format!("({text_part}{pdf} {ext})"));
+        assert_eq!(text(&m, "1"), t);
+        assert_eq!(text(&m, "1.MIME"), t_mime);
+        assert_eq!(text(&m, "2"), a);
+        assert_eq!(text(&m, "2.MIME"), a_mime);
+        assert!(text(&m, "TEXT").starts_with("This is a MIME message.\r\n--=-b1\r\n"));
+        assert!(text(&m, "TEXT").ends_with("--=-b1--\r\nepilogue\r\n"));
+        assert_eq!(text(&m, "1.1"), t); // Dovecot: `1` of a leaf is the leaf itself
+        for missing in ["3", "1.1.1", "2.HEADER", "1.TEXT"] {
+            assert_eq!(get(&m, missing), None, "{missing}");
+        }
+    }
+
+    #[test]
+    fn nested_alternative_and_message() {
+        let (p_mime, p) = (
+            "Content-Type: text/plain; charset=us-ascii\r\n\r\n",
+            "plain\r\nversion",
+        );
+        let (h_mime, h) = ("Content-Type: text/html\r\n\r\n", "<p>html</p>\r\n");
+        let alt_mime = "Content-Type: multipart/alternative; boundary=\"alt\"\r\n\r\n";
+        let alt = format!("--alt\r\n{p_mime}{p}\r\n--alt\r\n{h_mime}{h}\r\n--alt--\r\n");
+        let msg_mime = "Content-Type: message/rfc822\r\nContent-Description: forwarded\r\n\r\n";
+        let inner_hdr = "From: Eve <eve@example.org>\r\nSubject: inner\r\n\
+            Date: Tue, 2 Jan 2024 08:00:00 +0100\r\nMessage-ID: <in@example.org>\r\n\
+            MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=inner\r\n\r\n";
+        let inner_body = "--inner\r\n\r\ninner text\r\n--inner\r\n\
+            Content-Type: application/octet-stream\r\n\r\nAAAA\r\n--inner--\r\n";
+        let inner = format!("{inner_hdr}{inner_body}");
+        let img_mime = "Content-Type: image/png; name=\"dot.png\"\r\n\
+            Content-Transfer-Encoding: base64\r\nContent-ID: <dot@example.org>\r\n\
+            Content-Description: a dot\r\n\
+            Content-Disposition: inline; filename*=utf-8''d%C3%B6t.png\r\n\
+            Content-Language: en, de-CH\r\nContent-Location: http://example.org/dot.png\r\n\r\n";
+        let img = "iVBORw0KGgo=";
+        let m = format!(
+            "From: Carol <carol@example.com>\r\nSubject: nested\r\nMIME-Version: 1.0\r\n\
+             Content-Type: multipart/mixed; boundary=outer\r\n\r\n\
+             --outer\r\n{alt_mime}{alt}--outer\r\n{msg_mime}{inner}\r\n\
+             --outer\r\n{img_mime}{img}\r\n--outer--\r\n"
+        );
+        let m = m.as_bytes();
+        let none4 = "NIL NIL NIL NIL";
+        let plain = format!(
+            r#"("TEXT" "plain" ("charset" "us-ascii") NIL NIL "7bit" {} {} {none4})"#,
+            p.len(),
+            lines(p)
+        );
+        let html = format!(
+            r#"("TEXT" "html" ("charset" "us-ascii") NIL NIL "7bit" {} {} {none4})"#,
+            h.len(),
+            lines(h)
+        );
+        let eve = r#"(("Eve" NIL "eve" "example.org"))"#;
+        let inner_env = format!(
+            r#"("Tue, 2 Jan 2024 08:00:00 +0100" "inner" {eve} {eve} {eve} NIL NIL NIL NIL "<in@example.org>")"#
+        );
+        let inner_bs = format!(
+            r#"(("TEXT" "plain" ("charset" "us-ascii") NIL NIL "7bit" 10 0 {none4})("application" "octet-stream" NIL NIL NIL "7bit" 4 {none4}) "mixed" ("boundary" "inner") NIL NIL NIL)"#
+        );
+        let png = format!(
+            r#"("image" "png" ("name" "dot.png") "<dot@example.org>" "a dot" "base64" {} NIL ("inline" ("filename*" "utf-8''d%C3%B6t.png")) ("en" "de-CH") "http://example.org/dot.png")"#,
+            img.len()
+        );
+        let expected = format!(
+            r#"(({plain}{html} "alternative" ("boundary" "alt") NIL NIL NIL)("MESSAGE" "RFC822" NIL NIL "forwarded" "7bit" {} {inner_env} {inner_bs} {} {none4}){png} "mixed" ("boundary" "outer") NIL NIL NIL)"#,
+            inner.len(),
+            lines(&inner)
+        );
+        assert_eq!(bs(m, true), expected);
+        let sections = [
+            ("1", alt.as_str()),
+            ("1.MIME", alt_mime),
+            ("1.1", p),
+            ("1.1.MIME", p_mime),
+            ("1.1.1", p),
+            ("1.2", h),
+            ("1.2.MIME", h_mime),
+            ("2", &inner),
+            ("2.MIME", msg_mime),
+            ("2.HEADER", inner_hdr),
+            ("2.TEXT", inner_body),
+            ("2.1", "inner text"),
+            ("2.1.MIME", "\r\n"),
+            ("2.1.1", "inner text"),
+            ("2.2", "AAAA"),
+            ("2.2.MIME", "Content-Type: application/octet-stream\r\n\r\n"),
+            ("3", img),
+            ("3.1", img),
+            ("3.MIME", img_mime),
+            (
+                "2.HEADER.FIELDS (subject FROM)",
+                "From: Eve <eve@example.org>\r\nSubject: inner\r\n\r\n",
+            ),
+            (
+                "2.HEADER.FIELDS.NOT (from subject Date message-id)",
+                "MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=inner\r\n\r\n",
+            ),
+        ];
+        for (spec, want) in sections {
+            assert_eq!(text(m, spec), want, "{spec}");
+        }
+        for missing in [
+            "4",
+            "1.3",
+            "2.3",
+            "1.HEADER",
+            "3.TEXT",
+            "2.1.HEADER",
+            "1.1.1.1",
+            "3.1.1",
+        ] {
+            assert_eq!(get(m, missing), None, "{missing}");
+        }
+    }
+
+    #[test]
+    fn header_fields_order_and_case() {
+        let m = b"Subject: one\r\nX-Foo: a\r\nTo: x@y\r\n continued\r\nno colon here\r\n\
+            subject: two\r\nFROM:z@w\r\nX-Empty:\r\n\r\nbody\r\n";
+        let fields = "Subject: one\r\nTo: x@y\r\n continued\r\nsubject: two\r\nX-Empty:\r\n\r\n";
+        assert_eq!(text(m, "HEADER.FIELDS (SUBJECT to x-empty)"), fields);
+        assert_eq!(text(m, "HEADER.FIELDS (x-empty To Subject)"), fields);
+        let rest = "X-Foo: a\r\nno colon here\r\nFROM:z@w\r\n\r\n";
+        assert_eq!(text(m, "HEADER.FIELDS.NOT (SUBJECT to x-empty)"), rest);
+        assert_eq!(text(m, "HEADER.FIELDS (nothere)"), "\r\n");
+        // Without an empty line: FIELDS still ends with one, NOT keeps the bytes.
+        let m = b"Subject: s\r\nFrom: a@b";
+        assert_eq!(text(m, "HEADER.FIELDS (from)"), "From: a@b\r\n\r\n");
+        assert_eq!(text(m, "HEADER.FIELDS.NOT (subject)"), "From: a@b");
+        assert_eq!(text(m, "HEADER"), "Subject: s\r\nFrom: a@b");
+        assert_eq!(text(m, "TEXT"), "");
+    }
+
+    #[test]
+    fn partials() {
+        let d = b"0123456789";
+        let p = |o: u32, l: u32| partial(d, Some((o, NonZeroU32::new(l).expect("length"))));
+        assert_eq!(partial(d, None), d);
+        assert_eq!(p(0, 3), b"012");
+        assert_eq!(p(8, 5), b"89");
+        assert_eq!(p(10, 1), b"");
+        assert_eq!(p(u32::MAX, u32::MAX), b"");
+        assert_eq!(p(3, u32::MAX), b"3456789");
+    }
+
+    #[test]
+    fn bare_lf_is_served_as_crlf() {
+        let (crlf, _) = mixed();
+        let lf: Vec<u8> = crlf.iter().copied().filter(|&b| b != b'\r').collect();
+        assert_eq!(bs(&lf, true), bs(&crlf, true));
+        assert_eq!(env(&lf), env(&crlf));
+        for spec in ["", "HEADER", "TEXT", "1", "2.MIME", "HEADER.FIELDS (from)"] {
+            assert_eq!(get(&lf, spec), get(&crlf, spec), "{spec}");
+        }
+    }
+
+    #[test]
+    fn envelope_fields() {
+        let m = "Date: Mon, 1 Jan 2024 10:00:00 +0000\r\nSubject: first\r\n\
+            Subject:  =?UTF-8?Q?h=C3=A9llo?=\r\n  \tfolded   twice \r\n\
+            From: \"Doe, J. \\\"JD\\\"\" <j.doe@example.org>, x@y (Comment Name)\r\n\
+            From: undisclosed-recipients:;\r\nTo: Team: a@b, B <c@d>;, <@r1,@r2:e@f>\r\n\
+            Cc: nodomain, <>, broken <x, ok@x\r\nBcc: \"\" <q@r>, Jörg <j@x>\r\n\
+            In-Reply-To: <a@b>  <c@d>\r\nMessage-ID:  <m@id> \r\n\r\nbody\r\n";
+        let from = r#"(("Doe, J. \"JD\"" NIL "j.doe" "example.org")("Comment Name" NIL "x" "y")(NIL NIL "undisclosed-recipients" NIL)(NIL NIL NIL NIL))"#;
+        let want = format!(
+            "(\"Mon, 1 Jan 2024 10:00:00 +0000\" \"=?UTF-8?Q?h=C3=A9llo?= folded twice\" {from} {from} {from} \
+             ((NIL NIL \"Team\" NIL)(NIL NIL \"a\" \"b\")(\"B\" NIL \"c\" \"d\")(NIL NIL NIL NIL)(NIL \"@r1,@r2\" \"e\" \"f\")) \
+             ((NIL NIL \"nodomain\" \"MISSING_DOMAIN\")(NIL NIL \"MISSING_MAILBOX\" \"MISSING_DOMAIN\")\
+             (\"broken\" NIL \"x\" \"SYNTAX_ERROR\")(NIL NIL \"ok\" \"x\")) \
+             ((NIL NIL \"q\" \"r\")({{5}}\r\nJörg NIL \"j\" \"x\")) \"<a@b>  <c@d>\" \"<m@id> \")"
+        );
+        assert_eq!(env(m.as_bytes()), want);
+        // Sender and Reply-To fall back to From; nothing at all is NIL.
+        let e = envelope(b"Sender: s@t\r\n\r\n");
+        assert_eq!((e.from.len(), e.sender.len(), e.reply_to.len()), (0, 1, 0));
+        assert_eq!(
+            env(b"\r\nno header"),
+            "(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)"
+        );
+        // NUL cannot go into an IMAP string: it becomes U+FFFD (as in Dovecot).
+        assert_eq!(
+            env(b"Subject: a\0b\r\n\r\n"),
+            "(NIL {5}\r\na\u{FFFD}b NIL NIL NIL NIL NIL NIL NIL NIL)"
+        );
+    }
+
+    #[test]
+    fn dovecot_quirks() {
+        let mp = |body: &str| {
+            let h = "MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=q\r\n\r\n";
+            format!("{h}{body}").into_bytes()
+        };
+        let tp = r#""TEXT" "plain" ("charset" "us-ascii") NIL NIL "7bit""#;
+        // A boundary line ends a header; the CRLF before it goes with the boundary, also
+        // when it is the empty line.
+        let m =
+            mp("--q\r\nContent-Type: text/plain\r\n--q\r\nX: y\r\n\r\n--q\r\n\r\nz\r\n--q--\r\n");
+        assert_eq!(text(&m, "1.MIME"), "Content-Type: text/plain");
+        assert_eq!(
+            (text(&m, "1"), text(&m, "2.MIME"), text(&m, "3")),
+            ("".into(), "X: y\r\n".into(), "z".into())
+        );
+        // Boundaries match as prefixes, the innermost wins a tie, and a closed one no
+        // longer counts; its epilogue belongs to its multipart.
+        let m = mp(
+            "--q\r\nContent-Type: multipart/mixed; boundary=q\r\n\r\n--q\r\n\r\ninner\r\n\
+            --q--\r\nafter\r\n--q   \r\n\r\nsecond\r\n--q--\r\n",
+        );
+        assert_eq!(
+            bs(&m, false),
+            format!(r#"((({tp} 5 0) "mixed")({tp} 6 0) "mixed")"#)
+        );
+        assert_eq!(text(&m, "1"), "--q\r\n\r\ninner\r\n--q--\r\nafter");
+        // A multipart without parts shows one empty text/plain part, which BODY[1] is not.
+        let empty = format!("({tp} 0 0 NIL NIL NIL NIL)");
+        for m in [
+            mp("no parts\r\n"),
+            mp("--q--\r\n"),
+            b"Content-Type: multipart/mixed\r\n\r\n--q\r\n\r\nx\r\n".to_vec(),
+        ] {
+            let params = if m.starts_with(b"MIME") {
+                r#"("boundary" "q")"#
+            } else {
+                "NIL"
+            };
+            assert_eq!(
+                bs(&m, true),
+                format!(r#"({empty} "mixed" {params} NIL NIL NIL)"#)
+            );
+            assert_eq!(get(&m, "1"), None);
+        }
+        // A boundary line cut off by the end of the message opens no part.
+        assert_eq!(
+            bs(&mp("--q\r\n\r\na\r\n--q"), false),
+            format!(r#"(({tp} 1 0) "mixed")"#)
+        );
+        // Parts of a multipart/digest are message/rfc822 by default.
+        let m = b"Content-Type: multipart/digest; boundary=q\r\n\r\n--q\r\n\r\nSubject: d1\r\n\r\nbody1\r\n--q--\r\n";
+        let env = "(NIL \"d1\" NIL NIL NIL NIL NIL NIL NIL NIL)";
+        assert_eq!(
+            bs(m, false),
+            format!(r#"(("MESSAGE" "RFC822" NIL NIL NIL "7bit" 20 {env} ({tp} 5 0) 2) "digest")"#)
+        );
+        // Broken Content-Type and -Transfer-Encoding, RFC 2231, and no MIME at all.
+        let one = |hdr: &str| bs(format!("{hdr}\r\n\r\nbody\r\n").as_bytes(), false);
+        assert_eq!(
+            one("Content-Type: text/plain garbage"),
+            r#"("" "" NIL NIL NIL "7bit" 6)"#
+        );
+        assert_eq!(
+            one("Content-Type: text/plain\r\nContent-Transfer-Encoding: 8 bit"),
+            format!("({tp} 6 1)")
+        );
+        assert_eq!(
+            one(r#"Content-Type: application/x; b*1*=%41; b*0*=utf-8''; a="q\""; c*=x"#),
+            r#"("application" "x" ("a" "q\"" "b*" "utf-8''%41" "c*" "x") NIL NIL "7bit" 6)"#
+        );
+        assert_eq!(
+            one("Content-ID: <x@y>\r\nContent-Transfer-Encoding: base64"),
+            format!("({tp} 6 1)")
+        );
+        // NUL in a section is sent as 0x80.
+        assert_eq!(
+            get(b"Subject: x\r\n\r\na\0b", "TEXT").as_deref(),
+            Some(&b"a\x80b"[..])
+        );
+    }
+
+    #[test]
+    fn wire_form() {
+        let m = b"From: Alice <alice@example.org>\r\nTo: Bob <bob@example.net>, carol@example.com\r\n\
+            Subject: Test\r\nDate: Mon, 1 Jan 2024 10:00:00 +0000\r\nMessage-ID: <m1@example.org>\r\n\
+            MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"XX\"\r\n\r\n\
+            --XX\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nHi Bob\r\n\
+            --XX\r\nContent-Type: application/pdf; name=\"a.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\
+            Content-Disposition: attachment; filename=\"a.pdf\"\r\n\r\nJVBERi0=\r\n--XX--\r\n";
+        let items = vec![
+            MessageDataItem::BodyStructure(body_structure(m, true)),
+            MessageDataItem::Envelope(envelope(m)),
+            MessageDataItem::Body(body_structure(m, false)),
+        ];
+        assert_eq!(
+            wire(items),
+            concat!(
+                r#"* 1 FETCH (BODYSTRUCTURE (("TEXT" "plain" ("charset" "utf-8") NIL NIL "7bit" 6 0 NIL NIL NIL NIL)"#,
+                r#"("application" "pdf" ("name" "a.pdf") NIL NIL "base64" 8 NIL ("attachment" ("filename" "a.pdf")) NIL NIL)"#,
+                r#" "mixed" ("boundary" "XX") NIL NIL NIL) "#,
+                r#"ENVELOPE ("Mon, 1 Jan 2024 10:00:00 +0000" "Test" (("Alice" NIL "alice" "example.org"))"#,
+                r#" (("Alice" NIL "alice" "example.org")) (("Alice" NIL "alice" "example.org"))"#,
+                r#" (("Bob" NIL "bob" "example.net")(NIL NIL "carol" "example.com")) NIL NIL NIL "<m1@example.org>") "#,
+                r#"BODY (("TEXT" "plain" ("charset" "utf-8") NIL NIL "7bit" 6 0)"#,
+                r#"("application" "pdf" ("name" "a.pdf") NIL NIL "base64" 8) "mixed"))"#,
+                "\r\n"
+            )
+        );
+    }
+
+    /// Levels of Multi / Message nesting down the first children.
+    fn depth(b: &BodyStructure<'_>) -> usize {
+        match b {
+            BodyStructure::Multi { bodies, .. } => 1 + depth(&bodies.as_ref()[0]),
+            BodyStructure::Single { body, .. } => match &body.specific {
+                SpecificFields::Message { body_structure, .. } => 1 + depth(body_structure),
+                _ => 0,
+            },
+        }
+    }
+
+    #[test]
+    fn never_panics() {
+        let specs = [
+            "",
+            "HEADER",
+            "TEXT",
+            "1",
+            "2",
+            "1.1",
+            "2.MIME",
+            "2.HEADER",
+            "2.1.TEXT",
+            "HEADER.FIELDS.NOT (from)",
+        ];
+        let check = |m: &[u8]| {
+            let items = vec![
+                MessageDataItem::BodyStructure(body_structure(m, true)),
+                MessageDataItem::Body(body_structure(m, false)),
+                MessageDataItem::Envelope(envelope(m)),
+            ];
+            wire(items);
+            for spec in specs {
+                get(m, spec);
+            }
+        };
+        let (mixed, _) = mixed();
+        let forward = [
+            &b"From: <a@b\r\nTo: g:;,\"\r\nContent-Type: multipart/mixed; boundary=\"o\"\r\n\r\n--o\r\n"[..],
+            b"Content-Type: message/rfc822\r\n\r\nSubject: (x\r\nContent-Type: multipart/alternative;\r\n",
+            b" boundary=i\r\n\r\n--i\r\n\r\na\r\n--i--\r\n--o\r\nContent-Type: text/plain; a*0=\"x\r\n\r\nb\r\n--o--\r\n",
+        ]
+        .concat();
+        let mut seed = 0x2545_f491_u32;
+        for m in [mixed, forward] {
+            for n in 0..=m.len() {
+                check(&m[..n]);
+            }
+            for _ in 0..300 {
+                let mut m = m.clone();
+                for _ in 0..3 {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 17;
+                    seed ^= seed << 5;
+                    let at = seed as usize % m.len();
+                    m[at] = b"-\n\r\0:;\"(<@ q"[(seed >> 24) as usize % 12];
+                }
+                check(&m);
+            }
+        }
+        // Deep nesting is cut off at MAX_DEPTH, where the rest reads as text/plain.
+        let mut deep = String::new();
+        for i in 0..200 {
+            deep +=
+                &format!("Content-Type: multipart/mixed; boundary=\"={i}=\"\r\n\r\n--={i}=\r\n");
+        }
+        let deep = deep.into_bytes();
+        check(&deep);
+        assert_eq!(depth(&body_structure(&deep, true)), MAX_DEPTH);
+        let path = vec!["1"; MAX_DEPTH].join(".");
+        assert!(text(&deep, &path).starts_with(&format!("--={MAX_DEPTH}=\r\n")));
+        assert_eq!(get(&deep, &format!("{path}.1.1")), None);
+        let deep = "Content-Type: message/rfc822\r\n\r\n"
+            .repeat(300)
+            .into_bytes();
+        check(&deep);
+        assert_eq!(depth(&body_structure(&deep, false)), MAX_DEPTH);
     }
 }

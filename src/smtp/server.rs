@@ -224,7 +224,7 @@ async fn handle(
             }
             Action::Deliver { envelope, message } => {
                 write(&mut io, &session.take_output()).await?;
-                let verdict = deliver(&svc, &mut link, &envelope, &message).await;
+                let verdict = deliver(&svc, &mut link, &envelope, message).await;
                 session.delivered(verdict);
             }
             Action::Close => {
@@ -245,16 +245,17 @@ async fn deliver(
     svc: &SmtpService,
     link: &mut UpstreamLink,
     envelope: &Envelope,
-    message: &[u8],
+    message: Vec<u8>,
 ) -> Reply {
     let outbound = svc.outbound.clone();
-    let wanted = outbound.wanted_keys(envelope, message);
+    let wanted = outbound.wanted_keys(envelope, &message);
     // Bounded in time: a slow key source never holds up the transaction.
     let found = svc.discovery.keys_for(&wanted).await;
     let env = envelope.clone();
-    let raw = message.to_vec();
-    // Encryption is CPU work: keep it off the I/O threads.
-    let planned = tokio::task::spawn_blocking(move || outbound.plan(&env, &raw, &found)).await;
+    let size = message.len();
+    // Encryption is CPU work: keep it off the I/O threads. The message moves there
+    // and is dropped as soon as its copies exist.
+    let planned = tokio::task::spawn_blocking(move || outbound.plan(&env, &message, &found)).await;
     let copies = match planned {
         Ok(Ok(c)) => c,
         Ok(Err(refusal)) => {
@@ -312,7 +313,7 @@ async fn deliver(
         copies = copies.len(),
         encrypted,
         rcpts = envelope.rcpts.len(),
-        size = message.len(),
+        size,
         "message relayed"
     );
     Reply::new(

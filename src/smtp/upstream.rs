@@ -224,8 +224,13 @@ impl Upstream {
             self.reset().await;
             return Ok(r);
         }
-        let body = dot_stuff(message);
-        self.write_all(&body).await?;
+        // Stuffed chunk by chunk: a large message is never held twice.
+        let mut stuffer = DotStuffer::default();
+        for chunk in message.chunks(64 * 1024) {
+            let out = stuffer.push(chunk);
+            self.write_all(&out).await?;
+        }
+        self.write_all(&stuffer.finish()).await?;
         self.read_reply().await
     }
 
@@ -367,27 +372,47 @@ where
         })
 }
 
-/// Normalises line endings to CRLF, doubles leading dots (RFC 5321 §4.5.2) and adds
-/// the terminating `.CRLF`.
+/// Normalises line endings to CRLF and doubles leading dots (RFC 5321 §4.5.2),
+/// incrementally; [`DotStuffer::finish`] ends the data with `.CRLF`.
+#[derive(Default)]
+pub struct DotStuffer {
+    started: bool,
+    prev: u8,
+}
+
+impl DotStuffer {
+    pub fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(chunk.len() + chunk.len() / 64 + 2);
+        for &b in chunk {
+            let at_line_start = !self.started || self.prev == b'\n';
+            if at_line_start && b == b'.' {
+                out.push(b'.');
+            }
+            if b == b'\n' && self.prev != b'\r' {
+                out.push(b'\r');
+            }
+            out.push(b);
+            self.prev = b;
+            self.started = true;
+        }
+        out
+    }
+
+    pub fn finish(self) -> Vec<u8> {
+        let mut out = Vec::new();
+        if self.started && self.prev != b'\n' {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b".\r\n");
+        out
+    }
+}
+
+/// The whole message, stuffed and terminated (see [`DotStuffer`]).
 pub fn dot_stuff(message: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(message.len() + message.len() / 64 + 5);
-    let mut at_line_start = true;
-    let mut prev = 0u8;
-    for &b in message {
-        if at_line_start && b == b'.' {
-            out.push(b'.');
-        }
-        if b == b'\n' && prev != b'\r' {
-            out.push(b'\r');
-        }
-        out.push(b);
-        at_line_start = b == b'\n';
-        prev = b;
-    }
-    if !out.is_empty() && !out.ends_with(b"\r\n") {
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b".\r\n");
+    let mut s = DotStuffer::default();
+    let mut out = s.push(message);
+    out.extend(s.finish());
     out
 }
 
@@ -402,5 +427,14 @@ mod tests {
             b"..a\r\nb\r\n..\r\nc\r\n.\r\n"
         );
         assert_eq!(dot_stuff(b""), b".\r\n");
+        // Chunk boundaries do not matter.
+        let msg = b".a\r\nb\n.\r\nc\r\n..d";
+        for cut in 0..msg.len() {
+            let mut s = DotStuffer::default();
+            let mut out = s.push(&msg[..cut]);
+            out.extend(s.push(&msg[cut..]));
+            out.extend(s.finish());
+            assert_eq!(out, dot_stuff(msg), "cut at {cut}");
+        }
     }
 }

@@ -9,6 +9,7 @@ pub mod app;
 pub mod config;
 pub mod imap;
 pub mod keys;
+pub mod listener;
 pub mod mime;
 pub mod pgp;
 pub mod policy;

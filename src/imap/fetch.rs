@@ -475,12 +475,8 @@ impl FetchJob {
         let view = ctx.view(&self.selected.identity, raw);
         if let (Some(ac), ViewKind::Decrypted(_)) = (&ctx.autocrypt, &view.kind) {
             // Inside encryption, Autocrypt-Gossip counts too (Autocrypt 1.1 §2.7).
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs() as i64)
-                .unwrap_or(0);
             let (header, _) = crate::mime::split_message(&view.bytes);
-            ac.learn(header, true, now);
+            ac.learn(header, true, crate::keys::unix_now());
         }
         let entry = match &view.kind {
             ViewKind::Undecryptable(reason) => {

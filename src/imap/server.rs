@@ -8,9 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
-use tokio::task::JoinSet;
-use tracing::Instrument;
+use tokio::sync::watch;
 
 /// RFC 3501 §5.4: an idle client may stay at least 30 minutes (IDLE re-issues every 29).
 const IMAP_IDLE_TIMEOUT: Duration = Duration::from_secs(31 * 60);
@@ -38,47 +36,26 @@ pub async fn serve(
     listener: TcpListener,
     implicit_tls: bool,
     service: Arc<ImapService>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    let slots = Arc::new(Semaphore::new(service.max_connections));
-    let mut sessions = JoinSet::new();
-    let plaintext_ok = listener
-        .local_addr()
-        .map(|a| a.ip().is_loopback())
-        .unwrap_or(false);
-    loop {
-        tokio::select! {
-            _ = shutdown.changed() => break,
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                let Ok(permit) = slots.clone().try_acquire_owned() else {
-                    let mut s = stream;
-                    sessions.spawn(async move {
-                        let _ = s.write_all(b"* BYE Too many connections, try again later\r\n").await;
-                    });
-                    continue;
-                };
-                let svc = service.clone();
-                let sd = shutdown.clone();
-                let span = tracing::info_span!("imap", account = %svc.account, %peer);
-                sessions.spawn(async move {
-                    let _permit = permit;
-                    if let Err(e) = handle(stream, implicit_tls, plaintext_ok, svc, sd).await {
-                        tracing::info!(error = %e, "connection ended");
-                    }
-                }.instrument(span));
-            }
-            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
-        }
-    }
-    while sessions.join_next().await.is_some() {}
+    let account = service.account.clone();
+    crate::listener::accept_loop(
+        listener,
+        service.max_connections,
+        b"* BYE Too many connections, try again later\r\n",
+        |peer| tracing::info_span!("imap", account = %account, %peer),
+        shutdown.clone(),
+        |stream, _peer, loopback| {
+            handle(
+                stream,
+                implicit_tls,
+                loopback,
+                service.clone(),
+                shutdown.clone(),
+            )
+        },
+    )
+    .await;
 }
 
 /// Connects to the provider and returns the stream and the greeting to relay.

@@ -613,10 +613,7 @@ fn learn_autocrypt(ac: &crate::keys::autocrypt::AutocryptStore, response: &[u8])
     else {
         return;
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
+    let now = crate::keys::unix_now();
     for item in items.as_ref() {
         let data = match item {
             MessageDataItem::BodyExt {

@@ -92,12 +92,7 @@ pub struct Discovery {
     provenance: Mutex<ProvenanceFile>,
 }
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
+use super::unix_now as now;
 
 impl Discovery {
     pub fn new(

@@ -209,6 +209,14 @@ impl KeyStore {
     }
 }
 
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
 /// Normalises an address for comparison: domain lower-cased, local part as given
 /// except for case (virtually every provider treats it case-insensitively).
 pub fn normalize_address(address: &str) -> String {

@@ -13,9 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
-use tokio::task::JoinSet;
-use tracing::Instrument;
+use tokio::sync::watch;
 
 /// Everything a listener shares between its connections.
 pub struct SmtpService {
@@ -35,52 +33,27 @@ pub async fn serve(
     listener: TcpListener,
     implicit_tls: bool,
     service: Arc<SmtpService>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    let slots = Arc::new(Semaphore::new(service.max_connections));
-    let mut sessions = JoinSet::new();
-    let local = listener.local_addr().ok();
-    let plaintext_auth_ok = local.map(|a| a.ip().is_loopback()).unwrap_or(false);
-    loop {
-        tokio::select! {
-            _ = shutdown.changed() => break,
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                let Ok(permit) = slots.clone().try_acquire_owned() else {
-                    tracing::warn!(%peer, "connection limit reached; refusing");
-                    sessions.spawn(refuse(stream));
-                    continue;
-                };
-                let svc = service.clone();
-                let sd = shutdown.clone();
-                let span = tracing::info_span!("smtp", account = %svc.account, %peer);
-                sessions.spawn(
-                    async move {
-                        let _permit = permit;
-                        if let Err(e) = handle(stream, peer, implicit_tls, plaintext_auth_ok, svc, sd).await {
-                            tracing::info!(error = %e, "connection ended");
-                        }
-                    }
-                    .instrument(span),
-                );
-            }
-            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
-        }
-    }
-    while sessions.join_next().await.is_some() {}
-}
-
-async fn refuse(mut stream: TcpStream) {
-    let _ = stream
-        .write_all(&Reply::new(421, "4.7.0 Too many connections, try again later").to_wire())
-        .await;
+    let account = service.account.clone();
+    crate::listener::accept_loop(
+        listener,
+        service.max_connections,
+        b"421 4.7.0 Too many connections, try again later\r\n",
+        |peer| tracing::info_span!("smtp", account = %account, %peer),
+        shutdown.clone(),
+        |stream, peer, loopback| {
+            handle(
+                stream,
+                peer,
+                implicit_tls,
+                loopback,
+                service.clone(),
+                shutdown.clone(),
+            )
+        },
+    )
+    .await;
 }
 
 async fn write(io: &mut Box<dyn Io>, data: &[u8]) -> std::io::Result<()> {

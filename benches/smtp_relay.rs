@@ -1,2 +1,526 @@
-//! Benchmark placeholder, replaced below.
-fn main() {}
+//! SMTP relay benchmark: `cargo bench --bench smtp_relay`.
+//!
+//! One run measures, against the same aiosmtpd sink (implicit TLS, AUTH, fsync per
+//! message) and with the same small tokio + rustls SMTP client (one session for all
+//! messages, one command at a time):
+//!
+//! * (a) 100 x 20 KiB messages to bob submitted to sealpost (STARTTLS + AUTH), which
+//!   encrypts to bob, signs as alice and relays to the sink;
+//! * (b) the same messages submitted directly to the sink (no encryption);
+//! * (c) what gpg-based gateways do: one `gpg --encrypt --sign --armor -r bob`
+//!   subprocess per message (alice signing), the result wrapped as PGP/MIME and
+//!   submitted directly to the sink;
+//! * (d) the peak memory (`VmHWM`) of a fresh sealpost process relaying one 25 MiB
+//!   message.
+//!
+//! (a)-(c) run in 3 interleaved rounds (b, a, c) and medians are reported, so that
+//! load from other processes on the machine spreads over all three paths.
+//!
+//! Needs the `sealpost` binary: `cargo build --release --bin sealpost` (cargo bench
+//! builds it too); the release build is used when present.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+#[path = "support/mod.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use common::proxy::ProxyOptions;
+use common::{gpg_decrypt, gpg_encrypt, keyring, Sink, SinkConfig, SinkMode, TestCa};
+use support::{describe_binary, median, mib, proc_status_bytes, secs, text_body, BenchProxy, Rng};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+const N: usize = 100;
+const MSG_SIZE: usize = 20 * 1024;
+const WARMUP: usize = 2;
+/// Interleaved rounds of (b), (a), (c); medians are reported.
+const ROUNDS: usize = 3;
+const BIG_SIZE: usize = 25 * 1024 * 1024;
+const FROM: &str = "alice@example.com";
+const TO: &str = "bob@example.org";
+
+// ---------------------------------------------------------------------------
+// A minimal SMTP submission client (tokio + tokio-rustls).
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Security {
+    /// Plain connection, then STARTTLS (sealpost's submission listener).
+    StartTls,
+    /// TLS from the first byte (the sink).
+    Implicit,
+}
+
+struct SmtpClient {
+    io: BufReader<Box<dyn Io>>,
+}
+
+type Res<T> = Result<T, String>;
+
+impl SmtpClient {
+    /// Implicit TLS, EHLO and AUTH PLAIN as the sink's user.
+    async fn connect_implicit(port: u16, ca: &TestCa) -> Res<SmtpClient> {
+        let tcp = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|e| format!("connect 127.0.0.1:{port}: {e}"))?;
+        tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+        let tls = tls_connector(ca)
+            .connect(server_name()?, tcp)
+            .await
+            .map_err(|e| format!("TLS handshake: {e}"))?;
+        let mut c = SmtpClient {
+            io: BufReader::new(Box::new(tls)),
+        };
+        c.expect(220).await?;
+        c.command("EHLO bench.test", 250).await?;
+        c.auth().await?;
+        Ok(c)
+    }
+
+    async fn connect_starttls(port: u16, ca: &TestCa) -> Res<SmtpClient> {
+        let tcp = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|e| format!("connect 127.0.0.1:{port}: {e}"))?;
+        tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+        let mut plain = BufReader::new(tcp);
+        read_reply(&mut plain, 220).await?;
+        plain
+            .write_all(b"EHLO bench.test\r\n")
+            .await
+            .map_err(|e| e.to_string())?;
+        read_reply(&mut plain, 250).await?;
+        plain
+            .write_all(b"STARTTLS\r\n")
+            .await
+            .map_err(|e| e.to_string())?;
+        read_reply(&mut plain, 220).await?;
+        if !plain.buffer().is_empty() {
+            return Err("server sent data after its STARTTLS reply".into());
+        }
+        let tls = tls_connector(ca)
+            .connect(server_name()?, plain.into_inner())
+            .await
+            .map_err(|e| format!("TLS handshake after STARTTLS: {e}"))?;
+        let mut c = SmtpClient {
+            io: BufReader::new(Box::new(tls)),
+        };
+        c.command("EHLO bench.test", 250).await?;
+        c.auth().await?;
+        Ok(c)
+    }
+
+    async fn open(port: u16, security: Security, ca: &TestCa) -> Res<SmtpClient> {
+        match security {
+            Security::StartTls => SmtpClient::connect_starttls(port, ca).await,
+            Security::Implicit => SmtpClient::connect_implicit(port, ca).await,
+        }
+    }
+
+    async fn auth(&mut self) -> Res<()> {
+        let token = base64::engine::general_purpose::STANDARD.encode(b"\0sinkuser\0sinkpass");
+        self.command(&format!("AUTH PLAIN {token}"), 235).await?;
+        Ok(())
+    }
+
+    async fn expect(&mut self, code: u16) -> Res<String> {
+        read_reply(&mut self.io, code).await
+    }
+
+    async fn command(&mut self, line: &str, code: u16) -> Res<String> {
+        self.io
+            .write_all(format!("{line}\r\n").as_bytes())
+            .await
+            .map_err(|e| format!("write {line:?}: {e}"))?;
+        self.io.flush().await.map_err(|e| e.to_string())?;
+        self.expect(code)
+            .await
+            .map_err(|e| format!("after {line:?}: {e}"))
+    }
+
+    /// One transaction; `stuffed` is the message already dot-stuffed, ending in CRLF.
+    async fn send(&mut self, from: &str, to: &str, stuffed: &[u8]) -> Res<()> {
+        self.command(&format!("MAIL FROM:<{from}>"), 250).await?;
+        self.command(&format!("RCPT TO:<{to}>"), 250).await?;
+        self.command("DATA", 354).await?;
+        self.io
+            .write_all(stuffed)
+            .await
+            .map_err(|e| format!("write DATA: {e}"))?;
+        self.io
+            .write_all(b".\r\n")
+            .await
+            .map_err(|e| e.to_string())?;
+        self.io.flush().await.map_err(|e| e.to_string())?;
+        self.expect(250)
+            .await
+            .map_err(|e| format!("end of DATA: {e}"))?;
+        Ok(())
+    }
+
+    async fn quit(mut self) {
+        let _ = self.command("QUIT", 221).await;
+        let _ = self.io.shutdown().await;
+    }
+}
+
+fn tls_connector(ca: &TestCa) -> TlsConnector {
+    TlsConnector::from(common::imapclients::rustls_client_config(&ca.ca_pem))
+}
+
+fn server_name() -> Res<rustls_pki_types::ServerName<'static>> {
+    rustls_pki_types::ServerName::try_from("localhost").map_err(|e| e.to_string())
+}
+
+/// Reads one (possibly multi-line) reply and checks its code.
+async fn read_reply<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R, want: u16) -> Res<String> {
+    let mut text = String::new();
+    loop {
+        let mut line = String::new();
+        let n = r
+            .read_line(&mut line)
+            .await
+            .map_err(|e| format!("read reply: {e}"))?;
+        if n == 0 {
+            return Err(format!("connection closed; got so far: {text:?}"));
+        }
+        text.push_str(&line);
+        let b = line.as_bytes();
+        if b.len() < 4 || b[3] != b'-' {
+            let code: u16 = line.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0);
+            if code != want {
+                return Err(format!("expected {want}, got {}", text.trim_end()));
+            }
+            return Ok(text);
+        }
+    }
+}
+
+/// CRLF-terminated, dot-stuffed DATA payload.
+fn dot_stuff(msg: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(msg.len() + msg.len() / 500 + 8);
+    let mut at_line_start = true;
+    for &b in msg {
+        if at_line_start && b == b'.' {
+            out.push(b'.');
+        }
+        out.push(b);
+        at_line_start = b == b'\n';
+    }
+    if !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+fn crlf(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + data.len() / 50);
+    for &b in data {
+        if b == b'\n' && out.last() != Some(&b'\r') {
+            out.push(b'\r');
+        }
+        out.push(b);
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// Workload.
+
+const INNER_HEADERS: &str =
+    "Content-Type: text/plain; charset=us-ascii\r\nContent-Transfer-Encoding: 7bit\r\n";
+
+fn outer_headers(i: usize, subject: &str) -> String {
+    format!(
+        "From: Alice <{FROM}>\r\nTo: Bob <{TO}>\r\nSubject: {subject}\r\nDate: Wed, 25 Nov 2026 10:00:00 +0000\r\nMessage-ID: <bench-{i}-{pid}@example.com>\r\nMIME-Version: 1.0\r\n",
+        pid = std::process::id()
+    )
+}
+
+/// (outer headers, body) pairs; whole message is `size` bytes.
+struct Msg {
+    headers: String,
+    body: String,
+}
+
+impl Msg {
+    fn new(i: usize, size: usize, rng: &mut Rng) -> Msg {
+        let headers = outer_headers(i, &format!("Benchmark message {i}"));
+        let overhead = headers.len() + INNER_HEADERS.len() + 2;
+        let mut body = text_body(rng, size.saturating_sub(overhead + 200));
+        // Pad with short lines to exactly `size` bytes.
+        let mut left = size.saturating_sub(overhead + body.len());
+        while left > 80 {
+            body.push_str(&"x".repeat(76));
+            body.push_str("\r\n");
+            left -= 78;
+        }
+        if left >= 3 {
+            body.push_str(&"x".repeat(left - 2));
+            body.push_str("\r\n");
+        }
+        Msg { headers, body }
+    }
+
+    fn full(&self) -> Vec<u8> {
+        format!("{}{INNER_HEADERS}\r\n{}", self.headers, self.body).into_bytes()
+    }
+
+    /// What a gpg-based gateway does: encrypt+sign the body entity with a gpg
+    /// subprocess and wrap the armored result as PGP/MIME.
+    fn gpg_gateway(&self) -> Vec<u8> {
+        let inner = format!("{INNER_HEADERS}\r\n{}", self.body);
+        let armored = gpg_encrypt(Some("alice"), &["bob"], inner.as_bytes(), true);
+        let mut m = format!(
+            "{}Content-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; boundary=\"enc-b\"\r\n\r\nThis is an OpenPGP/MIME encrypted message\r\n--enc-b\r\nContent-Type: application/pgp-encrypted\r\n\r\nVersion: 1\r\n\r\n--enc-b\r\nContent-Type: application/octet-stream; name=\"encrypted.asc\"\r\n\r\n",
+            self.headers
+        )
+        .into_bytes();
+        m.extend_from_slice(&crlf(&armored));
+        m.extend_from_slice(b"\r\n--enc-b--\r\n");
+        m
+    }
+}
+
+fn armored(data: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(data);
+    let start = text
+        .find("-----BEGIN PGP MESSAGE-----")
+        .unwrap_or_else(|| panic!("no PGP message in the relayed mail"));
+    let end = text[start..]
+        .find("-----END PGP MESSAGE-----")
+        .expect("end of PGP message")
+        + start
+        + 25;
+    text[start..end].as_bytes().to_vec()
+}
+
+// ---------------------------------------------------------------------------
+
+async fn timed_session(
+    port: u16,
+    security: Security,
+    ca: &TestCa,
+    warmup: &[Vec<u8>],
+    payloads: impl Fn(usize) -> Vec<u8>,
+) -> Res<Duration> {
+    let mut c = SmtpClient::open(port, security, ca).await?;
+    for w in warmup {
+        c.send(FROM, TO, w).await?;
+    }
+    let t0 = Instant::now();
+    for i in 0..N {
+        let data = payloads(i);
+        c.send(FROM, TO, &data).await?;
+    }
+    let elapsed = t0.elapsed();
+    c.quit().await;
+    Ok(elapsed)
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(run());
+}
+
+async fn run() {
+    let t_all = Instant::now();
+    let bin = support::sealpost_binary();
+    println!("=== sealpost SMTP relay benchmark ===");
+    println!("sealpost binary: {}", describe_binary(&bin));
+
+    let ca = TestCa::shared();
+    let kr = keyring();
+    let sink = Sink::start_with(
+        ca,
+        SinkConfig {
+            mode: SinkMode::Tls,
+            size_limit: Some(256 * 1024 * 1024),
+            ..SinkConfig::default()
+        },
+    );
+    let mut opts = ProxyOptions::new(sink.port);
+    opts.import = vec![kr.bob().pub_asc.clone()];
+    let proxy = BenchProxy::start(&bin, ca, &opts);
+
+    let mut rng = Rng::new(20261125);
+    let msgs: Vec<Msg> = (0..N).map(|i| Msg::new(i, MSG_SIZE, &mut rng)).collect();
+    let stuffed: Vec<Vec<u8>> = msgs.iter().map(|m| dot_stuff(&m.full())).collect();
+    let warm: Vec<Vec<u8>> = (0..WARMUP)
+        .map(|i| dot_stuff(&Msg::new(1000 + i, MSG_SIZE, &mut rng).full()))
+        .collect();
+    println!(
+        "workload: {N} messages of {} bytes each (short lines) to 1 recipient ({TO}), \
+         one SMTP session per path and round, {WARMUP} untimed warm-up messages per session",
+        msgs[0].full().len()
+    );
+    println!("sink: aiosmtpd, implicit TLS + AUTH, fsyncs every message\n");
+
+    let mut expected = 0usize;
+    let warm_gpg: Vec<Vec<u8>> = (0..WARMUP)
+        .map(|i| dot_stuff(&Msg::new(2000 + i, MSG_SIZE, &mut rng).gpg_gateway()))
+        .collect();
+    let (mut direct, mut sealpost, mut gpg) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut encrypted_size, mut gpg_size) = (0, 0);
+    for round in 0..ROUNDS {
+        // (b) direct, plain.
+        let t = timed_session(sink.port, Security::Implicit, ca, &warm, |i| {
+            stuffed[i].clone()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("direct submission failed: {e}\n{}", sink.log()));
+        direct.push(t);
+        expected += WARMUP + N;
+        let got = sink.wait_for_messages(expected, Duration::from_secs(30));
+        assert_eq!(got.len(), expected);
+        assert_eq!(got[expected - 1].data, msgs[N - 1].full());
+
+        // (a) through sealpost.
+        let first = expected + WARMUP;
+        let t = timed_session(proxy.smtp_port, Security::StartTls, ca, &warm, |i| {
+            stuffed[i].clone()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("submission to sealpost failed: {e}\n{}", proxy.log()));
+        sealpost.push(t);
+        expected += WARMUP + N;
+        let got = sink.wait_for_messages(expected, Duration::from_secs(30));
+        assert_eq!(got.len(), expected, "sealpost relayed one copy per message");
+        if round == 0 {
+            let sample = &got[first + N / 2];
+            assert!(sample.text().contains("multipart/encrypted"));
+            assert_eq!(sample.rcpt_tos, [TO]);
+            gpg_decrypt("bob", &armored(&sample.data)).assert_decrypted_signed_by("alice");
+            encrypted_size = sample.data.len();
+        }
+
+        // (c) gpg subprocess per message, then direct submission.
+        let first = expected + WARMUP;
+        let t = timed_session(sink.port, Security::Implicit, ca, &warm_gpg, |i| {
+            dot_stuff(&msgs[i].gpg_gateway())
+        })
+        .await
+        .unwrap_or_else(|e| panic!("gpg-gateway submission failed: {e}\n{}", sink.log()));
+        gpg.push(t);
+        expected += WARMUP + N;
+        let got = sink.wait_for_messages(expected, Duration::from_secs(30));
+        assert_eq!(got.len(), expected);
+        if round == 0 {
+            let sample = &got[first + N / 2];
+            gpg_decrypt("bob", &armored(&sample.data)).assert_decrypted_signed_by("alice");
+            gpg_size = sample.data.len();
+        }
+    }
+
+    let rate = |d: Duration| N as f64 / d.as_secs_f64();
+    let (md, ms, mg) = (median(&direct), median(&sealpost), median(&gpg));
+    println!(
+        "throughput, {N} messages per session, {ROUNDS} interleaved rounds (b, a, c), median:"
+    );
+    println!(
+        "  {:<50} {:>9} {:>8}   all rounds (msgs/s)",
+        "path", "time", "msgs/s"
+    );
+    for (label, v) in [
+        ("(a) client -> sealpost (encrypt+sign) -> sink", &sealpost),
+        ("(b) client -> sink directly (no encryption)", &direct),
+        ("(c) gpg --encrypt --sign subprocess, then -> sink", &gpg),
+    ] {
+        let all: Vec<String> = v.iter().map(|d| format!("{:.1}", rate(*d))).collect();
+        println!(
+            "  {label:<50} {:>9} {:>8.1}   [{}]",
+            secs(median(v)),
+            rate(median(v)),
+            all.join(", ")
+        );
+    }
+    println!(
+        "  size as relayed: sealpost {encrypted_size} bytes (not compressed), gpg gateway \
+         {gpg_size} bytes (gpg compresses), plain {}",
+        msgs[N / 2].full().len()
+    );
+    let per_round = |a: &[Duration], b: &[Duration]| -> String {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| format!("{:.3}", rate(*x) / rate(*y)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!("ratios of msgs/s (medians; per round in brackets):");
+    println!(
+        "  sealpost / direct         = {:.3}  [{}]  (sealpost adds {:.2} ms per message)",
+        rate(ms) / rate(md),
+        per_round(&sealpost, &direct),
+        (ms.as_secs_f64() - md.as_secs_f64()) * 1000.0 / N as f64
+    );
+    println!(
+        "  sealpost / gpg-subprocess = {:.3}  [{}]",
+        rate(ms) / rate(mg),
+        per_round(&sealpost, &gpg)
+    );
+    drop(proxy);
+
+    // (d) peak memory while relaying one big message, in a fresh process.
+    let mut opts = ProxyOptions::new(sink.port);
+    opts.import = vec![kr.bob().pub_asc.clone()];
+    opts.extra = format!("[limits]\nmax_message_size = {}\n", 64 * 1024 * 1024);
+    let proxy = BenchProxy::start(&bin, ca, &opts);
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = proxy.pid();
+    let base_hwm = proc_status_bytes(pid, "VmHWM");
+    let base_rss = proc_status_bytes(pid, "VmRSS");
+    let big = Msg::new(9999, BIG_SIZE, &mut rng).full();
+    let big_stuffed = dot_stuff(&big);
+    let t0 = Instant::now();
+    let mut c = SmtpClient::open(proxy.smtp_port, Security::StartTls, ca)
+        .await
+        .unwrap_or_else(|e| panic!("connect to sealpost: {e}"));
+    c.send(FROM, TO, &big_stuffed)
+        .await
+        .unwrap_or_else(|e| panic!("25 MiB message refused: {e}\n{}", proxy.log()));
+    let big_time = t0.elapsed();
+    let peak_hwm = proc_status_bytes(pid, "VmHWM");
+    let after_rss = proc_status_bytes(pid, "VmRSS");
+    c.quit().await;
+    expected += 1;
+    let got = sink.wait_for_messages(expected, Duration::from_secs(60));
+    let relayed = got.last().unwrap().data.len();
+    let delta = peak_hwm.saturating_sub(base_hwm);
+    println!(
+        "\npeak memory of a fresh sealpost process relaying ONE {} message ({} bytes; relayed as {}):",
+        mib(big.len() as u64),
+        big.len(),
+        mib(relayed as u64)
+    );
+    println!(
+        "  baseline after startup: VmHWM {}  (VmRSS {})",
+        mib(base_hwm),
+        mib(base_rss)
+    );
+    println!(
+        "  after the message was accepted: VmHWM {}  (VmRSS {})",
+        mib(peak_hwm),
+        mib(after_rss)
+    );
+    println!(
+        "  (peak - baseline) / message size = {} / {} = {:.2}",
+        mib(delta),
+        mib(big.len() as u64),
+        delta as f64 / big.len() as f64
+    );
+    println!(
+        "  submission of the big message took {} (connect+STARTTLS+AUTH+DATA until 250)",
+        secs(big_time)
+    );
+    drop(proxy);
+    drop(sink);
+    println!("\ntotal benchmark wall time: {}", secs(t_all.elapsed()));
+}

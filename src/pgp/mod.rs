@@ -74,10 +74,38 @@ pub struct EncryptRequest<'a> {
     pub protect_headers: bool,
     /// MIME boundary for the outer message (random in production).
     pub boundary: &'a str,
+    /// Complete header fields (CRLF-terminated) to put first in the outer header,
+    /// such as `Autocrypt:`.
+    pub extra_outer: &'a [u8],
+}
+
+/// Writes into a buffer with every bare LF turned into CRLF, so the armored
+/// ciphertext lands in the message in its final form without a second copy.
+struct CrlfWriter<'a> {
+    out: &'a mut Vec<u8>,
+    prev: u8,
+}
+
+impl Write for CrlfWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        for &b in buf {
+            if b == b'\n' && self.prev != b'\r' {
+                self.out.push(b'\r');
+            }
+            self.out.push(b);
+            self.prev = b;
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Builds the PGP/MIME message. Fields named in `drop_fields` (e.g. Bcc) are removed
-/// from both the outer header and the protected copy.
+/// from both the outer header and the protected copy. The inner entity is streamed
+/// into the encryption and the armored result straight into the message, so a large
+/// message is held about twice (input and output), not once per stage.
 pub fn encrypt_message(
     req: &EncryptRequest<'_>,
     drop_fields: &[&str],
@@ -91,9 +119,9 @@ pub fn encrypt_message(
     let is_content =
         |f: &mime::Field<'_>| f.name.len() >= 8 && f.name[..8].eq_ignore_ascii_case("Content-");
 
-    // The inner entity: the original Content-* fields, then (with protection) the
-    // protected header fields, then the original body.
-    let mut inner = Vec::with_capacity(raw.len() + 512);
+    // The inner entity's header: the original Content-* fields, then (with
+    // protection) the protected header fields. The body follows it unchanged.
+    let mut inner = Vec::with_capacity(header.len() + 512);
     let mut has_content_type = false;
     for f in fields.iter().filter(|f| is_content(f)) {
         if f.is("Content-Type") {
@@ -125,12 +153,12 @@ pub fn encrypt_message(
         }
     }
     inner.extend_from_slice(b"\r\n");
-    inner.extend_from_slice(body);
-
-    let ciphertext = encrypt_bytes(&inner, req.recipients, req.signer)?;
 
     // The outer message: every non-MIME field, Subject hidden when protected.
-    let mut out = Vec::with_capacity(ciphertext.len() + header.len() + 512);
+    // Armor grows the data by 4/3 plus line ends; reserve once.
+    let estimate = (inner.len() + body.len()) * 14 / 10 + header.len() + 2048;
+    let mut out = Vec::with_capacity(estimate);
+    out.extend_from_slice(req.extra_outer);
     for f in &fields {
         if is_content(f) || f.is("MIME-Version") {
             continue;
@@ -163,7 +191,15 @@ pub fn encrypt_message(
         )
         .as_bytes(),
     );
-    out.extend_from_slice(&mime::to_crlf(&ciphertext));
+    encrypt_into(
+        &mut CrlfWriter {
+            out: &mut out,
+            prev: 0,
+        },
+        &[&inner, body],
+        req.recipients,
+        req.signer,
+    )?;
     if !out.ends_with(b"\r\n") {
         out.extend_from_slice(b"\r\n");
     }
@@ -178,6 +214,19 @@ pub fn encrypt_bytes(
     recipients: &[Cert],
     signer: Option<&KeyPair>,
 ) -> Result<Vec<u8>, PgpError> {
+    let mut sink = Vec::with_capacity(plaintext.len() * 4 / 3 + 1024);
+    encrypt_into(&mut sink, &[plaintext], recipients, signer)?;
+    Ok(sink)
+}
+
+/// The streaming core: the pieces of `plaintext` go through literal data, signing,
+/// encryption and armor into `sink`.
+fn encrypt_into(
+    sink: &mut (dyn Write + Send + Sync),
+    plaintext: &[&[u8]],
+    recipients: &[Cert],
+    signer: Option<&KeyPair>,
+) -> Result<(), PgpError> {
     let policy = &crate::keys::POLICY;
     let valid: Vec<_> = recipients
         .iter()
@@ -191,27 +240,26 @@ pub fn encrypt_bytes(
         return Err(PgpError::NoRecipients);
     }
     let e = |e: anyhow::Error| PgpError::Encrypt(e.to_string());
-    let mut sink = Vec::with_capacity(plaintext.len() * 4 / 3 + 1024);
-    {
-        let message = Message::new(&mut sink);
-        let message = Armorer::new(message).build().map_err(e)?;
-        let message = Encryptor::for_recipients(message, keys)
+    let message = Message::new(sink);
+    let message = Armorer::new(message).build().map_err(e)?;
+    let message = Encryptor::for_recipients(message, keys)
+        .build()
+        .map_err(e)?;
+    let message = match signer {
+        Some(kp) => Signer::new(message, kp.clone())
+            .map_err(e)?
             .build()
-            .map_err(e)?;
-        let message = match signer {
-            Some(kp) => Signer::new(message, kp.clone())
-                .map_err(e)?
-                .build()
-                .map_err(e)?,
-            None => message,
-        };
-        let mut message = LiteralWriter::new(message).build().map_err(e)?;
+            .map_err(e)?,
+        None => message,
+    };
+    let mut message = LiteralWriter::new(message).build().map_err(e)?;
+    for piece in plaintext {
         message
-            .write_all(plaintext)
+            .write_all(piece)
             .map_err(|err| PgpError::Encrypt(err.to_string()))?;
-        message.finalize().map_err(e)?;
     }
-    Ok(sink)
+    message.finalize().map_err(e)?;
+    Ok(())
 }
 
 /// A random MIME boundary that cannot occur in base64 or armored text.
@@ -254,6 +302,7 @@ mod tests {
                 signer: None,
                 protect_headers: true,
                 boundary: "BOUND",
+                extra_outer: b"",
             },
             &["Bcc"],
         )

@@ -241,6 +241,7 @@ mod tests {
                 signer: Some(&sk),
                 protect_headers: true,
                 boundary: "b1",
+                extra_outer: b"",
             },
             &[],
         )
@@ -277,6 +278,7 @@ mod tests {
                 signer: None,
                 protect_headers: false,
                 boundary: "b2",
+                extra_outer: b"",
             },
             &[],
         )
@@ -301,6 +303,7 @@ mod tests {
                 signer: None,
                 protect_headers: false,
                 boundary: "b3",
+                extra_outer: b"",
             },
             &[],
         )

@@ -99,19 +99,13 @@ impl Outbound {
         };
         let identity = self.identity(env, from_header.as_deref());
         // Autocrypt Level 1 §2.1: announce the sender's key, unless the client does.
-        let with_header;
-        let raw = match (self.autocrypt, identity) {
+        let autocrypt_field = match (self.autocrypt, identity) {
             (Some(mutual), Some(id)) if !mime::fields(header).iter().any(|f| f.is("Autocrypt")) => {
-                match crate::keys::autocrypt::header_field(&id.cert, &id.address, mutual) {
-                    Some(field) => {
-                        with_header = [field.as_bytes(), raw].concat();
-                        with_header.as_slice()
-                    }
-                    None => raw,
-                }
+                crate::keys::autocrypt::header_field(&id.cert, &id.address, mutual)
             }
-            _ => raw,
+            _ => None,
         };
+        let extra_outer = autocrypt_field.as_deref().unwrap_or("").as_bytes();
 
         // Decide per recipient.
         let mut refused = Vec::new();
@@ -165,6 +159,7 @@ impl Outbound {
                     signer,
                     protect_headers: self.policy.protect_headers,
                     boundary: &boundary,
+                    extra_outer,
                 },
                 &["Bcc"],
             )
@@ -189,7 +184,7 @@ impl Outbound {
         if !plain.is_empty() {
             copies.push(OutgoingCopy {
                 rcpts: plain,
-                message: mime::without_fields(raw, &["Bcc"]),
+                message: [extra_outer, &mime::without_fields(raw, &["Bcc"])].concat(),
                 encrypted: false,
             });
         }

@@ -5,7 +5,7 @@
 set -euo pipefail
 
 build_pkgs=(pkg-config libclang-dev nettle-dev libgmp-dev libsqlite3-dev make gcc)
-test_pkgs=(gnupg sq swaks isync python3 python3-aiosmtpd dovecot-imapd curl openssl)
+test_pkgs=(gnupg sq swaks isync python3 python3-aiosmtpd dovecot-imapd curl openssl capnproto)
 
 case "${1:-build}" in
   build) wanted=("${build_pkgs[@]}") ;;
@@ -20,19 +20,29 @@ for p in "${wanted[@]}"; do
   fi
 done
 
-if [ ${#missing[@]} -eq 0 ]; then
-  exit 0
-fi
-
-echo "installing: ${missing[*]}" >&2
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then
   sudo="sudo"
 fi
-export DEBIAN_FRONTEND=noninteractive
-$sudo apt-get update -qq
-$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-# The packaged Dovecot service is not used: the tests start their own instances.
-if [ -d /run/systemd/system ] && printf '%s\n' "${missing[@]}" | grep -qx dovecot-imapd; then
-  $sudo systemctl disable --now dovecot >/dev/null 2>&1 || true
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # The packaged Dovecot service is not used: the tests start their own instances.
+  if [ -d /run/systemd/system ] && printf '%s\n' "${missing[@]}" | grep -qx dovecot-imapd; then
+    $sudo systemctl disable --now dovecot >/dev/null 2>&1 || true
+  fi
+fi
+
+# Debian's sq (0.27) predates the shared certificate directory, so the key-store
+# interoperability test uses sq 1.x from crates.io, built once into its own folder
+# (it must not shadow Debian's sq, whose command line other tests use).
+SQ1_ROOT=/opt/sealpost-test/sq
+SQ1_VERSION=1.5.0
+if [ "${1:-build}" = test ] && ! "$SQ1_ROOT/bin/sq" version 2>&1 | grep -q "^sq $SQ1_VERSION"; then
+  echo "building sq $SQ1_VERSION into $SQ1_ROOT (once; several minutes)" >&2
+  $sudo mkdir -p "$SQ1_ROOT"
+  $sudo env PATH="$PATH" CARGO_TARGET_DIR="${TMPDIR:-/tmp}/sealpost-sq-build" \
+    cargo install --locked --force --quiet "sequoia-sq@$SQ1_VERSION" --root "$SQ1_ROOT"
 fi

@@ -333,3 +333,49 @@ fn generate_makes_a_usable_identity_and_passphrases_come_from_env() {
         "{text}"
     );
 }
+
+/// sq 1.x, built by `scripts/deps.sh test` (Debian's sq 0.27 has no certificate store).
+const SQ1: &str = "/opt/sealpost-test/sq/bin/sq";
+
+#[test]
+fn sq_and_sealpost_share_the_key_store() {
+    let ca = TestCa::shared();
+    let sink = Sink::start(ca, SinkMode::Tls);
+    let mut opts = ProxyOptions::new(sink.port);
+    opts.policy = "require";
+    opts.import = vec![keyring().bob().pub_asc.clone()];
+    let proxy = Proxy::start(ca, &opts);
+    let store = proxy.dir.path().join("state/keys");
+
+    // sq sees the certificate sealpost imported.
+    let out = std::process::Command::new(SQ1)
+        .args(["--home", "none", "--cert-store"])
+        .arg(&store)
+        .args(["cert", "list", "--gossip"])
+        .output()
+        .expect("sq 1.x (scripts/deps.sh test builds it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&keyring().bob().fpr),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // sealpost uses a certificate sq imported, without a restart.
+    let out = std::process::Command::new(SQ1)
+        .args(["--home", "none", "--cert-store"])
+        .arg(&store)
+        .args(["cert", "import"])
+        .arg(&keyring().dave().pub_asc)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = send(&proxy, ca, &["dave@example.net"]);
+    assert!(r.ok, "{r:?}\n{}", proxy.log());
+    let got = sink.wait_for_messages(1, WAIT);
+    gpg_decrypt("dave", &armored(&got[0].data)).assert_decrypted_signed_by("alice");
+}

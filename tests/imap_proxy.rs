@@ -147,6 +147,10 @@ struct Env {
 
 impl Env {
     fn new() -> Env {
+        Env::with_extra("")
+    }
+
+    fn with_extra(extra: &str) -> Env {
         let ca = TestCa::shared();
         let dovecot = Dovecot::start(ca, &[(USER, PASS)]);
         let mut uids = HashMap::new();
@@ -156,6 +160,7 @@ impl Env {
         let mut opts = ProxyOptions::new(1);
         opts.imap_upstream = Some((dovecot.imaps_port, "tls"));
         opts.import = vec![keyring().bob().pub_asc.clone()];
+        opts.extra = extra.to_string();
         let proxy = Proxy::start(ca, &opts);
         Env {
             ca,
@@ -580,4 +585,20 @@ fn idle_through_sealpost_sees_new_mail_and_capabilities_are_filtered() {
     assert!(
         String::from_utf8_lossy(f.get("BODY[HEADER]").unwrap()).contains("Sealpost-Decrypted: yes")
     );
+}
+
+#[test]
+fn a_cache_too_small_for_any_view_still_gives_consistent_answers() {
+    let env = Env::with_extra("[limits]\nview_cache_size = 1024\n");
+    let mut c = env.client();
+    let uid = env.uids["signed_mime"];
+    let a = fetch_one(&mut c, uid, "UID RFC822.SIZE BODY.PEEK[]");
+    let b = fetch_one(&mut c, uid, "UID BODY.PEEK[]<0.100> ENVELOPE");
+    let view = a.get("BODY[]").unwrap();
+    let size: usize = String::from_utf8_lossy(a.get("RFC822.SIZE").unwrap())
+        .parse()
+        .unwrap();
+    assert_eq!(size, view.len());
+    assert_eq!(b.get("BODY[]<0>").unwrap(), &view[..100]);
+    assert!(String::from_utf8_lossy(b.get("ENVELOPE").unwrap()).contains("Board meeting minutes"));
 }

@@ -21,7 +21,7 @@
 use super::cache::{Entry, Key};
 use super::framer::Frame;
 use super::ImapContext;
-use crate::pgp::ViewKind;
+use crate::pgp::{View, ViewKind};
 use imap_codec::decode::Decoder;
 use imap_codec::encode::Encoder;
 use imap_codec::ResponseCodec;
@@ -89,6 +89,9 @@ pub struct FetchJob {
     tag_prefix: String,
     msgs: Vec<Msg>,
     sets_seen: bool,
+    /// The views this job answers from, held so that cache eviction during the job
+    /// cannot take them away.
+    views: std::collections::HashMap<u32, Arc<View>>,
 }
 
 /// Does the item depend on message content (and so on the view)?
@@ -233,7 +236,6 @@ fn nstring(data: &[u8]) -> NString<'static> {
 
 impl FetchJob {
     /// A job for `client_tag`, or `None` when the FETCH can simply be relayed.
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         client_tag: &str,
         uid: bool,
@@ -259,6 +261,7 @@ impl FetchJob {
             tag_seq: 0,
             tag_prefix: tag_prefix.to_string(),
             msgs: Vec::new(),
+            views: Default::default(),
         })
     }
 
@@ -324,7 +327,10 @@ impl FetchJob {
                             uid,
                             class: match e {
                                 Entry::Plain => Class::Plain,
-                                Entry::View(_) => Class::Special,
+                                Entry::View(v) => {
+                                    self.views.insert(uid, v);
+                                    Class::Special
+                                }
                             },
                         })
                     })
@@ -465,7 +471,7 @@ impl FetchJob {
                     .iter()
                     .any(|m| m.uid == uid && m.class == Class::Special) =>
             {
-                Some(self.synthesize(seq.get(), uid, &items, ctx))
+                Some(self.synthesize(seq.get(), uid, &items))
             }
             _ => None,
         }
@@ -490,9 +496,14 @@ impl FetchJob {
             ViewKind::Plain if view.bytes == raw => Entry::Plain,
             _ => Entry::View(Arc::new(view)),
         };
-        if matches!(entry, Entry::Plain) {
-            if let Some(m) = self.msgs.iter_mut().find(|m| m.uid == uid) {
-                m.class = Class::Plain;
+        match &entry {
+            Entry::Plain => {
+                if let Some(m) = self.msgs.iter_mut().find(|m| m.uid == uid) {
+                    m.class = Class::Plain;
+                }
+            }
+            Entry::View(v) => {
+                self.views.insert(uid, v.clone());
             }
         }
         ctx.cache.insert(self.key(uid), entry);
@@ -520,7 +531,7 @@ impl FetchJob {
                     .msgs
                     .iter()
                     .filter(|m| m.class == Class::Special)
-                    .filter(|m| !matches!(ctx.cache.get(&self.key(m.uid)), Some(Entry::View(_))))
+                    .filter(|m| !self.views.contains_key(&m.uid))
                     .map(|m| m.uid)
                     .collect();
                 for m in self.msgs.iter_mut() {
@@ -544,9 +555,13 @@ impl FetchJob {
     fn after_classify(&mut self, ctx: &ImapContext) -> Vec<JobOutput> {
         // Cached classification wins over guessing from the structure.
         for i in 0..self.msgs.len() {
-            match ctx.cache.get(&self.key(self.msgs[i].uid)) {
+            let uid = self.msgs[i].uid;
+            match ctx.cache.get(&self.key(uid)) {
                 Some(Entry::Plain) => self.msgs[i].class = Class::Plain,
-                Some(Entry::View(_)) => self.msgs[i].class = Class::Special,
+                Some(Entry::View(v)) => {
+                    self.msgs[i].class = Class::Special;
+                    self.views.insert(uid, v);
+                }
                 None => {}
             }
         }
@@ -650,17 +665,10 @@ impl FetchJob {
     }
 
     /// Builds the client's FETCH response for a message shown through its view.
-    fn synthesize(
-        &self,
-        seq: u32,
-        uid: u32,
-        upstream: &[MessageDataItem<'_>],
-        ctx: &ImapContext,
-    ) -> Vec<JobOutput> {
+    fn synthesize(&self, seq: u32, uid: u32, upstream: &[MessageDataItem<'_>]) -> Vec<JobOutput> {
         use imap_types::IntoStatic;
-        let Some(Entry::View(view)) = ctx.cache.get(&self.key(uid)) else {
-            // Evicted between steps (tiny cache): relay what we have, honestly empty.
-            tracing::warn!(uid, "view evicted during a fetch");
+        let Some(view) = self.views.get(&uid) else {
+            // Only messages with a view are special; nothing else reaches here.
             return Vec::new();
         };
         let msg = &view.bytes;

@@ -228,9 +228,6 @@ impl Session {
                     }
                 }
                 self.send_upstream(bytes);
-                if complete {
-                    self.after_forwarded();
-                }
             }
             Disposition::Refuse(reply) => {
                 if complete {
@@ -402,8 +399,6 @@ impl Session {
         );
     }
 
-    fn after_forwarded(&mut self) {}
-
     fn apply(&mut self, outputs: Vec<JobOutput>) {
         for o in outputs {
             match o {
@@ -454,12 +449,12 @@ impl Session {
                 }
                 continue;
             }
-            self.on_upstream_frame(frame, complete);
+            self.on_upstream_frame(frame);
         }
         self.take()
     }
 
-    fn on_upstream_frame(&mut self, frame: Frame, complete: bool) {
+    fn on_upstream_frame(&mut self, frame: Frame) {
         let (bytes, first) = match frame {
             Frame::Line { bytes, first, .. } => (bytes, first),
             Frame::Literal { bytes, .. } => {
@@ -500,7 +495,6 @@ impl Session {
                 }
             }
         }
-        let _ = complete;
         self.send_client(line);
     }
 

@@ -150,7 +150,8 @@ pub struct KeysConfig {
     /// Lookup order for recipients' keys.
     #[serde(default = "default_discover")]
     pub discover: Vec<KeySource>,
-    /// Base URL of the verifying key server (`/vks/v1/by-email/` is appended).
+    /// Base URL of the verifying key server (`/vks/v1/by-email/` is appended), or
+    /// `hkps://host` for an HKP key server (`/pks/lookup?op=get`).
     #[serde(default = "default_vks")]
     pub vks: String,
     /// Host name -> `ip:port` overrides for key lookups (like curl's --resolve).
@@ -454,10 +455,10 @@ impl Config {
                 ));
             }
         }
-        if !self.keys.vks.starts_with("https://") {
+        if !self.keys.vks.starts_with("https://") && !self.keys.vks.starts_with("hkps://") {
             return Err(self.invalid(
                 "keys.vks",
-                "must be an https:// URL, e.g. \"https://keys.openpgp.org\"",
+                "must be an https:// URL (VKS, e.g. \"https://keys.openpgp.org\") or an hkps:// one (HKP)",
             ));
         }
         if self.keys.lookup_timeout_secs == 0 {

@@ -379,3 +379,32 @@ fn sq_and_sealpost_share_the_key_store() {
     let got = sink.wait_for_messages(1, WAIT);
     gpg_decrypt("dave", &armored(&got[0].data)).assert_decrypted_signed_by("alice");
 }
+
+#[test]
+fn an_hkps_key_server_is_asked_over_hkp() {
+    let ca = TestCa::shared();
+    let sink = Sink::start(ca, SinkMode::Tls);
+    let ks = KeyServer::start(ca);
+    ks.publish_file(
+        "keys.example.test",
+        "pks/lookup",
+        &std::fs::read(&keyring().carol().pub_asc).unwrap(),
+    );
+    let mut opts = ProxyOptions::new(sink.port);
+    opts.policy = "require";
+    opts.keys_extra = keys_config(&ks, "").replace(
+        "vks = \"https://keys.example.test\"",
+        "vks = \"hkps://keys.example.test\"",
+    );
+    let proxy = Proxy::start(ca, &opts);
+    let r = send(&proxy, ca, &["carol@example.org"]);
+    assert!(r.ok, "{r:?}\n{}", proxy.log());
+    assert_eq!(
+        ks.request_count("/pks/lookup?op=get&options=mr&search=carol%40example.org"),
+        1,
+        "{:#?}",
+        ks.requests()
+    );
+    let got = sink.wait_for_messages(1, WAIT);
+    gpg_decrypt("carol", &armored(&got[0].data)).assert_decrypted_signed_by("alice");
+}

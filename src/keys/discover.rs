@@ -288,7 +288,14 @@ impl Discovery {
     }
 
     async fn fetch_vks(&self, addr: &str) -> Result<Vec<Cert>, String> {
-        let url = format!("{}/vks/v1/by-email/{}", self.vks, percent_encode(addr));
+        // keys.openpgp.org's VKS API, or the older HKP lookup for an `hkps://` base.
+        let url = match self.vks.strip_prefix("hkps://") {
+            Some(host) => format!(
+                "https://{host}/pks/lookup?op=get&options=mr&search={}",
+                percent_encode(addr)
+            ),
+            None => format!("{}/vks/v1/by-email/{}", self.vks, percent_encode(addr)),
+        };
         let resp = self
             .http
             .get(&url)

@@ -23,6 +23,8 @@ pub struct Key {
 pub enum Entry {
     /// Shown exactly as upstream has it.
     Plain,
+    /// Needs a view, not built yet (classified ahead of its first fetch).
+    Special,
     View(Arc<View>),
 }
 
@@ -40,7 +42,7 @@ pub struct ViewCache {
 
 fn cost(e: &Entry) -> usize {
     match e {
-        Entry::Plain => 64,
+        Entry::Plain | Entry::Special => 64,
         Entry::View(v) => v.bytes.len() + 128,
     }
 }

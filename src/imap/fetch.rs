@@ -92,7 +92,17 @@ pub struct FetchJob {
     /// The views this job answers from, held so that cache eviction during the job
     /// cannot take them away.
     views: std::collections::HashMap<u32, Arc<View>>,
+    /// For a UID FETCH of explicit UIDs: those UIDs. Classification then also covers
+    /// the UIDs after them (see [`CLASSIFY_AHEAD`]), which are only cached.
+    requested: Option<std::collections::HashSet<u32>>,
+    /// Messages classified ahead, outside the client's set.
+    ahead: Vec<Msg>,
 }
+
+/// How many UIDs past an explicit UID FETCH are classified in the same round trip.
+/// Clients that fetch one message per command (mbsync, Thunderbird's display) then
+/// find the next messages classified already.
+const CLASSIFY_AHEAD: u32 = 200;
 
 /// Does the item depend on message content (and so on the view)?
 fn content_item(item: &MessageDataItemName<'_>) -> bool {
@@ -262,6 +272,8 @@ impl FetchJob {
             tag_prefix: tag_prefix.to_string(),
             msgs: Vec::new(),
             views: Default::default(),
+            requested: None,
+            ahead: Vec::new(),
         })
     }
 
@@ -317,35 +329,46 @@ impl FetchJob {
             )];
         }
         // A UID FETCH of messages all known already skips classification.
+        let mut classify_set = self.set_text.clone();
         if self.uid {
             if let Some(uids) = explicit_uids(&self.set_text) {
-                let known: Option<Vec<Msg>> = uids
-                    .iter()
-                    .map(|&uid| {
-                        ctx.cache.get(&self.key(uid)).map(|e| Msg {
-                            seq: None,
-                            uid,
-                            class: match e {
-                                Entry::Plain => Class::Plain,
-                                Entry::View(v) => {
-                                    self.views.insert(uid, v);
-                                    Class::Special
-                                }
-                            },
-                        })
-                    })
-                    .collect();
-                if let Some(msgs) = known {
-                    self.msgs = msgs;
-                    return self.after_download(ctx);
+                let mut msgs = Vec::new();
+                for &uid in &uids {
+                    let class = match ctx.cache.get(&self.key(uid)) {
+                        Some(Entry::Plain) => Class::Plain,
+                        Some(Entry::Special) => Class::Special,
+                        Some(Entry::View(v)) => {
+                            self.views.insert(uid, v);
+                            Class::Special
+                        }
+                        None => {
+                            msgs.clear();
+                            break;
+                        }
+                    };
+                    msgs.push(Msg {
+                        seq: None,
+                        uid,
+                        class,
+                    });
                 }
+                if msgs.len() == uids.len() {
+                    self.msgs = msgs;
+                    return self.after_search(ctx);
+                }
+                let (lo, hi) = (
+                    uids.iter().min().copied().unwrap_or(1),
+                    uids.iter().max().copied().unwrap_or(1),
+                );
+                classify_set = format!("{lo}:{}", hi.saturating_add(CLASSIFY_AHEAD));
+                self.requested = Some(uids.into_iter().collect());
             }
         }
         self.step = Step::Classify;
         let body = format!(
             "{}FETCH {} (UID BODYSTRUCTURE BODY.PEEK[HEADER.FIELDS (SEALPOST-DECRYPTED)])",
             self.uid_prefix(),
-            self.set_text
+            classify_set
         );
         vec![self.command(body)]
     }
@@ -401,9 +424,10 @@ impl FetchJob {
                 .split_whitespace()
                 .filter_map(|n| n.parse().ok())
                 .collect();
-            for m in &mut self.msgs {
+            let uid = self.uid;
+            for m in self.msgs.iter_mut().chain(self.ahead.iter_mut()) {
                 if m.class == Class::Candidate {
-                    let n = if self.uid { Some(m.uid) } else { m.seq };
+                    let n = if uid { Some(m.uid) } else { m.seq };
                     if n.is_some_and(|n| found.contains(&n)) {
                         m.class = Class::Special;
                     }
@@ -440,11 +464,15 @@ impl FetchJob {
                 } else {
                     classify(structure)
                 };
-                self.msgs.push(Msg {
+                let msg = Msg {
                     seq: Some(seq.get()),
                     uid,
                     class,
-                });
+                };
+                match &self.requested {
+                    Some(r) if !r.contains(&uid) => self.ahead.push(msg),
+                    _ => self.msgs.push(msg),
+                }
                 Some(Vec::new())
             }
             Step::Download => {
@@ -502,6 +530,7 @@ impl FetchJob {
                     m.class = Class::Plain;
                 }
             }
+            Entry::Special => {}
             Entry::View(v) => {
                 self.views.insert(uid, v.clone());
             }
@@ -558,6 +587,7 @@ impl FetchJob {
             let uid = self.msgs[i].uid;
             match ctx.cache.get(&self.key(uid)) {
                 Some(Entry::Plain) => self.msgs[i].class = Class::Plain,
+                Some(Entry::Special) => self.msgs[i].class = Class::Special,
                 Some(Entry::View(v)) => {
                     self.msgs[i].class = Class::Special;
                     self.views.insert(uid, v);
@@ -565,9 +595,23 @@ impl FetchJob {
                 None => {}
             }
         }
-        if self.msgs.iter().any(|m| m.class == Class::Candidate) {
+        let ahead_known: Vec<bool> = self
+            .ahead
+            .iter()
+            .map(|m| ctx.cache.get(&self.key(m.uid)).is_some())
+            .collect();
+        let mut known = ahead_known.into_iter();
+        self.ahead.retain(|_| !known.next().unwrap_or(false));
+        let candidates: Vec<u32> = self
+            .msgs
+            .iter()
+            .chain(self.ahead.iter())
+            .filter(|m| m.class == Class::Candidate)
+            .filter_map(|m| if self.uid { Some(m.uid) } else { m.seq })
+            .collect();
+        if !candidates.is_empty() {
             self.step = Step::Search;
-            let set = self.set_of(Class::Candidate);
+            let set = format_set(&candidates);
             let body = if self.uid {
                 format!("UID SEARCH UID {set} BODY \"-----BEGIN PGP MESSAGE-----\"")
             } else {
@@ -579,21 +623,26 @@ impl FetchJob {
     }
 
     fn after_search(&mut self, ctx: &ImapContext) -> Vec<JobOutput> {
-        for m in self.msgs.iter_mut() {
+        for m in self.msgs.iter_mut().chain(self.ahead.iter_mut()) {
             if m.class == Class::Candidate {
                 m.class = Class::Plain;
             }
         }
-        for m in self.msgs.iter().filter(|m| m.class == Class::Plain) {
+        for m in self.msgs.iter().chain(self.ahead.iter()) {
+            let entry = match m.class {
+                Class::Plain => Entry::Plain,
+                _ => Entry::Special,
+            };
             if ctx.cache.get(&self.key(m.uid)).is_none() {
-                ctx.cache.insert(self.key(m.uid), Entry::Plain);
+                ctx.cache.insert(self.key(m.uid), entry);
             }
         }
+        self.ahead.clear();
         let to_download: Vec<u32> = self
             .msgs
             .iter()
             .filter(|m| m.class == Class::Special)
-            .filter(|m| ctx.cache.get(&self.key(m.uid)).is_none())
+            .filter(|m| !self.views.contains_key(&m.uid))
             .filter_map(|m| if self.uid { Some(m.uid) } else { m.seq })
             .collect();
         if !to_download.is_empty() {

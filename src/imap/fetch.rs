@@ -159,6 +159,26 @@ pub fn expand(m: MacroOrMessageDataItemNames<'_>) -> Vec<MessageDataItemName<'st
     }
 }
 
+/// True when a UID FETCH names only messages known to need no view: it can then be
+/// relayed as it is, keeping the client's pipelining intact.
+pub fn known_plain(ctx: &ImapContext, selected: &Selected, line: &[u8]) -> bool {
+    let Some((set, _)) = split_fetch_line(line) else {
+        return false;
+    };
+    let Some(uids) = explicit_uids(&set) else {
+        return false;
+    };
+    uids.iter().all(|&uid| {
+        let key = Key {
+            identity: selected.identity.clone(),
+            mailbox: selected.mailbox.clone(),
+            uidvalidity: selected.uidvalidity,
+            uid,
+        };
+        matches!(ctx.cache.get(&key), Some(Entry::Plain))
+    })
+}
+
 /// True when a FETCH needs the view machinery at all.
 pub fn needs_view(items: &[MessageDataItemName<'_>]) -> bool {
     items.iter().any(content_item)

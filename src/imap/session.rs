@@ -84,6 +84,11 @@ pub struct Session {
     uidvalidity: Option<u32>,
     read_only_code: bool,
     job: Option<FetchJob>,
+    /// Tags of client commands relayed upstream and not completed yet.
+    in_flight: std::collections::HashSet<String>,
+    /// A FETCH that needs a job, waiting until the commands in flight complete (their
+    /// responses must not interleave with the job's).
+    deferred: Option<Vec<u8>>,
     held: Vec<u8>,
     disposition: Disposition,
     tag_prefix: String,
@@ -111,6 +116,8 @@ impl Session {
             uidvalidity: None,
             read_only_code: false,
             job: None,
+            in_flight: Default::default(),
+            deferred: None,
             held: Vec::new(),
             disposition: Disposition::Forward,
             tag_prefix: "sp".into(),
@@ -128,7 +135,12 @@ impl Session {
 
     /// True when no FETCH job is running (a safe point to close for shutdown).
     pub fn is_idle(&self) -> bool {
-        self.job.is_none()
+        self.job.is_none() && self.deferred.is_none()
+    }
+
+    /// While a FETCH job runs or waits, client input is held, not framed.
+    fn busy(&self) -> bool {
+        self.job.is_some() || self.deferred.is_some()
     }
 
     /// True after the client's LOGOUT completed (the server's BYE was relayed).
@@ -171,7 +183,7 @@ impl Session {
     // ----- client side -------------------------------------------------------
 
     pub fn on_client(&mut self, bytes: &[u8]) -> Vec<Output> {
-        if self.job.is_some() {
+        if self.busy() {
             self.held.extend_from_slice(bytes);
             return self.take();
         }
@@ -181,9 +193,7 @@ impl Session {
     }
 
     fn drain_client(&mut self) {
-        while self.job.is_none()
-            && !matches!(self.out.last(), Some(Output::StartTls | Output::Close))
-        {
+        while !self.busy() && !matches!(self.out.last(), Some(Output::StartTls | Output::Close)) {
             let frame = match self.client.next_frame() {
                 Ok(Some(f)) => f,
                 Ok(None) => return,
@@ -204,7 +214,11 @@ impl Session {
             literal,
         } = &frame
         {
+            let in_auth = self.auth.is_some();
             self.disposition = self.dispose(bytes, *literal);
+            if self.disposition == Disposition::Forward && !in_auth {
+                self.track(bytes);
+            }
             if let Disposition::Refuse(reply) = &self.disposition {
                 // A refused synchronizing literal is never sent by the client.
                 if matches!(literal, Some((_, true))) {
@@ -241,6 +255,17 @@ impl Session {
                     self.disposition = Disposition::Forward;
                     self.on_held(msg);
                 }
+            }
+        }
+    }
+
+    /// Remembers the tag of a command relayed upstream until its completion.
+    fn track(&mut self, first_line: &[u8]) {
+        let text = String::from_utf8_lossy(first_line);
+        let mut words = text.split_ascii_whitespace();
+        if let (Some(tag), Some(_cmd)) = (words.next(), words.next()) {
+            if tag != "*" && tag != "+" {
+                self.in_flight.insert(tag.to_string());
             }
         }
     }
@@ -302,7 +327,7 @@ impl Session {
         let parsed = CommandCodec::default().decode(&msg);
         let Ok((_, command)) = parsed else {
             // Let upstream judge what we cannot parse.
-            self.send_upstream(msg);
+            self.relay(msg);
             return;
         };
         let tag = command.tag.as_ref().to_string();
@@ -320,15 +345,15 @@ impl Session {
             CommandBody::Login { username, .. } => {
                 let user = String::from_utf8_lossy(username.as_ref()).into_owned();
                 self.pending.insert(tag, Pending::Login(user));
-                self.send_upstream(msg);
+                self.relay(msg);
             }
             CommandBody::Select { mailbox, .. } => {
                 self.select(tag, mailbox, false);
-                self.send_upstream(msg);
+                self.relay(msg);
             }
             CommandBody::Examine { mailbox, .. } => {
                 self.select(tag, mailbox, true);
-                self.send_upstream(msg);
+                self.relay(msg);
             }
             CommandBody::Fetch {
                 macro_or_item_names,
@@ -343,12 +368,12 @@ impl Session {
                     read_only,
                 } = &self.state
                 else {
-                    self.send_upstream(msg);
+                    self.relay(msg);
                     return;
                 };
                 if !modifiers.is_empty() {
                     // CONDSTORE/QRESYNC fetches pass through (DESIGN §9).
-                    self.send_upstream(msg);
+                    self.relay(msg);
                     return;
                 }
                 let selected = Selected {
@@ -357,6 +382,15 @@ impl Session {
                     uidvalidity: *uidvalidity,
                     read_only: *read_only,
                 };
+                if !self.in_flight.is_empty() {
+                    tracing::debug!(waiting_for = ?self.in_flight, "FETCH deferred until earlier commands complete");
+                    self.deferred = Some(msg);
+                    return;
+                }
+                if uid && fetch::known_plain(&self.ctx, &selected, &msg) {
+                    self.relay(msg);
+                    return;
+                }
                 self.jobs_started += 1;
                 let prefix = format!("{}{}x", self.tag_prefix, self.jobs_started);
                 let items = fetch::expand(macro_or_item_names);
@@ -370,11 +404,24 @@ impl Session {
                             self.job = Some(job);
                         }
                     }
-                    None => self.send_upstream(msg),
+                    None => self.relay(msg),
                 }
             }
-            _ => self.send_upstream(msg),
+            _ => self.relay(msg),
         }
+    }
+
+    /// Processes the client's commands that arrived while a FETCH job ran.
+    fn resume_client(&mut self) {
+        let held = std::mem::take(&mut self.held);
+        self.client.push(&held);
+        self.drain_client();
+    }
+
+    /// Relays a held client command upstream.
+    fn relay(&mut self, msg: Vec<u8>) {
+        self.track(&msg);
+        self.send_upstream(msg);
     }
 
     fn select(&mut self, tag: String, mailbox: Mailbox<'_>, read_only: bool) {
@@ -442,14 +489,19 @@ impl Session {
                 self.apply(outputs);
                 if done {
                     self.job = None;
-                    // Resume the client's commands that arrived meanwhile.
-                    let held = std::mem::take(&mut self.held);
-                    self.client.push(&held);
-                    self.drain_client();
+                    self.resume_client();
                 }
                 continue;
             }
             self.on_upstream_frame(frame);
+            if self.in_flight.is_empty() {
+                if let Some(msg) = self.deferred.take() {
+                    self.on_held(Some(msg));
+                    if !self.busy() {
+                        self.resume_client();
+                    }
+                }
+            }
         }
         self.take()
     }
@@ -481,6 +533,7 @@ impl Session {
         let line = caps::filter_line(&bytes, self.local());
         self.observe_untagged(&line);
         if let Some(tag) = self.tagged(&line) {
+            self.in_flight.remove(&tag);
             if let Some(p) = self.pending.remove(&tag) {
                 self.on_completion(&line, &tag, p);
             }
@@ -754,6 +807,42 @@ mod tests {
         assert_eq!(
             client_text(&out),
             "* 1 FETCH (BODY[] {14}\r\na1 OK fake\r\n\r\n)\r\na1 OK done\r\n"
+        );
+    }
+
+    #[test]
+    fn a_fetch_job_waits_for_relayed_commands_to_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = crate::keys::generate("alice@example.com", dir.path()).unwrap();
+        let id = crate::keys::load_identity(&crate::config::Identity {
+            address: "alice@example.com".into(),
+            login: None,
+            secret_key: g.secret_key.clone(),
+            passphrase_file: Some(g.passphrase_file.clone()),
+            passphrase_credential: None,
+            passphrase_env: None,
+        })
+        .unwrap();
+        let mut c = ctx();
+        Arc::get_mut(&mut c).unwrap().identities = vec![Arc::new(id)];
+        let mut s = Session::new(c, true, true);
+        s.on_upstream(b"* OK ready\r\n");
+        s.on_client(b"a1 LOGIN alice@example.com pw\r\n");
+        s.on_upstream(b"a1 OK logged in\r\n");
+        s.on_client(b"a2 SELECT INBOX\r\n");
+        s.on_upstream(b"* OK [UIDVALIDITY 7] ok\r\na2 OK [READ-WRITE] selected\r\n");
+        // A relayed FETCH, then one that needs a job, pipelined.
+        let out =
+            s.on_client(b"a3 UID FETCH 1:* (FLAGS)\r\na4 UID FETCH 2 (BODY.PEEK[])\r\na5 NOOP\r\n");
+        assert_eq!(upstream_text(&out), "a3 UID FETCH 1:* (FLAGS)\r\n");
+        // Only when a3 is complete does the job start, and a5 waits for the job.
+        let out = s.on_upstream(b"* 1 FETCH (UID 1 FLAGS ())\r\na3 OK done\r\n");
+        let up = upstream_text(&out);
+        assert!(up.contains("UID FETCH 2:202 (UID BODYSTRUCTURE"), "{up}");
+        assert!(!up.contains("NOOP"), "{up}");
+        assert_eq!(
+            client_text(&out),
+            "* 1 FETCH (UID 1 FLAGS ())\r\na3 OK done\r\n"
         );
     }
 

@@ -248,6 +248,9 @@ protect_headers = {protect}
 
 impl Drop for Proxy {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("[sealpost] test panicked; log:\n{}", self.log());
+        }
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();

@@ -382,18 +382,22 @@ impl Session {
                     uidvalidity: *uidvalidity,
                     read_only: *read_only,
                 };
+                let items = fetch::expand(macro_or_item_names);
+                // Nothing content-dependent, or only messages known to be plain:
+                // relay as sent, so the client's pipelining is kept.
+                if !fetch::needs_view(&items)
+                    || (uid && fetch::known_plain(&self.ctx, &selected, &msg))
+                {
+                    self.relay(msg);
+                    return;
+                }
                 if !self.in_flight.is_empty() {
                     tracing::debug!(waiting_for = ?self.in_flight, "FETCH deferred until earlier commands complete");
                     self.deferred = Some(msg);
                     return;
                 }
-                if uid && fetch::known_plain(&self.ctx, &selected, &msg) {
-                    self.relay(msg);
-                    return;
-                }
                 self.jobs_started += 1;
                 let prefix = format!("{}{}x", self.tag_prefix, self.jobs_started);
-                let items = fetch::expand(macro_or_item_names);
                 match FetchJob::new(&tag, uid, &msg, items, selected, &prefix) {
                     Some(mut job) => {
                         let outputs = job.start(&self.ctx);

@@ -309,6 +309,7 @@ fn main() {
 
     let mut opts = ProxyOptions::new(1);
     opts.imap_upstream = Some((dovecot.imaps_port, "tls"));
+    opts.alice_login = USER.into();
     opts.import = vec![kr.bob().pub_asc.clone()];
 
     // --- syncs. Rounds interleave the paths so that load from other processes on

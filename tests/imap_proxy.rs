@@ -159,6 +159,7 @@ impl Env {
         }
         let mut opts = ProxyOptions::new(1);
         opts.imap_upstream = Some((dovecot.imaps_port, "tls"));
+        opts.alice_login = USER.into();
         opts.import = vec![keyring().bob().pub_asc.clone()];
         opts.extra = extra.to_string();
         let proxy = Proxy::start(ca, &opts);

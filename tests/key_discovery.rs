@@ -34,6 +34,10 @@ fn start(ca: &TestCa, sink: &Sink, ks: &KeyServer, policy: &'static str) -> Prox
 }
 
 fn send(proxy: &Proxy, ca: &TestCa, to: &[&str]) -> PySendResult {
+    send_as(proxy, ca, to, ("sinkuser", "sinkpass"))
+}
+
+fn send_as(proxy: &Proxy, ca: &TestCa, to: &[&str], login: (&str, &str)) -> PySendResult {
     let msg = format!(
         "From: alice@example.com\r\nTo: {}\r\nSubject: discovery\r\n\r\nsecret words\r\n",
         to[0]
@@ -46,7 +50,7 @@ fn send(proxy: &Proxy, ca: &TestCa, to: &[&str]) -> PySendResult {
         msg.as_bytes(),
     );
     p.cafile = Some(&ca.ca_pem);
-    p.login = Some(("sinkuser", "sinkpass"));
+    p.login = Some(login);
     py_sendmail(&p)
 }
 
@@ -233,7 +237,15 @@ fn a_revocation_learned_on_refresh_stops_the_key_being_used() {
 #[test]
 fn an_autocrypt_header_fetched_through_imap_makes_the_next_mail_encrypted() {
     let ca = TestCa::shared();
-    let sink = Sink::start(ca, SinkMode::Tls);
+    // One login for both protocols, as a mail client has.
+    let sink = Sink::start_with(
+        ca,
+        common::SinkConfig {
+            user: "alice@example.com".into(),
+            password: "alicepw".into(),
+            ..common::SinkConfig::default()
+        },
+    );
     let dovecot = Dovecot::start(ca, &[("alice@example.com", "alicepw")]);
     use base64::Engine;
     let keydata = base64::engine::general_purpose::STANDARD.encode(gpg_export_binary("dave"));
@@ -249,10 +261,16 @@ fn an_autocrypt_header_fetched_through_imap_makes_the_next_mail_encrypted() {
     let mut opts = ProxyOptions::new(sink.port);
     opts.policy = "require";
     opts.imap_upstream = Some((dovecot.imaps_port, "tls"));
+    opts.alice_login = "alice@example.com".into();
     let proxy = Proxy::start(ca, &opts);
 
     // Before: no key for dave.
-    let r = send(&proxy, ca, &["dave@example.net"]);
+    let r = send_as(
+        &proxy,
+        ca,
+        &["dave@example.net"],
+        ("alice@example.com", "alicepw"),
+    );
     assert_eq!(r.code, 550, "{r:?}");
 
     let mut c = RawImap::connect_login(
@@ -265,7 +283,12 @@ fn an_autocrypt_header_fetched_through_imap_makes_the_next_mail_encrypted() {
     c.command_ok("EXAMINE INBOX");
     c.command_ok("UID FETCH 1:* (UID BODY.PEEK[])");
 
-    let r = send(&proxy, ca, &["dave@example.net"]);
+    let r = send_as(
+        &proxy,
+        ca,
+        &["dave@example.net"],
+        ("alice@example.com", "alicepw"),
+    );
     assert!(r.ok, "{r:?}\n{}", proxy.log());
     let got = sink.wait_for_messages(1, WAIT);
     gpg_decrypt("dave", &armored(&got[0].data)).assert_decrypted_signed_by("alice");

@@ -562,7 +562,7 @@ impl FetchJob {
     fn on_tagged(&mut self, line: &[u8], ctx: &ImapContext) -> (Vec<JobOutput>, bool) {
         let text = String::from_utf8_lossy(line);
         let rest = text[self.tag.len()..].trim_start();
-        let ok = rest.len() >= 2 && rest[..2].eq_ignore_ascii_case("OK");
+        let ok = rest.get(..2).is_some_and(|w| w.eq_ignore_ascii_case("OK"));
         if !ok {
             // Upstream's verdict, under the client's tag.
             let reply = format!("{} {}", self.client_tag, rest.trim_end());

@@ -33,6 +33,8 @@ pub enum FrameError {
 
 pub struct Framer {
     buf: Vec<u8>,
+    /// Dropping the rest of an over-long line, up to its LF.
+    skipping: bool,
     literal_left: u64,
     first: bool,
     max_line: usize,
@@ -47,6 +49,7 @@ impl Framer {
     pub fn new(max_line: usize, max_literal: u64, capture_limit: usize) -> Framer {
         Framer {
             buf: Vec::new(),
+            skipping: false,
             literal_left: 0,
             first: true,
             max_line,
@@ -70,6 +73,7 @@ impl Framer {
     /// Drops everything buffered (after STARTTLS, RFC 3501 §6.2.1 / CVE-2011-0411).
     pub fn clear(&mut self) {
         self.buf.clear();
+        self.skipping = false;
         self.literal_left = 0;
         self.first = true;
         self.capture.clear();
@@ -123,8 +127,24 @@ impl Framer {
                 last: self.literal_left == 0,
             }));
         }
+        if self.skipping {
+            match self.buf.iter().position(|&b| b == b'\n') {
+                Some(pos) => {
+                    self.buf.drain(..=pos);
+                    self.skipping = false;
+                }
+                None => {
+                    self.buf.clear();
+                    return Ok(None);
+                }
+            }
+        }
         let Some(pos) = self.buf.iter().position(|&b| b == b'\n') else {
             if self.buf.len() > self.max_line {
+                // Report once, then drop everything up to the line's end.
+                self.buf.clear();
+                self.skipping = true;
+                self.reset_message();
                 return Err(FrameError::LineTooLong(self.max_line));
             }
             return Ok(None);
@@ -249,6 +269,20 @@ mod tests {
             }
         }
         assert_eq!(complete, vec![None, Some(b"b NOOP\r\n".to_vec())]);
+    }
+
+    #[test]
+    fn an_over_long_line_is_reported_once_and_skipped() {
+        let mut f = Framer::new(10, 5, 100);
+        f.push(&[b'a'; 50]);
+        assert_eq!(f.next_frame(), Err(FrameError::LineTooLong(10)));
+        assert_eq!(f.next_frame(), Ok(None));
+        assert_eq!(f.pending(), 0, "nothing of the long line is kept");
+        f.push(b"aaaa\r\nx NOOP\r\n");
+        assert!(matches!(
+            f.next_frame(),
+            Ok(Some(Frame::Line { bytes, .. })) if bytes == b"x NOOP\r\n"
+        ));
     }
 
     #[test]

@@ -105,7 +105,9 @@ impl Session {
         let capture = ctx.max_message_size + 1024 * 1024;
         Session {
             client: Framer::new(line, max_literal, 64 * 1024),
-            upstream: Framer::new(line, max_literal, capture),
+            // Server lines can be long (a SEARCH of many UIDs) and literals large (they
+            // stream through; only capture is bounded).
+            upstream: Framer::new(line.max(8 * 1024 * 1024), u64::MAX, capture),
             ctx,
             tls,
             plaintext_ok,
@@ -326,7 +328,20 @@ impl Session {
         };
         let parsed = CommandCodec::default().decode(&msg);
         let Ok((_, command)) = parsed else {
-            // Let upstream judge what we cannot parse.
+            // Let upstream judge what we cannot parse; a SELECT we cannot follow at
+            // least leaves no stale mailbox behind (its views would be keyed wrongly).
+            let word = String::from_utf8_lossy(&msg)
+                .split_ascii_whitespace()
+                .nth(1)
+                .unwrap_or("")
+                .to_ascii_uppercase();
+            if word == "SELECT" || word == "EXAMINE" {
+                if let State::Selected { identity, .. } = &self.state {
+                    self.state = State::Authenticated {
+                        identity: identity.clone(),
+                    };
+                }
+            }
             self.relay(msg);
             return;
         };

@@ -72,10 +72,13 @@ pub fn fields(header: &[u8]) -> Vec<Field<'_>> {
         let next_is_continuation = line_end < n && matches!(header[line_end], b' ' | b'\t');
         if !next_is_continuation {
             let raw = &header[start..line_end];
+            // RFC 5322 §4.5.8 (obsolete syntax): WSP may stand before the colon, and
+            // common parsers accept it, so the name is what precedes it, trimmed.
             let name = raw
                 .iter()
                 .position(|&b| b == b':')
                 .and_then(|c| std::str::from_utf8(&raw[..c]).ok())
+                .map(|s| s.trim_end_matches([' ', '\t']))
                 .filter(|s| !s.is_empty() && s.bytes().all(|b| (33..=126).contains(&b)))
                 .unwrap_or("");
             out.push(Field { name, raw });
@@ -167,6 +170,16 @@ mod tests {
         assert_eq!(f[1].value(), "x@y");
         let joined: Vec<u8> = f.iter().flat_map(|f| f.raw.to_vec()).collect();
         assert_eq!(joined, h);
+    }
+
+    #[test]
+    fn a_space_before_the_colon_still_names_the_field() {
+        let f = fields(b"Sealpost-Decrypted : yes\r\nA: 1\r\n");
+        assert!(f[0].is("sealpost-decrypted"));
+        assert_eq!(
+            without_fields(b"X : 1\r\nY: 2\r\n\r\nb", &["x"]),
+            b"Y: 2\r\n\r\nb"
+        );
     }
 
     #[test]

@@ -38,16 +38,22 @@ pub struct Outbound {
 pub type FoundKeys = HashMap<String, Vec<Cert>>;
 
 impl Outbound {
-    /// The identity that sends this message: by envelope sender, else by From.
+    /// The identity that signs this message: the one the session authenticated as
+    /// (its `login`), and only when the message is sent as that identity's address
+    /// (envelope sender or From). Nobody signs with another user's key.
     fn identity(&self, env: &Envelope, from_header: Option<&str>) -> Option<&LoadedIdentity> {
+        let login = env.login.as_deref()?;
+        let id = self
+            .identities
+            .iter()
+            .find(|i| i.login.eq_ignore_ascii_case(login))?;
+        let own = normalize_address(&id.address);
         let candidates = [Some(env.from.as_str()), from_header];
-        candidates.iter().flatten().find_map(|addr| {
-            let a = normalize_address(addr);
-            self.identities
-                .iter()
-                .find(|i| normalize_address(&i.address) == a)
-                .map(|i| i.as_ref())
-        })
+        candidates
+            .iter()
+            .flatten()
+            .any(|a| normalize_address(a) == own)
+            .then_some(id.as_ref())
     }
 
     /// The recipients whose keys are worth looking up (policy is not `plain`), or
@@ -245,6 +251,7 @@ mod tests {
             rcpts: rcpts.iter().map(|s| s.to_string()).collect(),
             body_8bit: false,
             smtputf8: false,
+            login: Some("alice@example.com".into()),
         }
     }
 
@@ -270,6 +277,33 @@ mod tests {
             let text = String::from_utf8_lossy(&c.message);
             assert!(!text.contains("Bcc:"), "{text}");
         }
+    }
+
+    #[test]
+    fn only_the_authenticated_identity_signs_and_only_for_its_own_address() {
+        let (_d, mut out) = setup(PolicyAction::Opportunistic);
+        let dir = tempfile::tempdir().unwrap();
+        let g = crate::keys::generate("alice@example.com", dir.path()).unwrap();
+        let id = crate::keys::load_identity(&crate::config::Identity {
+            address: "alice@example.com".into(),
+            login: Some("alice".into()),
+            secret_key: g.secret_key.clone(),
+            passphrase_file: Some(g.passphrase_file.clone()),
+            passphrase_credential: None,
+            passphrase_env: None,
+        })
+        .unwrap();
+        out.identities = vec![Arc::new(id)];
+        let mut e = env(&["bob@example.org"]);
+        e.login = Some("alice".into());
+        assert!(out.identity(&e, None).is_some());
+        // Another user sending as alice does not get alice's signature.
+        e.login = Some("mallory".into());
+        assert!(out.identity(&e, Some("alice@example.com")).is_none());
+        // Alice sending as someone else is not signed with her key either.
+        e.login = Some("alice".into());
+        e.from = "ceo@example.com".into();
+        assert!(out.identity(&e, Some("ceo@example.com")).is_none());
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub struct Envelope {
     pub body_8bit: bool,
     /// SMTPUTF8 was given (RFC 6531).
     pub smtputf8: bool,
+    /// Who authenticated the session (RFC 4954); chooses the signing identity.
+    pub login: Option<String>,
 }
 
 /// What the driver must do next.
@@ -552,6 +554,7 @@ impl Session {
                 rcpts: self.rcpts.clone(),
                 body_8bit,
                 smtputf8,
+                login: self.user.clone(),
             },
             message,
         })

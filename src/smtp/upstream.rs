@@ -330,7 +330,7 @@ impl Upstream {
             if text.len() < 3 || !line.ends_with(b"\n") {
                 return Err(bad());
             }
-            let c: u16 = text[..3].parse().map_err(|_| bad())?;
+            let c: u16 = text.get(..3).and_then(|t| t.parse().ok()).ok_or_else(bad)?;
             if !(200..600).contains(&c) || (code != 0 && c != code) {
                 return Err(bad());
             }

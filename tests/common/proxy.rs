@@ -22,6 +22,9 @@ pub struct ProxyOptions {
     pub protect_headers: bool,
     /// Configure alice@example.com as identity (protected key + passphrase file).
     pub alice_identity: bool,
+    /// The login that is alice (it picks her key for signing and decryption); the
+    /// SMTP sink's user by default, alice's Dovecot login in IMAP tests.
+    pub alice_login: String,
     /// Public key files imported with `sealpost keys import` before start.
     pub import: Vec<PathBuf>,
     /// Extra TOML appended verbatim (e.g. a `[limits]` table).
@@ -43,6 +46,7 @@ impl ProxyOptions {
             sign: true,
             protect_headers: true,
             alice_identity: true,
+            alice_login: "sinkuser".into(),
             import: Vec::new(),
             extra: String::new(),
             imap_upstream: None,
@@ -150,7 +154,8 @@ protect_headers = {protect}
         }
         if opts.alice_identity {
             toml.push_str(&format!(
-                "[[identity]]\naddress = \"alice@example.com\"\nsecret_key = \"{}\"\npassphrase_file = \"{}\"\n",
+                "[[identity]]\naddress = \"alice@example.com\"\nlogin = \"{}\"\nsecret_key = \"{}\"\npassphrase_file = \"{}\"\n",
+                opts.alice_login,
                 kr.alice().sec_asc.display(),
                 kr.alice_pass.display()
             ));

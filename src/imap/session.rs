@@ -89,6 +89,13 @@ pub struct Session {
     /// A FETCH that needs a job, waiting until the commands in flight complete (their
     /// responses must not interleave with the job's).
     deferred: Option<Vec<u8>>,
+    /// The tag of a relayed command whose synchronizing literal waits for upstream's
+    /// `+` (or its refusal); client input is held until then.
+    awaiting_continuation: Option<String>,
+    /// The tag of the client message being framed.
+    message_tag: String,
+    /// A relayed LOGIN/SELECT/EXAMINE with literals, parsed once complete.
+    observe: bool,
     held: Vec<u8>,
     disposition: Disposition,
     tag_prefix: String,
@@ -120,6 +127,9 @@ impl Session {
             job: None,
             in_flight: Default::default(),
             deferred: None,
+            awaiting_continuation: None,
+            message_tag: String::new(),
+            observe: false,
             held: Vec::new(),
             disposition: Disposition::Forward,
             tag_prefix: "sp".into(),
@@ -137,12 +147,12 @@ impl Session {
 
     /// True when no FETCH job is running (a safe point to close for shutdown).
     pub fn is_idle(&self) -> bool {
-        self.job.is_none() && self.deferred.is_none()
+        self.job.is_none() && self.deferred.is_none() && self.awaiting_continuation.is_none()
     }
 
     /// While a FETCH job runs or waits, client input is held, not framed.
     fn busy(&self) -> bool {
-        self.job.is_some() || self.deferred.is_some()
+        self.job.is_some() || self.deferred.is_some() || self.awaiting_continuation.is_some()
     }
 
     /// True after the client's LOGOUT completed (the server's BYE was relayed).
@@ -217,6 +227,12 @@ impl Session {
         } = &frame
         {
             let in_auth = self.auth.is_some();
+            self.message_tag = String::from_utf8_lossy(bytes)
+                .split_ascii_whitespace()
+                .next()
+                .unwrap_or("")
+                .to_string();
+            self.observe = false;
             self.disposition = self.dispose(bytes, *literal);
             if self.disposition == Disposition::Forward && !in_auth {
                 self.track(bytes);
@@ -235,6 +251,13 @@ impl Session {
         let complete = self.client.message_complete();
         match self.disposition.clone() {
             Disposition::Forward => {
+                let sync_literal = matches!(
+                    frame,
+                    Frame::Line {
+                        literal: Some((_, true)),
+                        ..
+                    }
+                );
                 let bytes = match frame {
                     Frame::Line { bytes, .. } | Frame::Literal { bytes, .. } => bytes,
                 };
@@ -244,6 +267,17 @@ impl Session {
                     }
                 }
                 self.send_upstream(bytes);
+                if sync_literal && self.auth.is_none() {
+                    // RFC 3501 §7.5: the client sends the literal only after `+`;
+                    // upstream may refuse instead, and then no literal comes.
+                    self.awaiting_continuation = Some(self.message_tag.clone());
+                }
+                if complete && self.observe {
+                    self.observe = false;
+                    if let Some(msg) = self.client.message().map(|m| m.to_vec()) {
+                        self.observe_relayed(&msg);
+                    }
+                }
             }
             Disposition::Refuse(reply) => {
                 if complete {
@@ -291,6 +325,12 @@ impl Session {
             "COMPRESS" => Disposition::Refuse(format!(
                 "{tag} NO [CANNOT] COMPRESS is not available through sealpost\r\n"
             )),
+            // With a synchronizing literal the command must go upstream as it comes
+            // (upstream answers the `+`); it is parsed once complete.
+            "LOGIN" | "SELECT" | "EXAMINE" if matches!(literal, Some((_, true))) => {
+                self.observe = true;
+                Disposition::Forward
+            }
             "LOGIN" | "SELECT" | "EXAMINE" => Disposition::Hold,
             "AUTHENTICATE" => {
                 let mech = sub.clone();
@@ -430,6 +470,23 @@ impl Session {
         }
     }
 
+    /// Learns from a relayed LOGIN/SELECT/EXAMINE what `on_held` would have.
+    fn observe_relayed(&mut self, msg: &[u8]) {
+        let Ok((_, command)) = CommandCodec::default().decode(msg) else {
+            return;
+        };
+        let tag = command.tag.as_ref().to_string();
+        match command.body {
+            CommandBody::Login { username, .. } => {
+                let user = String::from_utf8_lossy(username.as_ref()).into_owned();
+                self.pending.insert(tag, Pending::Login(user));
+            }
+            CommandBody::Select { mailbox, .. } => self.select(tag, mailbox, false),
+            CommandBody::Examine { mailbox, .. } => self.select(tag, mailbox, true),
+            _ => {}
+        }
+    }
+
     /// Processes the client's commands that arrived while a FETCH job ran.
     fn resume_client(&mut self) {
         let held = std::mem::take(&mut self.held);
@@ -551,7 +608,26 @@ impl Session {
         }
         let line = caps::filter_line(&bytes, self.local());
         self.observe_untagged(&line);
+        if self.awaiting_continuation.is_some() && line.starts_with(b"+") {
+            // Upstream accepts the literal: let the client send it.
+            self.awaiting_continuation = None;
+            self.send_client(line);
+            self.resume_client();
+            return;
+        }
         if let Some(tag) = self.tagged(&line) {
+            if self.awaiting_continuation.as_deref() == Some(tag.as_str()) {
+                // Refused before the literal: the client will not send it.
+                self.awaiting_continuation = None;
+                self.client.reset_message();
+                self.disposition = Disposition::Forward;
+                self.observe = false;
+                self.in_flight.remove(&tag);
+                self.pending.remove(&tag);
+                self.send_client(line);
+                self.resume_client();
+                return;
+            }
             self.in_flight.remove(&tag);
             if let Some(p) = self.pending.remove(&tag) {
                 self.on_completion(&line, &tag, p);
@@ -863,6 +939,31 @@ mod tests {
             client_text(&out),
             "* 1 FETCH (UID 1 FLAGS ())\r\na3 OK done\r\n"
         );
+    }
+
+    #[test]
+    fn synchronizing_literals_wait_for_upstream_and_survive_a_refusal() {
+        let mut s = Session::new(ctx(), true, true);
+        s.on_upstream(b"* OK ready\r\n");
+        // LOGIN with a synchronizing literal: relayed, the `+` comes from upstream.
+        let out = s.on_client(b"a1 LOGIN {5}\r\n");
+        assert_eq!(upstream_text(&out), "a1 LOGIN {5}\r\n");
+        let out = s.on_upstream(b"+ OK\r\n");
+        assert_eq!(client_text(&out), "+ OK\r\n");
+        let out = s.on_client(b"alice pw\r\n");
+        assert_eq!(upstream_text(&out), "alice pw\r\n");
+        s.on_upstream(b"a1 OK logged in\r\n");
+        // An APPEND refused before its literal: what follows is a command again.
+        let out = s.on_client(b"a2 APPEND Sent {3000}\r\n");
+        assert_eq!(upstream_text(&out), "a2 APPEND Sent {3000}\r\n");
+        let out = s.on_client(b"a3 NOOP\r\n");
+        assert!(
+            upstream_text(&out).is_empty(),
+            "held until upstream decides"
+        );
+        let out = s.on_upstream(b"a2 NO [TRYCREATE] no such mailbox\r\n");
+        assert_eq!(client_text(&out), "a2 NO [TRYCREATE] no such mailbox\r\n");
+        assert_eq!(upstream_text(&out), "a3 NOOP\r\n");
     }
 
     #[test]

@@ -62,6 +62,43 @@ pub fn is_encrypted(raw: &[u8]) -> bool {
     }
 }
 
+/// Is the whole message OpenPGP-encrypted, so it may be relayed unchanged even under
+/// `require`? Stricter than [`is_encrypted`]: a plaintext message that merely contains
+/// an armor line, or a `multipart/encrypted` with extra parts, does not qualify.
+pub fn is_fully_encrypted(raw: &[u8]) -> bool {
+    use mail_parser::MimeHeaders;
+    if !is_encrypted(raw) {
+        return false;
+    }
+    let one_block = |data: &[u8]| {
+        let t = data.trim_ascii();
+        t.starts_with(ARMOR_BEGIN)
+            && t.ends_with(b"-----END PGP MESSAGE-----")
+            && t.windows(ARMOR_BEGIN.len())
+                .filter(|w| *w == ARMOR_BEGIN)
+                .count()
+                == 1
+    };
+    let Some(msg) = mail_parser::MessageParser::default().parse(raw) else {
+        return false;
+    };
+    let is = |p: &mail_parser::MessagePart<'_>, t: &str, sub: &str| {
+        p.content_type().is_some_and(|c| {
+            c.ctype().eq_ignore_ascii_case(t)
+                && c.subtype().is_some_and(|s| s.eq_ignore_ascii_case(sub))
+        })
+    };
+    match msg.parts.as_slice() {
+        [root, version, data] if is(root, "multipart", "encrypted") => {
+            is(version, "application", "pgp-encrypted")
+                && is(data, "application", "octet-stream")
+                && one_block(data.contents())
+        }
+        [root] => one_block(root.contents()),
+        _ => false,
+    }
+}
+
 /// What to encrypt and for whom.
 pub struct EncryptRequest<'a> {
     /// The message as submitted (header and body).
@@ -289,6 +326,22 @@ mod tests {
         assert!(!is_encrypted(
             b"Content-Type: multipart/encrypted; protocol=\"application/pkcs7-mime\"\r\n\r\n"
         ));
+    }
+
+    #[test]
+    fn only_wholly_encrypted_mail_counts_as_already_encrypted() {
+        let armored = "-----BEGIN PGP MESSAGE-----\r\n\r\nhQEMA\r\n-----END PGP MESSAGE-----\r\n";
+        let inline = format!("Subject: x\r\n\r\n{armored}");
+        assert!(is_fully_encrypted(inline.as_bytes()));
+        let leaky = format!("Subject: x\r\n\r\nSecret plans\r\n{armored}");
+        assert!(is_encrypted(leaky.as_bytes()) && !is_fully_encrypted(leaky.as_bytes()));
+        let mime = format!("Content-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; boundary=b\r\n\r\n--b\r\nContent-Type: application/pgp-encrypted\r\n\r\nVersion: 1\r\n--b\r\nContent-Type: application/octet-stream\r\n\r\n{armored}--b--\r\n");
+        assert!(is_fully_encrypted(mime.as_bytes()));
+        let extra = mime.replace(
+            "--b--",
+            "--b\r\nContent-Type: text/plain\r\n\r\nplaintext\r\n--b--",
+        );
+        assert!(!is_fully_encrypted(extra.as_bytes()));
     }
 
     #[test]

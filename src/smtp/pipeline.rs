@@ -59,7 +59,7 @@ impl Outbound {
     /// The recipients whose keys are worth looking up (policy is not `plain`), or
     /// none when the message is already encrypted.
     pub fn wanted_keys(&self, env: &Envelope, raw: &[u8]) -> Vec<String> {
-        if pgp::is_encrypted(raw) {
+        if pgp::is_fully_encrypted(raw) {
             return Vec::new();
         }
         env.rcpts
@@ -77,7 +77,7 @@ impl Outbound {
         raw: &[u8],
         found: &FoundKeys,
     ) -> Result<Vec<OutgoingCopy>, Reply> {
-        if pgp::is_encrypted(raw) {
+        if pgp::is_fully_encrypted(raw) {
             // Already end-to-end encrypted by the client: relay as it is.
             return Ok(vec![OutgoingCopy {
                 rcpts: env.rcpts.clone(),

@@ -124,6 +124,10 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         cache: Arc::new(ViewCache::new(config.limits.view_cache_size)),
         max_message_size: config.limits.max_message_size,
         max_line_length: config.limits.max_line_length,
+        max_job_view_bytes: config
+            .limits
+            .view_cache_size
+            .max(config.limits.max_message_size),
     });
     let mut tasks = Vec::new();
     for account in &config.accounts {

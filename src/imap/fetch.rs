@@ -97,6 +97,10 @@ pub struct FetchJob {
     requested: Option<std::collections::HashSet<u32>>,
     /// Messages classified ahead, outside the client's set.
     ahead: Vec<Msg>,
+    /// Plaintext bytes this job may still hold in views: a FETCH over many messages
+    /// that decompress hugely (a decompression bomb) cannot exhaust memory; what is
+    /// beyond the budget is shown as stored and logged.
+    view_budget: usize,
 }
 
 /// How many UIDs past an explicit UID FETCH are classified in the same round trip.
@@ -294,6 +298,7 @@ impl FetchJob {
             views: Default::default(),
             requested: None,
             ahead: Vec::new(),
+            view_budget: 0,
         })
     }
 
@@ -333,6 +338,7 @@ impl FetchJob {
 
     /// Starts the job: the first upstream command.
     pub fn start(&mut self, ctx: &ImapContext) -> Vec<JobOutput> {
+        self.view_budget = ctx.max_job_view_bytes;
         if self.items.iter().any(|i| {
             matches!(
                 i,
@@ -526,7 +532,10 @@ impl FetchJob {
     }
 
     fn store_view(&mut self, uid: u32, raw: &[u8], ctx: &ImapContext) {
-        let view = ctx.view(&self.selected.identity, raw);
+        let view = ctx.view(&self.selected.identity, raw, self.view_budget);
+        if let ViewKind::Decrypted(_) = view.kind {
+            self.view_budget = self.view_budget.saturating_sub(view.bytes.len());
+        }
         if let (Some(ac), ViewKind::Decrypted(_)) = (&ctx.autocrypt, &view.kind) {
             // Inside encryption, Autocrypt-Gossip counts too (Autocrypt 1.1 §2.7).
             let (header, _) = crate::mime::split_message(&view.bytes);

@@ -23,6 +23,8 @@ pub struct ImapContext {
     pub max_message_size: usize,
     /// Longest line accepted from client or server.
     pub max_line_length: usize,
+    /// Decrypted bytes one FETCH may hold at once (see `fetch::FetchJob`).
+    pub max_job_view_bytes: usize,
 }
 
 impl ImapContext {
@@ -33,8 +35,9 @@ impl ImapContext {
             .find(|i| i.login.eq_ignore_ascii_case(login))
     }
 
-    /// The view of a stored message for `identity` (decrypting when it can).
-    pub fn view(&self, identity: &str, raw: &[u8]) -> View {
+    /// The view of a stored message for `identity` (decrypting when it can), with
+    /// at most `max_size` bytes of plaintext.
+    pub fn view(&self, identity: &str, raw: &[u8], max_size: usize) -> View {
         let Some(id) = self
             .identities
             .iter()
@@ -51,6 +54,11 @@ impl ImapContext {
             .map(|c| c.as_ref().clone())
             .unwrap_or_default();
         certs.push(id.cert.clone());
-        view_of(raw, &id.decryptors, &certs, self.max_message_size)
+        view_of(
+            raw,
+            &id.decryptors,
+            &certs,
+            max_size.min(self.max_message_size),
+        )
     }
 }

@@ -836,6 +836,7 @@ mod tests {
             cache: Arc::new(super::super::cache::ViewCache::new(1 << 20)),
             max_message_size: 1 << 20,
             max_line_length: 8192,
+            max_job_view_bytes: 1 << 20,
         })
     }
 

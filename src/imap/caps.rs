@@ -30,6 +30,9 @@ const REMOVED: &[&str] = &[
     "IMAP4REV2",
     "OBJECTID",
     "SAVEDATE",
+    // Gmail's FETCH items are not parsed by the proxy, so such FETCHes would bypass the
+    // decrypted view.
+    "X-GM-EXT-1",
 ];
 
 fn removed(cap: &str) -> bool {

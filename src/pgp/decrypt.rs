@@ -35,6 +35,13 @@ pub enum SignatureStatus {
     /// Verified with a known certificate.
     Good {
         fingerprint: String,
+        /// The addresses in the signer's valid user IDs (normalised).
+        addresses: Vec<String>,
+    },
+    /// Verified, but the signer's certificate does not carry the From address: the
+    /// message claims to be from someone other than who signed it.
+    WrongSigner {
+        fingerprint: String,
     },
     /// A signature that does not verify (tampered, or the key is not valid).
     Bad,
@@ -76,6 +83,18 @@ impl VerificationHelper for Helper<'_> {
                     let status = match result {
                         Ok(good) => SignatureStatus::Good {
                             fingerprint: good.ka.cert().fingerprint().to_hex(),
+                            addresses: good
+                                .ka
+                                .cert()
+                                .userids()
+                                .filter_map(|u| {
+                                    u.userid()
+                                        .email()
+                                        .ok()
+                                        .flatten()
+                                        .map(crate::keys::normalize_address)
+                                })
+                                .collect(),
                         },
                         Err(VerificationError::MissingKey { sig }) => SignatureStatus::UnknownKey {
                             issuer: sig
@@ -187,12 +206,39 @@ pub fn decrypt_bytes(
 }
 
 impl SignatureStatus {
+    /// A good signature counts only when the signer's certificate carries the From
+    /// address the client will show; otherwise it is reported as from someone else.
+    pub fn checked_against(self, from: Option<&str>) -> SignatureStatus {
+        match self {
+            SignatureStatus::Good {
+                fingerprint,
+                addresses,
+            } => {
+                let matches = from
+                    .map(crate::keys::normalize_address)
+                    .is_some_and(|f| addresses.contains(&f));
+                if matches {
+                    SignatureStatus::Good {
+                        fingerprint,
+                        addresses,
+                    }
+                } else {
+                    SignatureStatus::WrongSigner { fingerprint }
+                }
+            }
+            other => other,
+        }
+    }
+
     /// The value of the `Sealpost-Decrypted` header for this result.
     pub fn header_value(&self) -> String {
         match self {
             SignatureStatus::Unsigned => "yes; unsigned".into(),
-            SignatureStatus::Good { fingerprint } => {
+            SignatureStatus::Good { fingerprint, .. } => {
                 format!("yes; signature=good; signer={fingerprint}")
+            }
+            SignatureStatus::WrongSigner { fingerprint } => {
+                format!("yes; signature=not-from-sender; signer={fingerprint}")
             }
             SignatureStatus::Bad => "yes; signature=bad".into(),
             SignatureStatus::UnknownKey { issuer } => {

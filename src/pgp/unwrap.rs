@@ -106,12 +106,29 @@ pub fn view_of(raw: &[u8], keys: &[KeyPair], certs: &[Cert], max_size: usize) ->
             };
         }
     };
-    let status = format!(
-        "{STATUS_HEADER}: {}\r\n",
-        decrypted.signature.header_value()
-    );
     let (outer_header, _) = mime::split_message(&stripped);
     let outer: Vec<_> = mime::fields(outer_header);
+    // The From the client will show: the protected one when present, else the outer.
+    let inner_plain = mime::to_crlf(&decrypted.plaintext);
+    let (inner_head, _) = mime::split_message(&inner_plain);
+    let from_of = |fields: &[mime::Field<'_>]| {
+        fields.iter().find(|f| f.is("From")).and_then(|f| {
+            mail_parser::MessageParser::default()
+                .parse_headers(f.raw)
+                .and_then(|m| {
+                    m.from()
+                        .and_then(|a| a.first())
+                        .and_then(|a| a.address().map(str::to_string))
+                })
+        })
+    };
+    let from = if inline {
+        from_of(&outer)
+    } else {
+        from_of(&mime::fields(inner_head)).or_else(|| from_of(&outer))
+    };
+    let signature = decrypted.signature.checked_against(from.as_deref());
+    let status = format!("{STATUS_HEADER}: {}\r\n", signature.header_value());
     let mut out = Vec::with_capacity(decrypted.plaintext.len() + outer_header.len() + 256);
 
     if inline {
@@ -130,12 +147,11 @@ pub fn view_of(raw: &[u8], keys: &[KeyPair], certs: &[Cert], max_size: usize) ->
         out.extend_from_slice(&body);
         return View {
             bytes: out,
-            kind: ViewKind::Decrypted(decrypted.signature),
+            kind: ViewKind::Decrypted(signature.clone()),
         };
     }
 
-    let inner_raw = mime::to_crlf(&decrypted.plaintext);
-    let (inner_header, inner_body) = mime::split_message(&inner_raw);
+    let (inner_header, inner_body) = mime::split_message(&inner_plain);
     let inner: Vec<_> = mime::fields(inner_header)
         .into_iter()
         .filter(|f| !f.is(STATUS_HEADER))
@@ -188,7 +204,7 @@ pub fn view_of(raw: &[u8], keys: &[KeyPair], certs: &[Cert], max_size: usize) ->
     out.extend_from_slice(inner_body);
     View {
         bytes: out,
-        kind: ViewKind::Decrypted(decrypted.signature),
+        kind: ViewKind::Decrypted(signature.clone()),
     }
 }
 
@@ -259,6 +275,31 @@ mod tests {
             "{text}"
         );
         assert_eq!(text.matches("Subject:").count(), 1);
+        // Signed by a key whose user IDs do not carry the From address.
+        let bob_signer = signer(&bob);
+        let forged = super::super::encrypt_message(
+            &super::super::EncryptRequest {
+                raw: MSG,
+                recipients: std::slice::from_ref(&bob),
+                signer: Some(&bob_signer),
+                protect_headers: true,
+                boundary: "b4",
+                extra_outer: b"",
+            },
+            &[],
+        )
+        .unwrap();
+        let view = view_of(
+            &forged,
+            &keypairs(&bob),
+            std::slice::from_ref(&bob),
+            1 << 20,
+        );
+        let text = String::from_utf8(view.bytes).unwrap();
+        assert!(
+            text.contains("Sealpost-Decrypted: yes; signature=not-from-sender; signer="),
+            "{text}"
+        );
         // Without the signer's certificate the signature is of an unknown key.
         let view = view_of(&enc, &keypairs(&bob), &[], 1 << 20);
         assert!(matches!(

@@ -48,12 +48,10 @@ impl ImapContext {
                 kind: ViewKind::Undecryptable("no identity".into()),
             };
         };
-        let mut certs: Vec<sequoia_openpgp::Cert> = self
-            .store
-            .certs()
-            .map(|c| c.as_ref().clone())
-            .unwrap_or_default();
-        certs.push(id.cert.clone());
+        // References only: the store's certificates are shared, never copied per message.
+        let stored = self.store.certs().unwrap_or_default();
+        let mut certs: Vec<&sequoia_openpgp::Cert> = stored.iter().collect();
+        certs.push(&id.cert);
         view_of(
             raw,
             &id.decryptors,

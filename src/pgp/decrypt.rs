@@ -59,7 +59,7 @@ pub struct Decrypted {
 
 struct Helper<'a> {
     keys: &'a [KeyPair],
-    certs: &'a [Cert],
+    certs: &'a [&'a Cert],
     signature: SignatureStatus,
 }
 
@@ -68,6 +68,7 @@ impl VerificationHelper for Helper<'_> {
         Ok(self
             .certs
             .iter()
+            .copied()
             .filter(|c| {
                 ids.iter()
                     .any(|id| c.keys().any(|k| k.key().key_handle().aliases(id)))
@@ -159,7 +160,7 @@ impl DecryptionHelper for Helper<'_> {
 pub fn decrypt_bytes(
     ciphertext: &[u8],
     keys: &[KeyPair],
-    certs: &[Cert],
+    certs: &[&Cert],
     max_size: usize,
 ) -> Result<Decrypted, DecryptError> {
     if keys.is_empty() {

@@ -81,7 +81,7 @@ fn is_content_field(f: &mime::Field<'_>) -> bool {
 }
 
 /// Computes the view of a stored message.
-pub fn view_of(raw: &[u8], keys: &[KeyPair], certs: &[Cert], max_size: usize) -> View {
+pub fn view_of(raw: &[u8], keys: &[KeyPair], certs: &[&Cert], max_size: usize) -> View {
     let stripped = mime::without_fields(raw, &[STATUS_HEADER]);
     let Some(payload) = encrypted_payload(&stripped) else {
         return View {
@@ -136,7 +136,7 @@ pub fn view_of(raw: &[u8], keys: &[KeyPair], certs: &[Cert], max_size: usize) ->
             mime::push_line(&mut out, f.raw);
         }
         out.extend_from_slice(status.as_bytes());
-        let body = mime::to_crlf(&decrypted.plaintext);
+        let body = &inner_plain;
         let charset_line = if body.is_ascii() {
             "Content-Type: text/plain; charset=us-ascii\r\nContent-Transfer-Encoding: 7bit\r\n"
         } else {
@@ -144,7 +144,7 @@ pub fn view_of(raw: &[u8], keys: &[KeyPair], certs: &[Cert], max_size: usize) ->
         };
         out.extend_from_slice(charset_line.as_bytes());
         out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(&body);
+        out.extend_from_slice(body);
         return View {
             bytes: out,
             kind: ViewKind::Decrypted(signature.clone()),
@@ -262,7 +262,7 @@ mod tests {
             &[],
         )
         .unwrap();
-        let view = view_of(&enc, &keypairs(&bob), std::slice::from_ref(&alice), 1 << 20);
+        let view = view_of(&enc, &keypairs(&bob), &[&alice], 1 << 20);
         let text = String::from_utf8(view.bytes.clone()).unwrap();
         assert!(text.contains("Subject: Real subject\r\n"), "{text}");
         assert!(!text.contains("Subject: ..."), "{text}");
@@ -289,12 +289,7 @@ mod tests {
             &[],
         )
         .unwrap();
-        let view = view_of(
-            &forged,
-            &keypairs(&bob),
-            std::slice::from_ref(&bob),
-            1 << 20,
-        );
+        let view = view_of(&forged, &keypairs(&bob), &[&bob], 1 << 20);
         let text = String::from_utf8(view.bytes).unwrap();
         assert!(
             text.contains("Sealpost-Decrypted: yes; signature=not-from-sender; signer="),

@@ -142,11 +142,7 @@ impl AutocryptStore {
             if let (false, Some(cert)) = (critical_unknown, &h.key) {
                 if date > peer.autocrypt_timestamp {
                     peer.autocrypt_timestamp = date;
-                    peer.key = cert
-                        .armored()
-                        .to_vec()
-                        .ok()
-                        .and_then(|v| String::from_utf8(v).ok());
+                    peer.key = armored(cert);
                     peer.prefer_encrypt = h
                         .get("prefer-encrypt")
                         .map(|a| a.value.clone())
@@ -170,11 +166,7 @@ impl AutocryptStore {
                 let p = state.peers.entry(addr.clone()).or_default();
                 if date > p.gossip_timestamp {
                     p.gossip_timestamp = date;
-                    p.gossip_key = cert
-                        .armored()
-                        .to_vec()
-                        .ok()
-                        .and_then(|v| String::from_utf8(v).ok());
+                    p.gossip_key = armored(cert);
                     addrs.push(addr);
                 }
             }
@@ -185,6 +177,11 @@ impl AutocryptStore {
         self.save(&state);
         learned
     }
+}
+
+/// A certificate as the armored text the state file keeps.
+fn armored(cert: &Cert) -> Option<String> {
+    String::from_utf8(cert.armored().to_vec().ok()?).ok()
 }
 
 /// The `Autocrypt:` header field announcing `cert` for `addr` (minimal key:

@@ -244,20 +244,9 @@ pub fn encrypt_message(
     Ok(out)
 }
 
-/// Encrypts (and signs, inside the encryption) `plaintext` as an ASCII-armored
-/// OpenPGP message for every usable encryption subkey of `recipients`.
-pub fn encrypt_bytes(
-    plaintext: &[u8],
-    recipients: &[Cert],
-    signer: Option<&KeyPair>,
-) -> Result<Vec<u8>, PgpError> {
-    let mut sink = Vec::with_capacity(plaintext.len() * 4 / 3 + 1024);
-    encrypt_into(&mut sink, &[plaintext], recipients, signer)?;
-    Ok(sink)
-}
-
 /// The streaming core: the pieces of `plaintext` go through literal data, signing,
-/// encryption and armor into `sink`.
+/// encryption and armor into `sink`, for every usable encryption subkey of
+/// `recipients`.
 fn encrypt_into(
     sink: &mut (dyn Write + Send + Sync),
     plaintext: &[&[u8]],

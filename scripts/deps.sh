@@ -2,15 +2,23 @@
 # Installs the Debian/Ubuntu packages sealpost needs, and only those that are missing.
 #   scripts/deps.sh build   - what building sealpost needs
 #   scripts/deps.sh test    - that, plus the real servers and clients the tests start
+#   scripts/deps.sh interop - that, plus sq 1.x built from crates.io (make test-interop)
+# Packages are installed without Recommends, so every package a tool needs for what the
+# tests ask of it is named here (swaks speaks TLS only with libnet-ssleay-perl, a Recommends).
 set -euo pipefail
 
 build_pkgs=(pkg-config libclang-dev nettle-dev libgmp-dev libsqlite3-dev make gcc)
-test_pkgs=(gnupg sq swaks isync python3 python3-aiosmtpd dovecot-imapd curl openssl capnproto)
+test_pkgs=(gnupg gpg-agent sq swaks libnet-ssleay-perl isync python3 python3-aiosmtpd
+  dovecot-core dovecot-imapd curl openssl ca-certificates)
+# sequoia-sq 1.x links OpenSSL (openssl-sys) and compiles Cap'n Proto schemas.
+interop_pkgs=(libssl-dev capnproto)
 
-case "${1:-build}" in
+mode="${1:-build}"
+case "$mode" in
   build) wanted=("${build_pkgs[@]}") ;;
   test) wanted=("${build_pkgs[@]}" "${test_pkgs[@]}") ;;
-  *) echo "usage: $0 build|test" >&2; exit 2 ;;
+  interop) wanted=("${build_pkgs[@]}" "${test_pkgs[@]}" "${interop_pkgs[@]}") ;;
+  *) echo "usage: $0 build|test|interop" >&2; exit 2 ;;
 esac
 
 missing=()
@@ -36,11 +44,11 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # Debian's sq (0.27) predates the shared certificate directory, so the key-store
-# interoperability test uses sq 1.x from crates.io, built once into its own folder
+# interoperability test (make test-interop) uses sq 1.x from crates.io, built once into its own folder
 # (it must not shadow Debian's sq, whose command line other tests use).
 SQ1_ROOT=/opt/sealpost-test/sq
 SQ1_VERSION=1.5.0
-if [ "${1:-build}" = test ] && ! "$SQ1_ROOT/bin/sq" version 2>&1 | grep -q "^sq $SQ1_VERSION"; then
+if [ "$mode" = interop ] && ! "$SQ1_ROOT/bin/sq" version 2>&1 | grep -q "^sq $SQ1_VERSION"; then
   echo "building sq $SQ1_VERSION into $SQ1_ROOT (once; several minutes)" >&2
   $sudo mkdir -p "$SQ1_ROOT"
   $sudo env PATH="$PATH" CARGO_TARGET_DIR="${TMPDIR:-/tmp}/sealpost-sq-build" \

@@ -14,7 +14,13 @@ use std::time::Duration;
 /// to change.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error(
+        "no config file at {path}: name one with --config FILE, or make this one \
+         from config.example.toml (it documents every key)"
+    )]
+    Missing { path: PathBuf },
+    /// The cause is kept as the error's source, so a chain printer shows it once.
+    #[error("cannot read config file {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
@@ -328,9 +334,17 @@ fn default_view_cache_size() -> usize {
 impl Config {
     /// Reads, parses, resolves and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
+        let text = std::fs::read_to_string(path).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                ConfigError::Missing {
+                    path: path.to_path_buf(),
+                }
+            } else {
+                ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            }
         })?;
         Config::parse(&text, path)
     }

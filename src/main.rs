@@ -16,26 +16,24 @@ use std::process::ExitCode;
     about = "Transparent encrypting mail proxy (OpenPGP for SMTP and IMAP)"
 )]
 struct Cli {
+    /// The config file (accepted before or after any subcommand).
+    #[arg(long, short, global = true, value_name = "FILE", default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
 
+/// Where every command looks for its config when `--config` is not given.
+const DEFAULT_CONFIG: &str = "/etc/sealpost/sealpost.toml";
+
 #[derive(Subcommand)]
 enum Command {
     /// Start every listener of the config and serve until SIGTERM/SIGINT.
-    Run {
-        #[arg(long, short, default_value = "/etc/sealpost/sealpost.toml")]
-        config: PathBuf,
-    },
+    Run,
     /// Validate the config, load every key and reach every upstream.
-    Check {
-        #[arg(long, short, default_value = "/etc/sealpost/sealpost.toml")]
-        config: PathBuf,
-    },
+    Check,
     /// Manage the public key store.
     Keys {
-        #[arg(long, short, default_value = "/etc/sealpost/sealpost.toml")]
-        config: PathBuf,
         #[command(subcommand)]
         command: KeysCommand,
     },
@@ -89,19 +87,20 @@ fn main() -> ExitCode {
 }
 
 fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = cli.config;
     match cli.command {
-        Command::Run { config } => {
+        Command::Run => {
             init_logging();
             let config = Config::load(&config)?;
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             rt.block_on(sealpost::app::run(config))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { config } => {
+        Command::Check => {
             let config = match Config::load(&config) {
                 Ok(c) => c,
                 Err(e) => {
-                    println!("FAIL config: {e}");
+                    println!("FAIL config: {:#}", anyhow::Error::from(e));
                     return Ok(ExitCode::FAILURE);
                 }
             };
@@ -123,7 +122,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
-        Command::Keys { config, command } => {
+        Command::Keys { command } => {
             let config = Config::load(&config)?;
             let store = KeyStore::open(&config.key_dir())?;
             let discovery = || -> anyhow::Result<Discovery> {

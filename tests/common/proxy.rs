@@ -74,15 +74,15 @@ pub fn sealpost_bin() -> &'static str {
     env!("CARGO_BIN_EXE_sealpost")
 }
 
-/// Runs `sealpost ARGS --config CONFIG` to completion.
+/// Runs `sealpost ARGS --config CONFIG` to completion (`--config` is global: it may follow
+/// any subcommand).
 pub fn sealpost_cmd(config: &Path, args: &[&str]) -> std::process::Output {
-    let mut cmd = Command::new(sealpost_bin());
-    let (sub, rest) = args.split_first().expect("a subcommand");
-    cmd.arg(sub);
-    // `keys` takes --config before its own subcommand.
-    cmd.arg("--config").arg(config);
-    cmd.args(rest);
-    cmd.output().expect("run sealpost")
+    Command::new(sealpost_bin())
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .expect("run sealpost")
 }
 
 impl Proxy {

@@ -42,6 +42,8 @@ need "openssl (test CA)" openssl has_line '^OpenSSL 3' openssl version
 need "python3 with aiosmtpd (SMTP upstream)" python3-aiosmtpd /usr/bin/python3 -c "import aiosmtpd.controller, ssl"
 need "Dovecot IMAP server" dovecot-imapd test -x /usr/lib/dovecot/imap
 need "Dovecot master" dovecot-core has_line '^2\.' dovecot --version
+# The tests stop servers and sealpost with kill(1) and pkill (not the shell builtin).
+need "kill and pkill (signals to test servers)" procps test -x /usr/bin/pkill -a -x /bin/kill
 
 if [ "${1:-test}" = interop ]; then
   need "sq 1.x with a certificate store ($SQ1)" "run scripts/deps.sh interop (it builds sequoia-sq 1.x once)" \

@@ -9,7 +9,7 @@ set -euo pipefail
 
 build_pkgs=(pkg-config libclang-dev nettle-dev libgmp-dev libsqlite3-dev make gcc)
 test_pkgs=(gnupg gpg-agent sq swaks libnet-ssleay-perl isync python3 python3-aiosmtpd
-  dovecot-core dovecot-imapd curl openssl ca-certificates)
+  dovecot-core dovecot-imapd curl openssl ca-certificates procps)
 # sequoia-sq 1.x links OpenSSL (openssl-sys) and compiles Cap'n Proto schemas.
 interop_pkgs=(libssl-dev capnproto)
 

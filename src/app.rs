@@ -117,18 +117,30 @@ pub async fn run(config: Config) -> Result<(), AppError> {
             }
         });
     }
-    let imap_ctx = Arc::new(ImapContext {
-        autocrypt: Some(loaded.discovery.autocrypt().clone()),
-        identities: loaded.identities.clone(),
-        store: loaded.store.clone(),
-        cache: Arc::new(ViewCache::new(config.limits.view_cache_size)),
-        max_message_size: config.limits.max_message_size,
-        max_line_length: config.limits.max_line_length,
-        max_job_view_bytes: config
-            .limits
-            .view_cache_size
-            .max(config.limits.max_message_size),
-    });
+    // One view cache for the process; its keys carry the account.
+    let view_cache = Arc::new(ViewCache::new(config.limits.view_cache_size));
+    let imap_ctx = |account: &str| {
+        Arc::new(ImapContext {
+            account: account.into(),
+            autocrypt: Some(loaded.discovery.autocrypt().clone()),
+            // An identity serves only the sessions of its own account.
+            identities: config
+                .identities
+                .iter()
+                .zip(&loaded.identities)
+                .filter(|(c, _)| config.identity_account(c) == account)
+                .map(|(_, l)| l.clone())
+                .collect(),
+            store: loaded.store.clone(),
+            cache: view_cache.clone(),
+            max_message_size: config.limits.max_message_size,
+            max_line_length: config.limits.max_line_length,
+            max_job_view_bytes: config
+                .limits
+                .view_cache_size
+                .max(config.limits.max_message_size),
+        })
+    };
     let mut tasks = Vec::new();
     for account in &config.accounts {
         if let Some(smtp) = &account.smtp {
@@ -171,7 +183,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
             let (host, port) = split_host_port(&imap.upstream).expect("validated by Config::load");
             let service = Arc::new(ImapService {
                 account: account.name.clone(),
-                ctx: imap_ctx.clone(),
+                ctx: imap_ctx(&account.name),
                 upstream: ImapUpstream {
                     host,
                     port,

@@ -119,6 +119,10 @@ pub struct Identity {
     /// Login name at the provider when it differs from the address.
     #[serde(default)]
     pub login: Option<String>,
+    /// The `[[account]]` (by name) whose listeners this identity serves; required when
+    /// there are several accounts. Sessions of other accounts never use it.
+    #[serde(default)]
+    pub account: Option<String>,
     pub secret_key: PathBuf,
     #[serde(default)]
     pub passphrase_file: Option<PathBuf>,
@@ -310,9 +314,10 @@ fn default_max_message_size() -> usize {
     50 * 1024 * 1024
 }
 fn default_max_line_length() -> usize {
-    // RFC 5321 §4.5.3.1.6 asks for at least 1000 octets per text line; extensions and
-    // long AUTH responses need more, so give generous room while staying bounded.
-    16 * 1024
+    // RFC 5321 §4.5.3.1.6 asks for at least 1000 octets per text line; IMAP clients send
+    // UID sets of tens of KB for big mailboxes (mbsync, Thunderbird) and long AUTH
+    // responses, so give generous room while staying bounded.
+    64 * 1024
 }
 fn default_max_recipients() -> usize {
     100
@@ -398,6 +403,13 @@ impl Config {
         }
     }
 
+    /// The account an identity belongs to (validated: it exists).
+    pub fn identity_account<'a>(&'a self, id: &'a Identity) -> &'a str {
+        id.account
+            .as_deref()
+            .unwrap_or_else(|| self.accounts[0].name.as_str())
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         if self.accounts.is_empty() {
             return Err(self.invalid(
@@ -451,6 +463,22 @@ impl Config {
                     format!("identity[{i}].address"),
                     format!("{:?} is not an email address", id.address),
                 ));
+            }
+            match &id.account {
+                Some(name) if !self.accounts.iter().any(|a| &a.name == name) => {
+                    let known: Vec<&str> = self.accounts.iter().map(|a| a.name.as_str()).collect();
+                    return Err(self.invalid(
+                        format!("identity[{i}].account"),
+                        format!("no [[account]] is named {name:?}; the accounts are {known:?}"),
+                    ));
+                }
+                None if self.accounts.len() > 1 => {
+                    return Err(self.invalid(
+                        format!("identity[{i}].account"),
+                        "there are several [[account]]s: name the one this identity belongs to, e.g. account = \"corp\"",
+                    ));
+                }
+                _ => {}
             }
         }
         for (i, rule) in self.policy.rules.iter().enumerate() {

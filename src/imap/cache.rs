@@ -1,6 +1,6 @@
 //! The decrypted-view cache, shared by every IMAP session of the process.
 //!
-//! Keyed by (identity, mailbox, UIDVALIDITY, UID): a UID names one immutable message
+//! Keyed by (account, identity, mailbox, UIDVALIDITY, UID): a UID names one immutable message
 //! for as long as UIDVALIDITY is unchanged (RFC 3501 §2.3.1.1), so an entry never goes
 //! stale; a change of UIDVALIDITY simply stops matching. Bounded by total bytes, the
 //! least recently used entries go first. Also remembers which messages need no view,
@@ -12,6 +12,8 @@ use std::sync::{Arc, Mutex};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Key {
+    /// The `[[account]]` whose listener the session came in on.
+    pub account: Arc<str>,
     pub identity: String,
     pub mailbox: String,
     pub uidvalidity: u32,
@@ -121,6 +123,7 @@ mod tests {
 
     fn key(uid: u32) -> Key {
         Key {
+            account: "acct".into(),
             identity: "a@x".into(),
             mailbox: "INBOX".into(),
             uidvalidity: 7,

@@ -46,6 +46,8 @@ fn removed(cap: &str) -> bool {
     })
 }
 
+use imap_types::response::{Bye, Code, Data, Response, Status, StatusBody, Tagged};
+
 /// What the client connection adds to the list.
 #[derive(Debug, Clone, Copy)]
 pub struct Local {
@@ -73,34 +75,73 @@ pub fn filter_list(caps: &[&str], local: Local) -> Vec<String> {
     out
 }
 
-/// Rewrites a response line carrying capabilities: an untagged `CAPABILITY`
-/// response or a `[CAPABILITY ...]` response code. Other lines come back unchanged.
-pub fn filter_line(line: &[u8], local: Local) -> Vec<u8> {
-    let Ok(text) = std::str::from_utf8(line) else {
+/// Rewrites a decoded server response that carries capabilities: an untagged
+/// `CAPABILITY` response, or a status response with a `[CAPABILITY ...]` code. Every
+/// other response comes back byte for byte (a Subject that reads `[CAPABILITY ...]`
+/// inside FETCH data is data, not a capability list).
+pub fn filter_response(line: &[u8], response: &Response<'_>, local: Local) -> Vec<u8> {
+    match response {
+        Response::Data(Data::Capability(_)) => {
+            // The atoms as sent (imap-codec normalises their case).
+            let text = String::from_utf8_lossy(line);
+            let body = text.get("* CAPABILITY ".len()..).unwrap_or("");
+            let caps: Vec<&str> = body.trim_end_matches(['\r', '\n']).split(' ').collect();
+            format!("* CAPABILITY {}\r\n", filter_list(&caps, local).join(" ")).into_bytes()
+        }
+        Response::Status(
+            Status::Untagged(StatusBody {
+                code: Some(Code::Capability(_)),
+                ..
+            })
+            | Status::Tagged(Tagged {
+                body:
+                    StatusBody {
+                        code: Some(Code::Capability(_)),
+                        ..
+                    },
+                ..
+            })
+            | Status::Bye(Bye {
+                code: Some(Code::Capability(_)),
+                ..
+            }),
+        ) => filter_code(line, local),
+        _ => line.to_vec(),
+    }
+}
+
+/// Filters the capability list of the response code of a status line already decoded
+/// as one (`tag SP kind SP "[CAPABILITY" SP list "]" SP text`, RFC 3501 §7.1); the
+/// rest of the line is kept as sent.
+pub fn filter_code(line: &[u8], local: Local) -> Vec<u8> {
+    let Some(open) = code_start(line) else {
         return line.to_vec();
     };
-    let upper = text.to_ascii_uppercase();
-    // Untagged CAPABILITY response: "* CAPABILITY a b c\r\n".
-    if upper.starts_with("* CAPABILITY ") {
-        let body = text["* CAPABILITY ".len()..].trim_end_matches(['\r', '\n']);
-        let caps: Vec<&str> = body.split(' ').collect();
-        let filtered = filter_list(&caps, local);
-        return format!("* CAPABILITY {}\r\n", filtered.join(" ")).into_bytes();
-    }
-    // Response code: "... [CAPABILITY a b c] text".
-    if let Some(start) = upper.find("[CAPABILITY ") {
-        let from = start + "[CAPABILITY ".len();
-        if let Some(end) = text[from..].find(']') {
-            let caps: Vec<&str> = text[from..from + end].split(' ').collect();
-            let filtered = filter_list(&caps, local);
-            let mut out = String::with_capacity(text.len());
-            out.push_str(&text[..from]);
-            out.push_str(&filtered.join(" "));
-            out.push_str(&text[from + end..]);
-            return out.into_bytes();
-        }
-    }
-    line.to_vec()
+    let Some(close) = line[open..]
+        .iter()
+        .position(|&b| b == b']')
+        .map(|p| open + p)
+    else {
+        return line.to_vec();
+    };
+    let inner = String::from_utf8_lossy(&line[open + 1..close]);
+    let Some(list) = inner.get("CAPABILITY ".len()..) else {
+        return line.to_vec();
+    };
+    let refs: Vec<&str> = list.split(' ').collect();
+    let mut out = line[..open + 1].to_vec();
+    out.extend_from_slice(b"CAPABILITY ");
+    out.extend_from_slice(filter_list(&refs, local).join(" ").as_bytes());
+    out.extend_from_slice(&line[close..]);
+    out
+}
+
+/// Where the `[` of a status line's response code is: after the tag (or `*`) and the
+/// status word.
+fn code_start(line: &[u8]) -> Option<usize> {
+    let tag_end = line.iter().position(|&b| b == b' ')?;
+    let kind_end = tag_end + 1 + line[tag_end + 1..].iter().position(|&b| b == b' ')?;
+    (line.get(kind_end + 1) == Some(&b'[')).then_some(kind_end + 1)
 }
 
 #[cfg(test)]
@@ -111,6 +152,14 @@ mod tests {
         starttls: false,
         login_disabled: false,
     };
+
+    fn filter_line(line: &[u8], local: Local) -> Vec<u8> {
+        use imap_codec::decode::Decoder;
+        match imap_codec::ResponseCodec::default().decode(line) {
+            Ok((_, r)) => filter_response(line, &r, local),
+            Err(_) => line.to_vec(),
+        }
+    }
 
     #[test]
     fn greeting_code_is_filtered_and_the_rest_kept() {
@@ -143,5 +192,16 @@ mod tests {
         );
         let other = b"* 3 FETCH (FLAGS (\\Seen))\r\n";
         assert_eq!(filter_line(other, NONE), other.to_vec());
+    }
+
+    /// Defect: a Subject reading `[CAPABILITY ...]` in a relayed FETCH was rewritten.
+    #[test]
+    fn capability_text_inside_data_is_left_alone() {
+        let fetch = b"* 4 FETCH (UID 9 ENVELOPE (NIL \"Re: [CAPABILITY SORT BINARY] who broke it\" NIL NIL NIL NIL NIL NIL NIL NIL))\r\n";
+        assert_eq!(filter_line(fetch, NONE), fetch.to_vec());
+        let text = b"a1 OK done [CAPABILITY SORT]\r\n";
+        assert_eq!(filter_line(text, NONE), text.to_vec());
+        let list = b"* LIST () \"/\" \"[CAPABILITY SORT]\"\r\n";
+        assert_eq!(filter_line(list, NONE), list.to_vec());
     }
 }

@@ -26,6 +26,7 @@ use imap_codec::decode::Decoder;
 use imap_codec::encode::Encoder;
 use imap_codec::ResponseCodec;
 use imap_types::body::{BodyStructure, SpecificFields};
+use imap_types::command::FetchModifier;
 use imap_types::core::{IString, Literal, NString, Vec1};
 use imap_types::fetch::{
     Macro, MacroOrMessageDataItemNames, MessageDataItem, MessageDataItemName, Section,
@@ -70,6 +71,8 @@ pub enum JobOutput {
 /// Mailbox context of the FETCH.
 #[derive(Debug, Clone)]
 pub struct Selected {
+    /// The account of the listener (views are never shared across accounts).
+    pub account: Arc<str>,
     pub identity: String,
     pub mailbox: String,
     pub uidvalidity: u32,
@@ -81,6 +84,12 @@ pub struct FetchJob {
     uid: bool,
     set_text: String,
     items_text: String,
+    /// CONDSTORE `CHANGEDSINCE` (RFC 7162 §3.1.4.1): every step asks only for messages
+    /// changed since, and MODSEQ is returned.
+    changed_since: Option<u64>,
+    /// QRESYNC `VANISHED` (RFC 7162 §3.2.6): asked once, in classification, so the
+    /// client gets each `VANISHED (EARLIER)` response once.
+    vanished: bool,
     items: Vec<MessageDataItemName<'static>>,
     selected: Selected,
     step: Step,
@@ -174,6 +183,7 @@ pub fn known_plain(ctx: &ImapContext, selected: &Selected, line: &[u8]) -> bool 
     };
     uids.iter().all(|&uid| {
         let key = Key {
+            account: selected.account.clone(),
             identity: selected.identity.clone(),
             mailbox: selected.mailbox.clone(),
             uidvalidity: selected.uidvalidity,
@@ -275,18 +285,43 @@ impl FetchJob {
         uid: bool,
         line: &[u8],
         items: Vec<MessageDataItemName<'static>>,
+        modifiers: &[FetchModifier],
         selected: Selected,
         tag_prefix: &str,
     ) -> Option<FetchJob> {
         if !needs_view(&items) {
             return None;
         }
-        let (set_text, items_text) = split_fetch_line(line)?;
+        let (set_text, mut items_text) = split_fetch_line(line)?;
+        let changed_since = modifiers.iter().find_map(|m| match m {
+            FetchModifier::ChangedSince(n) => Some(n.get()),
+            FetchModifier::Vanished => None,
+        });
+        let vanished = modifiers
+            .iter()
+            .any(|m| matches!(m, FetchModifier::Vanished));
+        if !modifiers.is_empty() {
+            // The steps carry the modifiers themselves (RFC 7162 §3.1.4.1, §3.2.6).
+            let upper = items_text.to_ascii_uppercase();
+            let at = upper
+                .rfind("(CHANGEDSINCE")
+                .into_iter()
+                .chain(upper.rfind("(VANISHED"))
+                .min()?;
+            items_text = items_text[..at].trim_end().to_string();
+        }
+        let mut items = items;
+        if changed_since.is_some() && !items.contains(&MessageDataItemName::ModSeq) {
+            // RFC 7162 §3.1.4.1: with CHANGEDSINCE every response carries MODSEQ.
+            items.push(MessageDataItemName::ModSeq);
+        }
         Some(FetchJob {
             client_tag: client_tag.to_string(),
             uid,
             set_text,
             items_text,
+            changed_since,
+            vanished,
             sets_seen: items.iter().any(sets_seen) && !selected.read_only,
             items,
             selected,
@@ -304,6 +339,7 @@ impl FetchJob {
 
     fn key(&self, uid: u32) -> Key {
         Key {
+            account: self.selected.account.clone(),
             identity: self.selected.identity.clone(),
             mailbox: self.selected.mailbox.clone(),
             uidvalidity: self.selected.uidvalidity,
@@ -356,7 +392,8 @@ impl FetchJob {
         }
         // A UID FETCH of messages all known already skips classification.
         let mut classify_set = self.set_text.clone();
-        if self.uid {
+        // With CHANGEDSINCE only upstream knows which messages are meant: always ask.
+        if self.uid && self.changed_since.is_none() {
             if let Some(uids) = explicit_uids(&self.set_text) {
                 let mut msgs = Vec::new();
                 for &uid in &uids {
@@ -392,9 +429,10 @@ impl FetchJob {
         }
         self.step = Step::Classify;
         let body = format!(
-            "{}FETCH {} (UID BODYSTRUCTURE BODY.PEEK[HEADER.FIELDS (SEALPOST-DECRYPTED)])",
+            "{}FETCH {} (UID BODYSTRUCTURE BODY.PEEK[HEADER.FIELDS (SEALPOST-DECRYPTED)]){}",
             self.uid_prefix(),
-            classify_set
+            classify_set,
+            self.modifier_text(self.vanished)
         );
         vec![self.command(body)]
     }
@@ -417,6 +455,8 @@ impl FetchJob {
             }
             let bytes = match frame {
                 Frame::Line { bytes, .. } | Frame::Literal { bytes, .. } => bytes.clone(),
+                // The session closes the connection before a job sees one.
+                Frame::Overlong { .. } => Vec::new(),
             };
             return (vec![JobOutput::Client(bytes)], false);
         }
@@ -686,14 +726,24 @@ impl FetchJob {
         self.after_download(ctx)
     }
 
+    /// ` (CHANGEDSINCE n[ VANISHED])` for a step's FETCH, or nothing.
+    fn modifier_text(&self, vanished: bool) -> String {
+        match self.changed_since {
+            Some(n) if vanished => format!(" (CHANGEDSINCE {n} VANISHED)"),
+            Some(n) => format!(" (CHANGEDSINCE {n})"),
+            None => String::new(),
+        }
+    }
+
     fn after_download(&mut self, _ctx: &ImapContext) -> Vec<JobOutput> {
         if self.msgs.iter().any(|m| m.class == Class::Plain) {
             self.step = Step::Plain;
             let body = format!(
-                "{}FETCH {} {}",
+                "{}FETCH {} {}{}",
                 self.uid_prefix(),
                 self.set_of(Class::Plain),
-                self.items_text
+                self.items_text,
+                self.modifier_text(false)
             );
             return vec![self.command(body)];
         }
@@ -733,11 +783,15 @@ impl FetchJob {
         if self.sets_seen && !names.iter().any(|x| x == "FLAGS") {
             names.push("FLAGS".into());
         }
+        if self.changed_since.is_some() && !names.iter().any(|x| x == "MODSEQ") {
+            names.push("MODSEQ".into());
+        }
         let body = format!(
-            "{}FETCH {} ({})",
+            "{}FETCH {} ({}){}",
             self.uid_prefix(),
             self.set_of(Class::Special),
-            names.join(" ")
+            names.join(" "),
+            self.modifier_text(false)
         );
         vec![self.command(body)]
     }

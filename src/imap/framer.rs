@@ -7,6 +7,12 @@
 //! cares about are parsed. Literal data is handed out in chunks as it arrives, so large
 //! messages stream through; the bytes of the current message are also captured up to a
 //! bound so that small messages can be parsed once complete.
+//!
+//! The framer enforces no literal limit itself: whether a literal is too large is the
+//! session's decision, and whatever it decides the literal's bytes stay literal bytes
+//! (a refused non-synchronizing literal is still framed, and dropped, byte for byte).
+//! A line over the limit is not kept, but its start (the tag) and its end (a literal it
+//! announces) are, so it can get a tagged reply and its literal is still skipped.
 
 /// A piece of the stream.
 #[derive(Debug, PartialEq, Eq)]
@@ -21,39 +27,56 @@ pub enum Frame {
     },
     /// A chunk of literal data; `last` when the literal is complete.
     Literal { bytes: Vec<u8>, last: bool },
+    /// A line longer than the limit, dropped: `head` holds its first bytes (where a
+    /// command's tag is), `literal` what its end announced, `first` as for a line.
+    Overlong {
+        head: Vec<u8>,
+        first: bool,
+        literal: Option<(u64, bool)>,
+    },
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum FrameError {
-    #[error("line longer than {0} bytes")]
-    LineTooLong(usize),
-    #[error("literal of {0} bytes exceeds the limit")]
-    LiteralTooLarge(u64),
+/// Bytes kept of an over-long line's start and end.
+const KEEP_HEAD: usize = 256;
+const KEEP_TAIL: usize = 32;
+
+/// An over-long line being skipped.
+struct Skip {
+    head: Vec<u8>,
+    tail: Vec<u8>,
 }
 
 pub struct Framer {
     buf: Vec<u8>,
-    /// Dropping the rest of an over-long line, up to its LF.
-    skipping: bool,
+    skipping: Option<Skip>,
     literal_left: u64,
     first: bool,
     max_line: usize,
-    max_literal: u64,
+    /// Lines only: literal announcements are not honoured (SASL responses, RFC 3501
+    /// §6.2.2, are base64 lines and never carry literals).
+    lines_only: bool,
     capture: Vec<u8>,
     capture_limit: usize,
     captured_all: bool,
     complete: bool,
 }
 
+fn keep_tail(tail: &mut Vec<u8>, more: &[u8]) {
+    tail.extend_from_slice(more);
+    if tail.len() > KEEP_TAIL {
+        tail.drain(..tail.len() - KEEP_TAIL);
+    }
+}
+
 impl Framer {
-    pub fn new(max_line: usize, max_literal: u64, capture_limit: usize) -> Framer {
+    pub fn new(max_line: usize, capture_limit: usize) -> Framer {
         Framer {
             buf: Vec::new(),
-            skipping: false,
+            skipping: None,
             literal_left: 0,
             first: true,
             max_line,
-            max_literal,
+            lines_only: false,
             capture: Vec::new(),
             capture_limit,
             captured_all: true,
@@ -70,10 +93,21 @@ impl Framer {
         self.buf.len()
     }
 
+    /// Takes the bytes received but not yet framed (to hold them while the session
+    /// cannot act on them).
+    pub fn take_pending(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.buf)
+    }
+
+    /// Honour literal announcements (`false`) or treat every line as a whole message.
+    pub fn set_lines_only(&mut self, on: bool) {
+        self.lines_only = on;
+    }
+
     /// Drops everything buffered (after STARTTLS, RFC 3501 §6.2.1 / CVE-2011-0411).
     pub fn clear(&mut self) {
         self.buf.clear();
-        self.skipping = false;
+        self.skipping = None;
         self.literal_left = 0;
         self.first = true;
         self.capture.clear();
@@ -94,6 +128,11 @@ impl Framer {
         self.complete
     }
 
+    /// True while a message has started and not ended.
+    pub fn in_message(&self) -> bool {
+        !self.first || self.literal_left > 0
+    }
+
     /// The current (or just completed) message, if it fit in the capture bound.
     pub fn message(&self) -> Option<&[u8]> {
         self.captured_all.then_some(self.capture.as_slice())
@@ -107,62 +146,9 @@ impl Framer {
         }
     }
 
-    /// The next frame, or `None` when more input is needed.
-    pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
-        if self.complete {
-            self.complete = false;
-            self.capture.clear();
-            self.captured_all = true;
-        }
-        if self.literal_left > 0 {
-            if self.buf.is_empty() {
-                return Ok(None);
-            }
-            let n = (self.literal_left.min(self.buf.len() as u64)) as usize;
-            let bytes: Vec<u8> = self.buf.drain(..n).collect();
-            self.literal_left -= n as u64;
-            self.record(&bytes);
-            return Ok(Some(Frame::Literal {
-                bytes,
-                last: self.literal_left == 0,
-            }));
-        }
-        if self.skipping {
-            match self.buf.iter().position(|&b| b == b'\n') {
-                Some(pos) => {
-                    self.buf.drain(..=pos);
-                    self.skipping = false;
-                }
-                None => {
-                    self.buf.clear();
-                    return Ok(None);
-                }
-            }
-        }
-        let Some(pos) = self.buf.iter().position(|&b| b == b'\n') else {
-            if self.buf.len() > self.max_line {
-                // Report once, then drop everything up to the line's end.
-                self.buf.clear();
-                self.skipping = true;
-                self.reset_message();
-                return Err(FrameError::LineTooLong(self.max_line));
-            }
-            return Ok(None);
-        };
-        if pos + 1 > self.max_line {
-            self.buf.drain(..=pos);
-            self.reset_message();
-            return Err(FrameError::LineTooLong(self.max_line));
-        }
-        let bytes: Vec<u8> = self.buf.drain(..=pos).collect();
-        let literal = literal_announcement(&bytes);
-        let first = self.first;
-        self.record(&bytes);
+    /// After a line: what it announced decides whether the message goes on.
+    fn end_of_line(&mut self, literal: Option<(u64, bool)>) {
         match literal {
-            Some((n, _)) if n > self.max_literal => {
-                self.reset_message();
-                return Err(FrameError::LiteralTooLarge(n));
-            }
             Some((n, _)) if n > 0 => {
                 self.literal_left = n;
                 self.first = false;
@@ -173,11 +159,87 @@ impl Framer {
                 self.complete = true;
             }
         }
-        Ok(Some(Frame::Line {
+    }
+
+    fn announcement(&self, line: &[u8]) -> Option<(u64, bool)> {
+        if self.lines_only {
+            None
+        } else {
+            literal_announcement(line)
+        }
+    }
+
+    /// The next frame, or `None` when more input is needed.
+    pub fn next_frame(&mut self) -> Option<Frame> {
+        if self.complete {
+            self.complete = false;
+            self.capture.clear();
+            self.captured_all = true;
+        }
+        if self.literal_left > 0 {
+            if self.buf.is_empty() {
+                return None;
+            }
+            let n = (self.literal_left.min(self.buf.len() as u64)) as usize;
+            let bytes: Vec<u8> = self.buf.drain(..n).collect();
+            self.literal_left -= n as u64;
+            self.record(&bytes);
+            return Some(Frame::Literal {
+                bytes,
+                last: self.literal_left == 0,
+            });
+        }
+        if let Some(skip) = &mut self.skipping {
+            let Some(pos) = self.buf.iter().position(|&b| b == b'\n') else {
+                keep_tail(&mut skip.tail, &self.buf);
+                self.buf.clear();
+                return None;
+            };
+            keep_tail(&mut skip.tail, &self.buf[..=pos]);
+            self.buf.drain(..=pos);
+            let skip = self.skipping.take().expect("skipping");
+            return Some(self.overlong(skip));
+        }
+        let Some(pos) = self.buf.iter().position(|&b| b == b'\n') else {
+            if self.buf.len() > self.max_line {
+                let head = self.buf[..KEEP_HEAD.min(self.buf.len())].to_vec();
+                let mut tail = Vec::new();
+                keep_tail(&mut tail, &self.buf);
+                self.buf.clear();
+                self.skipping = Some(Skip { head, tail });
+            }
+            return None;
+        };
+        if pos + 1 > self.max_line {
+            let head = self.buf[..KEEP_HEAD.min(pos + 1)].to_vec();
+            let mut tail = Vec::new();
+            keep_tail(&mut tail, &self.buf[..=pos]);
+            self.buf.drain(..=pos);
+            return Some(self.overlong(Skip { head, tail }));
+        }
+        let bytes: Vec<u8> = self.buf.drain(..=pos).collect();
+        let literal = self.announcement(&bytes);
+        let first = self.first;
+        self.record(&bytes);
+        self.end_of_line(literal);
+        Some(Frame::Line {
             bytes,
             first,
             literal,
-        }))
+        })
+    }
+
+    fn overlong(&mut self, skip: Skip) -> Frame {
+        let literal = self.announcement(&skip.tail);
+        let first = self.first;
+        // The message cannot be captured whole any more.
+        self.captured_all = false;
+        self.end_of_line(literal);
+        Frame::Overlong {
+            head: skip.head,
+            first,
+            literal,
+        }
     }
 }
 
@@ -203,12 +265,12 @@ pub fn literal_announcement(line: &[u8]) -> Option<(u64, bool)> {
 mod tests {
     use super::*;
 
-    fn frames(input: &[u8], chunk: usize) -> Vec<Frame> {
-        let mut f = Framer::new(1000, 1 << 20, 4096);
+    fn frames(input: &[u8], chunk: usize, max_line: usize) -> Vec<Frame> {
+        let mut f = Framer::new(max_line, 4096);
         let mut out = Vec::new();
         for piece in input.chunks(chunk) {
             f.push(piece);
-            while let Some(fr) = f.next_frame().unwrap() {
+            while let Some(fr) = f.next_frame() {
                 out.push(fr);
             }
         }
@@ -235,7 +297,7 @@ mod tests {
     #[test]
     fn lines_and_literals_at_every_split() {
         let input = b"a1 LOGIN {5}\r\nalice {3+}\r\npw!\r\na2 NOOP\r\n";
-        let reference = frames(input, input.len());
+        let reference = frames(input, input.len(), 1000);
         assert_eq!(reference.len(), 6);
         assert_eq!(
             reference[0],
@@ -254,16 +316,16 @@ mod tests {
             }
         );
         for chunk in 1..input.len() {
-            assert_eq!(frames(input, chunk), reference, "chunk {chunk}");
+            assert_eq!(frames(input, chunk, 1000), reference, "chunk {chunk}");
         }
     }
 
     #[test]
     fn captures_whole_messages_within_bound() {
-        let mut f = Framer::new(1000, 100, 16);
+        let mut f = Framer::new(1000, 16);
         f.push(b"a LOGIN {3}\r\nabc x\r\nb NOOP\r\n");
         let mut complete = Vec::new();
-        while let Some(_fr) = f.next_frame().unwrap() {
+        while let Some(_fr) = f.next_frame() {
             if f.message_complete() {
                 complete.push(f.message().map(|m| m.to_vec()));
             }
@@ -272,28 +334,74 @@ mod tests {
     }
 
     #[test]
-    fn an_over_long_line_is_reported_once_and_skipped() {
-        let mut f = Framer::new(10, 5, 100);
-        f.push(&[b'a'; 50]);
-        assert_eq!(f.next_frame(), Err(FrameError::LineTooLong(10)));
-        assert_eq!(f.next_frame(), Ok(None));
-        assert_eq!(f.pending(), 0, "nothing of the long line is kept");
-        f.push(b"aaaa\r\nx NOOP\r\n");
+    fn an_over_long_line_keeps_its_tag_and_is_skipped_at_every_split() {
+        let mut input = b"t7 UID FETCH 1".to_vec();
+        for i in 2..400 {
+            input.extend_from_slice(format!(",{i}").as_bytes());
+        }
+        input.extend_from_slice(b" (FLAGS)\r\nx NOOP\r\n");
+        for chunk in [1, 7, 100, input.len()] {
+            let got = frames(&input, chunk, 100);
+            assert_eq!(got.len(), 2, "chunk {chunk}: {got:?}");
+            match &got[0] {
+                Frame::Overlong {
+                    head,
+                    first: true,
+                    literal: None,
+                } => assert!(head.starts_with(b"t7 UID FETCH 1,2,3")),
+                other => panic!("chunk {chunk}: {other:?}"),
+            }
+            assert!(matches!(&got[1], Frame::Line { bytes, .. } if bytes == b"x NOOP\r\n"));
+        }
+    }
+
+    /// The literal an over-long line announces is still a literal: its bytes never
+    /// come out as lines.
+    #[test]
+    fn the_literal_of_an_over_long_line_is_still_skipped() {
+        let mut input = b"a1 APPEND INBOX (".to_vec();
+        input.extend(std::iter::repeat_n(b'x', 300));
+        input.extend_from_slice(b") {26+}\r\nZ1 STORE 1:* +FLAGS (\\D)\r\n\r\nb NOOP\r\n");
+        for chunk in [1, 5, input.len()] {
+            let got = frames(&input, chunk, 100);
+            assert!(
+                matches!(
+                    &got[0],
+                    Frame::Overlong {
+                        literal: Some((26, false)),
+                        first: true,
+                        ..
+                    }
+                ),
+                "{got:?}"
+            );
+            assert!(matches!(&got[1], Frame::Literal { last: true, .. }));
+            assert!(matches!(&got[2], Frame::Line { first: false, .. }));
+            assert!(
+                matches!(&got[3], Frame::Line { bytes, first: true, .. } if bytes == b"b NOOP\r\n")
+            );
+        }
+    }
+
+    #[test]
+    fn lines_only_ignores_literal_announcements() {
+        let mut f = Framer::new(100, 100);
+        f.set_lines_only(true);
+        f.push(b"abc{5}\r\nx NOOP\r\n");
         assert!(matches!(
             f.next_frame(),
-            Ok(Some(Frame::Line { bytes, .. })) if bytes == b"x NOOP\r\n"
+            Some(Frame::Line { literal: None, .. })
+        ));
+        assert!(matches!(
+            f.next_frame(),
+            Some(Frame::Line { first: true, .. })
         ));
     }
 
     #[test]
-    fn limits() {
-        let mut f = Framer::new(10, 5, 100);
-        f.push(b"0123456789abc\r\nok\r\n");
-        assert_eq!(f.next_frame(), Err(FrameError::LineTooLong(10)));
-        assert!(matches!(f.next_frame(), Ok(Some(Frame::Line { .. }))));
-        f.push(b"a {6}\r\n");
-        assert_eq!(f.next_frame(), Err(FrameError::LiteralTooLarge(6)));
+    fn announcements() {
         assert_eq!(literal_announcement(b"x {12+}\r\n"), Some((12, false)));
+        assert_eq!(literal_announcement(b"x {12}\r\n"), Some((12, true)));
         assert_eq!(literal_announcement(b"x {}\r\n"), None);
         assert_eq!(literal_announcement(b"x {1a}\r\n"), None);
     }

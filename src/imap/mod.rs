@@ -14,6 +14,8 @@ use std::sync::Arc;
 
 /// Shared by every IMAP session of the process.
 pub struct ImapContext {
+    /// The `[[account]]` this context serves; its listeners' sessions use only it.
+    pub account: Arc<str>,
     /// Learns peers' keys from Autocrypt headers in fetched mail.
     pub autocrypt: Option<Arc<crate::keys::autocrypt::AutocryptStore>>,
     pub identities: Vec<Arc<LoadedIdentity>>,
@@ -28,7 +30,8 @@ pub struct ImapContext {
 }
 
 impl ImapContext {
-    /// The identity whose key decrypts for a login name (`login`, else `address`).
+    /// The identity whose key decrypts for a login name (`login`, else `address`),
+    /// among this account's identities only.
     pub fn identity_for_login(&self, login: &str) -> Option<&Arc<LoadedIdentity>> {
         self.identities
             .iter()

@@ -1,11 +1,20 @@
 //! One proxied IMAP conversation, without I/O.
 //!
 //! Bytes from the client and from upstream are fed in; what to send where comes out.
-//! Messages are relayed as they are framed (literals stream through), with four
-//! exceptions: capability lists are filtered ([`super::caps`]); STARTTLS towards the
-//! client is answered here (the upstream link is secured separately); plaintext
-//! LOGIN/AUTHENTICATE is refused on a non-loopback listener before TLS; and a FETCH
-//! in a selected mailbox that asks for content is answered by a [`FetchJob`].
+//! The session is built in two layers:
+//!
+//! * **relay**: both directions are framed ([`Framer`]: lines and literals, literals
+//!   streamed), and every complete client command without a literal, and every server
+//!   response sealpost acts on, is decoded once with imap-codec. Decisions are made
+//!   from those parsed values; the original bytes are relayed unless sealpost rewrites
+//!   that message (capability lists, FETCH of encrypted mail).
+//! * **flow**: [`Phase`] is the IMAP state (RFC 3501 §3), each variant owning its data;
+//!   [`Inflow`] says what the client message being framed is for; commands in flight are
+//!   kept by their (unique) tag with what their completion means ([`Pending`]).
+//!
+//! The identity that decrypts is fixed once, on the NotAuthenticated → Authenticated
+//! transition, by the tagged reply to the LOGIN or AUTHENTICATE that caused it: a tag
+//! already in flight is refused, and a second LOGIN is answered by sealpost itself.
 
 use super::caps::{self, Local};
 use super::fetch::{self, FetchJob, JobOutput, Selected};
@@ -13,10 +22,11 @@ use super::framer::{Frame, Framer};
 use super::ImapContext;
 use base64::Engine;
 use imap_codec::decode::Decoder;
-use imap_codec::CommandCodec;
+use imap_codec::{CommandCodec, GreetingCodec, ResponseCodec};
 use imap_types::auth::AuthMechanism;
-use imap_types::command::CommandBody;
+use imap_types::command::{Command, CommandBody};
 use imap_types::mailbox::Mailbox;
+use imap_types::response::{Code, Data, GreetingKind, Response, Status, StatusKind};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -31,73 +41,120 @@ pub enum Output {
     Close,
 }
 
-#[derive(Debug, Clone)]
-enum State {
+/// The IMAP state of the conversation (RFC 3501 §3). `identity` is the address whose
+/// key decrypts; `None` relays everything as stored.
+#[derive(Debug)]
+enum Phase {
     NotAuthenticated,
-    /// `identity` is the address whose key decrypts; `None`: plain pass-through.
+    /// A LOGIN or AUTHENTICATE is in flight under `tag`; `login` is the name it
+    /// authenticates (unknown: no identity will decrypt).
+    Authenticating {
+        tag: String,
+        login: Option<String>,
+    },
     Authenticated {
         identity: Option<String>,
     },
     Selected {
         identity: Option<String>,
         mailbox: String,
-        uidvalidity: u32,
+        uidvalidity: Option<u32>,
         read_only: bool,
     },
     Logout,
 }
 
-/// Client commands whose completion changes our state.
+impl Phase {
+    fn identity(&self) -> Option<&String> {
+        match self {
+            Phase::Authenticated { identity } | Phase::Selected { identity, .. } => {
+                identity.as_ref()
+            }
+            _ => None,
+        }
+    }
+
+    fn authenticated(&self) -> bool {
+        matches!(self, Phase::Authenticated { .. } | Phase::Selected { .. })
+    }
+
+    /// RFC 3501 §6.3.1: SELECT, EXAMINE, CLOSE and UNSELECT leave the selected state
+    /// whatever their outcome (a failed SELECT leaves no mailbox selected).
+    fn deselected(self) -> Phase {
+        match self {
+            Phase::Selected { identity, .. } => Phase::Authenticated { identity },
+            other => other,
+        }
+    }
+}
+
+/// What the completion of a client command in flight means.
 #[derive(Debug, Clone)]
 enum Pending {
-    Login(String),
-    Select { mailbox: String, read_only: bool },
+    /// Nothing for sealpost.
+    Relayed,
+    /// The authenticating command of [`Phase::Authenticating`].
+    Authenticate,
+    Select {
+        mailbox: String,
+        read_only: bool,
+    },
     Unselect,
+    /// IDLE: the client's next line is `DONE` (RFC 2177), not a command.
+    Idle,
     Logout,
 }
 
 /// How the client message being framed is handled.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Disposition {
-    /// Forward every frame upstream as it comes.
-    Forward,
-    /// Hold until complete, then act.
-    Hold,
-    /// Drop the frames, answer when complete.
-    Refuse(String),
+#[derive(Debug)]
+enum Inflow {
+    /// Between messages.
+    Start,
+    /// Relaying the message upstream frame by frame; `observe`: decode it once complete
+    /// (a LOGIN, SELECT or EXAMINE with synchronizing literals).
+    Relay { tag: String, observe: bool },
+    /// A relayed synchronizing literal waits for upstream's `+` (or its refusal of the
+    /// command); client input is held until then.
+    AwaitContinuation { tag: String, observe: bool },
+    /// Collecting the message to act on once complete.
+    Hold { tag: String },
+    /// Dropping the message; `reply` goes to the client once it is complete.
+    Discard { reply: Vec<u8> },
+    /// AUTHENTICATE: each client line is a SASL response (RFC 3501 §6.2.2).
+    Sasl { tag: String, mechanism: String },
+}
+
+/// A FETCH that needs the view, and where it is.
+enum JobState {
+    /// Waiting until the commands in flight complete (their responses must not
+    /// interleave with the job's).
+    Deferred(Vec<u8>),
+    Running(Box<FetchJob>),
 }
 
 /// After this many bytes held from the client while a FETCH job runs, stop reading.
 const MAX_HELD: usize = 1 << 20;
+/// Client messages decoded whole are captured up to this size.
+const CLIENT_CAPTURE: usize = 64 * 1024;
 
 pub struct Session {
     ctx: Arc<ImapContext>,
     client: Framer,
     upstream: Framer,
+    /// The client link is TLS.
     tls: bool,
+    /// A loopback listener: LOGIN without TLS is acceptable.
     plaintext_ok: bool,
     greeted: bool,
-    state: State,
-    pending: HashMap<String, Pending>,
-    /// An AUTHENTICATE in progress: (tag, mechanism, login learned so far).
-    auth: Option<(String, String, Option<String>)>,
-    uidvalidity: Option<u32>,
-    read_only_code: bool,
-    job: Option<FetchJob>,
-    /// Tags of client commands relayed upstream and not completed yet.
-    in_flight: std::collections::HashSet<String>,
-    /// A FETCH that needs a job, waiting until the commands in flight complete (their
-    /// responses must not interleave with the job's).
-    deferred: Option<Vec<u8>>,
-    /// The tag of a relayed command whose synchronizing literal waits for upstream's
-    /// `+` (or its refusal); client input is held until then.
-    awaiting_continuation: Option<String>,
-    /// The tag of the client message being framed.
-    message_tag: String,
-    /// A relayed LOGIN/SELECT/EXAMINE with literals, parsed once complete.
-    observe: bool,
+    phase: Phase,
+    inflow: Inflow,
+    in_flight: HashMap<String, Pending>,
+    job: Option<JobState>,
+    /// Largest literal accepted from the client.
+    max_literal: u64,
+    /// The UIDVALIDITY announced for the SELECT/EXAMINE in flight.
+    last_uidvalidity: Option<u32>,
     held: Vec<u8>,
-    disposition: Disposition,
     tag_prefix: String,
     jobs_started: u64,
     out: Vec<Output>,
@@ -107,31 +164,24 @@ impl Session {
     /// `tls`: the client link is TLS from the start; `plaintext_ok`: a loopback
     /// listener, where LOGIN without TLS is acceptable.
     pub fn new(ctx: Arc<ImapContext>, tls: bool, plaintext_ok: bool) -> Session {
-        let max_literal = ctx.max_message_size as u64 + 1024 * 1024;
         let line = ctx.max_line_length;
         let capture = ctx.max_message_size + 1024 * 1024;
         Session {
-            client: Framer::new(line, max_literal, 64 * 1024),
+            client: Framer::new(line, CLIENT_CAPTURE),
             // Server lines can be long (a SEARCH of many UIDs) and literals large (they
             // stream through; only capture is bounded).
-            upstream: Framer::new(line.max(8 * 1024 * 1024), u64::MAX, capture),
+            upstream: Framer::new(line.max(8 * 1024 * 1024), capture),
+            max_literal: ctx.max_message_size as u64 + 1024 * 1024,
             ctx,
             tls,
             plaintext_ok,
             greeted: false,
-            state: State::NotAuthenticated,
-            pending: HashMap::new(),
-            auth: None,
-            uidvalidity: None,
-            read_only_code: false,
+            phase: Phase::NotAuthenticated,
+            inflow: Inflow::Start,
+            in_flight: HashMap::new(),
             job: None,
-            in_flight: Default::default(),
-            deferred: None,
-            awaiting_continuation: None,
-            message_tag: String::new(),
-            observe: false,
+            last_uidvalidity: None,
             held: Vec::new(),
-            disposition: Disposition::Forward,
             tag_prefix: "sp".into(),
             jobs_started: 0,
             out: Vec::new(),
@@ -147,17 +197,23 @@ impl Session {
 
     /// True when no FETCH job is running (a safe point to close for shutdown).
     pub fn is_idle(&self) -> bool {
-        self.job.is_none() && self.deferred.is_none() && self.awaiting_continuation.is_none()
+        !self.busy()
     }
 
-    /// While a FETCH job runs or waits, client input is held, not framed.
+    /// While a FETCH job runs or waits, or a literal waits for upstream's `+`, client
+    /// input is held, not framed.
     fn busy(&self) -> bool {
-        self.job.is_some() || self.deferred.is_some() || self.awaiting_continuation.is_some()
+        self.job.is_some() || matches!(self.inflow, Inflow::AwaitContinuation { .. })
+    }
+
+    /// The address whose key decrypts for this session, once authenticated.
+    pub fn identity(&self) -> Option<&str> {
+        self.phase.identity().map(String::as_str)
     }
 
     /// True after the client's LOGOUT completed (the server's BYE was relayed).
     pub fn logged_out(&self) -> bool {
-        matches!(self.state, State::Logout)
+        matches!(self.phase, Phase::Logout)
     }
 
     /// True while client input should not be read (held bytes at their bound).
@@ -169,7 +225,8 @@ impl Session {
     pub fn tls_started(&mut self) {
         self.tls = true;
         self.client.clear();
-        self.disposition = Disposition::Forward;
+        self.held.clear();
+        self.inflow = Inflow::Start;
     }
 
     fn send_client(&mut self, bytes: Vec<u8>) {
@@ -192,10 +249,14 @@ impl Session {
         std::mem::take(&mut self.out)
     }
 
+    fn stopped(&self) -> bool {
+        matches!(self.out.last(), Some(Output::StartTls | Output::Close))
+    }
+
     // ----- client side -------------------------------------------------------
 
     pub fn on_client(&mut self, bytes: &[u8]) -> Vec<Output> {
-        if self.busy() {
+        if self.busy() || self.stopped() {
             self.held.extend_from_slice(bytes);
             return self.take();
         }
@@ -205,187 +266,261 @@ impl Session {
     }
 
     fn drain_client(&mut self) {
-        while !self.busy() && !matches!(self.out.last(), Some(Output::StartTls | Output::Close)) {
-            let frame = match self.client.next_frame() {
-                Ok(Some(f)) => f,
-                Ok(None) => return,
-                Err(e) => {
-                    self.send_client(format!("* BAD {e}\r\n").into_bytes());
-                    self.disposition = Disposition::Forward;
-                    continue;
-                }
+        while !self.busy() && !self.stopped() {
+            let Some(frame) = self.client.next_frame() else {
+                return;
             };
             self.on_client_frame(frame);
+        }
+        if self.busy() {
+            // What was read past the point where the session must wait is framed later.
+            let rest = self.client.take_pending();
+            let mut held = rest;
+            held.extend_from_slice(&self.held);
+            self.held = held;
         }
     }
 
     fn on_client_frame(&mut self, frame: Frame) {
-        if let Frame::Line {
-            bytes,
-            first: true,
-            literal,
-        } = &frame
-        {
-            let in_auth = self.auth.is_some();
-            self.message_tag = String::from_utf8_lossy(bytes)
-                .split_ascii_whitespace()
-                .next()
-                .unwrap_or("")
-                .to_string();
-            self.observe = false;
-            self.disposition = self.dispose(bytes, *literal);
-            if self.disposition == Disposition::Forward && !in_auth {
-                self.track(bytes);
+        let complete = self.client.message_complete();
+        match frame {
+            Frame::Line {
+                bytes,
+                first: true,
+                literal,
+            } if !matches!(self.inflow, Inflow::Sasl { .. }) => {
+                self.start_message(bytes, literal, complete)
             }
-            if let Disposition::Refuse(reply) = &self.disposition {
-                // A refused synchronizing literal is never sent by the client.
-                if matches!(literal, Some((_, true))) {
-                    let reply = reply.clone();
-                    self.send_client(reply.into_bytes());
-                    self.client.reset_message();
-                    self.disposition = Disposition::Forward;
+            Frame::Overlong {
+                head,
+                first,
+                literal,
+            } => self.on_overlong(&head, first, literal, complete),
+            Frame::Line { bytes, literal, .. } => self.continue_message(bytes, literal, complete),
+            Frame::Literal { bytes, .. } => self.continue_message(bytes, None, complete),
+        }
+    }
+
+    /// A client line over `max_line_length`: RFC 3501 §7.1.3 `BAD` under its tag, and
+    /// whatever literal it announced is skipped, never read as commands.
+    fn on_overlong(
+        &mut self,
+        head: &[u8],
+        first: bool,
+        literal: Option<(u64, bool)>,
+        complete: bool,
+    ) {
+        let limit = self.ctx.max_line_length;
+        if !first {
+            match &self.inflow {
+                Inflow::Relay { tag, .. } => {
+                    // Part of this command is upstream already; it cannot be completed.
+                    tracing::warn!(%tag, "over-long line inside a relayed command; closing");
+                    self.send_client(
+                        format!("* BYE Line longer than {limit} bytes inside a command\r\n")
+                            .into_bytes(),
+                    );
+                    self.out.push(Output::Close);
                     return;
                 }
+                Inflow::Hold { tag } => {
+                    let reply = format!("{tag} BAD Line longer than {limit} bytes\r\n");
+                    self.inflow = Inflow::Discard {
+                        reply: reply.into_bytes(),
+                    };
+                }
+                _ => {}
+            }
+            self.continue_message(Vec::new(), literal, complete);
+            return;
+        }
+        if let Inflow::Sasl { .. } = self.inflow {
+            // Cancel the exchange (RFC 3501 §6.2.2); upstream answers the tag.
+            self.send_upstream(b"*\r\n".to_vec());
+            return;
+        }
+        let reply = match command_head(head) {
+            Some((tag, _)) => format!("{tag} BAD Line longer than {limit} bytes\r\n"),
+            None => format!("* BAD Line longer than {limit} bytes\r\n"),
+        };
+        self.refuse(reply, literal, complete);
+    }
+
+    /// Answers the message being framed with `reply` and drops it: at once when it is
+    /// complete or waits for a synchronizing literal (which the client then never
+    /// sends), else when its last (non-synchronizing) literal has been skipped.
+    fn refuse(&mut self, reply: String, literal: Option<(u64, bool)>, complete: bool) {
+        if complete || matches!(literal, Some((_, true))) {
+            self.send_client(reply.into_bytes());
+            if !complete {
+                self.client.reset_message();
+            }
+            self.inflow = Inflow::Start;
+        } else {
+            self.inflow = Inflow::Discard {
+                reply: reply.into_bytes(),
+            };
+        }
+    }
+
+    /// The first line of a client message: decide what the message is for.
+    fn start_message(&mut self, bytes: Vec<u8>, literal: Option<(u64, bool)>, complete: bool) {
+        if self.in_flight.values().any(|p| matches!(p, Pending::Idle)) {
+            // RFC 2177: while IDLE runs the only client line is DONE; upstream judges it.
+            self.send_upstream(bytes);
+            return;
+        }
+        let Some((tag, name)) = command_head(&bytes) else {
+            self.refuse("* BAD Not an IMAP command\r\n".into(), literal, complete);
+            return;
+        };
+        if self.in_flight.contains_key(&tag)
+            || matches!(&self.phase, Phase::Authenticating { tag: t, .. } if *t == tag)
+        {
+            // Responses are matched to commands by tag (RFC 3501 §2.2.1).
+            let reply =
+                format!("{tag} BAD Tag {tag} is already in use by a command in progress\r\n");
+            self.refuse(reply, literal, complete);
+            return;
+        }
+        if let Some((n, _)) = literal {
+            if n > self.max_literal {
+                // RFC 7888 §4 / RFC 9051 §7.1: TOOBIG; a non-synchronizing literal is
+                // read and dropped byte for byte, a synchronizing one is never sent.
+                let reply = format!(
+                    "{tag} NO [TOOBIG] Literal of {n} bytes is over the limit of {} bytes\r\n",
+                    self.max_literal
+                );
+                self.refuse(reply, literal, complete);
+                return;
             }
         }
-        let complete = self.client.message_complete();
-        match self.disposition.clone() {
-            Disposition::Forward => {
-                let sync_literal = matches!(
-                    frame,
-                    Frame::Line {
-                        literal: Some((_, true)),
-                        ..
-                    }
-                );
-                let bytes = match frame {
-                    Frame::Line { bytes, .. } | Frame::Literal { bytes, .. } => bytes,
+        match name.as_str() {
+            "LOGIN" | "AUTHENTICATE" if !self.tls && !self.plaintext_ok => {
+                let reply =
+                    format!("{tag} NO [PRIVACYREQUIRED] Use STARTTLS before logging in\r\n");
+                self.refuse(reply, literal, complete);
+            }
+            "LOGIN" | "AUTHENTICATE" if !matches!(self.phase, Phase::NotAuthenticated) => {
+                let why = if self.phase.authenticated() {
+                    "Already authenticated"
+                } else {
+                    "A login is already in progress"
                 };
-                if let Some((_, mech, user)) = &mut self.auth {
-                    if user.is_none() {
-                        *user = sasl_user(mech, &bytes);
+                self.refuse(format!("{tag} BAD {why}\r\n"), literal, complete);
+            }
+            "COMPRESS" => {
+                let reply =
+                    format!("{tag} NO [CANNOT] COMPRESS is not available through sealpost\r\n");
+                self.refuse(reply, literal, complete);
+            }
+            "STARTTLS" | "AUTHENTICATE" if literal.is_some() => {
+                self.refuse(
+                    format!("{tag} BAD Unexpected literal\r\n"),
+                    literal,
+                    complete,
+                );
+            }
+            _ if literal.is_none() => {
+                self.inflow = Inflow::Hold { tag };
+                self.continue_message(bytes, None, complete);
+            }
+            // With a literal the command goes upstream as it comes (upstream answers a
+            // synchronizing literal's `+`); LOGIN, SELECT and EXAMINE are decoded once
+            // complete.
+            "LOGIN" => {
+                self.phase = Phase::Authenticating {
+                    tag: tag.clone(),
+                    login: None,
+                };
+                self.in_flight.insert(tag.clone(), Pending::Authenticate);
+                self.inflow = Inflow::Relay { tag, observe: true };
+                self.continue_message(bytes, literal, complete);
+            }
+            "SELECT" | "EXAMINE" => {
+                self.phase = std::mem::replace(&mut self.phase, Phase::Logout).deselected();
+                self.in_flight.insert(tag.clone(), Pending::Relayed);
+                self.inflow = Inflow::Relay { tag, observe: true };
+                self.continue_message(bytes, literal, complete);
+            }
+            _ => {
+                self.in_flight.insert(tag.clone(), Pending::Relayed);
+                self.inflow = Inflow::Relay {
+                    tag,
+                    observe: false,
+                };
+                self.continue_message(bytes, literal, complete);
+            }
+        }
+    }
+
+    /// A frame of the current client message, handled as the message's inflow says.
+    fn continue_message(&mut self, bytes: Vec<u8>, literal: Option<(u64, bool)>, complete: bool) {
+        match std::mem::replace(&mut self.inflow, Inflow::Start) {
+            Inflow::Start => {
+                // Unreachable by construction (a message starts with a first line);
+                // dropping is the safe answer.
+                tracing::debug!("client frame outside a message dropped");
+            }
+            Inflow::Discard { reply } => {
+                if complete {
+                    self.send_client(reply);
+                } else {
+                    self.inflow = Inflow::Discard { reply };
+                }
+            }
+            Inflow::Hold { tag } => {
+                if !complete {
+                    self.inflow = Inflow::Hold { tag };
+                    return;
+                }
+                match self.client.message().map(<[u8]>::to_vec) {
+                    Some(msg) => self.on_command(tag, msg),
+                    None => {
+                        self.send_client(format!("{tag} BAD Command too long\r\n").into_bytes())
+                    }
+                }
+            }
+            Inflow::Relay { tag, observe } => {
+                self.send_upstream(bytes);
+                if complete {
+                    if observe {
+                        if let Some(msg) = self.client.message().map(<[u8]>::to_vec) {
+                            self.observe_relayed(&msg);
+                        }
+                    }
+                } else if matches!(literal, Some((_, true))) {
+                    // RFC 3501 §7.5: the client sends the literal only after `+`;
+                    // upstream may refuse instead, and then no literal comes.
+                    self.inflow = Inflow::AwaitContinuation { tag, observe };
+                } else {
+                    self.inflow = Inflow::Relay { tag, observe };
+                }
+            }
+            Inflow::AwaitContinuation { tag, observe } => {
+                // Only reached after upstream's `+`: the literal and what follows it.
+                self.inflow = Inflow::Relay { tag, observe };
+                self.continue_message(bytes, literal, complete);
+            }
+            Inflow::Sasl { tag, mechanism } => {
+                if let Phase::Authenticating { login, .. } = &mut self.phase {
+                    if login.is_none() {
+                        *login = sasl_response_login(&mechanism, &bytes);
                     }
                 }
                 self.send_upstream(bytes);
-                if sync_literal && self.auth.is_none() {
-                    // RFC 3501 §7.5: the client sends the literal only after `+`;
-                    // upstream may refuse instead, and then no literal comes.
-                    self.awaiting_continuation = Some(self.message_tag.clone());
-                }
-                if complete && self.observe {
-                    self.observe = false;
-                    if let Some(msg) = self.client.message().map(|m| m.to_vec()) {
-                        self.observe_relayed(&msg);
-                    }
-                }
-            }
-            Disposition::Refuse(reply) => {
-                if complete {
-                    self.send_client(reply.into_bytes());
-                    self.disposition = Disposition::Forward;
-                }
-            }
-            Disposition::Hold => {
-                if complete {
-                    let msg = self.client.message().map(|m| m.to_vec());
-                    self.disposition = Disposition::Forward;
-                    self.on_held(msg);
-                }
+                self.inflow = Inflow::Sasl { tag, mechanism };
             }
         }
     }
 
-    /// Remembers the tag of a command relayed upstream until its completion.
-    fn track(&mut self, first_line: &[u8]) {
-        let text = String::from_utf8_lossy(first_line);
-        let mut words = text.split_ascii_whitespace();
-        if let (Some(tag), Some(_cmd)) = (words.next(), words.next()) {
-            if tag != "*" && tag != "+" {
-                self.in_flight.insert(tag.to_string());
-            }
-        }
-    }
-
-    /// Decides from the first line of a client message how to handle it.
-    fn dispose(&mut self, line: &[u8], literal: Option<(u64, bool)>) -> Disposition {
-        if self.auth.is_some() {
-            // SASL responses of an AUTHENTICATE exchange.
-            return Disposition::Forward;
-        }
-        let text = String::from_utf8_lossy(line);
-        let mut words = text.split_ascii_whitespace();
-        let tag = words.next().unwrap_or("*").to_string();
-        let cmd = words.next().unwrap_or("").to_ascii_uppercase();
-        let sub = words.next().unwrap_or("").to_ascii_uppercase();
-        match cmd.as_str() {
-            "STARTTLS" => Disposition::Hold,
-            "LOGIN" | "AUTHENTICATE" if !self.tls && !self.plaintext_ok => Disposition::Refuse(
-                format!("{tag} NO [PRIVACYREQUIRED] Use STARTTLS before logging in\r\n"),
-            ),
-            "COMPRESS" => Disposition::Refuse(format!(
-                "{tag} NO [CANNOT] COMPRESS is not available through sealpost\r\n"
-            )),
-            // With a synchronizing literal the command must go upstream as it comes
-            // (upstream answers the `+`); it is parsed once complete.
-            "LOGIN" | "SELECT" | "EXAMINE" if matches!(literal, Some((_, true))) => {
-                self.observe = true;
-                Disposition::Forward
-            }
-            "LOGIN" | "SELECT" | "EXAMINE" => Disposition::Hold,
-            "AUTHENTICATE" => {
-                let mech = sub.clone();
-                self.auth = Some((tag, mech, None));
-                Disposition::Forward
-            }
-            "CLOSE" | "UNSELECT" => {
-                self.pending.insert(tag, Pending::Unselect);
-                Disposition::Forward
-            }
-            "LOGOUT" => {
-                self.pending.insert(tag, Pending::Logout);
-                Disposition::Forward
-            }
-            "FETCH" if literal.is_none() => self.fetch_disposition(),
-            "UID" if sub == "FETCH" && literal.is_none() => self.fetch_disposition(),
-            _ => Disposition::Forward,
-        }
-    }
-
-    fn fetch_disposition(&self) -> Disposition {
-        match &self.state {
-            State::Selected {
-                identity: Some(_), ..
-            } => Disposition::Hold,
-            _ => Disposition::Forward,
-        }
-    }
-
-    /// A held client message is complete: act on it, and forward what remains.
-    fn on_held(&mut self, msg: Option<Vec<u8>>) {
-        let Some(msg) = msg else {
-            self.send_client(b"* BAD Command too long\r\n".to_vec());
-            return;
+    /// A complete client command without literals.
+    fn on_command(&mut self, tag: String, msg: Vec<u8>) {
+        use imap_types::IntoStatic;
+        let command = match CommandCodec::default().decode(&msg) {
+            Ok((_, command)) => command.into_static(),
+            Err(_) => return self.on_unparsed(tag, msg),
         };
-        let parsed = CommandCodec::default().decode(&msg);
-        let Ok((_, command)) = parsed else {
-            // Let upstream judge what we cannot parse; a SELECT we cannot follow at
-            // least leaves no stale mailbox behind (its views would be keyed wrongly).
-            let word = String::from_utf8_lossy(&msg)
-                .split_ascii_whitespace()
-                .nth(1)
-                .unwrap_or("")
-                .to_ascii_uppercase();
-            if word == "SELECT" || word == "EXAMINE" {
-                if let State::Selected { identity, .. } = &self.state {
-                    self.state = State::Authenticated {
-                        identity: identity.clone(),
-                    };
-                }
-            }
-            self.relay(msg);
-            return;
-        };
-        let tag = command.tag.as_ref().to_string();
         match command.body {
             CommandBody::StartTLS => {
                 if self.tls {
@@ -397,80 +532,115 @@ impl Session {
                     self.out.push(Output::StartTls);
                 }
             }
-            CommandBody::Login { username, .. } => {
+            CommandBody::Login { ref username, .. } => {
                 let user = String::from_utf8_lossy(username.as_ref()).into_owned();
-                self.pending.insert(tag, Pending::Login(user));
-                self.relay(msg);
+                self.phase = Phase::Authenticating {
+                    tag: tag.clone(),
+                    login: Some(user),
+                };
+                self.relay(tag, Pending::Authenticate, msg);
             }
-            CommandBody::Select { mailbox, .. } => {
-                self.select(tag, mailbox, false);
-                self.relay(msg);
-            }
-            CommandBody::Examine { mailbox, .. } => {
-                self.select(tag, mailbox, true);
-                self.relay(msg);
-            }
-            CommandBody::Fetch {
-                macro_or_item_names,
-                uid,
-                modifiers,
-                ..
+            CommandBody::Authenticate {
+                ref mechanism,
+                ref initial_response,
             } => {
-                let State::Selected {
-                    identity: Some(identity),
-                    mailbox,
-                    uidvalidity,
-                    read_only,
-                } = &self.state
-                else {
-                    self.relay(msg);
-                    return;
+                let mechanism = mechanism.to_string();
+                let login = initial_response
+                    .as_ref()
+                    .and_then(|r| sasl_login(&mechanism, r.declassify().as_ref()));
+                self.phase = Phase::Authenticating {
+                    tag: tag.clone(),
+                    login,
                 };
-                if !modifiers.is_empty() {
-                    // CONDSTORE/QRESYNC fetches pass through (DESIGN §9).
-                    self.relay(msg);
-                    return;
-                }
-                let selected = Selected {
-                    identity: identity.clone(),
-                    mailbox: mailbox.clone(),
-                    uidvalidity: *uidvalidity,
-                    read_only: *read_only,
-                };
-                let items = fetch::expand(macro_or_item_names);
-                // Nothing content-dependent, or only messages known to be plain:
-                // relay as sent, so the client's pipelining is kept.
-                if !fetch::needs_view(&items)
-                    || (uid && fetch::known_plain(&self.ctx, &selected, &msg))
-                {
-                    self.relay(msg);
-                    return;
-                }
-                if !self.in_flight.is_empty() {
-                    tracing::debug!(waiting_for = ?self.in_flight, "FETCH deferred until earlier commands complete");
-                    self.deferred = Some(msg);
-                    return;
-                }
-                self.jobs_started += 1;
-                let prefix = format!("{}{}x", self.tag_prefix, self.jobs_started);
-                match FetchJob::new(&tag, uid, &msg, items, selected, &prefix) {
-                    Some(mut job) => {
-                        let outputs = job.start(&self.ctx);
-                        let finished = outputs.iter().any(|o| matches!(o, JobOutput::Client(_)))
-                            && !outputs.iter().any(|o| matches!(o, JobOutput::Upstream(_)));
-                        self.apply(outputs);
-                        if !finished {
-                            self.job = Some(job);
-                        }
-                    }
-                    None => self.relay(msg),
-                }
+                self.client.set_lines_only(true);
+                self.relay(tag.clone(), Pending::Authenticate, msg);
+                self.inflow = Inflow::Sasl { tag, mechanism };
             }
-            _ => self.relay(msg),
+            CommandBody::Select { ref mailbox, .. } => {
+                let pending = self.select(mailbox, false);
+                self.relay(tag, pending, msg);
+            }
+            CommandBody::Examine { ref mailbox, .. } => {
+                let pending = self.select(mailbox, true);
+                self.relay(tag, pending, msg);
+            }
+            CommandBody::Close | CommandBody::Unselect => self.relay(tag, Pending::Unselect, msg),
+            CommandBody::Logout => self.relay(tag, Pending::Logout, msg),
+            CommandBody::Idle => self.relay(tag, Pending::Idle, msg),
+            CommandBody::Fetch { .. } => self.fetch(tag, command, msg),
+            _ => self.relay(tag, Pending::Relayed, msg),
         }
     }
 
-    /// Learns from a relayed LOGIN/SELECT/EXAMINE what `on_held` would have.
+    /// A command imap-codec cannot decode. Upstream judges it, except where sealpost
+    /// must understand a command to keep its promises (who is logged in, what is
+    /// selected, which FETCH needs the view): those get `BAD` here.
+    fn on_unparsed(&mut self, tag: String, msg: Vec<u8>) {
+        let name = command_head(&msg).map(|(_, n)| n).unwrap_or_default();
+        match name.as_str() {
+            "LOGIN" | "AUTHENTICATE" | "SELECT" | "EXAMINE" | "FETCH" | "UID FETCH"
+            | "STARTTLS" | "IDLE" => {
+                self.send_client(format!("{tag} BAD Invalid arguments to {name}\r\n").into_bytes());
+            }
+            _ => self.relay(tag, Pending::Relayed, msg),
+        }
+    }
+
+    fn fetch(&mut self, tag: String, command: Command<'_>, msg: Vec<u8>) {
+        let CommandBody::Fetch {
+            macro_or_item_names,
+            uid,
+            modifiers,
+            ..
+        } = command.body
+        else {
+            return self.relay(tag, Pending::Relayed, msg);
+        };
+        let Phase::Selected {
+            identity: Some(identity),
+            mailbox,
+            uidvalidity: Some(uidvalidity),
+            read_only,
+        } = &self.phase
+        else {
+            return self.relay(tag, Pending::Relayed, msg);
+        };
+        let selected = Selected {
+            account: self.ctx.account.clone(),
+            identity: identity.clone(),
+            mailbox: mailbox.clone(),
+            uidvalidity: *uidvalidity,
+            read_only: *read_only,
+        };
+        let items = fetch::expand(macro_or_item_names);
+        // Nothing content-dependent, or only messages known to be plain: relay as
+        // sent, so the client's pipelining is kept.
+        if !fetch::needs_view(&items) || (uid && fetch::known_plain(&self.ctx, &selected, &msg)) {
+            return self.relay(tag, Pending::Relayed, msg);
+        }
+        if !self.in_flight.is_empty() {
+            tracing::debug!(waiting_for = ?self.in_flight.keys(), "FETCH deferred until earlier commands complete");
+            self.job = Some(JobState::Deferred(msg));
+            return;
+        }
+        self.jobs_started += 1;
+        let prefix = format!("{}{}x", self.tag_prefix, self.jobs_started);
+        match FetchJob::new(&tag, uid, &msg, items, &modifiers, selected, &prefix) {
+            Some(mut job) => {
+                let outputs = job.start(&self.ctx);
+                let finished = outputs.iter().any(|o| matches!(o, JobOutput::Client(_)))
+                    && !outputs.iter().any(|o| matches!(o, JobOutput::Upstream(_)));
+                self.apply(outputs);
+                if !finished {
+                    self.job = Some(JobState::Running(Box::new(job)));
+                }
+            }
+            None => self.relay(tag, Pending::Relayed, msg),
+        }
+    }
+
+    /// Learns from a relayed LOGIN/SELECT/EXAMINE (with literals) what
+    /// [`Session::on_command`] would have.
     fn observe_relayed(&mut self, msg: &[u8]) {
         let Ok((_, command)) = CommandCodec::default().decode(msg) else {
             return;
@@ -478,48 +648,48 @@ impl Session {
         let tag = command.tag.as_ref().to_string();
         match command.body {
             CommandBody::Login { username, .. } => {
-                let user = String::from_utf8_lossy(username.as_ref()).into_owned();
-                self.pending.insert(tag, Pending::Login(user));
+                if let Phase::Authenticating { tag: t, login } = &mut self.phase {
+                    if *t == tag {
+                        *login = Some(String::from_utf8_lossy(username.as_ref()).into_owned());
+                    }
+                }
             }
-            CommandBody::Select { mailbox, .. } => self.select(tag, mailbox, false),
-            CommandBody::Examine { mailbox, .. } => self.select(tag, mailbox, true),
+            CommandBody::Select { mailbox, .. } => {
+                let p = self.select(&mailbox, false);
+                self.in_flight.insert(tag, p);
+            }
+            CommandBody::Examine { mailbox, .. } => {
+                let p = self.select(&mailbox, true);
+                self.in_flight.insert(tag, p);
+            }
             _ => {}
         }
     }
 
-    /// Processes the client's commands that arrived while a FETCH job ran.
+    /// Processes the client's input that arrived while the session had to wait.
     fn resume_client(&mut self) {
         let held = std::mem::take(&mut self.held);
         self.client.push(&held);
         self.drain_client();
     }
 
-    /// Relays a held client command upstream.
-    fn relay(&mut self, msg: Vec<u8>) {
-        self.track(&msg);
+    /// Relays a complete client command upstream, remembering its tag until completion.
+    fn relay(&mut self, tag: String, pending: Pending, msg: Vec<u8>) {
+        self.in_flight.insert(tag, pending);
         self.send_upstream(msg);
     }
 
-    fn select(&mut self, tag: String, mailbox: Mailbox<'_>, read_only: bool) {
+    fn select(&mut self, mailbox: &Mailbox<'_>, read_only: bool) -> Pending {
         let name = match mailbox {
             Mailbox::Inbox => "INBOX".to_string(),
             Mailbox::Other(o) => String::from_utf8_lossy(o.as_ref()).into_owned(),
         };
-        self.uidvalidity = None;
-        self.read_only_code = false;
-        // RFC 3501 §6.3.1: a SELECT deselects the current mailbox whatever its outcome.
-        if let State::Selected { identity, .. } = &self.state {
-            self.state = State::Authenticated {
-                identity: identity.clone(),
-            };
+        self.phase = std::mem::replace(&mut self.phase, Phase::Logout).deselected();
+        self.last_uidvalidity = None;
+        Pending::Select {
+            mailbox: name,
+            read_only,
         }
-        self.pending.insert(
-            tag,
-            Pending::Select {
-                mailbox: name,
-                read_only,
-            },
-        );
     }
 
     fn apply(&mut self, outputs: Vec<JobOutput>) {
@@ -535,26 +705,25 @@ impl Session {
 
     pub fn on_upstream(&mut self, bytes: &[u8]) -> Vec<Output> {
         self.upstream.push(bytes);
-        loop {
-            let frame = match self.upstream.next_frame() {
-                Ok(Some(f)) => f,
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "upstream sent an over-long line or literal; closing");
-                    self.send_client(
-                        b"* BYE The mail server sent a response sealpost cannot relay\r\n".to_vec(),
-                    );
-                    self.out.push(Output::Close);
-                    break;
-                }
+        while !matches!(self.out.last(), Some(Output::Close)) {
+            let Some(frame) = self.upstream.next_frame() else {
+                break;
             };
+            if let Frame::Overlong { .. } = frame {
+                tracing::warn!("upstream sent an over-long line; closing");
+                self.send_client(
+                    b"* BYE The mail server sent a response sealpost cannot relay\r\n".to_vec(),
+                );
+                self.out.push(Output::Close);
+                break;
+            }
             let complete = self.upstream.message_complete();
             if complete {
                 if let (Some(ac), Some(m)) = (&self.ctx.autocrypt, self.upstream.message()) {
                     learn_autocrypt(ac, m);
                 }
             }
-            if let Some(job) = &mut self.job {
+            if let Some(JobState::Running(job)) = &mut self.job {
                 let message = if complete {
                     self.upstream.message().map(|m| m.to_vec())
                 } else {
@@ -571,8 +740,11 @@ impl Session {
             }
             self.on_upstream_frame(frame);
             if self.in_flight.is_empty() {
-                if let Some(msg) = self.deferred.take() {
-                    self.on_held(Some(msg));
+                if let Some(JobState::Deferred(msg)) = &self.job {
+                    let msg = msg.clone();
+                    self.job = None;
+                    let tag = command_head(&msg).map(|(t, _)| t).unwrap_or_default();
+                    self.on_command(tag, msg);
                     if !self.busy() {
                         self.resume_client();
                     }
@@ -583,166 +755,245 @@ impl Session {
     }
 
     fn on_upstream_frame(&mut self, frame: Frame) {
-        let (bytes, first) = match frame {
-            Frame::Line { bytes, first, .. } => (bytes, first),
-            Frame::Literal { bytes, .. } => {
-                self.send_client(bytes);
-                return;
-            }
+        let (bytes, first, literal) = match frame {
+            Frame::Line {
+                bytes,
+                first,
+                literal,
+            } => (bytes, first, literal),
+            Frame::Literal { bytes, .. } => return self.send_client(bytes),
+            Frame::Overlong { .. } => return,
         };
-        if !first {
-            self.send_client(bytes);
-            return;
+        if !first || literal.is_some() {
+            // Inside or at the start of a response with literals (FETCH data): relayed
+            // as it is; nothing sealpost acts on carries literals.
+            return self.send_client(bytes);
         }
         if !self.greeted {
             self.greeted = true;
-            if bytes.starts_with(b"* PREAUTH") {
-                self.state = State::Authenticated { identity: None };
-            }
-            let local = self.local();
-            self.send_client(caps::filter_line(&bytes, local));
-            if bytes.starts_with(b"* BYE") {
-                self.out.push(Output::Close);
-            }
-            return;
+            return self.on_greeting(bytes);
         }
-        let line = caps::filter_line(&bytes, self.local());
-        self.observe_untagged(&line);
-        if self.awaiting_continuation.is_some() && line.starts_with(b"+") {
-            // Upstream accepts the literal: let the client send it.
-            self.awaiting_continuation = None;
-            self.send_client(line);
-            self.resume_client();
-            return;
+        if bytes.starts_with(b"+") {
+            return self.on_continuation(bytes);
         }
-        if let Some(tag) = self.tagged(&line) {
-            if self.awaiting_continuation.as_deref() == Some(tag.as_str()) {
-                // Refused before the literal: the client will not send it.
-                self.awaiting_continuation = None;
-                self.client.reset_message();
-                self.disposition = Disposition::Forward;
-                self.observe = false;
-                self.in_flight.remove(&tag);
-                self.pending.remove(&tag);
-                self.send_client(line);
-                self.resume_client();
-                return;
+        let response = decode_response(&bytes);
+        let line = match &response {
+            Some(r) => caps::filter_response(&bytes, r, self.local()),
+            None => bytes.clone(),
+        };
+        let mut resume = false;
+        match response {
+            Some(Response::Status(Status::Tagged(t))) => {
+                let tag = t.tag.as_ref().to_string();
+                let ok = t.body.kind == StatusKind::Ok;
+                let read_only = matches!(t.body.code, Some(Code::ReadOnly));
+                resume = self.on_tagged(&tag, ok, read_only);
             }
-            self.in_flight.remove(&tag);
-            if let Some(p) = self.pending.remove(&tag) {
-                self.on_completion(&line, &tag, p);
-            }
-            if let Some((auth_tag, _, user)) = &self.auth {
-                if *auth_tag == tag {
-                    let user = user.clone();
-                    let ok = is_ok(&line, &tag);
-                    self.auth = None;
-                    if ok {
-                        self.logged_in(user.as_deref());
+            Some(Response::Status(Status::Untagged(body))) => {
+                // RFC 3501 §6.3.1: `OK [UIDVALIDITY n]` comes before the tagged reply.
+                if let Some(Code::UidValidity(v)) = body.code {
+                    if self
+                        .in_flight
+                        .values()
+                        .any(|p| matches!(p, Pending::Select { .. }))
+                    {
+                        self.last_uidvalidity = Some(v.get());
                     }
+                }
+            }
+            _ => {
+                if let Some(tag) = response_tag(&bytes) {
+                    // A tagged reply imap-codec could not decode: it completes the command
+                    // all the same, and counts as a failure.
+                    resume = self.on_tagged(&tag, false, false);
                 }
             }
         }
         self.send_client(line);
-    }
-
-    fn tagged(&self, line: &[u8]) -> Option<String> {
-        if line.starts_with(b"* ") || line.starts_with(b"+") {
-            return None;
-        }
-        let end = line.iter().position(|&b| b == b' ')?;
-        Some(String::from_utf8_lossy(&line[..end]).into_owned())
-    }
-
-    fn observe_untagged(&mut self, line: &[u8]) {
-        let upper: Vec<u8> = line
-            .iter()
-            .take(64)
-            .map(|b| b.to_ascii_uppercase())
-            .collect();
-        if upper.starts_with(b"* OK [UIDVALIDITY ") {
-            let rest = &line[b"* OK [UIDVALIDITY ".len()..];
-            let digits: String = rest
-                .iter()
-                .take_while(|b| b.is_ascii_digit())
-                .map(|&b| b as char)
-                .collect();
-            self.uidvalidity = digits.parse().ok();
+        if resume {
+            self.resume_client();
         }
     }
 
-    fn on_completion(&mut self, line: &[u8], tag: &str, pending: Pending) {
-        let ok = is_ok(line, tag);
-        match pending {
-            Pending::Login(user) if ok => self.logged_in(Some(&user)),
-            Pending::Select { mailbox, read_only } => {
-                let identity = match &self.state {
-                    State::Authenticated { identity } | State::Selected { identity, .. } => {
-                        identity.clone()
-                    }
-                    _ => None,
-                };
+    fn on_greeting(&mut self, bytes: Vec<u8>) {
+        let line = match GreetingCodec::default().decode(&bytes) {
+            Ok((_, greeting)) => {
+                if greeting.kind == GreetingKind::PreAuth {
+                    self.phase = Phase::Authenticated { identity: None };
+                }
+                if greeting.kind == GreetingKind::Bye {
+                    self.out.push(Output::Close);
+                }
+                match &greeting.code {
+                    Some(Code::Capability(_)) => caps::filter_code(&bytes, self.local()),
+                    _ => bytes.clone(),
+                }
+            }
+            Err(_) => bytes.clone(),
+        };
+        // BYE closes after the greeting is relayed.
+        let close = matches!(self.out.last(), Some(Output::Close));
+        if close {
+            self.out.pop();
+        }
+        self.send_client(line);
+        if close {
+            self.out.push(Output::Close);
+        }
+    }
+
+    fn on_continuation(&mut self, bytes: Vec<u8>) {
+        self.send_client(bytes);
+        if let Inflow::AwaitContinuation { tag, observe } = &self.inflow {
+            // Upstream accepts the literal: the client may send it now.
+            self.inflow = Inflow::Relay {
+                tag: tag.clone(),
+                observe: *observe,
+            };
+            self.resume_client();
+        }
+        // Otherwise SASL challenges and IDLE's `+ idling` just pass through.
+    }
+
+    /// The tagged completion of a client command. True when held client input may be
+    /// framed again once this reply is relayed.
+    fn on_tagged(&mut self, tag: &str, ok: bool, read_only_code: bool) -> bool {
+        if let Inflow::AwaitContinuation { tag: t, .. } = &self.inflow {
+            if t == tag {
+                // Refused before the literal: the client will not send it.
+                self.inflow = Inflow::Start;
+                self.client.reset_message();
+                self.in_flight.remove(tag);
+                if matches!(&self.phase, Phase::Authenticating { tag: a, .. } if a == tag) {
+                    self.phase = Phase::NotAuthenticated;
+                }
+                return true;
+            }
+        }
+        let Some(pending) = self.in_flight.remove(tag) else {
+            return false;
+        };
+        let phase = std::mem::replace(&mut self.phase, Phase::Logout);
+        self.phase = match (pending, phase) {
+            (Pending::Authenticate, Phase::Authenticating { tag: t, login }) if t == tag => {
+                if let Inflow::Sasl { .. } = self.inflow {
+                    self.inflow = Inflow::Start;
+                    self.client.set_lines_only(false);
+                }
                 if ok {
-                    let upper = String::from_utf8_lossy(line).to_ascii_uppercase();
-                    let read_only = read_only || upper.contains("[READ-ONLY]");
-                    match self.uidvalidity {
-                        Some(uidvalidity) => {
-                            self.state = State::Selected {
-                                identity,
-                                mailbox,
-                                uidvalidity,
-                                read_only,
-                            };
-                        }
-                        None => {
-                            // Without UIDVALIDITY no view can be cached safely: relay only.
-                            tracing::warn!(
-                                "SELECT without UIDVALIDITY; encrypted mail is relayed as stored"
-                            );
-                            self.state = State::Selected {
-                                identity: None,
-                                mailbox,
-                                uidvalidity: 0,
-                                read_only,
-                            };
-                        }
-                    }
+                    self.logged_in(login.as_deref())
                 } else {
-                    self.state = State::Authenticated { identity };
+                    Phase::NotAuthenticated
                 }
             }
-            Pending::Unselect if ok => {
-                if let State::Selected { identity, .. } = &self.state {
-                    self.state = State::Authenticated {
-                        identity: identity.clone(),
-                    };
+            (Pending::Select { mailbox, read_only }, Phase::Authenticated { identity }) if ok => {
+                let uidvalidity = self.last_uidvalidity.take();
+                if uidvalidity.is_none() {
+                    // Without UIDVALIDITY no view can be cached safely: relay only.
+                    tracing::warn!(
+                        "SELECT without UIDVALIDITY; encrypted mail is relayed as stored"
+                    );
+                }
+                Phase::Selected {
+                    identity,
+                    mailbox,
+                    uidvalidity,
+                    read_only: read_only || read_only_code,
                 }
             }
-            Pending::Logout => self.state = State::Logout,
-            _ => {}
-        }
+            (Pending::Unselect, phase) if ok => phase.deselected(),
+            (Pending::Logout, _) => Phase::Logout,
+            (_, phase) => phase,
+        };
+        false
     }
 
-    fn logged_in(&mut self, user: Option<&str>) {
-        let identity = user
+    fn logged_in(&self, login: Option<&str>) -> Phase {
+        let identity = login
             .and_then(|u| self.ctx.identity_for_login(u))
             .map(|i| i.address.clone());
         match &identity {
             Some(a) => tracing::info!(identity = %a, "logged in; decrypting for this identity"),
             None => {
-                tracing::info!("logged in; no identity configured for this login, relaying only")
+                tracing::info!(
+                    "logged in; no identity of this account for this login, relaying only"
+                )
             }
         }
-        self.state = State::Authenticated { identity };
+        Phase::Authenticated { identity }
     }
+}
+
+/// Decodes a server response line sealpost may act on. Only lines that can carry what
+/// it acts on are decoded (tagged replies, untagged status and CAPABILITY).
+fn decode_response(line: &[u8]) -> Option<Response<'static>> {
+    use imap_types::IntoStatic;
+    let untagged = line.starts_with(b"* ");
+    if untagged {
+        let word = line[2..]
+            .iter()
+            .take(12)
+            .map(u8::to_ascii_uppercase)
+            .collect::<Vec<u8>>();
+        let status = [&b"OK "[..], b"NO ", b"BAD ", b"BYE ", b"CAPABILITY"]
+            .iter()
+            .any(|w| word.starts_with(w));
+        if !status {
+            return None;
+        }
+    }
+    ResponseCodec::default()
+        .decode(line)
+        .ok()
+        .map(|(_, r)| r.into_static())
+}
+
+/// The tag and command name at the start of a client line (RFC 3501 §9: a tag is
+/// ASTRING-CHARs except `+`; a command name is an atom). `UID x` is one name.
+pub fn command_head(line: &[u8]) -> Option<(String, String)> {
+    let tag_len = line.iter().position(|&b| !is_tag_char(b))?;
+    if tag_len == 0 || line.get(tag_len) != Some(&b' ') {
+        return None;
+    }
+    let tag = String::from_utf8(line[..tag_len].to_vec()).ok()?;
+    let atom = |from: usize| -> (String, usize) {
+        let len = line[from..]
+            .iter()
+            .position(|&b| !b.is_ascii_alphanumeric() && b != b'-' && b != b'.')
+            .unwrap_or(line.len() - from);
+        (
+            String::from_utf8_lossy(&line[from..from + len]).to_ascii_uppercase(),
+            from + len,
+        )
+    };
+    let (mut name, end) = atom(tag_len + 1);
+    if name.is_empty() {
+        return None;
+    }
+    if name == "UID" && line.get(end) == Some(&b' ') {
+        let (sub, _) = atom(end + 1);
+        name = format!("UID {sub}");
+    }
+    Some((tag, name))
+}
+
+fn is_tag_char(b: u8) -> bool {
+    (0x21..0x7f).contains(&b) && !b"(){%*\"\\+".contains(&b)
+}
+
+/// The tag of a tagged server response line.
+fn response_tag(line: &[u8]) -> Option<String> {
+    if line.starts_with(b"* ") || line.starts_with(b"+") {
+        return None;
+    }
+    let end = line.iter().position(|&b| b == b' ')?;
+    String::from_utf8(line[..end].to_vec()).ok()
 }
 
 /// Feeds the header of any message in a FETCH response to the Autocrypt state
 /// (Autocrypt 1.1 §2.3: update on every received message that carries a header).
 fn learn_autocrypt(ac: &crate::keys::autocrypt::AutocryptStore, response: &[u8]) {
-    use imap_codec::ResponseCodec;
     use imap_types::fetch::{MessageDataItem, Section};
-    use imap_types::response::{Data, Response};
     if !response.starts_with(b"* ")
         || !response
             .windows(10)
@@ -776,44 +1027,38 @@ fn learn_autocrypt(ac: &crate::keys::autocrypt::AutocryptStore, response: &[u8])
     }
 }
 
-fn is_ok(line: &[u8], tag: &str) -> bool {
-    let rest = &line[tag.len().min(line.len())..];
-    let rest = String::from_utf8_lossy(rest);
-    rest.trim_start()
-        .get(..2)
-        .is_some_and(|s| s.eq_ignore_ascii_case("OK"))
+/// The login in a SASL client response line (base64, RFC 3501 §6.2.2).
+fn sasl_response_login(mechanism: &str, line: &[u8]) -> Option<String> {
+    let b64 = line.strip_suffix(b"\n")?;
+    let b64 = b64.strip_suffix(b"\r").unwrap_or(b64);
+    let data = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+    sasl_login(mechanism, &data)
 }
 
-/// The login name inside a SASL response (PLAIN, XOAUTH2, OAUTHBEARER), if any.
-/// The line may also be the AUTHENTICATE command itself carrying an initial response.
-fn sasl_user(mechanism: &str, line: &[u8]) -> Option<String> {
-    let text = String::from_utf8_lossy(line);
-    let words: Vec<&str> = text.split_ascii_whitespace().collect();
-    // "tag AUTHENTICATE MECH initial" or a bare response line.
-    let b64 = if words.len() >= 4 && words[1].eq_ignore_ascii_case("AUTHENTICATE") {
-        words[3]
-    } else if words.len() == 1 {
-        words[0]
-    } else {
-        return None;
-    };
-    let data = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+/// The login name in decoded SASL data (PLAIN, XOAUTH2, OAUTHBEARER). A PLAIN
+/// authorization identity other than the authentication identity (a master user
+/// acting for another mailbox) yields none: whose mail that is, sealpost cannot say.
+fn sasl_login(mechanism: &str, data: &[u8]) -> Option<String> {
     let mech = AuthMechanism::try_from(mechanism).ok()?;
     match mech {
         AuthMechanism::Plain => {
             let mut parts = data.split(|&b| b == 0);
-            let _authz = parts.next()?;
+            let authz = parts.next()?;
             let user = parts.next()?;
+            parts.next()?;
+            if !authz.is_empty() && authz != user {
+                return None;
+            }
             String::from_utf8(user.to_vec()).ok()
         }
         AuthMechanism::XOAuth2 => {
-            let s = String::from_utf8(data).ok()?;
+            let s = std::str::from_utf8(data).ok()?;
             s.split('\x01')
                 .find_map(|kv| kv.strip_prefix("user="))
                 .map(str::to_string)
         }
         AuthMechanism::OAuthBearer => {
-            let s = String::from_utf8(data).ok()?;
+            let s = std::str::from_utf8(data).ok()?;
             let gs2 = s.split('\x01').next()?;
             gs2.split(',')
                 .find_map(|kv| kv.strip_prefix("a="))
@@ -824,175 +1069,5 @@ fn sasl_user(mechanism: &str, line: &[u8]) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ctx() -> Arc<ImapContext> {
-        let dir = tempfile::tempdir().unwrap();
-        Arc::new(ImapContext {
-            autocrypt: None,
-            identities: Vec::new(),
-            store: Arc::new(crate::keys::KeyStore::open(dir.path()).unwrap()),
-            cache: Arc::new(super::super::cache::ViewCache::new(1 << 20)),
-            max_message_size: 1 << 20,
-            max_line_length: 8192,
-            max_job_view_bytes: 1 << 20,
-        })
-    }
-
-    fn client_text(outs: &[Output]) -> String {
-        outs.iter()
-            .filter_map(|o| match o {
-                Output::Client(b) => Some(String::from_utf8_lossy(b).into_owned()),
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn upstream_text(outs: &[Output]) -> String {
-        outs.iter()
-            .filter_map(|o| match o {
-                Output::Upstream(b) => Some(String::from_utf8_lossy(b).into_owned()),
-                _ => None,
-            })
-            .collect()
-    }
-
-    #[test]
-    fn plaintext_login_refused_off_loopback_until_starttls() {
-        let mut s = Session::new(ctx(), false, false);
-        let out = s.on_upstream(b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN STARTTLS IDLE] ready\r\n");
-        let greeting = client_text(&out);
-        assert!(greeting.contains("STARTTLS LOGINDISABLED]"), "{greeting}");
-        assert!(!greeting.contains("AUTH=PLAIN"), "{greeting}");
-        // A synchronizing literal is refused before the client sends it.
-        let out = s.on_client(b"a1 LOGIN {5}\r\n");
-        assert_eq!(
-            client_text(&out),
-            "a1 NO [PRIVACYREQUIRED] Use STARTTLS before logging in\r\n"
-        );
-        assert!(upstream_text(&out).is_empty());
-        let out = s.on_client(b"a2 AUTHENTICATE PLAIN AGEAYg==\r\n");
-        assert!(client_text(&out).starts_with("a2 NO [PRIVACYREQUIRED]"));
-        // STARTTLS is answered locally; whatever was pipelined behind it is dropped.
-        let out = s.on_client(b"a3 STARTTLS\r\na4 LOGIN x y\r\n");
-        assert_eq!(out.last(), Some(&Output::StartTls));
-        assert!(client_text(&out).contains("a3 OK"));
-        s.tls_started();
-        let out = s.on_client(b"");
-        assert!(
-            upstream_text(&out).is_empty(),
-            "injected LOGIN must not be relayed"
-        );
-        // After TLS, LOGIN goes upstream.
-        let out = s.on_client(b"a5 LOGIN alice pw\r\n");
-        assert_eq!(upstream_text(&out), "a5 LOGIN alice pw\r\n");
-    }
-
-    #[test]
-    fn literals_stream_through_and_compress_is_refused() {
-        let mut s = Session::new(ctx(), true, true);
-        s.on_upstream(b"* OK ready\r\n");
-        let out = s.on_client(b"a1 APPEND INBOX {10+}\r\n01234");
-        assert_eq!(upstream_text(&out), "a1 APPEND INBOX {10+}\r\n01234");
-        let out = s.on_client(b"56789\r\na2 COMPRESS DEFLATE\r\n");
-        assert_eq!(upstream_text(&out), "56789\r\n");
-        assert!(client_text(&out).starts_with("a2 NO [CANNOT]"));
-        // A literal in a server response is never read as a response line.
-        let out = s.on_upstream(b"* 1 FETCH (BODY[] {14}\r\na1 OK fake\r\n\r\n)\r\na1 OK done\r\n");
-        assert_eq!(
-            client_text(&out),
-            "* 1 FETCH (BODY[] {14}\r\na1 OK fake\r\n\r\n)\r\na1 OK done\r\n"
-        );
-    }
-
-    #[test]
-    fn a_fetch_job_waits_for_relayed_commands_to_complete() {
-        let dir = tempfile::tempdir().unwrap();
-        let g = crate::keys::generate("alice@example.com", dir.path()).unwrap();
-        let id = crate::keys::load_identity(&crate::config::Identity {
-            address: "alice@example.com".into(),
-            login: None,
-            secret_key: g.secret_key.clone(),
-            passphrase_file: Some(g.passphrase_file.clone()),
-            passphrase_credential: None,
-            passphrase_env: None,
-        })
-        .unwrap();
-        let mut c = ctx();
-        Arc::get_mut(&mut c).unwrap().identities = vec![Arc::new(id)];
-        let mut s = Session::new(c, true, true);
-        s.on_upstream(b"* OK ready\r\n");
-        s.on_client(b"a1 LOGIN alice@example.com pw\r\n");
-        s.on_upstream(b"a1 OK logged in\r\n");
-        s.on_client(b"a2 SELECT INBOX\r\n");
-        s.on_upstream(b"* OK [UIDVALIDITY 7] ok\r\na2 OK [READ-WRITE] selected\r\n");
-        // A relayed FETCH, then one that needs a job, pipelined.
-        let out =
-            s.on_client(b"a3 UID FETCH 1:* (FLAGS)\r\na4 UID FETCH 2 (BODY.PEEK[])\r\na5 NOOP\r\n");
-        assert_eq!(upstream_text(&out), "a3 UID FETCH 1:* (FLAGS)\r\n");
-        // Only when a3 is complete does the job start, and a5 waits for the job.
-        let out = s.on_upstream(b"* 1 FETCH (UID 1 FLAGS ())\r\na3 OK done\r\n");
-        let up = upstream_text(&out);
-        assert!(up.contains("UID FETCH 2:202 (UID BODYSTRUCTURE"), "{up}");
-        assert!(!up.contains("NOOP"), "{up}");
-        assert_eq!(
-            client_text(&out),
-            "* 1 FETCH (UID 1 FLAGS ())\r\na3 OK done\r\n"
-        );
-    }
-
-    #[test]
-    fn synchronizing_literals_wait_for_upstream_and_survive_a_refusal() {
-        let mut s = Session::new(ctx(), true, true);
-        s.on_upstream(b"* OK ready\r\n");
-        // LOGIN with a synchronizing literal: relayed, the `+` comes from upstream.
-        let out = s.on_client(b"a1 LOGIN {5}\r\n");
-        assert_eq!(upstream_text(&out), "a1 LOGIN {5}\r\n");
-        let out = s.on_upstream(b"+ OK\r\n");
-        assert_eq!(client_text(&out), "+ OK\r\n");
-        let out = s.on_client(b"alice pw\r\n");
-        assert_eq!(upstream_text(&out), "alice pw\r\n");
-        s.on_upstream(b"a1 OK logged in\r\n");
-        // An APPEND refused before its literal: what follows is a command again.
-        let out = s.on_client(b"a2 APPEND Sent {3000}\r\n");
-        assert_eq!(upstream_text(&out), "a2 APPEND Sent {3000}\r\n");
-        let out = s.on_client(b"a3 NOOP\r\n");
-        assert!(
-            upstream_text(&out).is_empty(),
-            "held until upstream decides"
-        );
-        let out = s.on_upstream(b"a2 NO [TRYCREATE] no such mailbox\r\n");
-        assert_eq!(client_text(&out), "a2 NO [TRYCREATE] no such mailbox\r\n");
-        assert_eq!(upstream_text(&out), "a3 NOOP\r\n");
-    }
-
-    #[test]
-    fn sasl_logins() {
-        let plain = base64::engine::general_purpose::STANDARD.encode(b"\0alice@example.com\0pw");
-        assert_eq!(
-            sasl_user("PLAIN", format!("{plain}\r\n").as_bytes()).as_deref(),
-            Some("alice@example.com")
-        );
-        assert_eq!(
-            sasl_user(
-                "PLAIN",
-                format!("a1 AUTHENTICATE PLAIN {plain}\r\n").as_bytes()
-            )
-            .as_deref(),
-            Some("alice@example.com")
-        );
-        let x = base64::engine::general_purpose::STANDARD
-            .encode(b"user=bob@example.org\x01auth=Bearer abc\x01\x01");
-        assert_eq!(
-            sasl_user("XOAUTH2", format!("{x}\r\n").as_bytes()).as_deref(),
-            Some("bob@example.org")
-        );
-        let o = base64::engine::general_purpose::STANDARD
-            .encode(b"n,a=carol@example.org,\x01host=x\x01auth=Bearer t\x01\x01");
-        assert_eq!(
-            sasl_user("OAUTHBEARER", format!("{o}\r\n").as_bytes()).as_deref(),
-            Some("carol@example.org")
-        );
-    }
-}
+#[path = "session_tests.rs"]
+mod tests;

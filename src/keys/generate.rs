@@ -132,6 +132,7 @@ mod tests {
             .contains("openpgpkey.example.org/.well-known/openpgpkey/example.org/hu/"));
         let id = crate::config::Identity {
             address: "new.user@example.org".into(),
+            account: None,
             login: None,
             secret_key: g.secret_key.clone(),
             passphrase_file: Some(g.passphrase_file.clone()),

@@ -286,6 +286,7 @@ mod tests {
         let g = crate::keys::generate("alice@example.com", dir.path()).unwrap();
         let id = crate::keys::load_identity(&crate::config::Identity {
             address: "alice@example.com".into(),
+            account: None,
             login: Some("alice".into()),
             secret_key: g.secret_key.clone(),
             passphrase_file: Some(g.passphrase_file.clone()),

@@ -1,0 +1,460 @@
+//! Unit tests of the IMAP session: every phase transition and each defect found by
+//! attacking it, fed as bytes (no sockets).
+
+use super::*;
+
+fn ctx() -> Arc<ImapContext> {
+    let dir = tempfile::tempdir().unwrap();
+    Arc::new(ImapContext {
+        account: "test".into(),
+        autocrypt: None,
+        identities: Vec::new(),
+        store: Arc::new(crate::keys::KeyStore::open(dir.path()).unwrap()),
+        cache: Arc::new(super::super::cache::ViewCache::new(1 << 20)),
+        max_message_size: 1 << 20,
+        max_line_length: 8192,
+        max_job_view_bytes: 1 << 20,
+    })
+}
+
+fn client_text(outs: &[Output]) -> String {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::Client(b) => Some(String::from_utf8_lossy(b).into_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn upstream_text(outs: &[Output]) -> String {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::Upstream(b) => Some(String::from_utf8_lossy(b).into_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn plaintext_login_refused_off_loopback_until_starttls() {
+    let mut s = Session::new(ctx(), false, false);
+    let out = s.on_upstream(b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN STARTTLS IDLE] ready\r\n");
+    let greeting = client_text(&out);
+    assert!(greeting.contains("STARTTLS LOGINDISABLED]"), "{greeting}");
+    assert!(!greeting.contains("AUTH=PLAIN"), "{greeting}");
+    // A synchronizing literal is refused before the client sends it.
+    let out = s.on_client(b"a1 LOGIN {5}\r\n");
+    assert_eq!(
+        client_text(&out),
+        "a1 NO [PRIVACYREQUIRED] Use STARTTLS before logging in\r\n"
+    );
+    assert!(upstream_text(&out).is_empty());
+    let out = s.on_client(b"a2 AUTHENTICATE PLAIN AGEAYg==\r\n");
+    assert!(client_text(&out).starts_with("a2 NO [PRIVACYREQUIRED]"));
+    // STARTTLS is answered locally; whatever was pipelined behind it is dropped.
+    let out = s.on_client(b"a3 STARTTLS\r\na4 LOGIN x y\r\n");
+    assert_eq!(out.last(), Some(&Output::StartTls));
+    assert!(client_text(&out).contains("a3 OK"));
+    s.tls_started();
+    let out = s.on_client(b"");
+    assert!(
+        upstream_text(&out).is_empty(),
+        "injected LOGIN must not be relayed"
+    );
+    // After TLS, LOGIN goes upstream.
+    let out = s.on_client(b"a5 LOGIN alice pw\r\n");
+    assert_eq!(upstream_text(&out), "a5 LOGIN alice pw\r\n");
+}
+
+#[test]
+fn literals_stream_through_and_compress_is_refused() {
+    let mut s = Session::new(ctx(), true, true);
+    s.on_upstream(b"* OK ready\r\n");
+    let out = s.on_client(b"a1 APPEND INBOX {10+}\r\n01234");
+    assert_eq!(upstream_text(&out), "a1 APPEND INBOX {10+}\r\n01234");
+    let out = s.on_client(b"56789\r\na2 COMPRESS DEFLATE\r\n");
+    assert_eq!(upstream_text(&out), "56789\r\n");
+    assert!(client_text(&out).starts_with("a2 NO [CANNOT]"));
+    // A literal in a server response is never read as a response line.
+    let out = s.on_upstream(b"* 1 FETCH (BODY[] {14}\r\na1 OK fake\r\n\r\n)\r\na1 OK done\r\n");
+    assert_eq!(
+        client_text(&out),
+        "* 1 FETCH (BODY[] {14}\r\na1 OK fake\r\n\r\n)\r\na1 OK done\r\n"
+    );
+}
+
+#[test]
+fn a_fetch_job_waits_for_relayed_commands_to_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = crate::keys::generate("alice@example.com", dir.path()).unwrap();
+    let id = crate::keys::load_identity(&crate::config::Identity {
+        address: "alice@example.com".into(),
+        account: None,
+        login: None,
+        secret_key: g.secret_key.clone(),
+        passphrase_file: Some(g.passphrase_file.clone()),
+        passphrase_credential: None,
+        passphrase_env: None,
+    })
+    .unwrap();
+    let mut c = ctx();
+    Arc::get_mut(&mut c).unwrap().identities = vec![Arc::new(id)];
+    let mut s = Session::new(c, true, true);
+    s.on_upstream(b"* OK ready\r\n");
+    s.on_client(b"a1 LOGIN alice@example.com pw\r\n");
+    s.on_upstream(b"a1 OK logged in\r\n");
+    s.on_client(b"a2 SELECT INBOX\r\n");
+    s.on_upstream(b"* OK [UIDVALIDITY 7] ok\r\na2 OK [READ-WRITE] selected\r\n");
+    // A relayed FETCH, then one that needs a job, pipelined.
+    let out =
+        s.on_client(b"a3 UID FETCH 1:* (FLAGS)\r\na4 UID FETCH 2 (BODY.PEEK[])\r\na5 NOOP\r\n");
+    assert_eq!(upstream_text(&out), "a3 UID FETCH 1:* (FLAGS)\r\n");
+    // Only when a3 is complete does the job start, and a5 waits for the job.
+    let out = s.on_upstream(b"* 1 FETCH (UID 1 FLAGS ())\r\na3 OK done\r\n");
+    let up = upstream_text(&out);
+    assert!(up.contains("UID FETCH 2:202 (UID BODYSTRUCTURE"), "{up}");
+    assert!(!up.contains("NOOP"), "{up}");
+    assert_eq!(
+        client_text(&out),
+        "* 1 FETCH (UID 1 FLAGS ())\r\na3 OK done\r\n"
+    );
+}
+
+#[test]
+fn synchronizing_literals_wait_for_upstream_and_survive_a_refusal() {
+    let mut s = Session::new(ctx(), true, true);
+    s.on_upstream(b"* OK ready\r\n");
+    // LOGIN with a synchronizing literal: relayed, the `+` comes from upstream.
+    let out = s.on_client(b"a1 LOGIN {5}\r\n");
+    assert_eq!(upstream_text(&out), "a1 LOGIN {5}\r\n");
+    let out = s.on_upstream(b"+ OK\r\n");
+    assert_eq!(client_text(&out), "+ OK\r\n");
+    let out = s.on_client(b"alice pw\r\n");
+    assert_eq!(upstream_text(&out), "alice pw\r\n");
+    s.on_upstream(b"a1 OK logged in\r\n");
+    // An APPEND refused before its literal: what follows is a command again.
+    let out = s.on_client(b"a2 APPEND Sent {3000}\r\n");
+    assert_eq!(upstream_text(&out), "a2 APPEND Sent {3000}\r\n");
+    let out = s.on_client(b"a3 NOOP\r\n");
+    assert!(
+        upstream_text(&out).is_empty(),
+        "held until upstream decides"
+    );
+    let out = s.on_upstream(b"a2 NO [TRYCREATE] no such mailbox\r\n");
+    assert_eq!(client_text(&out), "a2 NO [TRYCREATE] no such mailbox\r\n");
+    assert_eq!(upstream_text(&out), "a3 NOOP\r\n");
+}
+
+#[test]
+fn sasl_logins() {
+    let plain = b"\0alice@example.com\0pw";
+    assert_eq!(
+        sasl_login("PLAIN", plain).as_deref(),
+        Some("alice@example.com")
+    );
+    let b64 = base64::engine::general_purpose::STANDARD.encode(plain);
+    assert_eq!(
+        sasl_response_login("PLAIN", format!("{b64}\r\n").as_bytes()).as_deref(),
+        Some("alice@example.com")
+    );
+    // A master user acting for another mailbox: whose mail it is, sealpost cannot say.
+    assert_eq!(sasl_login("PLAIN", b"victim\0admin\0pw"), None);
+    assert_eq!(
+        sasl_login("PLAIN", b"alice\0alice\0pw").as_deref(),
+        Some("alice")
+    );
+    assert_eq!(
+        sasl_login(
+            "XOAUTH2",
+            b"user=bob@example.org\x01auth=Bearer abc\x01\x01"
+        )
+        .as_deref(),
+        Some("bob@example.org")
+    );
+    assert_eq!(
+        sasl_login(
+            "OAUTHBEARER",
+            b"n,a=carol@example.org,\x01host=x\x01auth=Bearer t\x01\x01"
+        )
+        .as_deref(),
+        Some("carol@example.org")
+    );
+}
+
+#[test]
+fn command_heads() {
+    assert_eq!(
+        command_head(b"a1 uid fetch 1 (FLAGS)\r\n"),
+        Some(("a1".into(), "UID FETCH".into()))
+    );
+    assert_eq!(
+        command_head(b"x LOGIN a b\r\n"),
+        Some(("x".into(), "LOGIN".into()))
+    );
+    assert_eq!(command_head(b"a+b NOOP\r\n"), None);
+    assert_eq!(command_head(b" NOOP\r\n"), None);
+    assert_eq!(command_head(b"DONE\r\n"), None);
+}
+
+/// Two identities, as on a gateway: mallory and the victim.
+fn gateway() -> Arc<ImapContext> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ids = Vec::new();
+    for addr in ["mallory@corp.example", "victim@corp.example"] {
+        let g = crate::keys::generate(addr, dir.path()).unwrap();
+        ids.push(Arc::new(
+            crate::keys::load_identity(&crate::config::Identity {
+                address: addr.into(),
+                account: None,
+                login: None,
+                secret_key: g.secret_key.clone(),
+                passphrase_file: Some(g.passphrase_file.clone()),
+                passphrase_credential: None,
+                passphrase_env: None,
+            })
+            .unwrap(),
+        ));
+    }
+    let mut c = ctx();
+    Arc::get_mut(&mut c).unwrap().identities = ids;
+    c
+}
+
+fn logged_in_as_mallory() -> Session {
+    let mut s = Session::new(gateway(), true, true);
+    s.on_upstream(b"* OK ready\r\n");
+    s.on_client(b"m1 LOGIN mallory@corp.example pw\r\n");
+    s.on_upstream(b"m1 OK logged in\r\n");
+    assert_eq!(s.identity(), Some("mallory@corp.example"));
+    s
+}
+
+/// Defect 1: `x NOOP` then `x LOGIN victim` in one packet; upstream's `x OK` for the
+/// NOOP was taken as victim's LOGIN succeeding.
+#[test]
+fn a_reused_tag_cannot_switch_the_identity() {
+    let mut s = logged_in_as_mallory();
+    let out = s.on_client(b"x NOOP\r\nx LOGIN victim@corp.example junk\r\n");
+    assert_eq!(
+        upstream_text(&out),
+        "x NOOP\r\n",
+        "the LOGIN never goes upstream"
+    );
+    let reply = client_text(&out);
+    assert!(reply.starts_with("x BAD"), "{reply}");
+    s.on_upstream(b"x OK NOOP completed\r\n");
+    assert_eq!(s.identity(), Some("mallory@corp.example"));
+}
+
+#[test]
+fn login_and_authenticate_after_login_are_refused_here() {
+    let mut s = logged_in_as_mallory();
+    for cmd in [
+        &b"y LOGIN victim@corp.example junk\r\n"[..],
+        b"y AUTHENTICATE PLAIN AHZpY3RpbUBjb3JwLmV4YW1wbGUAanVuaw==\r\n",
+        b"y LOGIN {19}\r\n",
+    ] {
+        let out = s.on_client(cmd);
+        assert_eq!(upstream_text(&out), "", "{}", String::from_utf8_lossy(cmd));
+        assert!(client_text(&out).starts_with("y BAD Already authenticated"));
+        s.on_upstream(b"y OK whatever\r\n");
+        assert_eq!(s.identity(), Some("mallory@corp.example"));
+    }
+}
+
+/// The same trick during the login itself: the tag of the login in flight is taken.
+#[test]
+fn a_tag_in_flight_during_login_is_refused() {
+    let mut s = Session::new(gateway(), true, true);
+    s.on_upstream(b"* OK ready\r\n");
+    let out = s.on_client(b"x NOOP\r\nx LOGIN victim@corp.example junk\r\n");
+    assert_eq!(upstream_text(&out), "x NOOP\r\n");
+    s.on_upstream(b"x OK NOOP completed\r\n");
+    assert_eq!(s.identity(), None);
+    // A LOGIN while another is in flight is refused too.
+    let out =
+        s.on_client(b"a LOGIN mallory@corp.example pw\r\nb LOGIN victim@corp.example junk\r\n");
+    assert_eq!(upstream_text(&out), "a LOGIN mallory@corp.example pw\r\n");
+    assert!(client_text(&out).contains("b BAD A login is already in progress"));
+    s.on_upstream(b"a OK logged in\r\nb OK logged in\r\n");
+    assert_eq!(s.identity(), Some("mallory@corp.example"));
+}
+
+#[test]
+fn authenticate_sets_the_identity_from_its_own_reply() {
+    let mut s = Session::new(gateway(), true, true);
+    s.on_upstream(b"* OK ready\r\n");
+    let out = s.on_client(b"a1 AUTHENTICATE PLAIN\r\n");
+    assert_eq!(upstream_text(&out), "a1 AUTHENTICATE PLAIN\r\n");
+    s.on_upstream(b"+ \r\n");
+    let resp = base64::engine::general_purpose::STANDARD.encode(b"\0victim@corp.example\0pw");
+    // The SASL response is a line, whatever it looks like.
+    let out = s.on_client(format!("{resp}\r\n").as_bytes());
+    assert_eq!(upstream_text(&out), format!("{resp}\r\n"));
+    s.on_upstream(b"a1 NO [AUTHENTICATIONFAILED] wrong\r\n");
+    assert_eq!(s.identity(), None);
+    let resp = base64::engine::general_purpose::STANDARD.encode(b"\0mallory@corp.example\0pw");
+    s.on_client(format!("a2 AUTHENTICATE PLAIN {resp}\r\n").as_bytes());
+    s.on_upstream(b"a2 OK [CAPABILITY IMAP4rev1 SORT] ok\r\n");
+    assert_eq!(s.identity(), Some("mallory@corp.example"));
+}
+
+/// An identity belongs to its account: a login of another account never decrypts.
+#[test]
+fn identities_of_other_accounts_are_never_candidates() {
+    let mut c = gateway();
+    Arc::get_mut(&mut c)
+        .unwrap()
+        .identities
+        .retain(|i| i.address == "mallory@corp.example");
+    let mut s = Session::new(c, true, true);
+    s.on_upstream(b"* OK ready\r\n");
+    s.on_client(b"a LOGIN victim@corp.example pw\r\n");
+    s.on_upstream(b"a OK logged in\r\n");
+    assert_eq!(s.identity(), None);
+}
+
+/// Defect 2: a non-synchronizing literal over the limit was dropped with its
+/// announcing line, and its bytes ran as the user's commands.
+#[test]
+fn an_over_limit_literal_is_skipped_not_run() {
+    let limit = 1 << 20; // ctx(): max_message_size
+    let n = limit + 1024 * 1024 + 1;
+    let body = "Z1 UID STORE 1:* +FLAGS.SILENT (\\Deleted)\r\n".repeat(n / 43 + 1);
+    let body = &body.as_bytes()[..n];
+    let mut input = format!("A1 APPEND Drafts {{{n}+}}\r\n").into_bytes();
+    input.extend_from_slice(body);
+    input.extend_from_slice(b"\r\nA2 NOOP\r\n");
+    for chunk in [7, 4096, input.len()] {
+        let mut s = logged_in_as_mallory();
+        let mut up = String::new();
+        let mut client = String::new();
+        for piece in input.chunks(chunk) {
+            let out = s.on_client(piece);
+            up.push_str(&upstream_text(&out));
+            client.push_str(&client_text(&out));
+        }
+        assert_eq!(up, "A2 NOOP\r\n", "chunk {chunk}");
+        assert!(client.starts_with("A1 NO [TOOBIG]"), "{client}");
+        assert!(!client.contains("Z1"));
+    }
+    // A synchronizing one gets NO at once; nothing is read as a literal.
+    let mut s = logged_in_as_mallory();
+    let out = s.on_client(format!("A3 APPEND Drafts {{{n}}}\r\nA4 NOOP\r\n").as_bytes());
+    assert!(client_text(&out).starts_with("A3 NO [TOOBIG]"));
+    assert_eq!(upstream_text(&out), "A4 NOOP\r\n");
+}
+
+/// Defect 4: an over-long line got only an untagged BAD and the client waited forever.
+#[test]
+fn an_over_long_line_gets_a_tagged_bad() {
+    let mut s = logged_in_as_mallory();
+    let mut line = b"t9 UID FETCH 1".to_vec();
+    let mut i = 2;
+    while line.len() < 9000 {
+        line.extend_from_slice(format!(",{i}").as_bytes());
+        i += 2;
+    }
+    line.extend_from_slice(b" (FLAGS)\r\nt10 NOOP\r\n");
+    let out = s.on_client(&line);
+    assert_eq!(client_text(&out), "t9 BAD Line longer than 8192 bytes\r\n");
+    assert_eq!(upstream_text(&out), "t10 NOOP\r\n");
+}
+
+/// Defect 3: capability lists are filtered only where they are capability lists.
+#[test]
+fn relayed_data_is_not_rewritten() {
+    let mut s = logged_in_as_mallory();
+    s.on_client(b"a2 SELECT INBOX\r\n");
+    s.on_upstream(b"* OK [UIDVALIDITY 7] ok\r\na2 OK [READ-WRITE] selected\r\n");
+    s.on_client(b"a3 FETCH 1 (FLAGS)\r\n");
+    let line = b"* 1 FETCH (FLAGS () X \"Re: [CAPABILITY SORT BINARY] who broke it\")\r\n";
+    let out = s.on_upstream(line);
+    assert_eq!(client_text(&out).as_bytes(), line);
+    let out = s.on_upstream(
+        b"* CAPABILITY IMAP4rev1 SORT BINARY IDLE\r\na3 OK [CAPABILITY IMAP4rev1 BINARY] done\r\n",
+    );
+    assert_eq!(
+        client_text(&out),
+        "* CAPABILITY IMAP4rev1 IDLE\r\na3 OK [CAPABILITY IMAP4rev1] done\r\n"
+    );
+}
+
+#[test]
+fn a_failed_select_leaves_nothing_selected_and_examine_is_read_only() {
+    let mut s = logged_in_as_mallory();
+    s.on_client(b"a2 SELECT INBOX\r\n");
+    s.on_upstream(b"* OK [UIDVALIDITY 7] ok\r\na2 OK [READ-WRITE] selected\r\n");
+    assert!(matches!(
+        s.phase,
+        Phase::Selected {
+            uidvalidity: Some(7),
+            read_only: false,
+            ..
+        }
+    ));
+    s.on_client(b"a3 SELECT Nope\r\n");
+    s.on_upstream(b"a3 NO no such mailbox\r\n");
+    assert!(matches!(s.phase, Phase::Authenticated { .. }));
+    s.on_client(b"a4 EXAMINE INBOX\r\n");
+    s.on_upstream(b"* OK [UIDVALIDITY 9] ok\r\na4 OK [READ-ONLY] examined\r\n");
+    assert!(matches!(
+        s.phase,
+        Phase::Selected {
+            uidvalidity: Some(9),
+            read_only: true,
+            ..
+        }
+    ));
+    s.on_client(b"a5 CLOSE\r\n");
+    s.on_upstream(b"a5 OK closed\r\n");
+    assert!(matches!(s.phase, Phase::Authenticated { .. }));
+    s.on_client(b"a6 LOGOUT\r\n");
+    s.on_upstream(b"* BYE bye\r\na6 OK done\r\n");
+    assert!(s.logged_out());
+}
+
+#[test]
+fn idle_done_is_relayed_and_preauth_authenticates() {
+    let mut s = logged_in_as_mallory();
+    let out = s.on_client(b"i1 IDLE\r\n");
+    assert_eq!(upstream_text(&out), "i1 IDLE\r\n");
+    let out = s.on_upstream(b"+ idling\r\n");
+    assert_eq!(client_text(&out), "+ idling\r\n");
+    let out = s.on_client(b"DONE\r\n");
+    assert_eq!(upstream_text(&out), "DONE\r\n");
+    let out = s.on_upstream(b"i1 OK Idle completed\r\n");
+    assert_eq!(client_text(&out), "i1 OK Idle completed\r\n");
+    let out = s.on_client(b"i2 NOOP\r\n");
+    assert_eq!(upstream_text(&out), "i2 NOOP\r\n");
+
+    let mut p = Session::new(gateway(), true, true);
+    p.on_upstream(b"* PREAUTH [CAPABILITY IMAP4rev1 COMPRESS=DEFLATE] hi\r\n");
+    assert!(matches!(p.phase, Phase::Authenticated { identity: None }));
+    let out = p.on_client(b"a LOGIN victim@corp.example x\r\n");
+    assert!(client_text(&out).starts_with("a BAD Already authenticated"));
+}
+
+/// Garbage from the client at every split never panics and never reaches upstream
+/// as anything but whole messages; every tagged line gets a tagged reply.
+#[test]
+fn garbage_input_gets_replies_and_no_panic() {
+    let inputs: [&[u8]; 5] = [
+        b"\x00\xff\r\n{5}\r\n\r\n",
+        b"a1 FETCH\r\n",
+        b"a2 SELECT {3}\r\nabc\r\n",
+        b"+ a\r\n* x\r\n",
+        b"a3 UID FETCH 1:* (BODY[] \r\n",
+    ];
+    for input in inputs {
+        for chunk in 1..=input.len() {
+            let mut s = logged_in_as_mallory();
+            for piece in input.chunks(chunk) {
+                s.on_client(piece);
+            }
+        }
+    }
+    let mut s = logged_in_as_mallory();
+    let out = s.on_client(b"a1 FETCH\r\n");
+    assert!(client_text(&out).starts_with("a1 BAD"));
+}

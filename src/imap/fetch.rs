@@ -504,7 +504,30 @@ impl FetchJob {
         if !message.starts_with(b"* ") || !contains_ci(message, b" FETCH (") {
             return None;
         }
-        let (_, response) = ResponseCodec::default().decode(message).ok()?;
+        let response = match ResponseCodec::default().decode(message) {
+            Ok((_, r)) => r,
+            Err(_) if self.step == Step::Classify => {
+                // imap-codec bounds BODYSTRUCTURE nesting (a mail forwarded as an
+                // attachment a few times goes past it): such a message is downloaded and
+                // its own header decides (a plain one is then relayed byte for byte).
+                let (seq, uid) = classify_prefix(message)?;
+                tracing::debug!(
+                    uid,
+                    "classification response not decodable; deciding from the message"
+                );
+                let msg = Msg {
+                    seq: Some(seq),
+                    uid,
+                    class: Class::Special,
+                };
+                match &self.requested {
+                    Some(r) if !r.contains(&uid) => {}
+                    _ => self.msgs.push(msg),
+                }
+                return Some(Vec::new());
+            }
+            Err(_) => return None,
+        };
         let Response::Data(Data::Fetch { seq, items }) = response else {
             return None;
         };
@@ -581,7 +604,30 @@ impl FetchJob {
             let (header, _) = crate::mime::split_message(&view.bytes);
             ac.learn(header, true, crate::keys::unix_now());
         }
+        if let ViewKind::TooLarge { limit } = view.kind {
+            if limit < ctx.max_message_size {
+                // This FETCH's budget is spent: shown as stored now, and not remembered,
+                // so the next FETCH of it decrypts (the budget is no verdict).
+                tracing::warn!(uid, mailbox = %self.selected.mailbox, "decryption budget of this FETCH spent; shown as stored this time");
+                if view.bytes == raw {
+                    if let Some(m) = self.msgs.iter_mut().find(|m| m.uid == uid) {
+                        m.class = Class::Plain;
+                    }
+                } else {
+                    self.views.insert(uid, Arc::new(view));
+                }
+                return;
+            }
+        }
         let entry = match &view.kind {
+            ViewKind::TooLarge { limit } => {
+                tracing::warn!(uid, mailbox = %self.selected.mailbox, limit, "decrypted message over max_message_size; shown as stored");
+                if view.bytes == raw {
+                    Entry::Plain
+                } else {
+                    Entry::View(Arc::new(view))
+                }
+            }
             ViewKind::Undecryptable(reason) => {
                 tracing::warn!(uid, mailbox = %self.selected.mailbox, %reason, "cannot decrypt; shown as stored");
                 if view.bytes == raw {
@@ -896,6 +942,24 @@ impl FetchJob {
 }
 
 /// Encrypted by structure (PGP/MIME), possibly inline (single text part), or plain.
+/// `* SEQ FETCH (UID UID ...`: the start of a response to the classification command,
+/// which asks for UID first (RFC 3501 §7.4.2 grammar: nz-number SP "FETCH" SP "(").
+fn classify_prefix(message: &[u8]) -> Option<(u32, u32)> {
+    fn number(bytes: &[u8]) -> Option<(u32, &[u8])> {
+        let len = bytes.iter().take_while(|b| b.is_ascii_digit()).count();
+        let n: u32 = std::str::from_utf8(&bytes[..len]).ok()?.parse().ok()?;
+        (n > 0).then_some((n, &bytes[len..]))
+    }
+    let rest = message.strip_prefix(b"* ")?;
+    let (seq, rest) = number(rest)?;
+    let rest = rest
+        .get(..11)
+        .filter(|p| p.eq_ignore_ascii_case(b" FETCH (UID"))
+        .map(|_| &rest[11..])?;
+    let (uid, rest) = number(rest.strip_prefix(b" ")?)?;
+    rest.starts_with(b" ").then_some((seq, uid))
+}
+
 fn classify(b: &BodyStructure<'_>) -> Class {
     match b {
         BodyStructure::Multi { subtype, .. } => {
@@ -926,6 +990,19 @@ fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn classification_prefixes() {
+        assert_eq!(
+            classify_prefix(b"* 5 FETCH (UID 12 BODYSTRUCTURE (((((((((("),
+            Some((5, 12))
+        );
+        assert_eq!(classify_prefix(b"* 5 fetch (uid 12 X"), Some((5, 12)));
+        assert_eq!(classify_prefix(b"* 5 FETCH (FLAGS () UID 12 "), None);
+        assert_eq!(classify_prefix(b"* 0 FETCH (UID 12 "), None);
+        assert_eq!(classify_prefix(b"* 5 FETCH (UID 12"), None);
+        assert_eq!(classify_prefix(b"* 5 FETCH"), None);
+    }
 
     #[test]
     fn sets_and_lines() {

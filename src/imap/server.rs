@@ -116,12 +116,12 @@ pub async fn connect_upstream(svc: &ImapUpstream) -> std::io::Result<(Box<dyn Io
             let mut io: Box<dyn Io> = Box::new(tls);
             io.write_all(b"sp0 CAPABILITY\r\n").await?;
             let mut reader = BufReader::new(io);
-            let mut caps = Vec::new();
+            let mut caps = None;
             loop {
                 line.clear();
                 read_line(&mut reader, &mut line, svc.timeout).await?;
-                if line.to_ascii_uppercase().starts_with(b"* CAPABILITY ") {
-                    caps = line.trim_ascii_end()[b"* CAPABILITY ".len()..].to_vec();
+                if let Some(list) = capability_list(&line) {
+                    caps = Some(list);
                 }
                 if line.starts_with(b"sp0 ") {
                     break;
@@ -130,11 +130,34 @@ pub async fn connect_upstream(svc: &ImapUpstream) -> std::io::Result<(Box<dyn Io
             if !reader.buffer().is_empty() {
                 return Err(std::io::Error::other(format!("{target}: unexpected data")));
             }
-            let mut greeting = b"* OK [CAPABILITY ".to_vec();
-            greeting.extend_from_slice(&caps);
-            greeting.extend_from_slice(b"] sealpost ready\r\n");
-            Ok((reader.into_inner(), greeting))
+            Ok((reader.into_inner(), greeting_with(caps.as_deref())))
         }
+    }
+}
+
+/// The capability atoms of an untagged `CAPABILITY` response, as sent; `None` for any
+/// other line, or one imap-codec cannot decode (an empty list, for one).
+fn capability_list(line: &[u8]) -> Option<String> {
+    use imap_codec::decode::Decoder;
+    use imap_types::response::{Data, Response};
+    match imap_codec::ResponseCodec::default().decode(line) {
+        Ok((_, Response::Data(Data::Capability(_)))) => {
+            let text = String::from_utf8_lossy(line);
+            let list = text.get("* CAPABILITY ".len()..)?.trim();
+            Some(list.to_string())
+        }
+        _ => None,
+    }
+}
+
+/// The greeting sealpost presents after upstream STARTTLS: upstream's capabilities
+/// from after the handshake (filtered by the session like any other), or none.
+fn greeting_with(caps: Option<&str>) -> Vec<u8> {
+    match caps {
+        Some(list) if !list.is_empty() => {
+            format!("* OK [CAPABILITY {list}] sealpost ready\r\n").into_bytes()
+        }
+        _ => b"* OK sealpost ready\r\n".to_vec(),
     }
 }
 
@@ -248,5 +271,32 @@ async fn handle(
             }
             _ = shutdown.changed(), if !*shutdown.borrow() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Defect 8: `* CAPABILITY \r\n` after STARTTLS panicked (slicing past the end).
+    #[test]
+    fn empty_or_odd_capability_lines_do_not_panic() {
+        for line in [
+            &b"* CAPABILITY \r\n"[..],
+            b"* CAPABILITY\r\n",
+            b"* CAPABILITY",
+            b"* capability imap4rev1\r\n",
+            b"*\r\n",
+            b"",
+        ] {
+            let caps = capability_list(line);
+            let g = greeting_with(caps.as_deref());
+            assert!(g.starts_with(b"* OK "), "{}", String::from_utf8_lossy(&g));
+        }
+        assert_eq!(
+            capability_list(b"* CAPABILITY IMAP4rev1 IDLE\r\n").as_deref(),
+            Some("IMAP4rev1 IDLE")
+        );
+        assert_eq!(greeting_with(None), b"* OK sealpost ready\r\n");
     }
 }

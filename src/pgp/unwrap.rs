@@ -24,6 +24,11 @@ pub enum ViewKind {
     Decrypted(SignatureStatus),
     /// Encrypted, but not decryptable here; shown as stored.
     Undecryptable(String),
+    /// Encrypted, and its plaintext is larger than the `limit` it was decrypted under;
+    /// shown as stored. Under a larger limit it may decrypt: not a verdict on the message.
+    TooLarge {
+        limit: usize,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -95,6 +100,12 @@ pub fn view_of(raw: &[u8], keys: &[KeyPair], certs: &[&Cert], max_size: usize) -
     };
     let decrypted = match decrypt_bytes(&ciphertext, keys, certs, max_size) {
         Ok(d) => d,
+        Err(DecryptError::TooLarge(limit)) => {
+            return View {
+                bytes: stripped,
+                kind: ViewKind::TooLarge { limit },
+            };
+        }
         Err(e) => {
             let reason = match e {
                 DecryptError::NoKey => "no key".to_string(),

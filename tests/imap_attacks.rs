@@ -326,7 +326,7 @@ fn deeply_nested_mail_comes_through() {
     let text = String::from_utf8_lossy(&got);
     assert!(text.contains(SECRET), "{text}");
     assert!(text.contains("level 11"), "{text}");
-    let got = c.command_ok(&format!("UID FETCH 1:* (UID RFC822.SIZE)"));
+    let got = c.command_ok("UID FETCH 1:* (UID RFC822.SIZE)");
     assert_eq!(
         parse_fetches(&got).len(),
         2,

@@ -119,6 +119,8 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     }
     // One view cache for the process; its keys carry the account.
     let view_cache = Arc::new(ViewCache::new(config.limits.view_cache_size));
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let decrypt_slots = Arc::new(tokio::sync::Semaphore::new(cores));
     let imap_ctx = |account: &str| {
         Arc::new(ImapContext {
             account: account.into(),
@@ -133,6 +135,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
                 .collect(),
             store: loaded.store.clone(),
             cache: view_cache.clone(),
+            decrypt_slots: decrypt_slots.clone(),
             max_message_size: config.limits.max_message_size,
             max_line_length: config.limits.max_line_length,
             max_job_view_bytes: config

@@ -66,6 +66,19 @@ struct Msg {
 pub enum JobOutput {
     Client(Vec<u8>),
     Upstream(Vec<u8>),
+    /// Build the view of `uid` from its stored bytes, with at most `limit` bytes of
+    /// plaintext, and hand it to [`FetchJob::on_view`]. Decryption is CPU work: the
+    /// driver runs it off the protocol task, several at once.
+    Decrypt(DecryptRequest),
+}
+
+/// A view to build: see [`JobOutput::Decrypt`].
+#[derive(Debug, PartialEq, Eq)]
+pub struct DecryptRequest {
+    pub uid: u32,
+    pub identity: String,
+    pub raw: Vec<u8>,
+    pub limit: usize,
 }
 
 /// Mailbox context of the FETCH.
@@ -110,6 +123,10 @@ pub struct FetchJob {
     /// that decompress hugely (a decompression bomb) cannot exhaust memory; what is
     /// beyond the budget is shown as stored and logged.
     view_budget: usize,
+    /// UIDs whose views are being built (see [`JobOutput::Decrypt`]).
+    decrypting: std::collections::HashSet<u32>,
+    /// The download step's tagged OK came while views were still being built.
+    downloaded: bool,
 }
 
 /// How many UIDs past an explicit UID FETCH are classified in the same round trip.
@@ -334,6 +351,8 @@ impl FetchJob {
             requested: None,
             ahead: Vec::new(),
             view_budget: 0,
+            decrypting: Default::default(),
+            downloaded: false,
         })
     }
 
@@ -471,7 +490,7 @@ impl FetchJob {
         if self.is_our_tagged(message) {
             return self.on_tagged(message, ctx);
         }
-        match self.consume(message, ctx) {
+        match self.consume(message) {
             Some(out) => (out, false),
             None => (vec![JobOutput::Client(message.to_vec())], false),
         }
@@ -482,7 +501,7 @@ impl FetchJob {
     }
 
     /// An untagged response during a step: ours to use (Some) or to relay (None).
-    fn consume(&mut self, message: &[u8], ctx: &ImapContext) -> Option<Vec<JobOutput>> {
+    fn consume(&mut self, message: &[u8]) -> Option<Vec<JobOutput>> {
         if self.step == Step::Search {
             let text = std::str::from_utf8(message).ok()?;
             let rest = text.strip_prefix("* SEARCH")?;
@@ -578,8 +597,16 @@ impl FetchJob {
                     ),
                     _ => None,
                 })?;
-                self.store_view(uid, &raw, ctx);
-                Some(Vec::new())
+                if !self.decrypting.insert(uid) {
+                    // The same message twice in one response stream: built once.
+                    return Some(Vec::new());
+                }
+                Some(vec![JobOutput::Decrypt(DecryptRequest {
+                    uid,
+                    identity: self.selected.identity.clone(),
+                    raw,
+                    limit: self.view_budget,
+                })])
             }
             // Only the messages this step asked about; anything else is unsolicited.
             Step::Special
@@ -594,8 +621,37 @@ impl FetchJob {
         }
     }
 
-    fn store_view(&mut self, uid: u32, raw: &[u8], ctx: &ImapContext) {
-        let view = ctx.view(&self.selected.identity, raw, self.view_budget);
+    /// A view asked for with [`JobOutput::Decrypt`] is ready. Returns what to send and
+    /// whether the job is finished.
+    pub fn on_view(
+        &mut self,
+        uid: u32,
+        raw: &[u8],
+        view: View,
+        ctx: &ImapContext,
+    ) -> (Vec<JobOutput>, bool) {
+        if !self.decrypting.remove(&uid) {
+            return (Vec::new(), false);
+        }
+        self.store_view(uid, raw, view, ctx);
+        if self.downloaded && self.decrypting.is_empty() {
+            let next = self.after_download_step(ctx);
+            return self.finish_step(next);
+        }
+        (Vec::new(), false)
+    }
+
+    fn store_view(&mut self, uid: u32, raw: &[u8], mut view: View, ctx: &ImapContext) {
+        if matches!(view.kind, ViewKind::Decrypted(_)) && view.bytes.len() > self.view_budget {
+            // Views are built in parallel, each under the budget left when it was asked
+            // for; what the job holds stays within the budget all the same.
+            view = View {
+                bytes: crate::mime::without_fields(raw, &[crate::pgp::STATUS_HEADER]),
+                kind: ViewKind::TooLarge {
+                    limit: self.view_budget,
+                },
+            };
+        }
         if let ViewKind::Decrypted(_) = view.kind {
             self.view_budget = self.view_budget.saturating_sub(view.bytes.len());
         }
@@ -669,26 +725,39 @@ impl FetchJob {
         let out = match self.step {
             Step::Classify => self.after_classify(ctx),
             Step::Search => self.after_search(ctx),
-            Step::Download => {
-                // Anything still special without a cached view could not be fetched.
-                let missing: Vec<u32> = self
-                    .msgs
-                    .iter()
-                    .filter(|m| m.class == Class::Special)
-                    .filter(|m| !self.views.contains_key(&m.uid))
-                    .map(|m| m.uid)
-                    .collect();
-                for m in self.msgs.iter_mut() {
-                    if missing.contains(&m.uid) {
-                        m.class = Class::Plain;
-                    }
-                }
-                self.after_download(ctx)
+            Step::Download if !self.decrypting.is_empty() => {
+                // The views still being built decide what comes next.
+                self.downloaded = true;
+                return (Vec::new(), false);
             }
+            Step::Download => self.after_download_step(ctx),
             Step::Plain => self.after_plain(),
             Step::Store => self.special_fetch(),
             Step::Special => Vec::new(),
         };
+        self.finish_step(out)
+    }
+
+    /// After the download and every view it asked for.
+    fn after_download_step(&mut self, ctx: &ImapContext) -> Vec<JobOutput> {
+        // Anything still special without a view could not be fetched.
+        let missing: Vec<u32> = self
+            .msgs
+            .iter()
+            .filter(|m| m.class == Class::Special)
+            .filter(|m| !self.views.contains_key(&m.uid))
+            .map(|m| m.uid)
+            .collect();
+        for m in self.msgs.iter_mut() {
+            if missing.contains(&m.uid) {
+                m.class = Class::Plain;
+            }
+        }
+        self.after_download(ctx)
+    }
+
+    /// The next step's commands, or the job's tagged OK when there is none.
+    fn finish_step(&mut self, out: Vec<JobOutput>) -> (Vec<JobOutput>, bool) {
         if out.is_empty() {
             let done = format!("{} OK Fetch completed (sealpost)\r\n", self.client_tag);
             return (vec![JobOutput::Client(done.into_bytes())], true);

@@ -25,6 +25,8 @@ pub struct ImapContext {
     pub max_message_size: usize,
     /// Longest line accepted from client or server.
     pub max_line_length: usize,
+    /// Decryptions that may run at once, process-wide (one per core).
+    pub decrypt_slots: Arc<tokio::sync::Semaphore>,
     /// Decrypted bytes one FETCH may hold at once (see `fetch::FetchJob`).
     pub max_job_view_bytes: usize,
 }

@@ -205,6 +205,9 @@ async fn handle(
         }
     };
     let mut session = Session::new(svc.ctx.clone(), implicit_tls, plaintext_ok);
+    // Views built on the blocking pool come back here: (uid, stored bytes, view).
+    let (views_tx, mut views_rx) =
+        tokio::sync::mpsc::unbounded_channel::<(u32, Vec<u8>, crate::pgp::View)>();
     let mut outputs = Vec::new();
     if !greeting.is_empty() {
         outputs = session.on_upstream(&greeting);
@@ -224,6 +227,24 @@ async fn handle(
                             .map_err(|_| std::io::Error::other("TLS handshake timed out"))??;
                     client = Box::new(tls);
                     session.tls_started();
+                }
+                Output::Decrypt(req) => {
+                    let ctx = svc.ctx.clone();
+                    let tx = views_tx.clone();
+                    tokio::spawn(async move {
+                        // At most one decryption per core runs at a time, process-wide.
+                        let Ok(_permit) = ctx.decrypt_slots.clone().acquire_owned().await else {
+                            return;
+                        };
+                        let built = tokio::task::spawn_blocking(move || {
+                            let view = ctx.view(&req.identity, &req.raw, req.limit);
+                            (req.uid, req.raw, view)
+                        })
+                        .await;
+                        if let Ok(result) = built {
+                            let _ = tx.send(result);
+                        }
+                    });
                 }
                 Output::Close => {
                     client.flush().await?;
@@ -254,8 +275,7 @@ async fn handle(
                 if n == 0 {
                     return Ok(());
                 }
-                let bytes = &cbuf[..n];
-                outputs = tokio::task::block_in_place(|| session.on_client(bytes));
+                outputs = session.on_client(&cbuf[..n]);
             }
             r = upstream.read(&mut ubuf) => {
                 let n = r?;
@@ -265,9 +285,10 @@ async fn handle(
                     }
                     return Ok(());
                 }
-                let bytes = &ubuf[..n];
-                // Decryption is CPU work; keep the runtime's other tasks moving.
-                outputs = tokio::task::block_in_place(|| session.on_upstream(bytes));
+                outputs = session.on_upstream(&ubuf[..n]);
+            }
+            Some((uid, raw, view)) = views_rx.recv() => {
+                outputs = session.on_view(uid, &raw, view);
             }
             _ = shutdown.changed(), if !*shutdown.borrow() => {}
         }

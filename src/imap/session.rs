@@ -17,7 +17,7 @@
 //! already in flight is refused, and a second LOGIN is answered by sealpost itself.
 
 use super::caps::{self, Local};
-use super::fetch::{self, FetchJob, JobOutput, Selected};
+use super::fetch::{self, DecryptRequest, FetchJob, JobOutput, Selected};
 use super::framer::{Frame, Framer};
 use super::ImapContext;
 use base64::Engine;
@@ -38,6 +38,9 @@ pub enum Output {
     /// Flush to the client, then run the server side of a TLS handshake and call
     /// [`Session::tls_started`].
     StartTls,
+    /// Build this view off the protocol task (it is CPU work) and hand it to
+    /// [`Session::on_view`]; several may be outstanding at once.
+    Decrypt(DecryptRequest),
     Close,
 }
 
@@ -697,8 +700,22 @@ impl Session {
             match o {
                 JobOutput::Client(b) => self.send_client(b),
                 JobOutput::Upstream(b) => self.send_upstream(b),
+                JobOutput::Decrypt(r) => self.out.push(Output::Decrypt(r)),
             }
         }
+    }
+
+    /// A view asked for with [`Output::Decrypt`] is ready.
+    pub fn on_view(&mut self, uid: u32, raw: &[u8], view: crate::pgp::View) -> Vec<Output> {
+        if let Some(JobState::Running(job)) = &mut self.job {
+            let (outputs, done) = job.on_view(uid, raw, view, &self.ctx);
+            self.apply(outputs);
+            if done {
+                self.job = None;
+                self.resume_client();
+            }
+        }
+        self.take()
     }
 
     // ----- upstream side -----------------------------------------------------

@@ -11,6 +11,7 @@ fn ctx() -> Arc<ImapContext> {
         identities: Vec::new(),
         store: Arc::new(crate::keys::KeyStore::open(dir.path()).unwrap()),
         cache: Arc::new(super::super::cache::ViewCache::new(1 << 20)),
+        decrypt_slots: Arc::new(tokio::sync::Semaphore::new(2)),
         max_message_size: 1 << 20,
         max_line_length: 8192,
         max_job_view_bytes: 1 << 20,
@@ -457,4 +458,124 @@ fn garbage_input_gets_replies_and_no_panic() {
     let mut s = logged_in_as_mallory();
     let out = s.on_client(b"a1 FETCH\r\n");
     assert!(client_text(&out).starts_with("a1 BAD"));
+}
+
+/// The session with alice's identity (mallory's gateway with alice as mallory).
+fn with_identity(ctx: &Arc<ImapContext>) -> Session {
+    let mut s = Session::new(ctx.clone(), true, true);
+    s.on_upstream(b"* OK ready\r\n");
+    s.on_client(b"m1 LOGIN mallory@corp.example pw\r\n");
+    s.on_upstream(b"m1 OK logged in\r\n");
+    s.on_client(b"m2 SELECT INBOX\r\n");
+    s.on_upstream(b"* OK [UIDVALIDITY 3] ok\r\nm2 OK [READ-WRITE] selected\r\n");
+    s
+}
+
+/// Feeds `bytes` to upstream in `chunk`-sized pieces, collecting the outputs.
+fn feed_upstream(s: &mut Session, bytes: &[u8], chunk: usize) -> Vec<Output> {
+    let mut out = Vec::new();
+    for piece in bytes.chunks(chunk) {
+        out.extend(s.on_upstream(piece));
+    }
+    out
+}
+
+/// A whole FETCH job on canned upstream bytes, fed at many splits: classify, download,
+/// decryption asked of the driver (not done in the session), then the answer from the
+/// view, and the client's next command only after the job.
+#[test]
+fn a_fetch_job_step_by_step() {
+    let ctx = gateway();
+    let id = ctx.identities[0].clone();
+    let stored = crate::pgp::encrypt_message(
+        &crate::pgp::EncryptRequest {
+            raw: b"From: bob@example.org\r\nSubject: hidden\r\n\r\nsecret body\r\n",
+            recipients: std::slice::from_ref(&id.cert),
+            signer: None,
+            protect_headers: true,
+            boundary: "b1",
+            extra_outer: b"",
+        },
+        &[],
+    )
+    .unwrap();
+    let structure = b"(\"application\" \"pgp-encrypted\" NIL NIL NIL \"7bit\" 10 NIL NIL NIL NIL)(\"application\" \"octet-stream\" NIL NIL NIL \"7bit\" 500 NIL NIL NIL NIL) \"encrypted\" (\"protocol\" \"application/pgp-encrypted\" \"boundary\" \"b1\") NIL NIL NIL";
+    for chunk in [1, 3, 64, usize::MAX] {
+        // A fresh cache each round, so every round classifies and decrypts.
+        let mut c = ctx.clone();
+        let fresh = ImapContext {
+            account: c.account.clone(),
+            autocrypt: None,
+            identities: c.identities.clone(),
+            store: c.store.clone(),
+            cache: Arc::new(super::super::cache::ViewCache::new(1 << 20)),
+            decrypt_slots: c.decrypt_slots.clone(),
+            max_message_size: c.max_message_size,
+            max_line_length: c.max_line_length,
+            max_job_view_bytes: c.max_job_view_bytes,
+        };
+        c = Arc::new(fresh);
+        let mut s = with_identity(&c);
+        let out = s.on_client(b"a1 UID FETCH 5 (UID RFC822.SIZE BODY.PEEK[])\r\na2 NOOP\r\n");
+        let up = upstream_text(&out);
+        assert!(
+            up.starts_with("sp1x1 UID FETCH 5:205 (UID BODYSTRUCTURE"),
+            "{up}"
+        );
+        let mut classify = b"* 1 FETCH (UID 5 BODYSTRUCTURE (".to_vec();
+        classify.extend_from_slice(structure);
+        classify.extend_from_slice(
+            b") BODY[HEADER.FIELDS (SEALPOST-DECRYPTED)] {2}\r\n\r\n)\r\nsp1x1 OK done\r\n",
+        );
+        let out = feed_upstream(&mut s, &classify, chunk.min(classify.len()));
+        assert_eq!(
+            upstream_text(&out),
+            "sp1x2 UID FETCH 5 (UID BODY.PEEK[])\r\n"
+        );
+        assert_eq!(client_text(&out), "", "nothing of ours reaches the client");
+        let mut download = format!("* 1 FETCH (UID 5 BODY[] {{{}}}\r\n", stored.len()).into_bytes();
+        download.extend_from_slice(&stored);
+        download.extend_from_slice(b")\r\nsp1x2 OK done\r\n");
+        let out = feed_upstream(&mut s, &download, chunk.min(download.len()));
+        let requests: Vec<&DecryptRequest> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Decrypt(r) => Some(r),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(requests.len(), 1);
+        assert_eq!(requests[0].uid, 5);
+        assert_eq!(requests[0].raw, stored);
+        assert_eq!(upstream_text(&out), "", "the job waits for the view");
+        // The driver builds the view; a stray view for another UID is ignored.
+        assert!(s
+            .on_view(6, b"x", s.ctx.view(&requests[0].identity, b"x", 100))
+            .is_empty());
+        let view = s
+            .ctx
+            .view(&requests[0].identity, &requests[0].raw, requests[0].limit);
+        assert!(
+            matches!(view.kind, crate::pgp::ViewKind::Decrypted(_)),
+            "{:?}",
+            view.kind
+        );
+        let raw = requests[0].raw.clone();
+        let out = s.on_view(5, &raw, view);
+        let up = upstream_text(&out);
+        assert_eq!(up, "sp1x3 UID FETCH 5 (UID)\r\n");
+        let out = feed_upstream(
+            &mut s,
+            b"* 1 FETCH (UID 5)\r\nsp1x3 OK done\r\n",
+            chunk.min(10),
+        );
+        let text = client_text(&out);
+        assert!(text.contains("secret body"), "{text}");
+        assert!(text.contains("a1 OK"), "{text}");
+        assert_eq!(
+            upstream_text(&out),
+            "a2 NOOP\r\n",
+            "held until the job ended"
+        );
+    }
 }

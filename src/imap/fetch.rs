@@ -32,6 +32,7 @@ use imap_types::fetch::{
     Macro, MacroOrMessageDataItemNames, MessageDataItem, MessageDataItemName, Section,
 };
 use imap_types::response::{Data, Response};
+use imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
@@ -96,6 +97,8 @@ pub struct FetchJob {
     client_tag: String,
     uid: bool,
     set_text: String,
+    /// The set's numbers when it names them all (no `*`, not huge).
+    explicit: Option<Vec<u32>>,
     items_text: String,
     /// CONDSTORE `CHANGEDSINCE` (RFC 7162 §3.1.4.1): every step asks only for messages
     /// changed since, and MODSEQ is returned.
@@ -191,11 +194,8 @@ pub fn expand(m: MacroOrMessageDataItemNames<'_>) -> Vec<MessageDataItemName<'st
 
 /// True when a UID FETCH names only messages known to need no view: it can then be
 /// relayed as it is, keeping the client's pipelining intact.
-pub fn known_plain(ctx: &ImapContext, selected: &Selected, line: &[u8]) -> bool {
-    let Some((set, _)) = split_fetch_line(line) else {
-        return false;
-    };
-    let Some(uids) = explicit_uids(&set) else {
+pub fn known_plain(ctx: &ImapContext, selected: &Selected, set: &SequenceSet) -> bool {
+    let Some(uids) = explicit_uids(set) else {
         return false;
     };
     uids.iter().all(|&uid| {
@@ -263,16 +263,17 @@ pub fn format_set(nums: &[u32]) -> String {
     out
 }
 
-/// Expands an explicit UID set ("4,7:9") when it has no `*` and is small.
-fn explicit_uids(set: &str) -> Option<Vec<u32>> {
+/// Expands a decoded sequence set ("4,7:9") when it has no `*` and is small.
+pub fn explicit_uids(set: &SequenceSet) -> Option<Vec<u32>> {
+    let value = |s: &SeqOrUid| match s {
+        SeqOrUid::Value(n) => Some(n.get()),
+        SeqOrUid::Asterisk => None,
+    };
     let mut out = Vec::new();
-    for part in set.split(',') {
-        let (a, b) = match part.split_once(':') {
-            Some((a, b)) => (a.parse::<u32>().ok()?, b.parse::<u32>().ok()?),
-            None => {
-                let n = part.parse::<u32>().ok()?;
-                (n, n)
-            }
+    for part in set.0.as_ref() {
+        let (a, b) = match part {
+            Sequence::Single(s) => (value(s)?, value(s)?),
+            Sequence::Range(a, b) => (value(a)?, value(b)?),
         };
         let (lo, hi) = (a.min(b), a.max(b));
         if hi - lo > 1000 || out.len() > 1000 {
@@ -295,17 +296,28 @@ fn nstring(data: &[u8]) -> NString<'static> {
     }
 }
 
+/// A client's FETCH, decoded: what a job is made from.
+pub struct FetchRequest<'a> {
+    pub tag: &'a str,
+    pub uid: bool,
+    /// The command as the client sent it (no literals).
+    pub line: &'a [u8],
+    pub set: &'a SequenceSet,
+    pub items: Vec<MessageDataItemName<'static>>,
+    pub modifiers: &'a [FetchModifier],
+}
+
 impl FetchJob {
-    /// A job for `client_tag`, or `None` when the FETCH can simply be relayed.
-    pub fn new(
-        client_tag: &str,
-        uid: bool,
-        line: &[u8],
-        items: Vec<MessageDataItemName<'static>>,
-        modifiers: &[FetchModifier],
-        selected: Selected,
-        tag_prefix: &str,
-    ) -> Option<FetchJob> {
+    /// A job for the request, or `None` when the FETCH can simply be relayed.
+    pub fn new(req: FetchRequest<'_>, selected: Selected, tag_prefix: &str) -> Option<FetchJob> {
+        let FetchRequest {
+            tag: client_tag,
+            uid,
+            line,
+            set,
+            items,
+            modifiers,
+        } = req;
         if !needs_view(&items) {
             return None;
         }
@@ -336,6 +348,7 @@ impl FetchJob {
             client_tag: client_tag.to_string(),
             uid,
             set_text,
+            explicit: explicit_uids(set),
             items_text,
             changed_since,
             vanished,
@@ -413,7 +426,7 @@ impl FetchJob {
         let mut classify_set = self.set_text.clone();
         // With CHANGEDSINCE only upstream knows which messages are meant: always ask.
         if self.uid && self.changed_since.is_none() {
-            if let Some(uids) = explicit_uids(&self.set_text) {
+            if let Some(uids) = self.explicit.clone() {
                 let mut msgs = Vec::new();
                 for &uid in &uids {
                     let class = match ctx.cache.get(&self.key(uid)) {
@@ -1076,8 +1089,11 @@ mod tests {
     #[test]
     fn sets_and_lines() {
         assert_eq!(format_set(&[5, 1, 2, 3, 9, 10]), "1:3,5,9:10");
-        assert_eq!(explicit_uids("4,7:9"), Some(vec![4, 7, 8, 9]));
-        assert_eq!(explicit_uids("1:*"), None);
+        let set = |t: &str| SequenceSet::try_from(t).unwrap();
+        assert_eq!(explicit_uids(&set("4,7:9")), Some(vec![4, 7, 8, 9]));
+        assert_eq!(explicit_uids(&set("9:7")), Some(vec![7, 8, 9]));
+        assert_eq!(explicit_uids(&set("1:*")), None);
+        assert_eq!(explicit_uids(&set("1:100000")), None);
         assert_eq!(
             split_fetch_line(b"a1 UID fetch 1:5 (UID RFC822.SIZE)\r\n"),
             Some(("1:5".into(), "(UID RFC822.SIZE)".into()))

@@ -591,10 +591,10 @@ impl Session {
 
     fn fetch(&mut self, tag: String, command: Command<'_>, msg: Vec<u8>) {
         let CommandBody::Fetch {
+            sequence_set,
             macro_or_item_names,
             uid,
             modifiers,
-            ..
         } = command.body
         else {
             return self.relay(tag, Pending::Relayed, msg);
@@ -618,7 +618,9 @@ impl Session {
         let items = fetch::expand(macro_or_item_names);
         // Nothing content-dependent, or only messages known to be plain: relay as
         // sent, so the client's pipelining is kept.
-        if !fetch::needs_view(&items) || (uid && fetch::known_plain(&self.ctx, &selected, &msg)) {
+        if !fetch::needs_view(&items)
+            || (uid && fetch::known_plain(&self.ctx, &selected, &sequence_set))
+        {
             return self.relay(tag, Pending::Relayed, msg);
         }
         if !self.in_flight.is_empty() {
@@ -628,7 +630,18 @@ impl Session {
         }
         self.jobs_started += 1;
         let prefix = format!("{}{}x", self.tag_prefix, self.jobs_started);
-        match FetchJob::new(&tag, uid, &msg, items, &modifiers, selected, &prefix) {
+        match FetchJob::new(
+            fetch::FetchRequest {
+                tag: &tag,
+                uid,
+                line: &msg,
+                set: &sequence_set,
+                items,
+                modifiers: &modifiers,
+            },
+            selected,
+            &prefix,
+        ) {
             Some(mut job) => {
                 let outputs = job.start(&self.ctx);
                 let finished = outputs.iter().any(|o| matches!(o, JobOutput::Client(_)))

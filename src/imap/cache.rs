@@ -7,7 +7,6 @@
 //! so repeated fetches of plain mail cost no extra round trip.
 
 use crate::pgp::View;
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -31,9 +30,10 @@ pub enum Entry {
 }
 
 struct Inner {
-    map: HashMap<Key, (Entry, u64)>,
+    /// Unbounded by count: the byte bound below decides what goes, least recently
+    /// used first, in O(1) per entry.
+    map: lru::LruCache<Key, Entry>,
     bytes: usize,
-    clock: u64,
 }
 
 pub struct ViewCache {
@@ -53,9 +53,8 @@ impl ViewCache {
     pub fn new(max_bytes: usize) -> ViewCache {
         ViewCache {
             inner: Mutex::new(Inner {
-                map: HashMap::new(),
+                map: lru::LruCache::unbounded(),
                 bytes: 0,
-                clock: 0,
             }),
             max_bytes,
             max_entries: 1_000_000,
@@ -67,13 +66,7 @@ impl ViewCache {
     }
 
     pub fn get(&self, key: &Key) -> Option<Entry> {
-        let mut inner = self.lock();
-        inner.clock += 1;
-        let now = inner.clock;
-        inner.map.get_mut(key).map(|(e, t)| {
-            *t = now;
-            e.clone()
-        })
+        self.lock().map.get(key).cloned()
     }
 
     pub fn insert(&self, key: Key, entry: Entry) {
@@ -82,30 +75,21 @@ impl ViewCache {
             return;
         }
         let mut inner = self.lock();
-        inner.clock += 1;
-        let now = inner.clock;
-        if let Some((old, _)) = inner.map.insert(key, (entry, now)) {
+        if let Some(old) = inner.map.put(key, entry) {
             inner.bytes -= cost(&old);
         }
         inner.bytes += c;
         while inner.bytes > self.max_bytes || inner.map.len() > self.max_entries {
-            let Some(oldest) = inner
-                .map
-                .iter()
-                .min_by_key(|(_, (_, t))| *t)
-                .map(|(k, _)| k.clone())
-            else {
+            let Some((_, e)) = inner.map.pop_lru() else {
                 break;
             };
-            if let Some((e, _)) = inner.map.remove(&oldest) {
-                inner.bytes -= cost(&e);
-            }
+            inner.bytes -= cost(&e);
         }
     }
 
     pub fn remove(&self, key: &Key) {
         let mut inner = self.lock();
-        if let Some((e, _)) = inner.map.remove(key) {
+        if let Some(e) = inner.map.pop(key) {
             inner.bytes -= cost(&e);
         }
     }

@@ -337,7 +337,7 @@ pub async fn check(config: &Config) -> Vec<CheckLine> {
                         up.quit().await;
                         push(true, what, format!("{} answered over {:?}", smtp.upstream, smtp.upstream_security));
                     }
-                    Err(e) => push(false, what, format!("{e}; check `upstream` and `upstream_security` (\"tls\" for port 465, \"starttls\" for 587), and extra_ca for a private CA")),
+                    Err(e) => push(false, what, format!("{}; check `upstream` and `upstream_security` (\"tls\" for port 465, \"starttls\" for 587), and extra_ca for a private CA", crate::error_chain(&e))),
                 }
             }
         }
@@ -364,7 +364,7 @@ pub async fn check(config: &Config) -> Vec<CheckLine> {
                 let what = format!("account {} imap upstream", account.name);
                 match crate::imap::server::connect_upstream(&upstream).await {
                     Ok(_) => push(true, what, format!("{} answered over {:?}", imap.upstream, imap.upstream_security)),
-                    Err(e) => push(false, what, format!("{e}; check `upstream` and `upstream_security` (\"tls\" for port 993, \"starttls\" for 143), and extra_ca for a private CA")),
+                    Err(e) => push(false, what, format!("{}; check `upstream` and `upstream_security` (\"tls\" for port 993, \"starttls\" for 143), and extra_ca for a private CA", crate::error_chain(&e))),
                 }
             }
         }

@@ -11,7 +11,24 @@ pub mod imap;
 pub mod keys;
 pub mod listener;
 pub mod mime;
+pub mod net;
 pub mod pgp;
 pub mod policy;
 pub mod smtp;
 pub mod tls;
+
+/// An error and its causes, each once: `what: why: deeper why` (what anyhow's `{:#}`
+/// prints), for places that report errors as text (`sealpost check`, logs).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}

@@ -60,21 +60,18 @@ pub async fn serve(
 
 /// Connects to the provider and returns the stream and the greeting to relay.
 pub async fn connect_upstream(svc: &ImapUpstream) -> std::io::Result<(Box<dyn Io>, Vec<u8>)> {
-    let target = format!("{}:{}", svc.host, svc.port);
-    let tcp = tokio::time::timeout(
-        svc.timeout,
-        TcpStream::connect((svc.host.as_str(), svc.port)),
-    )
-    .await
-    .map_err(|_| std::io::Error::other(format!("{target}: connect timed out")))??;
-    let _ = tcp.set_nodelay(true);
+    let endpoint = crate::net::Endpoint {
+        host: svc.host.clone(),
+        port: svc.port,
+        timeout: svc.timeout,
+    };
+    let target = endpoint.label();
+    let tcp = endpoint.tcp().await.map_err(std::io::Error::other)?;
     let tls_connect = |io| async {
-        let name =
-            crate::tls::server_name(&svc.host).map_err(|e| std::io::Error::other(e.to_string()))?;
-        let connector = tokio_rustls::TlsConnector::from(svc.tls.clone());
-        tokio::time::timeout(svc.timeout, connector.connect(name, io))
+        endpoint
+            .tls(&svc.tls, io)
             .await
-            .map_err(|_| std::io::Error::other(format!("{target}: TLS handshake timed out")))?
+            .map_err(std::io::Error::other)
     };
     match svc.security {
         UpstreamSecurity::Tls => {
@@ -184,10 +181,9 @@ async fn handle(
 ) -> std::io::Result<()> {
     let _ = stream.set_nodelay(true);
     let mut client: Box<dyn Io> = if implicit_tls {
-        match tokio::time::timeout(svc.upstream.timeout, svc.acceptor.accept(stream)).await {
-            Ok(Ok(tls)) => Box::new(tls),
-            Ok(Err(e)) => return Err(e),
-            Err(_) => return Ok(()),
+        match crate::net::accept_tls(&svc.acceptor, stream, svc.upstream.timeout).await? {
+            Some(tls) => Box::new(tls),
+            None => return Ok(()),
         }
     } else {
         Box::new(stream)
@@ -195,7 +191,7 @@ async fn handle(
     let (mut upstream, greeting) = match connect_upstream(&svc.upstream).await {
         Ok(x) => x,
         Err(e) => {
-            tracing::warn!(error = %e, "cannot reach the IMAP server");
+            tracing::warn!(error = %crate::error_chain(&e), "cannot reach the IMAP server");
             let _ = client
                 .write_all(
                     b"* BYE [UNAVAILABLE] The mail server cannot be reached; try again later\r\n",
@@ -221,10 +217,11 @@ async fn handle(
                 Output::Upstream(b) => upstream.write_all(&b).await?,
                 Output::StartTls => {
                     client.flush().await?;
-                    let tls =
-                        tokio::time::timeout(svc.upstream.timeout, svc.acceptor.accept(client))
-                            .await
-                            .map_err(|_| std::io::Error::other("TLS handshake timed out"))??;
+                    let Some(tls) =
+                        crate::net::accept_tls(&svc.acceptor, client, svc.upstream.timeout).await?
+                    else {
+                        return Ok(());
+                    };
                     client = Box::new(tls);
                     session.tls_started();
                 }

@@ -122,10 +122,9 @@ async fn handle(
 ) -> std::io::Result<()> {
     let _ = stream.set_nodelay(true);
     let mut io: Box<dyn Io> = if implicit_tls {
-        match tokio::time::timeout(svc.idle_timeout, svc.acceptor.accept(stream)).await {
-            Ok(Ok(tls)) => Box::new(tls),
-            Ok(Err(e)) => return Err(e),
-            Err(_) => return Ok(()),
+        match crate::net::accept_tls(&svc.acceptor, stream, svc.idle_timeout).await? {
+            Some(tls) => Box::new(tls),
+            None => return Ok(()),
         }
     } else {
         Box::new(stream)
@@ -168,9 +167,10 @@ async fn handle(
             }
             Action::StartTls => {
                 write(&mut io, &session.take_output()).await?;
-                let tls = tokio::time::timeout(svc.idle_timeout, svc.acceptor.accept(io))
-                    .await
-                    .map_err(|_| std::io::Error::other("TLS handshake timed out"))??;
+                let Some(tls) = crate::net::accept_tls(&svc.acceptor, io, svc.idle_timeout).await?
+                else {
+                    return Ok(());
+                };
                 io = Box::new(tls);
                 session.tls_started();
             }

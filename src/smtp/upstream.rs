@@ -13,7 +13,6 @@ use secrecy::{ExposeSecret, SecretString};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 
 /// A byte stream: TCP, or TLS over TCP.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -21,8 +20,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    #[error("cannot connect to {target}: {message}")]
-    Connect { target: String, message: String },
+    /// Connecting or the TLS handshake failed or timed out.
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
     #[error("TLS with {target} failed: {message}")]
     Tls { target: String, message: String },
     #[error("{target} did not answer within {0:?}", .timeout)]
@@ -51,6 +51,14 @@ impl Target {
     fn label(&self) -> String {
         format!("{}:{}", self.host, self.port)
     }
+
+    fn endpoint(&self) -> crate::net::Endpoint {
+        crate::net::Endpoint {
+            host: self.host.clone(),
+            port: self.port,
+            timeout: self.timeout,
+        }
+    }
 }
 
 /// Longest reply line accepted from upstream.
@@ -68,22 +76,10 @@ impl Upstream {
     /// Connects, secures and greets the provider (TLS or STARTTLS as configured).
     pub async fn connect(target: &Target) -> Result<Upstream, UpstreamError> {
         let label = target.label();
-        let tcp = tokio::time::timeout(
-            target.timeout,
-            TcpStream::connect((target.host.as_str(), target.port)),
-        )
-        .await
-        .map_err(|_| UpstreamError::Timeout {
-            target: label.clone(),
-            timeout: target.timeout,
-        })?
-        .map_err(|e| UpstreamError::Connect {
-            target: label.clone(),
-            message: e.to_string(),
-        })?;
-        let _ = tcp.set_nodelay(true);
+        let endpoint = target.endpoint();
+        let tcp = endpoint.tcp().await?;
         let stream: Box<dyn Io> = match target.security {
-            UpstreamSecurity::Tls => Box::new(tls_connect(target, tcp).await?),
+            UpstreamSecurity::Tls => Box::new(endpoint.tls(&target.tls, tcp).await?),
             _ => Box::new(tcp),
         };
         let mut up = Upstream {
@@ -113,7 +109,7 @@ impl Upstream {
             }
             let Upstream { stream, .. } = up;
             let inner = stream.into_inner();
-            let tls = tls_connect(target, inner).await?;
+            let tls = endpoint.tls(&target.tls, inner).await?;
             up = Upstream {
                 stream: BufReader::new(Box::new(tls)),
                 target: target.clone(),
@@ -345,31 +341,6 @@ impl Upstream {
         }
         Ok(Reply { code, lines })
     }
-}
-
-async fn tls_connect<S>(
-    target: &Target,
-    stream: S,
-) -> Result<tokio_rustls::client::TlsStream<S>, UpstreamError>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let label = target.label();
-    let name = crate::tls::server_name(&target.host).map_err(|e| UpstreamError::Tls {
-        target: label.clone(),
-        message: e.to_string(),
-    })?;
-    let connector = tokio_rustls::TlsConnector::from(target.tls.clone());
-    tokio::time::timeout(target.timeout, connector.connect(name, stream))
-        .await
-        .map_err(|_| UpstreamError::Timeout {
-            target: label.clone(),
-            timeout: target.timeout,
-        })?
-        .map_err(|e| UpstreamError::Tls {
-            target: label,
-            message: e.to_string(),
-        })
 }
 
 /// Normalises line endings to CRLF and doubles leading dots (RFC 5321 §4.5.2),

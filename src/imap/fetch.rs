@@ -932,6 +932,8 @@ impl FetchJob {
             return Vec::new();
         };
         let msg = &view.bytes;
+        // Decrypted views are prepared when built (see `ImapContext::view`).
+        let prepared = matches!(view.kind, ViewKind::Decrypted(_));
         let mut items: Vec<MessageDataItem<'static>> = Vec::new();
         let from_upstream = |name: &MessageDataItemName<'_>| {
             upstream.iter().find(|i| {
@@ -990,8 +992,12 @@ impl FetchJob {
                 MessageDataItemName::BodyExt {
                     section, partial, ..
                 } => {
-                    let data =
-                        crate::mime::view::section(msg, section.as_ref()).unwrap_or_default();
+                    let data = if prepared {
+                        crate::mime::view::section_of_prepared(msg, section.as_ref())
+                    } else {
+                        crate::mime::view::section(msg, section.as_ref()).map(Into::into)
+                    }
+                    .unwrap_or_default();
                     let part = crate::mime::view::partial(&data, *partial);
                     Some(MessageDataItem::BodyExt {
                         section: section.clone(),

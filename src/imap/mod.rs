@@ -57,11 +57,17 @@ impl ImapContext {
         let stored = self.store.certs().unwrap_or_default();
         let mut certs: Vec<&sequoia_openpgp::Cert> = stored.iter().collect();
         certs.push(&id.cert);
-        view_of(
+        let mut view = view_of(
             raw,
             &id.decryptors,
             &certs,
             max_size.min(self.max_message_size),
-        )
+        );
+        if let ViewKind::Decrypted(_) = view.kind {
+            // Prepared once: every FETCH item is then a range of these bytes, and
+            // RFC822.SIZE is the length of BODY[].
+            view.bytes = crate::mime::view::prepare(std::mem::take(&mut view.bytes));
+        }
+        view
     }
 }

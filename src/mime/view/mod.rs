@@ -71,11 +71,33 @@ pub fn envelope(msg: &[u8]) -> Envelope<'static> {
 /// Dovecot then answers an empty string (`BODY[3] {0}`), not NIL, and so should the
 /// caller. As in Dovecot, `1.MIME` of a non-multipart message is its header.
 pub fn section(msg: &[u8], section: Option<&Section<'_>>) -> Option<Vec<u8>> {
-    let mut out = section_raw(&to_crlf(msg), section)?;
+    let mut out = section_raw(&to_crlf(msg), section)?.into_owned();
     for b in out.iter_mut().filter(|b| **b == 0) {
         *b = 0x80;
     }
     Some(out)
+}
+
+/// The message as [`section`] serves it (CRLF line ends, NUL as 0x80), made once so a
+/// prepared view can answer every section with [`section_of_prepared`].
+pub fn prepare(msg: Vec<u8>) -> Vec<u8> {
+    let mut out = match to_crlf(&msg) {
+        std::borrow::Cow::Borrowed(_) => msg,
+        std::borrow::Cow::Owned(o) => o,
+    };
+    for b in out.iter_mut().filter(|b| **b == 0) {
+        *b = 0x80;
+    }
+    out
+}
+
+/// [`section`] of a message already [`prepare`]d: a range of it where the section is
+/// one (everything but HEADER.FIELDS), so a partial fetch copies only its own bytes.
+pub fn section_of_prepared<'m>(
+    msg: &'m [u8],
+    section: Option<&Section<'_>>,
+) -> Option<std::borrow::Cow<'m, [u8]>> {
+    section_raw(msg, section)
 }
 
 /// Applies an `<offset.length>` partial: an offset past the end gives nothing, a length

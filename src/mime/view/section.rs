@@ -10,9 +10,13 @@ use super::field_name;
 use super::structure::{parse, Kind, Node};
 use crate::mime::{fields, push_line, split_message};
 
-pub(super) fn section_raw(m: &[u8], section: Option<&Section<'_>>) -> Option<Vec<u8>> {
+pub(super) fn section_raw<'m>(
+    m: &'m [u8],
+    section: Option<&Section<'_>>,
+) -> Option<std::borrow::Cow<'m, [u8]>> {
+    use std::borrow::Cow;
     let Some(section) = section else {
-        return Some(m.to_vec());
+        return Some(Cow::Borrowed(m));
     };
     let root = parse(m);
     let (path, what, names) = match section {
@@ -35,11 +39,17 @@ pub(super) fn section_raw(m: &[u8], section: Option<&Section<'_>>) -> Option<Vec
         }
     }
     Some(match what {
-        What::Body | What::Text => m[node.body.clone()].to_vec(),
-        What::Mime | What::Header => m[node.hdr.clone()].to_vec(),
+        What::Body | What::Text => Cow::Borrowed(&m[node.body.clone()]),
+        What::Mime | What::Header => Cow::Borrowed(&m[node.hdr.clone()]),
         What::Fields | What::FieldsNot => {
             let not = what == What::FieldsNot;
-            header_fields(m, node, names.unwrap_or(&[]), not, path.is_none())
+            Cow::Owned(header_fields(
+                m,
+                node,
+                names.unwrap_or(&[]),
+                not,
+                path.is_none(),
+            ))
         }
     })
 }

@@ -208,8 +208,10 @@ async fn handle(
     if !greeting.is_empty() {
         outputs = session.on_upstream(&greeting);
     }
-    let mut cbuf = vec![0u8; 64 * 1024];
-    let mut ubuf = vec![0u8; 256 * 1024];
+    // Per connection, so modest: a thousand clients in IDLE must not cost gigabytes
+    // (TLS records are 16 KiB; larger reads bring little).
+    let mut cbuf = vec![0u8; 16 * 1024];
+    let mut ubuf = vec![0u8; 64 * 1024];
     loop {
         for out in std::mem::take(&mut outputs) {
             match out {

@@ -60,6 +60,8 @@ struct Msg {
     seq: Option<u32>,
     uid: u32,
     class: Class,
+    /// RFC822.SIZE as stored (0 when not known).
+    size: u32,
 }
 
 /// Output of a job step.
@@ -130,7 +132,15 @@ pub struct FetchJob {
     decrypting: std::collections::HashSet<u32>,
     /// The download step's tagged OK came while views were still being built.
     downloaded: bool,
+    /// UIDs downloaded ahead of the client's asking: their views go to the cache only,
+    /// and do not count against this FETCH's budget.
+    prefetched: std::collections::HashSet<u32>,
 }
+
+/// At most this many encrypted messages classified ahead are downloaded and decrypted
+/// along with a client's FETCH, and at most this many stored bytes of them.
+const PREFETCH_MESSAGES: usize = 32;
+const PREFETCH_BYTES: u64 = 2 * 1024 * 1024;
 
 /// How many UIDs past an explicit UID FETCH are classified in the same round trip.
 /// Clients that fetch one message per command (mbsync, Thunderbird's display) then
@@ -366,6 +376,7 @@ impl FetchJob {
             view_budget: 0,
             decrypting: Default::default(),
             downloaded: false,
+            prefetched: Default::default(),
         })
     }
 
@@ -445,6 +456,7 @@ impl FetchJob {
                         seq: None,
                         uid,
                         class,
+                        size: 0,
                     });
                 }
                 if msgs.len() == uids.len() {
@@ -461,7 +473,7 @@ impl FetchJob {
         }
         self.step = Step::Classify;
         let body = format!(
-            "{}FETCH {} (UID BODYSTRUCTURE BODY.PEEK[HEADER.FIELDS (SEALPOST-DECRYPTED)]){}",
+            "{}FETCH {} (UID RFC822.SIZE BODYSTRUCTURE BODY.PEEK[HEADER.FIELDS (SEALPOST-DECRYPTED)]){}",
             self.uid_prefix(),
             classify_set,
             self.modifier_text(self.vanished)
@@ -551,6 +563,7 @@ impl FetchJob {
                     seq: Some(seq),
                     uid,
                     class: Class::Special,
+                    size: 0,
                 };
                 match &self.requested {
                     Some(r) if !r.contains(&uid) => {}
@@ -585,10 +598,18 @@ impl FetchJob {
                 } else {
                     classify(structure)
                 };
+                let size = items
+                    .iter()
+                    .find_map(|i| match i {
+                        MessageDataItem::Rfc822Size(n) => Some(*n),
+                        _ => None,
+                    })
+                    .unwrap_or(0);
                 let msg = Msg {
                     seq: Some(seq.get()),
                     uid,
                     class,
+                    size,
                 };
                 match &self.requested {
                     Some(r) if !r.contains(&uid) => self.ahead.push(msg),
@@ -655,6 +676,21 @@ impl FetchJob {
     }
 
     fn store_view(&mut self, uid: u32, raw: &[u8], mut view: View, ctx: &ImapContext) {
+        if let (Some(ac), ViewKind::Decrypted(_)) = (&ctx.autocrypt, &view.kind) {
+            // Inside encryption, Autocrypt-Gossip counts too (Autocrypt 1.1 §2.7).
+            let (header, _) = crate::mime::split_message(&view.bytes);
+            ac.learn(header, true, crate::keys::unix_now());
+        }
+        if self.prefetched.contains(&uid) {
+            // Cached for the FETCH that will ask for it; this one holds nothing of it.
+            let entry = match view.kind {
+                ViewKind::Decrypted(_) => Entry::View(Arc::new(view)),
+                // Anything else is decided again when the client asks.
+                _ => return,
+            };
+            ctx.cache.insert(self.key(uid), entry);
+            return;
+        }
         if matches!(view.kind, ViewKind::Decrypted(_)) && view.bytes.len() > self.view_budget {
             // Views are built in parallel, each under the budget left when it was asked
             // for; what the job holds stays within the budget all the same.
@@ -667,11 +703,6 @@ impl FetchJob {
         }
         if let ViewKind::Decrypted(_) = view.kind {
             self.view_budget = self.view_budget.saturating_sub(view.bytes.len());
-        }
-        if let (Some(ac), ViewKind::Decrypted(_)) = (&ctx.autocrypt, &view.kind) {
-            // Inside encryption, Autocrypt-Gossip counts too (Autocrypt 1.1 §2.7).
-            let (header, _) = crate::mime::split_message(&view.bytes);
-            ac.learn(header, true, crate::keys::unix_now());
         }
         if let ViewKind::TooLarge { limit } = view.kind {
             if limit < ctx.max_message_size {
@@ -834,14 +865,32 @@ impl FetchJob {
                 ctx.cache.insert(self.key(m.uid), entry);
             }
         }
-        self.ahead.clear();
-        let to_download: Vec<u32> = self
+        let mut to_download: Vec<u32> = self
             .msgs
             .iter()
             .filter(|m| m.class == Class::Special)
             .filter(|m| !self.views.contains_key(&m.uid))
             .filter_map(|m| if self.uid { Some(m.uid) } else { m.seq })
             .collect();
+        if !to_download.is_empty() && self.uid {
+            // Clients that fetch one message per command (mbsync, Thunderbird's offline
+            // sync) ask for the encrypted messages after this one next: download and
+            // decrypt a few of them now, in the same round trip and in parallel, so
+            // their FETCHes find the views cached.
+            let mut bytes = 0u64;
+            let mut prefetch = Vec::new();
+            for m in self.ahead.iter().filter(|m| m.class == Class::Special) {
+                if prefetch.len() >= PREFETCH_MESSAGES || bytes + u64::from(m.size) > PREFETCH_BYTES
+                {
+                    break;
+                }
+                bytes += u64::from(m.size);
+                prefetch.push(m.uid);
+            }
+            self.prefetched = prefetch.iter().copied().collect();
+            to_download.extend(prefetch);
+        }
+        self.ahead.clear();
         if !to_download.is_empty() {
             self.step = Step::Download;
             let body = format!(

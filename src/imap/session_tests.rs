@@ -113,7 +113,10 @@ fn a_fetch_job_waits_for_relayed_commands_to_complete() {
     // Only when a3 is complete does the job start, and a5 waits for the job.
     let out = s.on_upstream(b"* 1 FETCH (UID 1 FLAGS ())\r\na3 OK done\r\n");
     let up = upstream_text(&out);
-    assert!(up.contains("UID FETCH 2:202 (UID BODYSTRUCTURE"), "{up}");
+    assert!(
+        up.contains("UID FETCH 2:202 (UID RFC822.SIZE BODYSTRUCTURE"),
+        "{up}"
+    );
     assert!(!up.contains("NOOP"), "{up}");
     assert_eq!(
         client_text(&out),
@@ -519,51 +522,74 @@ fn a_fetch_job_step_by_step() {
         let out = s.on_client(b"a1 UID FETCH 5 (UID RFC822.SIZE BODY.PEEK[])\r\na2 NOOP\r\n");
         let up = upstream_text(&out);
         assert!(
-            up.starts_with("sp1x1 UID FETCH 5:205 (UID BODYSTRUCTURE"),
+            up.starts_with("sp1x1 UID FETCH 5:205 (UID RFC822.SIZE BODYSTRUCTURE"),
             "{up}"
         );
-        let mut classify = b"* 1 FETCH (UID 5 BODYSTRUCTURE (".to_vec();
-        classify.extend_from_slice(structure);
-        classify.extend_from_slice(
-            b") BODY[HEADER.FIELDS (SEALPOST-DECRYPTED)] {2}\r\n\r\n)\r\nsp1x1 OK done\r\n",
-        );
+        // UID 5 is asked for; UID 6, encrypted too, comes next in the mailbox.
+        let mut classify = Vec::new();
+        for (seq, uid) in [(1, 5), (2, 6)] {
+            classify.extend_from_slice(
+                format!("* {seq} FETCH (UID {uid} RFC822.SIZE 900 BODYSTRUCTURE (").as_bytes(),
+            );
+            classify.extend_from_slice(structure);
+            classify
+                .extend_from_slice(b") BODY[HEADER.FIELDS (SEALPOST-DECRYPTED)] {2}\r\n\r\n)\r\n");
+        }
+        classify.extend_from_slice(b"sp1x1 OK done\r\n");
         let out = feed_upstream(&mut s, &classify, chunk.min(classify.len()));
         assert_eq!(
             upstream_text(&out),
-            "sp1x2 UID FETCH 5 (UID BODY.PEEK[])\r\n"
+            "sp1x2 UID FETCH 5:6 (UID BODY.PEEK[])\r\n",
+            "the next encrypted message is downloaded in the same round trip"
         );
         assert_eq!(client_text(&out), "", "nothing of ours reaches the client");
-        let mut download = format!("* 1 FETCH (UID 5 BODY[] {{{}}}\r\n", stored.len()).into_bytes();
-        download.extend_from_slice(&stored);
-        download.extend_from_slice(b")\r\nsp1x2 OK done\r\n");
+        let mut download = Vec::new();
+        for (seq, uid) in [(1, 5), (2, 6)] {
+            download.extend_from_slice(
+                format!("* {seq} FETCH (UID {uid} BODY[] {{{}}}\r\n", stored.len()).as_bytes(),
+            );
+            download.extend_from_slice(&stored);
+            download.extend_from_slice(b")\r\n");
+        }
+        download.extend_from_slice(b"sp1x2 OK done\r\n");
         let out = feed_upstream(&mut s, &download, chunk.min(download.len()));
-        let requests: Vec<&DecryptRequest> = out
-            .iter()
+        let requests: Vec<DecryptRequest> = out
+            .into_iter()
             .filter_map(|o| match o {
                 Output::Decrypt(r) => Some(r),
-                _ => None,
+                other => {
+                    assert!(
+                        !matches!(other, Output::Upstream(_)),
+                        "the job waits for the views"
+                    );
+                    None
+                }
             })
             .collect();
-        assert_eq!(requests.len(), 1);
-        assert_eq!(requests[0].uid, 5);
+        assert_eq!(requests.iter().map(|r| r.uid).collect::<Vec<_>>(), [5, 6]);
         assert_eq!(requests[0].raw, stored);
-        assert_eq!(upstream_text(&out), "", "the job waits for the view");
-        // The driver builds the view; a stray view for another UID is ignored.
+        // The driver builds the views, in any order; a stray view is ignored.
         assert!(s
-            .on_view(6, b"x", s.ctx.view(&requests[0].identity, b"x", 100))
+            .on_view(7, b"x", s.ctx.view(&requests[0].identity, b"x", 100))
             .is_empty());
-        let view = s
-            .ctx
-            .view(&requests[0].identity, &requests[0].raw, requests[0].limit);
+        let mut views = Vec::new();
+        for r in requests.iter().rev() {
+            let view = s.ctx.view(&r.identity, &r.raw, r.limit);
+            assert!(
+                matches!(view.kind, crate::pgp::ViewKind::Decrypted(_)),
+                "{:?}",
+                view.kind
+            );
+            views.push((r.uid, r.raw.clone(), view));
+        }
+        let (uid, raw, view) = views.remove(0);
         assert!(
-            matches!(view.kind, crate::pgp::ViewKind::Decrypted(_)),
-            "{:?}",
-            view.kind
+            upstream_text(&s.on_view(uid, &raw, view)).is_empty(),
+            "one view still missing"
         );
-        let raw = requests[0].raw.clone();
-        let out = s.on_view(5, &raw, view);
-        let up = upstream_text(&out);
-        assert_eq!(up, "sp1x3 UID FETCH 5 (UID)\r\n");
+        let (uid, raw, view) = views.remove(0);
+        let out = s.on_view(uid, &raw, view);
+        assert_eq!(upstream_text(&out), "sp1x3 UID FETCH 5 (UID)\r\n");
         let out = feed_upstream(
             &mut s,
             b"* 1 FETCH (UID 5)\r\nsp1x3 OK done\r\n",
@@ -576,6 +602,16 @@ fn a_fetch_job_step_by_step() {
             upstream_text(&out),
             "a2 NOOP\r\n",
             "held until the job ended"
+        );
+        s.on_upstream(b"a2 OK done\r\n");
+        // UID 6 was decrypted ahead: its FETCH needs one round trip, no download.
+        let out = s.on_client(b"a3 UID FETCH 6 (UID BODY.PEEK[])\r\n");
+        assert_eq!(upstream_text(&out), "sp2x1 UID FETCH 6 (UID)\r\n");
+        let out = s.on_upstream(b"* 2 FETCH (UID 6)\r\nsp2x1 OK done\r\n");
+        let text = client_text(&out);
+        assert!(
+            text.contains("secret body") && text.contains("a3 OK"),
+            "{text}"
         );
     }
 }

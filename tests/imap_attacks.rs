@@ -336,3 +336,68 @@ fn deeply_nested_mail_comes_through() {
         String::from_utf8_lossy(&got)
     );
 }
+
+/// Found by an attacking review: mallory's AUTHENTICATE PLAIN with her credentials in
+/// base64 with non-zero trailing bits (Dovecot decodes it) and a second line naming
+/// alice made Dovecot log mallory in and sealpost pick alice's key.
+#[test]
+fn sasl_tricks_cannot_pick_another_users_key() {
+    let env = Env::new("");
+    let stolen = for_alice("for alice", SECRET);
+    env.dovecot
+        .append(MALLORY.0, MALLORY.1, "INBOX", &stolen, &[]);
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut data = format!("\0{}\0{}", MALLORY.0, MALLORY.1);
+    if data.len() % 3 == 0 {
+        data = format!("{0}\0{0}\0{1}", MALLORY.0, MALLORY.1);
+    }
+    let mut l1 = b64.encode(data).into_bytes();
+    let pad = l1.iter().position(|&b| b == b'=').expect("padded");
+    let alph = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let v = alph.iter().position(|&c| c == l1[pad - 1]).unwrap();
+    l1[pad - 1] = alph[v | if pad + 2 == l1.len() { 0x0f } else { 0x03 }];
+    assert!(b64.decode(&l1).is_err(), "non-canonical on purpose");
+    let l2 = b64.encode(format!("\0{}\0x", ALICE.0));
+    let mut c = RawImap::connect(env.proxy.imap_port, "starttls", Some(&env.ca.ca_pem));
+    c.send_raw(
+        format!(
+            "a AUTHENTICATE PLAIN\r\n{}\r\n{l2}\r\n",
+            String::from_utf8(l1).unwrap()
+        )
+        .as_bytes(),
+    );
+    let r = c.read_until_tagged("a");
+    assert_eq!(r.status, "OK", "{}", r.tagged_text());
+    c.command_ok("SELECT INBOX");
+    let got = c.command_ok("UID FETCH 1 (BODY.PEEK[])");
+    let text = String::from_utf8_lossy(&got);
+    assert!(!text.contains(SECRET), "mallory read alice's mail:\n{text}");
+    assert!(
+        text.contains("BEGIN PGP MESSAGE"),
+        "shown as stored: {text}"
+    );
+}
+
+/// Found by an attacking review: `NOOP {n+}` whose literal Dovecot ran as a SELECT
+/// behind sealpost's back.
+#[test]
+fn a_literal_never_runs_upstream_as_a_command() {
+    let env = Env::new("");
+    let mut c = env.client(MALLORY);
+    c.command_ok("CREATE Other");
+    c.command_ok("SELECT INBOX");
+    let inner = b"x SELECT Other\r\n";
+    let mut cmd = format!("n NOOP {{{}+}}\r\n", inner.len() - 2).into_bytes();
+    cmd.extend_from_slice(inner);
+    cmd.extend_from_slice(b"z NOOP\r\n");
+    c.send_raw(&cmd);
+    let r = c.read_until_tagged("n");
+    assert_eq!(r.status, "BAD", "{}", r.tagged_text());
+    let r = c.read_until_tagged("z");
+    assert_eq!(r.status, "OK", "{}", r.tagged_text());
+    // A LOGIN with a synchronizing literal password still works (sealpost says `+`).
+    let mut a = RawImap::connect(env.proxy.imap_port, "starttls", Some(&env.ca.ca_pem));
+    let r = a.command_with_literal(&format!("LOGIN {}", ALICE.0), ALICE.1.as_bytes(), "");
+    assert!(r.is_ok(), "{}", r.tagged_text());
+    a.command_ok("SELECT INBOX");
+}

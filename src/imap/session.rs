@@ -103,9 +103,20 @@ enum Pending {
         read_only: bool,
     },
     Unselect,
-    /// IDLE: the client's next line is `DONE` (RFC 2177), not a command.
+    /// IDLE (RFC 2177); [`Inflow::Idle`] follows its progress.
     Idle,
     Logout,
+}
+
+/// Where an IDLE is (RFC 2177).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IdleStage {
+    /// Sent; upstream's `+` has not come. Client input is held.
+    Requested,
+    /// Idling: the client's next line must be `DONE`.
+    Idling,
+    /// `DONE` sent; the tagged reply has not come. Client input is held.
+    Ending,
 }
 
 /// How the client message being framed is handled.
@@ -113,25 +124,35 @@ enum Pending {
 enum Inflow {
     /// Between messages.
     Start,
-    /// Relaying the message upstream frame by frame; `observe`: decode it once complete
-    /// (a LOGIN, SELECT or EXAMINE with synchronizing literals).
-    Relay { tag: String, observe: bool },
+    /// Relaying an APPEND upstream frame by frame (its message literal streams).
+    Relay { tag: String },
     /// A relayed synchronizing literal waits for upstream's `+` (or its refusal of the
     /// command); client input is held until then.
-    AwaitContinuation { tag: String, observe: bool },
-    /// Collecting the message to act on once complete.
-    Hold { tag: String },
+    AwaitContinuation { tag: String },
+    /// Collecting the message to decode once complete. `segments` are its bytes split
+    /// after each synchronizing literal's announcement (the `+` for those is sealpost's
+    /// own), so that it can be relayed in step with upstream's `+`.
+    Hold { tag: String, segments: Vec<Vec<u8>> },
     /// Dropping the message; `reply` goes to the client once it is complete.
     Discard { reply: Vec<u8> },
-    /// AUTHENTICATE: each client line is a SASL response (RFC 3501 §6.2.2).
-    Sasl { tag: String, mechanism: String },
+    /// AUTHENTICATE (RFC 3501 §6.2.2): in lockstep, one client line per upstream `+`
+    /// (`ready`), until the tagged reply. `first`: the next line is the first response,
+    /// the only one the login name is read from.
+    Sasl {
+        tag: String,
+        mechanism: String,
+        ready: bool,
+        first: bool,
+    },
+    /// IDLE in progress: only `DONE` is read from the client.
+    Idle { tag: String, stage: IdleStage },
 }
 
 /// A FETCH that needs the view, and where it is.
 enum JobState {
     /// Waiting until the commands in flight complete (their responses must not
     /// interleave with the job's).
-    Deferred(Vec<u8>),
+    Deferred(String, Vec<u8>),
     Running(Box<FetchJob>),
 }
 
@@ -157,6 +178,9 @@ pub struct Session {
     max_literal: u64,
     /// The UIDVALIDITY announced for the SELECT/EXAMINE in flight.
     last_uidvalidity: Option<u32>,
+    /// The rest of a held command with synchronizing literals, for `tag`: each
+    /// segment goes upstream after upstream's `+` for the one before.
+    outgoing: Option<(String, std::collections::VecDeque<Vec<u8>>)>,
     held: Vec<u8>,
     tag_prefix: String,
     jobs_started: u64,
@@ -184,8 +208,9 @@ impl Session {
             in_flight: HashMap::new(),
             job: None,
             last_uidvalidity: None,
+            outgoing: None,
             held: Vec::new(),
-            tag_prefix: "sp".into(),
+            tag_prefix: job_tag_prefix(),
             jobs_started: 0,
             out: Vec::new(),
         }
@@ -206,7 +231,17 @@ impl Session {
     /// While a FETCH job runs or waits, or a literal waits for upstream's `+`, client
     /// input is held, not framed.
     fn busy(&self) -> bool {
-        self.job.is_some() || matches!(self.inflow, Inflow::AwaitContinuation { .. })
+        self.job.is_some()
+            || self.outgoing.is_some()
+            || matches!(
+                self.inflow,
+                Inflow::AwaitContinuation { .. }
+                    | Inflow::Sasl { ready: false, .. }
+                    | Inflow::Idle {
+                        stage: IdleStage::Requested | IdleStage::Ending,
+                        ..
+                    }
+            )
     }
 
     /// The address whose key decrypts for this session, once authenticated.
@@ -291,7 +326,7 @@ impl Session {
                 bytes,
                 first: true,
                 literal,
-            } if !matches!(self.inflow, Inflow::Sasl { .. }) => {
+            } if !matches!(self.inflow, Inflow::Sasl { .. } | Inflow::Idle { .. }) => {
                 self.start_message(bytes, literal, complete)
             }
             Frame::Overlong {
@@ -326,7 +361,7 @@ impl Session {
                     self.out.push(Output::Close);
                     return;
                 }
-                Inflow::Hold { tag } => {
+                Inflow::Hold { tag, .. } => {
                     let reply = format!("{tag} BAD Line longer than {limit} bytes\r\n");
                     self.inflow = Inflow::Discard {
                         reply: reply.into_bytes(),
@@ -337,9 +372,17 @@ impl Session {
             self.continue_message(Vec::new(), literal, complete);
             return;
         }
-        if let Inflow::Sasl { .. } = self.inflow {
+        if let Inflow::Sasl { ready, .. } = &mut self.inflow {
             // Cancel the exchange (RFC 3501 §6.2.2); upstream answers the tag.
+            *ready = false;
             self.send_upstream(b"*\r\n".to_vec());
+            return;
+        }
+        if let Inflow::Idle { stage, .. } = &mut self.inflow {
+            // Not DONE: end the IDLE all the same.
+            *stage = IdleStage::Ending;
+            self.send_upstream(b"DONE\r\n".to_vec());
+            self.send_client(b"* BAD Only DONE may be sent during IDLE\r\n".to_vec());
             return;
         }
         let reply = match command_head(head) {
@@ -368,11 +411,6 @@ impl Session {
 
     /// The first line of a client message: decide what the message is for.
     fn start_message(&mut self, bytes: Vec<u8>, literal: Option<(u64, bool)>, complete: bool) {
-        if self.in_flight.values().any(|p| matches!(p, Pending::Idle)) {
-            // RFC 2177: while IDLE runs the only client line is DONE; upstream judges it.
-            self.send_upstream(bytes);
-            return;
-        }
         let Some((tag, name)) = command_head(&bytes) else {
             self.refuse("* BAD Not an IMAP command\r\n".into(), literal, complete);
             return;
@@ -417,40 +455,32 @@ impl Session {
                     format!("{tag} NO [CANNOT] COMPRESS is not available through sealpost\r\n");
                 self.refuse(reply, literal, complete);
             }
-            "STARTTLS" | "AUTHENTICATE" if literal.is_some() => {
+            "STARTTLS" | "AUTHENTICATE" | "IDLE" if literal.is_some() => {
                 self.refuse(
                     format!("{tag} BAD Unexpected literal\r\n"),
                     literal,
                     complete,
                 );
             }
-            _ if literal.is_none() => {
-                self.inflow = Inflow::Hold { tag };
-                self.continue_message(bytes, None, complete);
+            "IDLE" if !self.phase.authenticated() => {
+                // RFC 2177: IDLE is for the authenticated and selected states only.
+                self.refuse(format!("{tag} BAD Log in first\r\n"), literal, complete);
             }
-            // With a literal the command goes upstream as it comes (upstream answers a
-            // synchronizing literal's `+`); LOGIN, SELECT and EXAMINE are decoded once
-            // complete.
-            "LOGIN" => {
-                self.phase = Phase::Authenticating {
-                    tag: tag.clone(),
-                    login: None,
-                };
-                self.in_flight.insert(tag.clone(), Pending::Authenticate);
-                self.inflow = Inflow::Relay { tag, observe: true };
-                self.continue_message(bytes, literal, complete);
-            }
-            "SELECT" | "EXAMINE" => {
-                self.phase = std::mem::replace(&mut self.phase, Phase::Logout).deselected();
+            // APPEND's message literal streams upstream as it comes (upstream answers a
+            // synchronizing literal's `+`); its grammar makes the literal an argument, so
+            // upstream never reads it as commands.
+            "APPEND" if literal.is_some() => {
                 self.in_flight.insert(tag.clone(), Pending::Relayed);
-                self.inflow = Inflow::Relay { tag, observe: true };
+                self.inflow = Inflow::Relay { tag };
                 self.continue_message(bytes, literal, complete);
             }
             _ => {
-                self.in_flight.insert(tag.clone(), Pending::Relayed);
-                self.inflow = Inflow::Relay {
+                // Every other command is decoded whole before anything of it goes
+                // upstream: a literal that upstream would not read as an argument (a
+                // `NOOP {n+}`) would otherwise run there as commands unseen.
+                self.inflow = Inflow::Hold {
                     tag,
-                    observe: false,
+                    segments: vec![Vec::new()],
                 };
                 self.continue_message(bytes, literal, complete);
             }
@@ -472,58 +502,106 @@ impl Session {
                     self.inflow = Inflow::Discard { reply };
                 }
             }
-            Inflow::Hold { tag } => {
-                if !complete {
-                    self.inflow = Inflow::Hold { tag };
-                    return;
+            Inflow::Hold { tag, mut segments } => {
+                if let Some(last) = segments.last_mut() {
+                    last.extend_from_slice(&bytes);
                 }
-                match self.client.message().map(<[u8]>::to_vec) {
-                    Some(msg) => self.on_command(tag, msg),
-                    None => {
-                        self.send_client(format!("{tag} BAD Command too long\r\n").into_bytes())
-                    }
-                }
-            }
-            Inflow::Relay { tag, observe } => {
-                self.send_upstream(bytes);
                 if complete {
-                    if observe {
-                        if let Some(msg) = self.client.message().map(<[u8]>::to_vec) {
-                            self.observe_relayed(&msg);
+                    match self.client.message().map(<[u8]>::to_vec) {
+                        Some(msg) => self.on_command(tag, msg, segments),
+                        None => {
+                            self.send_client(format!("{tag} BAD Command too long\r\n").into_bytes())
                         }
                     }
-                } else if matches!(literal, Some((_, true))) {
-                    // RFC 3501 §7.5: the client sends the literal only after `+`;
-                    // upstream may refuse instead, and then no literal comes.
-                    self.inflow = Inflow::AwaitContinuation { tag, observe };
-                } else {
-                    self.inflow = Inflow::Relay { tag, observe };
+                    return;
+                }
+                let held: usize = segments.iter().map(Vec::len).sum();
+                match literal {
+                    Some((n, sync)) if held as u64 + n > CLIENT_CAPTURE as u64 => {
+                        // Only APPEND carries large literals.
+                        let reply = format!(
+                            "{tag} NO [TOOBIG] Literal of {n} bytes is too large for this command\r\n"
+                        );
+                        self.refuse(reply, Some((n, sync)), false);
+                    }
+                    Some((_, true)) => {
+                        // RFC 3501 §7.5: sealpost reads this command, so it says go ahead.
+                        self.send_client(b"+ Ready for literal data\r\n".to_vec());
+                        segments.push(Vec::new());
+                        self.inflow = Inflow::Hold { tag, segments };
+                    }
+                    _ => self.inflow = Inflow::Hold { tag, segments },
                 }
             }
-            Inflow::AwaitContinuation { tag, observe } => {
+            Inflow::Relay { tag } => {
+                self.send_upstream(bytes);
+                if complete {
+                    return;
+                }
+                if matches!(literal, Some((_, true))) {
+                    // RFC 3501 §7.5: the client sends the literal only after `+`;
+                    // upstream may refuse instead, and then no literal comes.
+                    self.inflow = Inflow::AwaitContinuation { tag };
+                } else {
+                    self.inflow = Inflow::Relay { tag };
+                }
+            }
+            Inflow::AwaitContinuation { tag } => {
                 // Only reached after upstream's `+`: the literal and what follows it.
-                self.inflow = Inflow::Relay { tag, observe };
+                self.inflow = Inflow::Relay { tag };
                 self.continue_message(bytes, literal, complete);
             }
-            Inflow::Sasl { tag, mechanism } => {
-                if let Phase::Authenticating { login, .. } = &mut self.phase {
-                    if login.is_none() {
+            Inflow::Sasl {
+                tag,
+                mechanism,
+                first,
+                ..
+            } => {
+                if first {
+                    // The login is read from the first response only; one sealpost
+                    // cannot read means no identity, never a later line's.
+                    if let Phase::Authenticating { login, .. } = &mut self.phase {
                         *login = sasl_response_login(&mechanism, &bytes);
                     }
                 }
                 self.send_upstream(bytes);
-                self.inflow = Inflow::Sasl { tag, mechanism };
+                self.inflow = Inflow::Sasl {
+                    tag,
+                    mechanism,
+                    ready: false,
+                    first: false,
+                };
+            }
+            Inflow::Idle { tag, stage } => {
+                debug_assert_eq!(stage, IdleStage::Idling);
+                let line = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                if !line.eq_ignore_ascii_case(b"DONE") {
+                    // RFC 2177: only DONE ends IDLE; anything else ends it too, unrun.
+                    let who = command_head(&bytes).map(|(t, _)| t).unwrap_or("*".into());
+                    self.send_client(
+                        format!("{who} BAD Only DONE may be sent during IDLE\r\n").into_bytes(),
+                    );
+                }
+                self.send_upstream(b"DONE\r\n".to_vec());
+                self.inflow = Inflow::Idle {
+                    tag,
+                    stage: IdleStage::Ending,
+                };
             }
         }
     }
 
     /// A complete client command without literals.
-    fn on_command(&mut self, tag: String, msg: Vec<u8>) {
+    /// A complete client command, held and now decoded; `segments` are its bytes as
+    /// relayed (split after synchronizing literals).
+    fn on_command(&mut self, tag: String, msg: Vec<u8>, segments: Vec<Vec<u8>>) {
         use imap_types::IntoStatic;
         let command = match CommandCodec::default().decode(&msg) {
             Ok((_, command)) => command.into_static(),
             Err(_) => return self.on_unparsed(tag, msg),
         };
+        let has_literal = has_literal(&msg);
         match command.body {
             CommandBody::StartTLS => {
                 if self.tls {
@@ -541,7 +619,7 @@ impl Session {
                     tag: tag.clone(),
                     login: Some(user),
                 };
-                self.relay(tag, Pending::Authenticate, msg);
+                self.relay_segments(tag, Pending::Authenticate, segments);
             }
             CommandBody::Authenticate {
                 ref mechanism,
@@ -556,22 +634,41 @@ impl Session {
                     login,
                 };
                 self.client.set_lines_only(true);
-                self.relay(tag.clone(), Pending::Authenticate, msg);
-                self.inflow = Inflow::Sasl { tag, mechanism };
+                self.relay_segments(tag.clone(), Pending::Authenticate, segments);
+                self.inflow = Inflow::Sasl {
+                    tag,
+                    mechanism,
+                    ready: false,
+                    first: initial_response.is_none(),
+                };
             }
             CommandBody::Select { ref mailbox, .. } => {
                 let pending = self.select(mailbox, false);
-                self.relay(tag, pending, msg);
+                self.relay_segments(tag, pending, segments);
             }
             CommandBody::Examine { ref mailbox, .. } => {
                 let pending = self.select(mailbox, true);
-                self.relay(tag, pending, msg);
+                self.relay_segments(tag, pending, segments);
             }
-            CommandBody::Close | CommandBody::Unselect => self.relay(tag, Pending::Unselect, msg),
-            CommandBody::Logout => self.relay(tag, Pending::Logout, msg),
-            CommandBody::Idle => self.relay(tag, Pending::Idle, msg),
+            CommandBody::Close | CommandBody::Unselect => {
+                self.relay_segments(tag, Pending::Unselect, segments)
+            }
+            CommandBody::Logout => self.relay_segments(tag, Pending::Logout, segments),
+            CommandBody::Idle => {
+                self.relay(tag.clone(), Pending::Idle, msg);
+                self.client.set_lines_only(true);
+                self.inflow = Inflow::Idle {
+                    tag,
+                    stage: IdleStage::Requested,
+                };
+            }
+            // A FETCH with literals (header field names) is relayed: the view machinery
+            // builds its own commands from literal-free ones.
+            CommandBody::Fetch { .. } if has_literal => {
+                self.relay_segments(tag, Pending::Relayed, segments)
+            }
             CommandBody::Fetch { .. } => self.fetch(tag, command, msg),
-            _ => self.relay(tag, Pending::Relayed, msg),
+            _ => self.relay_segments(tag, Pending::Relayed, segments),
         }
     }
 
@@ -584,6 +681,14 @@ impl Session {
             "LOGIN" | "AUTHENTICATE" | "SELECT" | "EXAMINE" | "FETCH" | "UID FETCH"
             | "STARTTLS" | "IDLE" => {
                 self.send_client(format!("{tag} BAD Invalid arguments to {name}\r\n").into_bytes());
+            }
+            // With a literal sealpost cannot place, upstream might run the literal as
+            // commands (`XFOO {n+}`, then commands): not relayed.
+            _ if has_literal(&msg) => {
+                self.send_client(
+                    format!("{tag} BAD {name} with a literal is not understood by sealpost\r\n")
+                        .into_bytes(),
+                );
             }
             _ => self.relay(tag, Pending::Relayed, msg),
         }
@@ -625,7 +730,7 @@ impl Session {
         }
         if !self.in_flight.is_empty() {
             tracing::debug!(waiting_for = ?self.in_flight.keys(), "FETCH deferred until earlier commands complete");
-            self.job = Some(JobState::Deferred(msg));
+            self.job = Some(JobState::Deferred(tag, msg));
             return;
         }
         self.jobs_started += 1;
@@ -655,33 +760,6 @@ impl Session {
         }
     }
 
-    /// Learns from a relayed LOGIN/SELECT/EXAMINE (with literals) what
-    /// [`Session::on_command`] would have.
-    fn observe_relayed(&mut self, msg: &[u8]) {
-        let Ok((_, command)) = CommandCodec::default().decode(msg) else {
-            return;
-        };
-        let tag = command.tag.as_ref().to_string();
-        match command.body {
-            CommandBody::Login { username, .. } => {
-                if let Phase::Authenticating { tag: t, login } = &mut self.phase {
-                    if *t == tag {
-                        *login = Some(String::from_utf8_lossy(username.as_ref()).into_owned());
-                    }
-                }
-            }
-            CommandBody::Select { mailbox, .. } => {
-                let p = self.select(&mailbox, false);
-                self.in_flight.insert(tag, p);
-            }
-            CommandBody::Examine { mailbox, .. } => {
-                let p = self.select(&mailbox, true);
-                self.in_flight.insert(tag, p);
-            }
-            _ => {}
-        }
-    }
-
     /// Processes the client's input that arrived while the session had to wait.
     fn resume_client(&mut self) {
         let held = std::mem::take(&mut self.held);
@@ -693,6 +771,20 @@ impl Session {
     fn relay(&mut self, tag: String, pending: Pending, msg: Vec<u8>) {
         self.in_flight.insert(tag, pending);
         self.send_upstream(msg);
+    }
+
+    /// Relays a held command whose synchronizing literals sealpost answered itself:
+    /// the part up to the first literal now, each further part after upstream's `+`.
+    fn relay_segments(&mut self, tag: String, pending: Pending, segments: Vec<Vec<u8>>) {
+        let mut parts: std::collections::VecDeque<Vec<u8>> =
+            segments.into_iter().filter(|s| !s.is_empty()).collect();
+        let Some(first) = parts.pop_front() else {
+            return;
+        };
+        if !parts.is_empty() {
+            self.outgoing = Some((tag.clone(), parts));
+        }
+        self.relay(tag, pending, first);
     }
 
     fn select(&mut self, mailbox: &Mailbox<'_>, read_only: bool) -> Pending {
@@ -770,11 +862,9 @@ impl Session {
             }
             self.on_upstream_frame(frame);
             if self.in_flight.is_empty() {
-                if let Some(JobState::Deferred(msg)) = &self.job {
-                    let msg = msg.clone();
-                    self.job = None;
-                    let tag = command_head(&msg).map(|(t, _)| t).unwrap_or_default();
-                    self.on_command(tag, msg);
+                if let Some(JobState::Deferred(tag, msg)) = self.job.take() {
+                    let segments = vec![msg.clone()];
+                    self.on_command(tag, msg, segments);
                     if !self.busy() {
                         self.resume_client();
                     }
@@ -840,7 +930,7 @@ impl Session {
             }
         }
         self.send_client(line);
-        if resume {
+        if resume || (!self.busy() && !self.held.is_empty()) {
             self.resume_client();
         }
     }
@@ -873,21 +963,48 @@ impl Session {
     }
 
     fn on_continuation(&mut self, bytes: Vec<u8>) {
+        if let Some((tag, mut parts)) = self.outgoing.take() {
+            // Upstream's `+` for a literal of a held command: sealpost already said go
+            // ahead to the client; the next part goes up, the `+` goes no further.
+            if let Some(next) = parts.pop_front() {
+                self.send_upstream(next);
+            }
+            if !parts.is_empty() {
+                self.outgoing = Some((tag, parts));
+            } else if !self.busy() {
+                self.resume_client();
+            }
+            return;
+        }
+        match &mut self.inflow {
+            Inflow::AwaitContinuation { tag } => {
+                // Upstream accepts the literal: the client may send it now.
+                self.inflow = Inflow::Relay { tag: tag.clone() };
+            }
+            // One SASL response per challenge (RFC 3501 §6.2.2).
+            Inflow::Sasl { ready, .. } => *ready = true,
+            Inflow::Idle { stage, .. } if *stage == IdleStage::Requested => {
+                *stage = IdleStage::Idling
+            }
+            _ => {}
+        }
         self.send_client(bytes);
-        if let Inflow::AwaitContinuation { tag, observe } = &self.inflow {
-            // Upstream accepts the literal: the client may send it now.
-            self.inflow = Inflow::Relay {
-                tag: tag.clone(),
-                observe: *observe,
-            };
+        if !self.busy() {
             self.resume_client();
         }
-        // Otherwise SASL challenges and IDLE's `+ idling` just pass through.
     }
 
     /// The tagged completion of a client command. True when held client input may be
     /// framed again once this reply is relayed.
     fn on_tagged(&mut self, tag: &str, ok: bool, read_only_code: bool) -> bool {
+        if matches!(&self.outgoing, Some((t, _)) if t == tag) {
+            // Refused before all of it was sent.
+            self.outgoing = None;
+        }
+        if matches!(&self.inflow, Inflow::Idle { tag: t, .. } if t == tag) {
+            self.inflow = Inflow::Start;
+            self.client.set_lines_only(false);
+        }
         if let Inflow::AwaitContinuation { tag: t, .. } = &self.inflow {
             if t == tag {
                 // Refused before the literal: the client will not send it.
@@ -906,7 +1023,7 @@ impl Session {
         let phase = std::mem::replace(&mut self.phase, Phase::Logout);
         self.phase = match (pending, phase) {
             (Pending::Authenticate, Phase::Authenticating { tag: t, login }) if t == tag => {
-                if let Inflow::Sasl { .. } = self.inflow {
+                if matches!(&self.inflow, Inflow::Sasl { tag: s, .. } if s == tag) {
                     self.inflow = Inflow::Start;
                     self.client.set_lines_only(false);
                 }
@@ -1007,6 +1124,21 @@ pub fn command_head(line: &[u8]) -> Option<(String, String)> {
     Some((tag, name))
 }
 
+/// True when a captured client message has literals (a line break before its end).
+fn has_literal(msg: &[u8]) -> bool {
+    msg[..msg.len().saturating_sub(2)].contains(&b'\n')
+}
+
+/// The tag prefix of sealpost's own commands: unpredictable, so no client command can
+/// be mistaken for one (tests use a fixed one).
+fn job_tag_prefix() -> String {
+    if cfg!(test) {
+        return "sp".into();
+    }
+    use rand::distr::{Alphanumeric, SampleString};
+    format!("sp{}", Alphanumeric.sample_string(&mut rand::rng(), 8))
+}
+
 fn is_tag_char(b: u8) -> bool {
     (0x21..0x7f).contains(&b) && !b"(){%*\"\\+".contains(&b)
 }
@@ -1061,7 +1193,15 @@ fn learn_autocrypt(ac: &crate::keys::autocrypt::AutocryptStore, response: &[u8])
 fn sasl_response_login(mechanism: &str, line: &[u8]) -> Option<String> {
     let b64 = line.strip_suffix(b"\n")?;
     let b64 = b64.strip_suffix(b"\r").unwrap_or(b64);
-    let data = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+    // Decoded as leniently as servers do (Dovecot ignores non-zero trailing bits): the
+    // name read here must be the one upstream reads.
+    let lenient = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_allow_trailing_bits(true)
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    );
+    let data = lenient.decode(b64).ok()?;
     sasl_login(mechanism, &data)
 }
 

@@ -128,14 +128,21 @@ fn a_fetch_job_waits_for_relayed_commands_to_complete() {
 fn synchronizing_literals_wait_for_upstream_and_survive_a_refusal() {
     let mut s = Session::new(ctx(), true, true);
     s.on_upstream(b"* OK ready\r\n");
-    // LOGIN with a synchronizing literal: relayed, the `+` comes from upstream.
+    // LOGIN with a synchronizing literal: sealpost reads the whole command first (it
+    // says `+` itself), then relays it in step with upstream's own `+`.
     let out = s.on_client(b"a1 LOGIN {5}\r\n");
+    assert_eq!(upstream_text(&out), "");
+    assert_eq!(client_text(&out), "+ Ready for literal data\r\n");
+    let out = s.on_client(b"alice pw\r\na9 NOOP\r\n");
     assert_eq!(upstream_text(&out), "a1 LOGIN {5}\r\n");
     let out = s.on_upstream(b"+ OK\r\n");
-    assert_eq!(client_text(&out), "+ OK\r\n");
-    let out = s.on_client(b"alice pw\r\n");
-    assert_eq!(upstream_text(&out), "alice pw\r\n");
-    s.on_upstream(b"a1 OK logged in\r\n");
+    assert_eq!(client_text(&out), "", "upstream's + is for sealpost");
+    assert_eq!(
+        upstream_text(&out),
+        "alice pw\r\na9 NOOP\r\n",
+        "then what was pipelined behind it"
+    );
+    s.on_upstream(b"a1 OK logged in\r\na9 OK\r\n");
     // An APPEND refused before its literal: what follows is a command again.
     let out = s.on_client(b"a2 APPEND Sent {3000}\r\n");
     assert_eq!(upstream_text(&out), "a2 APPEND Sent {3000}\r\n");
@@ -614,4 +621,196 @@ fn a_fetch_job_step_by_step() {
             "{text}"
         );
     }
+}
+
+// ----- found by an attacking review ---------------------------------------------
+
+/// During AUTHENTICATE the login was taken from the first line sealpost could decode;
+/// Dovecot accepts base64 with non-zero trailing bits, so line 1 logged mallory in
+/// upstream while line 2 named the identity. Now: one line per `+`, and the login is
+/// read from the first response only (leniently, as Dovecot decodes it).
+#[test]
+fn sasl_is_in_lockstep_and_the_login_comes_from_the_first_response() {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut s = Session::new(gateway(), true, true);
+    s.on_upstream(b"* OK ready\r\n");
+    let mut l1 = b64
+        .encode(b"\0mallory@corp.example\0mallorypw")
+        .into_bytes();
+    let i = l1.iter().position(|&b| b == b'=').unwrap() - 1;
+    l1[i] = b'/'; // same bytes, trailing bits set
+    let l1 = String::from_utf8(l1).unwrap();
+    let l2 = b64.encode(b"\0victim@corp.example\0x");
+    let out = s.on_client(format!("a AUTHENTICATE PLAIN\r\n{l1}\r\n{l2}\r\n").as_bytes());
+    assert_eq!(
+        upstream_text(&out),
+        "a AUTHENTICATE PLAIN\r\n",
+        "nothing before upstream's +"
+    );
+    let out = s.on_upstream(b"+ \r\n");
+    assert_eq!(
+        upstream_text(&out),
+        format!("{l1}\r\n"),
+        "one response per challenge"
+    );
+    let out = s.on_upstream(b"a OK [CAPABILITY IMAP4rev1] Logged in\r\n");
+    assert_eq!(s.identity(), Some("mallory@corp.example"));
+    // The second line is now a command (and not one): refused here, never relayed.
+    assert_eq!(upstream_text(&out), "");
+    assert!(client_text(&out).contains("BAD"), "{}", client_text(&out));
+}
+
+/// A first response sealpost cannot read at all gives no identity, never a later one.
+#[test]
+fn an_unreadable_first_sasl_response_gives_no_identity() {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut s = Session::new(gateway(), true, true);
+    s.on_upstream(b"* OK ready\r\n");
+    s.on_client(b"a AUTHENTICATE PLAIN\r\n");
+    s.on_upstream(b"+ \r\n");
+    s.on_client(b"!!not base64!!\r\n");
+    s.on_upstream(b"+ again\r\n");
+    s.on_client(format!("{}\r\n", b64.encode(b"\0victim@corp.example\0x")).as_bytes());
+    s.on_upstream(b"a OK Logged in\r\n");
+    assert_eq!(s.identity(), None);
+}
+
+/// Lines pipelined behind an AUTHENTICATE that upstream refused at once were untracked
+/// commands to upstream. Now they wait, and are commands (tracked) after the reply.
+#[test]
+fn commands_behind_a_refused_authenticate_are_tracked() {
+    let mut s = Session::new(gateway(), true, true);
+    s.on_upstream(b"* OK ready\r\n");
+    let out = s.on_client(b"a AUTHENTICATE FOO\r\nv LOGIN mallory@corp.example {32}\r\n");
+    assert_eq!(upstream_text(&out), "a AUTHENTICATE FOO\r\n");
+    let out = s.on_upstream(b"a NO [ALERT] Unsupported authentication mechanism.\r\n");
+    assert_eq!(
+        client_text(&out),
+        "a NO [ALERT] Unsupported authentication mechanism.\r\n+ Ready for literal data\r\n"
+    );
+    // v is a LOGIN in progress now: a second v is refused, and v's own reply decides.
+    let out = s.on_client(b"v LOGIN victim@corp.example junk\r\n");
+    assert_eq!(
+        upstream_text(&out),
+        "v LOGIN mallory@corp.example {32}\r\n",
+        "the 32 bytes are v's literal, as upstream reads them too"
+    );
+    let mut pw = b"mallorypw".to_vec();
+    pw.resize(32, b'x');
+    pw.extend_from_slice(b"\r\n");
+    let mut s = Session::new(gateway(), true, true);
+    s.on_upstream(b"* OK ready\r\n");
+    s.on_client(b"a AUTHENTICATE FOO\r\nv LOGIN mallory@corp.example {32}\r\n");
+    s.on_upstream(b"a NO unsupported\r\n");
+    s.on_client(&pw);
+    s.on_upstream(b"+ OK\r\nv OK Logged in\r\n");
+    assert_eq!(s.identity(), Some("mallory@corp.example"));
+    let out = s.on_client(b"w LOGIN victim@corp.example junk\r\n");
+    assert!(client_text(&out).starts_with("w BAD Already authenticated"));
+}
+
+/// IDLE before login, and a literal upstream would ignore (`ID NIL {n+}`), both let
+/// an untracked LOGIN reach upstream. Now IDLE needs a login and the literal is read.
+#[test]
+fn idle_before_login_and_stray_literals_smuggle_nothing() {
+    let smuggled =
+        b"b LOGIN mallory@corp.example wrong\r\nv LOGIN mallory@corp.example mallorypw\r\n";
+    let lit = &smuggled[..smuggled.len() - 2];
+    let mut id = format!("a ID NIL {{{}+}}\r\n", lit.len()).into_bytes();
+    id.extend_from_slice(smuggled);
+    let mut idle = b"i1 IDLE\r\n".to_vec();
+    idle.extend_from_slice(smuggled);
+    for input in [idle, id] {
+        let mut s = Session::new(gateway(), true, true);
+        s.on_upstream(b"* OK ready\r\n");
+        let out = s.on_client(&input);
+        let up = upstream_text(&out);
+        assert!(!up.contains("i1 IDLE") && !up.contains("a ID"), "{up}");
+        assert!(client_text(&out).starts_with("i1 BAD") || client_text(&out).starts_with("a BAD"));
+    }
+    // Before TLS, IDLE does not open a way round PRIVACYREQUIRED either.
+    let mut s = Session::new(ctx(), false, false);
+    s.on_upstream(b"* OK ready\r\n");
+    let out = s.on_client(b"i1 IDLE\r\nx LOGIN mallory@corp.example mallorypw\r\n");
+    assert_eq!(upstream_text(&out), "");
+    assert!(client_text(&out).contains("x NO [PRIVACYREQUIRED]"));
+}
+
+/// After login, `NOOP {n+}` (whose literal Dovecot runs as commands) and IDLE + DONE
+/// pipelined with commands behind, smuggled an untracked SELECT and a LOGIN.
+#[test]
+fn literals_and_idle_smuggle_nothing_after_login() {
+    let inner = b"x SELECT Other\r\ny LOGIN victim@corp.example junk\r\n";
+    let mut noop = format!("n NOOP {{{}+}}\r\n", inner.len() - 2).into_bytes();
+    noop.extend_from_slice(inner);
+    let mut s = logged_in_as_mallory();
+    s.on_client(b"s SELECT INBOX\r\n");
+    s.on_upstream(b"* OK [UIDVALIDITY 7] ok\r\ns OK [READ-WRITE] selected\r\n");
+    let out = s.on_client(&noop);
+    assert_eq!(
+        upstream_text(&out),
+        "",
+        "a NOOP with a literal is not relayed"
+    );
+    assert!(client_text(&out).starts_with("n BAD"));
+
+    let mut idle = b"i1 IDLE\r\nDONE\r\n".to_vec();
+    idle.extend_from_slice(inner);
+    let out = s.on_client(&idle);
+    assert_eq!(
+        upstream_text(&out),
+        "i1 IDLE\r\n",
+        "held until upstream's +"
+    );
+    let out = s.on_upstream(b"+ idling\r\n");
+    assert_eq!(
+        upstream_text(&out),
+        "DONE\r\n",
+        "DONE, then held until the reply"
+    );
+    let out = s.on_upstream(b"i1 OK Idle completed\r\n");
+    // Now x SELECT is a tracked command, and y LOGIN is refused here.
+    assert_eq!(upstream_text(&out), "x SELECT Other\r\n");
+    assert!(client_text(&out).contains("y BAD Already authenticated"));
+    s.on_upstream(b"* OK [UIDVALIDITY 9] ok\r\nx OK [READ-WRITE] selected\r\n");
+    assert!(
+        matches!(&s.phase, Phase::Selected { mailbox, uidvalidity: Some(9), .. } if mailbox == "Other"),
+        "{:?}",
+        s.phase
+    );
+}
+
+/// A literal announced during IDLE was forwarded and then dropped: the command got no
+/// reply and upstream read the next command as literal data.
+#[test]
+fn only_done_ends_idle() {
+    let mut s = logged_in_as_mallory();
+    s.on_client(b"i1 IDLE\r\n");
+    s.on_upstream(b"+ idling\r\n");
+    let out = s.on_client(b"x APPEND INBOX {5+}\r\nhello\r\n");
+    assert_eq!(
+        upstream_text(&out),
+        "DONE\r\n",
+        "IDLE ended, the line not relayed"
+    );
+    assert!(client_text(&out).starts_with("x BAD Only DONE"));
+    s.on_upstream(b"i1 OK Idle completed\r\n");
+    let out = s.on_client(b"y NOOP\r\n");
+    assert_eq!(upstream_text(&out), "y NOOP\r\n");
+}
+
+/// A held command with synchronizing literals goes upstream in step with its `+`s,
+/// and a refusal midway stops it.
+#[test]
+fn held_literals_follow_upstreams_continuations() {
+    let mut s = logged_in_as_mallory();
+    let out = s.on_client(b"c1 CREATE {3}\r\n");
+    assert_eq!(client_text(&out), "+ Ready for literal data\r\n");
+    let out = s.on_client(b"Box\r\n");
+    assert_eq!(upstream_text(&out), "c1 CREATE {3}\r\n");
+    let out = s.on_upstream(b"c1 NO [CANNOT] refused\r\n");
+    assert_eq!(client_text(&out), "c1 NO [CANNOT] refused\r\n");
+    assert!(upstream_text(&out).is_empty(), "the rest is not sent");
+    let out = s.on_client(b"c2 NOOP\r\n");
+    assert_eq!(upstream_text(&out), "c2 NOOP\r\n");
 }

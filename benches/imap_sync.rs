@@ -441,6 +441,86 @@ fn main() {
             println!("  {label:<54} = n/a (difference not positive: noise)");
         }
     }
+    partial_reads(&bin, ca, &dovecot, &opts, &mut rng);
     drop(dovecot);
     println!("\ntotal benchmark wall time: {}", secs(t_all.elapsed()));
+}
+
+/// Size of the encrypted message read in chunks, and the chunk.
+const BIG_PLAINTEXT: usize = 7_500_000;
+const CHUNK: usize = 64 * 1024;
+
+/// (iv) A 7.5 MB encrypted message read through sealpost (IMAPS, view cached) in 64 KiB
+/// partial fetches, as Thunderbird reads large messages, against one whole BODY.PEEK[].
+fn partial_reads(
+    bin: &std::path::Path,
+    ca: &TestCa,
+    dovecot: &Dovecot,
+    opts: &ProxyOptions,
+    rng: &mut Rng,
+) {
+    let mut entity = b"Content-Type: text/plain; charset=us-ascii\r\n\r\n".to_vec();
+    while entity.len() < BIG_PLAINTEXT {
+        entity.extend_from_slice(text_body(rng, 64 * 1024).as_bytes());
+    }
+    let armored = gpg_encrypt(Some("bob"), &["alice"], &entity, true);
+    let stored = pgp_mime(9_999, &armored);
+    let mut s = dovecot.session(USER, PASS);
+    let _ = s.command("CREATE Big");
+    let r = s.append("Big", &[], &stored);
+    assert!(r.is_ok(), "{}", r.tagged_text());
+    let proxy = BenchProxy::start(bin, ca, opts);
+    let mut c = common::imapclients::RawImap::connect(proxy.imaps_port, "tls", Some(&ca.ca_pem));
+    c.login(USER, PASS);
+    c.command_ok("EXAMINE Big");
+    let whole = |c: &mut common::imapclients::RawImap| {
+        let t = Instant::now();
+        let got = c.command_ok("UID FETCH 1 (BODY.PEEK[])");
+        (t.elapsed(), got.len())
+    };
+    let (cold, _) = whole(&mut c);
+    let mut whole_runs = Vec::new();
+    let mut chunked_runs = Vec::new();
+    let mut total = 0;
+    for _ in 0..3 {
+        let (d, n) = whole(&mut c);
+        whole_runs.push(d);
+        let t = Instant::now();
+        let mut offset = 0;
+        let mut got = 0;
+        loop {
+            let r = c.command_ok(&format!("UID FETCH 1 (BODY.PEEK[]<{offset}.{CHUNK}>)"));
+            let len = r.len();
+            got += len;
+            if len < CHUNK {
+                break;
+            }
+            offset += CHUNK;
+        }
+        chunked_runs.push(t.elapsed());
+        assert!(
+            got >= n.saturating_sub(n / 20),
+            "chunks cover the message ({got} of {n})"
+        );
+        total = offset / CHUNK + 1;
+    }
+    let (w, ch) = (median(&whole_runs), median(&chunked_runs));
+    println!(
+        "\n(iv) a {:.1} MB encrypted message ({:.1} MB stored) through sealpost over IMAPS, view cached:",
+        entity.len() as f64 / 1e6,
+        stored.len() as f64 / 1e6
+    );
+    println!(
+        "  first BODY.PEEK[] (download + decrypt)       {}",
+        secs(cold)
+    );
+    println!("  whole BODY.PEEK[], median of 3               {}", secs(w));
+    println!(
+        "  {total} partial fetches of 64 KiB, median of 3    {}",
+        secs(ch)
+    );
+    println!(
+        "  partial reads / one whole fetch = {:.2}",
+        ch.as_secs_f64() / w.as_secs_f64()
+    );
 }

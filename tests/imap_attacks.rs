@@ -401,3 +401,60 @@ fn a_literal_never_runs_upstream_as_a_command() {
     assert!(r.is_ok(), "{}", r.tagged_text());
     a.command_ok("SELECT INBOX");
 }
+
+/// `prefix{n+}CRLF` + `inner` + `suffix`: a command with a non-synchronizing literal.
+fn lit(prefix: &str, inner: &[u8], suffix: &[u8]) -> Vec<u8> {
+    let mut v = format!("{prefix}{{{}+}}\r\n", inner.len()).into_bytes();
+    v.extend_from_slice(inner);
+    v.extend_from_slice(suffix);
+    v
+}
+
+/// Found by a second attacking review: before login, an APPEND that Dovecot's
+/// imap-login rejects before its literal (`)`) made Dovecot skip the line and run the
+/// literal, a hidden `c LOGIN mallory`, whose OK answered the visible `c LOGIN alice`.
+#[test]
+fn a_literal_rejected_with_its_command_never_runs_upstream() {
+    let env = Env::new("");
+    let stolen = for_alice("for alice", SECRET);
+    env.dovecot
+        .append(MALLORY.0, MALLORY.1, "INBOX", &stolen, &[]);
+    let mut c = RawImap::connect(env.proxy.imap_port, "starttls", Some(&env.ca.ca_pem));
+    let hidden = format!("c LOGIN {} {}\r\n", MALLORY.0, MALLORY.1);
+    let mut bytes = lit("a APPEND INBOX ) ", hidden.as_bytes(), b"\r\n");
+    bytes.extend_from_slice(format!("c LOGIN {} wrong\r\n", ALICE.0).as_bytes());
+    c.send_raw(&bytes);
+    let r = c.read_until_tagged("a");
+    assert_eq!(r.status, "BAD", "{}", r.tagged_text());
+    let r = c.read_until_tagged("c");
+    assert_eq!(
+        r.status,
+        "NO",
+        "alice's wrong password decides: {}",
+        r.tagged_text()
+    );
+    let r = c.command("SELECT INBOX");
+    assert_ne!(r.status, "OK", "not logged in: {}", r.tagged_text());
+
+    // After login, the same trick (a bad date, then the literal) and a command imap-codec
+    // knows but Dovecot does not (GETQUOTAROOT without the quota plugin) run nothing.
+    let mut m = env.client(MALLORY);
+    m.command_ok("CREATE Other");
+    m.command_ok("SELECT INBOX");
+    let mut bytes = lit("a APPEND INBOX \"junk\" ", b"x SELECT Other\r\n", b"\r\n");
+    bytes.extend_from_slice(b"z NOOP\r\n");
+    m.send_raw(&bytes);
+    let all = read_tagged(&mut m, &["a", "z"]);
+    assert!(!all.contains("x OK"), "literal ran as a command:\n{all}");
+    let mut bytes = lit("q GETQUOTAROOT ", b"x CREATE Pwned\r\n", b"\r\n");
+    bytes.extend_from_slice(b"z LIST \"\" *\r\n");
+    m.send_raw(&bytes);
+    let all = read_tagged(&mut m, &["q", "z"]);
+    assert!(!all.contains("Pwned"), "literal ran as a command:\n{all}");
+    // APPEND with a non-synchronizing literal still works (sent synchronizing).
+    let msg = b"From: m@example.net\r\nSubject: kept\r\n\r\nbody\r\n";
+    m.send_raw(&lit("w APPEND Other ", msg, b"\r\n"));
+    let r = m.read_until_tagged("w");
+    assert_eq!(r.status, "OK", "{}", r.tagged_text());
+    assert_eq!(env.dovecot.uids(MALLORY.0, MALLORY.1, "Other").len(), 1);
+}

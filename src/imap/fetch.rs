@@ -78,6 +78,8 @@ pub enum JobOutput {
 /// A view to build: see [`JobOutput::Decrypt`].
 #[derive(Debug, PartialEq, Eq)]
 pub struct DecryptRequest {
+    /// The job that asks (its tag prefix): a view is only ever given to that job.
+    pub job: String,
     pub uid: u32,
     pub identity: String,
     pub raw: Vec<u8>,
@@ -636,6 +638,7 @@ impl FetchJob {
                     return Some(Vec::new());
                 }
                 Some(vec![JobOutput::Decrypt(DecryptRequest {
+                    job: self.tag_prefix.clone(),
                     uid,
                     identity: self.selected.identity.clone(),
                     raw,
@@ -659,12 +662,15 @@ impl FetchJob {
     /// whether the job is finished.
     pub fn on_view(
         &mut self,
+        job: &str,
         uid: u32,
         raw: &[u8],
         view: View,
         ctx: &ImapContext,
     ) -> (Vec<JobOutput>, bool) {
-        if !self.decrypting.remove(&uid) {
+        // A view for an earlier job (one that ended while it was being built) belongs to
+        // another mailbox, perhaps: never taken, never cached under this job's key.
+        if job != self.tag_prefix || !self.decrypting.remove(&uid) {
             return (Vec::new(), false);
         }
         self.store_view(uid, raw, view, ctx);

@@ -203,7 +203,7 @@ async fn handle(
     let mut session = Session::new(svc.ctx.clone(), implicit_tls, plaintext_ok);
     // Views built on the blocking pool come back here: (uid, stored bytes, view).
     let (views_tx, mut views_rx) =
-        tokio::sync::mpsc::unbounded_channel::<(u32, Vec<u8>, crate::pgp::View)>();
+        tokio::sync::mpsc::unbounded_channel::<(String, u32, Vec<u8>, crate::pgp::View)>();
     let mut outputs = Vec::new();
     if !greeting.is_empty() {
         outputs = session.on_upstream(&greeting);
@@ -237,7 +237,7 @@ async fn handle(
                         };
                         let built = tokio::task::spawn_blocking(move || {
                             let view = ctx.view(&req.identity, &req.raw, req.limit);
-                            (req.uid, req.raw, view)
+                            (req.job, req.uid, req.raw, view)
                         })
                         .await;
                         if let Ok(result) = built {
@@ -286,8 +286,8 @@ async fn handle(
                 }
                 outputs = session.on_upstream(&ubuf[..n]);
             }
-            Some((uid, raw, view)) = views_rx.recv() => {
-                outputs = session.on_view(uid, &raw, view);
+            Some((job, uid, raw, view)) = views_rx.recv() => {
+                outputs = session.on_view(&job, uid, &raw, view);
             }
             _ = shutdown.changed(), if !*shutdown.borrow() => {}
         }

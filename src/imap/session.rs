@@ -128,7 +128,9 @@ enum Inflow {
     Relay { tag: String },
     /// A relayed synchronizing literal waits for upstream's `+` (or its refusal of the
     /// command); client input is held until then.
-    AwaitContinuation { tag: String },
+    /// `client_waits`: the client's literal is synchronizing (it waits for the `+`);
+    /// otherwise it is sent already, and upstream's `+` is for sealpost alone.
+    AwaitContinuation { tag: String, client_waits: bool },
     /// Collecting the message to decode once complete. `segments` are its bytes split
     /// after each synchronizing literal's announcement (the `+` for those is sealpost's
     /// own), so that it can be relayed in step with upstream's `+`.
@@ -178,6 +180,10 @@ pub struct Session {
     max_literal: u64,
     /// The UIDVALIDITY announced for the SELECT/EXAMINE in flight.
     last_uidvalidity: Option<u32>,
+    /// A TLS handshake or the close is due (see [`Session::stopped`]).
+    stopped: bool,
+    /// The close is due: nothing more from upstream is relayed.
+    closing: bool,
     /// The rest of a held command with synchronizing literals, for `tag`: each
     /// segment goes upstream after upstream's `+` for the one before.
     outgoing: Option<(String, std::collections::VecDeque<Vec<u8>>)>,
@@ -209,6 +215,8 @@ impl Session {
             job: None,
             last_uidvalidity: None,
             outgoing: None,
+            stopped: false,
+            closing: false,
             held: Vec::new(),
             tag_prefix: job_tag_prefix(),
             jobs_started: 0,
@@ -262,6 +270,7 @@ impl Session {
     /// RFC 3501 §6.2.1: after the handshake nothing sent before it counts.
     pub fn tls_started(&mut self) {
         self.tls = true;
+        self.stopped = false;
         self.client.clear();
         self.held.clear();
         self.inflow = Inflow::Start;
@@ -287,8 +296,17 @@ impl Session {
         std::mem::take(&mut self.out)
     }
 
+    /// True once a TLS handshake or the close is due: nothing more is framed until
+    /// [`Session::tls_started`] (RFC 3501 §6.2.1: nothing sent before the handshake counts).
     fn stopped(&self) -> bool {
-        matches!(self.out.last(), Some(Output::StartTls | Output::Close))
+        self.stopped
+    }
+
+    /// Queues the handshake or the close; the session frames nothing more until then.
+    fn stop(&mut self, what: Output) {
+        self.stopped = true;
+        self.closing |= what == Output::Close;
+        self.out.push(what);
     }
 
     // ----- client side -------------------------------------------------------
@@ -358,7 +376,7 @@ impl Session {
                         format!("* BYE Line longer than {limit} bytes inside a command\r\n")
                             .into_bytes(),
                     );
-                    self.out.push(Output::Close);
+                    self.stop(Output::Close);
                     return;
                 }
                 Inflow::Hold { tag, .. } => {
@@ -462,10 +480,29 @@ impl Session {
                     complete,
                 );
             }
-            "IDLE" if !self.phase.authenticated() => {
-                // RFC 2177: IDLE is for the authenticated and selected states only.
+            // RFC 3501 §6.1-6.2: before login only these; anything else (an APPEND
+            // whose literal upstream's login process would run as commands, an IDLE)
+            // is refused here.
+            "CAPABILITY" | "NOOP" | "LOGOUT" | "STARTTLS" | "LOGIN" | "AUTHENTICATE" | "ID" => {
+                self.hold_or_relay(tag, name, bytes, literal, complete)
+            }
+            _ if matches!(self.phase, Phase::NotAuthenticated) => {
                 self.refuse(format!("{tag} BAD Log in first\r\n"), literal, complete);
             }
+            _ => self.hold_or_relay(tag, name, bytes, literal, complete),
+        }
+    }
+
+    /// A command allowed in the current phase: APPEND streams, the rest is held.
+    fn hold_or_relay(
+        &mut self,
+        tag: String,
+        name: String,
+        bytes: Vec<u8>,
+        literal: Option<(u64, bool)>,
+        complete: bool,
+    ) {
+        match name.as_str() {
             // APPEND's message literal streams upstream as it comes (upstream answers a
             // synchronizing literal's `+`); its grammar makes the literal an argument, so
             // upstream never reads it as commands.
@@ -496,8 +533,15 @@ impl Session {
                 tracing::debug!("client frame outside a message dropped");
             }
             Inflow::Discard { reply } => {
-                if complete {
-                    self.send_client(reply);
+                if complete || matches!(literal, Some((_, true))) {
+                    // A synchronizing literal later in the dropped command is never
+                    // sent: the reply is due now.
+                    if !complete {
+                        self.client.reset_message();
+                    }
+                    if !reply.is_empty() {
+                        self.send_client(reply);
+                    }
                 } else {
                     self.inflow = Inflow::Discard { reply };
                 }
@@ -524,29 +568,47 @@ impl Session {
                         );
                         self.refuse(reply, Some((n, sync)), false);
                     }
-                    Some((_, true)) => {
-                        // RFC 3501 §7.5: sealpost reads this command, so it says go ahead.
-                        self.send_client(b"+ Ready for literal data\r\n".to_vec());
+                    Some((_, sync)) => {
+                        if sync {
+                            // RFC 3501 §7.5: sealpost reads this command, so it says go
+                            // ahead.
+                            self.send_client(b"+ Ready for literal data\r\n".to_vec());
+                        }
+                        // Upstream gets every literal synchronizing: the rest goes up
+                        // after its `+` (see the Relay arm).
+                        if let Some(last) = segments.pop() {
+                            segments.push(synchronizing(last));
+                        }
                         segments.push(Vec::new());
                         self.inflow = Inflow::Hold { tag, segments };
                     }
-                    _ => self.inflow = Inflow::Hold { tag, segments },
+                    None => self.inflow = Inflow::Hold { tag, segments },
                 }
             }
             Inflow::Relay { tag } => {
-                self.send_upstream(bytes);
                 if complete {
+                    self.send_upstream(bytes);
                     return;
                 }
-                if matches!(literal, Some((_, true))) {
-                    // RFC 3501 §7.5: the client sends the literal only after `+`;
-                    // upstream may refuse instead, and then no literal comes.
-                    self.inflow = Inflow::AwaitContinuation { tag };
-                } else {
-                    self.inflow = Inflow::Relay { tag };
+                match literal {
+                    // RFC 3501 §7.5: no literal byte goes upstream before upstream's
+                    // `+` says it reads a literal there. A server that rejects the line
+                    // first would run a literal it was sent unasked as commands, so a
+                    // non-synchronizing literal goes up as a synchronizing one.
+                    Some((_, sync)) => {
+                        self.send_upstream(synchronizing(bytes));
+                        self.inflow = Inflow::AwaitContinuation {
+                            tag,
+                            client_waits: sync,
+                        };
+                    }
+                    None => {
+                        self.send_upstream(bytes);
+                        self.inflow = Inflow::Relay { tag };
+                    }
                 }
             }
-            Inflow::AwaitContinuation { tag } => {
+            Inflow::AwaitContinuation { tag, .. } => {
                 // Only reached after upstream's `+`: the literal and what follows it.
                 self.inflow = Inflow::Relay { tag };
                 self.continue_message(bytes, literal, complete);
@@ -610,7 +672,7 @@ impl Session {
                     self.send_client(
                         format!("{tag} OK Begin TLS negotiation now\r\n").into_bytes(),
                     );
-                    self.out.push(Output::StartTls);
+                    self.stop(Output::StartTls);
                 }
             }
             CommandBody::Login { ref username, .. } => {
@@ -811,9 +873,15 @@ impl Session {
     }
 
     /// A view asked for with [`Output::Decrypt`] is ready.
-    pub fn on_view(&mut self, uid: u32, raw: &[u8], view: crate::pgp::View) -> Vec<Output> {
-        if let Some(JobState::Running(job)) = &mut self.job {
-            let (outputs, done) = job.on_view(uid, raw, view, &self.ctx);
+    pub fn on_view(
+        &mut self,
+        job: &str,
+        uid: u32,
+        raw: &[u8],
+        view: crate::pgp::View,
+    ) -> Vec<Output> {
+        if let Some(JobState::Running(running)) = &mut self.job {
+            let (outputs, done) = running.on_view(job, uid, raw, view, &self.ctx);
             self.apply(outputs);
             if done {
                 self.job = None;
@@ -827,7 +895,7 @@ impl Session {
 
     pub fn on_upstream(&mut self, bytes: &[u8]) -> Vec<Output> {
         self.upstream.push(bytes);
-        while !matches!(self.out.last(), Some(Output::Close)) {
+        while !self.closing {
             let Some(frame) = self.upstream.next_frame() else {
                 break;
             };
@@ -836,7 +904,7 @@ impl Session {
                 self.send_client(
                     b"* BYE The mail server sent a response sealpost cannot relay\r\n".to_vec(),
                 );
-                self.out.push(Output::Close);
+                self.stop(Output::Close);
                 break;
             }
             let complete = self.upstream.message_complete();
@@ -942,7 +1010,7 @@ impl Session {
                     self.phase = Phase::Authenticated { identity: None };
                 }
                 if greeting.kind == GreetingKind::Bye {
-                    self.out.push(Output::Close);
+                    self.stop(Output::Close);
                 }
                 match &greeting.code {
                     Some(Code::Capability(_)) => caps::filter_code(&bytes, self.local()),
@@ -958,7 +1026,7 @@ impl Session {
         }
         self.send_client(line);
         if close {
-            self.out.push(Output::Close);
+            self.stop(Output::Close);
         }
     }
 
@@ -977,9 +1045,15 @@ impl Session {
             return;
         }
         match &mut self.inflow {
-            Inflow::AwaitContinuation { tag } => {
-                // Upstream accepts the literal: the client may send it now.
+            Inflow::AwaitContinuation { tag, client_waits } => {
+                // Upstream reads the literal: the client may send it now (or, when it sent
+                // it already, it goes up now).
+                let waits = *client_waits;
                 self.inflow = Inflow::Relay { tag: tag.clone() };
+                if !waits {
+                    self.resume_client();
+                    return;
+                }
             }
             // One SASL response per challenge (RFC 3501 §6.2.2).
             Inflow::Sasl { ready, .. } => *ready = true,
@@ -1005,11 +1079,21 @@ impl Session {
             self.inflow = Inflow::Start;
             self.client.set_lines_only(false);
         }
-        if let Inflow::AwaitContinuation { tag: t, .. } = &self.inflow {
+        if let Inflow::AwaitContinuation {
+            tag: t,
+            client_waits,
+        } = &self.inflow
+        {
             if t == tag {
-                // Refused before the literal: the client will not send it.
-                self.inflow = Inflow::Start;
-                self.client.reset_message();
+                if *client_waits {
+                    // Refused before the literal: the client will not send it.
+                    self.inflow = Inflow::Start;
+                    self.client.reset_message();
+                } else {
+                    // Refused, but the literal was sent: its bytes (and the rest of the
+                    // command) are read and dropped, never framed as commands.
+                    self.inflow = Inflow::Discard { reply: Vec::new() };
+                }
                 self.in_flight.remove(tag);
                 if matches!(&self.phase, Phase::Authenticating { tag: a, .. } if a == tag) {
                     self.phase = Phase::NotAuthenticated;
@@ -1122,6 +1206,18 @@ pub fn command_head(line: &[u8]) -> Option<(String, String)> {
         name = format!("UID {sub}");
     }
     Some((tag, name))
+}
+
+/// A line's literal announcement made synchronizing: `{n+}` becomes `{n}` (RFC 7888
+/// non-synchronizing literals are a client's choice; towards upstream sealpost always
+/// waits for the `+`). Other lines come back as they are.
+fn synchronizing(mut line: Vec<u8>) -> Vec<u8> {
+    let end =
+        line.len() - usize::from(line.ends_with(b"\r\n")) - usize::from(line.ends_with(b"\n"));
+    if end >= 2 && line[end - 1] == b'}' && line[end - 2] == b'+' {
+        line.remove(end - 2);
+    }
+    line
 }
 
 /// True when a captured client message has literals (a line break before its end).

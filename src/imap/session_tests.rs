@@ -70,9 +70,14 @@ fn plaintext_login_refused_off_loopback_until_starttls() {
 #[test]
 fn literals_stream_through_and_compress_is_refused() {
     let mut s = Session::new(ctx(), true, true);
-    s.on_upstream(b"* OK ready\r\n");
+    s.on_upstream(b"* PREAUTH ready\r\n");
+    // A non-synchronizing literal goes up as a synchronizing one: its bytes only after
+    // upstream's `+`, then streamed.
     let out = s.on_client(b"a1 APPEND INBOX {10+}\r\n01234");
-    assert_eq!(upstream_text(&out), "a1 APPEND INBOX {10+}\r\n01234");
+    assert_eq!(upstream_text(&out), "a1 APPEND INBOX {10}\r\n");
+    let out = s.on_upstream(b"+ OK\r\n");
+    assert_eq!(client_text(&out), "", "the client did not ask for a +");
+    assert_eq!(upstream_text(&out), "01234");
     let out = s.on_client(b"56789\r\na2 COMPRESS DEFLATE\r\n");
     assert_eq!(upstream_text(&out), "56789\r\n");
     assert!(client_text(&out).starts_with("a2 NO [CANNOT]"));
@@ -577,7 +582,12 @@ fn a_fetch_job_step_by_step() {
         assert_eq!(requests[0].raw, stored);
         // The driver builds the views, in any order; a stray view is ignored.
         assert!(s
-            .on_view(7, b"x", s.ctx.view(&requests[0].identity, b"x", 100))
+            .on_view(
+                "sp1x",
+                7,
+                b"x",
+                s.ctx.view(&requests[0].identity, b"x", 100)
+            )
             .is_empty());
         let mut views = Vec::new();
         for r in requests.iter().rev() {
@@ -591,11 +601,11 @@ fn a_fetch_job_step_by_step() {
         }
         let (uid, raw, view) = views.remove(0);
         assert!(
-            upstream_text(&s.on_view(uid, &raw, view)).is_empty(),
+            upstream_text(&s.on_view("sp1x", uid, &raw, view)).is_empty(),
             "one view still missing"
         );
         let (uid, raw, view) = views.remove(0);
-        let out = s.on_view(uid, &raw, view);
+        let out = s.on_view("sp1x", uid, &raw, view);
         assert_eq!(upstream_text(&out), "sp1x3 UID FETCH 5 (UID)\r\n");
         let out = feed_upstream(
             &mut s,
@@ -813,4 +823,155 @@ fn held_literals_follow_upstreams_continuations() {
     assert!(upstream_text(&out).is_empty(), "the rest is not sent");
     let out = s.on_client(b"c2 NOOP\r\n");
     assert_eq!(upstream_text(&out), "c2 NOOP\r\n");
+}
+
+// ----- found by a second attacking review --------------------------------------
+
+/// R2-1: before login, `a APPEND INBOX ) {n+}`: Dovecot's imap-login answers
+/// `a BAD Unexpected ')'`, skips the line and runs the literal, a hidden
+/// `c LOGIN mallory`; its `c OK` completes sealpost's visible `c LOGIN victim`.
+#[test]
+fn r2_preauth_append_literal_cannot_pick_the_identity() {
+    let mut s = Session::new(gateway(), true, true);
+    s.on_upstream(b"* OK ready\r\n");
+    let hidden = b"c LOGIN mallory@corp.example pw\r\n";
+    let mut input = format!("a APPEND INBOX ) {{{}+}}\r\n", hidden.len()).into_bytes();
+    input.extend_from_slice(hidden);
+    input.extend_from_slice(b"\r\nc LOGIN victim@corp.example junk\r\n");
+    let out = s.on_client(&input);
+    let up = upstream_text(&out);
+    // APPEND before login is refused here, its literal read and dropped: the hidden
+    // LOGIN never reaches upstream, so no upstream reply can be mistaken for it.
+    assert!(
+        client_text(&out).starts_with("a BAD Log in first"),
+        "{}",
+        client_text(&out)
+    );
+    assert_eq!(up, "c LOGIN victim@corp.example junk\r\n");
+    // After login, a rejected APPEND line's literal is never sent unasked either.
+    let mut s = logged_in_as_mallory();
+    let hidden = b"x SELECT Other\r\n";
+    let mut input = format!("a APPEND INBOX \"junk\" {{{}+}}\r\n", hidden.len()).into_bytes();
+    input.extend_from_slice(hidden);
+    input.extend_from_slice(b"\r\nz NOOP\r\n");
+    let out = s.on_client(&input);
+    assert_eq!(upstream_text(&out), "a APPEND INBOX \"junk\" {16}\r\n");
+    let out = s.on_upstream(b"a BAD Invalid internal date\r\n");
+    assert_eq!(
+        upstream_text(&out),
+        "z NOOP\r\n",
+        "the literal was read and dropped"
+    );
+}
+
+/// R2-2: a literal of a held command imap-codec decodes but upstream does not know
+/// (GETQUOTAROOT without Dovecot's quota plugin: `BAD Unknown command`, line skipped)
+/// goes up with the command; upstream runs it.
+#[test]
+fn r2_a_held_non_synchronizing_literal_waits_for_upstream() {
+    let mut s = logged_in_as_mallory();
+    let out = s.on_client(b"q GETQUOTAROOT {16+}\r\nx CREATE Pwned\r\n\r\n");
+    let up = upstream_text(&out);
+    assert!(
+        !up.contains("x CREATE"),
+        "literal bytes sent before upstream's +: {up:?}"
+    );
+}
+
+/// R2-3: a refused (discarded) command whose later line announces a synchronizing
+/// literal never gets a `+` nor its tagged reply: the client waits forever.
+#[test]
+fn r2_a_discarded_command_with_a_later_sync_literal_is_answered() {
+    let mut s = logged_in_as_mallory();
+    let n = CLIENT_CAPTURE + 10;
+    let mut input = format!("d NOOP {{{n}+}}\r\n").into_bytes();
+    input.extend(std::iter::repeat_n(b'x', n));
+    input.extend_from_slice(b" {5}\r\n");
+    let out = s.on_client(&input);
+    let text = client_text(&out);
+    assert!(text.contains("d NO") || text.starts_with('+'), "{text:?}");
+}
+
+/// R2-4: after STARTTLS is decided, a second upstream `+` in the same read resumes
+/// the client and frames bytes sent before the handshake (here `c NOOP`).
+#[test]
+fn r2_nothing_after_starttls_is_framed_on_a_late_continuation() {
+    let mut s = Session::new(ctx(), false, true);
+    s.on_upstream(b"* PREAUTH ready\r\n");
+    s.on_client(b"s CREATE {1}\r\n");
+    let out = s.on_client(b"X\r\nb STARTTLS\r\nc NOOP\r\n");
+    assert_eq!(upstream_text(&out), "s CREATE {1}\r\n");
+    let out = s.on_upstream(b"+ OK\r\n+ OK\r\n");
+    let at = out
+        .iter()
+        .position(|o| *o == Output::StartTls)
+        .expect("STARTTLS");
+    let after = upstream_text(&out[at..]);
+    assert!(!after.contains("c NOOP"), "pre-TLS bytes ran: {out:?}");
+}
+
+/// R2-5: a job that ends on a non-OK download reply leaves its decryptions running;
+/// their views are taken by the next job by UID alone (another mailbox here), shown
+/// and cached under its key.
+#[test]
+fn r2_a_view_from_an_ended_job_is_not_taken_by_the_next() {
+    let ctx = gateway();
+    let id = ctx.identities[0].clone();
+    let enc = |body: &str| {
+        crate::pgp::encrypt_message(
+            &crate::pgp::EncryptRequest {
+                raw: format!("From: bob@example.org\r\nSubject: s\r\n\r\n{body}\r\n").as_bytes(),
+                recipients: std::slice::from_ref(&id.cert),
+                signer: None,
+                protect_headers: true,
+                boundary: "b1",
+                extra_outer: b"",
+            },
+            &[],
+        )
+        .unwrap()
+    };
+    let (inbox5, other5) = (enc("INBOX five"), enc("OTHER five"));
+    let structure = "(\"application\" \"pgp-encrypted\" NIL NIL NIL \"7bit\" 10 NIL NIL NIL NIL)(\"application\" \"octet-stream\" NIL NIL NIL \"7bit\" 500 NIL NIL NIL NIL) \"encrypted\" (\"protocol\" \"application/pgp-encrypted\" \"boundary\" \"b1\") NIL NIL NIL";
+    let classify = |tag: &str| {
+        format!("* 1 FETCH (UID 5 RFC822.SIZE 900 BODYSTRUCTURE ({structure}) BODY[HEADER.FIELDS (SEALPOST-DECRYPTED)] {{2}}\r\n\r\n)\r\n{tag} OK done\r\n").into_bytes()
+    };
+    let download = |stored: &[u8]| {
+        let mut d = format!("* 1 FETCH (UID 5 BODY[] {{{}}}\r\n", stored.len()).into_bytes();
+        d.extend_from_slice(stored);
+        d.extend_from_slice(b")\r\n");
+        d
+    };
+    let decrypts = |out: Vec<Output>| -> Vec<DecryptRequest> {
+        out.into_iter()
+            .filter_map(|o| match o {
+                Output::Decrypt(r) => Some(r),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut s = with_identity(&ctx);
+    s.on_client(b"a1 UID FETCH 5 (BODY.PEEK[])\r\n");
+    s.on_upstream(&classify("sp1x1"));
+    let old = decrypts(s.on_upstream(&download(&inbox5)));
+    let out = s.on_upstream(b"sp1x2 NO [UNAVAILABLE] try later\r\n");
+    assert!(client_text(&out).starts_with("a1 NO"));
+    s.on_client(b"m3 SELECT Other\r\n");
+    s.on_upstream(b"* OK [UIDVALIDITY 9] ok\r\nm3 OK [READ-WRITE] selected\r\n");
+    s.on_client(b"a2 UID FETCH 5 (BODY.PEEK[])\r\n");
+    s.on_upstream(&classify("sp2x1"));
+    let new = decrypts(s.on_upstream(&download(&other5)));
+    assert_eq!(new.len(), 1);
+    // The late view of INBOX's UID 5 arrives first.
+    let v = s.ctx.view(&old[0].identity, &old[0].raw, old[0].limit);
+    s.on_view(&old[0].job, 5, &old[0].raw, v);
+    let v = s.ctx.view(&new[0].identity, &new[0].raw, new[0].limit);
+    s.on_view(&new[0].job, 5, &new[0].raw, v);
+    s.on_upstream(b"sp2x2 OK done\r\n");
+    let out = s.on_upstream(b"* 1 FETCH (UID 5)\r\nsp2x3 OK done\r\n");
+    let text = client_text(&out);
+    assert!(
+        text.contains("OTHER five"),
+        "Other's UID 5 shown as: {text}"
+    );
 }

@@ -92,19 +92,8 @@ fn literals_stream_through_and_compress_is_refused() {
 #[test]
 fn a_fetch_job_waits_for_relayed_commands_to_complete() {
     let dir = tempfile::tempdir().unwrap();
-    let g = crate::keys::generate("alice@example.com", dir.path()).unwrap();
-    let id = crate::keys::load_identity(&crate::config::Identity {
-        address: "alice@example.com".into(),
-        account: None,
-        login: None,
-        secret_key: g.secret_key.clone(),
-        passphrase_file: Some(g.passphrase_file.clone()),
-        passphrase_credential: None,
-        passphrase_env: None,
-    })
-    .unwrap();
     let mut c = ctx();
-    Arc::get_mut(&mut c).unwrap().identities = vec![Arc::new(id)];
+    Arc::get_mut(&mut c).unwrap().identities = vec![identity("alice@example.com", dir.path())];
     let mut s = Session::new(c, true, true);
     s.on_upstream(b"* OK ready\r\n");
     s.on_client(b"a1 LOGIN alice@example.com pw\r\n");
@@ -215,25 +204,29 @@ fn command_heads() {
 /// Two identities, as on a gateway: mallory and the victim.
 fn gateway() -> Arc<ImapContext> {
     let dir = tempfile::tempdir().unwrap();
-    let mut ids = Vec::new();
-    for addr in ["mallory@corp.example", "victim@corp.example"] {
-        let g = crate::keys::generate(addr, dir.path()).unwrap();
-        ids.push(Arc::new(
-            crate::keys::load_identity(&crate::config::Identity {
-                address: addr.into(),
-                account: None,
-                login: None,
-                secret_key: g.secret_key.clone(),
-                passphrase_file: Some(g.passphrase_file.clone()),
-                passphrase_credential: None,
-                passphrase_env: None,
-            })
-            .unwrap(),
-        ));
-    }
+    let ids = ["mallory@corp.example", "victim@corp.example"]
+        .map(|addr| identity(addr, dir.path()))
+        .to_vec();
     let mut c = ctx();
     Arc::get_mut(&mut c).unwrap().identities = ids;
     c
+}
+
+/// A new identity for `addr`, its key made and loaded as `sealpost run` loads it.
+fn identity(addr: &str, dir: &std::path::Path) -> Arc<crate::keys::LoadedIdentity> {
+    let g = crate::keys::generate(addr, dir).unwrap();
+    Arc::new(
+        crate::keys::load_identity(&crate::config::Identity {
+            address: addr.into(),
+            account: None,
+            login: None,
+            secret_key: g.secret_key.clone(),
+            passphrase_file: Some(g.passphrase_file.clone()),
+            passphrase_credential: None,
+            passphrase_env: None,
+        })
+        .unwrap(),
+    )
 }
 
 fn logged_in_as_mallory() -> Session {

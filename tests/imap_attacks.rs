@@ -458,3 +458,27 @@ fn a_literal_rejected_with_its_command_never_runs_upstream() {
     assert_eq!(r.status, "OK", "{}", r.tagged_text());
     assert_eq!(env.dovecot.uids(MALLORY.0, MALLORY.1, "Other").len(), 1);
 }
+
+/// Found by a third attacking review: `{}` is a literal to Dovecot (it sends `+`), so
+/// a stray `+` could release another command's literal before login.
+#[test]
+fn empty_brace_literals_open_no_way_round_the_login() {
+    let env = Env::new("");
+    let stolen = for_alice("for alice", SECRET);
+    env.dovecot
+        .append(MALLORY.0, MALLORY.1, "INBOX", &stolen, &[]);
+    let mut c = RawImap::connect(env.proxy.imap_port, "starttls", Some(&env.ca.ca_pem));
+    c.send_raw(format!("s1 NOOP {{}}\r\nb LOGIN {} x\r\n", ALICE.0).as_bytes());
+    let r = c.read_until_tagged("s1");
+    assert_eq!(r.status, "BAD", "{}", r.tagged_text());
+    let hidden = format!("b LOGIN {} {}", MALLORY.0, MALLORY.1);
+    let mut input = b"s2 NOOP {}\r\n".to_vec();
+    input.extend(format!("b2 APPEND INBOX ~{{{}+}}\r\n", hidden.len()).bytes());
+    input.extend(hidden.as_bytes());
+    input.extend(b"\r\nz NOOP\r\n");
+    c.send_raw(&input);
+    let all = read_tagged(&mut c, &["s2", "z"]);
+    assert!(!all.contains("b OK"), "{all}");
+    let r = c.command("SELECT INBOX");
+    assert_ne!(r.status, "OK", "not logged in: {}", r.tagged_text());
+}

@@ -254,11 +254,16 @@ pub fn literal_announcement(line: &[u8]) -> Option<(u64, bool)> {
         Some(d) => (d, false),
         None => (spec, true),
     };
-    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+    if !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
-    Some((n, sync))
+    // As servers read it (Dovecot takes `{}` as a literal of 0 bytes and leading zeros
+    // of any length): what upstream sees as a literal, the framer must too. A size
+    // past u64 is as good as infinite (and over every limit).
+    let n = digits.iter().try_fold(0u64, |n, &d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    });
+    Some((n.unwrap_or(u64::MAX), sync))
 }
 
 #[cfg(test)]
@@ -402,7 +407,19 @@ mod tests {
     fn announcements() {
         assert_eq!(literal_announcement(b"x {12+}\r\n"), Some((12, false)));
         assert_eq!(literal_announcement(b"x {12}\r\n"), Some((12, true)));
-        assert_eq!(literal_announcement(b"x {}\r\n"), None);
+        // Found by review: Dovecot reads these as literals, so the framer does too.
+        assert_eq!(literal_announcement(b"x {}\r\n"), Some((0, true)));
+        assert_eq!(literal_announcement(b"x {+}\r\n"), Some((0, false)));
+        assert_eq!(literal_announcement(b"x ~{}\r\n"), Some((0, true)));
+        assert_eq!(
+            literal_announcement(b"x {00000000000000000005}\r\n"),
+            Some((5, true))
+        );
+        assert_eq!(
+            literal_announcement(b"x {99999999999999999999999}\r\n"),
+            Some((u64::MAX, true))
+        );
         assert_eq!(literal_announcement(b"x {1a}\r\n"), None);
+        assert_eq!(literal_announcement(b"x {5+3}\r\n"), None);
     }
 }

@@ -125,7 +125,9 @@ enum Inflow {
     /// Between messages.
     Start,
     /// Relaying an APPEND upstream frame by frame (its message literal streams).
-    Relay { tag: String },
+    /// `done`: upstream already answered the command (a MULTIAPPEND refused after one
+    /// message): its next literal gets no `+`, so nothing waits for one.
+    Relay { tag: String, done: bool },
     /// A relayed synchronizing literal waits for upstream's `+` (or its refusal of the
     /// command); client input is held until then.
     /// `client_waits`: the client's literal is synchronizing (it waits for the `+`);
@@ -158,6 +160,14 @@ enum JobState {
     Running(Box<FetchJob>),
 }
 
+/// See [`Session::waiting`].
+enum Waiting {
+    /// A decoded command and its segments (see [`Inflow::Hold`]).
+    Command(String, Vec<u8>, Vec<Vec<u8>>),
+    /// The first line of an APPEND with a literal (see [`Inflow::Relay`]).
+    Append(Vec<u8>, Option<(u64, bool)>),
+}
+
 /// After this many bytes held from the client while a FETCH job runs, stop reading.
 const MAX_HELD: usize = 1 << 20;
 /// Client messages decoded whole are captured up to this size.
@@ -180,6 +190,9 @@ pub struct Session {
     max_literal: u64,
     /// The UIDVALIDITY announced for the SELECT/EXAMINE in flight.
     last_uidvalidity: Option<u32>,
+    /// A command that waits for upstream's `+` (literals, AUTHENTICATE, IDLE), held
+    /// until no other command is in flight, so that any `+` can only be for it.
+    waiting: Option<Waiting>,
     /// A TLS handshake or the close is due (see [`Session::stopped`]).
     stopped: bool,
     /// The close is due: nothing more from upstream is relayed.
@@ -215,6 +228,7 @@ impl Session {
             job: None,
             last_uidvalidity: None,
             outgoing: None,
+            waiting: None,
             stopped: false,
             closing: false,
             held: Vec::new(),
@@ -241,6 +255,7 @@ impl Session {
     fn busy(&self) -> bool {
         self.job.is_some()
             || self.outgoing.is_some()
+            || self.waiting.is_some()
             || matches!(
                 self.inflow,
                 Inflow::AwaitContinuation { .. }
@@ -486,7 +501,7 @@ impl Session {
             "CAPABILITY" | "NOOP" | "LOGOUT" | "STARTTLS" | "LOGIN" | "AUTHENTICATE" | "ID" => {
                 self.hold_or_relay(tag, name, bytes, literal, complete)
             }
-            _ if matches!(self.phase, Phase::NotAuthenticated) => {
+            _ if !self.phase.authenticated() => {
                 self.refuse(format!("{tag} BAD Log in first\r\n"), literal, complete);
             }
             _ => self.hold_or_relay(tag, name, bytes, literal, complete),
@@ -506,9 +521,12 @@ impl Session {
             // APPEND's message literal streams upstream as it comes (upstream answers a
             // synchronizing literal's `+`); its grammar makes the literal an argument, so
             // upstream never reads it as commands.
+            "APPEND" if literal.is_some() && !self.in_flight.is_empty() => {
+                self.waiting = Some(Waiting::Append(bytes, literal));
+            }
             "APPEND" if literal.is_some() => {
                 self.in_flight.insert(tag.clone(), Pending::Relayed);
-                self.inflow = Inflow::Relay { tag };
+                self.inflow = Inflow::Relay { tag, done: false };
                 self.continue_message(bytes, literal, complete);
             }
             _ => {
@@ -585,12 +603,22 @@ impl Session {
                     None => self.inflow = Inflow::Hold { tag, segments },
                 }
             }
-            Inflow::Relay { tag } => {
+            Inflow::Relay { tag, done } => {
                 if complete {
                     self.send_upstream(bytes);
                     return;
                 }
                 match literal {
+                    Some((_, sync)) if done => {
+                        // Upstream ends the command here without a `+`: the client's
+                        // literal is never sent (synchronizing) or read and dropped.
+                        self.send_upstream(synchronizing(bytes));
+                        if sync {
+                            self.client.reset_message();
+                        } else {
+                            self.inflow = Inflow::Discard { reply: Vec::new() };
+                        }
+                    }
                     // RFC 3501 §7.5: no literal byte goes upstream before upstream's
                     // `+` says it reads a literal there. A server that rejects the line
                     // first would run a literal it was sent unasked as commands, so a
@@ -604,13 +632,13 @@ impl Session {
                     }
                     None => {
                         self.send_upstream(bytes);
-                        self.inflow = Inflow::Relay { tag };
+                        self.inflow = Inflow::Relay { tag, done };
                     }
                 }
             }
             Inflow::AwaitContinuation { tag, .. } => {
                 // Only reached after upstream's `+`: the literal and what follows it.
-                self.inflow = Inflow::Relay { tag };
+                self.inflow = Inflow::Relay { tag, done: false };
                 self.continue_message(bytes, literal, complete);
             }
             Inflow::Sasl {
@@ -664,6 +692,16 @@ impl Session {
             Err(_) => return self.on_unparsed(tag, msg),
         };
         let has_literal = has_literal(&msg);
+        let continues = segments.iter().filter(|s| !s.is_empty()).count() > 1
+            || matches!(
+                command.body,
+                CommandBody::Authenticate { .. } | CommandBody::Idle
+            );
+        if continues && !self.in_flight.is_empty() {
+            // RFC 3501 §7.5: a `+` names no command; sent alone, this one owns it.
+            self.waiting = Some(Waiting::Command(tag, msg, segments));
+            return;
+        }
         match command.body {
             CommandBody::StartTLS => {
                 if self.tls {
@@ -746,7 +784,7 @@ impl Session {
             }
             // With a literal sealpost cannot place, upstream might run the literal as
             // commands (`XFOO {n+}`, then commands): not relayed.
-            _ if has_literal(&msg) => {
+            _ if has_literal(&msg) || msg.contains(&b'{') => {
                 self.send_client(
                     format!("{tag} BAD {name} with a literal is not understood by sealpost\r\n")
                         .into_bytes(),
@@ -930,6 +968,23 @@ impl Session {
             }
             self.on_upstream_frame(frame);
             if self.in_flight.is_empty() {
+                match self.waiting.take() {
+                    Some(Waiting::Command(tag, msg, segments)) => {
+                        self.on_command(tag, msg, segments);
+                        if !self.busy() {
+                            self.resume_client();
+                        }
+                    }
+                    Some(Waiting::Append(bytes, literal)) => {
+                        self.start_message(bytes, literal, false);
+                        if !self.busy() {
+                            self.resume_client();
+                        }
+                    }
+                    None => {}
+                }
+            }
+            if self.in_flight.is_empty() && matches!(self.job, Some(JobState::Deferred(..))) {
                 if let Some(JobState::Deferred(tag, msg)) = self.job.take() {
                     let segments = vec![msg.clone()];
                     self.on_command(tag, msg, segments);
@@ -1049,7 +1104,10 @@ impl Session {
                 // Upstream reads the literal: the client may send it now (or, when it sent
                 // it already, it goes up now).
                 let waits = *client_waits;
-                self.inflow = Inflow::Relay { tag: tag.clone() };
+                self.inflow = Inflow::Relay {
+                    tag: tag.clone(),
+                    done: false,
+                };
                 if !waits {
                     self.resume_client();
                     return;
@@ -1074,6 +1132,11 @@ impl Session {
         if matches!(&self.outgoing, Some((t, _)) if t == tag) {
             // Refused before all of it was sent.
             self.outgoing = None;
+        }
+        if let Inflow::Relay { tag: t, done } = &mut self.inflow {
+            if t == tag {
+                *done = true;
+            }
         }
         if matches!(&self.inflow, Inflow::Idle { tag: t, .. } if t == tag) {
             self.inflow = Inflow::Start;

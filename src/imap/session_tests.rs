@@ -968,3 +968,84 @@ fn r2_a_view_from_an_ended_job_is_not_taken_by_the_next() {
         "Other's UID 5 shown as: {text}"
     );
 }
+
+// ----- found by a third attacking review ---------------------------------------
+
+/// `{}` is a literal of 0 bytes to Dovecot (it sends `+` and reads the next line as
+/// arguments); sealpost's framer did not take it as one, so a stray `+` released another
+/// command's literal, run upstream as a LOGIN that answered a tracked one.
+#[test]
+fn empty_brace_literals_are_literals_and_a_plus_belongs_to_one_command() {
+    let mut s = Session::new(gateway(), true, true);
+    s.on_upstream(b"* OK ready\r\n");
+    let out = s.on_client(b"s1 NOOP {}\r\nb LOGIN victim@corp.example x\r\n");
+    assert_eq!(
+        upstream_text(&out),
+        "",
+        "NOOP with a literal is not relayed"
+    );
+    assert!(
+        client_text(&out).contains("s1 BAD"),
+        "{}",
+        client_text(&out)
+    );
+    let hidden = b"b LOGIN mallory@corp.example mallorypw";
+    let mut input = b"s2 NOOP {}\r\n".to_vec();
+    input.extend(format!("b2 APPEND INBOX ~{{{}+}}\r\n", hidden.len()).bytes());
+    input.extend(hidden);
+    input.extend(b"\r\n");
+    let out = s.on_client(&input);
+    let up = upstream_text(&out);
+    assert!(
+        !up.contains("LOGIN mallory") && !up.contains("APPEND"),
+        "{up:?}"
+    );
+    s.on_upstream(b"+ OK\r\nb OK Logged in\r\n");
+    assert_ne!(s.identity(), Some("victim@corp.example"));
+}
+
+/// A command that waits for `+` goes up only when nothing else is in flight.
+#[test]
+fn a_command_waiting_for_a_plus_goes_up_alone() {
+    let mut s = logged_in_as_mallory();
+    let out = s.on_client(b"n1 NOOP\r\nc1 CREATE {3}\r\n");
+    assert_eq!(upstream_text(&out), "n1 NOOP\r\n");
+    let out = s.on_client(b"Box\r\n");
+    assert_eq!(upstream_text(&out), "", "waits for n1");
+    let out = s.on_upstream(b"n1 OK\r\n");
+    assert_eq!(upstream_text(&out), "c1 CREATE {3}\r\n");
+    let out = s.on_upstream(b"+ OK\r\n");
+    assert_eq!(upstream_text(&out), "Box\r\n");
+    s.on_upstream(b"c1 OK\r\n");
+    // APPEND with a literal, and IDLE, wait the same way.
+    let out = s.on_client(b"n2 NOOP\r\na1 APPEND INBOX {2+}\r\nhi\r\nn3 NOOP\r\n");
+    assert_eq!(upstream_text(&out), "n2 NOOP\r\n");
+    let out = s.on_upstream(b"n2 OK\r\n");
+    assert_eq!(upstream_text(&out), "a1 APPEND INBOX {2}\r\n");
+    let out = s.on_upstream(b"+ OK\r\n");
+    assert_eq!(upstream_text(&out), "hi\r\nn3 NOOP\r\n");
+}
+
+/// A MULTIAPPEND refused after its first message (over quota): upstream ends the
+/// command without a `+` for the next literal; the session must not wait for one.
+#[test]
+fn an_append_answered_before_its_next_message_does_not_hang() {
+    let mut s = logged_in_as_mallory();
+    s.on_client(b"a APPEND INBOX {3}\r\n");
+    s.on_upstream(b"+ OK\r\n");
+    s.on_client(b"abc");
+    s.on_upstream(b"a NO [OVERQUOTA] Quota exceeded\r\n");
+    let out = s.on_client(b" {4+}\r\nwxyz\r\nb NOOP\r\n");
+    assert_eq!(
+        upstream_text(&out),
+        " {4}\r\nb NOOP\r\n",
+        "wxyz dropped, b relayed"
+    );
+    let mut s = logged_in_as_mallory();
+    s.on_client(b"a APPEND INBOX {3}\r\n");
+    s.on_upstream(b"+ OK\r\n");
+    s.on_client(b"abc");
+    s.on_upstream(b"a NO [OVERQUOTA] Quota exceeded\r\n");
+    let out = s.on_client(b" {4}\r\nb NOOP\r\n");
+    assert_eq!(upstream_text(&out), " {4}\r\nb NOOP\r\n");
+}

@@ -215,6 +215,11 @@ protect_headers = {protect}
             }
             if std::net::TcpStream::connect(("127.0.0.1", ports.1)).is_ok() {
                 wait_for_port(ports.0, Duration::from_secs(5));
+                // The IMAP listeners are bound after the SMTP ones.
+                if opts.imap_upstream.is_some() {
+                    wait_for_port(imap_ports.0, Duration::from_secs(5));
+                    wait_for_port(imap_ports.1, Duration::from_secs(5));
+                }
                 return proxy;
             }
             std::thread::sleep(Duration::from_millis(50));

@@ -530,12 +530,17 @@ impl FetchJob {
     /// An untagged response during a step: ours to use (Some) or to relay (None).
     fn consume(&mut self, message: &[u8]) -> Option<Vec<JobOutput>> {
         if self.step == Step::Search {
-            let text = std::str::from_utf8(message).ok()?;
-            let rest = text.strip_prefix("* SEARCH")?;
-            let found: Vec<u32> = rest
-                .split_whitespace()
-                .filter_map(|n| n.parse().ok())
-                .collect();
+            let found: Vec<u32> = match ResponseCodec::default().decode(message) {
+                Ok((_, Response::Data(Data::Search(found, ..)))) => {
+                    found.iter().map(|n| n.get()).collect()
+                }
+                // Our own SEARCH's answer, undecodable: it finds nothing, and it is ours,
+                // never the client's.
+                _ if message.len() >= 8 && message[..8].eq_ignore_ascii_case(b"* SEARCH") => {
+                    Vec::new()
+                }
+                _ => return None,
+            };
             let uid = self.uid;
             for m in self.msgs.iter_mut().chain(self.ahead.iter_mut()) {
                 if m.class == Class::Candidate {

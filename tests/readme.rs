@@ -134,18 +134,23 @@ fn every_readme_command_has_a_test() {
     }
 }
 
-/// One README command run by `sh -c` in `dir`, with the built `sealpost` first on PATH.
-fn sh(dir: &Path, cmd: &str, gnupg: &Path) -> Output {
+/// A README command as `sh -c` runs it in `dir`, with the built `sealpost` first on PATH.
+fn sh_command(dir: &Path, cmd: &str, gnupg: &Path) -> Command {
     let bin_dir = Path::new(sealpost_bin()).parent().unwrap();
     let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap());
-    Command::new("sh")
+    let mut command = Command::new("sh");
+    command
         .arg("-c")
         .arg(cmd)
         .current_dir(dir)
         .env("PATH", path)
-        .env("GNUPGHOME", gnupg)
-        .output()
-        .unwrap()
+        .env("GNUPGHOME", gnupg);
+    command
+}
+
+/// One README command run to completion (see [`sh_command`]).
+fn sh(dir: &Path, cmd: &str, gnupg: &Path) -> Output {
+    sh_command(dir, cmd, gnupg).output().unwrap()
 }
 
 /// The command's output, lowercased (fingerprints are printed in either case).
@@ -275,15 +280,7 @@ fn every_readme_command_runs() {
 
     // `sealpost run`: it listens on the config's ports and exits 0 on SIGTERM.
     let run = find(&commands, "sealpost run --config");
-    let bin_dir = Path::new(sealpost_bin()).parent().unwrap();
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg(format!("exec {run}"))
-        .current_dir(d)
-        .env(
-            "PATH",
-            format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap()),
-        )
+    let mut child = sh_command(d, &format!("exec {run}"), &gnupg)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -103,8 +103,6 @@ enum Pending {
         read_only: bool,
     },
     Unselect,
-    /// IDLE (RFC 2177); [`Inflow::Idle`] follows its progress.
-    Idle,
     Logout,
 }
 
@@ -133,10 +131,10 @@ enum Inflow {
     /// `client_waits`: the client's literal is synchronizing (it waits for the `+`);
     /// otherwise it is sent already, and upstream's `+` is for sealpost alone.
     AwaitContinuation { tag: String, client_waits: bool },
-    /// Collecting the message to decode once complete. `segments` are its bytes split
-    /// after each synchronizing literal's announcement (the `+` for those is sealpost's
-    /// own), so that it can be relayed in step with upstream's `+`.
-    Hold { tag: String, segments: Vec<Vec<u8>> },
+    /// Collecting the message to decode once complete. `splits` are the offsets in the
+    /// captured message just after each literal's announcement: the message goes
+    /// upstream in those pieces, each after upstream's `+` (see [`segments`]).
+    Hold { tag: String, splits: Vec<usize> },
     /// Dropping the message; `reply` goes to the client once it is complete.
     Discard { reply: Vec<u8> },
     /// AUTHENTICATE (RFC 3501 §6.2.2): in lockstep, one client line per upstream `+`
@@ -152,18 +150,10 @@ enum Inflow {
     Idle { tag: String, stage: IdleStage },
 }
 
-/// A FETCH that needs the view, and where it is.
-enum JobState {
-    /// Waiting until the commands in flight complete (their responses must not
-    /// interleave with the job's).
-    Deferred(String, Vec<u8>),
-    Running(Box<FetchJob>),
-}
-
 /// See [`Session::waiting`].
 enum Waiting {
-    /// A decoded command and its segments (see [`Inflow::Hold`]).
-    Command(String, Vec<u8>, Vec<Vec<u8>>),
+    /// A decoded command, its tag and its literal offsets (see [`Inflow::Hold`]).
+    Command(String, Vec<u8>, Vec<usize>),
     /// The first line of an APPEND with a literal (see [`Inflow::Relay`]).
     Append(Vec<u8>, Option<(u64, bool)>),
 }
@@ -185,13 +175,15 @@ pub struct Session {
     phase: Phase,
     inflow: Inflow,
     in_flight: HashMap<String, Pending>,
-    job: Option<JobState>,
+    /// The FETCH job running (see [`FetchJob`]).
+    job: Option<Box<FetchJob>>,
     /// Largest literal accepted from the client.
     max_literal: u64,
     /// The UIDVALIDITY announced for the SELECT/EXAMINE in flight.
     last_uidvalidity: Option<u32>,
-    /// A command that waits for upstream's `+` (literals, AUTHENTICATE, IDLE), held
-    /// until no other command is in flight, so that any `+` can only be for it.
+    /// A command held until no other command is in flight: one that waits for
+    /// upstream's `+` (literals, AUTHENTICATE, IDLE), so that any `+` can only be for
+    /// it, or a FETCH job's, so that no other responses interleave with the job's.
     waiting: Option<Waiting>,
     /// A TLS handshake or the close is due (see [`Session::stopped`]).
     stopped: bool,
@@ -344,11 +336,10 @@ impl Session {
             self.on_client_frame(frame);
         }
         if self.busy() {
-            // What was read past the point where the session must wait is framed later.
+            // What was read past the point where the session must wait is framed later,
+            // before what arrived while it waited.
             let rest = self.client.take_pending();
-            let mut held = rest;
-            held.extend_from_slice(&self.held);
-            self.held = held;
+            self.held.splice(0..0, rest);
         }
     }
 
@@ -411,11 +402,9 @@ impl Session {
             self.send_upstream(b"*\r\n".to_vec());
             return;
         }
-        if let Inflow::Idle { stage, .. } = &mut self.inflow {
+        if let Inflow::Idle { tag, .. } = std::mem::replace(&mut self.inflow, Inflow::Start) {
             // Not DONE: end the IDLE all the same.
-            *stage = IdleStage::Ending;
-            self.send_upstream(b"DONE\r\n".to_vec());
-            self.send_client(b"* BAD Only DONE may be sent during IDLE\r\n".to_vec());
+            self.end_idle(tag, Some("*".into()));
             return;
         }
         let reply = match command_head(head) {
@@ -535,7 +524,7 @@ impl Session {
                 // `NOOP {n+}`) would otherwise run there as commands unseen.
                 self.inflow = Inflow::Hold {
                     tag,
-                    segments: vec![Vec::new()],
+                    splits: Vec::new(),
                 };
                 self.continue_message(bytes, literal, complete);
             }
@@ -564,22 +553,20 @@ impl Session {
                     self.inflow = Inflow::Discard { reply };
                 }
             }
-            Inflow::Hold { tag, mut segments } => {
-                if let Some(last) = segments.last_mut() {
-                    last.extend_from_slice(&bytes);
-                }
+            Inflow::Hold { tag, mut splits } => {
                 if complete {
                     match self.client.message().map(<[u8]>::to_vec) {
-                        Some(msg) => self.on_command(tag, msg, segments),
+                        Some(msg) => self.on_command(tag, msg, splits),
                         None => {
                             self.send_client(format!("{tag} BAD Command too long\r\n").into_bytes())
                         }
                     }
                     return;
                 }
-                let held: usize = segments.iter().map(Vec::len).sum();
+                // Bytes held so far (past the capture bound: as good as infinite).
+                let held = self.client.message().map_or(usize::MAX, <[u8]>::len);
                 match literal {
-                    Some((n, sync)) if held as u64 + n > CLIENT_CAPTURE as u64 => {
+                    Some((n, sync)) if (held as u64).saturating_add(n) > CLIENT_CAPTURE as u64 => {
                         // Only APPEND carries large literals.
                         let reply = format!(
                             "{tag} NO [TOOBIG] Literal of {n} bytes is too large for this command\r\n"
@@ -592,15 +579,10 @@ impl Session {
                             // ahead.
                             self.send_client(b"+ Ready for literal data\r\n".to_vec());
                         }
-                        // Upstream gets every literal synchronizing: the rest goes up
-                        // after its `+` (see the Relay arm).
-                        if let Some(last) = segments.pop() {
-                            segments.push(synchronizing(last));
-                        }
-                        segments.push(Vec::new());
-                        self.inflow = Inflow::Hold { tag, segments };
+                        splits.push(held);
+                        self.inflow = Inflow::Hold { tag, splits };
                     }
-                    None => self.inflow = Inflow::Hold { tag, segments },
+                    None => self.inflow = Inflow::Hold { tag, splits },
                 }
             }
             Inflow::Relay { tag, done } => {
@@ -666,40 +648,46 @@ impl Session {
                 debug_assert_eq!(stage, IdleStage::Idling);
                 let line = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
                 let line = line.strip_suffix(b"\r").unwrap_or(line);
-                if !line.eq_ignore_ascii_case(b"DONE") {
-                    // RFC 2177: only DONE ends IDLE; anything else ends it too, unrun.
-                    let who = command_head(&bytes).map(|(t, _)| t).unwrap_or("*".into());
-                    self.send_client(
-                        format!("{who} BAD Only DONE may be sent during IDLE\r\n").into_bytes(),
-                    );
-                }
-                self.send_upstream(b"DONE\r\n".to_vec());
-                self.inflow = Inflow::Idle {
-                    tag,
-                    stage: IdleStage::Ending,
-                };
+                // RFC 2177: only DONE ends IDLE; anything else ends it too, unrun.
+                let refused = (!line.eq_ignore_ascii_case(b"DONE"))
+                    .then(|| command_head(&bytes).map(|(t, _)| t).unwrap_or("*".into()));
+                self.end_idle(tag, refused);
             }
         }
     }
 
-    /// A complete client command without literals.
-    /// A complete client command, held and now decoded; `segments` are its bytes as
-    /// relayed (split after synchronizing literals).
-    fn on_command(&mut self, tag: String, msg: Vec<u8>, segments: Vec<Vec<u8>>) {
+    /// Ends the IDLE under `tag`: `DONE` goes up, and the client line that was not
+    /// `DONE` (if any) gets `BAD` under `refused`, its tag.
+    fn end_idle(&mut self, tag: String, refused: Option<String>) {
+        if let Some(who) = refused {
+            self.send_client(
+                format!("{who} BAD Only DONE may be sent during IDLE\r\n").into_bytes(),
+            );
+        }
+        self.send_upstream(b"DONE\r\n".to_vec());
+        self.inflow = Inflow::Idle {
+            tag,
+            stage: IdleStage::Ending,
+        };
+    }
+
+    /// A complete client command, held and now decoded; `splits` are the offsets just
+    /// after its literals' announcements (see [`Inflow::Hold`]).
+    fn on_command(&mut self, tag: String, msg: Vec<u8>, splits: Vec<usize>) {
         use imap_types::IntoStatic;
+        let has_literal = !splits.is_empty();
         let command = match CommandCodec::default().decode(&msg) {
             Ok((_, command)) => command.into_static(),
-            Err(_) => return self.on_unparsed(tag, msg),
+            Err(_) => return self.on_unparsed(tag, msg, has_literal),
         };
-        let has_literal = has_literal(&msg);
-        let continues = segments.iter().filter(|s| !s.is_empty()).count() > 1
+        let continues = has_literal
             || matches!(
                 command.body,
                 CommandBody::Authenticate { .. } | CommandBody::Idle
             );
         if continues && !self.in_flight.is_empty() {
             // RFC 3501 §7.5: a `+` names no command; sent alone, this one owns it.
-            self.waiting = Some(Waiting::Command(tag, msg, segments));
+            self.waiting = Some(Waiting::Command(tag, msg, splits));
             return;
         }
         match command.body {
@@ -719,7 +707,7 @@ impl Session {
                     tag: tag.clone(),
                     login: Some(user),
                 };
-                self.relay_segments(tag, Pending::Authenticate, segments);
+                self.relay_segments(tag, Pending::Authenticate, &msg, &splits);
             }
             CommandBody::Authenticate {
                 ref mechanism,
@@ -734,7 +722,7 @@ impl Session {
                     login,
                 };
                 self.client.set_lines_only(true);
-                self.relay_segments(tag.clone(), Pending::Authenticate, segments);
+                self.relay_segments(tag.clone(), Pending::Authenticate, &msg, &splits);
                 self.inflow = Inflow::Sasl {
                     tag,
                     mechanism,
@@ -744,18 +732,19 @@ impl Session {
             }
             CommandBody::Select { ref mailbox, .. } => {
                 let pending = self.select(mailbox, false);
-                self.relay_segments(tag, pending, segments);
+                self.relay_segments(tag, pending, &msg, &splits);
             }
             CommandBody::Examine { ref mailbox, .. } => {
                 let pending = self.select(mailbox, true);
-                self.relay_segments(tag, pending, segments);
+                self.relay_segments(tag, pending, &msg, &splits);
             }
             CommandBody::Close | CommandBody::Unselect => {
-                self.relay_segments(tag, Pending::Unselect, segments)
+                self.relay_segments(tag, Pending::Unselect, &msg, &splits)
             }
-            CommandBody::Logout => self.relay_segments(tag, Pending::Logout, segments),
+            CommandBody::Logout => self.relay_segments(tag, Pending::Logout, &msg, &splits),
             CommandBody::Idle => {
-                self.relay(tag.clone(), Pending::Idle, msg);
+                // Pending::Relayed: [`Inflow::Idle`] follows its progress.
+                self.relay(tag.clone(), Pending::Relayed, msg);
                 self.client.set_lines_only(true);
                 self.inflow = Inflow::Idle {
                     tag,
@@ -765,17 +754,17 @@ impl Session {
             // A FETCH with literals (header field names) is relayed: the view machinery
             // builds its own commands from literal-free ones.
             CommandBody::Fetch { .. } if has_literal => {
-                self.relay_segments(tag, Pending::Relayed, segments)
+                self.relay_segments(tag, Pending::Relayed, &msg, &splits)
             }
             CommandBody::Fetch { .. } => self.fetch(tag, command, msg),
-            _ => self.relay_segments(tag, Pending::Relayed, segments),
+            _ => self.relay_segments(tag, Pending::Relayed, &msg, &splits),
         }
     }
 
     /// A command imap-codec cannot decode. Upstream judges it, except where sealpost
     /// must understand a command to keep its promises (who is logged in, what is
     /// selected, which FETCH needs the view): those get `BAD` here.
-    fn on_unparsed(&mut self, tag: String, msg: Vec<u8>) {
+    fn on_unparsed(&mut self, tag: String, msg: Vec<u8>, has_literal: bool) {
         let name = command_head(&msg).map(|(_, n)| n).unwrap_or_default();
         match name.as_str() {
             "LOGIN" | "AUTHENTICATE" | "SELECT" | "EXAMINE" | "FETCH" | "UID FETCH"
@@ -784,7 +773,7 @@ impl Session {
             }
             // With a literal sealpost cannot place, upstream might run the literal as
             // commands (`XFOO {n+}`, then commands): not relayed.
-            _ if has_literal(&msg) || msg.contains(&b'{') => {
+            _ if has_literal || msg.contains(&b'{') => {
                 self.send_client(
                     format!("{tag} BAD {name} with a literal is not understood by sealpost\r\n")
                         .into_bytes(),
@@ -830,7 +819,7 @@ impl Session {
         }
         if !self.in_flight.is_empty() {
             tracing::debug!(waiting_for = ?self.in_flight.keys(), "FETCH deferred until earlier commands complete");
-            self.job = Some(JobState::Deferred(tag, msg));
+            self.waiting = Some(Waiting::Command(tag, msg, Vec::new()));
             return;
         }
         self.jobs_started += 1;
@@ -853,7 +842,7 @@ impl Session {
                     && !outputs.iter().any(|o| matches!(o, JobOutput::Upstream(_)));
                 self.apply(outputs);
                 if !finished {
-                    self.job = Some(JobState::Running(Box::new(job)));
+                    self.job = Some(Box::new(job));
                 }
             }
             None => self.relay(tag, Pending::Relayed, msg),
@@ -873,11 +862,10 @@ impl Session {
         self.send_upstream(msg);
     }
 
-    /// Relays a held command whose synchronizing literals sealpost answered itself:
-    /// the part up to the first literal now, each further part after upstream's `+`.
-    fn relay_segments(&mut self, tag: String, pending: Pending, segments: Vec<Vec<u8>>) {
-        let mut parts: std::collections::VecDeque<Vec<u8>> =
-            segments.into_iter().filter(|s| !s.is_empty()).collect();
+    /// Relays a held command whose literals sealpost answered itself: the part up to
+    /// the first literal now, each further part after upstream's `+`.
+    fn relay_segments(&mut self, tag: String, pending: Pending, msg: &[u8], splits: &[usize]) {
+        let mut parts = segments(msg, splits);
         let Some(first) = parts.pop_front() else {
             return;
         };
@@ -918,7 +906,7 @@ impl Session {
         raw: &[u8],
         view: crate::pgp::View,
     ) -> Vec<Output> {
-        if let Some(JobState::Running(running)) = &mut self.job {
+        if let Some(running) = &mut self.job {
             let (outputs, done) = running.on_view(job, uid, raw, view, &self.ctx);
             self.apply(outputs);
             if done {
@@ -951,7 +939,7 @@ impl Session {
                     learn_autocrypt(ac, m);
                 }
             }
-            if let Some(JobState::Running(job)) = &mut self.job {
+            if let Some(job) = &mut self.job {
                 let message = if complete {
                     self.upstream.message().map(|m| m.to_vec())
                 } else {
@@ -968,26 +956,13 @@ impl Session {
             }
             self.on_upstream_frame(frame);
             if self.in_flight.is_empty() {
-                match self.waiting.take() {
-                    Some(Waiting::Command(tag, msg, segments)) => {
-                        self.on_command(tag, msg, segments);
-                        if !self.busy() {
-                            self.resume_client();
+                if let Some(waiting) = self.waiting.take() {
+                    match waiting {
+                        Waiting::Command(tag, msg, splits) => self.on_command(tag, msg, splits),
+                        Waiting::Append(bytes, literal) => {
+                            self.start_message(bytes, literal, false)
                         }
                     }
-                    Some(Waiting::Append(bytes, literal)) => {
-                        self.start_message(bytes, literal, false);
-                        if !self.busy() {
-                            self.resume_client();
-                        }
-                    }
-                    None => {}
-                }
-            }
-            if self.in_flight.is_empty() && matches!(self.job, Some(JobState::Deferred(..))) {
-                if let Some(JobState::Deferred(tag, msg)) = self.job.take() {
-                    let segments = vec![msg.clone()];
-                    self.on_command(tag, msg, segments);
                     if !self.busy() {
                         self.resume_client();
                     }
@@ -1024,13 +999,12 @@ impl Session {
             Some(r) => caps::filter_response(&bytes, r, self.local()),
             None => bytes.clone(),
         };
-        let mut resume = false;
         match response {
             Some(Response::Status(Status::Tagged(t))) => {
                 let tag = t.tag.as_ref().to_string();
                 let ok = t.body.kind == StatusKind::Ok;
                 let read_only = matches!(t.body.code, Some(Code::ReadOnly));
-                resume = self.on_tagged(&tag, ok, read_only);
+                self.on_tagged(&tag, ok, read_only);
             }
             Some(Response::Status(Status::Untagged(body))) => {
                 // RFC 3501 §6.3.1: `OK [UIDVALIDITY n]` comes before the tagged reply.
@@ -1048,25 +1022,25 @@ impl Session {
                 if let Some(tag) = response_tag(&bytes) {
                     // A tagged reply imap-codec could not decode: it completes the command
                     // all the same, and counts as a failure.
-                    resume = self.on_tagged(&tag, false, false);
+                    self.on_tagged(&tag, false, false);
                 }
             }
         }
         self.send_client(line);
-        if resume || (!self.busy() && !self.held.is_empty()) {
+        // A completion may end a wait (a refused literal, a login, IDLE's end).
+        if !self.busy() && !self.held.is_empty() {
             self.resume_client();
         }
     }
 
     fn on_greeting(&mut self, bytes: Vec<u8>) {
+        let mut bye = false;
         let line = match GreetingCodec::default().decode(&bytes) {
             Ok((_, greeting)) => {
                 if greeting.kind == GreetingKind::PreAuth {
                     self.phase = Phase::Authenticated { identity: None };
                 }
-                if greeting.kind == GreetingKind::Bye {
-                    self.stop(Output::Close);
-                }
+                bye = greeting.kind == GreetingKind::Bye;
                 match &greeting.code {
                     Some(Code::Capability(_)) => caps::filter_code(&bytes, self.local()),
                     _ => bytes.clone(),
@@ -1074,13 +1048,9 @@ impl Session {
             }
             Err(_) => bytes.clone(),
         };
-        // BYE closes after the greeting is relayed.
-        let close = matches!(self.out.last(), Some(Output::Close));
-        if close {
-            self.out.pop();
-        }
         self.send_client(line);
-        if close {
+        if bye {
+            // Closes after the greeting is relayed.
             self.stop(Output::Close);
         }
     }
@@ -1126,9 +1096,8 @@ impl Session {
         }
     }
 
-    /// The tagged completion of a client command. True when held client input may be
-    /// framed again once this reply is relayed.
-    fn on_tagged(&mut self, tag: &str, ok: bool, read_only_code: bool) -> bool {
+    /// The tagged completion of a client command.
+    fn on_tagged(&mut self, tag: &str, ok: bool, read_only_code: bool) {
         if matches!(&self.outgoing, Some((t, _)) if t == tag) {
             // Refused before all of it was sent.
             self.outgoing = None;
@@ -1157,15 +1126,13 @@ impl Session {
                     // command) are read and dropped, never framed as commands.
                     self.inflow = Inflow::Discard { reply: Vec::new() };
                 }
+                // Only an APPEND streams its literals, so no phase depends on it.
                 self.in_flight.remove(tag);
-                if matches!(&self.phase, Phase::Authenticating { tag: a, .. } if a == tag) {
-                    self.phase = Phase::NotAuthenticated;
-                }
-                return true;
+                return;
             }
         }
         let Some(pending) = self.in_flight.remove(tag) else {
-            return false;
+            return;
         };
         let phase = std::mem::replace(&mut self.phase, Phase::Logout);
         self.phase = match (pending, phase) {
@@ -1199,7 +1166,6 @@ impl Session {
             (Pending::Logout, _) => Phase::Logout,
             (_, phase) => phase,
         };
-        false
     }
 
     fn logged_in(&self, login: Option<&str>) -> Phase {
@@ -1283,9 +1249,17 @@ fn synchronizing(mut line: Vec<u8>) -> Vec<u8> {
     line
 }
 
-/// True when a captured client message has literals (a line break before its end).
-fn has_literal(msg: &[u8]) -> bool {
-    msg[..msg.len().saturating_sub(2)].contains(&b'\n')
+/// A held command cut after each literal announcement (at `splits`), every
+/// announcement made synchronizing: the pieces go upstream one per `+`.
+fn segments(msg: &[u8], splits: &[usize]) -> std::collections::VecDeque<Vec<u8>> {
+    let mut parts = std::collections::VecDeque::with_capacity(splits.len() + 1);
+    let mut start = 0;
+    for &end in splits {
+        parts.push_back(synchronizing(msg[start..end].to_vec()));
+        start = end;
+    }
+    parts.push_back(msg[start..].to_vec());
+    parts
 }
 
 /// The tag prefix of sealpost's own commands: unpredictable, so no client command can

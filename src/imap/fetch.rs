@@ -730,24 +730,19 @@ impl FetchJob {
                 return;
             }
         }
-        let entry = match &view.kind {
+        match &view.kind {
             ViewKind::TooLarge { limit } => {
                 tracing::warn!(uid, mailbox = %self.selected.mailbox, limit, "decrypted message over max_message_size; shown as stored");
-                if view.bytes == raw {
-                    Entry::Plain
-                } else {
-                    Entry::View(Arc::new(view))
-                }
             }
             ViewKind::Undecryptable(reason) => {
                 tracing::warn!(uid, mailbox = %self.selected.mailbox, %reason, "cannot decrypt; shown as stored");
-                if view.bytes == raw {
-                    Entry::Plain
-                } else {
-                    Entry::View(Arc::new(view))
-                }
             }
-            ViewKind::Plain if view.bytes == raw => Entry::Plain,
+            ViewKind::Plain | ViewKind::Decrypted(_) => {}
+        }
+        // Shown as stored (plain, or not decryptable): relayed byte for byte from now on.
+        let entry = match &view.kind {
+            ViewKind::Decrypted(_) => Entry::View(Arc::new(view)),
+            _ if view.bytes == raw => Entry::Plain,
             _ => Entry::View(Arc::new(view)),
         };
         match &entry {

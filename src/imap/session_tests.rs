@@ -229,9 +229,15 @@ fn identity(addr: &str, dir: &std::path::Path) -> Arc<crate::keys::LoadedIdentit
     )
 }
 
-fn logged_in_as_mallory() -> Session {
+/// A gateway session (TLS) that has relayed upstream's greeting.
+fn greeted() -> Session {
     let mut s = Session::new(gateway(), true, true);
     s.on_upstream(b"* OK ready\r\n");
+    s
+}
+
+fn logged_in_as_mallory() -> Session {
+    let mut s = greeted();
     s.on_client(b"m1 LOGIN mallory@corp.example pw\r\n");
     s.on_upstream(b"m1 OK logged in\r\n");
     assert_eq!(s.identity(), Some("mallory@corp.example"));
@@ -274,8 +280,7 @@ fn login_and_authenticate_after_login_are_refused_here() {
 /// The same trick during the login itself: the tag of the login in flight is taken.
 #[test]
 fn a_tag_in_flight_during_login_is_refused() {
-    let mut s = Session::new(gateway(), true, true);
-    s.on_upstream(b"* OK ready\r\n");
+    let mut s = greeted();
     let out = s.on_client(b"x NOOP\r\nx LOGIN victim@corp.example junk\r\n");
     assert_eq!(upstream_text(&out), "x NOOP\r\n");
     s.on_upstream(b"x OK NOOP completed\r\n");
@@ -291,8 +296,7 @@ fn a_tag_in_flight_during_login_is_refused() {
 
 #[test]
 fn authenticate_sets_the_identity_from_its_own_reply() {
-    let mut s = Session::new(gateway(), true, true);
-    s.on_upstream(b"* OK ready\r\n");
+    let mut s = greeted();
     let out = s.on_client(b"a1 AUTHENTICATE PLAIN\r\n");
     assert_eq!(upstream_text(&out), "a1 AUTHENTICATE PLAIN\r\n");
     s.on_upstream(b"+ \r\n");
@@ -635,8 +639,7 @@ fn a_fetch_job_step_by_step() {
 #[test]
 fn sasl_is_in_lockstep_and_the_login_comes_from_the_first_response() {
     let b64 = base64::engine::general_purpose::STANDARD;
-    let mut s = Session::new(gateway(), true, true);
-    s.on_upstream(b"* OK ready\r\n");
+    let mut s = greeted();
     let mut l1 = b64
         .encode(b"\0mallory@corp.example\0mallorypw")
         .into_bytes();
@@ -667,8 +670,7 @@ fn sasl_is_in_lockstep_and_the_login_comes_from_the_first_response() {
 #[test]
 fn an_unreadable_first_sasl_response_gives_no_identity() {
     let b64 = base64::engine::general_purpose::STANDARD;
-    let mut s = Session::new(gateway(), true, true);
-    s.on_upstream(b"* OK ready\r\n");
+    let mut s = greeted();
     s.on_client(b"a AUTHENTICATE PLAIN\r\n");
     s.on_upstream(b"+ \r\n");
     s.on_client(b"!!not base64!!\r\n");
@@ -682,8 +684,7 @@ fn an_unreadable_first_sasl_response_gives_no_identity() {
 /// commands to upstream. Now they wait, and are commands (tracked) after the reply.
 #[test]
 fn commands_behind_a_refused_authenticate_are_tracked() {
-    let mut s = Session::new(gateway(), true, true);
-    s.on_upstream(b"* OK ready\r\n");
+    let mut s = greeted();
     let out = s.on_client(b"a AUTHENTICATE FOO\r\nv LOGIN mallory@corp.example {32}\r\n");
     assert_eq!(upstream_text(&out), "a AUTHENTICATE FOO\r\n");
     let out = s.on_upstream(b"a NO [ALERT] Unsupported authentication mechanism.\r\n");
@@ -701,8 +702,7 @@ fn commands_behind_a_refused_authenticate_are_tracked() {
     let mut pw = b"mallorypw".to_vec();
     pw.resize(32, b'x');
     pw.extend_from_slice(b"\r\n");
-    let mut s = Session::new(gateway(), true, true);
-    s.on_upstream(b"* OK ready\r\n");
+    let mut s = greeted();
     s.on_client(b"a AUTHENTICATE FOO\r\nv LOGIN mallory@corp.example {32}\r\n");
     s.on_upstream(b"a NO unsupported\r\n");
     s.on_client(&pw);
@@ -825,8 +825,7 @@ fn held_literals_follow_upstreams_continuations() {
 /// `c LOGIN mallory`; its `c OK` completes sealpost's visible `c LOGIN victim`.
 #[test]
 fn r2_preauth_append_literal_cannot_pick_the_identity() {
-    let mut s = Session::new(gateway(), true, true);
-    s.on_upstream(b"* OK ready\r\n");
+    let mut s = greeted();
     let hidden = b"c LOGIN mallory@corp.example pw\r\n";
     let mut input = format!("a APPEND INBOX ) {{{}+}}\r\n", hidden.len()).into_bytes();
     input.extend_from_slice(hidden);
@@ -976,8 +975,7 @@ fn r2_a_view_from_an_ended_job_is_not_taken_by_the_next() {
 /// command's literal, run upstream as a LOGIN that answered a tracked one.
 #[test]
 fn empty_brace_literals_are_literals_and_a_plus_belongs_to_one_command() {
-    let mut s = Session::new(gateway(), true, true);
-    s.on_upstream(b"* OK ready\r\n");
+    let mut s = greeted();
     let out = s.on_client(b"s1 NOOP {}\r\nb LOGIN victim@corp.example x\r\n");
     assert_eq!(
         upstream_text(&out),

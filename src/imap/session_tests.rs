@@ -215,18 +215,7 @@ fn gateway() -> Arc<ImapContext> {
 /// A new identity for `addr`, its key made and loaded as `sealpost run` loads it.
 fn identity(addr: &str, dir: &std::path::Path) -> Arc<crate::keys::LoadedIdentity> {
     let g = crate::keys::generate(addr, dir).unwrap();
-    Arc::new(
-        crate::keys::load_identity(&crate::config::Identity {
-            address: addr.into(),
-            account: None,
-            login: None,
-            secret_key: g.secret_key.clone(),
-            passphrase_file: Some(g.passphrase_file.clone()),
-            passphrase_credential: None,
-            passphrase_env: None,
-        })
-        .unwrap(),
-    )
+    Arc::new(crate::keys::load_identity(&g.identity(addr, None)).unwrap())
 }
 
 /// A gateway session (TLS) that has relayed upstream's greeting.

@@ -17,6 +17,21 @@ pub struct Generated {
     pub instructions: String,
 }
 
+impl Generated {
+    /// The `[[identity]]` that uses this key (what the instructions tell a person to add).
+    pub fn identity(&self, address: &str, login: Option<&str>) -> crate::config::Identity {
+        crate::config::Identity {
+            address: address.to_string(),
+            account: None,
+            login: login.map(str::to_string),
+            secret_key: self.secret_key.clone(),
+            passphrase_file: Some(self.passphrase_file.clone()),
+            passphrase_credential: None,
+            passphrase_env: None,
+        }
+    }
+}
+
 /// Generates a passphrase-protected key for `address`, writes the secret key, its
 /// passphrase file (both mode 0600) and the binary certificate to publish by WKD.
 pub fn generate(address: &str, out: &Path) -> Result<Generated, KeyError> {
@@ -130,15 +145,7 @@ mod tests {
         assert!(g
             .instructions
             .contains("openpgpkey.example.org/.well-known/openpgpkey/example.org/hu/"));
-        let id = crate::config::Identity {
-            address: "new.user@example.org".into(),
-            account: None,
-            login: None,
-            secret_key: g.secret_key.clone(),
-            passphrase_file: Some(g.passphrase_file.clone()),
-            passphrase_credential: None,
-            passphrase_env: None,
-        };
+        let id = g.identity("new.user@example.org", None);
         let loaded = super::super::load_identity(&id).unwrap();
         assert!(loaded.signer.is_some() && !loaded.decryptors.is_empty());
         assert!(super::super::usable_for(

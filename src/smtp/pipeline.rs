@@ -284,16 +284,8 @@ mod tests {
         let (_d, mut out) = setup(PolicyAction::Opportunistic);
         let dir = tempfile::tempdir().unwrap();
         let g = crate::keys::generate("alice@example.com", dir.path()).unwrap();
-        let id = crate::keys::load_identity(&crate::config::Identity {
-            address: "alice@example.com".into(),
-            account: None,
-            login: Some("alice".into()),
-            secret_key: g.secret_key.clone(),
-            passphrase_file: Some(g.passphrase_file.clone()),
-            passphrase_credential: None,
-            passphrase_env: None,
-        })
-        .unwrap();
+        let id =
+            crate::keys::load_identity(&g.identity("alice@example.com", Some("alice"))).unwrap();
         out.identities = vec![Arc::new(id)];
         let mut e = env(&["bob@example.org"]);
         e.login = Some("alice".into());

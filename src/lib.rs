@@ -16,6 +16,7 @@ pub mod pgp;
 pub mod policy;
 pub mod smtp;
 pub mod tls;
+pub mod trust;
 
 /// An error and its causes, each once: `what: why: deeper why` (what anyhow's `{:#}`
 /// prints), for places that report errors as text (`sealpost check`, logs).

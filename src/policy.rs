@@ -5,6 +5,7 @@
 //! whether a usable key was found.
 
 use crate::config::{PolicyAction, PolicyConfig};
+use crate::trust::Vouch;
 
 /// What happens to the message for one recipient.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,13 +27,16 @@ pub fn action_for(policy: &PolicyConfig, recipient: &str) -> PolicyAction {
         .unwrap_or(policy.default)
 }
 
-/// Combines the action with key availability.
-pub fn decide(action: PolicyAction, has_key: bool) -> Decision {
-    match (action, has_key) {
+/// Combines the action with the key found, if any, and what vouches for it: under
+/// `require` only a key whose binding to the address was checked will do (an
+/// unauthenticated Autocrypt key is used, but the message is refused without a better one).
+pub fn decide(action: PolicyAction, key: Option<Vouch>) -> Decision {
+    match (action, key) {
         (PolicyAction::Plain, _) => Decision::SendPlain,
-        (_, true) => Decision::Encrypt,
-        (PolicyAction::Opportunistic, false) => Decision::SendPlain,
-        (PolicyAction::Require, false) => Decision::Refuse,
+        (PolicyAction::Require, Some(v)) if !v.satisfies_require() => Decision::Refuse,
+        (_, Some(_)) => Decision::Encrypt,
+        (PolicyAction::Opportunistic, None) => Decision::SendPlain,
+        (PolicyAction::Require, None) => Decision::Refuse,
     }
 }
 
@@ -106,12 +110,20 @@ mod tests {
             action_for(&policy, "x@other.example"),
             PolicyAction::Opportunistic
         );
-        assert_eq!(decide(PolicyAction::Require, false), Decision::Refuse);
-        assert_eq!(decide(PolicyAction::Require, true), Decision::Encrypt);
-        assert_eq!(decide(PolicyAction::Plain, true), Decision::SendPlain);
+        use PolicyAction::*;
+        assert_eq!(decide(Require, None), Decision::Refuse);
+        assert_eq!(decide(Require, Some(Vouch::Wkd)), Decision::Encrypt);
+        assert_eq!(decide(Plain, Some(Vouch::Local)), Decision::SendPlain);
+        assert_eq!(decide(Opportunistic, None), Decision::SendPlain);
+        // An Autocrypt key nobody authenticated: used when allowed, never proof enough.
         assert_eq!(
-            decide(PolicyAction::Opportunistic, false),
-            Decision::SendPlain
+            decide(Opportunistic, Some(Vouch::Autocrypt)),
+            Decision::Encrypt
+        );
+        assert_eq!(decide(Require, Some(Vouch::Autocrypt)), Decision::Refuse);
+        assert_eq!(
+            decide(Require, Some(Vouch::AutocryptAuthenticated)),
+            Decision::Encrypt
         );
     }
 }

@@ -54,9 +54,10 @@ impl ImapContext {
             };
         };
         // References only: the store's certificates are shared, never copied per message.
-        let stored = self.store.certs().unwrap_or_default();
-        let mut certs: Vec<&sequoia_openpgp::Cert> = stored.iter().collect();
-        certs.push(&id.cert);
+        let stored = self.store.believed().unwrap_or_default();
+        let own = crate::trust::Believed::for_addresses(id.cert.clone(), &[&id.address]);
+        let mut certs: Vec<&crate::trust::Believed> = stored.iter().collect();
+        certs.push(&own);
         let mut view = view_of(
             raw,
             &id.decryptors,

@@ -317,7 +317,10 @@ impl Discovery {
     }
 
     /// The usable keys for each address, looked up in parallel within one deadline.
-    pub async fn keys_for(self: &Arc<Self>, addrs: &[String]) -> HashMap<String, Vec<Cert>> {
+    pub async fn keys_for(
+        self: &Arc<Self>,
+        addrs: &[String],
+    ) -> HashMap<String, crate::trust::Found> {
         let mut handles = Vec::new();
         for a in addrs {
             let me = self.clone();
@@ -331,8 +334,15 @@ impl Discovery {
             // result then serves later messages) but counts as "no key" now.
             match tokio::time::timeout_at(deadline, h).await {
                 Ok(Ok(report)) => {
-                    if let Some((_, certs)) = report.chosen() {
-                        out.insert(addr, certs.to_vec());
+                    if let Some((source, certs)) = report.chosen() {
+                        let vouch = match source {
+                            KeySource::Store => crate::trust::Vouch::Local,
+                            KeySource::Wkd => crate::trust::Vouch::Wkd,
+                            KeySource::Vks => crate::trust::Vouch::Vks,
+                            KeySource::Autocrypt => crate::trust::Vouch::Autocrypt,
+                        };
+                        let certs = certs.to_vec();
+                        out.insert(addr, crate::trust::Found { certs, vouch });
                     }
                 }
                 Ok(Err(e)) => tracing::warn!(error = %e, "key lookup task failed"),

@@ -157,6 +157,18 @@ impl KeyStore {
         Ok(certs)
     }
 
+    /// Every certificate in the store with the addresses it is believed to speak for
+    /// (see [`crate::trust`]); what signature verification may take as proven.
+    pub fn believed(&self) -> Result<std::sync::Arc<Vec<crate::trust::Believed>>, KeyError> {
+        let certs = self.certs()?;
+        Ok(std::sync::Arc::new(
+            certs
+                .iter()
+                .map(|c| crate::trust::Believed::for_all_user_ids(c.clone()))
+                .collect(),
+        ))
+    }
+
     /// Removes a certificate by fingerprint. Returns false when it was not there.
     pub fn remove(&self, fingerprint: &str) -> Result<bool, KeyError> {
         let fpr = fingerprint.replace(' ', "").to_lowercase();

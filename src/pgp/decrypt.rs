@@ -5,6 +5,7 @@
 //! full and returned only when the whole message was processed without error, so a
 //! truncated or tampered message never yields partial plaintext (EFAIL).
 
+use crate::trust::Believed;
 use openpgp::cert::Cert;
 use openpgp::crypto::{KeyPair, SessionKey};
 use openpgp::packet::{PKESK, SKESK};
@@ -59,7 +60,7 @@ pub struct Decrypted {
 
 struct Helper<'a> {
     keys: &'a [KeyPair],
-    certs: &'a [&'a Cert],
+    certs: &'a [&'a Believed],
     signature: SignatureStatus,
 }
 
@@ -74,7 +75,7 @@ impl VerificationHelper for Helper<'_> {
         Ok(self
             .certs
             .iter()
-            .copied()
+            .map(|b| &b.cert)
             .filter(|c| {
                 ids.iter()
                     .any(|id| c.keys().any(|k| k.key().key_handle().aliases(id)))
@@ -90,18 +91,7 @@ impl VerificationHelper for Helper<'_> {
                     let status = match result {
                         Ok(good) => SignatureStatus::Good {
                             fingerprint: good.ka.cert().fingerprint().to_hex(),
-                            addresses: good
-                                .ka
-                                .cert()
-                                .userids()
-                                .filter_map(|u| {
-                                    u.userid()
-                                        .email()
-                                        .ok()
-                                        .flatten()
-                                        .map(crate::keys::normalize_address)
-                                })
-                                .collect(),
+                            addresses: proven_addresses(self.certs, good.ka.cert()),
                         },
                         Err(VerificationError::MissingKey { sig }) => SignatureStatus::UnknownKey {
                             issuer: sig
@@ -161,12 +151,41 @@ impl DecryptionHelper for Helper<'_> {
     }
 }
 
+/// The addresses a good signature by `signer` proves: those of its valid, unrevoked user
+/// IDs that something vouches for ([`Believed`]), never a user ID only the certificate's
+/// maker claims.
+fn proven_addresses(believed: &[&Believed], signer: &Cert) -> Vec<String> {
+    use openpgp::cert::amalgamation::ValidAmalgamation;
+    use openpgp::types::RevocationStatus;
+    let fpr = signer.fingerprint();
+    let Ok(signer) = signer.with_policy(&crate::keys::POLICY, None) else {
+        return Vec::new();
+    };
+    let vouched: Vec<&String> = believed
+        .iter()
+        .filter(|b| b.cert.fingerprint() == fpr)
+        .flat_map(|b| &b.addresses)
+        .collect();
+    signer
+        .userids()
+        .filter(|u| !matches!(u.revocation_status(), RevocationStatus::Revoked(_)))
+        .filter_map(|u| {
+            u.userid()
+                .email()
+                .ok()
+                .flatten()
+                .map(crate::keys::normalize_address)
+        })
+        .filter(|a| vouched.contains(&a))
+        .collect()
+}
+
 /// Decrypts `ciphertext` (armored or binary) with `keys`, verifying signatures
 /// against `certs`. Plaintext larger than `max_size` is refused.
 pub fn decrypt_bytes(
     ciphertext: &[u8],
     keys: &[KeyPair],
-    certs: &[&Cert],
+    certs: &[&Believed],
     max_size: usize,
 ) -> Result<Decrypted, DecryptError> {
     if keys.is_empty() {

@@ -9,8 +9,8 @@
 
 use super::decrypt::{decrypt_bytes, DecryptError, SignatureStatus};
 use crate::mime;
+use crate::trust::Believed;
 use mail_parser::MimeHeaders;
-use openpgp::cert::Cert;
 use openpgp::crypto::KeyPair;
 use sequoia_openpgp as openpgp;
 
@@ -86,7 +86,7 @@ fn is_content_field(f: &mime::Field<'_>) -> bool {
 }
 
 /// Computes the view of a stored message.
-pub fn view_of(raw: &[u8], keys: &[KeyPair], certs: &[&Cert], max_size: usize) -> View {
+pub fn view_of(raw: &[u8], keys: &[KeyPair], certs: &[&Believed], max_size: usize) -> View {
     let stripped = mime::without_fields(raw, &[STATUS_HEADER]);
     let Some(payload) = encrypted_payload(&stripped) else {
         return View {
@@ -223,7 +223,7 @@ pub fn view_of(raw: &[u8], keys: &[KeyPair], certs: &[&Cert], max_size: usize) -
 mod tests {
     use super::*;
     use crate::keys::tests::make_cert;
-    use openpgp::cert::CertBuilder;
+    use openpgp::cert::{Cert, CertBuilder};
     use openpgp::policy::StandardPolicy;
 
     fn keypairs(cert: &Cert) -> Vec<KeyPair> {
@@ -273,7 +273,8 @@ mod tests {
             &[],
         )
         .unwrap();
-        let view = view_of(&enc, &keypairs(&bob), &[&alice], 1 << 20);
+        let alice_b = Believed::for_all_user_ids(alice.clone());
+        let view = view_of(&enc, &keypairs(&bob), &[&alice_b], 1 << 20);
         let text = String::from_utf8(view.bytes.clone()).unwrap();
         assert!(text.contains("Subject: Real subject\r\n"), "{text}");
         assert!(!text.contains("Subject: ..."), "{text}");
@@ -300,7 +301,8 @@ mod tests {
             &[],
         )
         .unwrap();
-        let view = view_of(&forged, &keypairs(&bob), &[&bob], 1 << 20);
+        let bob_b = Believed::for_all_user_ids(bob.clone());
+        let view = view_of(&forged, &keypairs(&bob), &[&bob_b], 1 << 20);
         let text = String::from_utf8(view.bytes).unwrap();
         assert!(
             text.contains("Sealpost-Decrypted: yes; signature=not-from-sender; signer="),

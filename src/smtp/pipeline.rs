@@ -34,8 +34,8 @@ pub struct Outbound {
     pub autocrypt: Option<bool>,
 }
 
-/// Keys found for recipients, by normalised address.
-pub type FoundKeys = HashMap<String, Vec<Cert>>;
+/// Keys found for recipients, by normalised address, with what vouches for them.
+pub type FoundKeys = HashMap<String, crate::trust::Found>;
 
 impl Outbound {
     /// The identity that signs this message: the one the session authenticated as
@@ -120,15 +120,14 @@ impl Outbound {
         let mut separate: Vec<(String, Vec<Cert>)> = Vec::new();
         for rcpt in &env.rcpts {
             let action = policy::action_for(&self.policy, rcpt);
-            let certs = if action == crate::config::PolicyAction::Plain {
-                Vec::new()
-            } else {
-                found
+            let key = match action {
+                crate::config::PolicyAction::Plain => None,
+                _ => found
                     .get(&normalize_address(rcpt))
-                    .cloned()
-                    .unwrap_or_default()
+                    .filter(|f| !f.certs.is_empty()),
             };
-            match policy::decide(action, !certs.is_empty()) {
+            let certs = key.map(|f| f.certs.clone()).unwrap_or_default();
+            match policy::decide(action, key.map(|f| f.vouch)) {
                 Decision::Refuse => refused.push(rcpt.clone()),
                 Decision::SendPlain => plain.push(rcpt.clone()),
                 Decision::Encrypt if visible.contains(&normalize_address(rcpt)) => {
@@ -236,10 +235,11 @@ mod tests {
                 .wanted_keys(env, raw)
                 .into_iter()
                 .map(|a| {
-                    let c = self.store.lookup(&a).unwrap();
-                    (a, c)
+                    let certs = self.store.lookup(&a).unwrap();
+                    let vouch = crate::trust::Vouch::Local;
+                    (a, crate::trust::Found { certs, vouch })
                 })
-                .filter(|(_, c)| !c.is_empty())
+                .filter(|(_, f)| !f.certs.is_empty())
                 .collect();
             self.plan(env, raw, &found)
         }

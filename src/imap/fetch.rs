@@ -689,8 +689,10 @@ impl FetchJob {
     fn store_view(&mut self, uid: u32, raw: &[u8], mut view: View, ctx: &ImapContext) {
         if let (Some(ac), ViewKind::Decrypted(_)) = (&ctx.autocrypt, &view.kind) {
             // Inside encryption, Autocrypt-Gossip counts too (Autocrypt 1.1 §2.7).
+            // The payload's gossip is not part of the view; it is learned beside it.
             let (header, _) = crate::mime::split_message(&view.bytes);
-            ac.learn(header, true, crate::keys::unix_now());
+            let header = [header, &view.gossip].concat();
+            ac.learn(&header, true, crate::keys::unix_now());
         }
         if self.prefetched.contains(&uid) {
             // Cached for the FETCH that will ask for it; this one holds nothing of it.
@@ -710,6 +712,7 @@ impl FetchJob {
                 kind: ViewKind::TooLarge {
                     limit: self.view_budget,
                 },
+                gossip: Vec::new(),
             };
         }
         if let ViewKind::Decrypted(_) = view.kind {

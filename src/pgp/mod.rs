@@ -7,6 +7,7 @@
 //! header fields and the outer Subject is replaced so the provider does not see it.
 
 mod decrypt;
+pub mod protect;
 mod unwrap;
 
 pub use decrypt::{decrypt_bytes, DecryptError, Decrypted, SignatureStatus};

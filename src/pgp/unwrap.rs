@@ -8,6 +8,7 @@
 //! cannot fake the result. A message that cannot be decrypted is shown as stored.
 
 use super::decrypt::{decrypt_bytes, DecryptError, SignatureStatus};
+use super::protect::{self, from_address, is_content_field};
 use crate::mime;
 use crate::trust::Believed;
 use mail_parser::MimeHeaders;
@@ -35,6 +36,9 @@ pub enum ViewKind {
 pub struct View {
     pub bytes: Vec<u8>,
     pub kind: ViewKind,
+    /// The payload's `Autocrypt-Gossip` fields (CRLF lines): not part of the view, but
+    /// what Autocrypt may learn from inside the encryption.
+    pub gossip: Vec<u8>,
 }
 
 enum Encrypted {
@@ -81,10 +85,6 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-fn is_content_field(f: &mime::Field<'_>) -> bool {
-    f.name.len() >= 8 && f.name[..8].eq_ignore_ascii_case("Content-")
-}
-
 /// Computes the view of a stored message.
 pub fn view_of(raw: &[u8], keys: &[KeyPair], certs: &[&Believed], max_size: usize) -> View {
     let stripped = mime::without_fields(raw, &[STATUS_HEADER]);
@@ -92,6 +92,7 @@ pub fn view_of(raw: &[u8], keys: &[KeyPair], certs: &[&Believed], max_size: usiz
         return View {
             bytes: stripped,
             kind: ViewKind::Plain,
+            gossip: Vec::new(),
         };
     };
     let (ciphertext, inline) = match payload {
@@ -104,6 +105,7 @@ pub fn view_of(raw: &[u8], keys: &[KeyPair], certs: &[&Believed], max_size: usiz
             return View {
                 bytes: stripped,
                 kind: ViewKind::TooLarge { limit },
+                gossip: Vec::new(),
             };
         }
         Err(e) => {
@@ -114,39 +116,24 @@ pub fn view_of(raw: &[u8], keys: &[KeyPair], certs: &[&Believed], max_size: usiz
             return View {
                 bytes: stripped,
                 kind: ViewKind::Undecryptable(reason),
+                gossip: Vec::new(),
             };
         }
     };
     let (outer_header, _) = mime::split_message(&stripped);
     let outer: Vec<_> = mime::fields(outer_header);
-    // The From the client will show: the protected one when present, else the outer.
     let inner_plain = mime::to_crlf(&decrypted.plaintext);
-    let (inner_head, _) = mime::split_message(&inner_plain);
-    let from_of = |fields: &[mime::Field<'_>]| {
-        fields.iter().find(|f| f.is("From")).and_then(|f| {
-            mail_parser::MessageParser::default()
-                .parse_headers(f.raw)
-                .and_then(|m| {
-                    m.from()
-                        .and_then(|a| a.first())
-                        .and_then(|a| a.address().map(str::to_string))
-                })
-        })
-    };
-    let from = if inline {
-        from_of(&outer)
-    } else {
-        from_of(&mime::fields(inner_head)).or_else(|| from_of(&outer))
-    };
-    let signature = decrypted.signature.checked_against(from.as_deref());
-    let status = format!("{STATUS_HEADER}: {}\r\n", signature.header_value());
     let mut out = Vec::with_capacity(decrypted.plaintext.len() + outer_header.len() + 256);
 
     if inline {
+        // Inline PGP carries no header of its own: the outer From is what is shown.
+        let signature = decrypted
+            .signature
+            .checked_against(from_address(&outer).as_deref());
         for f in outer.iter().filter(|f| !is_content_field(f)) {
             mime::push_line(&mut out, f.raw);
         }
-        out.extend_from_slice(status.as_bytes());
+        push_status(&mut out, &signature, None);
         let body = &inner_plain;
         let charset_line = if body.is_ascii() {
             "Content-Type: text/plain; charset=us-ascii\r\nContent-Transfer-Encoding: 7bit\r\n"
@@ -158,7 +145,8 @@ pub fn view_of(raw: &[u8], keys: &[KeyPair], certs: &[&Believed], max_size: usiz
         out.extend_from_slice(body);
         return View {
             bytes: out,
-            kind: ViewKind::Decrypted(signature.clone()),
+            kind: ViewKind::Decrypted(signature),
+            gossip: Vec::new(),
         };
     }
 
@@ -167,42 +155,10 @@ pub fn view_of(raw: &[u8], keys: &[KeyPair], certs: &[&Believed], max_size: usiz
         .into_iter()
         .filter(|f| !f.is(STATUS_HEADER))
         .collect();
-    let protected = inner.iter().any(|f| {
-        f.is("Content-Type") && {
-            let v = f.value().to_ascii_lowercase();
-            v.contains("protected-headers=\"v1\"") || v.contains("protected-headers=v1")
-        }
-    });
-    let replaced: Vec<&mime::Field<'_>> = if protected {
-        inner
-            .iter()
-            .filter(|f| !is_content_field(f) && !f.name.is_empty())
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let mut emitted = std::collections::HashSet::new();
-    for f in outer.iter().filter(|f| !is_content_field(f)) {
-        let name = f.name.to_ascii_lowercase();
-        if replaced.iter().any(|r| r.name.eq_ignore_ascii_case(&name)) {
-            if emitted.insert(name.clone()) {
-                for r in replaced
-                    .iter()
-                    .filter(|r| r.name.eq_ignore_ascii_case(&name))
-                {
-                    mime::push_line(&mut out, r.raw);
-                }
-            }
-            continue;
-        }
-        mime::push_line(&mut out, f.raw);
-    }
-    for r in &replaced {
-        if !emitted.contains(&r.name.to_ascii_lowercase()) {
-            mime::push_line(&mut out, r.raw);
-        }
-    }
-    out.extend_from_slice(status.as_bytes());
+    let scheme = protect::scheme_of(&inner);
+    let merged = protect::merge(&outer, &inner, scheme, decrypted.signature);
+    out.extend_from_slice(&merged.header);
+    push_status(&mut out, &merged.signature, merged.unproven_from.as_deref());
     let mut has_content_type = false;
     for f in inner.iter().filter(|f| is_content_field(f)) {
         has_content_type |= f.is("Content-Type");
@@ -213,10 +169,27 @@ pub fn view_of(raw: &[u8], keys: &[KeyPair], certs: &[&Believed], max_size: usiz
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(inner_body);
+    if scheme != protect::Scheme::None {
+        // The protected fields are shown as fields: their printed copy goes.
+        if let Some(without) = mime::view::without_legacy_display(&out) {
+            out = without;
+        }
+    }
     View {
         bytes: out,
-        kind: ViewKind::Decrypted(signature.clone()),
+        kind: ViewKind::Decrypted(merged.signature),
+        gossip: protect::gossip(&inner),
     }
+}
+
+/// The `Sealpost-Decrypted` field: the signature result, and a payload From that the
+/// view does not show because nothing proves it.
+fn push_status(out: &mut Vec<u8>, signature: &SignatureStatus, unproven_from: Option<&str>) {
+    out.extend_from_slice(format!("{STATUS_HEADER}: {}", signature.header_value()).as_bytes());
+    if let Some(from) = unproven_from {
+        out.extend_from_slice(format!("; unproven-from={from}").as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 #[cfg(test)]

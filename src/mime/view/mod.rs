@@ -41,10 +41,12 @@ use imap_types::fetch::Section;
 use super::{fields, split_message, to_crlf};
 
 mod envelope;
+mod legacy;
 mod section;
 mod structure;
 
 use envelope::envelope_of;
+pub use legacy::without_legacy_display;
 use section::section_raw;
 use structure::{parse, structure};
 

@@ -26,7 +26,7 @@ pub(super) struct Node {
     /// Content-* fields apply.
     mime: bool,
     /// The Content-Type in effect; `None` means the default.
-    ct: Option<Ctype>,
+    pub(super) ct: Option<Ctype>,
     /// Without Content-Type this is message/rfc822 (a multipart/digest child).
     digest_default: bool,
     pub(super) kind: Kind,
@@ -392,12 +392,12 @@ pub(super) fn structure(m: &[u8], n: &Node, ext: bool) -> BodyStructure<'static>
     }
 }
 
-type Params = Vec<(Vec<u8>, Vec<u8>)>;
+pub(super) type Params = Vec<(Vec<u8>, Vec<u8>)>;
 
-struct Ctype {
-    ty: Vec<u8>,
-    sub: Vec<u8>,
-    params: Params,
+pub(super) struct Ctype {
+    pub(super) ty: Vec<u8>,
+    pub(super) sub: Vec<u8>,
+    pub(super) params: Params,
 }
 
 /// `type ["/" subtype]`, then parameters; anything else makes it `"" ""` (Dovecot).
@@ -427,7 +427,7 @@ fn parse_ctype(v: &[u8]) -> Ctype {
     Ctype { ty, sub, params }
 }
 
-fn param<'p>(params: &'p Params, name: &[u8]) -> Option<&'p [u8]> {
+pub(super) fn param<'p>(params: &'p Params, name: &[u8]) -> Option<&'p [u8]> {
     params
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case(name))

@@ -64,7 +64,8 @@ fn encrypted_and_signed_mail_decrypts_with_gpg_and_sq() {
     let body = "Grüße — the numbers are in.\r\n.leading dot line\r\n";
     let msg = message(
         "Bob <bob@example.org>",
-        "Cc: carol@example.org\r\n",
+        // Outlook repeats the Subject in Thread-Topic: it must not stay outside.
+        "Cc: carol@example.org\r\nThread-Topic: Quarterly numbers\r\n",
         "Quarterly numbers",
         body,
     );
@@ -88,7 +89,8 @@ fn encrypted_and_signed_mail_decrypts_with_gpg_and_sq() {
         text.contains("protocol=\"application/pgp-encrypted\""),
         "{text}"
     );
-    assert!(text.contains("\r\nSubject: ...\r\n"), "{text}");
+    // RFC 9788 §4.2.1: the Subject obscured outside.
+    assert!(text.contains("\r\nSubject: [...]\r\n"), "{text}");
     assert!(!text.contains("Quarterly"), "subject leaked: {text}");
     assert!(!text.contains("numbers are in"), "body leaked");
     assert!(text.contains("To: Bob <bob@example.org>\r\n"), "{text}");
@@ -106,8 +108,21 @@ fn encrypted_and_signed_mail_decrypts_with_gpg_and_sq() {
         let g = gpg_decrypt(who, &armored(&m.data));
         g.assert_decrypted_signed_by("alice");
         let plain = String::from_utf8(g.plaintext.clone()).unwrap();
-        assert!(plain.contains("protected-headers=\"v1\""), "{plain}");
+        // Both markers: RFC 9788's and the one Thunderbird reads; the outer fields
+        // recorded inside, the real Subject there too.
+        assert!(
+            plain.contains("hp=\"cipher\"; protected-headers=\"v1\""),
+            "{plain}"
+        );
         assert!(plain.contains("Subject: Quarterly numbers\r\n"), "{plain}");
+        assert!(
+            plain.contains("\r\nHP-Outer: Subject: [...]\r\n"),
+            "{plain}"
+        );
+        assert!(
+            plain.contains("\r\nHP-Outer: To: Bob <bob@example.org>\r\n"),
+            "{plain}"
+        );
         assert!(
             plain.contains("Content-Transfer-Encoding: 8bit\r\n"),
             "{plain}"
@@ -116,7 +131,9 @@ fn encrypted_and_signed_mail_decrypts_with_gpg_and_sq() {
     }
     let (ok, plain, log) = sq_decrypt("bob", "alice", &armored(&m.data));
     assert!(ok, "sq failed: {log}");
-    assert!(String::from_utf8_lossy(&plain).contains("Grüße"));
+    let plain = String::from_utf8_lossy(&plain);
+    assert!(plain.contains("Grüße"));
+    assert!(plain.contains("Subject: Quarterly numbers\r\n"), "{plain}");
     // Message bodies never reach the log.
     assert!(!proxy.log().contains("numbers are in"));
 }
@@ -269,6 +286,50 @@ fn already_encrypted_mail_is_relayed_unchanged() {
     assert!(r.ok, "{r:?}");
     let got = sink.wait_for_messages(1, WAIT);
     assert_eq!(got[0].data, msg);
+
+    // A Bcc field never leaves, not even on mail that is already encrypted.
+    let with_bcc = [b"Bcc: dave@example.net\r\n".as_slice(), &msg].concat();
+    let r = submit(
+        &proxy,
+        ca,
+        "alice@example.com",
+        &["carol@example.org", "dave@example.net"],
+        &with_bcc,
+    );
+    assert!(r.ok, "{r:?}");
+    let got = sink.wait_for_messages(2, WAIT);
+    assert_eq!(got[1].data, msg);
+}
+
+#[test]
+fn armor_lines_or_a_preamble_are_not_encryption_under_require() {
+    let ca = TestCa::shared();
+    let sink = Sink::start(ca, SinkMode::StartTls);
+    let mut opts = ProxyOptions::new(sink.port);
+    opts.upstream_security = "starttls";
+    opts.policy = "require";
+    let proxy = Proxy::start(ca, &opts);
+
+    // Armor lines around plain figures: carol has no key, so nothing may leave.
+    let figures = b"From: alice@example.com\r\nTo: carol@example.org\r\nSubject: q3\r\n\r\n-----BEGIN PGP MESSAGE-----\r\n\r\nRevenue 4.2M, costs 3.1M\r\n-----END PGP MESSAGE-----\r\n";
+    // Real ciphertext, with the secret in the PGP/MIME preamble.
+    let armored = common_crlf(&gpg_encrypt(Some("alice"), &["carol"], b"x\n", true));
+    let mut preamble = b"From: alice@example.com\r\nTo: carol@example.org\r\nSubject: q3\r\nMIME-Version: 1.0\r\nContent-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; boundary=\"b\"\r\n\r\nRevenue 4.2M, costs 3.1M\r\n--b\r\nContent-Type: application/pgp-encrypted\r\n\r\nVersion: 1\r\n\r\n--b\r\nContent-Type: application/octet-stream\r\n\r\n".to_vec();
+    preamble.extend_from_slice(&armored);
+    preamble.extend_from_slice(b"\r\n--b--\r\n");
+    for msg in [figures.to_vec(), preamble] {
+        let r = submit(
+            &proxy,
+            ca,
+            "alice@example.com",
+            &["carol@example.org"],
+            &msg,
+        );
+        assert!(!r.ok, "{r:?}");
+        assert_eq!(r.code, 550, "{r:?}");
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(sink.messages().is_empty(), "something left");
 }
 
 fn common_crlf(data: &[u8]) -> Vec<u8> {

@@ -3,8 +3,8 @@
 //! Outgoing messages are wrapped as RFC 3156 §4 `multipart/encrypted`. The original
 //! MIME entity (its Content-* fields and body) becomes the encrypted payload, signed
 //! inside the encryption (RFC 3156 §6.2, combined method). With header protection
-//! (RFC 9788, `protected-headers="v1"`) the inner entity also carries the visible
-//! header fields and the outer Subject is replaced so the provider does not see it.
+//! (RFC 9788; see [`protect`]) the inner entity also carries the header fields, and the
+//! outer header keeps only what transport needs, its Subject obscured.
 
 mod decrypt;
 pub mod protect;
@@ -28,20 +28,6 @@ pub enum PgpError {
     Encrypt(String),
 }
 
-/// Fields that RFC 9788 header protection copies into the encrypted part.
-pub const PROTECTED_FIELDS: &[&str] = &[
-    "Subject",
-    "From",
-    "To",
-    "Cc",
-    "Date",
-    "Message-ID",
-    "Reply-To",
-];
-
-/// The Subject shown outside an encrypted message with protected headers.
-pub const HIDDEN_SUBJECT: &str = "...";
-
 const ARMOR_BEGIN: &[u8] = b"-----BEGIN PGP MESSAGE-----";
 
 /// Is the message already OpenPGP-encrypted (PGP/MIME, or inline PGP in a single
@@ -64,8 +50,11 @@ pub fn is_encrypted(raw: &[u8]) -> bool {
 }
 
 /// Is the whole message OpenPGP-encrypted, so it may be relayed unchanged even under
-/// `require`? Stricter than [`is_encrypted`]: a plaintext message that merely contains
-/// an armor line, or a `multipart/encrypted` with extra parts, does not qualify.
+/// `require`? Stricter than [`is_encrypted`], which only recognises the shape: the data
+/// must be one armored OpenPGP message that really is encrypted (its packets parsed, see
+/// [`is_encrypted_openpgp`]), and nothing may travel beside it: no other part, no text
+/// before or after the armor, and in PGP/MIME no preamble or epilogue but the usual
+/// one-line note that it is an OpenPGP/MIME message.
 pub fn is_fully_encrypted(raw: &[u8]) -> bool {
     use mail_parser::MimeHeaders;
     if !is_encrypted(raw) {
@@ -79,6 +68,7 @@ pub fn is_fully_encrypted(raw: &[u8]) -> bool {
                 .filter(|w| *w == ARMOR_BEGIN)
                 .count()
                 == 1
+            && is_encrypted_openpgp(t)
     };
     let Some(msg) = mail_parser::MessageParser::default().parse(raw) else {
         return false;
@@ -92,12 +82,59 @@ pub fn is_fully_encrypted(raw: &[u8]) -> bool {
     match msg.parts.as_slice() {
         [root, version, data] if is(root, "multipart", "encrypted") => {
             is(version, "application", "pgp-encrypted")
+                && version
+                    .contents()
+                    .trim_ascii()
+                    .eq_ignore_ascii_case(b"Version: 1")
                 && is(data, "application", "octet-stream")
                 && one_block(data.contents())
+                && only_a_note_outside_parts(raw)
         }
         [root] => one_block(root.contents()),
         _ => false,
     }
+}
+
+/// RFC 3156 §4 leaves the preamble free; clients write one line saying what the message
+/// is ("This is an OpenPGP/MIME encrypted message (RFC 4880 and 3156)"). That line is
+/// allowed, nothing else.
+fn only_a_note_outside_parts(raw: &[u8]) -> bool {
+    let Some(lines) = mime::view::lines_outside_parts(raw) else {
+        return false;
+    };
+    match lines.as_slice() {
+        [] => true,
+        [note] => {
+            let lower = note.to_ascii_lowercase();
+            note.len() <= 100 && lower.starts_with(b"this is an openpgp/mime encrypted message")
+        }
+        _ => false,
+    }
+}
+
+/// Is `data` an encrypted OpenPGP message (RFC 9580 §10.3): one or more PKESK or SKESK
+/// packets, then one SEIPD (v1 or v2) packet, and nothing else? The packets are parsed,
+/// not guessed from armor lines: a literal data packet in armor is plaintext for anyone.
+pub fn is_encrypted_openpgp(data: &[u8]) -> bool {
+    use openpgp::parse::{PacketParser, PacketParserResult, Parse};
+    use openpgp::Packet;
+    let Ok(mut ppr) = PacketParser::from_bytes(data) else {
+        return false;
+    };
+    let (mut esks, mut seipd) = (0usize, 0usize);
+    while let PacketParserResult::Some(pp) = ppr {
+        match &pp.packet {
+            Packet::PKESK(_) | Packet::SKESK(_) if seipd == 0 => esks += 1,
+            Packet::SEIP(_) if esks > 0 && seipd == 0 => seipd += 1,
+            _ => return false,
+        }
+        // `next`, not `recurse`: the encrypted container is not opened.
+        match pp.next() {
+            Ok((_, next)) => ppr = next,
+            Err(_) => return false,
+        }
+    }
+    seipd == 1
 }
 
 /// What to encrypt and for whom.
@@ -154,12 +191,15 @@ pub fn encrypt_message(
         .into_iter()
         .filter(|f| !drop_fields.iter().any(|d| f.is(d)))
         .collect();
-    let is_content =
-        |f: &mime::Field<'_>| f.name.len() >= 8 && f.name[..8].eq_ignore_ascii_case("Content-");
+    let is_content = protect::is_content_field;
 
     // The inner entity's header: the original Content-* fields, then (with
-    // protection) the protected header fields. The body follows it unchanged.
-    let mut inner = Vec::with_capacity(header.len() + 512);
+    // protection, RFC 9788 §2) every other field as the client wrote it, and an
+    // `HP-Outer` copy of each field left outside. The body follows it unchanged.
+    // `protected-headers="v1"` beside `hp="cipher"`: what Thunderbird, Enigmail and
+    // K-9 read to show the real Subject.
+    const MARKERS: &[u8] = b"; hp=\"cipher\"; protected-headers=\"v1\"";
+    let mut inner = Vec::with_capacity(2 * header.len() + 512);
     let mut has_content_type = false;
     for f in fields.iter().filter(|f| is_content(f)) {
         if f.is("Content-Type") {
@@ -167,7 +207,8 @@ pub fn encrypt_message(
             if req.protect_headers {
                 let line = f.raw.strip_suffix(b"\r\n").unwrap_or(f.raw);
                 inner.extend_from_slice(line);
-                inner.extend_from_slice(b"; protected-headers=\"v1\"\r\n");
+                inner.extend_from_slice(MARKERS);
+                inner.extend_from_slice(b"\r\n");
                 continue;
             }
         }
@@ -178,35 +219,46 @@ pub fn encrypt_message(
         let charset = if body.is_ascii() { "us-ascii" } else { "utf-8" };
         inner.extend_from_slice(format!("Content-Type: text/plain; charset={charset}").as_bytes());
         if req.protect_headers {
-            inner.extend_from_slice(b"; protected-headers=\"v1\"");
+            inner.extend_from_slice(MARKERS);
         }
         inner.extend_from_slice(b"\r\n");
     }
+    // The outer header: with protection only what transport and threading need
+    // (`protect::kept_outside`), the Subject obscured (RFC 9788 §4.2.1).
+    let mut outer = Vec::with_capacity(header.len() + 64);
+    for f in fields
+        .iter()
+        .filter(|f| !is_content(f) && !f.is("MIME-Version"))
+    {
+        if !req.protect_headers {
+            mime::push_line(&mut outer, f.raw);
+            continue;
+        }
+        mime::push_line(&mut inner, f.raw);
+        let shown: std::borrow::Cow<'_, [u8]> = if f.is("Subject") {
+            format!("Subject: {}\r\n", protect::OBSCURED_SUBJECT)
+                .into_bytes()
+                .into()
+        } else if protect::kept_outside(f) {
+            f.raw.into()
+        } else {
+            continue;
+        };
+        mime::push_line(&mut outer, &shown);
+    }
     if req.protect_headers {
-        for f in fields
-            .iter()
-            .filter(|f| PROTECTED_FIELDS.iter().any(|p| f.is(p)))
-        {
-            mime::push_line(&mut inner, f.raw);
+        for line in mime::fields(&outer) {
+            inner.extend_from_slice(b"HP-Outer: ");
+            mime::push_line(&mut inner, line.raw);
         }
     }
     inner.extend_from_slice(b"\r\n");
 
-    // The outer message: every non-MIME field, Subject hidden when protected.
     // Armor grows the data by 4/3 plus line ends; reserve once.
     let estimate = (inner.len() + body.len()) * 14 / 10 + header.len() + 2048;
     let mut out = Vec::with_capacity(estimate);
     out.extend_from_slice(req.extra_outer);
-    for f in &fields {
-        if is_content(f) || f.is("MIME-Version") {
-            continue;
-        }
-        if req.protect_headers && f.is("Subject") {
-            out.extend_from_slice(format!("Subject: {HIDDEN_SUBJECT}\r\n").as_bytes());
-            continue;
-        }
-        mime::push_line(&mut out, f.raw);
-    }
+    out.extend_from_slice(&outer);
     let b = req.boundary;
     out.extend_from_slice(
         format!(
@@ -320,24 +372,62 @@ mod tests {
 
     #[test]
     fn only_wholly_encrypted_mail_counts_as_already_encrypted() {
-        let armored = "-----BEGIN PGP MESSAGE-----\r\n\r\nhQEMA\r\n-----END PGP MESSAGE-----\r\n";
+        let bob = make_cert("bob@example.org");
+        let mut ciphertext = Vec::new();
+        encrypt_into(
+            &mut ciphertext,
+            &[b"secret"],
+            std::slice::from_ref(&bob),
+            None,
+        )
+        .unwrap();
+        let armored = String::from_utf8(ciphertext).unwrap().replace('\n', "\r\n");
         let inline = format!("Subject: x\r\n\r\n{armored}");
         assert!(is_fully_encrypted(inline.as_bytes()));
         let leaky = format!("Subject: x\r\n\r\nSecret plans\r\n{armored}");
         assert!(is_encrypted(leaky.as_bytes()) && !is_fully_encrypted(leaky.as_bytes()));
-        let mime = format!("Content-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; boundary=b\r\n\r\n--b\r\nContent-Type: application/pgp-encrypted\r\n\r\nVersion: 1\r\n--b\r\nContent-Type: application/octet-stream\r\n\r\n{armored}--b--\r\n");
+        let mime = format!("Content-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; boundary=b\r\n\r\nThis is an OpenPGP/MIME encrypted message (RFC 4880 and 3156)\r\n--b\r\nContent-Type: application/pgp-encrypted\r\n\r\nVersion: 1\r\n--b\r\nContent-Type: application/octet-stream\r\n\r\n{armored}--b--\r\n");
         assert!(is_fully_encrypted(mime.as_bytes()));
         let extra = mime.replace(
             "--b--",
             "--b\r\nContent-Type: text/plain\r\n\r\nplaintext\r\n--b--",
         );
         assert!(!is_fully_encrypted(extra.as_bytes()));
+        // Plaintext in the preamble or the epilogue travels with the message.
+        let preamble = mime.replace(
+            "(RFC 4880 and 3156)\r\n",
+            "(RFC 4880 and 3156)\r\nThe merger closes Friday.\r\n",
+        );
+        assert!(!is_fully_encrypted(preamble.as_bytes()));
+        let epilogue = format!("{mime}The merger closes Friday.\r\n");
+        assert!(!is_fully_encrypted(epilogue.as_bytes()));
+    }
+
+    #[test]
+    fn armor_lines_around_anything_but_an_encrypted_message_are_plaintext() {
+        // Armor around plain figures: no OpenPGP packets at all.
+        let figures = "Subject: x\r\n\r\n-----BEGIN PGP MESSAGE-----\r\n\r\nRevenue 4.2M, costs 3.1M\r\n-----END PGP MESSAGE-----\r\n";
+        assert!(is_encrypted(figures.as_bytes()) && !is_fully_encrypted(figures.as_bytes()));
+        // A real OpenPGP message that is only literal data: readable by anyone.
+        let mut literal = Vec::new();
+        {
+            let message = Message::new(&mut literal);
+            let message = Armorer::new(message).build().unwrap();
+            let mut w = LiteralWriter::new(message).build().unwrap();
+            w.write_all(b"Revenue 4.2M").unwrap();
+            w.finalize().unwrap();
+        }
+        let text = String::from_utf8(literal).unwrap().replace('\n', "\r\n");
+        assert!(text.starts_with("-----BEGIN PGP MESSAGE-----"));
+        let msg = format!("Subject: x\r\n\r\n{text}");
+        assert!(!is_fully_encrypted(msg.as_bytes()));
+        assert!(!is_encrypted_openpgp(text.as_bytes()));
     }
 
     #[test]
     fn builds_pgp_mime_with_protected_headers() {
         let bob = make_cert("bob@example.org");
-        let msg = b"From: a@example.com\r\nTo: bob@example.org\r\nBcc: secret@example.net\r\nSubject: Secret plans\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nHello\r\n";
+        let msg = b"From: a@example.com\r\nTo: bob@example.org\r\nBcc: secret@example.net\r\nSubject: Secret plans\r\nThread-Topic: Secret plans\r\nKeywords: plans\r\nUser-Agent: Outlook\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nHello\r\n";
         let out = encrypt_message(
             &EncryptRequest {
                 raw: msg,
@@ -351,8 +441,11 @@ mod tests {
         )
         .unwrap();
         let text = String::from_utf8(out).unwrap();
-        assert!(text.contains("Subject: ...\r\n"), "{text}");
+        assert!(text.contains("Subject: [...]\r\n"), "{text}");
         assert!(!text.contains("Secret plans"));
+        for gone in ["Thread-Topic", "Keywords", "User-Agent"] {
+            assert!(!text.contains(gone), "{gone} outside: {text}");
+        }
         assert!(!text.contains("secret@example.net"));
         assert!(text.contains("To: bob@example.org\r\n"));
         assert!(text.contains("protocol=\"application/pgp-encrypted\""));

@@ -260,6 +260,8 @@ mod tests {
             "{text}"
         );
         assert_eq!(text.matches("Subject:").count(), 1);
+        // What sealpost recorded inside for RFC 9788 readers is not part of the view.
+        assert!(!text.contains("HP-Outer"), "{text}");
         // Signed by a key whose user IDs do not carry the From address.
         let bob_signer = signer(&bob);
         let forged = super::super::encrypt_message(

@@ -78,10 +78,11 @@ impl Outbound {
         found: &FoundKeys,
     ) -> Result<Vec<OutgoingCopy>, Reply> {
         if pgp::is_fully_encrypted(raw) {
-            // Already end-to-end encrypted by the client: relay as it is.
+            // Already end-to-end encrypted by the client: relayed as it is, but for a
+            // Bcc field, which no copy may carry (RFC 5322 §3.6.3).
             return Ok(vec![OutgoingCopy {
                 rcpts: env.rcpts.clone(),
-                message: raw.to_vec(),
+                message: mime::without_fields(raw, &["Bcc"]),
                 encrypted: true,
             }]);
         }
@@ -316,12 +317,33 @@ mod tests {
     }
 
     #[test]
-    fn already_encrypted_mail_is_relayed_unchanged() {
+    fn already_encrypted_mail_is_relayed_unchanged_but_for_bcc() {
         let (_d, out) = setup(PolicyAction::Require);
-        let msg = b"To: carol@example.org\r\n\r\n-----BEGIN PGP MESSAGE-----\r\nxx\r\n-----END PGP MESSAGE-----\r\n";
+        let carol = crate::keys::tests::make_cert("carol@example.org");
+        let encrypted = pgp::encrypt_message(
+            &pgp::EncryptRequest {
+                raw: b"To: carol@example.org\r\n\r\nsecret\r\n",
+                recipients: std::slice::from_ref(&carol),
+                signer: None,
+                protect_headers: false,
+                boundary: "b",
+                extra_outer: b"",
+            },
+            &[],
+        )
+        .unwrap();
+        let with_bcc = [b"Bcc: x@elsewhere.example\r\n".as_slice(), &encrypted].concat();
         let copies = out
-            .plan_from_store(&env(&["carol@example.org"]), msg)
+            .plan_from_store(
+                &env(&["carol@example.org", "x@elsewhere.example"]),
+                &with_bcc,
+            )
             .unwrap();
-        assert_eq!(copies[0].message, msg.to_vec());
+        assert_eq!(copies.len(), 1);
+        assert_eq!(copies[0].message, encrypted);
+        // Armor lines around plaintext are no encryption: `require` refuses it.
+        let fake = b"To: carol@example.org\r\n\r\n-----BEGIN PGP MESSAGE-----\r\n\r\nRevenue 4.2M\r\n-----END PGP MESSAGE-----\r\n";
+        let refused = out.plan_from_store(&env(&["carol@example.org"]), fake);
+        assert!(refused.is_err(), "{refused:?}");
     }
 }

@@ -113,6 +113,48 @@ pub fn partial(data: &[u8], origin: Option<(u32, NonZeroU32)>) -> &[u8] {
     &data[start..end]
 }
 
+/// The lines of a multipart message's body that lie outside its parts (preamble,
+/// epilogue, anything between parts), without delimiter lines and empty lines; `None`
+/// when the message is not multipart. Text there is shown by no client but travels
+/// with the message.
+pub fn lines_outside_parts(msg: &[u8]) -> Option<Vec<Vec<u8>>> {
+    let m = to_crlf(msg);
+    let root = parse(&m);
+    let structure::Kind::Multi(children) = &root.kind else {
+        return None;
+    };
+    let mut outside = Vec::new();
+    let mut at = root.body.start;
+    for c in children {
+        outside.push(at..c.hdr.start.max(at));
+        at = c.body.end.max(at);
+    }
+    outside.push(at..root.body.end.max(at));
+    let boundary = root
+        .ct
+        .as_ref()
+        .and_then(|c| structure::param(&c.params, b"boundary"))
+        .unwrap_or_default();
+    let delimiter = |line: &[u8]| {
+        line.strip_prefix(b"--")
+            .and_then(|l| l.strip_prefix(boundary))
+            .is_some_and(|rest| {
+                let rest = rest.strip_prefix(b"--").unwrap_or(rest);
+                rest.iter().all(|b| b.is_ascii_whitespace())
+            })
+    };
+    let mut lines = Vec::new();
+    for r in outside {
+        for line in m[r].split(|&b| b == b'\n') {
+            let line = line.trim_ascii();
+            if !line.is_empty() && !delimiter(line) {
+                lines.push(line.to_vec());
+            }
+        }
+    }
+    Some(lines)
+}
+
 // ---------------------------------------------------------------------------------
 // Header fields and lexing.
 

@@ -138,6 +138,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
             decrypt_slots: decrypt_slots.clone(),
             max_message_size: config.limits.max_message_size,
             max_line_length: config.limits.max_line_length,
+            encrypt_append: config.imap.encrypt_append,
             max_job_view_bytes: config
                 .limits
                 .view_cache_size

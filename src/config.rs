@@ -76,6 +76,8 @@ pub struct Config {
     pub policy: PolicyConfig,
     #[serde(default)]
     pub limits: Limits,
+    #[serde(default)]
+    pub imap: ImapSettings,
     /// Where the config was read from; set by [`Config::load`].
     #[serde(skip)]
     pub source: PathBuf,
@@ -252,6 +254,30 @@ pub struct PolicyRule {
     /// An address, or a glob where `*` matches any run of characters.
     pub recipient: String,
     pub action: PolicyAction,
+}
+
+/// How the IMAP proxy treats what clients store.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImapSettings {
+    /// Which APPENDs are encrypted to the identity's own key before the provider
+    /// stores them.
+    #[serde(default)]
+    pub encrypt_append: EncryptAppend,
+}
+
+/// `[imap] encrypt_append`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EncryptAppend {
+    /// Every APPEND of a message that is not already encrypted.
+    #[default]
+    All,
+    /// Only APPENDs to the mailboxes LIST marks `\Sent` or `\Drafts` (RFC 6154), or
+    /// named like them when the client has not listed them.
+    SentDrafts,
+    /// APPENDs pass through as they are.
+    Off,
 }
 
 /// Bounds on everything a client can make sealpost hold.

@@ -47,7 +47,16 @@ fn corpus() -> Vec<(&'static str, Vec<u8>)> {
     // 5. RFC 9788 (Appendix E.1's shape): hp="cipher", HP-Outer, a Legacy Display
     //    Element, the outer Subject obscured.
     let rfc9788 = "Content-Type: text/plain; charset=\"us-ascii\"; hp-legacy-display=\"1\";\r\n hp=\"cipher\"\r\nDate: Tue, 01 Dec 2026 09:00:00 +0000\r\nFrom: CEO Bob <bob@example.org>\r\nTo: Alice <alice@example.com>\r\nSubject: Dinner plans\r\nMessage-ID: <att-5@example.org>\r\nHP-Outer: Date: Tue, 01 Dec 2026 09:00:00 +0000\r\nHP-Outer: From: CEO Bob <bob@example.org>\r\nHP-Outer: To: Alice <alice@example.com>\r\nHP-Outer: Subject: [...]\r\nHP-Outer: Message-ID: <att-5@example.org>\r\n\r\nSubject: Dinner plans\r\n\r\nLet's meet at Rama's Roti Shop at 8pm.\r\n";
+    // 6. Dressed as one of alice's own sealed copies (shown as written), signed by dave.
+    let fake_copy = "Content-Type: text/plain; charset=us-ascii; hp=\"cipher\"; protected-headers=\"v1\"\r\nFrom: CEO Bob <bob@example.org>\r\nAuthentication-Results: mx.corp.example; dkim=pass header.d=example.org\r\nSubject: Urgent transfer\r\nSealpost-Stored: v1; content-type=kept; hp-outer=0\r\n\r\nPay now.\r\n";
     vec![
+        (
+            "fake_copy",
+            pgp_mime(
+                &outer(6),
+                &gpg_encrypt(Some("dave"), &["alice"], fake_copy.as_bytes(), true),
+            ),
+        ),
         (
             "unmarked",
             pgp_mime(
@@ -209,6 +218,22 @@ fn protected_headers_never_replace_what_the_provider_wrote() {
     );
     assert!(!h.contains("Autocrypt"), "{h}");
     assert_eq!(status(&h), "yes; unsigned");
+}
+
+#[test]
+fn only_alices_own_key_makes_a_copy_shown_as_written() {
+    let env = Env::new();
+    let mut c = env.client();
+    let h = header(&mut c, env.uid("fake_copy"));
+    assert!(h.contains("dkim=fail") && !h.contains("dkim=pass"), "{h}");
+    assert!(!h.contains("Sealpost-Stored"), "{h}");
+    assert_eq!(
+        status(&h),
+        format!(
+            "yes; signature=not-from-sender; signer={}",
+            keyring().dave().fpr
+        )
+    );
 }
 
 #[test]

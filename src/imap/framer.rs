@@ -104,6 +104,11 @@ impl Framer {
         self.lines_only = on;
     }
 
+    /// How much of the current (and later) messages is captured.
+    pub fn set_capture_limit(&mut self, limit: usize) {
+        self.capture_limit = limit;
+    }
+
     /// Drops everything buffered (after STARTTLS, RFC 3501 §6.2.1 / CVE-2011-0411).
     pub fn clear(&mut self) {
         self.buf.clear();

@@ -29,6 +29,8 @@ pub struct ImapContext {
     pub decrypt_slots: Arc<tokio::sync::Semaphore>,
     /// Decrypted bytes one FETCH may hold at once (see `fetch::FetchJob`).
     pub max_job_view_bytes: usize,
+    /// Which APPENDs are sealed to the identity's own key.
+    pub encrypt_append: crate::config::EncryptAppend,
 }
 
 impl ImapContext {
@@ -38,6 +40,18 @@ impl ImapContext {
         self.identities
             .iter()
             .find(|i| i.login.eq_ignore_ascii_case(login))
+    }
+
+    /// `raw`, a message a client APPENDs as `identity`, sealed to that identity's own
+    /// key (see [`crate::pgp::stored`]).
+    pub fn seal(&self, identity: &str, raw: &[u8]) -> Result<Vec<u8>, crate::pgp::PgpError> {
+        let id = self
+            .identities
+            .iter()
+            .find(|i| i.address.eq_ignore_ascii_case(identity))
+            .ok_or(crate::pgp::PgpError::NoRecipients)?;
+        let boundary = crate::pgp::random_boundary();
+        crate::pgp::stored::seal(raw, &id.cert, id.signer.as_ref(), &boundary)
     }
 
     /// The view of a stored message for `identity` (decrypting when it can), with
@@ -63,6 +77,7 @@ impl ImapContext {
             raw,
             &id.decryptors,
             &certs,
+            Some(&id.cert),
             max_size.min(self.max_message_size),
         );
         if let ViewKind::Decrypted(_) = view.kind {

@@ -204,6 +204,9 @@ async fn handle(
     // Views built on the blocking pool come back here: (uid, stored bytes, view).
     let (views_tx, mut views_rx) =
         tokio::sync::mpsc::unbounded_channel::<(String, u32, Vec<u8>, crate::pgp::View)>();
+    // Sealed APPEND messages come back the same way: (tag, sealed message or why not).
+    let (sealed_tx, mut sealed_rx) =
+        tokio::sync::mpsc::unbounded_channel::<(String, Result<Vec<u8>, String>)>();
     let mut outputs = Vec::new();
     if !greeting.is_empty() {
         outputs = session.on_upstream(&greeting);
@@ -243,6 +246,24 @@ async fn handle(
                         if let Ok(result) = built {
                             let _ = tx.send(result);
                         }
+                    });
+                }
+                Output::Seal(req) => {
+                    let ctx = svc.ctx.clone();
+                    let tx = sealed_tx.clone();
+                    tokio::spawn(async move {
+                        // Encryption shares the cores with decryption.
+                        let Ok(_permit) = ctx.decrypt_slots.clone().acquire_owned().await else {
+                            return;
+                        };
+                        let tag = req.tag.clone();
+                        let sealed = tokio::task::spawn_blocking(move || {
+                            ctx.seal(&req.identity, &req.message)
+                                .map_err(|e| e.to_string())
+                        })
+                        .await
+                        .unwrap_or_else(|e| Err(format!("encryption task failed: {e}")));
+                        let _ = tx.send((tag, sealed));
                     });
                 }
                 Output::Close => {
@@ -288,6 +309,9 @@ async fn handle(
             }
             Some((job, uid, raw, view)) = views_rx.recv() => {
                 outputs = session.on_view(&job, uid, &raw, view);
+            }
+            Some((tag, sealed)) = sealed_rx.recv() => {
+                outputs = session.on_sealed(&tag, sealed);
             }
             _ = shutdown.changed(), if !*shutdown.borrow() => {}
         }

@@ -20,6 +20,7 @@ use super::caps::{self, Local};
 use super::fetch::{self, DecryptRequest, FetchJob, JobOutput, Selected};
 use super::framer::{Frame, Framer};
 use super::ImapContext;
+use crate::config::EncryptAppend;
 use base64::Engine;
 use imap_codec::decode::Decoder;
 use imap_codec::{CommandCodec, GreetingCodec, ResponseCodec};
@@ -41,7 +42,31 @@ pub enum Output {
     /// Build this view off the protocol task (it is CPU work) and hand it to
     /// [`Session::on_view`]; several may be outstanding at once.
     Decrypt(DecryptRequest),
+    /// Encrypt a message an APPEND stores to the identity's own key and hand the result
+    /// to [`Session::on_sealed`] (CPU work, run off the protocol task).
+    Seal(SealRequest),
     Close,
+}
+
+/// A message to seal: see [`Output::Seal`].
+#[derive(Debug, PartialEq, Eq)]
+pub struct SealRequest {
+    /// The APPEND's tag.
+    pub tag: String,
+    pub identity: String,
+    pub message: Vec<u8>,
+}
+
+/// An APPEND whose message is being sealed: the command around the message literal.
+#[derive(Debug)]
+struct Sealing {
+    tag: String,
+    /// The command up to the message literal's announcement (included).
+    prefix: Vec<u8>,
+    /// What follows the message literal (the line end).
+    suffix: Vec<u8>,
+    /// Earlier literals' offsets in `prefix` (a mailbox name sent as a literal).
+    splits: Vec<usize>,
 }
 
 /// The IMAP state of the conversation (RFC 3501 §3). `identity` is the address whose
@@ -134,7 +159,12 @@ enum Inflow {
     /// Collecting the message to decode once complete. `splits` are the offsets in the
     /// captured message just after each literal's announcement: the message goes
     /// upstream in those pieces, each after upstream's `+` (see [`segments`]).
-    Hold { tag: String, splits: Vec<usize> },
+    /// `limit`: most bytes the message may have (an APPEND being sealed is held whole).
+    Hold {
+        tag: String,
+        splits: Vec<usize>,
+        limit: usize,
+    },
     /// Dropping the message; `reply` goes to the client once it is complete.
     Discard { reply: Vec<u8> },
     /// AUTHENTICATE (RFC 3501 §6.2.2): in lockstep, one client line per upstream `+`
@@ -193,6 +223,11 @@ pub struct Session {
     /// segment goes upstream after upstream's `+` for the one before.
     outgoing: Option<(String, std::collections::VecDeque<Vec<u8>>)>,
     held: Vec<u8>,
+    /// The APPEND whose message is being sealed; client input waits for it.
+    sealing: Option<Sealing>,
+    /// Mailboxes LIST marked `\Sent` or `\Drafts` (RFC 6154), for
+    /// `encrypt_append = "sent-drafts"`.
+    special_use: std::collections::HashSet<String>,
     tag_prefix: String,
     jobs_started: u64,
     out: Vec<Output>,
@@ -224,6 +259,8 @@ impl Session {
             stopped: false,
             closing: false,
             held: Vec::new(),
+            sealing: None,
+            special_use: std::collections::HashSet::new(),
             tag_prefix: job_tag_prefix(),
             jobs_started: 0,
             out: Vec::new(),
@@ -234,6 +271,39 @@ impl Session {
         Local {
             starttls: !self.tls,
             login_disabled: !self.tls && !self.plaintext_ok,
+            sealing_appends: self.ctx.encrypt_append != EncryptAppend::Off,
+        }
+    }
+
+    /// Are this session's APPENDs read whole to be sealed (see [`Output::Seal`])? Only
+    /// with an identity, whose key they are sealed to.
+    fn seals_appends(&self) -> bool {
+        self.ctx.encrypt_append != EncryptAppend::Off && self.phase.identity().is_some()
+    }
+
+    /// Is an APPEND to `mailbox` sealed?
+    fn seals_into(&self, mailbox: &Mailbox<'_>) -> bool {
+        match self.ctx.encrypt_append {
+            EncryptAppend::All => true,
+            EncryptAppend::Off => false,
+            EncryptAppend::SentDrafts => {
+                let name = match mailbox {
+                    Mailbox::Inbox => return false,
+                    Mailbox::Other(o) => String::from_utf8_lossy(o.as_ref()).into_owned(),
+                };
+                // A client that has not listed the mailboxes: the names clients use.
+                const NAMES: &[&str] = &[
+                    "Sent",
+                    "Sent Items",
+                    "Sent Messages",
+                    "Sent Mail",
+                    "Drafts",
+                    "Draft",
+                ];
+                let leaf = name.rsplit(['/', '.']).next().unwrap_or(&name);
+                self.special_use.contains(&name)
+                    || NAMES.iter().any(|n| n.eq_ignore_ascii_case(leaf))
+            }
         }
     }
 
@@ -246,6 +316,7 @@ impl Session {
     /// input is held, not framed.
     fn busy(&self) -> bool {
         self.job.is_some()
+            || self.sealing.is_some()
             || self.outgoing.is_some()
             || self.waiting.is_some()
             || matches!(
@@ -510,6 +581,17 @@ impl Session {
             // APPEND's message literal streams upstream as it comes (upstream answers a
             // synchronizing literal's `+`); its grammar makes the literal an argument, so
             // upstream never reads it as commands.
+            "APPEND" if literal.is_some() && self.seals_appends() => {
+                // Read whole (within the literal limit) to be sealed before it goes up.
+                let limit = self.max_literal as usize + CLIENT_CAPTURE;
+                self.client.set_capture_limit(limit);
+                self.inflow = Inflow::Hold {
+                    tag,
+                    splits: Vec::new(),
+                    limit,
+                };
+                self.continue_message(bytes, literal, complete);
+            }
             "APPEND" if literal.is_some() && !self.in_flight.is_empty() => {
                 self.waiting = Some(Waiting::Append(bytes, literal));
             }
@@ -522,9 +604,11 @@ impl Session {
                 // Every other command is decoded whole before anything of it goes
                 // upstream: a literal that upstream would not read as an argument (a
                 // `NOOP {n+}`) would otherwise run there as commands unseen.
+                self.client.set_capture_limit(CLIENT_CAPTURE);
                 self.inflow = Inflow::Hold {
                     tag,
                     splits: Vec::new(),
+                    limit: CLIENT_CAPTURE,
                 };
                 self.continue_message(bytes, literal, complete);
             }
@@ -553,7 +637,11 @@ impl Session {
                     self.inflow = Inflow::Discard { reply };
                 }
             }
-            Inflow::Hold { tag, mut splits } => {
+            Inflow::Hold {
+                tag,
+                mut splits,
+                limit,
+            } => {
                 if complete {
                     match self.client.message().map(<[u8]>::to_vec) {
                         Some(msg) => self.on_command(tag, msg, splits),
@@ -566,7 +654,7 @@ impl Session {
                 // Bytes held so far (past the capture bound: as good as infinite).
                 let held = self.client.message().map_or(usize::MAX, <[u8]>::len);
                 match literal {
-                    Some((n, sync)) if (held as u64).saturating_add(n) > CLIENT_CAPTURE as u64 => {
+                    Some((n, sync)) if (held as u64).saturating_add(n) > limit as u64 => {
                         // Only APPEND carries large literals.
                         let reply = format!(
                             "{tag} NO [TOOBIG] Literal of {n} bytes is too large for this command\r\n"
@@ -580,9 +668,9 @@ impl Session {
                             self.send_client(b"+ Ready for literal data\r\n".to_vec());
                         }
                         splits.push(held);
-                        self.inflow = Inflow::Hold { tag, splits };
+                        self.inflow = Inflow::Hold { tag, splits, limit };
                     }
-                    None => self.inflow = Inflow::Hold { tag, splits },
+                    None => self.inflow = Inflow::Hold { tag, splits, limit },
                 }
             }
             Inflow::Relay { tag, done } => {
@@ -757,6 +845,7 @@ impl Session {
                 self.relay_segments(tag, Pending::Relayed, &msg, &splits)
             }
             CommandBody::Fetch { .. } => self.fetch(tag, command, msg),
+            CommandBody::Append { .. } => self.append(tag, command, msg, splits),
             _ => self.relay_segments(tag, Pending::Relayed, &msg, &splits),
         }
     }
@@ -847,6 +936,81 @@ impl Session {
             }
             None => self.relay(tag, Pending::Relayed, msg),
         }
+    }
+
+    /// An APPEND read whole: sealed to the identity's key first when configured and
+    /// the message is not encrypted already, else relayed as it came.
+    fn append(&mut self, tag: String, command: Command<'_>, msg: Vec<u8>, splits: Vec<usize>) {
+        use imap_types::extensions::binary::LiteralOrLiteral8;
+        let CommandBody::Append {
+            mailbox, message, ..
+        } = &command.body
+        else {
+            return self.relay_segments(tag, Pending::Relayed, &msg, &splits);
+        };
+        let (Some(identity), LiteralOrLiteral8::Literal(literal), Some((&at, earlier))) =
+            (self.phase.identity().cloned(), message, splits.split_last())
+        else {
+            return self.relay_segments(tag, Pending::Relayed, &msg, &splits);
+        };
+        let data = literal.data();
+        let end = at + data.len();
+        if !self.seals_into(mailbox)
+            || msg.get(at..end) != Some(data)
+            || crate::pgp::is_fully_encrypted(data)
+        {
+            return self.relay_segments(tag, Pending::Relayed, &msg, &splits);
+        }
+        self.out.push(Output::Seal(SealRequest {
+            tag: tag.clone(),
+            identity,
+            message: data.to_vec(),
+        }));
+        self.sealing = Some(Sealing {
+            tag,
+            prefix: msg[..at].to_vec(),
+            suffix: msg[end..].to_vec(),
+            splits: earlier.to_vec(),
+        });
+    }
+
+    /// The sealed message asked for with [`Output::Seal`] (or why it could not be made):
+    /// the APPEND goes upstream with it in place of the client's message, or the client
+    /// gets `NO` and nothing is stored.
+    pub fn on_sealed(&mut self, tag: &str, sealed: Result<Vec<u8>, String>) -> Vec<Output> {
+        let Some(state) = self.sealing.take_if(|s| s.tag == tag) else {
+            return self.take();
+        };
+        match sealed {
+            Ok(sealed) => {
+                // The announcement now gives the sealed size, as a synchronizing literal
+                // (RFC 3501 §7.5: it goes up after upstream's `+`).
+                let mut command = state.prefix;
+                if let Some(open) = command.iter().rposition(|&b| b == b'{') {
+                    command.truncate(open);
+                }
+                command.extend_from_slice(format!("{{{}}}\r\n", sealed.len()).as_bytes());
+                let mut splits = state.splits;
+                splits.push(command.len());
+                command.extend_from_slice(&sealed);
+                command.extend_from_slice(&state.suffix);
+                self.relay_segments(state.tag, Pending::Relayed, &command, &splits);
+            }
+            Err(why) => {
+                tracing::warn!(tag = %state.tag, error = %why, "APPEND refused: the message could not be encrypted");
+                self.send_client(
+                    format!(
+                        "{} NO [CANNOT] Not stored: the message could not be encrypted ({why})\r\n",
+                        state.tag
+                    )
+                    .into_bytes(),
+                );
+            }
+        }
+        if !self.busy() {
+            self.resume_client();
+        }
+        self.take()
     }
 
     /// Processes the client's input that arrived while the session had to wait.
@@ -1005,6 +1169,21 @@ impl Session {
                 let ok = t.body.kind == StatusKind::Ok;
                 let read_only = matches!(t.body.code, Some(Code::ReadOnly));
                 self.on_tagged(&tag, ok, read_only);
+            }
+            Some(Response::Data(Data::List {
+                items,
+                mailbox: Mailbox::Other(name),
+                ..
+            })) => {
+                // RFC 6154 §2: the client's Sent and Drafts, whatever their names.
+                let special = items.iter().any(|a| {
+                    let a = a.to_string();
+                    a.eq_ignore_ascii_case("\\Sent") || a.eq_ignore_ascii_case("\\Drafts")
+                });
+                if special {
+                    let name = String::from_utf8_lossy(name.as_ref()).into_owned();
+                    self.special_use.insert(name);
+                }
             }
             Some(Response::Status(Status::Untagged(body))) => {
                 // RFC 3501 §6.3.1: `OK [UIDVALIDITY n]` comes before the tagged reply.
@@ -1195,9 +1374,17 @@ fn decode_response(line: &[u8]) -> Option<Response<'static>> {
             .take(12)
             .map(u8::to_ascii_uppercase)
             .collect::<Vec<u8>>();
-        let status = [&b"OK "[..], b"NO ", b"BAD ", b"BYE ", b"CAPABILITY"]
-            .iter()
-            .any(|w| word.starts_with(w));
+        // LIST: for the special-use attributes (RFC 6154) of `encrypt_append`.
+        let status = [
+            &b"OK "[..],
+            b"NO ",
+            b"BAD ",
+            b"BYE ",
+            b"CAPABILITY",
+            b"LIST ",
+        ]
+        .iter()
+        .any(|w| word.starts_with(w));
         if !status {
             return None;
         }

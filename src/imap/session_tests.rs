@@ -15,6 +15,7 @@ fn ctx() -> Arc<ImapContext> {
         max_message_size: 1 << 20,
         max_line_length: 8192,
         max_job_view_bytes: 1 << 20,
+        encrypt_append: crate::config::EncryptAppend::All,
     })
 }
 
@@ -203,12 +204,18 @@ fn command_heads() {
 
 /// Two identities, as on a gateway: mallory and the victim.
 fn gateway() -> Arc<ImapContext> {
+    gateway_with(crate::config::EncryptAppend::All)
+}
+
+fn gateway_with(encrypt_append: crate::config::EncryptAppend) -> Arc<ImapContext> {
     let dir = tempfile::tempdir().unwrap();
     let ids = ["mallory@corp.example", "victim@corp.example"]
         .map(|addr| identity(addr, dir.path()))
         .to_vec();
     let mut c = ctx();
-    Arc::get_mut(&mut c).unwrap().identities = ids;
+    let m = Arc::get_mut(&mut c).unwrap();
+    m.identities = ids;
+    m.encrypt_append = encrypt_append;
     c
 }
 
@@ -226,7 +233,17 @@ fn greeted() -> Session {
 }
 
 fn logged_in_as_mallory() -> Session {
-    let mut s = greeted();
+    logged_in_as_mallory_in(gateway())
+}
+
+/// With `encrypt_append = "off"`: APPENDs stream through.
+fn streaming_mallory() -> Session {
+    logged_in_as_mallory_in(gateway_with(crate::config::EncryptAppend::Off))
+}
+
+fn logged_in_as_mallory_in(ctx: Arc<ImapContext>) -> Session {
+    let mut s = Session::new(ctx, true, true);
+    s.on_upstream(b"* OK ready\r\n");
     s.on_client(b"m1 LOGIN mallory@corp.example pw\r\n");
     s.on_upstream(b"m1 OK logged in\r\n");
     assert_eq!(s.identity(), Some("mallory@corp.example"));
@@ -514,6 +531,7 @@ fn a_fetch_job_step_by_step() {
             max_message_size: c.max_message_size,
             max_line_length: c.max_line_length,
             max_job_view_bytes: c.max_job_view_bytes,
+            encrypt_append: c.encrypt_append,
         };
         c = Arc::new(fresh);
         let mut s = with_identity(&c);
@@ -829,8 +847,9 @@ fn r2_preauth_append_literal_cannot_pick_the_identity() {
         client_text(&out)
     );
     assert_eq!(up, "c LOGIN victim@corp.example junk\r\n");
-    // After login, a rejected APPEND line's literal is never sent unasked either.
-    let mut s = logged_in_as_mallory();
+    // After login, a rejected APPEND line's literal is never sent unasked either:
+    // streamed, it waits for upstream's `+`...
+    let mut s = streaming_mallory();
     let hidden = b"x SELECT Other\r\n";
     let mut input = format!("a APPEND INBOX \"junk\" {{{}+}}\r\n", hidden.len()).into_bytes();
     input.extend_from_slice(hidden);
@@ -842,6 +861,15 @@ fn r2_preauth_append_literal_cannot_pick_the_identity() {
         upstream_text(&out),
         "z NOOP\r\n",
         "the literal was read and dropped"
+    );
+    // ...read whole to be sealed, it does not decode and sealpost refuses it.
+    let mut s = logged_in_as_mallory();
+    let out = s.on_client(&input);
+    assert_eq!(upstream_text(&out), "z NOOP\r\n");
+    assert!(
+        client_text(&out).starts_with("a BAD APPEND with a literal"),
+        "{}",
+        client_text(&out)
     );
 }
 
@@ -994,7 +1022,7 @@ fn empty_brace_literals_are_literals_and_a_plus_belongs_to_one_command() {
 /// A command that waits for `+` goes up only when nothing else is in flight.
 #[test]
 fn a_command_waiting_for_a_plus_goes_up_alone() {
-    let mut s = logged_in_as_mallory();
+    let mut s = streaming_mallory();
     let out = s.on_client(b"n1 NOOP\r\nc1 CREATE {3}\r\n");
     assert_eq!(upstream_text(&out), "n1 NOOP\r\n");
     let out = s.on_client(b"Box\r\n");
@@ -1017,7 +1045,7 @@ fn a_command_waiting_for_a_plus_goes_up_alone() {
 /// command without a `+` for the next literal; the session must not wait for one.
 #[test]
 fn an_append_answered_before_its_next_message_does_not_hang() {
-    let mut s = logged_in_as_mallory();
+    let mut s = streaming_mallory();
     s.on_client(b"a APPEND INBOX {3}\r\n");
     s.on_upstream(b"+ OK\r\n");
     s.on_client(b"abc");
@@ -1028,11 +1056,116 @@ fn an_append_answered_before_its_next_message_does_not_hang() {
         " {4}\r\nb NOOP\r\n",
         "wxyz dropped, b relayed"
     );
-    let mut s = logged_in_as_mallory();
+    let mut s = streaming_mallory();
     s.on_client(b"a APPEND INBOX {3}\r\n");
     s.on_upstream(b"+ OK\r\n");
     s.on_client(b"abc");
     s.on_upstream(b"a NO [OVERQUOTA] Quota exceeded\r\n");
     let out = s.on_client(b" {4}\r\nb NOOP\r\n");
     assert_eq!(upstream_text(&out), " {4}\r\nb NOOP\r\n");
+}
+
+// ----- encrypted APPEND (issue 10) ---------------------------------------------
+
+fn seal_request(outs: &[Output]) -> Option<&SealRequest> {
+    outs.iter().find_map(|o| match o {
+        Output::Seal(r) => Some(r),
+        _ => None,
+    })
+}
+
+/// An APPEND is read whole (sealpost answers the `+`), sealed off the protocol task,
+/// and goes up with the sealed message's size; commands after it wait their turn.
+#[test]
+fn an_append_is_sealed_before_it_goes_up() {
+    let mut s = logged_in_as_mallory();
+    let out = s.on_client(b"a1 APPEND Sent (\\Seen) {5}\r\n");
+    assert_eq!(client_text(&out), "+ Ready for literal data\r\n");
+    assert_eq!(upstream_text(&out), "");
+    let out = s.on_client(b"hello\r\nn1 NOOP\r\n");
+    let req = seal_request(&out).expect("a seal request");
+    assert_eq!(req.tag, "a1");
+    assert_eq!(req.identity, "mallory@corp.example");
+    assert_eq!(req.message, b"hello");
+    assert_eq!(
+        upstream_text(&out),
+        "",
+        "nothing goes up before the sealed copy"
+    );
+    let out = s.on_sealed("a1", Ok(b"SEALED!".to_vec()));
+    assert_eq!(upstream_text(&out), "a1 APPEND Sent (\\Seen) {7}\r\n");
+    let out = s.on_upstream(b"+ OK\r\n");
+    // Once the APPEND is wholly upstream, the client's pipeline goes on.
+    assert_eq!(upstream_text(&out), "SEALED!\r\nn1 NOOP\r\n");
+    let out = s.on_upstream(b"a1 OK [APPENDUID 7 12] Append completed.\r\n");
+    assert_eq!(
+        client_text(&out),
+        "a1 OK [APPENDUID 7 12] Append completed.\r\n"
+    );
+}
+
+/// Encryption that fails stores nothing and says why; the session goes on.
+#[test]
+fn an_append_that_cannot_be_sealed_is_refused_and_nothing_is_stored() {
+    let mut s = logged_in_as_mallory();
+    s.on_client(b"a1 APPEND Drafts {2+}\r\nhi\r\nn1 NOOP\r\n");
+    let out = s.on_sealed("a1", Err("no usable encryption key".into()));
+    assert!(
+        client_text(&out).starts_with("a1 NO [CANNOT] Not stored: the message could not be encrypted (no usable encryption key)"),
+        "{}",
+        client_text(&out)
+    );
+    assert_eq!(upstream_text(&out), "n1 NOOP\r\n");
+    // A late or foreign answer changes nothing.
+    let out = s.on_sealed("zz", Ok(b"x".to_vec()));
+    assert!(out.is_empty());
+}
+
+/// `sent-drafts`: only mailboxes LIST marks \Sent or \Drafts (or named so) are sealed;
+/// MULTIAPPEND is not offered while APPENDs are sealed.
+#[test]
+fn sent_drafts_seals_only_those_mailboxes() {
+    let mut s = logged_in_as_mallory_in(gateway_with(crate::config::EncryptAppend::SentDrafts));
+    s.on_client(b"l1 LIST \"\" \"*\"\r\n");
+    let out = s.on_upstream(
+        b"* LIST (\\HasNoChildren \\Drafts) \"/\" Entw&APw-rfe\r\n* LIST (\\HasNoChildren) \"/\" Archive\r\nl1 OK done\r\n",
+    );
+    assert!(client_text(&out).contains("Archive"));
+    // Relayed as it comes: no seal request.
+    let out = s.on_client(b"a1 APPEND Archive {2+}\r\nhi\r\n");
+    assert!(seal_request(&out).is_none());
+    assert_eq!(upstream_text(&out), "a1 APPEND Archive {2}\r\n");
+    s.on_upstream(b"+ OK\r\na1 OK done\r\n");
+    let out = s.on_client(b"a2 APPEND Entw&APw-rfe {2+}\r\nhi\r\n");
+    assert!(seal_request(&out).is_some(), "the \\Drafts mailbox");
+    s.on_sealed("a2", Ok(b"xx".to_vec()));
+    s.on_upstream(b"+ OK\r\na2 OK done\r\n");
+    let out = s.on_client(b"a3 APPEND \"Sent Items\" {2+}\r\nhi\r\n");
+    assert!(seal_request(&out).is_some(), "named like Sent");
+    s.on_sealed("a3", Ok(b"xx".to_vec()));
+    s.on_upstream(b"+ OK\r\na3 OK done\r\n");
+    let out = s.on_client(b"c1 CAPABILITY\r\n");
+    assert_eq!(upstream_text(&out), "c1 CAPABILITY\r\n");
+    let out = s.on_upstream(b"* CAPABILITY IMAP4rev1 MULTIAPPEND LITERAL+ IDLE\r\nc1 OK\r\n");
+    assert!(client_text(&out).starts_with("* CAPABILITY IMAP4rev1 LITERAL+ IDLE\r\n"));
+}
+
+/// An APPEND over the literal limit is refused as before; without an identity nothing
+/// is sealed (there is no key to seal to).
+#[test]
+fn appends_without_identity_or_over_the_limit_are_not_sealed() {
+    let mut s = logged_in_as_mallory();
+    let out = s.on_client(b"a1 APPEND Sent {99999999}\r\n");
+    assert!(
+        client_text(&out).starts_with("a1 NO [TOOBIG]"),
+        "{}",
+        client_text(&out)
+    );
+    let mut s = Session::new(ctx(), true, true);
+    s.on_upstream(b"* OK ready\r\n");
+    s.on_client(b"m1 LOGIN nobody pw\r\n");
+    s.on_upstream(b"m1 OK logged in\r\n");
+    let out = s.on_client(b"a1 APPEND Sent {2+}\r\nhi\r\n");
+    assert!(seal_request(&out).is_none());
+    assert_eq!(upstream_text(&out), "a1 APPEND Sent {2}\r\n");
 }

@@ -8,6 +8,7 @@
 
 mod decrypt;
 pub mod protect;
+pub mod stored;
 mod unwrap;
 
 pub use decrypt::{decrypt_bytes, DecryptError, Decrypted, SignatureStatus};
@@ -198,7 +199,7 @@ pub fn encrypt_message(
     // `HP-Outer` copy of each field left outside. The body follows it unchanged.
     // `protected-headers="v1"` beside `hp="cipher"`: what Thunderbird, Enigmail and
     // K-9 read to show the real Subject.
-    const MARKERS: &[u8] = b"; hp=\"cipher\"; protected-headers=\"v1\"";
+    const MARKERS: &[u8] = protect::MARKERS;
     let mut inner = Vec::with_capacity(2 * header.len() + 512);
     let mut has_content_type = false;
     for f in fields.iter().filter(|f| is_content(f)) {
@@ -235,31 +236,37 @@ pub fn encrypt_message(
             continue;
         }
         mime::push_line(&mut inner, f.raw);
-        let shown: std::borrow::Cow<'_, [u8]> = if f.is("Subject") {
-            format!("Subject: {}\r\n", protect::OBSCURED_SUBJECT)
-                .into_bytes()
-                .into()
-        } else if protect::kept_outside(f) {
-            f.raw.into()
-        } else {
-            continue;
-        };
-        mime::push_line(&mut outer, &shown);
-    }
-    if req.protect_headers {
-        for line in mime::fields(&outer) {
-            inner.extend_from_slice(b"HP-Outer: ");
-            mime::push_line(&mut inner, line.raw);
+        if let Some(shown) = protect::outer_copy(f) {
+            mime::push_line(&mut outer, &shown);
         }
     }
+    if req.protect_headers {
+        protect::push_hp_outer(&mut inner, &outer);
+    }
     inner.extend_from_slice(b"\r\n");
+    let outer = [req.extra_outer, &outer].concat();
+    pgp_mime(
+        &outer,
+        &[&inner, body],
+        req.recipients,
+        req.signer,
+        req.boundary,
+    )
+}
 
+/// The RFC 3156 §4 message: `outer` header fields, then `multipart/encrypted` with the
+/// pieces of `plaintext` encrypted (and signed by `signer`) to `recipients`.
+pub(crate) fn pgp_mime(
+    outer: &[u8],
+    plaintext: &[&[u8]],
+    recipients: &[Cert],
+    signer: Option<&KeyPair>,
+    b: &str,
+) -> Result<Vec<u8>, PgpError> {
     // Armor grows the data by 4/3 plus line ends; reserve once.
-    let estimate = (inner.len() + body.len()) * 14 / 10 + header.len() + 2048;
-    let mut out = Vec::with_capacity(estimate);
-    out.extend_from_slice(req.extra_outer);
-    out.extend_from_slice(&outer);
-    let b = req.boundary;
+    let size: usize = plaintext.iter().map(|p| p.len()).sum();
+    let mut out = Vec::with_capacity(size * 14 / 10 + outer.len() + 2048);
+    out.extend_from_slice(outer);
     out.extend_from_slice(
         format!(
             "MIME-Version: 1.0\r\n\
@@ -286,9 +293,9 @@ pub fn encrypt_message(
             out: &mut out,
             prev: 0,
         },
-        &[&inner, body],
-        req.recipients,
-        req.signer,
+        plaintext,
+        recipients,
+        signer,
     )?;
     if !out.ends_with(b"\r\n") {
         out.extend_from_slice(b"\r\n");

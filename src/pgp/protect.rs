@@ -88,6 +88,38 @@ pub fn is_content_field(f: &Field<'_>) -> bool {
     f.name.len() >= 8 && f.name[..8].eq_ignore_ascii_case("Content-")
 }
 
+/// The Content-Type parameters sealpost adds to a payload it protects: RFC 9788's, and
+/// `protected-headers="v1"`, what Thunderbird, Enigmail and K-9 read to show the real
+/// Subject.
+pub const MARKERS: &[u8] = b"; hp=\"cipher\"; protected-headers=\"v1\"";
+
+/// What of an outer field stays outside a protected message: the field itself when
+/// transport needs it, the obscured Subject, or nothing.
+pub fn outer_copy<'f>(f: &Field<'f>) -> Option<std::borrow::Cow<'f, [u8]>> {
+    if f.is("Subject") {
+        Some(
+            format!("Subject: {OBSCURED_SUBJECT}\r\n")
+                .into_bytes()
+                .into(),
+        )
+    } else if kept_outside(f) {
+        Some(f.raw.into())
+    } else {
+        None
+    }
+}
+
+/// RFC 9788 §2.2: an `HP-Outer` field inside for each field of `outer`, so a reader
+/// knows what the outside showed. Returns how many were written.
+pub fn push_hp_outer(inner: &mut Vec<u8>, outer: &[u8]) -> usize {
+    let fields = mime::fields(outer);
+    for f in &fields {
+        inner.extend_from_slice(b"HP-Outer: ");
+        mime::push_line(inner, f.raw);
+    }
+    fields.len()
+}
+
 /// How the payload says its header fields are protected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scheme {

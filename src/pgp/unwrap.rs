@@ -12,6 +12,7 @@ use super::protect::{self, from_address, is_content_field};
 use crate::mime;
 use crate::trust::Believed;
 use mail_parser::MimeHeaders;
+use openpgp::cert::Cert;
 use openpgp::crypto::KeyPair;
 use sequoia_openpgp as openpgp;
 
@@ -85,8 +86,15 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// Computes the view of a stored message.
-pub fn view_of(raw: &[u8], keys: &[KeyPair], certs: &[&Believed], max_size: usize) -> View {
+/// Computes the view of a stored message for the identity whose certificate is `own`
+/// (its own sealed copies, see [`super::stored`], are shown as they were written).
+pub fn view_of(
+    raw: &[u8],
+    keys: &[KeyPair],
+    certs: &[&Believed],
+    own: Option<&Cert>,
+    max_size: usize,
+) -> View {
     let stripped = mime::without_fields(raw, &[STATUS_HEADER]);
     let Some(payload) = encrypted_payload(&stripped) else {
         return View {
@@ -155,6 +163,26 @@ pub fn view_of(raw: &[u8], keys: &[KeyPair], certs: &[&Believed], max_size: usiz
         .into_iter()
         .filter(|f| !f.is(STATUS_HEADER))
         .collect();
+    if inner
+        .last()
+        .is_some_and(|f| f.is(super::stored::STORED_FIELD))
+    {
+        // One of the identity's own copies: the original, when its own key signed it.
+        let own_signed = matches!(
+            (&decrypted.signature, own),
+            (SignatureStatus::Good { fingerprint, .. }, Some(c)) if *fingerprint == c.fingerprint().to_hex()
+        );
+        if let Some(original) = own_signed
+            .then(|| super::stored::unseal(&inner_plain))
+            .flatten()
+        {
+            return View {
+                bytes: original,
+                kind: ViewKind::Decrypted(decrypted.signature),
+                gossip: Vec::new(),
+            };
+        }
+    }
     let scheme = protect::scheme_of(&inner);
     let merged = protect::merge(&outer, &inner, scheme, decrypted.signature);
     out.extend_from_slice(&merged.header);
@@ -196,7 +224,7 @@ fn push_status(out: &mut Vec<u8>, signature: &SignatureStatus, unproven_from: Op
 mod tests {
     use super::*;
     use crate::keys::tests::make_cert;
-    use openpgp::cert::{Cert, CertBuilder};
+    use openpgp::cert::CertBuilder;
     use openpgp::policy::StandardPolicy;
 
     fn keypairs(cert: &Cert) -> Vec<KeyPair> {
@@ -247,7 +275,7 @@ mod tests {
         )
         .unwrap();
         let alice_b = Believed::for_all_user_ids(alice.clone());
-        let view = view_of(&enc, &keypairs(&bob), &[&alice_b], 1 << 20);
+        let view = view_of(&enc, &keypairs(&bob), &[&alice_b], None, 1 << 20);
         let text = String::from_utf8(view.bytes.clone()).unwrap();
         assert!(text.contains("Subject: Real subject\r\n"), "{text}");
         assert!(!text.contains("Subject: ..."), "{text}");
@@ -277,14 +305,14 @@ mod tests {
         )
         .unwrap();
         let bob_b = Believed::for_all_user_ids(bob.clone());
-        let view = view_of(&forged, &keypairs(&bob), &[&bob_b], 1 << 20);
+        let view = view_of(&forged, &keypairs(&bob), &[&bob_b], None, 1 << 20);
         let text = String::from_utf8(view.bytes).unwrap();
         assert!(
             text.contains("Sealpost-Decrypted: yes; signature=not-from-sender; signer="),
             "{text}"
         );
         // Without the signer's certificate the signature is of an unknown key.
-        let view = view_of(&enc, &keypairs(&bob), &[], 1 << 20);
+        let view = view_of(&enc, &keypairs(&bob), &[], None, 1 << 20);
         assert!(matches!(
             view.kind,
             ViewKind::Decrypted(SignatureStatus::UnknownKey { .. })
@@ -307,13 +335,13 @@ mod tests {
             &[],
         )
         .unwrap();
-        let view = view_of(&enc, &keypairs(&bob), &[], 1 << 20);
+        let view = view_of(&enc, &keypairs(&bob), &[], None, 1 << 20);
         assert_eq!(view.bytes, enc);
         // Known by its type, not by sequoia's wording.
         assert_eq!(view.kind, ViewKind::Undecryptable("no key".into()));
 
         let forged = b"Subject: x\r\nSealpost-Decrypted: yes; signature=good\r\n\r\nhi\r\n";
-        let view = view_of(forged, &keypairs(&bob), &[], 1 << 20);
+        let view = view_of(forged, &keypairs(&bob), &[], None, 1 << 20);
         assert_eq!(view.bytes, b"Subject: x\r\n\r\nhi\r\n");
         assert_eq!(view.kind, ViewKind::Plain);
     }
@@ -339,7 +367,7 @@ mod tests {
         let pos = start + (text[start..].find("-----END").unwrap()) / 2;
         let mut bytes = enc.clone();
         bytes[pos] = if bytes[pos] == b'A' { b'B' } else { b'A' };
-        let view = view_of(&bytes, &keypairs(&bob), &[], 1 << 20);
+        let view = view_of(&bytes, &keypairs(&bob), &[], None, 1 << 20);
         assert!(
             matches!(view.kind, ViewKind::Undecryptable(_)),
             "{:?}",

@@ -246,3 +246,59 @@ fn sent_drafts_leaves_other_mailboxes_alone_and_off_stores_as_sent() {
         DRAFT.as_bytes()
     );
 }
+
+#[test]
+fn imaplib_and_curl_store_sealed_copies() {
+    let env = Env::new("");
+    let mut c = env.client();
+    c.command_ok("CREATE Sent");
+    // python imaplib (synchronizing literal), over implicit TLS.
+    let script = r#"
+import imaplib, ssl, sys
+port, ca, user, pw, path = sys.argv[1:6]
+c = imaplib.IMAP4_SSL("127.0.0.1", int(port), ssl_context=ssl.create_default_context(cafile=ca))
+c.login(user, pw)
+typ, data = c.append("Sent", "(\\Seen)", None, open(path, "rb").read())
+print(typ, data[0].decode())
+c.logout()
+"#;
+    let dir = common::tempdir();
+    let path = dir.path().join("draft.eml");
+    std::fs::write(&path, DRAFT).unwrap();
+    let out = common::run_python_ok(
+        script,
+        &[
+            &env.proxy.imaps_port.to_string(),
+            env.ca.ca_pem.to_str().unwrap(),
+            USER,
+            PASS,
+            path.to_str().unwrap(),
+        ],
+    );
+    assert!(out.starts_with("OK "), "{out}");
+    let uid = appenduid(&out);
+    // curl's IMAP upload (APPEND with a literal).
+    let curl = std::process::Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(&env.ca.ca_pem)
+        .args(["-u", &format!("{USER}:{PASS}"), "-T"])
+        .arg(&path)
+        .arg(format!("imaps://127.0.0.1:{}/Sent", env.proxy.imaps_port))
+        .output()
+        .expect("run curl");
+    assert!(
+        curl.status.success(),
+        "{}",
+        String::from_utf8_lossy(&curl.stderr)
+    );
+    c.command_ok("SELECT Sent");
+    let raw = c.command_ok("UID FETCH 1:* (UID BODY.PEEK[])");
+    let list = parse_fetches(&raw);
+    assert_eq!(list.len(), 2);
+    for f in &list {
+        assert_eq!(f.get("BODY[]").unwrap(), DRAFT.as_bytes());
+        let stored = env.stored("Sent", f.uid().unwrap());
+        assert!(!String::from_utf8_lossy(&stored).contains("Lisbon"));
+    }
+    assert!(list.iter().any(|f| f.uid() == Some(uid)));
+}

@@ -18,6 +18,8 @@ use tokio::sync::watch;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
+    #[error("seal: {message}")]
+    Seal { message: String },
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
     #[error(transparent)]
@@ -371,4 +373,67 @@ pub async fn check(config: &Config) -> Vec<CheckLine> {
         }
     }
     lines
+}
+
+/// `sealpost seal`'s arguments (see [`crate::imap::seal`]).
+pub struct SealArgs {
+    pub login: String,
+    pub password: String,
+    pub mailboxes: Vec<String>,
+    /// IMAP date.
+    pub before: Option<String>,
+    pub dry_run: bool,
+}
+
+/// Seals the mailboxes of the identity whose login is `args.login`, at its account's
+/// IMAP server.
+pub async fn seal(
+    config: &Config,
+    args: SealArgs,
+    progress: &mut dyn FnMut(&str),
+) -> Result<crate::imap::seal::Summary, AppError> {
+    let bad = |message: String| AppError::Seal { message };
+    let id = config
+        .identities
+        .iter()
+        .find(|i| {
+            i.login
+                .as_deref()
+                .unwrap_or(&i.address)
+                .eq_ignore_ascii_case(&args.login)
+        })
+        .ok_or_else(|| {
+            bad(format!(
+                "no [[identity]] has the login {}: sealing needs that identity's key",
+                args.login
+            ))
+        })?;
+    let loaded = keys::load_identity(id)?;
+    let account = config.identity_account(id);
+    let imap = config
+        .accounts
+        .iter()
+        .find(|a| a.name == account)
+        .and_then(|a| a.imap.as_ref())
+        .ok_or_else(|| bad(format!("account {account} has no [account.imap] server")))?;
+    let (host, port) = split_host_port(&imap.upstream).map_err(bad)?;
+    let upstream = ImapUpstream {
+        host,
+        port,
+        security: imap.upstream_security,
+        tls: tls::client_config(config.keys.extra_ca.as_deref())?,
+        timeout: config.limits.upstream_timeout(),
+    };
+    let job = crate::imap::seal::SealJob {
+        identity: &loaded,
+        login: args.login,
+        password: args.password,
+        mailboxes: args.mailboxes,
+        before: args.before,
+        dry_run: args.dry_run,
+        max_message_size: config.limits.max_message_size,
+    };
+    crate::imap::seal::run(&upstream, &job, progress)
+        .await
+        .map_err(|e| bad(crate::error_chain(&e)))
 }

@@ -89,6 +89,10 @@ const COVERAGE: &[(&str, Covered)] = &[
     ("sealpost keys list --config sealpost.toml", Covered::Here),
     ("sealpost check --config sealpost.toml", Covered::Here),
     ("sealpost run --config sealpost.toml", Covered::Here),
+    (
+        "SEALPOST_PASSWORD=yourpassword sealpost seal --config sealpost.toml --login you@example.com --mailbox INBOX --mailbox Sent --dry-run",
+        Covered::Here,
+    ),
     ("sealpost keys lookup bob@example.org", Covered::Here),
     ("sealpost keys import FILE...", Covered::Here),
     ("sealpost keys list", Covered::Mention),
@@ -194,6 +198,7 @@ fn every_readme_command_runs() {
     let d = dir.path();
     let mut opts = ProxyOptions::new(sink.port);
     opts.imap_upstream = Some((dovecot.imaps_port, "tls"));
+    opts.alice_login = "alice@example.com".into();
     let (smtp, imap) = ((free_port(), free_port()), (free_port(), free_port()));
     let written = Proxy::write_config_imap(d, ca, &opts, smtp, imap);
     assert_eq!(written, d.join("sealpost.toml"));
@@ -277,6 +282,21 @@ fn every_readme_command_runs() {
     let out = ok(&sh(d, &generate_row, &gnupg), &generate_row);
     assert!(out.contains("you@example.org"), "{out}");
     assert!(d.join("gen/you_example.org.sec.asc").exists());
+
+    // `sealpost seal --dry-run`, for the config's identity at the test Dovecot.
+    dovecot.append(
+        "alice@example.com",
+        "alicepw",
+        "INBOX",
+        b"From: bob@example.org\r\nSubject: plain\r\n\r\nhello\r\n",
+        &[],
+    );
+    let _ = dovecot.session("alice@example.com", "alicepw").command("CREATE Sent");
+    let seal = find(&commands, "SEALPOST_PASSWORD=yourpassword sealpost seal")
+        .replace("yourpassword", "alicepw")
+        .replace("you@example.com", "alice@example.com");
+    let out = ok(&sh(d, &seal, &gnupg), &seal);
+    assert!(out.contains("would seal 1, already encrypted 0"), "{out}");
 
     // `sealpost run`: it listens on the config's ports and exits 0 on SIGTERM.
     let run = find(&commands, "sealpost run --config");

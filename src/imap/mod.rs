@@ -3,8 +3,10 @@
 
 pub mod cache;
 pub mod caps;
+pub mod client;
 pub mod fetch;
 pub mod framer;
+pub mod seal;
 pub mod server;
 pub mod session;
 

@@ -12,7 +12,7 @@ pub mod stored;
 mod unwrap;
 
 pub use decrypt::{decrypt_bytes, DecryptError, Decrypted, SignatureStatus};
-pub use unwrap::{view_of, View, ViewKind, STATUS_HEADER};
+pub use unwrap::{own_copy, view_of, View, ViewKind, STATUS_HEADER};
 
 use crate::mime;
 use openpgp::cert::Cert;

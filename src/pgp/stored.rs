@@ -61,8 +61,10 @@ pub fn seal(
     }
     let n = protect::push_hp_outer(&mut inner, &outer);
     let ct = if kept { "kept" } else { "added" };
+    let digest = digest(&raw);
     inner.extend_from_slice(
-        format!("{STORED_FIELD}: v1; content-type={ct}; hp-outer={n}\r\n\r\n").as_bytes(),
+        format!("{STORED_FIELD}: v1; content-type={ct}; hp-outer={n}; sha256={digest}\r\n\r\n")
+            .as_bytes(),
     );
     super::pgp_mime(
         &outer,
@@ -71,6 +73,26 @@ pub fn seal(
         signer,
         boundary,
     )
+}
+
+/// SHA-256 of a message (as CRLF text), hex: names the original inside its sealed
+/// copy, so `sealpost seal` recognises copies it already made and `unseal` checks
+/// that it gives back exactly the original.
+pub fn digest(message: &[u8]) -> String {
+    use sha2::Digest;
+    let hash = sha2::Sha256::digest(mime::to_crlf(message).as_ref());
+    hash.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The digest of the original that a payload [`seal`] made records.
+pub fn stored_digest(payload: &[u8]) -> Option<String> {
+    let (header, _) = mime::split_message(payload);
+    let fields = mime::fields(header);
+    let stored = fields.last().filter(|f| f.is(STORED_FIELD))?;
+    stored
+        .value()
+        .split(';')
+        .find_map(|p| p.trim().strip_prefix("sha256=").map(str::to_string))
 }
 
 /// The original message of a payload [`seal`] made, or `None` when `payload` is not
@@ -87,11 +109,12 @@ pub fn unseal(payload: &[u8]) -> Option<Vec<u8>> {
     if params.next()? != "v1" {
         return None;
     }
-    let (mut ct, mut n) = (None, None);
+    let (mut ct, mut n, mut sha) = (None, None, None);
     for p in params {
         match p.split_once('=')? {
             ("content-type", v) => ct = Some(v == "kept"),
             ("hp-outer", v) => n = v.parse::<usize>().ok(),
+            ("sha256", v) => sha = Some(v.to_string()),
             _ => return None,
         }
     }
@@ -123,6 +146,10 @@ pub fn unseal(payload: &[u8]) -> Option<Vec<u8>> {
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
+    // A recorded digest must match: what comes back is exactly what was sealed.
+    if sha.is_some_and(|d| d != digest(&out)) {
+        return None;
+    }
     Some(out)
 }
 

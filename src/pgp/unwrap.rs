@@ -86,6 +86,23 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
+/// The original of one of the identity's own sealed copies (see [`super::stored`]):
+/// decrypted with `keys`, signed by `own`, and unsealed to the bytes it records. `None`
+/// for any other message.
+pub fn own_copy(raw: &[u8], keys: &[KeyPair], own: &Cert, max_size: usize) -> Option<Vec<u8>> {
+    let Encrypted::PgpMime(ciphertext) = encrypted_payload(raw)? else {
+        return None;
+    };
+    let me = Believed::for_all_user_ids(own.clone());
+    let d = decrypt_bytes(&ciphertext, keys, &[&me], max_size).ok()?;
+    match &d.signature {
+        SignatureStatus::Good { fingerprint, .. } if *fingerprint == own.fingerprint().to_hex() => {
+            super::stored::unseal(&mime::to_crlf(&d.plaintext))
+        }
+        _ => None,
+    }
+}
+
 /// Computes the view of a stored message for the identity whose certificate is `own`
 /// (its own sealed copies, see [`super::stored`], are shown as they were written).
 pub fn view_of(

@@ -1,0 +1,199 @@
+//! A small IMAP client for sealpost's own work at the provider (`sealpost seal`): one
+//! command at a time, commands built and encoded with imap-codec (so names, passwords
+//! and messages are quoted or sent as literals as the grammar needs), responses framed
+//! with the proxy's [`Framer`] and decoded with imap-codec.
+
+use super::framer::{Frame, Framer};
+use super::server::{connect_upstream, ImapUpstream};
+use crate::smtp::upstream::Io;
+use imap_codec::decode::Decoder;
+use imap_codec::encode::{Encoder, Fragment};
+use imap_codec::{CommandCodec, ResponseCodec};
+use imap_types::command::{Command, CommandBody};
+use imap_types::core::Tag;
+use imap_types::response::{Code, Response, Status, StatusKind};
+use imap_types::IntoStatic;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the IMAP server: {0}")]
+    Connect(#[source] std::io::Error),
+    #[error("connection to the IMAP server failed: {0}")]
+    Io(#[source] std::io::Error),
+    #[error("the IMAP server did not answer within {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("the IMAP server closed the connection")]
+    Closed,
+    #[error("the IMAP server sent a response sealpost cannot read: {0}")]
+    Protocol(String),
+    #[error("cannot build the command: {0}")]
+    Command(String),
+}
+
+/// The completion of one command and the untagged responses before it.
+pub struct Reply {
+    pub kind: StatusKind,
+    pub code: Option<Code<'static>>,
+    /// The tagged line as sent, for messages to the user (never contains secrets:
+    /// servers do not echo passwords).
+    pub text: String,
+    pub untagged: Vec<Response<'static>>,
+}
+
+impl Reply {
+    pub fn ok(&self) -> bool {
+        self.kind == StatusKind::Ok
+    }
+}
+
+pub struct Client {
+    io: Box<dyn Io>,
+    framer: Framer,
+    next_tag: u64,
+    timeout: std::time::Duration,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    /// Connects (TLS, STARTTLS or plain as configured) and reads the greeting.
+    pub async fn connect(up: &ImapUpstream, max_message: usize) -> Result<Client, ClientError> {
+        let (io, greeting) = connect_upstream(up).await.map_err(ClientError::Connect)?;
+        let mut c = Client {
+            io,
+            framer: Framer::new(1 << 20, max_message + (1 << 20)),
+            next_tag: 0,
+            timeout: up.timeout,
+            buf: vec![0; 64 * 1024],
+        };
+        if greeting.is_empty() {
+            // TLS or plain: the greeting comes from the server.
+            let line = c.read_message().await?;
+            if !line.starts_with(b"* OK") && !line.starts_with(b"* PREAUTH") {
+                return Err(ClientError::Protocol(
+                    String::from_utf8_lossy(&line).trim_end().to_string(),
+                ));
+            }
+        }
+        Ok(c)
+    }
+
+    /// One complete server message (a line with its literals).
+    async fn read_message(&mut self) -> Result<Vec<u8>, ClientError> {
+        loop {
+            while let Some(frame) = self.framer.next_frame() {
+                if matches!(frame, Frame::Overlong { .. }) {
+                    return Err(ClientError::Protocol("a response line is too long".into()));
+                }
+                if self.framer.message_complete() {
+                    return self
+                        .framer
+                        .message()
+                        .map(<[u8]>::to_vec)
+                        .ok_or_else(|| ClientError::Protocol("a response is too large".into()));
+                }
+            }
+            let n = tokio::time::timeout(self.timeout, self.io.read(&mut self.buf))
+                .await
+                .map_err(|_| ClientError::Timeout(self.timeout))?
+                .map_err(ClientError::Io)?;
+            if n == 0 {
+                return Err(ClientError::Closed);
+            }
+            self.framer.push(&self.buf[..n]);
+        }
+    }
+
+    /// Sends `body` and collects responses until its tagged completion. Literals wait
+    /// for the server's `+` (RFC 3501 §7.5).
+    pub async fn run(&mut self, body: CommandBody<'_>) -> Result<Reply, ClientError> {
+        self.next_tag += 1;
+        let tag_text = format!("s{}", self.next_tag);
+        let tag =
+            Tag::try_from(tag_text.as_str()).map_err(|e| ClientError::Command(e.to_string()))?;
+        let command = Command { tag, body };
+        let mut untagged = Vec::new();
+        let fragments: Vec<Fragment> = CommandCodec::default().encode(&command).collect();
+        for fragment in fragments {
+            match fragment {
+                Fragment::Line { data } => self.write(&data).await?,
+                Fragment::Literal { data, .. } => {
+                    // Announced by the line before: wait for the go-ahead.
+                    loop {
+                        let msg = self.read_message().await?;
+                        if msg.starts_with(b"+") {
+                            break;
+                        }
+                        if let Some(done) = take(&msg, &tag_text, &mut untagged) {
+                            return Ok(done);
+                        }
+                    }
+                    self.write(&data).await?;
+                }
+            }
+        }
+        loop {
+            let msg = self.read_message().await?;
+            if msg.starts_with(b"+") {
+                continue;
+            }
+            if let Some(done) = take(&msg, &tag_text, &mut untagged) {
+                return Ok(done);
+            }
+        }
+    }
+
+    /// A command given as text (no literals, nothing user-supplied that needs quoting).
+    pub async fn run_text(&mut self, text: &str) -> Result<Reply, ClientError> {
+        let line = format!("x {text}\r\n");
+        let (_, command) = CommandCodec::default()
+            .decode(line.as_bytes())
+            .map_err(|e| ClientError::Command(format!("{text}: {e:?}")))?;
+        self.run(command.body.into_static()).await
+    }
+
+    async fn write(&mut self, data: &[u8]) -> Result<(), ClientError> {
+        self.io.write_all(data).await.map_err(ClientError::Io)?;
+        self.io.flush().await.map_err(ClientError::Io)
+    }
+}
+
+/// Files one server message: the completion of `tag` ends the command; an untagged
+/// response joins `untagged` (one imap-codec cannot read is left out: nothing sealpost
+/// asks for is in it).
+fn take(msg: &[u8], tag: &str, untagged: &mut Vec<Response<'static>>) -> Option<Reply> {
+    match ResponseCodec::default().decode(msg) {
+        Ok((_, Response::Status(Status::Tagged(t)))) if t.tag.as_ref() == tag => Some(Reply {
+            kind: t.body.kind,
+            code: t.body.code.map(IntoStatic::into_static),
+            text: text_of(msg),
+            untagged: std::mem::take(untagged),
+        }),
+        Ok((_, r)) => {
+            untagged.push(r.into_static());
+            None
+        }
+        Err(_) => {
+            // A completion imap-codec cannot read still completes the command; it
+            // counts as a failure unless it says OK.
+            let line = text_of(msg);
+            let rest = line.strip_prefix(tag)?.strip_prefix(' ')?;
+            let kind = if rest.to_ascii_uppercase().starts_with("OK") {
+                StatusKind::Ok
+            } else {
+                StatusKind::No
+            };
+            Some(Reply {
+                kind,
+                code: None,
+                text: line,
+                untagged: std::mem::take(untagged),
+            })
+        }
+    }
+}
+
+fn text_of(msg: &[u8]) -> String {
+    let line = msg.split(|&b| b == b'\n').next().unwrap_or_default();
+    String::from_utf8_lossy(line).trim_end().to_string()
+}

@@ -1,0 +1,414 @@
+//! `sealpost seal`: the mail already stored at the provider, converted into sealed
+//! copies (see [`crate::pgp::stored`]) that only the identity's key opens.
+//!
+//! Nothing may be lost, so each message goes through the same steps, and the original
+//! is removed only at the end: fetch it; seal it; APPEND the copy with the same flags
+//! and INTERNALDATE; fetch the copy back by its APPENDUID (RFC 4315) and check that it
+//! opens to exactly the original bytes; only then mark the original `\Deleted` and
+//! remove it with `UID EXPUNGE` of that one UID (never a plain EXPUNGE, which would also
+//! remove what the user marked deleted). A server without UIDPLUS is refused.
+//!
+//! A run stopped anywhere (killed, connection cut, quota full) leaves each message as it
+//! was, or as it was plus a verified copy. Every copy records the SHA-256 of its
+//! original, so the next run first opens the copies already in the mailbox and, for an
+//! original whose copy exists, only finishes the removal: nothing is copied twice.
+
+use super::client::{Client, ClientError, Reply};
+use super::server::ImapUpstream;
+use crate::keys::LoadedIdentity;
+use imap_types::command::CommandBody;
+use imap_types::core::Vec1;
+use imap_types::fetch::MessageDataItem;
+use imap_types::flag::{Flag, FlagFetch};
+use imap_types::response::{Code, Data, Response};
+use std::collections::HashMap;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SealError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("login as {login} refused by the server: {reply}")]
+    Login { login: String, reply: String },
+    #[error("the server does not offer UIDPLUS (RFC 4315); without it sealpost cannot remove exactly the one original it copied, so it changes nothing")]
+    NoUidPlus,
+    #[error("the server refused to store a sealed copy in {mailbox} ({reply}); the originals are untouched. About {needed} more bytes of quota are needed to seal the rest")]
+    Quota {
+        mailbox: String,
+        reply: String,
+        needed: u64,
+    },
+}
+
+/// What to seal.
+pub struct SealJob<'a> {
+    pub identity: &'a LoadedIdentity,
+    pub login: String,
+    pub password: String,
+    pub mailboxes: Vec<String>,
+    /// Only messages stored before this day (IMAP date, e.g. `1-Feb-2026`).
+    pub before: Option<String>,
+    pub dry_run: bool,
+    pub max_message_size: usize,
+}
+
+/// What a run did, per mailbox and in all.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// Messages replaced by a verified sealed copy (with `dry_run`: that would be).
+    pub sealed: usize,
+    /// Messages already encrypted (sealed copies included), left as they are.
+    pub already_encrypted: usize,
+    /// Originals of copies an earlier run made, now removed.
+    pub finished: usize,
+    /// Messages left as they were, with the reason.
+    pub failed: Vec<String>,
+}
+
+impl Summary {
+    fn add(&mut self, other: &Summary) {
+        self.sealed += other.sealed;
+        self.already_encrypted += other.already_encrypted;
+        self.finished += other.finished;
+        self.failed.extend(other.failed.iter().cloned());
+    }
+}
+
+/// One message as fetched.
+struct Stored {
+    uid: u32,
+    flags: Vec<Flag<'static>>,
+    date: Option<imap_types::datetime::DateTime>,
+    raw: Vec<u8>,
+}
+
+/// Seals the job's mailboxes; `progress` gets one line per step worth telling.
+pub async fn run(
+    up: &ImapUpstream,
+    job: &SealJob<'_>,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Summary, SealError> {
+    let mut c = Client::connect(up, job.max_message_size).await?;
+    let login = CommandBody::login(job.login.as_str(), job.password.as_str())
+        .map_err(|e| ClientError::Command(format!("login name or password: {e:?}")))?;
+    let r = c.run(login).await?;
+    if !r.ok() {
+        return Err(SealError::Login {
+            login: job.login.clone(),
+            reply: r.text,
+        });
+    }
+    let caps = c.run_text("CAPABILITY").await?;
+    let uidplus = caps.untagged.iter().any(|r| {
+        matches!(r, Response::Data(Data::Capability(list))
+            if list.as_ref().iter().any(|c| c.to_string().eq_ignore_ascii_case("UIDPLUS")))
+    });
+    if !uidplus {
+        return Err(SealError::NoUidPlus);
+    }
+    let mut total = Summary::default();
+    for mailbox in &job.mailboxes {
+        let s = seal_mailbox(&mut c, job, mailbox, progress).await?;
+        progress(&format!(
+            "{mailbox}: {} sealed, {} already encrypted, {} finished from an earlier run, {} failed",
+            s.sealed,
+            s.already_encrypted,
+            s.finished,
+            s.failed.len()
+        ));
+        total.add(&s);
+    }
+    let _ = c.run_text("LOGOUT").await;
+    Ok(total)
+}
+
+async fn seal_mailbox(
+    c: &mut Client,
+    job: &SealJob<'_>,
+    mailbox: &str,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Summary, SealError> {
+    let mut summary = Summary::default();
+    let select = CommandBody::select(mailbox)
+        .map_err(|e| ClientError::Command(format!("mailbox {mailbox:?}: {e:?}")))?;
+    let r = c.run(select).await?;
+    if !r.ok() {
+        summary
+            .failed
+            .push(format!("{mailbox}: cannot select it ({})", r.text));
+        return Ok(summary);
+    }
+    let range = match &job.before {
+        Some(d) => format!("BEFORE {d}"),
+        None => "ALL".into(),
+    };
+    let all = search(c, &format!("UID SEARCH {range}")).await?;
+    let encrypted = search(
+        c,
+        &format!("UID SEARCH {range} HEADER Content-Type \"multipart/encrypted\""),
+    )
+    .await?;
+    // The copies already here, by the digest of their originals.
+    let mut copies: HashMap<String, u32> = HashMap::new();
+    for batch in encrypted.chunks(20) {
+        for m in fetch(c, batch).await? {
+            summary.already_encrypted += 1;
+            if let Some(original) = own_copy(job, &m.raw) {
+                copies.insert(crate::pgp::stored::digest(&original), m.uid);
+            }
+        }
+    }
+    let plain: Vec<u32> = all
+        .iter()
+        .copied()
+        .filter(|u| !encrypted.contains(u))
+        .collect();
+    let sizes = sizes(c, &plain).await?;
+    let mut left: u64 = sizes.values().sum();
+    let mut done = 0usize;
+    for batch in plain.chunks(20) {
+        for m in fetch(c, batch).await? {
+            left = left.saturating_sub(sizes.get(&m.uid).copied().unwrap_or(0));
+            if crate::pgp::is_encrypted(&m.raw) {
+                summary.already_encrypted += 1;
+                continue;
+            }
+            let digest = crate::pgp::stored::digest(&m.raw);
+            if copies.contains_key(&digest) {
+                // An earlier run made and verified the copy: only the removal is left.
+                if !job.dry_run {
+                    remove(c, m.uid).await?;
+                }
+                summary.finished += 1;
+                continue;
+            }
+            if job.dry_run {
+                summary.sealed += 1;
+                continue;
+            }
+            match seal_one(c, job, mailbox, &m).await? {
+                Ok(()) => {
+                    summary.sealed += 1;
+                    copies.insert(digest, m.uid);
+                }
+                Err(Refused::Quota(reply)) => {
+                    return Err(SealError::Quota {
+                        mailbox: mailbox.to_string(),
+                        reply,
+                        // Armor makes a copy about 4/3 of its original, plus headers.
+                        needed: (left + m.raw.len() as u64) * 14 / 10,
+                    });
+                }
+                Err(Refused::Other(why)) => summary
+                    .failed
+                    .push(format!("{mailbox} UID {}: {why}", m.uid)),
+            }
+            done += 1;
+            if done.is_multiple_of(50) {
+                progress(&format!("{mailbox}: {done} of {} sealed", plain.len()));
+            }
+        }
+    }
+    Ok(summary)
+}
+
+/// An IMAP date (RFC 3501 `date`, `1-Feb-2026`) from `YYYY-MM-DD`.
+pub fn imap_date(day: &str) -> Result<String, String> {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let err = || format!("{day:?} is not a date: use YYYY-MM-DD, e.g. 2026-02-01");
+    let mut parts = day.split('-');
+    let (Some(y), Some(m), Some(d), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(err());
+    };
+    let (y, m, d): (u32, usize, u32) = (
+        y.parse().map_err(|_| err())?,
+        m.parse().map_err(|_| err())?,
+        d.parse().map_err(|_| err())?,
+    );
+    if y < 1900 || !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return Err(err());
+    }
+    Ok(format!("{d}-{}-{y}", MONTHS[m - 1]))
+}
+
+enum Refused {
+    Quota(String),
+    Other(String),
+}
+
+/// Copies, verifies, then removes one message. `Ok(Err(_))`: left as it was.
+async fn seal_one(
+    c: &mut Client,
+    job: &SealJob<'_>,
+    mailbox: &str,
+    m: &Stored,
+) -> Result<Result<(), Refused>, SealError> {
+    let id = job.identity;
+    let boundary = crate::pgp::random_boundary();
+    let sealed = match crate::pgp::stored::seal(&m.raw, &id.cert, id.signer.as_ref(), &boundary) {
+        Ok(s) => s,
+        Err(e) => return Ok(Err(Refused::Other(format!("cannot encrypt: {e}")))),
+    };
+    let literal = imap_types::core::Literal::try_from(sealed.as_slice())
+        .map_err(|e| ClientError::Command(format!("sealed message: {e:?}")))?;
+    let append = CommandBody::append(mailbox, m.flags.clone(), m.date.clone(), literal)
+        .map_err(|e| ClientError::Command(format!("APPEND to {mailbox:?}: {e:?}")))?;
+    let r = c.run(append).await?;
+    if !r.ok() {
+        let quota = matches!(&r.code, Some(Code::Other(o)) if o.inner().eq_ignore_ascii_case(b"OVERQUOTA".as_slice()))
+            || r.text.to_ascii_lowercase().contains("quota");
+        return Ok(Err(if quota {
+            Refused::Quota(r.text)
+        } else {
+            Refused::Other(format!("the server refused the copy: {}", r.text))
+        }));
+    }
+    let Some(copy) = append_uid(&r) else {
+        return Ok(Err(Refused::Other(
+            "the server gave no APPENDUID for the copy; original kept".into(),
+        )));
+    };
+    // The copy, as the server stores it, must open to exactly the original.
+    let back = fetch(c, &[copy]).await?;
+    let verified = back
+        .first()
+        .and_then(|b| own_copy(job, &b.raw))
+        .is_some_and(|original| original == m.raw);
+    if !verified {
+        return Ok(Err(Refused::Other(format!(
+            "the stored copy (UID {copy}) did not open to the original; original kept"
+        ))));
+    }
+    remove(c, m.uid).await?;
+    Ok(Ok(()))
+}
+
+fn own_copy(job: &SealJob<'_>, raw: &[u8]) -> Option<Vec<u8>> {
+    let id = job.identity;
+    crate::pgp::own_copy(raw, &id.decryptors, &id.cert, job.max_message_size)
+}
+
+fn append_uid(r: &Reply) -> Option<u32> {
+    match &r.code {
+        Some(Code::AppendUid { uid, .. }) => Some(uid.get()),
+        _ => None,
+    }
+}
+
+/// Marks one UID `\Deleted` and expunges that UID alone (RFC 4315 §2.1).
+async fn remove(c: &mut Client, uid: u32) -> Result<(), SealError> {
+    for cmd in [
+        format!("UID STORE {uid} +FLAGS.SILENT (\\Deleted)"),
+        format!("UID EXPUNGE {uid}"),
+    ] {
+        let r = c.run_text(&cmd).await?;
+        if !r.ok() {
+            return Err(ClientError::Protocol(format!("{cmd}: {}", r.text)).into());
+        }
+    }
+    Ok(())
+}
+
+async fn search(c: &mut Client, command: &str) -> Result<Vec<u32>, SealError> {
+    let r = c.run_text(command).await?;
+    if !r.ok() {
+        return Err(ClientError::Protocol(format!("{command}: {}", r.text)).into());
+    }
+    let mut uids: Vec<u32> = r
+        .untagged
+        .iter()
+        .filter_map(|r| match r {
+            Response::Data(Data::Search(list, ..)) => Some(list.iter().map(|n| n.get())),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    uids.sort_unstable();
+    Ok(uids)
+}
+
+fn uid_set(uids: &[u32]) -> String {
+    uids.iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+async fn sizes(c: &mut Client, uids: &[u32]) -> Result<HashMap<u32, u64>, SealError> {
+    let mut out = HashMap::new();
+    for batch in uids.chunks(500) {
+        let r = c
+            .run_text(&format!("UID FETCH {} (UID RFC822.SIZE)", uid_set(batch)))
+            .await?;
+        for resp in &r.untagged {
+            if let Response::Data(Data::Fetch { items, .. }) = resp {
+                let (mut uid, mut size) = (None, None);
+                for item in items.as_ref() {
+                    match item {
+                        MessageDataItem::Uid(u) => uid = Some(u.get()),
+                        MessageDataItem::Rfc822Size(s) => size = Some(*s as u64),
+                        _ => {}
+                    }
+                }
+                if let (Some(u), Some(s)) = (uid, size) {
+                    out.insert(u, s);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+async fn fetch(c: &mut Client, uids: &[u32]) -> Result<Vec<Stored>, SealError> {
+    if uids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let cmd = format!(
+        "UID FETCH {} (UID FLAGS INTERNALDATE BODY.PEEK[])",
+        uid_set(uids)
+    );
+    let r = c.run_text(&cmd).await?;
+    if !r.ok() {
+        return Err(ClientError::Protocol(format!("{cmd}: {}", r.text)).into());
+    }
+    let mut out = Vec::new();
+    for resp in r.untagged {
+        let Response::Data(Data::Fetch { items, .. }) = resp else {
+            continue;
+        };
+        let items: Vec1<MessageDataItem<'static>> = items;
+        let mut m = Stored {
+            uid: 0,
+            flags: Vec::new(),
+            date: None,
+            raw: Vec::new(),
+        };
+        for item in items.into_iter() {
+            match item {
+                MessageDataItem::Uid(u) => m.uid = u.get(),
+                MessageDataItem::Flags(f) => {
+                    // \Recent belongs to the session, not the message.
+                    m.flags = f
+                        .into_iter()
+                        .filter_map(|f| match f {
+                            FlagFetch::Flag(f) => Some(f),
+                            FlagFetch::Recent => None,
+                        })
+                        .collect();
+                }
+                MessageDataItem::InternalDate(d) => m.date = Some(d),
+                MessageDataItem::BodyExt { data, .. } => {
+                    m.raw = data.0.map(|d| d.as_ref().to_vec()).unwrap_or_default()
+                }
+                _ => {}
+            }
+        }
+        if m.uid != 0 && uids.contains(&m.uid) {
+            out.push(m);
+        }
+    }
+    Ok(out)
+}

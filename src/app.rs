@@ -383,6 +383,8 @@ pub struct SealArgs {
     /// IMAP date.
     pub before: Option<String>,
     pub dry_run: bool,
+    /// `sealpost unseal`.
+    pub unseal: bool,
 }
 
 /// Seals the mailboxes of the identity whose login is `args.login`, at its account's
@@ -432,6 +434,7 @@ pub async fn seal(
         before: args.before,
         dry_run: args.dry_run,
         max_message_size: config.limits.max_message_size,
+        unseal: args.unseal,
     };
     crate::imap::seal::run(&upstream, &job, progress)
         .await

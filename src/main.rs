@@ -34,28 +34,34 @@ enum Command {
     Check,
     /// Replace the plain mail stored in mailboxes by sealed copies only your key opens
     /// (each copy verified before its original is removed; safe to interrupt and rerun).
-    Seal {
-        /// The login of the `[[identity]]` whose mail and key these are.
-        #[arg(long)]
-        login: String,
-        /// Mailboxes to seal (repeatable).
-        #[arg(long = "mailbox", value_name = "NAME", default_value = "INBOX")]
-        mailboxes: Vec<String>,
-        /// Only messages stored before this day (YYYY-MM-DD).
-        #[arg(long, value_name = "DATE")]
-        before: Option<String>,
-        /// Say what would change, change nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// File holding the IMAP password (else the SEALPOST_PASSWORD variable).
-        #[arg(long, value_name = "FILE")]
-        password_file: Option<PathBuf>,
-    },
+    Seal(SealCli),
+    /// The reverse of `seal`: your sealed copies back to the plain originals, verified
+    /// the same way.
+    Unseal(SealCli),
     /// Manage the public key store.
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
     },
+}
+
+#[derive(clap::Args)]
+struct SealCli {
+    /// The login of the `[[identity]]` whose mail and key these are.
+    #[arg(long)]
+    login: String,
+    /// Mailboxes to work on (repeatable).
+    #[arg(long = "mailbox", value_name = "NAME", default_value = "INBOX")]
+    mailboxes: Vec<String>,
+    /// Only messages stored before this day (YYYY-MM-DD).
+    #[arg(long, value_name = "DATE")]
+    before: Option<String>,
+    /// Say what would change, change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// File holding the IMAP password (else the SEALPOST_PASSWORD variable).
+    #[arg(long, value_name = "FILE")]
+    password_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -141,55 +147,8 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
-        Command::Seal {
-            login,
-            mailboxes,
-            before,
-            dry_run,
-            password_file,
-        } => {
-            init_logging();
-            let config = Config::load(&config)?;
-            let password = match password_file {
-                Some(f) => std::fs::read_to_string(&f)
-                    .with_context(|| format!("cannot read the password file {}", f.display()))?
-                    .trim_end_matches(['\r', '\n'])
-                    .to_string(),
-                None => std::env::var("SEALPOST_PASSWORD")
-                    .context("no password: give --password-file FILE or set SEALPOST_PASSWORD")?,
-            };
-            let before = before
-                .map(|d| sealpost::imap::seal::imap_date(&d))
-                .transpose()
-                .map_err(anyhow::Error::msg)?;
-            let args = sealpost::app::SealArgs {
-                login,
-                password,
-                mailboxes,
-                before,
-                dry_run,
-            };
-            let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            let summary = rt.block_on(sealpost::app::seal(&config, args, &mut |line| {
-                println!("{line}")
-            }))?;
-            let verb = if dry_run { "would seal" } else { "sealed" };
-            println!(
-                "{verb} {}, already encrypted {}, finished from an earlier run {}, failed {}",
-                summary.sealed,
-                summary.already_encrypted,
-                summary.finished,
-                summary.failed.len()
-            );
-            for f in &summary.failed {
-                println!("failed: {f}");
-            }
-            Ok(if summary.failed.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
-        }
+        Command::Seal(args) => seal(&config, args, false),
+        Command::Unseal(args) => seal(&config, args, true),
         Command::Keys { command } => {
             let config = Config::load(&config)?;
             let store = KeyStore::open(&config.key_dir())?;
@@ -312,4 +271,61 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `sealpost seal` / `sealpost unseal`.
+fn seal(config: &std::path::Path, cli: SealCli, unseal: bool) -> anyhow::Result<ExitCode> {
+    init_logging();
+    let config = Config::load(config)?;
+    let password = match cli.password_file {
+        Some(f) => std::fs::read_to_string(&f)
+            .with_context(|| format!("cannot read the password file {}", f.display()))?
+            .trim_end_matches(['\r', '\n'])
+            .to_string(),
+        None => std::env::var("SEALPOST_PASSWORD")
+            .context("no password: give --password-file FILE or set SEALPOST_PASSWORD")?,
+    };
+    let before = cli
+        .before
+        .map(|d| sealpost::imap::seal::imap_date(&d))
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let args = sealpost::app::SealArgs {
+        login: cli.login,
+        password,
+        mailboxes: cli.mailboxes,
+        before,
+        dry_run: cli.dry_run,
+        unseal,
+    };
+    let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let summary = rt.block_on(sealpost::app::seal(&config, args, &mut |line| {
+        println!("{line}")
+    }))?;
+    let verb = match (unseal, cli.dry_run) {
+        (false, false) => "sealed",
+        (false, true) => "would seal",
+        (true, false) => "unsealed",
+        (true, true) => "would unseal",
+    };
+    let other = if unseal {
+        "other encrypted"
+    } else {
+        "already encrypted"
+    };
+    println!(
+        "{verb} {}, {other} {}, finished from an earlier run {}, failed {}",
+        summary.sealed,
+        summary.already_encrypted,
+        summary.finished,
+        summary.failed.len()
+    );
+    for f in &summary.failed {
+        println!("failed: {f}");
+    }
+    Ok(if summary.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

@@ -291,7 +291,9 @@ fn every_readme_command_runs() {
         b"From: bob@example.org\r\nSubject: plain\r\n\r\nhello\r\n",
         &[],
     );
-    let _ = dovecot.session("alice@example.com", "alicepw").command("CREATE Sent");
+    let _ = dovecot
+        .session("alice@example.com", "alicepw")
+        .command("CREATE Sent");
     let seal = find(&commands, "SEALPOST_PASSWORD=yourpassword sealpost seal")
         .replace("yourpassword", "alicepw")
         .replace("you@example.com", "alice@example.com");

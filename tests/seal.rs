@@ -166,6 +166,49 @@ fn seal_replaces_plain_mail_with_verified_copies_and_resumes_without_duplicates(
         text.contains("sealed 0, already encrypted 5, finished from an earlier run 0, failed 0"),
         "{text}"
     );
+
+    // unseal gives back the originals, byte for byte, flags and dates as they were.
+    let out = sealpost_cmd(
+        &proxy.config,
+        &[
+            "unseal",
+            "--login",
+            USER,
+            "--mailbox",
+            "INBOX",
+            "--password-file",
+            &pw,
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("unsealed 4, other encrypted 1, finished from an earlier run 0, failed 0"),
+        "{text}"
+    );
+    let restored = fetch_all(&mut d, "INBOX");
+    assert_eq!(restored.len(), 5);
+    for (n, flags, day) in [
+        (1, "\\Seen", "01"),
+        (2, "$Label1", "02"),
+        (3, "\\Deleted", "03"),
+        (5, "", "05"),
+    ] {
+        let f = restored
+            .iter()
+            .find(|f| f.get("BODY[]") == Some(plain(n).as_slice()))
+            .unwrap_or_else(|| panic!("original {n} not restored"));
+        assert!(flags.is_empty() || f.flags().unwrap().contains(&flags.to_string()));
+        let date = String::from_utf8_lossy(f.get("INTERNALDATE").unwrap()).into_owned();
+        assert!(date.starts_with(&format!("{day}-Nov-2026")), "{date}");
+    }
+    assert!(restored
+        .iter()
+        .any(|f| f.get("BODY[]") == Some(already.as_slice())));
 }
 
 #[test]

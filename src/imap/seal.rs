@@ -49,6 +49,8 @@ pub struct SealJob<'a> {
     pub before: Option<String>,
     pub dry_run: bool,
     pub max_message_size: usize,
+    /// The reverse: sealed copies back to the originals (`sealpost unseal`).
+    pub unseal: bool,
 }
 
 /// What a run did, per mailbox and in all.
@@ -107,9 +109,18 @@ pub async fn run(
     }
     let mut total = Summary::default();
     for mailbox in &job.mailboxes {
-        let s = seal_mailbox(&mut c, job, mailbox, progress).await?;
+        let s = if job.unseal {
+            unseal_mailbox(&mut c, job, mailbox).await?
+        } else {
+            seal_mailbox(&mut c, job, mailbox, progress).await?
+        };
+        let (done, other) = if job.unseal {
+            ("unsealed", "other encrypted")
+        } else {
+            ("sealed", "already encrypted")
+        };
         progress(&format!(
-            "{mailbox}: {} sealed, {} already encrypted, {} finished from an earlier run, {} failed",
+            "{mailbox}: {} {done}, {} {other}, {} finished from an earlier run, {} failed",
             s.sealed,
             s.already_encrypted,
             s.finished,
@@ -232,6 +243,101 @@ pub fn imap_date(day: &str) -> Result<String, String> {
         return Err(err());
     }
     Ok(format!("{d}-{}-{y}", MONTHS[m - 1]))
+}
+
+/// The reverse of [`seal_mailbox`], with the same care: each of the identity's own
+/// copies gives back its original, stored with the copy's flags and INTERNALDATE and
+/// fetched back byte for byte before the copy is removed. An original already there
+/// (an interrupted run) only has its copy removed. In the summary, `sealed` counts the
+/// messages unsealed and `already_encrypted` the encrypted messages that are not the
+/// identity's own copies (left alone).
+async fn unseal_mailbox(
+    c: &mut Client,
+    job: &SealJob<'_>,
+    mailbox: &str,
+) -> Result<Summary, SealError> {
+    let mut summary = Summary::default();
+    let select = CommandBody::select(mailbox)
+        .map_err(|e| ClientError::Command(format!("mailbox {mailbox:?}: {e:?}")))?;
+    let r = c.run(select).await?;
+    if !r.ok() {
+        summary
+            .failed
+            .push(format!("{mailbox}: cannot select it ({})", r.text));
+        return Ok(summary);
+    }
+    let range = match &job.before {
+        Some(d) => format!("BEFORE {d}"),
+        None => "ALL".into(),
+    };
+    let all = search(c, &format!("UID SEARCH {range}")).await?;
+    let encrypted = search(
+        c,
+        &format!("UID SEARCH {range} HEADER Content-Type \"multipart/encrypted\""),
+    )
+    .await?;
+    let plain: Vec<u32> = all
+        .iter()
+        .copied()
+        .filter(|u| !encrypted.contains(u))
+        .collect();
+    let mut originals = std::collections::HashSet::new();
+    for batch in plain.chunks(20) {
+        for m in fetch(c, batch).await? {
+            if crate::pgp::is_encrypted(&m.raw) {
+                summary.already_encrypted += 1;
+            }
+            originals.insert(crate::pgp::stored::digest(&m.raw));
+        }
+    }
+    for batch in encrypted.chunks(20) {
+        for m in fetch(c, batch).await? {
+            let Some(original) = own_copy(job, &m.raw) else {
+                summary.already_encrypted += 1;
+                continue;
+            };
+            let digest = crate::pgp::stored::digest(&original);
+            if originals.contains(&digest) {
+                if !job.dry_run {
+                    remove(c, m.uid).await?;
+                }
+                summary.finished += 1;
+                continue;
+            }
+            if job.dry_run {
+                summary.sealed += 1;
+                continue;
+            }
+            let literal = imap_types::core::Literal::try_from(original.as_slice())
+                .map_err(|e| ClientError::Command(format!("original message: {e:?}")))?;
+            let append = CommandBody::append(mailbox, m.flags.clone(), m.date.clone(), literal)
+                .map_err(|e| ClientError::Command(format!("APPEND to {mailbox:?}: {e:?}")))?;
+            let r = c.run(append).await?;
+            let Some(uid) = append_uid(&r).filter(|_| r.ok()) else {
+                summary.failed.push(format!(
+                    "{mailbox} UID {}: the server did not store the original ({}); copy kept",
+                    m.uid, r.text
+                ));
+                continue;
+            };
+            let back = fetch(c, &[uid]).await?;
+            if back
+                .first()
+                .map(|b| crate::mime::to_crlf(&b.raw).into_owned())
+                != Some(crate::mime::to_crlf(&original).into_owned())
+            {
+                summary.failed.push(format!(
+                    "{mailbox} UID {}: the stored original (UID {uid}) differs; copy kept",
+                    m.uid
+                ));
+                continue;
+            }
+            remove(c, m.uid).await?;
+            originals.insert(digest);
+            summary.sealed += 1;
+        }
+    }
+    Ok(summary)
 }
 
 enum Refused {

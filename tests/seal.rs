@@ -237,3 +237,35 @@ fn a_server_without_uidplus_is_left_untouched() {
     assert_eq!(after.len(), 1);
     assert_eq!(after[0].get("BODY[]").unwrap(), plain(1).as_slice());
 }
+
+#[test]
+fn a_full_quota_stops_the_run_and_leaves_the_originals() {
+    let ca = TestCa::shared();
+    let quota = "mail_plugins = $mail_plugins quota\nprotocol imap {\n  mail_plugins = $mail_plugins quota imap_quota\n}\nplugin {\n  quota = maildir:User quota\n  quota_rule = *:storage=2K\n}\n";
+    let dovecot = Dovecot::start_with(ca, &[(USER, PASS)], quota);
+    let mut d = dovecot.session(USER, PASS);
+    appended(&mut d, &plain(1), "\\Seen", "01-Nov-2026 09:00:00 +0000");
+    appended(&mut d, &plain(2), "", "02-Nov-2026 09:00:00 +0000");
+    let mut opts = ProxyOptions::new(1);
+    opts.imap_upstream = Some((dovecot.imaps_port, "tls"));
+    opts.alice_login = USER.into();
+    let proxy = Proxy::start(ca, &opts);
+    let pw = password_file(proxy.dir.path());
+    let out = sealpost_cmd(
+        &proxy.config,
+        &["seal", "--login", USER, "--password-file", &pw],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the originals are untouched") && err.contains("bytes of quota"),
+        "{err}"
+    );
+    let after = fetch_all(&mut d, "INBOX");
+    assert_eq!(after.len(), 2);
+    for n in [1, 2] {
+        assert!(after
+            .iter()
+            .any(|f| f.get("BODY[]") == Some(plain(n).as_slice())));
+    }
+}

@@ -269,3 +269,64 @@ fn a_full_quota_stops_the_run_and_leaves_the_originals() {
             .any(|f| f.get("BODY[]") == Some(plain(n).as_slice())));
     }
 }
+
+/// Killed at random points (four seeds), then run to the end: every message once.
+#[test]
+fn a_run_killed_anywhere_and_resumed_loses_and_duplicates_nothing() {
+    use rand::{Rng, SeedableRng};
+    let ca = TestCa::shared();
+    let dovecot = Dovecot::start(ca, &[(USER, PASS)]);
+    let mut d = dovecot.session(USER, PASS);
+    let messages: Vec<Vec<u8>> = (1..=24)
+        .map(|n| {
+            format!("From: Bob <bob@example.org>\r\nTo: alice@example.com\r\nSubject: Note {n}\r\nMessage-ID: <k{n}@example.org>\r\n\r\nLine {n} of the plan.\r\n")
+                .into_bytes()
+        })
+        .collect();
+    for m in &messages {
+        appended(&mut d, m, "\\Seen", "01-Nov-2026 09:00:00 +0000");
+    }
+    let mut opts = ProxyOptions::new(1);
+    opts.imap_upstream = Some((dovecot.imaps_port, "tls"));
+    opts.alice_login = USER.into();
+    let proxy = Proxy::start(ca, &opts);
+    let pw = password_file(proxy.dir.path());
+    let args = ["seal", "--login", USER, "--password-file", &pw, "--config"];
+    for seed in 1..=4u64 {
+        let delay = rand::rngs::StdRng::seed_from_u64(seed).random_range(30..500);
+        let mut child = std::process::Command::new(common::proxy::sealpost_bin())
+            .args(args)
+            .arg(&proxy.config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let out = sealpost_cmd(
+        &proxy.config,
+        &["seal", "--login", USER, "--password-file", &pw],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let at_provider = fetch_all(&mut d, "INBOX");
+    assert_eq!(at_provider.len(), messages.len(), "{text}");
+    for f in &at_provider {
+        assert!(!String::from_utf8_lossy(f.get("BODY[]").unwrap()).contains("of the plan"));
+    }
+    let mut c = RawImap::connect_login(proxy.imap_port, "starttls", Some(&ca.ca_pem), USER, PASS);
+    let through = fetch_all(&mut c, "INBOX");
+    for m in &messages {
+        let n = through
+            .iter()
+            .filter(|f| f.get("BODY[]") == Some(m.as_slice()))
+            .count();
+        assert_eq!(n, 1, "{}", String::from_utf8_lossy(m));
+    }
+}

@@ -302,3 +302,31 @@ c.logout()
     }
     assert!(list.iter().any(|f| f.uid() == Some(uid)));
 }
+
+#[test]
+fn a_multiappend_stores_every_message_sealed() {
+    let env = Env::new("");
+    let mut c = env.client();
+    let other = DRAFT.replace("payable in March", "second offer");
+    let mut cmd = format!("m1 APPEND Sent (\\Seen) {{{}+}}\r\n", DRAFT.len()).into_bytes();
+    cmd.extend_from_slice(DRAFT.as_bytes());
+    cmd.extend_from_slice(format!(" (\\Flagged) {{{}+}}\r\n", other.len()).as_bytes());
+    cmd.extend_from_slice(other.as_bytes());
+    cmd.extend_from_slice(b"\r\n");
+    c.send_raw(&cmd);
+    let r = c.read_until_tagged("m1");
+    assert!(r.is_ok(), "{}\n{}", r.tagged_text(), env.proxy.log());
+    c.command_ok("SELECT Sent");
+    let raw = c.command_ok("UID FETCH 1:* (UID FLAGS BODY.PEEK[])");
+    let list = parse_fetches(&raw);
+    assert_eq!(list.len(), 2);
+    for (f, want, flag) in [
+        (&list[0], DRAFT, "\\Seen"),
+        (&list[1], other.as_str(), "\\Flagged"),
+    ] {
+        assert_eq!(f.get("BODY[]").unwrap(), want.as_bytes());
+        assert!(f.flags().unwrap().contains(&flag.to_string()));
+        let stored = env.stored("Sent", f.uid().unwrap());
+        assert!(!String::from_utf8_lossy(&stored).contains("Lisbon"));
+    }
+}

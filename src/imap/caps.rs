@@ -55,8 +55,6 @@ pub struct Local {
     pub starttls: bool,
     /// Plaintext login is not allowed yet (RFC 3501 §6.2.3).
     pub login_disabled: bool,
-    /// APPENDs are sealed one message at a time: MULTIAPPEND (RFC 3502) is not offered.
-    pub sealing_appends: bool,
 }
 
 /// Filters a list of capability atoms.
@@ -66,9 +64,6 @@ pub fn filter_list(caps: &[&str], local: Local) -> Vec<String> {
         .filter(|c| !c.is_empty() && !removed(c))
         .map(|c| c.to_string())
         .collect();
-    if local.sealing_appends {
-        out.retain(|c| !c.eq_ignore_ascii_case("MULTIAPPEND"));
-    }
     if local.starttls {
         out.push("STARTTLS".into());
     }
@@ -156,7 +151,6 @@ mod tests {
     const NONE: Local = Local {
         starttls: false,
         login_disabled: false,
-        sealing_appends: false,
     };
 
     fn filter_line(line: &[u8], local: Local) -> Vec<u8> {
@@ -180,7 +174,6 @@ mod tests {
             Local {
                 starttls: true,
                 login_disabled: true,
-                sealing_appends: false,
             },
         );
         let s = String::from_utf8(out).unwrap();

@@ -206,7 +206,7 @@ async fn handle(
         tokio::sync::mpsc::unbounded_channel::<(String, u32, Vec<u8>, crate::pgp::View)>();
     // Sealed APPEND messages come back the same way: (tag, sealed message or why not).
     let (sealed_tx, mut sealed_rx) =
-        tokio::sync::mpsc::unbounded_channel::<(String, Result<Vec<u8>, String>)>();
+        tokio::sync::mpsc::unbounded_channel::<(String, usize, Result<Vec<u8>, String>)>();
     let mut outputs = Vec::new();
     if !greeting.is_empty() {
         outputs = session.on_upstream(&greeting);
@@ -256,14 +256,14 @@ async fn handle(
                         let Ok(_permit) = ctx.decrypt_slots.clone().acquire_owned().await else {
                             return;
                         };
-                        let tag = req.tag.clone();
+                        let (tag, index) = (req.tag.clone(), req.index);
                         let sealed = tokio::task::spawn_blocking(move || {
                             ctx.seal(&req.identity, &req.message)
                                 .map_err(|e| e.to_string())
                         })
                         .await
                         .unwrap_or_else(|e| Err(format!("encryption task failed: {e}")));
-                        let _ = tx.send((tag, sealed));
+                        let _ = tx.send((tag, index, sealed));
                     });
                 }
                 Output::Close => {
@@ -310,8 +310,8 @@ async fn handle(
             Some((job, uid, raw, view)) = views_rx.recv() => {
                 outputs = session.on_view(&job, uid, &raw, view);
             }
-            Some((tag, sealed)) = sealed_rx.recv() => {
-                outputs = session.on_sealed(&tag, sealed);
+            Some((tag, index, sealed)) = sealed_rx.recv() => {
+                outputs = session.on_sealed(&tag, index, sealed);
             }
             _ = shutdown.changed(), if !*shutdown.borrow() => {}
         }

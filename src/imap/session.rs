@@ -53,20 +53,27 @@ pub enum Output {
 pub struct SealRequest {
     /// The APPEND's tag.
     pub tag: String,
+    /// Which message of the APPEND (MULTIAPPEND, RFC 3502, has several).
+    pub index: usize,
     pub identity: String,
     pub message: Vec<u8>,
 }
 
-/// An APPEND whose message is being sealed: the command around the message literal.
+/// An APPEND whose messages are being sealed, and the command around them.
 #[derive(Debug)]
 struct Sealing {
     tag: String,
-    /// The command up to the message literal's announcement (included).
-    prefix: Vec<u8>,
-    /// What follows the message literal (the line end).
-    suffix: Vec<u8>,
-    /// Earlier literals' offsets in `prefix` (a mailbox name sent as a literal).
-    splits: Vec<usize>,
+    /// The command's text before each message: `texts[i]` ends with the announcement
+    /// of message `i`'s literal. The first also holds the mailbox, which may itself be
+    /// a literal (at `first_splits`).
+    texts: Vec<Vec<u8>>,
+    first_splits: Vec<usize>,
+    /// Each message as it goes up; `None` while it is being sealed.
+    messages: Vec<Option<Vec<u8>>>,
+    /// What follows the last message (the line end).
+    tail: Vec<u8>,
+    /// Why a message could not be sealed (then nothing is stored).
+    failed: Option<String>,
 }
 
 /// The IMAP state of the conversation (RFC 3501 §3). `identity` is the address whose
@@ -271,7 +278,6 @@ impl Session {
         Local {
             starttls: !self.tls,
             login_disabled: !self.tls && !self.plaintext_ok,
-            sealing_appends: self.ctx.encrypt_append != EncryptAppend::Off,
         }
     }
 
@@ -766,7 +772,15 @@ impl Session {
         let has_literal = !splits.is_empty();
         let command = match CommandCodec::default().decode(&msg) {
             Ok((_, command)) => command.into_static(),
-            Err(_) => return self.on_unparsed(tag, msg, has_literal),
+            Err(_) => {
+                let sealed_multi = self.seals_appends()
+                    && command_head(&msg).is_some_and(|(_, n)| n == "APPEND")
+                    && self.multiappend(&tag, &msg, &splits);
+                if !sealed_multi {
+                    self.on_unparsed(tag, msg, has_literal);
+                }
+                return;
+            }
         };
         let continues = has_literal
             || matches!(
@@ -948,64 +962,191 @@ impl Session {
         else {
             return self.relay_segments(tag, Pending::Relayed, &msg, &splits);
         };
-        let (Some(identity), LiteralOrLiteral8::Literal(literal), Some((&at, earlier))) =
-            (self.phase.identity().cloned(), message, splits.split_last())
+        let (LiteralOrLiteral8::Literal(literal), Some((&at, earlier))) =
+            (message, splits.split_last())
         else {
             return self.relay_segments(tag, Pending::Relayed, &msg, &splits);
         };
         let data = literal.data();
         let end = at + data.len();
-        if !self.seals_into(mailbox)
-            || msg.get(at..end) != Some(data)
-            || crate::pgp::is_fully_encrypted(data)
-        {
+        if !self.seals_into(mailbox) || msg.get(at..end) != Some(data) {
             return self.relay_segments(tag, Pending::Relayed, &msg, &splits);
         }
-        self.out.push(Output::Seal(SealRequest {
-            tag: tag.clone(),
-            identity,
-            message: data.to_vec(),
-        }));
-        self.sealing = Some(Sealing {
+        let sealing = Sealing {
             tag,
-            prefix: msg[..at].to_vec(),
-            suffix: msg[end..].to_vec(),
-            splits: earlier.to_vec(),
-        });
+            texts: vec![msg[..at].to_vec()],
+            first_splits: earlier.to_vec(),
+            messages: vec![Some(data.to_vec())],
+            tail: msg[end..].to_vec(),
+            failed: None,
+        };
+        self.seal(sealing, &msg, &splits);
     }
 
-    /// The sealed message asked for with [`Output::Seal`] (or why it could not be made):
-    /// the APPEND goes upstream with it in place of the client's message, or the client
-    /// gets `NO` and nothing is stored.
-    pub fn on_sealed(&mut self, tag: &str, sealed: Result<Vec<u8>, String>) -> Vec<Output> {
-        let Some(state) = self.sealing.take_if(|s| s.tag == tag) else {
+    /// A MULTIAPPEND (RFC 3502: `APPEND mailbox message *(SP message)`), which imap-codec
+    /// does not decode: each message is checked by decoding it as an APPEND of its own
+    /// (same tag and mailbox, its flags and date), then all are sealed and go up as one
+    /// command, so the server still stores all or none. `false`: not one.
+    fn multiappend(&mut self, tag: &str, msg: &[u8], splits: &[usize]) -> bool {
+        use imap_codec::encode::Encoder;
+        use imap_types::extensions::binary::LiteralOrLiteral8;
+        use imap_types::IntoStatic;
+        let Some(&first) = splits.first() else {
+            return false;
+        };
+        // Each literal's length, from its announcement (`{n}` or `{n+}`).
+        let lens: Option<Vec<usize>> = splits
+            .iter()
+            .map(|&s| crate::imap::framer::literal_announcement(&msg[..s]).map(|(n, _)| n as usize))
+            .collect();
+        let Some(lens) = lens else { return false };
+        let ends: Vec<usize> = splits.iter().zip(&lens).map(|(s, n)| s + n).collect();
+        if ends.iter().zip(splits.iter().skip(1)).any(|(e, s)| e > s)
+            || *ends.last().unwrap() > msg.len()
+        {
+            return false;
+        }
+        let decode = |bytes: &[u8]| match CommandCodec::default().decode(bytes) {
+            Ok((b"", c)) => match c.body {
+                CommandBody::Append {
+                    mailbox,
+                    message: LiteralOrLiteral8::Literal(_),
+                    ..
+                } => Some(mailbox.into_static()),
+                _ => None,
+            },
+            _ => None,
+        };
+        // The first message, with the command's head.
+        let Some(mailbox) = decode(&[&msg[..ends[0]], b"\r\n"].concat()) else {
+            return false;
+        };
+        // The head of an APPEND of that mailbox, as imap-codec writes it.
+        let Ok(probe) = CommandBody::append(mailbox.clone(), Vec::new(), None, b"x".as_slice())
+        else {
+            return false;
+        };
+        let Ok(t) = imap_types::core::Tag::try_from(tag) else {
+            return false;
+        };
+        let encoded: Vec<u8> = CommandCodec::default()
+            .encode(&Command {
+                tag: t,
+                body: probe,
+            })
+            .dump();
+        let Some(head) = encoded.strip_suffix(b"{1}\r\nx\r\n") else {
+            return false;
+        };
+        let mut texts = vec![msg[..first].to_vec()];
+        let mut messages = vec![Some(msg[first..ends[0]].to_vec())];
+        for i in 1..splits.len() {
+            let between = &msg[ends[i - 1]..splits[i]];
+            let Some(own) = between.strip_prefix(b" ") else {
+                return false;
+            };
+            let single = [head, own, &msg[splits[i]..ends[i]], b"\r\n"].concat();
+            if decode(&single).is_none() {
+                return false;
+            }
+            texts.push(between.to_vec());
+            messages.push(Some(msg[splits[i]..ends[i]].to_vec()));
+        }
+        let tail = &msg[*ends.last().unwrap()..];
+        if !matches!(tail, b"\r\n" | b"\n") || !self.seals_into(&mailbox) {
+            return false;
+        }
+        let sealing = Sealing {
+            tag: tag.to_string(),
+            texts,
+            first_splits: Vec::new(),
+            messages,
+            tail: tail.to_vec(),
+            failed: None,
+        };
+        self.seal(sealing, msg, splits);
+        true
+    }
+
+    /// Asks for every message of `sealing` that is not encrypted already to be sealed;
+    /// with none, relays the command as it came.
+    fn seal(&mut self, mut sealing: Sealing, msg: &[u8], splits: &[usize]) {
+        let Some(identity) = self.phase.identity().cloned() else {
+            return self.relay_segments(sealing.tag, Pending::Relayed, msg, splits);
+        };
+        let mut asked = false;
+        for (index, slot) in sealing.messages.iter_mut().enumerate() {
+            if slot.as_deref().is_some_and(crate::pgp::is_fully_encrypted) {
+                continue;
+            }
+            let Some(message) = slot.take() else { continue };
+            asked = true;
+            self.out.push(Output::Seal(SealRequest {
+                tag: sealing.tag.clone(),
+                index,
+                identity: identity.clone(),
+                message,
+            }));
+        }
+        if !asked {
+            return self.relay_segments(sealing.tag, Pending::Relayed, msg, splits);
+        }
+        self.sealing = Some(sealing);
+    }
+
+    /// A sealed message asked for with [`Output::Seal`] (or why it could not be made).
+    /// Once every message of the APPEND is back, the command goes upstream with them in
+    /// place of the client's, or the client gets `NO` and nothing is stored.
+    pub fn on_sealed(
+        &mut self,
+        tag: &str,
+        index: usize,
+        sealed: Result<Vec<u8>, String>,
+    ) -> Vec<Output> {
+        let Some(state) = self.sealing.as_mut().filter(|s| s.tag == tag) else {
+            return self.take();
+        };
+        let Some(slot) = state.messages.get_mut(index).filter(|m| m.is_none()) else {
             return self.take();
         };
         match sealed {
-            Ok(sealed) => {
-                // The announcement now gives the sealed size, as a synchronizing literal
-                // (RFC 3501 §7.5: it goes up after upstream's `+`).
-                let mut command = state.prefix;
-                if let Some(open) = command.iter().rposition(|&b| b == b'{') {
-                    command.truncate(open);
-                }
-                command.extend_from_slice(format!("{{{}}}\r\n", sealed.len()).as_bytes());
-                let mut splits = state.splits;
-                splits.push(command.len());
-                command.extend_from_slice(&sealed);
-                command.extend_from_slice(&state.suffix);
-                self.relay_segments(state.tag, Pending::Relayed, &command, &splits);
-            }
+            Ok(m) => *slot = Some(m),
             Err(why) => {
-                tracing::warn!(tag = %state.tag, error = %why, "APPEND refused: the message could not be encrypted");
-                self.send_client(
-                    format!(
-                        "{} NO [CANNOT] Not stored: the message could not be encrypted ({why})\r\n",
-                        state.tag
-                    )
-                    .into_bytes(),
-                );
+                // An empty message stands in; the command is refused as a whole.
+                *slot = Some(Vec::new());
+                state.failed.get_or_insert(why);
             }
+        }
+        if state.messages.iter().any(Option::is_none) {
+            return self.take();
+        }
+        let Some(state) = self.sealing.take() else {
+            return self.take();
+        };
+        if let Some(why) = state.failed {
+            tracing::warn!(tag = %state.tag, error = %why, "APPEND refused: a message could not be encrypted");
+            self.send_client(
+                format!(
+                    "{} NO [CANNOT] Not stored: the message could not be encrypted ({why})\r\n",
+                    state.tag
+                )
+                .into_bytes(),
+            );
+        } else {
+            // Each announcement now gives the size that goes up, as a synchronizing
+            // literal (RFC 3501 §7.5: sent after upstream's `+`).
+            let mut command = Vec::new();
+            let mut splits = state.first_splits;
+            for (text, message) in state.texts.iter().zip(state.messages) {
+                let message = message.unwrap_or_default();
+                let open = text.iter().rposition(|&b| b == b'{').unwrap_or(text.len());
+                command.extend_from_slice(&text[..open]);
+                command.extend_from_slice(format!("{{{}}}\r\n", message.len()).as_bytes());
+                splits.push(command.len());
+                command.extend_from_slice(&message);
+            }
+            command.extend_from_slice(&state.tail);
+            self.relay_segments(state.tag, Pending::Relayed, &command, &splits);
         }
         if !self.busy() {
             self.resume_client();

@@ -1092,7 +1092,7 @@ fn an_append_is_sealed_before_it_goes_up() {
         "",
         "nothing goes up before the sealed copy"
     );
-    let out = s.on_sealed("a1", Ok(b"SEALED!".to_vec()));
+    let out = s.on_sealed("a1", 0, Ok(b"SEALED!".to_vec()));
     assert_eq!(upstream_text(&out), "a1 APPEND Sent (\\Seen) {7}\r\n");
     let out = s.on_upstream(b"+ OK\r\n");
     // Once the APPEND is wholly upstream, the client's pipeline goes on.
@@ -1109,7 +1109,7 @@ fn an_append_is_sealed_before_it_goes_up() {
 fn an_append_that_cannot_be_sealed_is_refused_and_nothing_is_stored() {
     let mut s = logged_in_as_mallory();
     s.on_client(b"a1 APPEND Drafts {2+}\r\nhi\r\nn1 NOOP\r\n");
-    let out = s.on_sealed("a1", Err("no usable encryption key".into()));
+    let out = s.on_sealed("a1", 0, Err("no usable encryption key".into()));
     assert!(
         client_text(&out).starts_with("a1 NO [CANNOT] Not stored: the message could not be encrypted (no usable encryption key)"),
         "{}",
@@ -1117,12 +1117,12 @@ fn an_append_that_cannot_be_sealed_is_refused_and_nothing_is_stored() {
     );
     assert_eq!(upstream_text(&out), "n1 NOOP\r\n");
     // A late or foreign answer changes nothing.
-    let out = s.on_sealed("zz", Ok(b"x".to_vec()));
+    let out = s.on_sealed("zz", 0, Ok(b"x".to_vec()));
     assert!(out.is_empty());
 }
 
 /// `sent-drafts`: only mailboxes LIST marks \Sent or \Drafts (or named so) are sealed;
-/// MULTIAPPEND is not offered while APPENDs are sealed.
+/// MULTIAPPEND stays offered (see the next test).
 #[test]
 fn sent_drafts_seals_only_those_mailboxes() {
     let mut s = logged_in_as_mallory_in(gateway_with(crate::config::EncryptAppend::SentDrafts));
@@ -1138,16 +1138,66 @@ fn sent_drafts_seals_only_those_mailboxes() {
     s.on_upstream(b"+ OK\r\na1 OK done\r\n");
     let out = s.on_client(b"a2 APPEND Entw&APw-rfe {2+}\r\nhi\r\n");
     assert!(seal_request(&out).is_some(), "the \\Drafts mailbox");
-    s.on_sealed("a2", Ok(b"xx".to_vec()));
+    s.on_sealed("a2", 0, Ok(b"xx".to_vec()));
     s.on_upstream(b"+ OK\r\na2 OK done\r\n");
     let out = s.on_client(b"a3 APPEND \"Sent Items\" {2+}\r\nhi\r\n");
     assert!(seal_request(&out).is_some(), "named like Sent");
-    s.on_sealed("a3", Ok(b"xx".to_vec()));
+    s.on_sealed("a3", 0, Ok(b"xx".to_vec()));
     s.on_upstream(b"+ OK\r\na3 OK done\r\n");
     let out = s.on_client(b"c1 CAPABILITY\r\n");
     assert_eq!(upstream_text(&out), "c1 CAPABILITY\r\n");
     let out = s.on_upstream(b"* CAPABILITY IMAP4rev1 MULTIAPPEND LITERAL+ IDLE\r\nc1 OK\r\n");
-    assert!(client_text(&out).starts_with("* CAPABILITY IMAP4rev1 LITERAL+ IDLE\r\n"));
+    assert!(client_text(&out).starts_with("* CAPABILITY IMAP4rev1 MULTIAPPEND LITERAL+ IDLE\r\n"));
+}
+
+/// MULTIAPPEND (RFC 3502): every message sealed, the command goes up whole (all or
+/// none stored), each literal announced with its sealed size.
+#[test]
+fn a_multiappend_is_sealed_message_by_message_and_goes_up_as_one() {
+    let mut s = logged_in_as_mallory();
+    let out = s.on_client(
+        b"a1 APPEND Sent (\\Seen) {3+}\r\none (\\Draft) \"02-Dec-2026 10:00:00 +0000\" {3+}\r\ntwo\r\nn1 NOOP\r\n",
+    );
+    let asked: Vec<(usize, Vec<u8>)> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Seal(r) => Some((r.index, r.message.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(asked, vec![(0, b"one".to_vec()), (1, b"two".to_vec())]);
+    assert_eq!(
+        upstream_text(&s.on_sealed("a1", 1, Ok(b"SEALED-2".to_vec()))),
+        ""
+    );
+    let out = s.on_sealed("a1", 0, Ok(b"SEALED1".to_vec()));
+    assert_eq!(upstream_text(&out), "a1 APPEND Sent (\\Seen) {7}\r\n");
+    let out = s.on_upstream(b"+ OK\r\n");
+    assert_eq!(
+        upstream_text(&out),
+        "SEALED1 (\\Draft) \"02-Dec-2026 10:00:00 +0000\" {8}\r\n"
+    );
+    let out = s.on_upstream(b"+ OK\r\n");
+    assert_eq!(upstream_text(&out), "SEALED-2\r\nn1 NOOP\r\n");
+    // One message that cannot be sealed: nothing is stored.
+    s.on_upstream(b"a1 OK [APPENDUID 7 1:2] done\r\nn1 OK\r\n");
+    s.on_client(b"a2 APPEND Sent {1+}\r\nx {1+}\r\ny\r\n");
+    s.on_sealed("a2", 0, Err("no key".into()));
+    let out = s.on_sealed("a2", 1, Ok(b"z".to_vec()));
+    assert!(
+        client_text(&out).starts_with("a2 NO [CANNOT]"),
+        "{}",
+        client_text(&out)
+    );
+    assert_eq!(upstream_text(&out), "");
+    // A second message whose flags do not parse is refused whole.
+    let out = s.on_client(b"a3 APPEND Sent {1+}\r\nx (\\Bad {1+}\r\ny\r\n");
+    assert!(
+        client_text(&out).starts_with("a3 BAD"),
+        "{}",
+        client_text(&out)
+    );
+    assert_eq!(upstream_text(&out), "");
 }
 
 /// An APPEND over the literal limit is refused as before; without an identity nothing

@@ -143,6 +143,47 @@ impl Client {
         }
     }
 
+    /// Sends `body` without waiting for its completion (the caller collects it with
+    /// [`Client::finish`]): for pipelining commands whose literals are non-synchronizing
+    /// (LITERAL+, RFC 7888), so nothing needs the server's `+`. Returns the tag.
+    pub async fn send(&mut self, body: CommandBody<'_>) -> Result<String, ClientError> {
+        self.next_tag += 1;
+        let tag_text = format!("s{}", self.next_tag);
+        let tag =
+            Tag::try_from(tag_text.as_str()).map_err(|e| ClientError::Command(e.to_string()))?;
+        let mut out = Vec::new();
+        for fragment in CommandCodec::default().encode(&Command { tag, body }) {
+            match fragment {
+                Fragment::Line { data } => out.extend_from_slice(&data),
+                Fragment::Literal { data, mode } => {
+                    if mode != imap_types::core::LiteralMode::NonSync {
+                        return Err(ClientError::Command(
+                            "a pipelined command needs non-synchronizing literals".into(),
+                        ));
+                    }
+                    out.extend_from_slice(&data);
+                }
+            }
+        }
+        self.write(&out).await?;
+        Ok(tag_text)
+    }
+
+    /// The completion of a command sent with [`Client::send`]; untagged responses that
+    /// come before it are its own.
+    pub async fn finish(&mut self, tag: &str) -> Result<Reply, ClientError> {
+        let mut untagged = Vec::new();
+        loop {
+            let msg = self.read_message().await?;
+            if msg.starts_with(b"+") {
+                continue;
+            }
+            if let Some(done) = take(&msg, tag, &mut untagged) {
+                return Ok(done);
+            }
+        }
+    }
+
     /// A command given as text (no literals, nothing user-supplied that needs quoting).
     pub async fn run_text(&mut self, text: &str) -> Result<Reply, ClientError> {
         let line = format!("x {text}\r\n");

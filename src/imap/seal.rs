@@ -107,12 +107,17 @@ pub async fn run(
     if !uidplus {
         return Err(SealError::NoUidPlus);
     }
+    // RFC 7888: with LITERAL+ the APPENDs of a batch go out at once.
+    let literal_plus = caps.untagged.iter().any(|r| {
+        matches!(r, Response::Data(Data::Capability(list))
+            if list.as_ref().iter().any(|c| c.to_string().eq_ignore_ascii_case("LITERAL+")))
+    });
     let mut total = Summary::default();
     for mailbox in &job.mailboxes {
         let s = if job.unseal {
             unseal_mailbox(&mut c, job, mailbox).await?
         } else {
-            seal_mailbox(&mut c, job, mailbox, progress).await?
+            seal_mailbox(&mut c, job, mailbox, literal_plus, progress).await?
         };
         let (done, other) = if job.unseal {
             ("unsealed", "other encrypted")
@@ -136,6 +141,7 @@ async fn seal_mailbox(
     c: &mut Client,
     job: &SealJob<'_>,
     mailbox: &str,
+    literal_plus: bool,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Summary, SealError> {
     let mut summary = Summary::default();
@@ -176,7 +182,9 @@ async fn seal_mailbox(
     let sizes = sizes(c, &plain).await?;
     let mut left: u64 = sizes.values().sum();
     let mut done = 0usize;
-    for batch in plain.chunks(20) {
+    for batch in plain.chunks(BATCH) {
+        let mut remove_uids = Vec::new();
+        let mut todo = Vec::new();
         for m in fetch(c, batch).await? {
             left = left.saturating_sub(sizes.get(&m.uid).copied().unwrap_or(0));
             if crate::pgp::is_encrypted(&m.raw) {
@@ -186,9 +194,7 @@ async fn seal_mailbox(
             let digest = crate::pgp::stored::digest(&m.raw);
             if copies.contains_key(&digest) {
                 // An earlier run made and verified the copy: only the removal is left.
-                if !job.dry_run {
-                    remove(c, m.uid).await?;
-                }
+                remove_uids.push(m.uid);
                 summary.finished += 1;
                 continue;
             }
@@ -196,30 +202,153 @@ async fn seal_mailbox(
                 summary.sealed += 1;
                 continue;
             }
-            match seal_one(c, job, mailbox, &m).await? {
-                Ok(()) => {
-                    summary.sealed += 1;
-                    copies.insert(digest, m.uid);
+            todo.push((m, digest));
+        }
+        if job.dry_run {
+            continue;
+        }
+        // Sealed on every core, stored (pipelined with LITERAL+), fetched back in one
+        // command and checked; only the originals whose copies check out go.
+        let sealed = seal_all(job, &todo);
+        let stored = store_all(c, mailbox, &todo, sealed, literal_plus).await?;
+        let copy_uids: Vec<u32> = stored
+            .iter()
+            .filter_map(|s| s.as_ref().ok().copied())
+            .collect();
+        let back: HashMap<u32, Vec<u8>> = fetch(c, &copy_uids)
+            .await?
+            .into_iter()
+            .map(|m| (m.uid, m.raw))
+            .collect();
+        let mut quota = None;
+        for ((m, digest), result) in todo.into_iter().zip(stored) {
+            match result {
+                Ok(copy) => {
+                    let verified = back
+                        .get(&copy)
+                        .and_then(|raw| own_copy(job, raw))
+                        .is_some_and(|original| original == m.raw);
+                    if verified {
+                        remove_uids.push(m.uid);
+                        copies.insert(digest, copy);
+                        summary.sealed += 1;
+                    } else {
+                        summary.failed.push(format!(
+                            "{mailbox} UID {}: the stored copy (UID {copy}) did not open to the original; original kept",
+                            m.uid
+                        ));
+                    }
                 }
                 Err(Refused::Quota(reply)) => {
-                    return Err(SealError::Quota {
-                        mailbox: mailbox.to_string(),
-                        reply,
-                        // Armor makes a copy about 4/3 of its original, plus headers.
-                        needed: (left + m.raw.len() as u64) * 14 / 10,
-                    });
+                    left += m.raw.len() as u64;
+                    quota.get_or_insert(reply);
                 }
                 Err(Refused::Other(why)) => summary
                     .failed
                     .push(format!("{mailbox} UID {}: {why}", m.uid)),
             }
-            done += 1;
-            if done.is_multiple_of(50) {
-                progress(&format!("{mailbox}: {done} of {} sealed", plain.len()));
-            }
         }
+        remove(c, &remove_uids).await?;
+        if let Some(reply) = quota {
+            return Err(SealError::Quota {
+                mailbox: mailbox.to_string(),
+                reply,
+                // Armor makes a copy about 4/3 of its original, plus headers.
+                needed: left * 14 / 10,
+            });
+        }
+        done += batch.len();
+        progress(&format!("{mailbox}: {done} of {} looked at", plain.len()));
     }
     Ok(summary)
+}
+
+/// Messages per round of fetch, seal, store, verify and remove.
+const BATCH: usize = 25;
+
+/// Seals each message, on all cores.
+fn seal_all(job: &SealJob<'_>, todo: &[(Stored, String)]) -> Vec<Result<Vec<u8>, String>> {
+    let id = job.identity;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per = todo.len().div_ceil(threads).max(1);
+    let seal = |m: &Stored| {
+        let boundary = crate::pgp::random_boundary();
+        crate::pgp::stored::seal(&m.raw, &id.cert, id.signer.as_ref(), &boundary)
+            .map_err(|e| e.to_string())
+    };
+    // CPU work: the runtime's worker steps aside while the threads run.
+    tokio::task::block_in_place(|| {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = todo
+                .chunks(per)
+                .map(|chunk| {
+                    scope.spawn(move || chunk.iter().map(|(m, _)| seal(m)).collect::<Vec<_>>())
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| vec![Err("encryption failed".to_string())])
+                })
+                .collect()
+        })
+    })
+}
+
+/// APPENDs each sealed copy with its original's flags and INTERNALDATE: all sent at
+/// once with LITERAL+, else one by one. The copy's UID (APPENDUID) or why not.
+async fn store_all(
+    c: &mut Client,
+    mailbox: &str,
+    todo: &[(Stored, String)],
+    sealed: Vec<Result<Vec<u8>, String>>,
+    literal_plus: bool,
+) -> Result<Vec<Result<u32, Refused>>, SealError> {
+    let mut out: Vec<Option<Result<u32, Refused>>> = Vec::new();
+    let mut sent = Vec::new();
+    for ((m, _), sealed) in todo.iter().zip(sealed) {
+        let sealed = match sealed {
+            Ok(s) => s,
+            Err(e) => {
+                out.push(Some(Err(Refused::Other(format!("cannot encrypt: {e}")))));
+                continue;
+            }
+        };
+        let mut literal = imap_types::core::Literal::try_from(sealed)
+            .map_err(|e| ClientError::Command(format!("sealed message: {e:?}")))?;
+        if literal_plus {
+            literal = literal.into_non_sync();
+        }
+        let append = CommandBody::append(mailbox, m.flags.clone(), m.date.clone(), literal)
+            .map_err(|e| ClientError::Command(format!("APPEND to {mailbox:?}: {e:?}")))?;
+        if literal_plus {
+            sent.push((out.len(), c.send(append).await?));
+            out.push(None);
+        } else {
+            out.push(Some(appended(&c.run(append).await?)));
+        }
+    }
+    for (i, tag) in sent {
+        out[i] = Some(appended(&c.finish(&tag).await?));
+    }
+    Ok(out.into_iter().flatten().collect())
+}
+
+/// The copy's UID from an APPEND's reply, or why there is none.
+fn appended(r: &Reply) -> Result<u32, Refused> {
+    if !r.ok() {
+        let quota = matches!(&r.code, Some(Code::Other(o)) if o.inner().eq_ignore_ascii_case(b"OVERQUOTA".as_slice()))
+            || r.text.to_ascii_lowercase().contains("quota");
+        return Err(if quota {
+            Refused::Quota(r.text.clone())
+        } else {
+            Refused::Other(format!("the server refused the copy: {}", r.text))
+        });
+    }
+    append_uid(r).ok_or_else(|| {
+        Refused::Other("the server gave no APPENDUID for the copy; original kept".into())
+    })
 }
 
 /// An IMAP date (RFC 3501 `date`, `1-Feb-2026`) from `YYYY-MM-DD`.
@@ -299,7 +428,7 @@ async fn unseal_mailbox(
             let digest = crate::pgp::stored::digest(&original);
             if originals.contains(&digest) {
                 if !job.dry_run {
-                    remove(c, m.uid).await?;
+                    remove(c, &[m.uid]).await?;
                 }
                 summary.finished += 1;
                 continue;
@@ -332,7 +461,7 @@ async fn unseal_mailbox(
                 ));
                 continue;
             }
-            remove(c, m.uid).await?;
+            remove(c, &[m.uid]).await?;
             originals.insert(digest);
             summary.sealed += 1;
         }
@@ -343,53 +472,6 @@ async fn unseal_mailbox(
 enum Refused {
     Quota(String),
     Other(String),
-}
-
-/// Copies, verifies, then removes one message. `Ok(Err(_))`: left as it was.
-async fn seal_one(
-    c: &mut Client,
-    job: &SealJob<'_>,
-    mailbox: &str,
-    m: &Stored,
-) -> Result<Result<(), Refused>, SealError> {
-    let id = job.identity;
-    let boundary = crate::pgp::random_boundary();
-    let sealed = match crate::pgp::stored::seal(&m.raw, &id.cert, id.signer.as_ref(), &boundary) {
-        Ok(s) => s,
-        Err(e) => return Ok(Err(Refused::Other(format!("cannot encrypt: {e}")))),
-    };
-    let literal = imap_types::core::Literal::try_from(sealed.as_slice())
-        .map_err(|e| ClientError::Command(format!("sealed message: {e:?}")))?;
-    let append = CommandBody::append(mailbox, m.flags.clone(), m.date.clone(), literal)
-        .map_err(|e| ClientError::Command(format!("APPEND to {mailbox:?}: {e:?}")))?;
-    let r = c.run(append).await?;
-    if !r.ok() {
-        let quota = matches!(&r.code, Some(Code::Other(o)) if o.inner().eq_ignore_ascii_case(b"OVERQUOTA".as_slice()))
-            || r.text.to_ascii_lowercase().contains("quota");
-        return Ok(Err(if quota {
-            Refused::Quota(r.text)
-        } else {
-            Refused::Other(format!("the server refused the copy: {}", r.text))
-        }));
-    }
-    let Some(copy) = append_uid(&r) else {
-        return Ok(Err(Refused::Other(
-            "the server gave no APPENDUID for the copy; original kept".into(),
-        )));
-    };
-    // The copy, as the server stores it, must open to exactly the original.
-    let back = fetch(c, &[copy]).await?;
-    let verified = back
-        .first()
-        .and_then(|b| own_copy(job, &b.raw))
-        .is_some_and(|original| original == m.raw);
-    if !verified {
-        return Ok(Err(Refused::Other(format!(
-            "the stored copy (UID {copy}) did not open to the original; original kept"
-        ))));
-    }
-    remove(c, m.uid).await?;
-    Ok(Ok(()))
 }
 
 fn own_copy(job: &SealJob<'_>, raw: &[u8]) -> Option<Vec<u8>> {
@@ -404,11 +486,15 @@ fn append_uid(r: &Reply) -> Option<u32> {
     }
 }
 
-/// Marks one UID `\Deleted` and expunges that UID alone (RFC 4315 §2.1).
-async fn remove(c: &mut Client, uid: u32) -> Result<(), SealError> {
+/// Marks these UIDs `\Deleted` and expunges exactly them (RFC 4315 §2.1).
+async fn remove(c: &mut Client, uids: &[u32]) -> Result<(), SealError> {
+    if uids.is_empty() {
+        return Ok(());
+    }
+    let set = uid_set(uids);
     for cmd in [
-        format!("UID STORE {uid} +FLAGS.SILENT (\\Deleted)"),
-        format!("UID EXPUNGE {uid}"),
+        format!("UID STORE {set} +FLAGS.SILENT (\\Deleted)"),
+        format!("UID EXPUNGE {set}"),
     ] {
         let r = c.run_text(&cmd).await?;
         if !r.ok() {

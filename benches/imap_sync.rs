@@ -442,6 +442,7 @@ fn main() {
         }
     }
     partial_reads(&bin, ca, &dovecot, &opts, &mut rng);
+    seal_run(&bin, ca, &dovecot, &opts, &plain);
     drop(dovecot);
     println!("\ntotal benchmark wall time: {}", secs(t_all.elapsed()));
 }
@@ -522,5 +523,69 @@ fn partial_reads(
     println!(
         "  partial reads / one whole fetch = {:.2}",
         ch.as_secs_f64() / w.as_secs_f64()
+    );
+}
+
+/// (v) `sealpost seal` of the 1,000 plain messages in a mailbox of their own, against
+/// mbsync pulling that mailbox directly: what converting stored mail costs, compared
+/// with reading it once.
+fn seal_run(
+    bin: &std::path::Path,
+    ca: &TestCa,
+    dovecot: &Dovecot,
+    opts: &ProxyOptions,
+    plain: &[Vec<u8>],
+) {
+    for m in plain {
+        dovecot.deliver_new_to(USER, "SealMe", &lf(m));
+    }
+    assert_eq!(dovecot.uids(USER, PASS, "SealMe").len(), plain.len());
+    let direct = pull(dovecot.imaps_port, ca, "SealMe", plain.len(), 0).elapsed;
+    let proxy = BenchProxy::start(bin, ca, opts);
+    let pw = proxy.dir.path().join("password");
+    std::fs::write(&pw, PASS).unwrap();
+    let t = Instant::now();
+    let out = std::process::Command::new(bin)
+        .args([
+            "seal",
+            "--login",
+            USER,
+            "--mailbox",
+            "SealMe",
+            "--password-file",
+        ])
+        .arg(&pw)
+        .arg("--config")
+        .arg(&proxy.config)
+        .output()
+        .expect("run sealpost seal");
+    let sealed = t.elapsed();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains(&format!("sealed {}, ", plain.len())),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = pull(dovecot.imaps_port, ca, "SealMe", plain.len(), 0);
+    assert!(after
+        .messages
+        .iter()
+        .all(|m| String::from_utf8_lossy(m).contains("multipart/encrypted")));
+    println!(
+        "\n(v) `sealpost seal` of {} plain messages (fetch, seal, APPEND, fetch back, verify, \
+         UID EXPUNGE) vs an mbsync pull of the same mailbox, both IMAPS to Dovecot:",
+        plain.len()
+    );
+    println!(
+        "  mbsync pull, direct                          {}",
+        secs(direct)
+    );
+    println!(
+        "  sealpost seal                                {}",
+        secs(sealed)
+    );
+    println!(
+        "  seal / pull = {:.2}",
+        sealed.as_secs_f64() / direct.as_secs_f64()
     );
 }

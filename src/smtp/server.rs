@@ -223,7 +223,15 @@ async fn deliver(
     let outbound = svc.outbound.clone();
     let wanted = outbound.wanted_keys(envelope, &message);
     // Bounded in time: a slow key source never holds up the transaction.
-    let found = svc.discovery.keys_for(&wanted).await;
+    // Autocrypt state is the sending user's own (per identity, by login).
+    let identity = envelope.login.as_deref().and_then(|login| {
+        outbound
+            .identities
+            .iter()
+            .find(|i| i.login.eq_ignore_ascii_case(login))
+            .map(|i| i.address.clone())
+    });
+    let found = svc.discovery.keys_for(identity.as_deref(), &wanted).await;
     let env = envelope.clone();
     let size = message.len();
     // Encryption is CPU work: keep it off the I/O threads. The message moves there

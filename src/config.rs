@@ -188,6 +188,11 @@ pub struct KeysConfig {
     /// Announce `prefer-encrypt=mutual` in the Autocrypt header.
     #[serde(default)]
     pub prefer_encrypt_mutual: bool,
+    /// Look Bcc recipients up on the network too. Off by default: a WKD or key server
+    /// lookup tells the recipient's domain (and the key server) that this address got
+    /// mail, which a Bcc is meant to hide. The local store and Autocrypt still answer.
+    #[serde(default)]
+    pub lookup_bcc: bool,
 }
 
 impl Default for KeysConfig {
@@ -203,6 +208,7 @@ impl Default for KeysConfig {
             refresh_interval_secs: default_refresh(),
             autocrypt: true,
             prefer_encrypt_mutual: false,
+            lookup_bcc: false,
         }
     }
 }

@@ -95,6 +95,16 @@ pub struct Discovery {
     timeout: Duration,
     negative_ttl: Duration,
     misses: Mutex<HashMap<(KeySource, String), Instant>>,
+    lookup_bcc: bool,
+}
+
+/// A recipient whose key is wanted. A Bcc recipient (an envelope recipient not named in
+/// To or Cc) is looked up on the network only with `[keys] lookup_bcc = true`, and its
+/// address is logged at debug level only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wanted {
+    pub address: String,
+    pub bcc: bool,
 }
 
 impl Discovery {
@@ -129,6 +139,7 @@ impl Discovery {
             timeout,
             negative_ttl: Duration::from_secs(cfg.negative_cache_secs),
             misses: Mutex::new(HashMap::new()),
+            lookup_bcc: cfg.lookup_bcc,
         })
     }
 
@@ -328,19 +339,24 @@ impl Discovery {
     pub async fn keys_for(
         self: &Arc<Self>,
         identity: Option<&str>,
-        addrs: &[String],
+        wanted: &[Wanted],
     ) -> HashMap<String, crate::trust::Found> {
         let mut out = HashMap::new();
         let mut handles = Vec::new();
-        for a in addrs {
-            let addr = super::normalize_address(a);
+        for w in wanted {
+            let addr = super::normalize_address(&w.address);
             let local = self.lookup_in(&addr, identity, false).await;
+            let network_allowed = !w.bcc || self.lookup_bcc;
+            if !network_allowed {
+                tracing::debug!(address = %addr, "Bcc recipient: local store and Autocrypt only ([keys] lookup_bcc = false)");
+            }
             let stored = local
                 .attempts
                 .iter()
                 .any(|t| t.source == KeySource::Store && matches!(t.outcome, Outcome::Found(_)));
             let fallback = local.found();
             let needs_network = !stored
+                && network_allowed
                 && self
                     .order
                     .iter()
@@ -355,10 +371,10 @@ impl Discovery {
             let id = identity.map(str::to_string);
             let a2 = addr.clone();
             let h = tokio::spawn(async move { me.lookup_in(&a2, id.as_deref(), true).await });
-            handles.push((addr, fallback, h));
+            handles.push((addr, w.bcc, fallback, h));
         }
         let deadline = tokio::time::Instant::now() + self.timeout;
-        for (addr, fallback, h) in handles {
+        for (addr, bcc, fallback, h) in handles {
             // A lookup still running at the deadline goes on in the background (its
             // result then serves later messages) but counts as "no key" now.
             let found = match tokio::time::timeout_at(deadline, h).await {
@@ -368,7 +384,12 @@ impl Discovery {
                     fallback
                 }
                 Err(_) => {
-                    tracing::warn!(address = %addr, "key lookup timed out; using what the local store and Autocrypt know");
+                    if bcc {
+                        tracing::debug!(address = %addr, "key lookup of a Bcc recipient timed out");
+                        tracing::warn!("key lookup of a Bcc recipient timed out; using what the local store and Autocrypt know");
+                    } else {
+                        tracing::warn!(address = %addr, "key lookup timed out; using what the local store and Autocrypt know");
+                    }
                     fallback
                 }
             };

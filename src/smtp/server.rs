@@ -213,6 +213,22 @@ async fn handle(
     Ok(())
 }
 
+/// The (normalised) addresses in the message's To and Cc: every other envelope
+/// recipient is a Bcc (RFC 5322 §3.6.3).
+fn visible_recipients(raw: &[u8]) -> std::collections::HashSet<String> {
+    let (header, _) = crate::mime::split_message(raw);
+    let Some(m) = mail_parser::MessageParser::default().parse_headers(header) else {
+        return Default::default();
+    };
+    [m.to(), m.cc()]
+        .into_iter()
+        .flatten()
+        .flat_map(|a| a.iter())
+        .filter_map(|a| a.address())
+        .map(crate::keys::normalize_address)
+        .collect()
+}
+
 /// Plans the copies and relays them; the reply is 250 only if upstream accepted all.
 async fn deliver(
     svc: &SmtpService,
@@ -231,6 +247,14 @@ async fn deliver(
             .find(|i| i.login.eq_ignore_ascii_case(login))
             .map(|i| i.address.clone())
     });
+    let visible = visible_recipients(&message);
+    let wanted: Vec<crate::keys::discover::Wanted> = wanted
+        .into_iter()
+        .map(|address| crate::keys::discover::Wanted {
+            bcc: !visible.contains(&address),
+            address,
+        })
+        .collect();
     let found = svc.discovery.keys_for(identity.as_deref(), &wanted).await;
     let env = envelope.clone();
     let size = message.len();

@@ -196,3 +196,45 @@ fn bcc_recipients_are_not_looked_up_on_the_network() {
     );
     assert_eq!(ks.request_count("hidden"), 0, "{:#?}", ks.requests());
 }
+
+#[test]
+fn a_stored_key_is_used_while_the_network_stalls() {
+    let ca = TestCa::shared();
+    let sink = Sink::start(ca, SinkMode::Tls);
+    let ks = KeyServer::start(ca);
+    for host in [
+        "openpgpkey.example.org",
+        "example.org",
+        "openpgpkey.example.net",
+        "example.net",
+        "keys.example.test",
+    ] {
+        ks.set_delay(host, 15.0);
+    }
+    let mut opts = ProxyOptions::new(sink.port);
+    opts.import = vec![common::keyring().bob().pub_asc.clone()];
+    opts.keys_extra = format!(
+        "discover = [\"store\", \"autocrypt\", \"wkd\", \"vks\"]\nvks = \"https://keys.example.test\"\nlookup_timeout_secs = 1\nrefresh_interval_secs = 0\n[keys.resolve]\n{}",
+        ks.resolve_toml()
+    );
+    let proxy = Proxy::start(ca, &opts);
+    // slow@example.net's lookup runs into the deadline; bob's stored key is still used.
+    let msg = b"From: alice@example.com\r\nTo: slow@example.net, bob@example.org\r\nSubject: s\r\n\r\nbody\r\n";
+    let mut p = PySend::new(
+        proxy.smtp_port,
+        PySendMode::StartTls,
+        "alice@example.com",
+        &["slow@example.net", "bob@example.org"],
+        msg,
+    );
+    p.cafile = Some(&ca.ca_pem);
+    p.login = Some(("sinkuser", "sinkpass"));
+    let r = py_sendmail(&p);
+    assert!(r.ok, "{r:?}\n{}", proxy.log());
+    let got = sink.wait_for_messages(2, WAIT);
+    let bob = got
+        .iter()
+        .find(|m| m.rcpt_tos == vec!["bob@example.org".to_string()])
+        .expect("a copy for bob alone");
+    assert!(bob.text().contains("BEGIN PGP MESSAGE"), "{}", proxy.log());
+}

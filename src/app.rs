@@ -44,7 +44,10 @@ pub struct Loaded {
 }
 
 pub fn load(config: &Config) -> Result<Loaded, AppError> {
-    let store = Arc::new(KeyStore::open(&config.key_dir())?);
+    let store = Arc::new(KeyStore::open_with_state(
+        &config.key_dir(),
+        &config.state_dir,
+    )?);
     let identities = config
         .identities
         .iter()
@@ -126,7 +129,15 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     let imap_ctx = |account: &str| {
         Arc::new(ImapContext {
             account: account.into(),
-            autocrypt: Some(loaded.discovery.autocrypt().clone()),
+            autocrypt: Some(Arc::new(crate::keys::autocrypt::Learner {
+                store: loaded.discovery.autocrypt().clone(),
+                authserv_id: config
+                    .accounts
+                    .iter()
+                    .find(|a| a.name == account)
+                    .and_then(|a| a.imap.as_ref())
+                    .and_then(|i| i.authserv_id.clone()),
+            })),
             // An identity serves only the sessions of its own account.
             identities: config
                 .identities

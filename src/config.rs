@@ -112,6 +112,12 @@ pub struct ServiceConfig {
     /// `host:port` of the provider's server.
     pub upstream: String,
     pub upstream_security: UpstreamSecurity,
+    /// `[account.imap]` only: the authserv-id of the provider's own
+    /// `Authentication-Results` fields (RFC 8601 §5: fields with other ids are the
+    /// sender's claims). An Autocrypt key from a message it passed (DKIM or DMARC for
+    /// the From domain) may satisfy `require`.
+    #[serde(default)]
+    pub authserv_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -184,6 +190,11 @@ pub struct KeysConfig {
     /// Announce `prefer-encrypt=mutual` in the Autocrypt header.
     #[serde(default)]
     pub prefer_encrypt_mutual: bool,
+    /// Look Bcc recipients up on the network too. Off by default: a WKD or key server
+    /// lookup tells the recipient's domain (and the key server) that this address got
+    /// mail, which a Bcc is meant to hide. The local store and Autocrypt still answer.
+    #[serde(default)]
+    pub lookup_bcc: bool,
 }
 
 impl Default for KeysConfig {
@@ -199,6 +210,7 @@ impl Default for KeysConfig {
             refresh_interval_secs: default_refresh(),
             autocrypt: true,
             prefer_encrypt_mutual: false,
+            lookup_bcc: false,
         }
     }
 }
@@ -464,6 +476,22 @@ impl Config {
             for (kind, service) in [("smtp", &account.smtp), ("imap", &account.imap)] {
                 let Some(service) = service else { continue };
                 let key = format!("{at}.{kind}");
+                if kind == "smtp" && service.authserv_id.is_some() {
+                    return Err(self.invalid(
+                        format!("{key}.authserv_id"),
+                        "belongs in [account.imap] (it is read from received mail)",
+                    ));
+                }
+                if service
+                    .authserv_id
+                    .as_deref()
+                    .is_some_and(|s| s.trim().is_empty() || s.contains(char::is_whitespace))
+                {
+                    return Err(self.invalid(
+                        format!("{key}.authserv_id"),
+                        "must be the host name the provider writes first in Authentication-Results, e.g. \"mx.example.com\"",
+                    ));
+                }
                 if service.listen.is_none() && service.listen_tls.is_none() {
                     return Err(self.invalid(
                         key,

@@ -151,11 +151,14 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Unseal(args) => seal(&config, args, true),
         Command::Keys { command } => {
             let config = Config::load(&config)?;
-            let store = KeyStore::open(&config.key_dir())?;
+            let store = KeyStore::open_with_state(&config.key_dir(), &config.state_dir)?;
             let discovery = || -> anyhow::Result<Discovery> {
                 let tls = sealpost::tls::client_config(config.keys.extra_ca.as_deref())?;
                 let autocrypt = std::sync::Arc::new(AutocryptStore::open(&config.state_dir));
-                let store = std::sync::Arc::new(KeyStore::open(&config.key_dir())?);
+                let store = std::sync::Arc::new(KeyStore::open_with_state(
+                    &config.key_dir(),
+                    &config.state_dir,
+                )?);
                 Ok(Discovery::new(
                     &config.keys,
                     &config.state_dir,
@@ -168,7 +171,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 KeysCommand::Lookup { address } => {
                     let d = discovery()?;
                     let rt = tokio::runtime::Runtime::new()?;
-                    let report = rt.block_on(d.lookup(&address));
+                    let report = rt.block_on(d.lookup(&address, None));
                     for a in &report.attempts {
                         println!(
                             "{:<10} {}",

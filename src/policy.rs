@@ -16,13 +16,15 @@ pub enum Decision {
     Refuse,
 }
 
-/// The configured action for `recipient`.
+/// The configured action for `recipient`. Recipient and patterns are compared in the
+/// one normalised form ([`crate::keys::normalize_address`]): a rule for `bücher.example`
+/// matches mail to `xn--bcher-kva.example`, and `Example.ORG.` is `example.org`.
 pub fn action_for(policy: &PolicyConfig, recipient: &str) -> PolicyAction {
-    let recipient = recipient.to_ascii_lowercase();
+    let recipient = crate::keys::normalize_address(recipient);
     policy
         .rules
         .iter()
-        .find(|r| glob_match(&r.recipient.to_ascii_lowercase(), &recipient))
+        .find(|r| glob_match(&normalize_pattern(&r.recipient), &recipient))
         .map(|r| r.action)
         .unwrap_or(policy.default)
 }
@@ -37,6 +39,28 @@ pub fn decide(action: PolicyAction, key: Option<Vouch>) -> Decision {
         (_, Some(_)) => Decision::Encrypt,
         (PolicyAction::Opportunistic, None) => Decision::SendPlain,
         (PolicyAction::Require, None) => Decision::Refuse,
+    }
+}
+
+/// A rule pattern in the form addresses are compared in: the part after the last `@`
+/// (or the whole pattern, without one) is a domain whose `*`-free labels are IDNA'd.
+fn normalize_pattern(pattern: &str) -> String {
+    let labels = |d: &str| -> String {
+        d.trim_end_matches('.')
+            .split('.')
+            .map(|l| {
+                if l.contains('*') {
+                    l.to_lowercase()
+                } else {
+                    crate::keys::normalize_domain(l)
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(".")
+    };
+    match pattern.trim().rsplit_once('@') {
+        Some((local, domain)) => format!("{}@{}", local.to_lowercase(), labels(domain)),
+        None => labels(pattern.trim()),
     }
 }
 
@@ -81,6 +105,38 @@ mod tests {
         assert!(!glob_match("a*b*c", "aXXbY"));
         assert!(glob_match("bob@example.org", "bob@example.org"));
         assert!(glob_match("*", ""));
+    }
+
+    #[test]
+    fn rules_match_the_normalised_address() {
+        let policy = PolicyConfig {
+            rules: vec![
+                PolicyRule {
+                    recipient: "*@Bücher.Example".into(),
+                    action: PolicyAction::Require,
+                },
+                PolicyRule {
+                    recipient: "boss@partner.example.".into(),
+                    action: PolicyAction::Plain,
+                },
+            ],
+            ..PolicyConfig::default()
+        };
+        for r in [
+            "a@xn--bcher-kva.example",
+            "a@BÜCHER.example",
+            "<A@bücher.example.>",
+        ] {
+            assert_eq!(action_for(&policy, r), PolicyAction::Require, "{r}");
+        }
+        assert_eq!(
+            action_for(&policy, "Boss@Partner.Example."),
+            PolicyAction::Plain
+        );
+        assert_eq!(
+            action_for(&policy, "a@bucher.example"),
+            PolicyAction::Opportunistic
+        );
     }
 
     #[test]

@@ -10,8 +10,12 @@
 
 use sequoia_openpgp::Cert;
 
-/// What vouches for a certificate speaking for an address, strongest first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// What vouches for a certificate speaking for an address, strongest first (kept in
+/// `state_dir/discovered.toml` beside each discovered certificate).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
 pub enum Vouch {
     /// One of this instance's own identities (its key is in the config).
     Identity,

@@ -77,7 +77,11 @@ fn keys_from_wkd_both_methods_and_vks_are_used_and_kept() {
         "carol@example.org",
         &std::fs::read(&keyring().carol().pub_asc).unwrap(),
     );
-    let proxy = start(ca, &sink, &ks, "require");
+    // carol and dave are Bcc recipients: looked up on the network only when allowed.
+    let mut opts = ProxyOptions::new(sink.port);
+    opts.policy = "require";
+    opts.keys_extra = keys_config(&ks, "lookup_bcc = true\n");
+    let proxy = Proxy::start(ca, &opts);
 
     let r = send(
         &proxy,
@@ -258,6 +262,8 @@ fn an_autocrypt_header_fetched_through_imap_makes_the_next_mail_encrypted() {
         "From: Dave <dave@example.net>\r\nTo: alice@example.com\r\nDate: Tue, 24 Nov 2026 09:00:00 +0000\r\nSubject: hi\r\nAutocrypt: addr=dave@example.net; prefer-encrypt=mutual; keydata={folded}\r\n\r\nhello alice\r\n"
     );
     dovecot.append("alice@example.com", "alicepw", "INBOX", msg.as_bytes(), &[]);
+    // Opportunistic: an Autocrypt key from a message nobody authenticated is used,
+    // but never satisfies `require` (see tests/key_trust.rs and keys::autocrypt).
     let mut opts = ProxyOptions::new(sink.port);
     opts.imap_upstream = Some((dovecot.imaps_port, "tls"));
     opts.alice_login = "alice@example.com".into();

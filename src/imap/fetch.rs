@@ -687,12 +687,29 @@ impl FetchJob {
     }
 
     fn store_view(&mut self, uid: u32, raw: &[u8], mut view: View, ctx: &ImapContext) {
-        if let (Some(ac), ViewKind::Decrypted(_)) = (&ctx.autocrypt, &view.kind) {
-            // Inside encryption, Autocrypt-Gossip counts too (Autocrypt 1.1 §2.7).
-            // The payload's gossip is not part of the view; it is learned beside it.
-            let (header, _) = crate::mime::split_message(&view.bytes);
-            let header = [header, &view.gossip].concat();
-            ac.learn(&header, true, crate::keys::unix_now());
+        if let (
+            Some(ac),
+            ViewKind::Decrypted(crate::pgp::SignatureStatus::Good { addresses, .. }),
+        ) = (&ctx.autocrypt, &view.kind)
+        {
+            // Inside encryption signed good by a key bound to the From, the announced key
+            // is authenticated and Autocrypt-Gossip counts too (Autocrypt 1.1 §2.7); never
+            // in Junk, and only for this session's identity.
+            if !crate::keys::autocrypt::is_junk_mailbox(&self.selected.mailbox) {
+                // The payload's gossip is not part of the view; it is learned beside it.
+                let (header, _) = crate::mime::split_message(&view.bytes);
+                let header = [header, &view.gossip].concat();
+                let evidence = crate::keys::autocrypt::Evidence {
+                    signed_good_for: Some(addresses),
+                    authserv_id: ac.authserv_id.as_deref(),
+                };
+                ac.store.learn(
+                    &self.selected.identity,
+                    &header,
+                    evidence,
+                    crate::keys::unix_now(),
+                );
+            }
         }
         if self.prefetched.contains(&uid) {
             // Cached for the FETCH that will ask for it; this one holds nothing of it.

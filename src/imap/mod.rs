@@ -18,8 +18,9 @@ use std::sync::Arc;
 pub struct ImapContext {
     /// The `[[account]]` this context serves; its listeners' sessions use only it.
     pub account: Arc<str>,
-    /// Learns peers' keys from Autocrypt headers in fetched mail.
-    pub autocrypt: Option<Arc<crate::keys::autocrypt::AutocryptStore>>,
+    /// Learns peers' keys from Autocrypt headers in fetched mail (per identity, with this
+    /// account's provider authserv-id).
+    pub autocrypt: Option<Arc<crate::keys::autocrypt::Learner>>,
     pub identities: Vec<Arc<LoadedIdentity>>,
     pub store: Arc<KeyStore>,
     pub cache: Arc<cache::ViewCache>,
@@ -59,11 +60,9 @@ impl ImapContext {
     /// The view of a stored message for `identity` (decrypting when it can), with
     /// at most `max_size` bytes of plaintext.
     pub fn view(&self, identity: &str, raw: &[u8], max_size: usize) -> View {
-        let Some(id) = self
-            .identities
-            .iter()
-            .find(|i| i.address.eq_ignore_ascii_case(identity))
-        else {
+        let Some(id) = self.identities.iter().find(|i| {
+            crate::keys::normalize_address(&i.address) == crate::keys::normalize_address(identity)
+        }) else {
             return View {
                 bytes: raw.to_vec(),
                 kind: ViewKind::Undecryptable("no identity".into()),

@@ -1240,8 +1240,20 @@ impl Session {
             }
             let complete = self.upstream.message_complete();
             if complete {
-                if let (Some(ac), Some(m)) = (&self.ctx.autocrypt, self.upstream.message()) {
-                    learn_autocrypt(ac, m);
+                // Autocrypt state is per identity, and never learned from Junk.
+                if let (
+                    Some(ac),
+                    Some(m),
+                    Phase::Selected {
+                        identity: Some(identity),
+                        mailbox,
+                        ..
+                    },
+                ) = (&self.ctx.autocrypt, self.upstream.message(), &self.phase)
+                {
+                    if !crate::keys::autocrypt::is_junk_mailbox(mailbox) {
+                        learn_autocrypt(ac, identity, m);
+                    }
                 }
             }
             if let Some(job) = &mut self.job {
@@ -1613,9 +1625,11 @@ fn response_tag(line: &[u8]) -> Option<String> {
     String::from_utf8(line[..end].to_vec()).ok()
 }
 
-/// Feeds the header of any message in a FETCH response to the Autocrypt state
-/// (Autocrypt 1.1 §2.3: update on every received message that carries a header).
-fn learn_autocrypt(ac: &crate::keys::autocrypt::AutocryptStore, response: &[u8]) {
+/// Feeds the header of any message in a FETCH response to `identity`'s Autocrypt
+/// state (Autocrypt 1.1 §2.3: update on every received message that carries a header).
+/// An outer header teaches no gossip; its key counts as authenticated only with the
+/// provider's `Authentication-Results` (see [`crate::keys::authres`]).
+fn learn_autocrypt(ac: &crate::keys::autocrypt::Learner, identity: &str, response: &[u8]) {
     use imap_types::fetch::{MessageDataItem, Section};
     if !response.starts_with(b"* ")
         || !response
@@ -1643,7 +1657,13 @@ fn learn_autocrypt(ac: &crate::keys::autocrypt::AutocryptStore, response: &[u8])
         };
         if let Some(bytes) = &data.0 {
             let (header, _) = crate::mime::split_message(bytes.as_ref());
-            if let crate::keys::autocrypt::Learned::Key { addr } = ac.learn(header, false, now) {
+            let evidence = crate::keys::autocrypt::Evidence {
+                signed_good_for: None,
+                authserv_id: ac.authserv_id.as_deref(),
+            };
+            if let crate::keys::autocrypt::Learned::Key { addr } =
+                ac.store.learn(identity, header, evidence, now)
+            {
                 tracing::info!(address = %addr, "learned a key from an Autocrypt header");
             }
         }

@@ -18,6 +18,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use crate::trust::Vouch;
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PeerState {
     /// Unix time of the newest message seen from the peer.
@@ -30,16 +32,27 @@ pub struct PeerState {
     /// `mutual` or `nopreference`.
     #[serde(default)]
     pub prefer_encrypt: String,
+    /// The message `key` came from was authenticated (see [`Evidence`]).
+    #[serde(default)]
+    pub key_authenticated: bool,
+    /// Message-ID of the message `key` came from.
+    #[serde(default)]
+    pub key_message_id: Option<String>,
     #[serde(default)]
     pub gossip_timestamp: i64,
     #[serde(default)]
     pub gossip_key: Option<String>,
+    /// Message-ID of the message the gossip came from.
+    #[serde(default)]
+    pub gossip_message_id: Option<String>,
 }
 
+/// Per identity (normalised address), per peer. A global state written before this
+/// layout (`peers`) is not read: it cannot say which user saw the message.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct StateFile {
     #[serde(default)]
-    peers: BTreeMap<String, PeerState>,
+    identities: BTreeMap<String, BTreeMap<String, PeerState>>,
 }
 
 pub struct AutocryptStore {
@@ -53,6 +66,43 @@ pub enum Learned {
     Nothing,
     Key { addr: String },
     Gossip { addrs: Vec<String> },
+}
+
+/// What is known about the message a header comes from, which decides what it may teach.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Evidence<'a> {
+    /// The header is from inside an encrypted part whose signature is good for these
+    /// (normalised) addresses. Gossip counts only here (Autocrypt 1.1 §2.7 trusts gossip
+    /// inside encryption; anyone can encrypt to us, so we ask for a good signature too),
+    /// and the announced key is authenticated when the From is among them.
+    pub signed_good_for: Option<&'a [String]>,
+    /// The account's own provider's authserv-id: an `Authentication-Results` field from
+    /// it with DKIM or DMARC pass for the From domain authenticates the message.
+    pub authserv_id: Option<&'a str>,
+}
+
+/// Is `mailbox` where the provider or the user puts spam? Autocrypt state is never
+/// learned there: it is where forged mail ends up. The last hierarchy level is compared
+/// (`INBOX.Junk`, `[Gmail]/Spam`), case-insensitively.
+pub fn is_junk_mailbox(mailbox: &str) -> bool {
+    const JUNK: [&str; 7] = [
+        "junk",
+        "spam",
+        "junk e-mail",
+        "junk email",
+        "bulk",
+        "bulk mail",
+        "junk mail",
+    ];
+    let leaf = mailbox.rsplit(['/', '.']).next().unwrap_or(mailbox).trim();
+    JUNK.iter().any(|j| leaf.eq_ignore_ascii_case(j))
+}
+
+/// What the IMAP proxy of one account needs to learn keys: the state and the
+/// account's provider authserv-id (`[account.imap] authserv_id`).
+pub struct Learner {
+    pub store: std::sync::Arc<AutocryptStore>,
+    pub authserv_id: Option<String>,
 }
 
 impl AutocryptStore {
@@ -86,26 +136,54 @@ impl AutocryptStore {
         }
     }
 
-    pub fn peer(&self, addr: &str) -> Option<PeerState> {
+    /// What `identity` knows about `addr`.
+    pub fn peer(&self, identity: &str, addr: &str) -> Option<PeerState> {
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.peers.get(&super::normalize_address(addr)).cloned()
+        state
+            .identities
+            .get(&super::normalize_address(identity))?
+            .get(&super::normalize_address(addr))
+            .cloned()
     }
 
-    /// The key to use for `addr`: the announced one, else gossip.
-    pub fn key_for(&self, addr: &str) -> Option<Cert> {
-        let peer = self.peer(addr)?;
-        let armored = peer.key.or(peer.gossip_key)?;
-        Cert::from_bytes(armored.as_bytes()).ok()
+    /// The key `identity` uses for `addr`: the announced one, else gossip; with what
+    /// vouches for it (only an announced key from an authenticated message counts as
+    /// the peer's for `require`).
+    pub fn key_for(&self, identity: &str, addr: &str) -> Option<(Cert, Vouch)> {
+        let peer = self.peer(identity, addr)?;
+        if let Some(cert) = peer
+            .key
+            .as_deref()
+            .and_then(|k| Cert::from_bytes(k.as_bytes()).ok())
+        {
+            let vouch = if peer.key_authenticated {
+                Vouch::AutocryptAuthenticated
+            } else {
+                Vouch::Autocrypt
+            };
+            return Some((cert, vouch));
+        }
+        let cert = Cert::from_bytes(peer.gossip_key?.as_bytes()).ok()?;
+        Some((cert, Vouch::Autocrypt))
     }
 
-    /// Processes the header of a received message. `decrypted`: the header comes
-    /// from inside an encrypted message, where gossip may be trusted (§2.7).
-    pub fn learn(&self, header: &[u8], decrypted: bool, now: i64) -> Learned {
+    /// Processes the header of a message `identity` received (never call this for a
+    /// Junk mailbox: see [`is_junk_mailbox`]).
+    pub fn learn(
+        &self,
+        identity: &str,
+        header: &[u8],
+        evidence: Evidence<'_>,
+        now: i64,
+    ) -> Learned {
         // The parser reads lines without stripping CR; give it LF line ends.
         let lf: Vec<u8> = header.iter().copied().filter(|&b| b != b'\r').collect();
         let Ok(parsed) = AutocryptHeaders::from_bytes(&lf) else {
             return Learned::Nothing;
         };
+        if parsed.headers.is_empty() {
+            return Learned::Nothing;
+        }
         let Some(msg) = mail_parser::MessageParser::default().parse_headers(header) else {
             return Learned::Nothing;
         };
@@ -117,9 +195,19 @@ impl AutocryptStore {
         else {
             return Learned::Nothing;
         };
+        let message_id = msg.message_id().map(str::to_string);
+        let from_domain = from.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+        let authenticated = evidence.signed_good_for.is_some_and(|a| a.contains(&from))
+            || evidence
+                .authserv_id
+                .is_some_and(|id| super::authres::provider_authenticated(header, id, from_domain));
         // §2.3: the effective date is the Date header, but never in the future.
         let date = msg.date().map(|d| d.to_timestamp()).unwrap_or(now).min(now);
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let peers = state
+            .identities
+            .entry(super::normalize_address(identity))
+            .or_default();
         let mut learned = Learned::Nothing;
         let sender: Vec<&AutocryptHeader> = parsed
             .headers
@@ -130,7 +218,7 @@ impl AutocryptStore {
                     .is_some_and(|a| super::normalize_address(&a.value) == from)
             })
             .collect();
-        let peer = state.peers.entry(from.clone()).or_default();
+        let peer = peers.entry(from.clone()).or_default();
         if date > peer.last_seen {
             peer.last_seen = date;
         }
@@ -140,9 +228,18 @@ impl AutocryptStore {
                 a.critical && !["addr", "keydata", "prefer-encrypt"].contains(&a.key.as_str())
             });
             if let (false, Some(cert)) = (critical_unknown, &h.key) {
-                if date > peer.autocrypt_timestamp {
+                let key = armored(cert);
+                // The same message seen again with better evidence (decrypted and
+                // signed good after its outer header was read) upgrades the key.
+                let upgrade = date == peer.autocrypt_timestamp
+                    && authenticated
+                    && !peer.key_authenticated
+                    && key == peer.key;
+                if date > peer.autocrypt_timestamp || upgrade {
                     peer.autocrypt_timestamp = date;
-                    peer.key = armored(cert);
+                    peer.key = key;
+                    peer.key_authenticated = authenticated;
+                    peer.key_message_id = message_id.clone();
                     peer.prefer_encrypt = h
                         .get("prefer-encrypt")
                         .map(|a| a.value.clone())
@@ -152,7 +249,7 @@ impl AutocryptStore {
                 }
             }
         }
-        if decrypted {
+        if evidence.signed_good_for.is_some_and(|a| a.contains(&from)) {
             let mut addrs = Vec::new();
             for h in parsed
                 .headers
@@ -163,10 +260,11 @@ impl AutocryptStore {
                     continue;
                 };
                 let addr = super::normalize_address(&addr.value);
-                let p = state.peers.entry(addr.clone()).or_default();
+                let p = peers.entry(addr.clone()).or_default();
                 if date > p.gossip_timestamp {
                     p.gossip_timestamp = date;
                     p.gossip_key = armored(cert);
+                    p.gossip_message_id = message_id.clone();
                     addrs.push(addr);
                 }
             }
@@ -215,6 +313,12 @@ mod tests {
     use super::*;
     use crate::keys::tests::make_cert;
 
+    const ALICE: &str = "alice@example.com";
+    const OUTER: Evidence<'static> = Evidence {
+        signed_good_for: None,
+        authserv_id: None,
+    };
+
     #[test]
     fn header_round_trip_and_ordering_rules() {
         let dir = tempfile::tempdir().unwrap();
@@ -227,8 +331,9 @@ mod tests {
         };
         let now = 2_000_000_000;
         let learned = store.learn(
+            ALICE,
             msg("Tue, 24 Nov 2026 09:00:00 +0000").as_bytes(),
-            false,
+            OUTER,
             now,
         );
         assert_eq!(
@@ -237,12 +342,12 @@ mod tests {
                 addr: "bob@example.org".into()
             }
         );
-        let peer = store.peer("BOB@example.org").unwrap();
+        let peer = store.peer(ALICE, "BOB@example.org").unwrap();
         assert_eq!(peer.prefer_encrypt, "mutual");
-        assert_eq!(
-            store.key_for("bob@example.org").unwrap().fingerprint(),
-            bob.fingerprint()
-        );
+        let (cert, vouch) = store.key_for(ALICE, "bob@example.org").unwrap();
+        assert_eq!(cert.fingerprint(), bob.fingerprint());
+        // Nobody authenticated that message: used, but never enough for `require`.
+        assert_eq!(vouch, Vouch::Autocrypt);
 
         // An older message with another key does not roll the key back.
         let other = make_cert("bob@example.org");
@@ -250,9 +355,16 @@ mod tests {
         let old = format!(
             "From: bob@example.org\r\nDate: Mon, 23 Nov 2026 09:00:00 +0000\r\n{old_field}\r\n"
         );
-        assert_eq!(store.learn(old.as_bytes(), false, now), Learned::Nothing);
         assert_eq!(
-            store.key_for("bob@example.org").unwrap().fingerprint(),
+            store.learn(ALICE, old.as_bytes(), OUTER, now),
+            Learned::Nothing
+        );
+        assert_eq!(
+            store
+                .key_for(ALICE, "bob@example.org")
+                .unwrap()
+                .0
+                .fingerprint(),
             bob.fingerprint()
         );
 
@@ -260,17 +372,40 @@ mod tests {
         let wrong = format!(
             "From: mallory@example.net\r\nDate: Wed, 25 Nov 2026 09:00:00 +0000\r\n{old_field}\r\n"
         );
-        store.learn(wrong.as_bytes(), false, now);
-        assert!(store.key_for("mallory@example.net").is_none());
+        store.learn(ALICE, wrong.as_bytes(), OUTER, now);
+        assert!(store.key_for(ALICE, "mallory@example.net").is_none());
         let reopened = AutocryptStore::open(dir.path());
         assert_eq!(
-            reopened.key_for("bob@example.org").unwrap().fingerprint(),
+            reopened
+                .key_for(ALICE, "bob@example.org")
+                .unwrap()
+                .0
+                .fingerprint(),
             bob.fingerprint()
         );
     }
 
     #[test]
-    fn gossip_only_counts_inside_encryption() {
+    fn state_is_per_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = AutocryptStore::open(dir.path());
+        let bob = make_cert("bob@example.org");
+        let field = header_field(&bob, "bob@example.org", false).unwrap();
+        let msg = format!(
+            "From: bob@example.org\r\nDate: Tue, 24 Nov 2026 09:00:00 +0000\r\n{field}\r\n"
+        );
+        store.learn(ALICE, msg.as_bytes(), OUTER, 2_000_000_000);
+        assert!(store
+            .key_for("Alice@EXAMPLE.com", "bob@example.org")
+            .is_some());
+        // Another user of the same gateway learned nothing from alice's mailbox.
+        assert!(store
+            .key_for("carol@example.com", "bob@example.org")
+            .is_none());
+    }
+
+    #[test]
+    fn gossip_only_counts_inside_a_signed_good_encrypted_part() {
         let dir = tempfile::tempdir().unwrap();
         let store = AutocryptStore::open(dir.path());
         let carol = make_cert("carol@example.org");
@@ -279,15 +414,97 @@ mod tests {
             .replacen("Autocrypt:", "Autocrypt-Gossip:", 1);
         let msg =
             format!("From: bob@example.org\r\nDate: Tue, 24 Nov 2026 09:00:00 +0000\r\n{g}\r\n");
-        store.learn(msg.as_bytes(), false, 2_000_000_000);
-        assert!(store.key_for("carol@example.org").is_none());
-        let l = store.learn(msg.as_bytes(), true, 2_000_000_000);
+        store.learn(ALICE, msg.as_bytes(), OUTER, 2_000_000_000);
+        assert!(store.key_for(ALICE, "carol@example.org").is_none());
+        // Signed good, but by someone else than the From: no gossip either.
+        let other = vec!["mallory@example.net".to_string()];
+        let by_other = Evidence {
+            signed_good_for: Some(&other),
+            authserv_id: None,
+        };
+        store.learn(ALICE, msg.as_bytes(), by_other, 2_000_000_000);
+        assert!(store.key_for(ALICE, "carol@example.org").is_none());
+        let bob = vec!["bob@example.org".to_string()];
+        let good = Evidence {
+            signed_good_for: Some(&bob),
+            authserv_id: None,
+        };
+        let l = store.learn(ALICE, msg.as_bytes(), good, 2_000_000_000);
         assert_eq!(
             l,
             Learned::Gossip {
                 addrs: vec!["carol@example.org".into()]
             }
         );
-        assert!(store.key_for("carol@example.org").is_some());
+        // Gossip is the sender's word about someone else: never enough for `require`.
+        assert_eq!(
+            store.key_for(ALICE, "carol@example.org").unwrap().1,
+            Vouch::Autocrypt
+        );
+    }
+
+    #[test]
+    fn authenticated_only_by_a_bound_signature_or_the_own_provider() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = AutocryptStore::open(dir.path());
+        let bob = make_cert("bob@example.org");
+        let field = header_field(&bob, "bob@example.org", false).unwrap();
+        let msg = |date: &str, ar: &str| {
+            format!("From: bob@example.org\r\nDate: {date}\r\n{ar}{field}\r\n")
+        };
+        let own = Evidence {
+            signed_good_for: None,
+            authserv_id: Some("mx.example.com"),
+        };
+        let forged = msg(
+            "Tue, 24 Nov 2026 09:00:00 +0000",
+            "Authentication-Results: mx.evil.example; dkim=pass header.d=example.org\r\n",
+        );
+        store.learn(ALICE, forged.as_bytes(), own, 2_000_000_000);
+        assert_eq!(
+            store.key_for(ALICE, "bob@example.org").unwrap().1,
+            Vouch::Autocrypt
+        );
+        let passed = msg(
+            "Wed, 25 Nov 2026 09:00:00 +0000",
+            "Authentication-Results: mx.example.com; dkim=pass header.d=example.org\r\n",
+        );
+        store.learn(ALICE, passed.as_bytes(), own, 2_000_000_000);
+        assert_eq!(
+            store.key_for(ALICE, "bob@example.org").unwrap().1,
+            Vouch::AutocryptAuthenticated
+        );
+        // The same message seen again inside a good signature by a key bound to bob.
+        let dir2 = tempfile::tempdir().unwrap();
+        let store2 = AutocryptStore::open(dir2.path());
+        let plain = msg("Tue, 24 Nov 2026 09:00:00 +0000", "");
+        store2.learn(ALICE, plain.as_bytes(), OUTER, 2_000_000_000);
+        let bound = vec!["bob@example.org".to_string()];
+        let signed = Evidence {
+            signed_good_for: Some(&bound),
+            authserv_id: None,
+        };
+        store2.learn(ALICE, plain.as_bytes(), signed, 2_000_000_000);
+        assert_eq!(
+            store2.key_for(ALICE, "bob@example.org").unwrap().1,
+            Vouch::AutocryptAuthenticated
+        );
+    }
+
+    #[test]
+    fn junk_mailboxes() {
+        for m in [
+            "Junk",
+            "SPAM",
+            "INBOX.Junk",
+            "[Gmail]/Spam",
+            "Junk E-mail",
+            "bulk",
+        ] {
+            assert!(is_junk_mailbox(m), "{m}");
+        }
+        for m in ["INBOX", "Sent", "Junkyard", "Archive/2026"] {
+            assert!(!is_junk_mailbox(m), "{m}");
+        }
     }
 }

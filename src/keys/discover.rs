@@ -11,12 +11,11 @@
 use super::autocrypt::AutocryptStore;
 use super::{unusable_reason, KeyStore};
 use crate::config::{KeySource, KeysConfig};
+use crate::trust::Vouch;
 use openpgp::parse::Parse;
 use openpgp::Cert;
 use sequoia_openpgp as openpgp;
-use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -44,6 +43,8 @@ pub enum Outcome {
 pub struct Attempt {
     pub source: KeySource,
     pub outcome: Outcome,
+    /// What vouches for the key found, when one was.
+    pub vouch: Option<Vouch>,
 }
 
 #[derive(Debug, Clone)]
@@ -54,30 +55,36 @@ pub struct Report {
 
 impl Report {
     /// The certificates that will be used, and where they came from.
+    /// An Autocrypt key is chosen only when no other source found one (the store and
+    /// WKD always win over it).
     pub fn chosen(&self) -> Option<(KeySource, &[Cert])> {
-        self.attempts.iter().find_map(|a| match &a.outcome {
+        self.chosen_attempt().and_then(|a| match &a.outcome {
             Outcome::Found(c) => Some((a.source, c.as_slice())),
             _ => None,
         })
     }
+
+    fn chosen_attempt(&self) -> Option<&Attempt> {
+        self.attempts
+            .iter()
+            .filter(|a| matches!(a.outcome, Outcome::Found(_)))
+            .min_by_key(|a| a.source == KeySource::Autocrypt)
+    }
+
+    /// The chosen keys and what vouches for them.
+    pub fn found(&self) -> Option<crate::trust::Found> {
+        let a = self.chosen_attempt()?;
+        match &a.outcome {
+            Outcome::Found(certs) => Some(crate::trust::Found {
+                certs: certs.clone(),
+                vouch: a.vouch.unwrap_or(Provenance::vouch_of(a.source)),
+            }),
+            _ => None,
+        }
+    }
 }
 
-/// Where a discovered certificate came from (kept beside the store).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Provenance {
-    pub source: KeySource,
-    pub address: String,
-    /// Unix time of discovery and of the last successful refresh.
-    pub found_at: i64,
-    #[serde(default)]
-    pub refreshed_at: i64,
-}
-
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct ProvenanceFile {
-    #[serde(default)]
-    certs: BTreeMap<String, Provenance>,
-}
+pub use super::provenance::Provenance;
 
 pub struct Discovery {
     store: Arc<KeyStore>,
@@ -88,11 +95,17 @@ pub struct Discovery {
     timeout: Duration,
     negative_ttl: Duration,
     misses: Mutex<HashMap<(KeySource, String), Instant>>,
-    provenance_path: PathBuf,
-    provenance: Mutex<ProvenanceFile>,
+    lookup_bcc: bool,
 }
 
-use super::unix_now as now;
+/// A recipient whose key is wanted. A Bcc recipient (an envelope recipient not named in
+/// To or Cc) is looked up on the network only with `[keys] lookup_bcc = true`, and its
+/// address is logged at debug level only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wanted {
+    pub address: String,
+    pub bcc: bool,
+}
 
 impl Discovery {
     pub fn new(
@@ -116,11 +129,7 @@ impl Discovery {
         let http = builder
             .build()
             .map_err(|e| DiscoveryError::Http(e.to_string()))?;
-        let provenance_path = state_dir.join("discovered.toml");
-        let provenance = std::fs::read_to_string(&provenance_path)
-            .ok()
-            .and_then(|t| toml::from_str(&t).ok())
-            .unwrap_or_default();
+        let _ = state_dir;
         Ok(Discovery {
             store,
             autocrypt,
@@ -130,8 +139,7 @@ impl Discovery {
             timeout,
             negative_ttl: Duration::from_secs(cfg.negative_cache_secs),
             misses: Mutex::new(HashMap::new()),
-            provenance_path,
-            provenance: Mutex::new(provenance),
+            lookup_bcc: cfg.lookup_bcc,
         })
     }
 
@@ -141,17 +149,7 @@ impl Discovery {
 
     /// Where a stored certificate came from, if it was discovered.
     pub fn provenance(&self, fingerprint: &str) -> Option<Provenance> {
-        let p = self.provenance.lock().unwrap_or_else(|e| e.into_inner());
-        p.certs.get(&fingerprint.to_lowercase()).cloned()
-    }
-
-    fn save_provenance(&self, file: &ProvenanceFile) {
-        if let Ok(text) = toml::to_string(file) {
-            let tmp = self.provenance_path.with_extension("toml.tmp");
-            if std::fs::write(&tmp, text).is_ok() {
-                let _ = std::fs::rename(&tmp, &self.provenance_path);
-            }
-        }
+        self.store.provenance(fingerprint)
     }
 
     fn recent_miss(&self, source: KeySource, addr: &str) -> bool {
@@ -170,22 +168,42 @@ impl Discovery {
         misses.insert((source, addr.to_string()), Instant::now());
     }
 
-    /// Asks the sources in order until one has a usable key.
-    pub async fn lookup(&self, address: &str) -> Report {
+    /// Asks the sources in order until one has a usable key, for mail sent by
+    /// `identity` (whose Autocrypt state is consulted). An Autocrypt key does not stop
+    /// the search before the domain's WKD: a key the domain publishes wins.
+    pub async fn lookup(&self, address: &str, identity: Option<&str>) -> Report {
+        self.lookup_in(address, identity, true).await
+    }
+
+    /// [`Discovery::lookup`]; with `network` false only the local sources are asked.
+    async fn lookup_in(&self, address: &str, identity: Option<&str>, network: bool) -> Report {
         let addr = super::normalize_address(address);
         let mut attempts = Vec::new();
         let mut found = false;
+        let mut autocrypt_found = false;
         for &source in &self.order {
-            if found {
+            let is_network = matches!(source, KeySource::Wkd | KeySource::Vks);
+            if found || (autocrypt_found && source != KeySource::Wkd) || (is_network && !network) {
                 attempts.push(Attempt {
                     source,
                     outcome: Outcome::NotAsked,
+                    vouch: None,
                 });
                 continue;
             }
-            let outcome = self.ask(source, &addr).await;
-            found = matches!(outcome, Outcome::Found(_));
-            attempts.push(Attempt { source, outcome });
+            let (outcome, vouch) = self.ask(source, &addr, identity).await;
+            if matches!(outcome, Outcome::Found(_)) {
+                if source == KeySource::Autocrypt {
+                    autocrypt_found = true;
+                } else {
+                    found = true;
+                }
+            }
+            attempts.push(Attempt {
+                source,
+                outcome,
+                vouch,
+            });
         }
         Report {
             address: addr,
@@ -193,23 +211,30 @@ impl Discovery {
         }
     }
 
-    async fn ask(&self, source: KeySource, addr: &str) -> Outcome {
-        match source {
-            KeySource::Store => match self.store.lookup(addr) {
-                Ok(c) if !c.is_empty() => Outcome::Found(c),
+    async fn ask(
+        &self,
+        source: KeySource,
+        addr: &str,
+        identity: Option<&str>,
+    ) -> (Outcome, Option<Vouch>) {
+        let outcome = match source {
+            KeySource::Store => match self.store.lookup_found(addr) {
+                Ok(Some(f)) if !f.certs.is_empty() => {
+                    return (Outcome::Found(f.certs), Some(f.vouch))
+                }
                 Ok(_) => Outcome::NotFound,
                 Err(e) => Outcome::Failed(e.to_string()),
             },
-            KeySource::Autocrypt => match self.autocrypt.key_for(addr) {
-                Some(cert) => match unusable_reason(&cert, addr) {
-                    None => Outcome::Found(vec![cert]),
+            KeySource::Autocrypt => match identity.and_then(|i| self.autocrypt.key_for(i, addr)) {
+                Some((cert, vouch)) => match unusable_reason(&cert, addr) {
+                    None => return (Outcome::Found(vec![cert]), Some(vouch)),
                     Some(r) => Outcome::Unusable(vec![r]),
                 },
                 None => Outcome::NotFound,
             },
             KeySource::Wkd | KeySource::Vks => {
                 if self.recent_miss(source, addr) {
-                    return Outcome::CachedMiss;
+                    return (Outcome::CachedMiss, None);
                 }
                 let fetched = match source {
                     KeySource::Wkd => self.fetch_wkd(addr).await,
@@ -241,31 +266,22 @@ impl Discovery {
                 }
                 outcome
             }
-        }
+        };
+        let vouch = matches!(outcome, Outcome::Found(_)).then(|| Provenance::vouch_of(source));
+        (outcome, vouch)
     }
 
-    /// Stores discovered certificates with their provenance.
+    /// Stores discovered certificates with their provenance: each speaks for `addr`
+    /// only (see [`super::provenance`]).
     fn keep(&self, certs: &[Cert], source: KeySource, addr: &str) {
-        let mut p = self.provenance.lock().unwrap_or_else(|e| e.into_inner());
         for c in certs {
-            match self.store.insert(c.clone().strip_secret_key_material()) {
+            match self.store.insert_discovered(c.clone(), addr, source) {
                 Ok(imported) => {
-                    let entry = p
-                        .certs
-                        .entry(imported.fingerprint.clone())
-                        .or_insert(Provenance {
-                            source,
-                            address: addr.to_string(),
-                            found_at: now(),
-                            refreshed_at: 0,
-                        });
-                    entry.refreshed_at = now();
                     tracing::info!(source = ?source, address = %addr, fingerprint = %imported.fingerprint, "key discovered and stored");
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot store a discovered key"),
             }
         }
-        self.save_provenance(&p);
     }
 
     async fn fetch_wkd(&self, addr: &str) -> Result<Vec<Cert>, String> {
@@ -316,39 +332,69 @@ impl Discovery {
         }
     }
 
-    /// The usable keys for each address, looked up in parallel within one deadline.
+    /// The usable keys for each address, for mail sent by `identity`. The local store
+    /// (and Autocrypt state) answer first, outside any deadline: a stored key is never
+    /// lost to a slow network. The network lookups then run in parallel within one
+    /// deadline; one still running at the deadline counts as "no key from the network".
     pub async fn keys_for(
         self: &Arc<Self>,
-        addrs: &[String],
+        identity: Option<&str>,
+        wanted: &[Wanted],
     ) -> HashMap<String, crate::trust::Found> {
+        let mut out = HashMap::new();
         let mut handles = Vec::new();
-        for a in addrs {
+        for w in wanted {
+            let addr = super::normalize_address(&w.address);
+            let local = self.lookup_in(&addr, identity, false).await;
+            let network_allowed = !w.bcc || self.lookup_bcc;
+            if !network_allowed {
+                tracing::debug!(address = %addr, "Bcc recipient: local store and Autocrypt only ([keys] lookup_bcc = false)");
+            }
+            let stored = local
+                .attempts
+                .iter()
+                .any(|t| t.source == KeySource::Store && matches!(t.outcome, Outcome::Found(_)));
+            let fallback = local.found();
+            let needs_network = !stored
+                && network_allowed
+                && self
+                    .order
+                    .iter()
+                    .any(|s| matches!(s, KeySource::Wkd | KeySource::Vks));
+            if !needs_network {
+                if let Some(f) = fallback {
+                    out.insert(addr, f);
+                }
+                continue;
+            }
             let me = self.clone();
-            let a = a.clone();
-            handles.push((a.clone(), tokio::spawn(async move { me.lookup(&a).await })));
+            let id = identity.map(str::to_string);
+            let a2 = addr.clone();
+            let h = tokio::spawn(async move { me.lookup_in(&a2, id.as_deref(), true).await });
+            handles.push((addr, w.bcc, fallback, h));
         }
         let deadline = tokio::time::Instant::now() + self.timeout;
-        let mut out = HashMap::new();
-        for (addr, h) in handles {
+        for (addr, bcc, fallback, h) in handles {
             // A lookup still running at the deadline goes on in the background (its
             // result then serves later messages) but counts as "no key" now.
-            match tokio::time::timeout_at(deadline, h).await {
-                Ok(Ok(report)) => {
-                    if let Some((source, certs)) = report.chosen() {
-                        let vouch = match source {
-                            KeySource::Store => crate::trust::Vouch::Local,
-                            KeySource::Wkd => crate::trust::Vouch::Wkd,
-                            KeySource::Vks => crate::trust::Vouch::Vks,
-                            KeySource::Autocrypt => crate::trust::Vouch::Autocrypt,
-                        };
-                        let certs = certs.to_vec();
-                        out.insert(addr, crate::trust::Found { certs, vouch });
-                    }
+            let found = match tokio::time::timeout_at(deadline, h).await {
+                Ok(Ok(report)) => report.found(),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "key lookup task failed");
+                    fallback
                 }
-                Ok(Err(e)) => tracing::warn!(error = %e, "key lookup task failed"),
                 Err(_) => {
-                    tracing::warn!(address = %addr, "key lookup timed out; treating as no key for this message")
+                    if bcc {
+                        tracing::debug!(address = %addr, "key lookup of a Bcc recipient timed out");
+                        tracing::warn!("key lookup of a Bcc recipient timed out; using what the local store and Autocrypt know");
+                    } else {
+                        tracing::warn!(address = %addr, "key lookup timed out; using what the local store and Autocrypt know");
+                    }
+                    fallback
                 }
+            };
+            if let Some(f) = found {
+                out.insert(addr, f);
             }
         }
         out
@@ -357,34 +403,30 @@ impl Discovery {
     /// Re-fetches every discovered certificate from its source and merges what comes
     /// back into the store (revocations, new subkeys). Returns how many were updated.
     pub async fn refresh(&self) -> usize {
-        let entries: Vec<(String, Provenance)> = {
-            let p = self.provenance.lock().unwrap_or_else(|e| e.into_inner());
-            p.certs
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect()
-        };
         let mut updated = 0;
-        for (fpr, prov) in entries {
-            let fetched = match prov.source {
-                KeySource::Wkd => self.fetch_wkd(&prov.address).await,
-                KeySource::Vks => self.fetch_vks(&prov.address).await,
-                _ => continue,
-            };
-            let Ok(certs) = fetched else { continue };
-            for c in certs
-                .into_iter()
-                .filter(|c| c.fingerprint().to_hex().eq_ignore_ascii_case(&fpr))
-            {
-                if self.store.insert(c.strip_secret_key_material()).is_ok() {
-                    updated += 1;
+        for (fpr, prov) in self.store.discovered() {
+            for (address, vouch) in &prov.vouched {
+                let fetched = match vouch {
+                    Vouch::Wkd => self.fetch_wkd(address).await,
+                    Vouch::Vks => self.fetch_vks(address).await,
+                    _ => continue,
+                };
+                let Ok(certs) = fetched else { continue };
+                let source = if *vouch == Vouch::Wkd {
+                    KeySource::Wkd
+                } else {
+                    KeySource::Vks
+                };
+                for c in certs
+                    .into_iter()
+                    .filter(|c| c.fingerprint().to_hex().eq_ignore_ascii_case(&fpr))
+                {
+                    if self.store.insert_discovered(c, address, source).is_ok() {
+                        updated += 1;
+                    }
                 }
+                self.store.refreshed(&fpr);
             }
-            let mut p = self.provenance.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(e) = p.certs.get_mut(&fpr) {
-                e.refreshed_at = now();
-            }
-            self.save_provenance(&p);
         }
         // A refreshed key may now be usable or not: forget misses.
         self.misses

@@ -7,12 +7,15 @@
 //! that address, the certificate is neither revoked nor expired, and it has a live,
 //! encryption-capable subkey (RFC 9580 §5.2.3.29 key flags).
 
+pub mod authres;
 pub mod autocrypt;
 pub mod discover;
 mod generate;
+pub mod provenance;
 
 pub use generate::{generate, Generated};
 
+use crate::config::KeySource;
 use openpgp::cert::prelude::*;
 use openpgp::crypto::{KeyPair, Password};
 use openpgp::parse::Parse;
@@ -21,8 +24,9 @@ use openpgp::serialize::SerializeInto;
 use openpgp::types::RevocationStatus;
 use openpgp_cert_d::{CertD, MergeResult, Tag};
 use sequoia_openpgp as openpgp;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// The one OpenPGP policy sealpost uses, passed explicitly where needed.
 pub static POLICY: StandardPolicy<'static> = StandardPolicy::new();
@@ -55,23 +59,61 @@ pub struct Imported {
 pub struct KeyStore {
     dir: PathBuf,
     certd: CertD,
-    /// Parsed certificates, valid while the store's tag is unchanged.
-    cache: Mutex<Option<(Tag, std::sync::Arc<Vec<Cert>>)>>,
+    /// `state_dir/discovered.toml`; `None`: provenance is kept in memory only.
+    provenance_path: Option<PathBuf>,
+    state: Mutex<StoreState>,
+}
+
+/// The parsed store: each certificate file parsed once per change of that file (cert-d
+/// tags per file), and the derived lists handed out as shared snapshots.
+#[derive(Default)]
+struct StoreState {
+    /// The store's tag when `files` was last brought up to date; `None`: rescan.
+    tag: Option<Tag>,
+    files: HashMap<String, (Tag, Cert)>,
+    provenance: provenance::ProvenanceFile,
+    /// Rebuilt after any change of `files` or `provenance`.
+    snapshot: Option<Snapshot>,
+}
+
+#[derive(Clone)]
+struct Snapshot {
+    certs: Arc<Vec<Cert>>,
+    believed: Arc<Vec<crate::trust::Believed>>,
 }
 
 impl KeyStore {
-    /// Opens (and creates, if needed) the store in `dir`.
+    /// Opens (and creates, if needed) the store in `dir`, with provenance kept in memory
+    /// only: every certificate there speaks for all its user IDs (an imported store).
     pub fn open(dir: &Path) -> Result<KeyStore, KeyError> {
+        Self::open_inner(dir, None)
+    }
+
+    /// Opens the store in `dir` with the provenance of discovered certificates kept in
+    /// `state_dir/discovered.toml` (see [`provenance`]).
+    pub fn open_with_state(dir: &Path, state_dir: &Path) -> Result<KeyStore, KeyError> {
+        Self::open_inner(dir, Some(state_dir.join("discovered.toml")))
+    }
+
+    fn open_inner(dir: &Path, provenance_path: Option<PathBuf>) -> Result<KeyStore, KeyError> {
         let err = |message: String| KeyError::Store {
             dir: dir.to_path_buf(),
             message,
         };
         std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
         let certd = CertD::with_base_dir(dir).map_err(|e| err(e.to_string()))?;
+        let provenance = provenance_path
+            .as_deref()
+            .map(provenance::ProvenanceFile::load)
+            .unwrap_or_default();
         Ok(KeyStore {
             dir: dir.to_path_buf(),
             certd,
-            cache: Mutex::new(None),
+            provenance_path,
+            state: Mutex::new(StoreState {
+                provenance,
+                ..StoreState::default()
+            }),
         })
     }
 
@@ -79,8 +121,13 @@ impl KeyStore {
         &self.dir
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, StoreState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Imports every certificate in `data` (armored or binary, one or many; `gpg
     /// --export` output works). Secret key material is dropped: the store is public.
+    /// The administrator's import vouches for every user ID.
     pub fn import(&self, data: &[u8], source_name: &str) -> Result<Vec<Imported>, KeyError> {
         let parse_err = |message: String| KeyError::Parse {
             source_name: source_name.to_string(),
@@ -98,8 +145,100 @@ impl KeyStore {
         Ok(out)
     }
 
-    /// Inserts one public certificate, merging it with the stored copy.
+    /// Inserts one public certificate as the administrator's (every user ID believed),
+    /// merging it with the stored copy.
     pub fn insert(&self, cert: Cert) -> Result<Imported, KeyError> {
+        let imported = self.merge_into_certd(cert)?;
+        let mut state = self.lock();
+        if let Some(p) = state.provenance.certs.get_mut(&imported.fingerprint) {
+            if !p.local {
+                p.local = true;
+                self.changed_provenance(&mut state);
+            }
+        }
+        Ok(imported)
+    }
+
+    /// Inserts a certificate `vouch` found for `address` (a key server or WKD answer):
+    /// only user IDs with that address are kept, and the certificate is believed for
+    /// that address only, whatever else it claims.
+    pub fn insert_discovered(
+        &self,
+        cert: Cert,
+        address: &str,
+        source: KeySource,
+    ) -> Result<Imported, KeyError> {
+        let addr = normalize_address(address);
+        let cert = cert
+            .strip_secret_key_material()
+            .retain_userids(|u| {
+                u.userid()
+                    .email()
+                    .ok()
+                    .flatten()
+                    .is_some_and(|e| normalize_address(e) == addr)
+            })
+            .retain_user_attributes(|_| false);
+        let imported = self.merge_into_certd(cert)?;
+        let vouch = provenance::Provenance::vouch_of(source);
+        let mut state = self.lock();
+        let now = unix_now();
+        let p = state
+            .provenance
+            .certs
+            .entry(imported.fingerprint.clone())
+            .or_insert_with(|| provenance::Provenance {
+                source,
+                address: addr.clone(),
+                found_at: now,
+                refreshed_at: 0,
+                vouched: Default::default(),
+                local: false,
+            });
+        p.refreshed_at = now;
+        let v = p.vouched.entry(addr).or_insert(vouch);
+        // Strongest first: a WKD answer does not weaken what a local import said.
+        *v = (*v).min(vouch);
+        self.changed_provenance(&mut state);
+        Ok(imported)
+    }
+
+    /// Notes that a discovered certificate was refreshed now.
+    pub fn refreshed(&self, fingerprint: &str) {
+        let mut state = self.lock();
+        if let Some(p) = state.provenance.certs.get_mut(&fingerprint.to_lowercase()) {
+            p.refreshed_at = unix_now();
+            self.changed_provenance(&mut state);
+        }
+    }
+
+    /// Where a stored certificate came from, if it was discovered.
+    pub fn provenance(&self, fingerprint: &str) -> Option<provenance::Provenance> {
+        self.lock()
+            .provenance
+            .certs
+            .get(&fingerprint.to_lowercase())
+            .cloned()
+    }
+
+    /// Every discovered certificate's provenance, by fingerprint.
+    pub fn discovered(&self) -> Vec<(String, provenance::Provenance)> {
+        self.lock()
+            .provenance
+            .certs
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    fn changed_provenance(&self, state: &mut StoreState) {
+        state.snapshot = None;
+        if let Some(path) = &self.provenance_path {
+            state.provenance.save(path);
+        }
+    }
+
+    fn merge_into_certd(&self, cert: Cert) -> Result<Imported, KeyError> {
         let fingerprint = cert.fingerprint().to_hex().to_lowercase();
         let user_ids = cert
             .userids()
@@ -130,43 +269,83 @@ impl KeyStore {
         })
     }
 
-    /// Every certificate in the store (parsed once per change of the store).
-    pub fn certs(&self) -> Result<std::sync::Arc<Vec<Cert>>, KeyError> {
+    /// The current snapshot: files whose cert-d tag changed are parsed again, the others
+    /// kept, so a busy gateway's store is not re-read whole after each discovered key.
+    fn snapshot(&self) -> Result<Snapshot, KeyError> {
         let tag = self.certd.tag();
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((t, certs)) = cache.as_ref() {
-            if *t == tag {
-                return Ok(certs.clone());
-            }
-        }
-        let mut certs = Vec::new();
-        for item in self.certd.iter() {
-            let (fpr, _tag, data) = item.map_err(|e| KeyError::Store {
+        let mut state = self.lock();
+        if state.tag != Some(tag) {
+            let store_err = |message: String| KeyError::Store {
                 dir: self.dir.clone(),
-                message: e.to_string(),
-            })?;
-            match Cert::from_bytes(&data) {
-                Ok(c) => certs.push(c),
-                Err(e) => {
-                    tracing::warn!(fingerprint = %fpr, error = %e, "skipping unreadable certificate in the key store")
+                message,
+            };
+            let mut files = std::mem::take(&mut state.files);
+            let mut seen = HashMap::with_capacity(files.len());
+            for fpr in self.certd.fingerprints() {
+                let fpr = fpr.map_err(|e| store_err(e.to_string()))?;
+                let old = files.remove(&fpr);
+                let changed = match &old {
+                    Some((t, _)) => self.certd.get_if_changed(*t, &fpr),
+                    None => self.certd.get(&fpr),
+                }
+                .map_err(|e| store_err(e.to_string()))?;
+                match (changed, old) {
+                    (Some((t, data)), _) => match Cert::from_bytes(&data) {
+                        Ok(c) => {
+                            seen.insert(fpr, (t, c));
+                        }
+                        Err(e) => {
+                            tracing::warn!(fingerprint = %fpr, error = %e, "skipping unreadable certificate in the key store")
+                        }
+                    },
+                    (None, Some(old)) => {
+                        seen.insert(fpr, old);
+                    }
+                    // Gone between listing and reading.
+                    (None, None) => {}
                 }
             }
+            state.files = seen;
+            state.tag = Some(tag);
+            state.snapshot = None;
         }
-        let certs = std::sync::Arc::new(certs);
-        *cache = Some((tag, certs.clone()));
-        Ok(certs)
+        if let Some(s) = &state.snapshot {
+            return Ok(s.clone());
+        }
+        let mut fprs: Vec<&String> = state.files.keys().collect();
+        fprs.sort();
+        let certs: Vec<Cert> = fprs.iter().map(|f| state.files[*f].1.clone()).collect();
+        let believed = certs
+            .iter()
+            .map(|c| {
+                let fpr = c.fingerprint().to_hex().to_lowercase();
+                match state.provenance.certs.get(&fpr) {
+                    Some(p) if !p.local => crate::trust::Believed {
+                        cert: c.clone(),
+                        addresses: p.vouched.keys().cloned().collect(),
+                    },
+                    _ => crate::trust::Believed::for_all_user_ids(c.clone()),
+                }
+            })
+            .collect();
+        let s = Snapshot {
+            certs: Arc::new(certs),
+            believed: Arc::new(believed),
+        };
+        state.snapshot = Some(s.clone());
+        Ok(s)
+    }
+
+    /// Every certificate in the store (parsed once per change of its file).
+    pub fn certs(&self) -> Result<Arc<Vec<Cert>>, KeyError> {
+        Ok(self.snapshot()?.certs)
     }
 
     /// Every certificate in the store with the addresses it is believed to speak for
-    /// (see [`crate::trust`]); what signature verification may take as proven.
-    pub fn believed(&self) -> Result<std::sync::Arc<Vec<crate::trust::Believed>>, KeyError> {
-        let certs = self.certs()?;
-        Ok(std::sync::Arc::new(
-            certs
-                .iter()
-                .map(|c| crate::trust::Believed::for_all_user_ids(c.clone()))
-                .collect(),
-        ))
+    /// (see [`crate::trust`] and [`provenance`]); what signature verification may take
+    /// as proven. Shared until the store or the provenance changes.
+    pub fn believed(&self) -> Result<Arc<Vec<crate::trust::Believed>>, KeyError> {
+        Ok(self.snapshot()?.believed)
     }
 
     /// Removes a certificate by fingerprint. Returns false when it was not there.
@@ -182,8 +361,12 @@ impl KeyStore {
             .map_err(|e| err(format!("{fingerprint:?} is not a fingerprint: {e}")))?;
         match std::fs::remove_file(&path) {
             Ok(()) => {
-                // Make the change visible to the tag-based cache.
-                *self.cache.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                let mut state = self.lock();
+                // Make the change visible even if the store's tag did not move.
+                state.tag = None;
+                if state.provenance.certs.remove(&fpr).is_some() {
+                    self.changed_provenance(&mut state);
+                }
                 Ok(true)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
@@ -210,14 +393,35 @@ impl KeyStore {
             .collect())
     }
 
-    /// The certificates usable to encrypt to `address` (see the module docs).
+    /// The certificates usable to encrypt to `address` that something vouches for, and
+    /// the strongest such vouch (see the module docs and [`provenance`]).
+    pub fn lookup_found(&self, address: &str) -> Result<Option<crate::trust::Found>, KeyError> {
+        let wanted = normalize_address(address);
+        let snapshot = self.snapshot()?;
+        let state = self.lock();
+        let mut certs = Vec::new();
+        let mut best: Option<crate::trust::Vouch> = None;
+        for c in snapshot.certs.iter() {
+            let fpr = c.fingerprint().to_hex().to_lowercase();
+            let vouch = match state.provenance.certs.get(&fpr) {
+                Some(p) => p.vouch_for(&wanted),
+                None => Some(crate::trust::Vouch::Local),
+            };
+            let Some(vouch) = vouch else { continue };
+            if usable_for(c, &wanted, &POLICY) {
+                certs.push(c.clone());
+                best = Some(best.map_or(vouch, |b| b.min(vouch)));
+            }
+        }
+        Ok(best.map(|vouch| crate::trust::Found { certs, vouch }))
+    }
+
+    /// The certificates usable to encrypt to `address` (see [`KeyStore::lookup_found`]).
     pub fn lookup(&self, address: &str) -> Result<Vec<Cert>, KeyError> {
         Ok(self
-            .certs()?
-            .iter()
-            .filter(|c| usable_for(c, address, &POLICY))
-            .cloned()
-            .collect())
+            .lookup_found(address)?
+            .map(|f| f.certs)
+            .unwrap_or_default())
     }
 }
 
@@ -229,14 +433,33 @@ pub fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
-/// Normalises an address for comparison: domain lower-cased, local part as given
-/// except for case (virtually every provider treats it case-insensitively).
+/// The one form in which sealpost compares addresses (policy rules, key matching,
+/// identities, Autocrypt state): surrounding `<>` and space removed; the domain without
+/// a trailing dot (RFC 1034 §3.1: `example.org.` is the same name) and in its ASCII
+/// form (RFC 5891 IDNA: `bücher.example` and `xn--bcher-kva.example` are one domain),
+/// lower-cased; the local part lower-cased too (RFC 5321 §2.4 lets the receiving host
+/// treat it case-sensitively, but virtually every provider does not, and a key found
+/// for `Bob@` must serve `bob@`).
 pub fn normalize_address(address: &str) -> String {
-    address
+    let a = address
         .trim()
         .trim_start_matches('<')
         .trim_end_matches('>')
-        .to_lowercase()
+        .trim();
+    match a.rsplit_once('@') {
+        Some((local, domain)) => format!("{}@{}", local.to_lowercase(), normalize_domain(domain)),
+        None => a.to_lowercase(),
+    }
+}
+
+/// A domain in the form [`normalize_address`] uses: no trailing dot, IDNA ASCII form,
+/// lower case. A name IDNA refuses (an `_` label, a glob's `*`) is only lower-cased.
+pub fn normalize_domain(domain: &str) -> String {
+    let d = domain.trim().trim_end_matches('.');
+    match idna::domain_to_ascii(d) {
+        Ok(ascii) if !ascii.is_empty() => ascii,
+        _ => d.to_lowercase(),
+    }
 }
 
 /// True when `cert` may be used to encrypt to `address` now.
@@ -471,6 +694,88 @@ pub(crate) mod tests {
         assert!(store.lookup("bobby@example.org").unwrap().is_empty());
         // The store holds no secret key material.
         assert!(!store.certs().unwrap()[0].is_tsk());
+    }
+
+    #[test]
+    fn addresses_have_one_normal_form() {
+        for (a, b) in [
+            ("Bob@Example.ORG", "bob@example.org"),
+            ("<bob@example.org.>", "bob@example.org"),
+            ("bob@bücher.example", "bob@xn--bcher-kva.example"),
+            ("bob@BÜCHER.Example.", "bob@xn--bcher-kva.example"),
+            ("bob@XN--BCHER-KVA.example", "bob@xn--bcher-kva.example"),
+            ("  bob@example.org ", "bob@example.org"),
+            // The last @ separates the domain; a quoted local part keeps its @.
+            ("\"a@b\"@Example.org", "\"a@b\"@example.org"),
+        ] {
+            assert_eq!(normalize_address(a), normalize_address(b), "{a} vs {b}");
+            assert_eq!(normalize_address(b), b, "{b} is normal");
+        }
+        assert_ne!(
+            normalize_address("bob@bucher.example"),
+            normalize_address("bob@bücher.example")
+        );
+    }
+
+    #[test]
+    fn a_discovered_certificate_speaks_only_for_the_address_it_was_found_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let store = KeyStore::open_with_state(dir.path(), state.path()).unwrap();
+        // evil.example's WKD answers for a@evil.example with a certificate that also
+        // claims the CEO's address.
+        let (evil, _) = CertBuilder::general_purpose(Some("<a@evil.example>"))
+            .add_userid("CEO <ceo@corp.example>")
+            .generate()
+            .unwrap();
+        store
+            .insert_discovered(evil.clone(), "a@evil.example", KeySource::Wkd)
+            .unwrap();
+        let found = store.lookup_found("a@evil.example").unwrap().unwrap();
+        assert_eq!(found.vouch, crate::trust::Vouch::Wkd);
+        assert!(store.lookup("ceo@corp.example").unwrap().is_empty());
+        // The CEO's user ID is not even stored, and signatures prove only a@evil.example.
+        assert!(store.with_address("ceo@corp.example").unwrap().is_empty());
+        let believed = store.believed().unwrap();
+        assert!(!believed[0].vouches_for("ceo@corp.example"));
+        assert!(believed[0].vouches_for("A@Evil.Example"));
+        // The provenance survives a restart.
+        let again = KeyStore::open_with_state(dir.path(), state.path()).unwrap();
+        assert!(again.lookup("ceo@corp.example").unwrap().is_empty());
+        assert_eq!(again.lookup("a@evil.example").unwrap().len(), 1);
+        // The same certificate merged again with the CEO user ID (a later WKD answer,
+        // or `sq` writing the full one) still does not speak for the CEO.
+        let store2 = KeyStore::open_with_state(dir.path(), state.path()).unwrap();
+        store2.merge_into_certd(evil.clone()).unwrap();
+        assert!(store2.lookup("ceo@corp.example").unwrap().is_empty());
+        // The administrator's import vouches for all its user IDs.
+        store2
+            .import(&evil.armored().to_vec().unwrap(), "evil.asc")
+            .unwrap();
+        assert_eq!(
+            store2
+                .lookup_found("ceo@corp.example")
+                .unwrap()
+                .unwrap()
+                .vouch,
+            crate::trust::Vouch::Local
+        );
+    }
+
+    #[test]
+    fn the_store_is_parsed_incrementally_and_believed_is_shared() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::open(dir.path()).unwrap();
+        store.insert(make_cert("a@example.org")).unwrap();
+        let first = store.believed().unwrap();
+        let again = store.believed().unwrap();
+        assert!(std::sync::Arc::ptr_eq(&first, &again), "no copy per call");
+        store.insert(make_cert("b@example.org")).unwrap();
+        let after = store.believed().unwrap();
+        assert_eq!(after.len(), 2);
+        assert!(!std::sync::Arc::ptr_eq(&first, &after));
+        // One file changed: the other certificate's parse was kept.
+        assert_eq!(store.lock().files.len(), 2);
     }
 
     #[test]

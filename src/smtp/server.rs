@@ -213,6 +213,22 @@ async fn handle(
     Ok(())
 }
 
+/// The (normalised) addresses in the message's To and Cc: every other envelope
+/// recipient is a Bcc (RFC 5322 §3.6.3).
+fn visible_recipients(raw: &[u8]) -> std::collections::HashSet<String> {
+    let (header, _) = crate::mime::split_message(raw);
+    let Some(m) = mail_parser::MessageParser::default().parse_headers(header) else {
+        return Default::default();
+    };
+    [m.to(), m.cc()]
+        .into_iter()
+        .flatten()
+        .flat_map(|a| a.iter())
+        .filter_map(|a| a.address())
+        .map(crate::keys::normalize_address)
+        .collect()
+}
+
 /// Plans the copies and relays them; the reply is 250 only if upstream accepted all.
 async fn deliver(
     svc: &SmtpService,
@@ -223,7 +239,23 @@ async fn deliver(
     let outbound = svc.outbound.clone();
     let wanted = outbound.wanted_keys(envelope, &message);
     // Bounded in time: a slow key source never holds up the transaction.
-    let found = svc.discovery.keys_for(&wanted).await;
+    // Autocrypt state is the sending user's own (per identity, by login).
+    let identity = envelope.login.as_deref().and_then(|login| {
+        outbound
+            .identities
+            .iter()
+            .find(|i| i.login.eq_ignore_ascii_case(login))
+            .map(|i| i.address.clone())
+    });
+    let visible = visible_recipients(&message);
+    let wanted: Vec<crate::keys::discover::Wanted> = wanted
+        .into_iter()
+        .map(|address| crate::keys::discover::Wanted {
+            bcc: !visible.contains(&address),
+            address,
+        })
+        .collect();
+    let found = svc.discovery.keys_for(identity.as_deref(), &wanted).await;
     let env = envelope.clone();
     let size = message.len();
     // Encryption is CPU work: keep it off the I/O threads. The message moves there

@@ -220,14 +220,20 @@ async fn seal_mailbox(
             .into_iter()
             .map(|m| (m.uid, m.raw))
             .collect();
+        // Each copy opened again, on all cores.
+        let checks: Vec<(&Stored, &Result<u32, Refused>)> =
+            todo.iter().map(|(m, _)| m).zip(stored.iter()).collect();
+        let verified: Vec<bool> = par_map(&checks, |(m, result)| match result {
+            Ok(copy) => back
+                .get(copy)
+                .and_then(|raw| own_copy(job, raw))
+                .is_some_and(|original| original == m.raw),
+            Err(_) => false,
+        });
         let mut quota = None;
-        for ((m, digest), result) in todo.into_iter().zip(stored) {
+        for (((m, digest), result), verified) in todo.into_iter().zip(stored).zip(verified) {
             match result {
                 Ok(copy) => {
-                    let verified = back
-                        .get(&copy)
-                        .and_then(|raw| own_copy(job, raw))
-                        .is_some_and(|original| original == m.raw);
                     if verified {
                         remove_uids.push(m.uid);
                         copies.insert(digest, copy);
@@ -269,28 +275,28 @@ const BATCH: usize = 25;
 /// Seals each message, on all cores.
 fn seal_all(job: &SealJob<'_>, todo: &[(Stored, String)]) -> Vec<Result<Vec<u8>, String>> {
     let id = job.identity;
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let per = todo.len().div_ceil(threads).max(1);
-    let seal = |m: &Stored| {
+    par_map(todo, |(m, _)| {
         let boundary = crate::pgp::random_boundary();
         crate::pgp::stored::seal(&m.raw, &id.cert, id.signer.as_ref(), &boundary)
             .map_err(|e| e.to_string())
-    };
-    // CPU work: the runtime's worker steps aside while the threads run.
+    })
+}
+
+/// `f` over `items` on all cores, results in order. CPU work: the runtime's worker
+/// steps aside while the threads run.
+fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per = items.len().div_ceil(threads).max(1);
+    let f = &f;
     tokio::task::block_in_place(|| {
         std::thread::scope(|scope| {
-            let handles: Vec<_> = todo
+            let handles: Vec<_> = items
                 .chunks(per)
-                .map(|chunk| {
-                    scope.spawn(move || chunk.iter().map(|(m, _)| seal(m)).collect::<Vec<_>>())
-                })
+                .map(|chunk| scope.spawn(move || chunk.iter().map(f).collect::<Vec<R>>()))
                 .collect();
             handles
                 .into_iter()
-                .flat_map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| vec![Err("encryption failed".to_string())])
-                })
+                .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
                 .collect()
         })
     })

@@ -95,6 +95,9 @@ pub struct Selected {
     pub mailbox: String,
     pub uidvalidity: u32,
     pub read_only: bool,
+    /// The mailbox holds spam (LIST `\Junk`, RFC 6154, or named so): nothing is learned
+    /// from its mail.
+    pub junk: bool,
 }
 
 pub struct FetchJob {
@@ -695,7 +698,7 @@ impl FetchJob {
             // Inside encryption signed good by a key bound to the From, the announced key
             // is authenticated and Autocrypt-Gossip counts too (Autocrypt 1.1 §2.7); never
             // in Junk, and only for this session's identity.
-            if !crate::keys::autocrypt::is_junk_mailbox(&self.selected.mailbox) {
+            if !self.selected.junk {
                 // The payload's gossip is not part of the view; it is learned beside it.
                 let (header, _) = crate::mime::split_message(&view.bytes);
                 let header = [header, &view.gossip].concat();

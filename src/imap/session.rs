@@ -235,6 +235,8 @@ pub struct Session {
     /// Mailboxes LIST marked `\Sent` or `\Drafts` (RFC 6154), for
     /// `encrypt_append = "sent-drafts"`.
     special_use: std::collections::HashSet<String>,
+    /// Mailboxes LIST marked `\Junk` (RFC 6154): no Autocrypt learning from them.
+    junk: std::collections::HashSet<String>,
     tag_prefix: String,
     jobs_started: u64,
     out: Vec<Output>,
@@ -268,6 +270,7 @@ impl Session {
             held: Vec::new(),
             sealing: None,
             special_use: std::collections::HashSet::new(),
+            junk: std::collections::HashSet::new(),
             tag_prefix: job_tag_prefix(),
             jobs_started: 0,
             out: Vec::new(),
@@ -285,6 +288,11 @@ impl Session {
     /// with an identity, whose key they are sealed to.
     fn seals_appends(&self) -> bool {
         self.ctx.encrypt_append != EncryptAppend::Off && self.phase.identity().is_some()
+    }
+
+    /// Does `mailbox` hold spam: marked `\Junk` by LIST (RFC 6154), or named so?
+    fn is_junk(&self, mailbox: &str) -> bool {
+        self.junk.contains(mailbox) || crate::keys::autocrypt::is_junk_mailbox(mailbox)
     }
 
     /// Is an APPEND to `mailbox` sealed?
@@ -911,6 +919,7 @@ impl Session {
             mailbox: mailbox.clone(),
             uidvalidity: *uidvalidity,
             read_only: *read_only,
+            junk: self.is_junk(mailbox),
         };
         let items = fetch::expand(macro_or_item_names);
         // Nothing content-dependent, or only messages known to be plain: relay as
@@ -1251,7 +1260,7 @@ impl Session {
                     },
                 ) = (&self.ctx.autocrypt, self.upstream.message(), &self.phase)
                 {
-                    if !crate::keys::autocrypt::is_junk_mailbox(mailbox) {
+                    if !self.is_junk(mailbox) {
                         learn_autocrypt(ac, identity, m);
                     }
                 }
@@ -1329,12 +1338,16 @@ impl Session {
                 ..
             })) => {
                 // RFC 6154 §2: the client's Sent and Drafts, whatever their names.
-                let special = items.iter().any(|a| {
-                    let a = a.to_string();
-                    a.eq_ignore_ascii_case("\\Sent") || a.eq_ignore_ascii_case("\\Drafts")
-                });
-                if special {
-                    let name = String::from_utf8_lossy(name.as_ref()).into_owned();
+                let has = |want: &str| {
+                    items
+                        .iter()
+                        .any(|a| a.to_string().eq_ignore_ascii_case(want))
+                };
+                let name = String::from_utf8_lossy(name.as_ref()).into_owned();
+                if has("\\Junk") {
+                    self.junk.insert(name.clone());
+                }
+                if has("\\Sent") || has("\\Drafts") {
                     self.special_use.insert(name);
                 }
             }

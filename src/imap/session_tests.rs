@@ -1219,3 +1219,16 @@ fn appends_without_identity_or_over_the_limit_are_not_sealed() {
     assert!(seal_request(&out).is_none());
     assert_eq!(upstream_text(&out), "a1 APPEND Sent {2}\r\n");
 }
+
+/// A mailbox LIST marks `\Junk` (RFC 6154) counts as Junk whatever its name; so do the
+/// usual names before any LIST.
+#[test]
+fn junk_mailboxes_come_from_list_and_names() {
+    let mut s = logged_in_as_mallory();
+    assert!(s.is_junk("Junk") && s.is_junk("INBOX/Spam"));
+    assert!(!s.is_junk("Werbung"));
+    s.on_client(b"l1 LIST \"\" \"*\"\r\n");
+    s.on_upstream(b"* LIST (\\HasNoChildren \\Junk) \"/\" Werbung\r\nl1 OK done\r\n");
+    assert!(s.is_junk("Werbung"));
+    assert!(!s.is_junk("INBOX"));
+}

@@ -119,7 +119,7 @@ mod tests {
         Entry::View(Arc::new(View {
             bytes: vec![b'x'; n],
             kind: ViewKind::Plain,
-            gossip: Vec::new(),
+            autocrypt: Vec::new(),
         }))
     }
 

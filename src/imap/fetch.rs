@@ -690,29 +690,35 @@ impl FetchJob {
     }
 
     fn store_view(&mut self, uid: u32, raw: &[u8], mut view: View, ctx: &ImapContext) {
-        if let (
-            Some(ac),
-            ViewKind::Decrypted(crate::pgp::SignatureStatus::Good { addresses, .. }),
-        ) = (&ctx.autocrypt, &view.kind)
+        if let (Some(ac), ViewKind::Decrypted(signature), false) =
+            (&ctx.autocrypt, &view.kind, self.selected.junk)
         {
-            // Inside encryption signed good by a key bound to the From, the announced key
-            // is authenticated and Autocrypt-Gossip counts too (Autocrypt 1.1 §2.7); never
-            // in Junk, and only for this session's identity.
-            if !self.selected.junk {
-                // The payload's gossip is not part of the view; it is learned beside it.
-                let (header, _) = crate::mime::split_message(&view.bytes);
-                let header = [header, &view.gossip].concat();
-                let evidence = crate::keys::autocrypt::Evidence {
-                    signed_good_for: Some(addresses),
-                    authserv_id: ac.authserv_id.as_deref(),
-                };
+            // Never in Junk, and only for this session's identity. The view's header
+            // carries the outer Autocrypt field, which no signature covers: learned as
+            // unauthenticated (unless the own provider's Authentication-Results vouch),
+            // and after the payload's, so it cannot displace a signed key.
+            let now = crate::keys::unix_now();
+            let (header, _) = crate::mime::split_message(&view.bytes);
+            let evidence = |signed_good_for| crate::keys::autocrypt::Evidence {
+                signed_good_for,
+                authserv_id: ac.authserv_id.as_deref(),
+            };
+            if let crate::pgp::SignatureStatus::Good { addresses, .. } = signature {
+                // Inside encryption signed good by a key bound to the From, the payload's
+                // own Autocrypt field is authenticated and Autocrypt-Gossip counts too
+                // (Autocrypt 1.1 §2.7).
+                let without_outer = crate::mime::without_fields(header, &["Autocrypt"]);
+                let inside = [without_outer.as_slice(), &view.autocrypt].concat();
                 ac.store.learn(
                     &self.selected.identity,
-                    &header,
-                    evidence,
-                    crate::keys::unix_now(),
+                    &inside,
+                    evidence(Some(addresses)),
+                    now,
                 );
             }
+            // After the signed one: of the same message, the first key learned stays.
+            ac.store
+                .learn(&self.selected.identity, header, evidence(None), now);
         }
         if self.prefetched.contains(&uid) {
             // Cached for the FETCH that will ask for it; this one holds nothing of it.
@@ -732,7 +738,7 @@ impl FetchJob {
                 kind: ViewKind::TooLarge {
                     limit: self.view_budget,
                 },
-                gossip: Vec::new(),
+                autocrypt: Vec::new(),
             };
         }
         if let ViewKind::Decrypted(_) = view.kind {

@@ -66,7 +66,7 @@ impl ImapContext {
             return View {
                 bytes: raw.to_vec(),
                 kind: ViewKind::Undecryptable("no identity".into()),
-                gossip: Vec::new(),
+                autocrypt: Vec::new(),
             };
         };
         // References only: the store's certificates are shared, never copied per message.

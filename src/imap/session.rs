@@ -1669,6 +1669,11 @@ fn learn_autocrypt(ac: &crate::keys::autocrypt::Learner, identity: &str, respons
             _ => continue,
         };
         if let Some(bytes) = &data.0 {
+            if crate::pgp::is_encrypted(bytes.as_ref()) {
+                // Learned from its view, where the signed payload's field is told apart
+                // from the outer one (which would otherwise come first and stay).
+                continue;
+            }
             let (header, _) = crate::mime::split_message(bytes.as_ref());
             let evidence = crate::keys::autocrypt::Evidence {
                 signed_good_for: None,

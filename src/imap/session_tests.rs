@@ -1232,3 +1232,102 @@ fn junk_mailboxes_come_from_list_and_names() {
     assert!(s.is_junk("Werbung"));
     assert!(!s.is_junk("INBOX"));
 }
+
+/// The outer `Autocrypt` field of an encrypted message is not covered by its
+/// signature: a key announced there (swapped in transit) is learned as unauthenticated
+/// and never displaces the one inside the signed payload.
+#[test]
+fn only_the_signed_payloads_autocrypt_key_is_authenticated() {
+    use crate::keys::tests::make_cert;
+    use crate::trust::Vouch;
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = gateway();
+    let id = ctx.identities[0].clone();
+    let bob = make_cert("bob@example.org");
+    let (honest, swapped) = (make_cert("bob@example.org"), make_cert("bob@example.org"));
+    let keys = Arc::new(crate::keys::KeyStore::open(&dir.path().join("keys")).unwrap());
+    keys.insert(bob.clone().strip_secret_key_material()).unwrap();
+    let signer = bob
+        .keys()
+        .secret()
+        .with_policy(&crate::keys::POLICY, None)
+        .for_signing()
+        .next()
+        .unwrap()
+        .key()
+        .clone()
+        .into_keypair()
+        .unwrap();
+    let field = |c| crate::keys::autocrypt::header_field(c, "bob@example.org", false).unwrap();
+    let raw = format!(
+        "From: bob@example.org\r\nDate: Tue, 01 Dec 2026 09:00:00 +0000\r\n{}Subject: keys\r\n\r\nhi\r\n",
+        field(&honest)
+    );
+    let sealed = crate::pgp::encrypt_message(
+        &crate::pgp::EncryptRequest {
+            raw: raw.as_bytes(),
+            recipients: std::slice::from_ref(&id.cert),
+            signer: Some(&signer),
+            protect_headers: true,
+            boundary: "b1",
+            extra_outer: b"",
+        },
+        &[],
+    )
+    .unwrap();
+    // On the way, the outer copy of the field is swapped for another key.
+    let text = String::from_utf8(sealed).unwrap();
+    let honest_field = field(&honest);
+    let (outer, inner) = text.split_once("\r\n\r\n").unwrap();
+    let outer = outer.replacen(honest_field.trim_end(), field(&swapped).trim_end(), 1);
+    let stored = format!("{outer}\r\n\r\n{inner}").into_bytes();
+    let store = Arc::new(crate::keys::autocrypt::AutocryptStore::open(dir.path()));
+    let mut c = ImapContext {
+        account: ctx.account.clone(),
+        autocrypt: Some(Arc::new(crate::keys::autocrypt::Learner {
+            store: store.clone(),
+            authserv_id: None,
+        })),
+        identities: ctx.identities.clone(),
+        store: keys,
+        cache: Arc::new(super::super::cache::ViewCache::new(1 << 20)),
+        decrypt_slots: ctx.decrypt_slots.clone(),
+        max_message_size: ctx.max_message_size,
+        max_line_length: ctx.max_line_length,
+        max_job_view_bytes: ctx.max_job_view_bytes,
+        encrypt_append: ctx.encrypt_append,
+    };
+    c.max_job_view_bytes = 1 << 20;
+    let c = Arc::new(c);
+    let mut s = with_identity(&c);
+    s.on_client(b"a1 UID FETCH 5 (UID BODY.PEEK[])\r\n");
+    let structure = b"(\"application\" \"pgp-encrypted\" NIL NIL NIL \"7bit\" 10 NIL NIL NIL NIL)(\"application\" \"octet-stream\" NIL NIL NIL \"7bit\" 500 NIL NIL NIL NIL) \"encrypted\" (\"protocol\" \"application/pgp-encrypted\" \"boundary\" \"b1\") NIL NIL NIL";
+    let mut classify = b"* 1 FETCH (UID 5 RFC822.SIZE 900 BODYSTRUCTURE (".to_vec();
+    classify.extend_from_slice(structure);
+    classify.extend_from_slice(
+        b") BODY[HEADER.FIELDS (SEALPOST-DECRYPTED)] {2}\r\n\r\n)\r\nsp1x1 OK done\r\n",
+    );
+    s.on_upstream(&classify);
+    let mut download = format!("* 1 FETCH (UID 5 BODY[] {{{}}}\r\n", stored.len()).into_bytes();
+    download.extend_from_slice(&stored);
+    download.extend_from_slice(b")\r\nsp1x2 OK done\r\n");
+    let out = s.on_upstream(&download);
+    let req = out
+        .into_iter()
+        .find_map(|o| match o {
+            Output::Decrypt(r) => Some(r),
+            _ => None,
+        })
+        .expect("a decrypt request");
+    let view = s.ctx.view(&req.identity, &req.raw, req.limit);
+    assert!(matches!(
+        view.kind,
+        crate::pgp::ViewKind::Decrypted(crate::pgp::SignatureStatus::Good { .. })
+    ));
+    s.on_view("sp1x", req.uid, &req.raw, view);
+    let (key, vouch) = store
+        .key_for("mallory@corp.example", "bob@example.org")
+        .unwrap();
+    assert_eq!(key.fingerprint(), honest.fingerprint());
+    assert_eq!(vouch, Vouch::AutocryptAuthenticated);
+}

@@ -251,11 +251,14 @@ pub fn merge(
     }
 }
 
-/// The `Autocrypt-Gossip` fields of a payload header (Autocrypt 1.1 §2.7), which are
-/// not shown but may teach keys.
-pub fn gossip(inner: &[Field<'_>]) -> Vec<u8> {
+/// The `Autocrypt` and `Autocrypt-Gossip` fields of a payload header (Autocrypt 1.1
+/// §2.7), which are not shown but may teach keys.
+pub fn autocrypt_fields(inner: &[Field<'_>]) -> Vec<u8> {
     let mut out = Vec::new();
-    for f in inner.iter().filter(|f| f.is("Autocrypt-Gossip")) {
+    for f in inner
+        .iter()
+        .filter(|f| f.is("Autocrypt") || f.is("Autocrypt-Gossip"))
+    {
         mime::push_line(&mut out, f.raw);
     }
     out

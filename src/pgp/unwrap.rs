@@ -37,9 +37,10 @@ pub enum ViewKind {
 pub struct View {
     pub bytes: Vec<u8>,
     pub kind: ViewKind,
-    /// The payload's `Autocrypt-Gossip` fields (CRLF lines): not part of the view, but
-    /// what Autocrypt may learn from inside the encryption.
-    pub gossip: Vec<u8>,
+    /// The payload's `Autocrypt` and `Autocrypt-Gossip` fields (CRLF lines): not part of
+    /// the view, but what Autocrypt may learn from inside the encryption, where the
+    /// signature covers them (the view's own `Autocrypt` field is the outer one).
+    pub autocrypt: Vec<u8>,
 }
 
 enum Encrypted {
@@ -117,7 +118,7 @@ pub fn view_of(
         return View {
             bytes: stripped,
             kind: ViewKind::Plain,
-            gossip: Vec::new(),
+            autocrypt: Vec::new(),
         };
     };
     let (ciphertext, inline) = match payload {
@@ -130,7 +131,7 @@ pub fn view_of(
             return View {
                 bytes: stripped,
                 kind: ViewKind::TooLarge { limit },
-                gossip: Vec::new(),
+                autocrypt: Vec::new(),
             };
         }
         Err(e) => {
@@ -141,7 +142,7 @@ pub fn view_of(
             return View {
                 bytes: stripped,
                 kind: ViewKind::Undecryptable(reason),
-                gossip: Vec::new(),
+                autocrypt: Vec::new(),
             };
         }
     };
@@ -171,7 +172,7 @@ pub fn view_of(
         return View {
             bytes: out,
             kind: ViewKind::Decrypted(signature),
-            gossip: Vec::new(),
+            autocrypt: Vec::new(),
         };
     }
 
@@ -196,7 +197,7 @@ pub fn view_of(
             return View {
                 bytes: original,
                 kind: ViewKind::Decrypted(decrypted.signature),
-                gossip: Vec::new(),
+                autocrypt: Vec::new(),
             };
         }
     }
@@ -223,7 +224,7 @@ pub fn view_of(
     View {
         bytes: out,
         kind: ViewKind::Decrypted(merged.signature),
-        gossip: protect::gossip(&inner),
+        autocrypt: protect::autocrypt_fields(&inner),
     }
 }
 

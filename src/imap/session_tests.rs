@@ -1246,7 +1246,8 @@ fn only_the_signed_payloads_autocrypt_key_is_authenticated() {
     let bob = make_cert("bob@example.org");
     let (honest, swapped) = (make_cert("bob@example.org"), make_cert("bob@example.org"));
     let keys = Arc::new(crate::keys::KeyStore::open(&dir.path().join("keys")).unwrap());
-    keys.insert(bob.clone().strip_secret_key_material()).unwrap();
+    keys.insert(bob.clone().strip_secret_key_material())
+        .unwrap();
     let signer = bob
         .keys()
         .secret()

@@ -191,11 +191,22 @@ pub fn merge(
         Scheme::None => Vec::new(),
         _ => inner.iter().filter(|f| is_user_facing(f)).collect(),
     };
+    // Only a single From field with a single mailbox can be taken from the payload: a
+    // second field or mailbox would ride along unchecked.
+    let single_from = {
+        let froms: Vec<_> = inner.iter().filter(|f| f.is("From")).collect();
+        froms.len() == 1
+            && mail_parser::MessageParser::default()
+                .parse_headers(froms[0].raw)
+                .and_then(|m| m.from().map(|a| a.iter().count() == 1))
+                .unwrap_or(false)
+    };
     let payload_from = from_address(inner).filter(|_| scheme != Scheme::None);
     // Which From is shown: the payload's when it names the same sender, or one its
     // good signature proves; otherwise the outer one.
     let (take_payload_from, unproven_from) = match &payload_from {
         None => (false, None),
+        Some(p) if !single_from => (false, Some(p.clone())),
         Some(p) if Some(p) == outer_from.as_ref() => (true, None),
         Some(p) => {
             let proven = matches!(&signature, SignatureStatus::Good { addresses, .. } if addresses.contains(p));
@@ -365,5 +376,35 @@ mod tests {
             .map(|f| f.name)
             .collect();
         assert_eq!(kept, ["List-Id", "Resent-From", "To"]);
+    }
+}
+
+#[cfg(test)]
+mod review_tests {
+    use super::*;
+
+    fn good(addrs: &[&str]) -> SignatureStatus {
+        SignatureStatus::Good {
+            fingerprint: "F00".into(),
+            addresses: addrs.iter().map(|a| a.to_string()).collect(),
+        }
+    }
+
+    /// A second payload From (field or mailbox) cannot ride along with a first one that
+    /// names the outer sender (found by an attacking review).
+    #[test]
+    fn a_second_payload_from_is_not_shown_unproven() {
+        let outer =
+            mime::fields(b"From: a@evil.example\r\nTo: ceo@corp.example\r\nSubject: [...]\r\n");
+        for inner in [
+            &b"Content-Type: text/plain; hp=\"cipher\"\r\nFrom: a@evil.example\r\nFrom: CEO <ceo@corp.example>\r\nSubject: pay this\r\n"[..],
+            b"Content-Type: text/plain; hp=\"cipher\"\r\nFrom: a@evil.example, CEO <ceo@corp.example>\r\nSubject: pay this\r\n",
+        ] {
+            let inner = mime::fields(inner);
+            let m = merge(&outer, &inner, scheme_of(&inner), good(&["a@evil.example"]));
+            let h = String::from_utf8(m.header).unwrap();
+            assert!(!h.contains("CEO"), "unproven From shown: {h}");
+            assert!(h.contains("From: a@evil.example\r\n"), "{h}");
+        }
     }
 }

@@ -220,3 +220,40 @@ mod tests {
         assert_eq!(unseal(wrong_count), None);
     }
 }
+
+#[cfg(test)]
+mod review_tests {
+    use super::*;
+    use crate::keys::tests::make_cert;
+    use openpgp::policy::StandardPolicy;
+
+    /// Sealed mail someone else sent keeps no forged status field (found by an
+    /// attacking review).
+    #[test]
+    fn a_sealed_copy_does_not_show_a_forged_status_field() {
+        let me = make_cert("me@example.org");
+        let p = StandardPolicy::new();
+        let keys: Vec<KeyPair> = me
+            .keys()
+            .secret()
+            .with_policy(&p, None)
+            .for_transport_encryption()
+            .map(|k| k.key().clone().into_keypair().unwrap())
+            .collect();
+        let sig = me
+            .keys()
+            .secret()
+            .with_policy(&p, None)
+            .for_signing()
+            .next()
+            .unwrap();
+        let sig = sig.key().clone().into_keypair().unwrap();
+        let forged = b"From: CEO <ceo@corp.example>\r\nSubject: wire it\r\nSealpost-Decrypted: yes; signature=good; signer=0123456789ABCDEF\r\n\r\nPay 1M to X.\r\n";
+        let sealed = seal(forged, &me, Some(&sig), "b").unwrap();
+        let own = crate::trust::Believed::for_all_user_ids(me.clone());
+        let view = super::super::view_of(&sealed, &keys, &[&own], Some(&me), 1 << 20);
+        let text = String::from_utf8_lossy(&view.bytes);
+        assert!(text.contains("Pay 1M"), "{text}");
+        assert!(!text.contains("signer=0123"), "{text}");
+    }
+}

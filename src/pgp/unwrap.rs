@@ -194,8 +194,10 @@ pub fn view_of(
             .then(|| super::stored::unseal(&inner_plain))
             .flatten()
         {
+            // What was sealed may be mail someone else sent (`sealpost seal` of INBOX):
+            // a status field in it is theirs, never shown.
             return View {
-                bytes: original,
+                bytes: mime::without_fields(&original, &[STATUS_HEADER]),
                 kind: ViewKind::Decrypted(decrypted.signature),
                 autocrypt: Vec::new(),
             };

@@ -100,18 +100,17 @@ pub async fn run(
         });
     }
     let caps = c.run_text("CAPABILITY").await?;
-    let uidplus = caps.untagged.iter().any(|r| {
-        matches!(r, Response::Data(Data::Capability(list))
-            if list.as_ref().iter().any(|c| c.to_string().eq_ignore_ascii_case("UIDPLUS")))
-    });
-    if !uidplus {
+    let offers = |name: &str| {
+        caps.untagged.iter().any(|r| {
+            matches!(r, Response::Data(Data::Capability(list))
+                if list.as_ref().iter().any(|c| c.to_string().eq_ignore_ascii_case(name)))
+        })
+    };
+    if !offers("UIDPLUS") {
         return Err(SealError::NoUidPlus);
     }
     // RFC 7888: with LITERAL+ the APPENDs of a batch go out at once.
-    let literal_plus = caps.untagged.iter().any(|r| {
-        matches!(r, Response::Data(Data::Capability(list))
-            if list.as_ref().iter().any(|c| c.to_string().eq_ignore_ascii_case("LITERAL+")))
-    });
+    let literal_plus = offers("LITERAL+");
     let mut total = Summary::default();
     for mailbox in &job.mailboxes {
         let s = if job.unseal {
@@ -145,28 +144,16 @@ async fn seal_mailbox(
     progress: &mut dyn FnMut(&str),
 ) -> Result<Summary, SealError> {
     let mut summary = Summary::default();
-    let select = CommandBody::select(mailbox)
-        .map_err(|e| ClientError::Command(format!("mailbox {mailbox:?}: {e:?}")))?;
-    let r = c.run(select).await?;
-    if !r.ok() {
-        summary
-            .failed
-            .push(format!("{mailbox}: cannot select it ({})", r.text));
-        return Ok(summary);
-    }
-    let range = match &job.before {
-        Some(d) => format!("BEFORE {d}"),
-        None => "ALL".into(),
+    let (plain, encrypted) = match open_mailbox(c, job, mailbox).await? {
+        Ok(split) => split,
+        Err(why) => {
+            summary.failed.push(why);
+            return Ok(summary);
+        }
     };
-    let all = search(c, &format!("UID SEARCH {range}")).await?;
-    let encrypted = search(
-        c,
-        &format!("UID SEARCH {range} HEADER Content-Type \"multipart/encrypted\""),
-    )
-    .await?;
     // The copies already here, by the digest of their originals.
     let mut copies: HashMap<String, u32> = HashMap::new();
-    for batch in encrypted.chunks(20) {
+    for batch in encrypted.chunks(BATCH) {
         for m in fetch(c, batch).await? {
             summary.already_encrypted += 1;
             if let Some(original) = own_copy(job, &m.raw) {
@@ -174,11 +161,6 @@ async fn seal_mailbox(
             }
         }
     }
-    let plain: Vec<u32> = all
-        .iter()
-        .copied()
-        .filter(|u| !encrypted.contains(u))
-        .collect();
     let sizes = sizes(c, &plain).await?;
     let mut left: u64 = sizes.values().sum();
     let mut done = 0usize;
@@ -267,6 +249,34 @@ async fn seal_mailbox(
         progress(&format!("{mailbox}: {done} of {} looked at", plain.len()));
     }
     Ok(summary)
+}
+
+/// Selects `mailbox` and splits the UIDs the job covers into (plain, encrypted), by
+/// the server's own search for PGP/MIME; `Ok(Err(why))` when it cannot be selected.
+async fn open_mailbox(
+    c: &mut Client,
+    job: &SealJob<'_>,
+    mailbox: &str,
+) -> Result<Result<(Vec<u32>, Vec<u32>), String>, SealError> {
+    let select = CommandBody::select(mailbox)
+        .map_err(|e| ClientError::Command(format!("mailbox {mailbox:?}: {e:?}")))?;
+    let r = c.run(select).await?;
+    if !r.ok() {
+        return Ok(Err(format!("{mailbox}: cannot select it ({})", r.text)));
+    }
+    let range = match &job.before {
+        Some(d) => format!("BEFORE {d}"),
+        None => "ALL".into(),
+    };
+    let all = search(c, &format!("UID SEARCH {range}")).await?;
+    let encrypted = search(
+        c,
+        &format!("UID SEARCH {range} HEADER Content-Type \"multipart/encrypted\""),
+    )
+    .await?;
+    let set: std::collections::HashSet<u32> = encrypted.iter().copied().collect();
+    let plain = all.into_iter().filter(|u| !set.contains(u)).collect();
+    Ok(Ok((plain, encrypted)))
 }
 
 /// Messages per round of fetch, seal, store, verify and remove.
@@ -392,32 +402,15 @@ async fn unseal_mailbox(
     mailbox: &str,
 ) -> Result<Summary, SealError> {
     let mut summary = Summary::default();
-    let select = CommandBody::select(mailbox)
-        .map_err(|e| ClientError::Command(format!("mailbox {mailbox:?}: {e:?}")))?;
-    let r = c.run(select).await?;
-    if !r.ok() {
-        summary
-            .failed
-            .push(format!("{mailbox}: cannot select it ({})", r.text));
-        return Ok(summary);
-    }
-    let range = match &job.before {
-        Some(d) => format!("BEFORE {d}"),
-        None => "ALL".into(),
+    let (plain, encrypted) = match open_mailbox(c, job, mailbox).await? {
+        Ok(split) => split,
+        Err(why) => {
+            summary.failed.push(why);
+            return Ok(summary);
+        }
     };
-    let all = search(c, &format!("UID SEARCH {range}")).await?;
-    let encrypted = search(
-        c,
-        &format!("UID SEARCH {range} HEADER Content-Type \"multipart/encrypted\""),
-    )
-    .await?;
-    let plain: Vec<u32> = all
-        .iter()
-        .copied()
-        .filter(|u| !encrypted.contains(u))
-        .collect();
     let mut originals = std::collections::HashSet::new();
-    for batch in plain.chunks(20) {
+    for batch in plain.chunks(BATCH) {
         for m in fetch(c, batch).await? {
             if crate::pgp::is_encrypted(&m.raw) {
                 summary.already_encrypted += 1;
@@ -425,7 +418,7 @@ async fn unseal_mailbox(
             originals.insert(crate::pgp::stored::digest(&m.raw));
         }
     }
-    for batch in encrypted.chunks(20) {
+    for batch in encrypted.chunks(BATCH) {
         for m in fetch(c, batch).await? {
             let Some(original) = own_copy(job, &m.raw) else {
                 summary.already_encrypted += 1;

@@ -96,9 +96,15 @@ pub fn own_copy(raw: &[u8], keys: &[KeyPair], own: &Cert, max_size: usize) -> Op
     };
     let me = Believed::for_all_user_ids(own.clone());
     let d = decrypt_bytes(&ciphertext, keys, &[&me], max_size).ok()?;
-    match &d.signature {
+    unseal_own(&d.signature, own, &mime::to_crlf(&d.plaintext))
+}
+
+/// The original a sealed payload records, when `own`'s key signed it (only then is it
+/// one of the identity's own copies).
+fn unseal_own(signature: &SignatureStatus, own: &Cert, payload: &[u8]) -> Option<Vec<u8>> {
+    match signature {
         SignatureStatus::Good { fingerprint, .. } if *fingerprint == own.fingerprint().to_hex() => {
-            super::stored::unseal(&mime::to_crlf(&d.plaintext))
+            super::stored::unseal(payload)
         }
         _ => None,
     }
@@ -186,13 +192,7 @@ pub fn view_of(
         .is_some_and(|f| f.is(super::stored::STORED_FIELD))
     {
         // One of the identity's own copies: the original, when its own key signed it.
-        let own_signed = matches!(
-            (&decrypted.signature, own),
-            (SignatureStatus::Good { fingerprint, .. }, Some(c)) if *fingerprint == c.fingerprint().to_hex()
-        );
-        if let Some(original) = own_signed
-            .then(|| super::stored::unseal(&inner_plain))
-            .flatten()
+        if let Some(original) = own.and_then(|c| unseal_own(&decrypted.signature, c, &inner_plain))
         {
             // What was sealed may be mail someone else sent (`sealpost seal` of INBOX):
             // a status field in it is theirs, never shown.

@@ -185,7 +185,9 @@ fn a_signature_counts_only_for_the_from_the_user_sees() {
     assert!(!h.contains("Carol"), "{h}");
     assert_eq!(
         status(&h),
-        format!("yes; signature=not-from-sender; signer={dave}; unproven-from=carol@example.org")
+        format!(
+            "yes; signature=not-from-sender; signer={dave}; unproven-from=\"carol@example.org\""
+        )
     );
     assert!(h.contains("Subject: Change of account\r\n"), "{h}");
 

@@ -235,9 +235,43 @@ pub fn view_of(
 fn push_status(out: &mut Vec<u8>, signature: &SignatureStatus, unproven_from: Option<&str>) {
     out.extend_from_slice(format!("{STATUS_HEADER}: {}", signature.header_value()).as_bytes());
     if let Some(from) = unproven_from {
-        out.extend_from_slice(format!("; unproven-from={from}").as_bytes());
+        out.extend_from_slice(b"; ");
+        out.extend_from_slice(parameter("unproven-from", from).as_bytes());
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// `name=value` as a MIME parameter (RFC 2045 §5.1, RFC 2231 §4): a token as it is, other
+/// ASCII as a quoted-string, anything else percent-encoded as UTF-8. The value comes from
+/// a sender, so nothing in it can end the field or add a parameter: no control
+/// character, quote or semicolon reaches the header unescaped.
+fn parameter(name: &str, value: &str) -> String {
+    const TSPECIALS: &[u8] = b"()<>@,;:\\\"/[]?=";
+    let token = |b: u8| b.is_ascii_graphic() && !TSPECIALS.contains(&b);
+    if !value.is_empty() && value.bytes().all(token) {
+        return format!("{name}={value}");
+    }
+    if value.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
+        let mut quoted = String::with_capacity(value.len() + 2);
+        quoted.push('"');
+        for c in value.chars() {
+            if c == '"' || c == '\\' {
+                quoted.push('\\');
+            }
+            quoted.push(c);
+        }
+        quoted.push('"');
+        return format!("{name}={quoted}");
+    }
+    let mut encoded = String::new();
+    for b in value.bytes() {
+        if token(b) && b != b'%' && b != b'*' && b != b'\'' {
+            encoded.push(b as char);
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    format!("{name}*=utf-8''{encoded}")
 }
 
 #[cfg(test)]
@@ -394,5 +428,24 @@ mod tests {
             view.kind
         );
         assert_eq!(view.bytes, bytes);
+    }
+
+    #[test]
+    fn an_unproven_from_cannot_end_the_status_field_or_add_a_parameter() {
+        assert_eq!(
+            parameter("unproven-from", "boss@corp.example"),
+            "unproven-from=\"boss@corp.example\""
+        );
+        assert_eq!(parameter("p", "plain"), "p=plain");
+        assert_eq!(
+            parameter("unproven-from", "\"a; signature=good\"@x"),
+            "unproven-from=\"\\\"a; signature=good\\\"@x\""
+        );
+        let broken = parameter("unproven-from", "a\r\nSealpost-Decrypted: yes@x");
+        assert!(!broken.contains('\r') && !broken.contains('\n'), "{broken}");
+        assert_eq!(
+            parameter("unproven-from", "jörg@x"),
+            "unproven-from*=utf-8''j%C3%B6rg%40x"
+        );
     }
 }

@@ -69,6 +69,7 @@ pub fn is_fully_encrypted(raw: &[u8]) -> bool {
                 .filter(|w| *w == ARMOR_BEGIN)
                 .count()
                 == 1
+            && only_plain_armor_headers(t)
             && is_encrypted_openpgp(t)
     };
     let Some(msg) = mail_parser::MessageParser::default().parse(raw) else {
@@ -83,6 +84,8 @@ pub fn is_fully_encrypted(raw: &[u8]) -> bool {
     match msg.parts.as_slice() {
         [root, version, data] if is(root, "multipart", "encrypted") => {
             is(version, "application", "pgp-encrypted")
+                && only_label_fields(version, false)
+                && only_label_fields(data, true)
                 && version
                     .contents()
                     .trim_ascii()
@@ -94,6 +97,55 @@ pub fn is_fully_encrypted(raw: &[u8]) -> bool {
         [root] => one_block(root.contents()),
         _ => false,
     }
+}
+
+/// The armor header lines (RFC 9580 §6.2) are plaintext beside the ciphertext: only the
+/// `Version` and `Comment` that implementations write are let through, once each and one
+/// short line long.
+fn only_plain_armor_headers(armored: &[u8]) -> bool {
+    let mut seen = Vec::new();
+    for line in armored.split(|&b| b == b'\n').skip(1) {
+        let line = line.trim_ascii();
+        if line.is_empty() {
+            return true;
+        }
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            // Not a header line: the body starts without a blank line (the parser decides).
+            return true;
+        };
+        let key = line[..colon].to_ascii_lowercase();
+        if !(key == b"version" || key == b"comment") || line.len() > 76 || seen.contains(&key) {
+            return false;
+        }
+        seen.push(key);
+    }
+    true
+}
+
+/// The header fields of the two PGP/MIME parts are plaintext beside the ciphertext. Only
+/// the fields that label them are let through, as clients write them: `Content-Type` (the
+/// data part may name its file), `Content-Transfer-Encoding`, a short `Content-Description`
+/// and, on the data part, `Content-Disposition` with a short file name.
+fn only_label_fields(part: &mail_parser::MessagePart<'_>, data_part: bool) -> bool {
+    use mail_parser::{HeaderName, HeaderValue};
+    const NAME_LIMIT: usize = 40;
+    let params_ok = |value: &HeaderValue<'_>, allowed: &str| match value {
+        HeaderValue::ContentType(ct) => ct.attributes().unwrap_or_default().iter().all(|a| {
+            data_part && a.name.eq_ignore_ascii_case(allowed) && a.value.len() <= NAME_LIMIT
+        }),
+        _ => false,
+    };
+    part.headers.iter().all(|h| match &h.name {
+        HeaderName::ContentType => params_ok(&h.value, "name"),
+        HeaderName::ContentTransferEncoding => true,
+        HeaderName::ContentDescription => match &h.value {
+            HeaderValue::Text(text) => text.len() <= 64,
+            HeaderValue::Empty => true,
+            _ => false,
+        },
+        HeaderName::ContentDisposition => params_ok(&h.value, "filename"),
+        _ => false,
+    })
 }
 
 /// RFC 3156 §4 leaves the preamble free; clients write one line saying what the message
@@ -408,6 +460,46 @@ mod tests {
         assert!(!is_fully_encrypted(preamble.as_bytes()));
         let epilogue = format!("{mime}The merger closes Friday.\r\n");
         assert!(!is_fully_encrypted(epilogue.as_bytes()));
+        // What Thunderbird writes on the two parts is only a label.
+        let labelled = mime
+            .replace(
+                "Content-Type: application/pgp-encrypted\r\n",
+                "Content-Type: application/pgp-encrypted\r\nContent-Description: PGP/MIME version identification\r\n",
+            )
+            .replace(
+                "Content-Type: application/octet-stream\r\n",
+                "Content-Type: application/octet-stream; name=\"encrypted.asc\"\r\nContent-Description: OpenPGP encrypted message\r\nContent-Disposition: inline; filename=\"encrypted.asc\"\r\n",
+            );
+        assert!(is_fully_encrypted(labelled.as_bytes()));
+        // Plaintext in the parts' header fields or in the armor headers travels too.
+        let data_header = "Content-Type: application/octet-stream\r\n";
+        for leak in [
+            "Content-Type: application/octet-stream\r\nX-Note: The merger closes Friday.\r\n",
+            "Content-Type: application/octet-stream\r\nSubject: The merger closes Friday\r\n",
+            "Content-Type: application/octet-stream; name=\"The merger closes Friday and the price is 4.2M.asc\"\r\n",
+            "Content-Type: application/octet-stream; note=\"merger\"\r\n",
+            "Content-Type: application/octet-stream\r\nContent-Description: The merger with Initech closes on Friday; tell nobody, the price is 4.2M\r\n",
+            "Content-Type: application/octet-stream\r\nContent-Disposition: inline; comment=\"merger\"\r\n",
+        ] {
+            let leaky = mime.replace(data_header, leak);
+            assert!(!is_fully_encrypted(leaky.as_bytes()), "{leak}");
+        }
+        let version_leak = mime.replace(
+            "Content-Type: application/pgp-encrypted\r\n",
+            "Content-Type: application/pgp-encrypted; name=\"merger\"\r\n",
+        );
+        assert!(!is_fully_encrypted(version_leak.as_bytes()));
+        let begin = "-----BEGIN PGP MESSAGE-----\r\n";
+        let commented = mime.replace(begin, &format!("{begin}Comment: made by a client\r\n"));
+        assert!(is_fully_encrypted(commented.as_bytes()));
+        for armor_leak in [
+            "Comment: The merger closes Friday\r\nComment: the price is 4.2M\r\n".to_string(),
+            "Hash: The merger closes Friday\r\n".to_string(),
+            format!("Comment: {}\r\n", "merger ".repeat(12)),
+        ] {
+            let leaky = mime.replace(begin, &format!("{begin}{armor_leak}"));
+            assert!(!is_fully_encrypted(leaky.as_bytes()), "{armor_leak}");
+        }
     }
 
     #[test]

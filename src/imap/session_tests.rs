@@ -1332,3 +1332,67 @@ fn only_the_signed_payloads_autocrypt_key_is_authenticated() {
     assert_eq!(key.fingerprint(), honest.fingerprint());
     assert_eq!(vouch, Vouch::AutocryptAuthenticated);
 }
+
+/// A sealed copy is signed by the identity's own key, which proves only that sealpost
+/// sealed it. Mail someone sent with the user's own address as From and an
+/// `Autocrypt-Gossip` field, sealed by `sealpost seal`, teaches no key when read back
+/// (found by an attacking review: it counted as signed good by the From).
+#[test]
+fn a_sealed_copy_of_received_mail_vouches_for_nothing_in_it() {
+    use crate::keys::tests::make_cert;
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = gateway();
+    let id = ctx.identities[0].clone();
+    let attacker = make_cert("ceo@corp.example");
+    let gossip = crate::keys::autocrypt::header_field(&attacker, "ceo@corp.example", false)
+        .unwrap()
+        .replacen("Autocrypt:", "Autocrypt-Gossip:", 1);
+    let raw = format!(
+        "From: {}\r\nTo: {}\r\nDate: Tue, 01 Dec 2026 09:00:00 +0000\r\n{gossip}Subject: new key\r\n\r\nhi\r\n",
+        id.address, id.address
+    );
+    let stored =
+        crate::pgp::stored::seal(raw.as_bytes(), &id.cert, id.signer.as_ref(), "b1").unwrap();
+    let store = Arc::new(crate::keys::autocrypt::AutocryptStore::open(dir.path()));
+    let mut c = ImapContext {
+        account: ctx.account.clone(),
+        autocrypt: Some(Arc::new(crate::keys::autocrypt::Learner {
+            store: store.clone(),
+            authserv_id: None,
+        })),
+        identities: ctx.identities.clone(),
+        store: ctx.store.clone(),
+        cache: Arc::new(super::super::cache::ViewCache::new(1 << 20)),
+        decrypt_slots: ctx.decrypt_slots.clone(),
+        max_message_size: ctx.max_message_size,
+        max_line_length: ctx.max_line_length,
+        max_job_view_bytes: ctx.max_job_view_bytes,
+        encrypt_append: ctx.encrypt_append,
+    };
+    c.max_job_view_bytes = 1 << 20;
+    let c = Arc::new(c);
+    let mut s = with_identity(&c);
+    s.on_client(b"a1 UID FETCH 5 (UID BODY.PEEK[])\r\n");
+    let structure = b"(\"application\" \"pgp-encrypted\" NIL NIL NIL \"7bit\" 10 NIL NIL NIL NIL)(\"application\" \"octet-stream\" NIL NIL NIL \"7bit\" 500 NIL NIL NIL NIL) \"encrypted\" (\"protocol\" \"application/pgp-encrypted\" \"boundary\" \"b1\") NIL NIL NIL";
+    let mut classify = b"* 1 FETCH (UID 5 RFC822.SIZE 900 BODYSTRUCTURE (".to_vec();
+    classify.extend_from_slice(structure);
+    classify.extend_from_slice(
+        b") BODY[HEADER.FIELDS (SEALPOST-DECRYPTED)] {2}\r\n\r\n)\r\nsp1x1 OK done\r\n",
+    );
+    s.on_upstream(&classify);
+    let mut download = format!("* 1 FETCH (UID 5 BODY[] {{{}}}\r\n", stored.len()).into_bytes();
+    download.extend_from_slice(&stored);
+    download.extend_from_slice(b")\r\nsp1x2 OK done\r\n");
+    let out = s.on_upstream(&download);
+    let req = out
+        .into_iter()
+        .find_map(|o| match o {
+            Output::Decrypt(r) => Some(r),
+            _ => None,
+        })
+        .expect("a decrypt request");
+    let view = s.ctx.view(&req.identity, &req.raw, req.limit);
+    assert_eq!(view.bytes, raw.as_bytes(), "the copy reads as the original");
+    s.on_view("sp1x", req.uid, &req.raw, view);
+    assert!(store.key_for(&id.address, "ceo@corp.example").is_none());
+}

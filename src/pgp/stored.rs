@@ -255,5 +255,10 @@ mod review_tests {
         let text = String::from_utf8_lossy(&view.bytes);
         assert!(text.contains("Pay 1M"), "{text}");
         assert!(!text.contains("signer=0123"), "{text}");
+        // The own key sealed it; it says nothing about who wrote it.
+        assert!(matches!(
+            view.kind,
+            crate::pgp::ViewKind::Decrypted(crate::pgp::SignatureStatus::Unsigned)
+        ));
     }
 }

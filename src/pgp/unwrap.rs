@@ -195,10 +195,12 @@ pub fn view_of(
         if let Some(original) = own.and_then(|c| unseal_own(&decrypted.signature, c, &inner_plain))
         {
             // What was sealed may be mail someone else sent (`sealpost seal` of INBOX):
-            // a status field in it is theirs, never shown.
+            // a status field in it is theirs, never shown. The own key's signature proves
+            // only that sealpost sealed it, not who wrote it: the copy counts as unsigned,
+            // so nothing in it (Autocrypt-Gossip under a From naming the user) is believed.
             return View {
                 bytes: mime::without_fields(&original, &[STATUS_HEADER]),
-                kind: ViewKind::Decrypted(decrypted.signature),
+                kind: ViewKind::Decrypted(SignatureStatus::Unsigned),
                 autocrypt: Vec::new(),
             };
         }

@@ -403,7 +403,7 @@ pub struct SealArgs {
 pub async fn seal(
     config: &Config,
     args: SealArgs,
-    progress: &mut dyn FnMut(&str),
+    progress: &mut dyn FnMut(&crate::imap::seal::Progress<'_>),
 ) -> Result<crate::imap::seal::Summary, AppError> {
     let bad = |message: String| AppError::Seal { message };
     let id = config

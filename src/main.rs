@@ -6,6 +6,7 @@ use sealpost::config::Config;
 use sealpost::keys::autocrypt::AutocryptStore;
 use sealpost::keys::discover::{outcome_label, Discovery};
 use sealpost::keys::KeyStore;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -59,7 +60,8 @@ struct SealCli {
     /// Say what would change, change nothing.
     #[arg(long)]
     dry_run: bool,
-    /// File holding the IMAP password (else the SEALPOST_PASSWORD variable).
+    /// File holding the IMAP password (else the SEALPOST_PASSWORD variable, else a
+    /// prompt on the terminal).
     #[arg(long, value_name = "FILE")]
     password_file: Option<PathBuf>,
 }
@@ -285,8 +287,16 @@ fn seal(config: &std::path::Path, cli: SealCli, unseal: bool) -> anyhow::Result<
             .with_context(|| format!("cannot read the password file {}", f.display()))?
             .trim_end_matches(['\r', '\n'])
             .to_string(),
-        None => std::env::var("SEALPOST_PASSWORD")
-            .context("no password: give --password-file FILE or set SEALPOST_PASSWORD")?,
+        None => match std::env::var("SEALPOST_PASSWORD") {
+            Ok(p) => p,
+            Err(_) if std::io::stdin().is_terminal() => {
+                rpassword::prompt_password(format!("IMAP password for {}: ", cli.login))
+                    .context("cannot read the password from the terminal")?
+            }
+            Err(_) => anyhow::bail!(
+                "no password: give --password-file FILE, set SEALPOST_PASSWORD, or run on a terminal to be asked"
+            ),
+        },
     };
     let before = cli
         .before
@@ -302,9 +312,26 @@ fn seal(config: &std::path::Path, cli: SealCli, unseal: bool) -> anyhow::Result<
         unseal,
     };
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    let summary = rt.block_on(sealpost::app::seal(&config, args, &mut |line| {
-        println!("{line}")
-    }))?;
+    // On a terminal one line redrawn in place; elsewhere a plain line per mailbox.
+    let mut bar = std::io::stderr()
+        .is_terminal()
+        .then(sealpost::imap::progress::Bar::new);
+    let summary = rt.block_on(sealpost::app::seal(
+        &config,
+        args,
+        &mut |p| match &mut bar {
+            Some(bar) => {
+                let mut err = std::io::stderr();
+                let _ = err.write_all(bar.update(p, std::time::Instant::now()).as_bytes());
+                let _ = err.flush();
+            }
+            None => {
+                if let Some(line) = p.line() {
+                    println!("{line}");
+                }
+            }
+        },
+    ))?;
     let verb = match (unseal, cli.dry_run) {
         (false, false) => "sealed",
         (false, true) => "would seal",

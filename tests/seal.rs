@@ -330,3 +330,87 @@ fn a_run_killed_anywhere_and_resumed_loses_and_duplicates_nothing() {
         assert_eq!(n, 1, "{}", String::from_utf8_lossy(m));
     }
 }
+
+/// On a terminal: no password file and no variable, so sealpost asks (echo off), and
+/// the run is shown as one line redrawn with messages, bytes, rate and time left.
+/// Driven through a real pseudo-terminal (python3's `pty`).
+#[test]
+fn on_a_terminal_it_asks_for_the_password_and_shows_a_progress_line() {
+    let ca = TestCa::shared();
+    let dovecot = Dovecot::start(ca, &[(USER, PASS)]);
+    let mut d = dovecot.session(USER, PASS);
+    for n in 1..=3 {
+        appended(&mut d, &plain(n), "", "01-Nov-2026 09:00:00 +0000");
+    }
+    let mut opts = ProxyOptions::new(1);
+    opts.imap_upstream = Some((dovecot.imaps_port, "tls"));
+    opts.alice_login = USER.into();
+    let proxy = Proxy::start(ca, &opts);
+    // The child gets the terminal as stdin, stdout and stderr; the script types the
+    // password after the prompt and prints everything the terminal showed.
+    let script = r#"
+import os, pty, sys
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:3] + ["--login", sys.argv[3], "--config", sys.argv[4]])
+out = b""
+sent = False
+while True:
+    try:
+        chunk = os.read(fd, 4096)
+    except OSError:
+        break
+    if not chunk:
+        break
+    out += chunk
+    if not sent and b"IMAP password for" in out:
+        os.write(fd, sys.argv[5].encode() + b"\n")
+        sent = True
+_, status = os.waitpid(pid, 0)
+sys.stdout.buffer.write(out)
+sys.exit(os.waitstatus_to_exitcode(status))
+"#;
+    let bin = common::proxy::sealpost_bin();
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(bin)
+        .arg("seal")
+        .arg(USER)
+        .arg(&proxy.config)
+        .arg(PASS)
+        .env_remove("SEALPOST_PASSWORD")
+        .output()
+        .expect("run python3");
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{shown}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        shown.contains(&format!("IMAP password for {USER}: ")),
+        "{shown}"
+    );
+    assert!(!shown.contains(PASS), "the password was echoed: {shown}");
+    assert!(
+        shown.contains("INBOX [####################] 3/3 messages,") && shown.contains(" left"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("\x1b[KINBOX: 3 sealed, 0 already encrypted"),
+        "{shown}"
+    );
+    assert!(shown.contains("sealed 3, already encrypted 0"), "{shown}");
+    assert!(fetch_all(&mut d, "INBOX")
+        .iter()
+        .all(|f| !String::from_utf8_lossy(f.get("BODY[]").unwrap()).contains("Revenue line")));
+
+    // Not on a terminal and no password given: a clear error, nothing asked or changed.
+    let out = sealpost_cmd(&proxy.config, &["seal", "--login", USER]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("give --password-file FILE, set SEALPOST_PASSWORD"),
+        "{err}"
+    );
+}

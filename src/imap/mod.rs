@@ -6,6 +6,7 @@ pub mod caps;
 pub mod client;
 pub mod fetch;
 pub mod framer;
+pub mod progress;
 pub mod seal;
 pub mod server;
 pub mod session;

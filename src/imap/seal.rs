@@ -75,6 +75,55 @@ impl Summary {
     }
 }
 
+/// What a run reports as it goes.
+#[derive(Debug, Clone, Copy)]
+pub enum Progress<'a> {
+    /// `mailbox` holds `messages` plain messages of `bytes` in all to look at.
+    Started {
+        mailbox: &'a str,
+        messages: usize,
+        bytes: u64,
+    },
+    /// So many of them looked at (sealed, found encrypted, finished or failed).
+    Batch {
+        mailbox: &'a str,
+        done: usize,
+        bytes_done: u64,
+    },
+    /// The mailbox is done.
+    Finished {
+        mailbox: &'a str,
+        summary: &'a Summary,
+        unseal: bool,
+    },
+}
+
+impl Progress<'_> {
+    /// The plain line for a log or a pipe: one per mailbox, when it is done.
+    pub fn line(&self) -> Option<String> {
+        let Progress::Finished {
+            mailbox,
+            summary: s,
+            unseal,
+        } = self
+        else {
+            return None;
+        };
+        let (done, other) = if *unseal {
+            ("unsealed", "other encrypted")
+        } else {
+            ("sealed", "already encrypted")
+        };
+        Some(format!(
+            "{mailbox}: {} {done}, {} {other}, {} finished from an earlier run, {} failed",
+            s.sealed,
+            s.already_encrypted,
+            s.finished,
+            s.failed.len()
+        ))
+    }
+}
+
 /// One message as fetched.
 struct Stored {
     uid: u32,
@@ -83,11 +132,11 @@ struct Stored {
     raw: Vec<u8>,
 }
 
-/// Seals the job's mailboxes; `progress` gets one line per step worth telling.
+/// Seals the job's mailboxes; `progress` hears of each mailbox and batch.
 pub async fn run(
     up: &ImapUpstream,
     job: &SealJob<'_>,
-    progress: &mut dyn FnMut(&str),
+    progress: &mut dyn FnMut(&Progress<'_>),
 ) -> Result<Summary, SealError> {
     let mut c = Client::connect(up, job.max_message_size).await?;
     let login = CommandBody::login(job.login.as_str(), job.password.as_str())
@@ -118,18 +167,11 @@ pub async fn run(
         } else {
             seal_mailbox(&mut c, job, mailbox, literal_plus, progress).await?
         };
-        let (done, other) = if job.unseal {
-            ("unsealed", "other encrypted")
-        } else {
-            ("sealed", "already encrypted")
-        };
-        progress(&format!(
-            "{mailbox}: {} {done}, {} {other}, {} finished from an earlier run, {} failed",
-            s.sealed,
-            s.already_encrypted,
-            s.finished,
-            s.failed.len()
-        ));
+        progress(&Progress::Finished {
+            mailbox,
+            summary: &s,
+            unseal: job.unseal,
+        });
         total.add(&s);
     }
     let _ = c.run_text("LOGOUT").await;
@@ -141,7 +183,7 @@ async fn seal_mailbox(
     job: &SealJob<'_>,
     mailbox: &str,
     literal_plus: bool,
-    progress: &mut dyn FnMut(&str),
+    progress: &mut dyn FnMut(&Progress<'_>),
 ) -> Result<Summary, SealError> {
     let mut summary = Summary::default();
     let (plain, encrypted) = match open_mailbox(c, job, mailbox).await? {
@@ -163,6 +205,12 @@ async fn seal_mailbox(
     }
     let sizes = sizes(c, &plain).await?;
     let mut left: u64 = sizes.values().sum();
+    let bytes_total = left;
+    progress(&Progress::Started {
+        mailbox,
+        messages: plain.len(),
+        bytes: bytes_total,
+    });
     let mut done = 0usize;
     for batch in plain.chunks(BATCH) {
         let mut remove_uids = Vec::new();
@@ -246,7 +294,11 @@ async fn seal_mailbox(
             });
         }
         done += batch.len();
-        progress(&format!("{mailbox}: {done} of {} looked at", plain.len()));
+        progress(&Progress::Batch {
+            mailbox,
+            done,
+            bytes_done: bytes_total.saturating_sub(left),
+        });
     }
     Ok(summary)
 }

@@ -349,7 +349,7 @@ fn on_a_terminal_it_asks_for_the_password_and_shows_a_progress_line() {
     // The child gets the terminal as stdin, stdout and stderr; the script types the
     // password after the prompt and prints everything the terminal showed.
     let script = r#"
-import os, pty, sys
+import os, pty, sys, termios, time
 pid, fd = pty.fork()
 if pid == 0:
     os.execv(sys.argv[1], sys.argv[1:3] + ["--login", sys.argv[3], "--config", sys.argv[4]])
@@ -364,6 +364,11 @@ while True:
         break
     out += chunk
     if not sent and b"IMAP password for" in out:
+        # Typed once the prompt has turned echo off, as a person would.
+        for _ in range(500):
+            if not termios.tcgetattr(fd)[3] & termios.ECHO:
+                break
+            time.sleep(0.01)
         os.write(fd, sys.argv[5].encode() + b"\n")
         sent = True
 _, status = os.waitpid(pid, 0)

@@ -7,11 +7,14 @@
 # tests ask of it is named here (swaks speaks TLS only with libnet-ssleay-perl, a Recommends).
 set -euo pipefail
 
-build_pkgs=(pkg-config libclang-dev nettle-dev libgmp-dev libsqlite3-dev make gcc)
+# Sequoia's OpenSSL backend links libssl (openssl-sys, whose bindings bindgen makes
+# with libclang); the key store links SQLite.
+build_pkgs=(pkg-config libclang-dev libssl-dev libsqlite3-dev make gcc)
 test_pkgs=(gnupg gpg-agent sq swaks libnet-ssleay-perl isync python3 python3-aiosmtpd
   dovecot-core dovecot-imapd curl openssl ca-certificates procps)
-# sequoia-sq 1.x links OpenSSL (openssl-sys) and compiles Cap'n Proto schemas.
-interop_pkgs=(libssl-dev capnproto)
+# sequoia-sq 1.x builds with Sequoia's default backend (nettle), links OpenSSL and
+# compiles Cap'n Proto schemas.
+interop_pkgs=(nettle-dev libgmp-dev capnproto)
 
 mode="${1:-build}"
 case "$mode" in

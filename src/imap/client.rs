@@ -10,7 +10,9 @@ use imap_codec::decode::Decoder;
 use imap_codec::encode::{Encoder, Fragment};
 use imap_codec::{CommandCodec, ResponseCodec};
 use imap_types::command::{Command, CommandBody};
-use imap_types::core::Tag;
+use imap_types::core::{Literal, LiteralMode, Tag};
+use imap_types::datetime::DateTime;
+use imap_types::flag::Flag;
 use imap_types::response::{Code, Response, Status, StatusKind};
 use imap_types::IntoStatic;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -105,39 +107,122 @@ impl Client {
     }
 
     /// Sends `body` and collects responses until its tagged completion. Literals wait
-    /// for the server's `+` (RFC 3501 §7.5).
+    /// for the server's `+` (RFC 3501 §7.5) unless they are non-synchronizing.
     pub async fn run(&mut self, body: CommandBody<'_>) -> Result<Reply, ClientError> {
+        let (tag, command) = self.command(body)?;
+        let fragments: Vec<Fragment> = CommandCodec::default().encode(&command).collect();
+        self.exchange(&tag, fragments).await
+    }
+
+    /// One APPEND of several messages (MULTIAPPEND, RFC 3502), each with its flags and
+    /// INTERNALDATE: the server stores all of them or none. The commands imap-codec
+    /// encodes for each message alone are joined, so quoting stays imap-codec's.
+    pub async fn multi_append(
+        &mut self,
+        mailbox: &str,
+        messages: Vec<(Vec<Flag<'static>>, Option<DateTime>, Literal<'static>)>,
+    ) -> Result<Reply, ClientError> {
+        let bad = |e: String| ClientError::Command(format!("APPEND to {mailbox:?}: {e}"));
+        self.next_tag += 1;
+        let tag = format!("s{}", self.next_tag);
+        let encode = |flags: Vec<Flag<'static>>, date, message| {
+            let body = CommandBody::append(mailbox, flags, date, message)
+                .map_err(|e| bad(format!("{e:?}")))?;
+            let tag = Tag::try_from(tag.as_str()).map_err(|e| bad(e.to_string()))?;
+            Ok::<_, ClientError>(
+                CommandCodec::default()
+                    .encode(&Command { tag, body })
+                    .collect::<Vec<Fragment>>(),
+            )
+        };
+        // "<tag> APPEND <mailbox>": what every message's own command starts with.
+        let probe = encode(
+            Vec::new(),
+            None,
+            Literal::try_from(&b"x"[..]).map_err(|e| bad(format!("{e:?}")))?,
+        )?;
+        let prefix = match probe.first() {
+            Some(Fragment::Line { data }) => {
+                let at = data
+                    .iter()
+                    .rposition(|&b| b == b' ')
+                    .ok_or_else(|| bad("no literal".into()))?;
+                data[..at].to_vec()
+            }
+            _ => return Err(bad("no command line".into())),
+        };
+        let mut out: Vec<Fragment> = Vec::new();
+        for (i, (flags, date, message)) in messages.into_iter().enumerate() {
+            let mut fragments = encode(flags, date, message)?;
+            // Each alone is: the line announcing the literal, the literal, the final CRLF.
+            if fragments.len() != 3 {
+                return Err(bad("unexpected encoding".into()));
+            }
+            fragments.pop();
+            if i > 0 {
+                let Some(Fragment::Line { data }) = fragments.first_mut() else {
+                    return Err(bad("no command line".into()));
+                };
+                let rest = data
+                    .strip_prefix(prefix.as_slice())
+                    .ok_or_else(|| bad("unexpected encoding".into()))?
+                    .to_vec();
+                *data = rest;
+            }
+            out.extend(fragments);
+        }
+        out.push(Fragment::Line {
+            data: b"\r\n".to_vec(),
+        });
+        self.exchange(&tag, out).await
+    }
+
+    fn command<'b>(&mut self, body: CommandBody<'b>) -> Result<(String, Command<'b>), ClientError> {
         self.next_tag += 1;
         let tag_text = format!("s{}", self.next_tag);
         let tag =
-            Tag::try_from(tag_text.as_str()).map_err(|e| ClientError::Command(e.to_string()))?;
-        let command = Command { tag, body };
+            Tag::try_from(tag_text.clone()).map_err(|e| ClientError::Command(e.to_string()))?;
+        Ok((tag_text, Command { tag, body }))
+    }
+
+    /// Writes a command's fragments and collects responses until `tag` completes.
+    async fn exchange(
+        &mut self,
+        tag: &str,
+        fragments: Vec<Fragment>,
+    ) -> Result<Reply, ClientError> {
         let mut untagged = Vec::new();
-        let fragments: Vec<Fragment> = CommandCodec::default().encode(&command).collect();
+        let mut pending = Vec::new();
         for fragment in fragments {
             match fragment {
-                Fragment::Line { data } => self.write(&data).await?,
+                Fragment::Line { data } => pending.extend_from_slice(&data),
+                Fragment::Literal {
+                    data,
+                    mode: LiteralMode::NonSync,
+                } => pending.extend_from_slice(&data),
                 Fragment::Literal { data, .. } => {
+                    self.write(&std::mem::take(&mut pending)).await?;
                     // Announced by the line before: wait for the go-ahead.
                     loop {
                         let msg = self.read_message().await?;
                         if msg.starts_with(b"+") {
                             break;
                         }
-                        if let Some(done) = take(&msg, &tag_text, &mut untagged) {
+                        if let Some(done) = take(&msg, tag, &mut untagged) {
                             return Ok(done);
                         }
                     }
-                    self.write(&data).await?;
+                    pending.extend_from_slice(&data);
                 }
             }
         }
+        self.write(&pending).await?;
         loop {
             let msg = self.read_message().await?;
             if msg.starts_with(b"+") {
                 continue;
             }
-            if let Some(done) = take(&msg, &tag_text, &mut untagged) {
+            if let Some(done) = take(&msg, tag, &mut untagged) {
                 return Ok(done);
             }
         }
@@ -147,16 +232,13 @@ impl Client {
     /// [`Client::finish`]): for pipelining commands whose literals are non-synchronizing
     /// (LITERAL+, RFC 7888), so nothing needs the server's `+`. Returns the tag.
     pub async fn send(&mut self, body: CommandBody<'_>) -> Result<String, ClientError> {
-        self.next_tag += 1;
-        let tag_text = format!("s{}", self.next_tag);
-        let tag =
-            Tag::try_from(tag_text.as_str()).map_err(|e| ClientError::Command(e.to_string()))?;
+        let (tag_text, command) = self.command(body)?;
         let mut out = Vec::new();
-        for fragment in CommandCodec::default().encode(&Command { tag, body }) {
+        for fragment in CommandCodec::default().encode(&command) {
             match fragment {
                 Fragment::Line { data } => out.extend_from_slice(&data),
                 Fragment::Literal { data, mode } => {
-                    if mode != imap_types::core::LiteralMode::NonSync {
+                    if mode != LiteralMode::NonSync {
                         return Err(ClientError::Command(
                             "a pipelined command needs non-synchronizing literals".into(),
                         ));

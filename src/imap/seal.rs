@@ -158,14 +158,18 @@ pub async fn run(
     if !offers("UIDPLUS") {
         return Err(SealError::NoUidPlus);
     }
-    // RFC 7888: with LITERAL+ the APPENDs of a batch go out at once.
-    let literal_plus = offers("LITERAL+");
+    // RFC 3502: a batch's copies in one APPEND (one transaction at the server);
+    // RFC 7888: with LITERAL+ its messages go out without waiting for `+`.
+    let append = Appending {
+        literal_plus: offers("LITERAL+"),
+        multi: offers("MULTIAPPEND"),
+    };
     let mut total = Summary::default();
     for mailbox in &job.mailboxes {
         let s = if job.unseal {
             unseal_mailbox(&mut c, job, mailbox).await?
         } else {
-            seal_mailbox(&mut c, job, mailbox, literal_plus, progress).await?
+            seal_mailbox(&mut c, job, mailbox, append, progress).await?
         };
         progress(&Progress::Finished {
             mailbox,
@@ -182,7 +186,7 @@ async fn seal_mailbox(
     c: &mut Client,
     job: &SealJob<'_>,
     mailbox: &str,
-    literal_plus: bool,
+    append: Appending,
     progress: &mut dyn FnMut(&Progress<'_>),
 ) -> Result<Summary, SealError> {
     let mut summary = Summary::default();
@@ -212,7 +216,7 @@ async fn seal_mailbox(
         bytes: bytes_total,
     });
     let mut done = 0usize;
-    for batch in plain.chunks(BATCH) {
+    for batch in batches(&plain, &sizes) {
         let mut remove_uids = Vec::new();
         let mut todo = Vec::new();
         for m in fetch(c, batch).await? {
@@ -240,7 +244,7 @@ async fn seal_mailbox(
         // Sealed on every core, stored (pipelined with LITERAL+), fetched back in one
         // command and checked; only the originals whose copies check out go.
         let sealed = seal_all(job, &todo);
-        let stored = store_all(c, mailbox, &todo, sealed, literal_plus).await?;
+        let stored = store_all(c, mailbox, &todo, sealed, append).await?;
         let copy_uids: Vec<u32> = stored
             .iter()
             .filter_map(|s| s.as_ref().ok().copied())
@@ -333,6 +337,36 @@ async fn open_mailbox(
 
 /// Messages per round of fetch, seal, store, verify and remove.
 const BATCH: usize = 25;
+/// Messages per round of sealing, and their bytes at most (a round holds each
+/// original, its copy and the copy fetched back in memory).
+const SEAL_BATCH: usize = 100;
+const SEAL_BATCH_BYTES: u64 = 8 << 20;
+
+/// `uids` cut into rounds of at most [`SEAL_BATCH`] messages and [`SEAL_BATCH_BYTES`]
+/// (a larger message is a round of its own).
+fn batches<'u>(uids: &'u [u32], sizes: &HashMap<u32, u64>) -> Vec<&'u [u32]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0u64);
+    for (i, uid) in uids.iter().enumerate() {
+        let size = sizes.get(uid).copied().unwrap_or(0);
+        if i > start && (i - start == SEAL_BATCH || bytes + size > SEAL_BATCH_BYTES) {
+            out.push(&uids[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < uids.len() {
+        out.push(&uids[start..]);
+    }
+    out
+}
+
+/// How the server takes APPENDs.
+#[derive(Clone, Copy)]
+struct Appending {
+    literal_plus: bool,
+    multi: bool,
+}
 
 /// Seals each message, on all cores.
 fn seal_all(job: &SealJob<'_>, todo: &[(Stored, String)]) -> Vec<Result<Vec<u8>, String>> {
@@ -364,15 +398,57 @@ fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> 
     })
 }
 
-/// APPENDs each sealed copy with its original's flags and INTERNALDATE: all sent at
-/// once with LITERAL+, else one by one. The copy's UID (APPENDUID) or why not.
+/// APPENDs each sealed copy with its original's flags and INTERNALDATE: in one
+/// MULTIAPPEND when the server has it, else all sent at once with LITERAL+, else one
+/// by one. The copy's UID (APPENDUID) or why not.
 async fn store_all(
     c: &mut Client,
     mailbox: &str,
     todo: &[(Stored, String)],
     sealed: Vec<Result<Vec<u8>, String>>,
-    literal_plus: bool,
+    append: Appending,
 ) -> Result<Vec<Result<u32, Refused>>, SealError> {
+    let literal = |bytes: Vec<u8>| {
+        let l = imap_types::core::Literal::try_from(bytes)
+            .map_err(|e| ClientError::Command(format!("sealed message: {e:?}")))?;
+        Ok::<_, ClientError>(if append.literal_plus {
+            l.into_non_sync()
+        } else {
+            l
+        })
+    };
+    if append.multi && todo.len() > 1 {
+        let mut messages = Vec::new();
+        let mut out: Vec<Option<Result<u32, Refused>>> = Vec::new();
+        for ((m, _), sealed) in todo.iter().zip(&sealed) {
+            match sealed {
+                Ok(s) => {
+                    messages.push((m.flags.clone(), m.date.clone(), literal(s.clone())?));
+                    out.push(None);
+                }
+                Err(e) => out.push(Some(Err(Refused::Other(format!("cannot encrypt: {e}"))))),
+            }
+        }
+        let n = messages.len();
+        let r = c.multi_append(mailbox, messages).await?;
+        match appended_all(&r, n) {
+            Ok(uids) => {
+                let mut uids = uids.into_iter();
+                return Ok(out
+                    .into_iter()
+                    .map(|o| o.unwrap_or_else(|| Ok(uids.next().unwrap_or_default())))
+                    .collect());
+            }
+            Err(Refused::Quota(reply)) => {
+                return Ok(out
+                    .into_iter()
+                    .map(|o| o.unwrap_or_else(|| Err(Refused::Quota(reply.clone()))))
+                    .collect());
+            }
+            // Nothing was stored: one by one, so that one bad message keeps only itself.
+            Err(Refused::Other(_)) => {}
+        }
+    }
     let mut out: Vec<Option<Result<u32, Refused>>> = Vec::new();
     let mut sent = Vec::new();
     for ((m, _), sealed) in todo.iter().zip(sealed) {
@@ -383,18 +459,14 @@ async fn store_all(
                 continue;
             }
         };
-        let mut literal = imap_types::core::Literal::try_from(sealed)
-            .map_err(|e| ClientError::Command(format!("sealed message: {e:?}")))?;
-        if literal_plus {
-            literal = literal.into_non_sync();
-        }
-        let append = CommandBody::append(mailbox, m.flags.clone(), m.date.clone(), literal)
-            .map_err(|e| ClientError::Command(format!("APPEND to {mailbox:?}: {e:?}")))?;
-        if literal_plus {
-            sent.push((out.len(), c.send(append).await?));
+        let command =
+            CommandBody::append(mailbox, m.flags.clone(), m.date.clone(), literal(sealed)?)
+                .map_err(|e| ClientError::Command(format!("APPEND to {mailbox:?}: {e:?}")))?;
+        if append.literal_plus {
+            sent.push((out.len(), c.send(command).await?));
             out.push(None);
         } else {
-            out.push(Some(appended(&c.run(append).await?)));
+            out.push(Some(appended(&c.run(command).await?)));
         }
     }
     for (i, tag) in sent {
@@ -403,16 +475,55 @@ async fn store_all(
     Ok(out.into_iter().flatten().collect())
 }
 
+/// The copies' UIDs from a MULTIAPPEND's reply, in the order of the messages
+/// (RFC 4315 §3: `APPENDUID validity uid-set`), or why there are none.
+fn appended_all(r: &Reply, n: usize) -> Result<Vec<u32>, Refused> {
+    if !r.ok() {
+        return Err(refusal(r));
+    }
+    let uids = match &r.code {
+        Some(Code::AppendUid { uid, .. }) => Some(vec![uid.get()]),
+        // imap-codec reads only a single UID; a set comes as an unknown code.
+        Some(Code::Other(o)) => uid_list(o.inner()),
+        _ => None,
+    };
+    uids.filter(|u| u.len() == n).ok_or_else(|| {
+        Refused::Other("the server gave no APPENDUID for the copies; originals kept".into())
+    })
+}
+
+/// `APPENDUID <validity> <uid-set>` as the UIDs it names, in order.
+fn uid_list(code: &[u8]) -> Option<Vec<u32>> {
+    let text = std::str::from_utf8(code).ok()?;
+    let mut words = text.split(' ');
+    if !words.next()?.eq_ignore_ascii_case("APPENDUID") {
+        return None;
+    }
+    words.next()?.parse::<u32>().ok()?;
+    let set = words.next()?;
+    if words.next().is_some() {
+        return None;
+    }
+    let mut out = Vec::new();
+    for part in set.split(',') {
+        match part.split_once(':') {
+            Some((a, b)) => {
+                let (a, b) = (a.parse::<u32>().ok()?, b.parse::<u32>().ok()?);
+                if b < a || (b - a) as usize > 100_000 {
+                    return None;
+                }
+                out.extend(a..=b);
+            }
+            None => out.push(part.parse().ok()?),
+        }
+    }
+    Some(out)
+}
+
 /// The copy's UID from an APPEND's reply, or why there is none.
 fn appended(r: &Reply) -> Result<u32, Refused> {
     if !r.ok() {
-        let quota = matches!(&r.code, Some(Code::Other(o)) if o.inner().eq_ignore_ascii_case(b"OVERQUOTA".as_slice()))
-            || r.text.to_ascii_lowercase().contains("quota");
-        return Err(if quota {
-            Refused::Quota(r.text.clone())
-        } else {
-            Refused::Other(format!("the server refused the copy: {}", r.text))
-        });
+        return Err(refusal(r));
     }
     append_uid(r).ok_or_else(|| {
         Refused::Other("the server gave no APPENDUID for the copy; original kept".into())
@@ -518,6 +629,17 @@ async fn unseal_mailbox(
         }
     }
     Ok(summary)
+}
+
+/// Why the server refused an APPEND: quota (the run stops) or anything else.
+fn refusal(r: &Reply) -> Refused {
+    let quota = matches!(&r.code, Some(Code::Other(o)) if o.inner().eq_ignore_ascii_case(b"OVERQUOTA".as_slice()))
+        || r.text.to_ascii_lowercase().contains("quota");
+    if quota {
+        Refused::Quota(r.text.clone())
+    } else {
+        Refused::Other(format!("the server refused the copy: {}", r.text))
+    }
 }
 
 enum Refused {
@@ -654,4 +776,45 @@ async fn fetch(c: &mut Client, uids: &[u32]) -> Result<Vec<Stored>, SealError> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_multiappend_uid_set_names_each_copy_in_order() {
+        assert_eq!(
+            uid_list(b"APPENDUID 38505 3955:3957,3960"),
+            Some(vec![3955, 3956, 3957, 3960])
+        );
+        assert_eq!(uid_list(b"appenduid 1 7"), Some(vec![7]));
+        // Not an APPENDUID, a range backwards, junk after the set: no UIDs at all.
+        for bad in [
+            &b"COPYUID 1 2 3"[..],
+            b"APPENDUID 1 9:3",
+            b"APPENDUID 1 2 3",
+            b"APPENDUID 1 1:4294967295",
+            b"APPENDUID x 2",
+        ] {
+            assert_eq!(uid_list(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn rounds_are_cut_by_count_and_by_bytes() {
+        let uids: Vec<u32> = (1..=250).collect();
+        let mut sizes: HashMap<u32, u64> = uids.iter().map(|&u| (u, 1000)).collect();
+        let lens: Vec<usize> = batches(&uids, &sizes).iter().map(|b| b.len()).collect();
+        assert_eq!(lens, [100, 100, 50]);
+        // A 9 MB message is a round of its own; no round passes 8 MiB otherwise.
+        sizes.insert(3, 9 << 20);
+        for u in 10..=13 {
+            sizes.insert(u, 3 << 20);
+        }
+        let rounds = batches(&uids[..14], &sizes);
+        let cut: Vec<&[u32]> = vec![&[1, 2], &[3], &[4, 5, 6, 7, 8, 9, 10, 11], &[12, 13, 14]];
+        assert_eq!(rounds, cut);
+        assert!(batches(&[], &sizes).is_empty());
+    }
 }

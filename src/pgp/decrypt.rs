@@ -201,6 +201,10 @@ pub fn decrypt_bytes(
     // Nothing here is released before the whole message is read and checked, so the
     // buffer only needs to cover a typical message.
     let buffer = ciphertext.len().clamp(64 * 1024, 1024 * 1024);
+    // The usual armor is read here, several times faster than by Sequoia; any other
+    // layout goes to Sequoia as it is.
+    let binary = super::armor::decode(ciphertext);
+    let ciphertext = binary.as_deref().unwrap_or(ciphertext);
     let mut decryptor = DecryptorBuilder::from_bytes(ciphertext)
         .map_err(|e| DecryptError::Failed(e.to_string()))?
         .buffer_size(buffer)

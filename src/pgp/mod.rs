@@ -6,6 +6,7 @@
 //! (RFC 9788; see [`protect`]) the inner entity also carries the header fields, and the
 //! outer header keeps only what transport needs, its Subject obscured.
 
+mod armor;
 mod decrypt;
 pub mod protect;
 pub mod stored;
@@ -17,7 +18,7 @@ pub use unwrap::{own_copy, view_of, View, ViewKind, STATUS_HEADER};
 use crate::mime;
 use openpgp::cert::Cert;
 use openpgp::crypto::KeyPair;
-use openpgp::serialize::stream::{Armorer, Encryptor, LiteralWriter, Message, Recipient, Signer};
+use openpgp::serialize::stream::{Encryptor, LiteralWriter, Message, Recipient, Signer};
 use sequoia_openpgp as openpgp;
 use std::io::Write;
 
@@ -378,8 +379,9 @@ fn encrypt_into(
         return Err(PgpError::NoRecipients);
     }
     let e = |e: anyhow::Error| PgpError::Encrypt(e.to_string());
-    let message = Message::new(sink);
-    let message = Armorer::new(message).build().map_err(e)?;
+    // Binary packets first, armored after in one pass (see `armor`).
+    let mut binary = Vec::with_capacity(plaintext.iter().map(|p| p.len()).sum::<usize>() + 1024);
+    let message = Message::new(&mut binary);
     let message = Encryptor::for_recipients(message, keys)
         .build()
         .map_err(e)?;
@@ -397,7 +399,8 @@ fn encrypt_into(
             .map_err(|err| PgpError::Encrypt(err.to_string()))?;
     }
     message.finalize().map_err(e)?;
-    Ok(())
+    sink.write_all(&armor::encode(&binary))
+        .map_err(|err| PgpError::Encrypt(err.to_string()))
 }
 
 /// A random MIME boundary that cannot occur in base64 or armored text.
@@ -411,6 +414,7 @@ pub fn random_boundary() -> String {
 mod tests {
     use super::*;
     use crate::keys::tests::make_cert;
+    use openpgp::serialize::stream::Armorer;
 
     #[test]
     fn recognises_encrypted_mail() {
@@ -440,7 +444,7 @@ mod tests {
             None,
         )
         .unwrap();
-        let armored = String::from_utf8(ciphertext).unwrap().replace('\n', "\r\n");
+        let armored = String::from_utf8(ciphertext).unwrap();
         let inline = format!("Subject: x\r\n\r\n{armored}");
         assert!(is_fully_encrypted(inline.as_bytes()));
         let leaky = format!("Subject: x\r\n\r\nSecret plans\r\n{armored}");

@@ -215,11 +215,21 @@ async fn seal_mailbox(
         messages: plain.len(),
         bytes: bytes_total,
     });
+    // Rounds overlap: while round k is sealed on other threads, the connection fetches
+    // round k+1 and stores and fetches back round k; round k's copies are checked while
+    // round k+1 is sealed. Only what a check passed is removed.
+    let crypto = std::sync::Arc::new(Crypto::of(job));
+    let rounds = batches(&plain, &sizes);
+    let mut next = match rounds.first() {
+        Some(first) => fetch(c, first).await?,
+        None => Vec::new(),
+    };
+    let mut checking: Option<Checking> = None;
     let mut done = 0usize;
-    for batch in batches(&plain, &sizes) {
+    for (k, round) in rounds.iter().enumerate() {
         let mut remove_uids = Vec::new();
         let mut todo = Vec::new();
-        for m in fetch(c, batch).await? {
+        for m in std::mem::take(&mut next) {
             left = left.saturating_sub(sizes.get(&m.uid).copied().unwrap_or(0));
             if crate::pgp::is_encrypted(&m.raw) {
                 summary.already_encrypted += 1;
@@ -238,58 +248,71 @@ async fn seal_mailbox(
             }
             todo.push((m, digest));
         }
+        let todo = std::sync::Arc::new(todo);
+        let sealing = (!job.dry_run).then(|| {
+            let (crypto, todo) = (crypto.clone(), todo.clone());
+            tokio::task::spawn_blocking(move || crypto.seal_all(&todo))
+        });
+        if let Some(following) = rounds.get(k + 1) {
+            next = fetch(c, following).await?;
+        }
         if job.dry_run {
+            done += round.len();
             continue;
         }
-        // Sealed on every core, stored (pipelined with LITERAL+), fetched back in one
-        // command and checked; only the originals whose copies check out go.
-        let sealed = seal_all(job, &todo);
+        let sealed = joined(sealing.expect("sealing when not a dry run").await);
         let stored = store_all(c, mailbox, &todo, sealed, append).await?;
         let copy_uids: Vec<u32> = stored
             .iter()
             .filter_map(|s| s.as_ref().ok().copied())
             .collect();
-        let back: HashMap<u32, Vec<u8>> = fetch(c, &copy_uids)
-            .await?
-            .into_iter()
-            .map(|m| (m.uid, m.raw))
-            .collect();
-        // Each copy opened again, on all cores.
-        let checks: Vec<(&Stored, &Result<u32, Refused>)> =
-            todo.iter().map(|(m, _)| m).zip(stored.iter()).collect();
-        let verified: Vec<bool> = par_map(&checks, |(m, result)| match result {
-            Ok(copy) => back
-                .get(copy)
-                .and_then(|raw| own_copy(job, raw))
-                .is_some_and(|original| original == m.raw),
-            Err(_) => false,
+        let back = fetch(c, &copy_uids).await?;
+        // The round before is checked by now (or nearly): its originals go.
+        if let Some(before) = checking.take() {
+            let left = before.left;
+            before.finish(c, mailbox, &mut summary, &mut copies).await?;
+            progress(&Progress::Batch {
+                mailbox,
+                done,
+                bytes_done: bytes_total.saturating_sub(left),
+            });
+        }
+        let quota = stored.iter().find_map(|r| match r {
+            Err(Refused::Quota(reply)) => Some(reply.clone()),
+            _ => None,
         });
-        let mut quota = None;
-        for (((m, digest), result), verified) in todo.into_iter().zip(stored).zip(verified) {
-            match result {
-                Ok(copy) => {
-                    if verified {
-                        remove_uids.push(m.uid);
-                        copies.insert(digest, copy);
-                        summary.sealed += 1;
-                    } else {
-                        summary.failed.push(format!(
-                            "{mailbox} UID {}: the stored copy (UID {copy}) did not open to the original; original kept",
-                            m.uid
-                        ));
-                    }
-                }
-                Err(Refused::Quota(reply)) => {
-                    left += m.raw.len() as u64;
-                    quota.get_or_insert(reply);
-                }
-                Err(Refused::Other(why)) => summary
-                    .failed
-                    .push(format!("{mailbox} UID {}: {why}", m.uid)),
+        for ((m, _), r) in todo.iter().zip(&stored) {
+            if matches!(r, Err(Refused::Quota(_))) {
+                left += m.raw.len() as u64;
             }
         }
-        remove(c, &remove_uids).await?;
+        let check = {
+            let (crypto, todo) = (crypto.clone(), todo.clone());
+            let stored: Vec<Option<u32>> =
+                stored.iter().map(|r| r.as_ref().ok().copied()).collect();
+            let back: HashMap<u32, Vec<u8>> = back.into_iter().map(|m| (m.uid, m.raw)).collect();
+            tokio::task::spawn_blocking(move || crypto.check_all(&todo, &stored, &back))
+        };
+        let failures: Vec<String> = todo
+            .iter()
+            .zip(&stored)
+            .filter_map(|((m, _), r)| match r {
+                Err(Refused::Other(why)) => Some(format!("{mailbox} UID {}: {why}", m.uid)),
+                _ => None,
+            })
+            .collect();
+        checking = Some(Checking {
+            todo,
+            stored: stored.into_iter().map(|r| r.ok()).collect(),
+            check,
+            remove_uids,
+            failures,
+            left,
+        });
         if let Some(reply) = quota {
+            if let Some(last) = checking.take() {
+                last.finish(c, mailbox, &mut summary, &mut copies).await?;
+            }
             return Err(SealError::Quota {
                 mailbox: mailbox.to_string(),
                 reply,
@@ -297,7 +320,11 @@ async fn seal_mailbox(
                 needed: left * 14 / 10,
             });
         }
-        done += batch.len();
+        done += round.len();
+    }
+    if let Some(last) = checking.take() {
+        let left = last.left;
+        last.finish(c, mailbox, &mut summary, &mut copies).await?;
         progress(&Progress::Batch {
             mailbox,
             done,
@@ -305,6 +332,102 @@ async fn seal_mailbox(
         });
     }
     Ok(summary)
+}
+
+/// A round whose copies are stored and being checked on other threads.
+struct Checking {
+    todo: std::sync::Arc<Vec<(Stored, String)>>,
+    /// Each copy's UID, or `None` when it was not stored.
+    stored: Vec<Option<u32>>,
+    check: tokio::task::JoinHandle<Vec<bool>>,
+    /// Originals an earlier run copied.
+    remove_uids: Vec<u32>,
+    failures: Vec<String>,
+    /// Bytes of the mailbox left after this round.
+    left: u64,
+}
+
+impl Checking {
+    /// Waits for the checks and removes the originals whose copies passed.
+    async fn finish(
+        self,
+        c: &mut Client,
+        mailbox: &str,
+        summary: &mut Summary,
+        copies: &mut HashMap<String, u32>,
+    ) -> Result<(), SealError> {
+        let verified = joined(self.check.await);
+        let mut remove_uids = self.remove_uids;
+        summary.failed.extend(self.failures);
+        for (((m, digest), copy), verified) in self.todo.iter().zip(self.stored).zip(verified) {
+            let Some(copy) = copy else { continue };
+            if verified {
+                remove_uids.push(m.uid);
+                copies.insert(digest.clone(), copy);
+                summary.sealed += 1;
+            } else {
+                summary.failed.push(format!(
+                    "{mailbox} UID {}: the stored copy (UID {copy}) did not open to the original; original kept",
+                    m.uid
+                ));
+            }
+        }
+        remove(c, &remove_uids).await
+    }
+}
+
+/// What a blocking task returned; a panic there is a panic here.
+fn joined<T>(r: Result<T, tokio::task::JoinError>) -> T {
+    r.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}
+
+/// The identity's keys, shared with the threads that seal and check.
+struct Crypto {
+    cert: sequoia_openpgp::Cert,
+    signer: Option<sequoia_openpgp::crypto::KeyPair>,
+    decryptors: Vec<sequoia_openpgp::crypto::KeyPair>,
+    max_message_size: usize,
+}
+
+impl Crypto {
+    fn of(job: &SealJob<'_>) -> Crypto {
+        Crypto {
+            cert: job.identity.cert.clone(),
+            signer: job.identity.signer.clone(),
+            decryptors: job.identity.decryptors.clone(),
+            max_message_size: job.max_message_size,
+        }
+    }
+
+    /// Seals each message, on all cores.
+    fn seal_all(&self, todo: &[(Stored, String)]) -> Vec<Result<Vec<u8>, String>> {
+        par_map(todo, |(m, _)| {
+            let boundary = crate::pgp::random_boundary();
+            crate::pgp::stored::seal(&m.raw, &self.cert, self.signer.as_ref(), &boundary)
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    /// Whether each stored copy (fetched `back`) opens to its original, on all cores.
+    fn check_all(
+        &self,
+        todo: &[(Stored, String)],
+        stored: &[Option<u32>],
+        back: &HashMap<u32, Vec<u8>>,
+    ) -> Vec<bool> {
+        let items: Vec<(&Stored, Option<u32>)> = todo
+            .iter()
+            .map(|(m, _)| m)
+            .zip(stored.iter().copied())
+            .collect();
+        par_map(&items, |(m, copy)| {
+            copy.and_then(|uid| back.get(&uid))
+                .and_then(|raw| {
+                    crate::pgp::own_copy(raw, &self.decryptors, &self.cert, self.max_message_size)
+                })
+                .is_some_and(|original| original == m.raw)
+        })
+    }
 }
 
 /// Selects `mailbox` and splits the UIDs the job covers into (plain, encrypted), by
@@ -368,33 +491,20 @@ struct Appending {
     multi: bool,
 }
 
-/// Seals each message, on all cores.
-fn seal_all(job: &SealJob<'_>, todo: &[(Stored, String)]) -> Vec<Result<Vec<u8>, String>> {
-    let id = job.identity;
-    par_map(todo, |(m, _)| {
-        let boundary = crate::pgp::random_boundary();
-        crate::pgp::stored::seal(&m.raw, &id.cert, id.signer.as_ref(), &boundary)
-            .map_err(|e| e.to_string())
-    })
-}
-
-/// `f` over `items` on all cores, results in order. CPU work: the runtime's worker
-/// steps aside while the threads run.
+/// `f` over `items` on all cores, results in order (called on a blocking thread).
 fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let per = items.len().div_ceil(threads).max(1);
     let f = &f;
-    tokio::task::block_in_place(|| {
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = items
-                .chunks(per)
-                .map(|chunk| scope.spawn(move || chunk.iter().map(f).collect::<Vec<R>>()))
-                .collect();
-            handles
-                .into_iter()
-                .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                .collect()
-        })
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = items
+            .chunks(per)
+            .map(|chunk| scope.spawn(move || chunk.iter().map(f).collect::<Vec<R>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
     })
 }
 

@@ -116,12 +116,14 @@ impl Client {
 
     /// One APPEND of several messages (MULTIAPPEND, RFC 3502), each with its flags and
     /// INTERNALDATE: the server stores all of them or none. The commands imap-codec
-    /// encodes for each message alone are joined, so quoting stays imap-codec's.
+    /// encodes for each message alone are joined, so quoting stays imap-codec's. `None`
+    /// (nothing sent) when they cannot be joined: a mailbox name that must itself be a
+    /// literal.
     pub async fn multi_append(
         &mut self,
         mailbox: &str,
         messages: Vec<(Vec<Flag<'static>>, Option<DateTime>, Literal<'static>)>,
-    ) -> Result<Reply, ClientError> {
+    ) -> Result<Option<Reply>, ClientError> {
         let bad = |e: String| ClientError::Command(format!("APPEND to {mailbox:?}: {e}"));
         self.next_tag += 1;
         let tag = format!("s{}", self.next_tag);
@@ -156,25 +158,24 @@ impl Client {
             let mut fragments = encode(flags, date, message)?;
             // Each alone is: the line announcing the literal, the literal, the final CRLF.
             if fragments.len() != 3 {
-                return Err(bad("unexpected encoding".into()));
+                return Ok(None);
             }
             fragments.pop();
             if i > 0 {
                 let Some(Fragment::Line { data }) = fragments.first_mut() else {
                     return Err(bad("no command line".into()));
                 };
-                let rest = data
-                    .strip_prefix(prefix.as_slice())
-                    .ok_or_else(|| bad("unexpected encoding".into()))?
-                    .to_vec();
-                *data = rest;
+                let Some(rest) = data.strip_prefix(prefix.as_slice()) else {
+                    return Ok(None);
+                };
+                *data = rest.to_vec();
             }
             out.extend(fragments);
         }
         out.push(Fragment::Line {
             data: b"\r\n".to_vec(),
         });
-        self.exchange(&tag, out).await
+        self.exchange(&tag, out).await.map(Some)
     }
 
     fn command<'b>(&mut self, body: CommandBody<'b>) -> Result<(String, Command<'b>), ClientError> {

@@ -540,23 +540,36 @@ async fn store_all(
             }
         }
         let n = messages.len();
-        let r = c.multi_append(mailbox, messages).await?;
-        match appended_all(&r, n) {
-            Ok(uids) => {
-                let mut uids = uids.into_iter();
+        if n == 0 {
+            return Ok(out.into_iter().flatten().collect());
+        }
+        // `None`: the mailbox name cannot go into a joined command (nothing was sent).
+        if let Some(r) = c.multi_append(mailbox, messages).await? {
+            if r.ok() {
+                // Stored. Without one UID per copy no original can go now; the next
+                // run finds the copies by their digests and finishes.
+                let uids = appended_all(&r, n);
+                let mut uids = uids.iter().flatten().copied();
                 return Ok(out
                     .into_iter()
-                    .map(|o| o.unwrap_or_else(|| Ok(uids.next().unwrap_or_default())))
+                    .map(|o| {
+                        o.unwrap_or_else(|| {
+                            uids.next().ok_or_else(|| {
+                                Refused::Other(
+                                    "stored, but the server named no UID for the copy; original kept (the next run finishes it)".into(),
+                                )
+                            })
+                        })
+                    })
                     .collect());
             }
-            Err(Refused::Quota(reply)) => {
+            if let Refused::Quota(reply) = refusal(&r) {
                 return Ok(out
                     .into_iter()
                     .map(|o| o.unwrap_or_else(|| Err(Refused::Quota(reply.clone()))))
                     .collect());
             }
             // Nothing was stored: one by one, so that one bad message keeps only itself.
-            Err(Refused::Other(_)) => {}
         }
     }
     let mut out: Vec<Option<Result<u32, Refused>>> = Vec::new();
@@ -585,21 +598,17 @@ async fn store_all(
     Ok(out.into_iter().flatten().collect())
 }
 
-/// The copies' UIDs from a MULTIAPPEND's reply, in the order of the messages
-/// (RFC 4315 §3: `APPENDUID validity uid-set`), or why there are none.
-fn appended_all(r: &Reply, n: usize) -> Result<Vec<u32>, Refused> {
-    if !r.ok() {
-        return Err(refusal(r));
-    }
+/// The copies' UIDs from a successful MULTIAPPEND's reply, in the order of the
+/// messages (RFC 4315 §3: `APPENDUID validity uid-set`); `None` unless there is exactly
+/// one per message.
+fn appended_all(r: &Reply, n: usize) -> Option<Vec<u32>> {
     let uids = match &r.code {
         Some(Code::AppendUid { uid, .. }) => Some(vec![uid.get()]),
         // imap-codec reads only a single UID; a set comes as an unknown code.
         Some(Code::Other(o)) => uid_list(o.inner()),
         _ => None,
     };
-    uids.filter(|u| u.len() == n).ok_or_else(|| {
-        Refused::Other("the server gave no APPENDUID for the copies; originals kept".into())
-    })
+    uids.filter(|u| u.len() == n)
 }
 
 /// `APPENDUID <validity> <uid-set>` as the UIDs it names, in order.
@@ -618,11 +627,14 @@ fn uid_list(code: &[u8]) -> Option<Vec<u32>> {
     for part in set.split(',') {
         match part.split_once(':') {
             Some((a, b)) => {
+                // `b:a` is the same range as `a:b` (RFC 3501 §9, seq-range); UIDs are
+                // assigned in the order of the messages, so ascending.
                 let (a, b) = (a.parse::<u32>().ok()?, b.parse::<u32>().ok()?);
-                if b < a || (b - a) as usize > 100_000 {
+                let (low, high) = (a.min(b), a.max(b));
+                if high - low > 100_000 {
                     return None;
                 }
-                out.extend(a..=b);
+                out.extend(low..=high);
             }
             None => out.push(part.parse().ok()?),
         }
@@ -743,7 +755,8 @@ async fn unseal_mailbox(
 
 /// Why the server refused an APPEND: quota (the run stops) or anything else.
 fn refusal(r: &Reply) -> Refused {
-    let quota = matches!(&r.code, Some(Code::Other(o)) if o.inner().eq_ignore_ascii_case(b"OVERQUOTA".as_slice()))
+    let quota = matches!(&r.code, Some(Code::OverQuota))
+        || matches!(&r.code, Some(Code::Other(o)) if o.inner().eq_ignore_ascii_case(b"OVERQUOTA".as_slice()))
         || r.text.to_ascii_lowercase().contains("quota");
     if quota {
         Refused::Quota(r.text.clone())
@@ -899,16 +912,38 @@ mod tests {
             Some(vec![3955, 3956, 3957, 3960])
         );
         assert_eq!(uid_list(b"appenduid 1 7"), Some(vec![7]));
-        // Not an APPENDUID, a range backwards, junk after the set: no UIDs at all.
+        assert_eq!(uid_list(b"APPENDUID 1 9:7"), Some(vec![7, 8, 9]));
+        // Not an APPENDUID, junk after the set, absurd ranges: no UIDs at all.
         for bad in [
             &b"COPYUID 1 2 3"[..],
-            b"APPENDUID 1 9:3",
             b"APPENDUID 1 2 3",
             b"APPENDUID 1 1:4294967295",
             b"APPENDUID x 2",
         ] {
             assert_eq!(uid_list(bad), None, "{}", String::from_utf8_lossy(bad));
         }
+    }
+
+    #[test]
+    fn a_stored_round_without_one_uid_per_copy_names_none() {
+        use imap_types::response::{CodeOther, StatusKind};
+        let reply = |code: Option<Code<'static>>| Reply {
+            kind: StatusKind::Ok,
+            code,
+            text: "s1 OK done".into(),
+            untagged: Vec::new(),
+        };
+        let set = |text: &'static [u8]| Some(Code::Other(CodeOther::unvalidated(text)));
+        assert_eq!(
+            appended_all(&reply(set(b"APPENDUID 5 10:12")), 3),
+            Some(vec![10, 11, 12])
+        );
+        // Too few or too many UIDs, none at all (UIDNOTSTICKY): no copy can be matched
+        // to its original, so none of them is removed (and none stored twice).
+        assert_eq!(appended_all(&reply(set(b"APPENDUID 5 10:11")), 3), None);
+        assert_eq!(appended_all(&reply(set(b"APPENDUID 5 10:13")), 3), None);
+        assert_eq!(appended_all(&reply(Some(Code::UidNotSticky)), 3), None);
+        assert_eq!(appended_all(&reply(None), 3), None);
     }
 
     #[test]

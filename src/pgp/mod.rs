@@ -233,8 +233,8 @@ impl Write for CrlfWriter<'_> {
 
 /// Builds the PGP/MIME message. Fields named in `drop_fields` (e.g. Bcc) are removed
 /// from both the outer header and the protected copy. The inner entity is streamed
-/// into the encryption and the armored result straight into the message, so a large
-/// message is held about twice (input and output), not once per stage.
+/// into the encryption, whose binary output is then armored into the message: a large
+/// message is held about three times (input, packets, armored output).
 pub fn encrypt_message(
     req: &EncryptRequest<'_>,
     drop_fields: &[&str],

@@ -23,8 +23,13 @@ struct Env {
 
 impl Env {
     fn new(extra: &str) -> Env {
+        Env::with_dovecot(extra, "")
+    }
+
+    /// `extra` for sealpost's config, `dovecot_conf` for Dovecot's.
+    fn with_dovecot(extra: &str, dovecot_conf: &str) -> Env {
         let ca = TestCa::shared();
-        let dovecot = Dovecot::start(ca, &[(USER, PASS)]);
+        let dovecot = Dovecot::start_with(ca, &[(USER, PASS)], dovecot_conf);
         let mut opts = ProxyOptions::new(1);
         opts.imap_upstream = Some((dovecot.imaps_port, "tls"));
         opts.alice_login = USER.into();
@@ -220,6 +225,31 @@ fn thunderbirds_drafts_and_already_encrypted_mail() {
     assert!(r.is_ok(), "{}", r.tagged_text());
     assert_eq!(env.stored("Drafts", appenduid(&r.tagged_text())), encrypted);
     let _ = keyring();
+}
+
+/// A Sent folder with a name of another language, and a client that stores into it
+/// without ever listing (as mbsync or a phone may): sealpost asked Dovecot itself.
+#[test]
+fn sent_drafts_finds_a_localised_sent_folder_the_client_never_listed() {
+    let env = Env::with_dovecot(
+        "[imap]\nencrypt_append = \"sent-drafts\"\n",
+        "namespace inbox {\n  mailbox Gesendet {\n    special_use = \\Sent\n    auto = create\n  }\n}\n",
+    );
+    let mut c = env.client();
+    let r = c.append("Gesendet", &[], DRAFT.as_bytes());
+    let stored = env.stored("Gesendet", appenduid(&r.tagged_text()));
+    let text = String::from_utf8_lossy(&stored);
+    assert!(
+        text.contains("multipart/encrypted") && !text.contains("Lisbon"),
+        "{text}"
+    );
+    // A mailbox without the attribute is left alone.
+    c.command_ok("CREATE Archiv");
+    let r = c.append("Archiv", &[], DRAFT.as_bytes());
+    assert_eq!(
+        env.stored("Archiv", appenduid(&r.tagged_text())),
+        DRAFT.as_bytes()
+    );
 }
 
 #[test]

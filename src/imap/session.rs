@@ -136,6 +136,9 @@ enum Pending {
     },
     Unselect,
     Logout,
+    /// sealpost's own `LIST (SPECIAL-USE)` after login, for `encrypt_append =
+    /// "sent-drafts"`: neither its responses nor its completion reach the client.
+    Discover,
 }
 
 /// Where an IDLE is (RFC 2177).
@@ -321,6 +324,32 @@ impl Session {
         }
     }
 
+    fn discovering(&self) -> bool {
+        self.in_flight
+            .values()
+            .any(|p| matches!(p, Pending::Discover))
+    }
+
+    /// After login, with `encrypt_append = "sent-drafts"`: asks upstream which
+    /// mailboxes are the Sent and Drafts ones (RFC 6154 `LIST (SPECIAL-USE)`), so that a
+    /// client that never lists (or lists only subscribed mailboxes) has its copies in
+    /// a Sent folder of any name sealed. Client input waits for the answer; a server
+    /// without the extension answers BAD and the usual names still count.
+    fn discover_special_use(&mut self) {
+        if self.ctx.encrypt_append != EncryptAppend::SentDrafts
+            || self.phase.identity().is_none()
+            || !self.in_flight.is_empty()
+        {
+            return;
+        }
+        let tag = format!("{}0l", self.tag_prefix);
+        self.relay(
+            tag.clone(),
+            Pending::Discover,
+            format!("{tag} LIST (SPECIAL-USE) \"\" \"*\"\r\n").into_bytes(),
+        );
+    }
+
     /// True when no FETCH job is running (a safe point to close for shutdown).
     pub fn is_idle(&self) -> bool {
         !self.busy()
@@ -330,6 +359,7 @@ impl Session {
     /// input is held, not framed.
     fn busy(&self) -> bool {
         self.job.is_some()
+            || self.discovering()
             || self.sealing.is_some()
             || self.outgoing.is_some()
             || self.waiting.is_some()
@@ -1330,6 +1360,14 @@ impl Session {
                 let tag = t.tag.as_ref().to_string();
                 let ok = t.body.kind == StatusKind::Ok;
                 let read_only = matches!(t.body.code, Some(Code::ReadOnly));
+                if matches!(self.in_flight.get(&tag), Some(Pending::Discover)) {
+                    // sealpost's own LIST: the client never asked.
+                    self.in_flight.remove(&tag);
+                    if !self.busy() {
+                        self.resume_client();
+                    }
+                    return;
+                }
                 self.on_tagged(&tag, ok, read_only);
             }
             Some(Response::Data(Data::List {
@@ -1350,6 +1388,10 @@ impl Session {
                 if has("\\Sent") || has("\\Drafts") {
                     self.special_use.insert(name);
                 }
+                if self.discovering() {
+                    // The answer to sealpost's own LIST (client commands are held).
+                    return;
+                }
             }
             Some(Response::Status(Status::Untagged(body))) => {
                 // RFC 3501 §6.3.1: `OK [UIDVALIDITY n]` comes before the tagged reply.
@@ -1363,6 +1405,8 @@ impl Session {
                     }
                 }
             }
+            // The answer to sealpost's own LIST (INBOX included) is not the client's.
+            Some(Response::Data(Data::List { .. })) if self.discovering() => return,
             _ => {
                 if let Some(tag) = response_tag(&bytes) {
                     // A tagged reply imap-codec could not decode: it completes the command
@@ -1479,6 +1523,7 @@ impl Session {
         let Some(pending) = self.in_flight.remove(tag) else {
             return;
         };
+        let login = matches!(pending, Pending::Authenticate) && ok;
         let phase = std::mem::replace(&mut self.phase, Phase::Logout);
         self.phase = match (pending, phase) {
             (Pending::Authenticate, Phase::Authenticating { tag: t, login }) if t == tag => {
@@ -1511,6 +1556,9 @@ impl Session {
             (Pending::Logout, _) => Phase::Logout,
             (_, phase) => phase,
         };
+        if login {
+            self.discover_special_use();
+        }
     }
 
     fn logged_in(&self, login: Option<&str>) -> Phase {

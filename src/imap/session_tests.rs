@@ -245,7 +245,11 @@ fn logged_in_as_mallory_in(ctx: Arc<ImapContext>) -> Session {
     let mut s = Session::new(ctx, true, true);
     s.on_upstream(b"* OK ready\r\n");
     s.on_client(b"m1 LOGIN mallory@corp.example pw\r\n");
-    s.on_upstream(b"m1 OK logged in\r\n");
+    let out = s.on_upstream(b"m1 OK logged in\r\n");
+    if upstream_text(&out).starts_with("sp0l LIST (SPECIAL-USE)") {
+        // `sent-drafts`: sealpost's own LIST, answered with nothing special.
+        s.on_upstream(b"sp0l OK done\r\n");
+    }
     assert_eq!(s.identity(), Some("mallory@corp.example"));
     s
 }
@@ -1148,6 +1152,62 @@ fn sent_drafts_seals_only_those_mailboxes() {
     assert_eq!(upstream_text(&out), "c1 CAPABILITY\r\n");
     let out = s.on_upstream(b"* CAPABILITY IMAP4rev1 MULTIAPPEND LITERAL+ IDLE\r\nc1 OK\r\n");
     assert!(client_text(&out).starts_with("* CAPABILITY IMAP4rev1 MULTIAPPEND LITERAL+ IDLE\r\n"));
+}
+
+/// `sent-drafts` with a client that never lists (mbsync, Outlook's first sync, a
+/// localised Sent folder): sealpost asks upstream itself right after login, the client
+/// sees none of it, and its commands wait for the answer instead of racing it.
+#[test]
+fn sent_drafts_finds_a_sent_folder_of_any_name_without_the_client_listing() {
+    let ctx = gateway_with(crate::config::EncryptAppend::SentDrafts);
+    let mut s = Session::new(ctx, true, true);
+    s.on_upstream(b"* OK ready\r\n");
+    s.on_client(b"m1 LOGIN mallory@corp.example pw\r\n");
+    let out = s.on_upstream(b"m1 OK logged in\r\n");
+    assert_eq!(
+        upstream_text(&out),
+        "sp0l LIST (SPECIAL-USE) \"\" \"*\"\r\n"
+    );
+    assert!(
+        client_text(&out).starts_with("m1 OK"),
+        "{}",
+        client_text(&out)
+    );
+    // The client's APPEND waits for the answer.
+    let out = s.on_client(b"a1 APPEND Gesendet {2+}\r\nhi\r\n");
+    assert!(out.is_empty(), "{out:?}");
+    let out = s.on_upstream(
+        b"* LIST (\\Sent) \"/\" Gesendet\r\n* LIST (\\Drafts) \"/\" Entw&APw-rfe\r\n* LIST (\\HasChildren) \"/\" INBOX\r\nsp0l OK done\r\n",
+    );
+    assert_eq!(
+        client_text(&out),
+        "",
+        "nothing of sealpost's own LIST reaches the client"
+    );
+    assert!(
+        seal_request(&out).is_some(),
+        "the \\Sent mailbox, by its attribute"
+    );
+    s.on_sealed("a1", 0, Ok(b"xx".to_vec()));
+    s.on_upstream(b"+ OK\r\na1 OK done\r\n");
+    // The client's own LIST afterwards is relayed as always.
+    s.on_client(b"l1 LIST \"\" \"*\"\r\n");
+    let out = s.on_upstream(b"* LIST (\\Sent) \"/\" Gesendet\r\nl1 OK done\r\n");
+    assert!(
+        client_text(&out).starts_with("* LIST (\\Sent)"),
+        "{}",
+        client_text(&out)
+    );
+    // A server without the extension: BAD, and the usual names still count.
+    let ctx = gateway_with(crate::config::EncryptAppend::SentDrafts);
+    let mut s = Session::new(ctx, true, true);
+    s.on_upstream(b"* OK ready\r\n");
+    s.on_client(b"m1 LOGIN mallory@corp.example pw\r\n");
+    s.on_upstream(b"m1 OK logged in\r\n");
+    let out = s.on_upstream(b"sp0l BAD unknown list option\r\n");
+    assert_eq!(client_text(&out), "");
+    let out = s.on_client(b"a1 APPEND Sent {2+}\r\nhi\r\n");
+    assert!(seal_request(&out).is_some());
 }
 
 /// MULTIAPPEND (RFC 3502): every message sealed, the command goes up whole (all or

@@ -136,9 +136,12 @@ enum Pending {
     },
     Unselect,
     Logout,
-    /// sealpost's own `LIST (SPECIAL-USE)` after login, for `encrypt_append =
-    /// "sent-drafts"`: neither its responses nor its completion reach the client.
-    Discover,
+    /// sealpost's own LIST after login, for `encrypt_append = "sent-drafts"`: neither
+    /// its responses nor its completion reach the client. `special_use`: the RFC 6154
+    /// form (`LIST (SPECIAL-USE)`); if refused, a plain LIST follows.
+    Discover {
+        special_use: bool,
+    },
 }
 
 /// Where an IDLE is (RFC 2177).
@@ -238,6 +241,9 @@ pub struct Session {
     /// Mailboxes LIST marked `\Sent` or `\Drafts` (RFC 6154), for
     /// `encrypt_append = "sent-drafts"`.
     special_use: std::collections::HashSet<String>,
+    /// sealpost's own LIST (see [`Session::discover_special_use`]) waits for the
+    /// commands in flight; client input is held meanwhile.
+    discovery_due: bool,
     /// Mailboxes LIST marked `\Junk` (RFC 6154): no Autocrypt learning from them.
     junk: std::collections::HashSet<String>,
     tag_prefix: String,
@@ -273,6 +279,7 @@ impl Session {
             held: Vec::new(),
             sealing: None,
             special_use: std::collections::HashSet::new(),
+            discovery_due: false,
             junk: std::collections::HashSet::new(),
             tag_prefix: job_tag_prefix(),
             jobs_started: 0,
@@ -327,27 +334,48 @@ impl Session {
     fn discovering(&self) -> bool {
         self.in_flight
             .values()
-            .any(|p| matches!(p, Pending::Discover))
+            .any(|p| matches!(p, Pending::Discover { .. }))
     }
 
     /// After login, with `encrypt_append = "sent-drafts"`: asks upstream which
-    /// mailboxes are the Sent and Drafts ones (RFC 6154 `LIST (SPECIAL-USE)`), so that a
-    /// client that never lists (or lists only subscribed mailboxes) has its copies in
-    /// a Sent folder of any name sealed. Client input waits for the answer; a server
-    /// without the extension answers BAD and the usual names still count.
-    fn discover_special_use(&mut self) {
-        if self.ctx.encrypt_append != EncryptAppend::SentDrafts
-            || self.phase.identity().is_none()
-            || !self.in_flight.is_empty()
-        {
+    /// mailboxes are the Sent and Drafts ones (RFC 6154 `LIST (SPECIAL-USE)`; a server
+    /// that refuses it gets a plain LIST, which lists the attributes too on most
+    /// servers), so that a client that never lists has its copies in a Sent folder of
+    /// any name sealed. It goes up once nothing else is in flight (commands pipelined
+    /// with the login complete first); client input waits until it is answered.
+    fn discover_special_use(&mut self, special_use: bool) {
+        if !self.in_flight.is_empty() {
+            self.discovery_due = true;
             return;
         }
-        let tag = format!("{}0l", self.tag_prefix);
-        self.relay(
-            tag.clone(),
-            Pending::Discover,
-            format!("{tag} LIST (SPECIAL-USE) \"\" \"*\"\r\n").into_bytes(),
-        );
+        self.discovery_due = false;
+        let (tag, command) = if special_use {
+            let tag = format!("{}0l", self.tag_prefix);
+            let command = format!("{tag} LIST (SPECIAL-USE) \"\" \"*\"\r\n");
+            (tag, command)
+        } else {
+            let tag = format!("{}0m", self.tag_prefix);
+            let command = format!("{tag} LIST \"\" \"*\"\r\n");
+            (tag, command)
+        };
+        self.relay(tag, Pending::Discover { special_use }, command.into_bytes());
+    }
+
+    /// Whether `tag` completes sealpost's own LIST (then it ends here, and the held
+    /// client input goes on).
+    fn discovered(&mut self, tag: &str, ok: bool) -> bool {
+        let Some(Pending::Discover { special_use }) = self.in_flight.get(tag) else {
+            return false;
+        };
+        let retry = *special_use && !ok;
+        self.in_flight.remove(tag);
+        if retry {
+            self.discover_special_use(false);
+        }
+        if !self.busy() {
+            self.resume_client();
+        }
+        true
     }
 
     /// True when no FETCH job is running (a safe point to close for shutdown).
@@ -359,6 +387,7 @@ impl Session {
     /// input is held, not framed.
     fn busy(&self) -> bool {
         self.job.is_some()
+            || self.discovery_due
             || self.discovering()
             || self.sealing.is_some()
             || self.outgoing.is_some()
@@ -1335,10 +1364,17 @@ impl Session {
                 first,
                 literal,
             } => (bytes, first, literal),
+            // (While sealpost's own LIST is in flight, see below.)
+            Frame::Literal { .. } if self.discovering() => return,
             Frame::Literal { bytes, .. } => return self.send_client(bytes),
             Frame::Overlong { .. } => return,
         };
         if !first || literal.is_some() {
+            if self.discovering() {
+                // Only sealpost's own LIST is in flight: a LIST whose mailbox name is a
+                // literal (its attributes are not read: the usual names still count).
+                return;
+            }
             // Inside or at the start of a response with literals (FETCH data): relayed
             // as it is; nothing sealpost acts on carries literals.
             return self.send_client(bytes);
@@ -1360,12 +1396,7 @@ impl Session {
                 let tag = t.tag.as_ref().to_string();
                 let ok = t.body.kind == StatusKind::Ok;
                 let read_only = matches!(t.body.code, Some(Code::ReadOnly));
-                if matches!(self.in_flight.get(&tag), Some(Pending::Discover)) {
-                    // sealpost's own LIST: the client never asked.
-                    self.in_flight.remove(&tag);
-                    if !self.busy() {
-                        self.resume_client();
-                    }
+                if self.discovered(&tag, ok) {
                     return;
                 }
                 self.on_tagged(&tag, ok, read_only);
@@ -1407,8 +1438,13 @@ impl Session {
             }
             // The answer to sealpost's own LIST (INBOX included) is not the client's.
             Some(Response::Data(Data::List { .. })) if self.discovering() => return,
+            // A LIST line imap-codec cannot read (extended data): not the client's either.
+            None if self.discovering() && starts_with_ignore_case(&bytes, b"* LIST ") => return,
             _ => {
                 if let Some(tag) = response_tag(&bytes) {
+                    if self.discovered(&tag, false) {
+                        return;
+                    }
                     // A tagged reply imap-codec could not decode: it completes the command
                     // all the same, and counts as a failure.
                     self.on_tagged(&tag, false, false);
@@ -1556,8 +1592,14 @@ impl Session {
             (Pending::Logout, _) => Phase::Logout,
             (_, phase) => phase,
         };
-        if login {
-            self.discover_special_use();
+        if login
+            && self.ctx.encrypt_append == EncryptAppend::SentDrafts
+            && self.phase.identity().is_some()
+        {
+            self.discovery_due = true;
+        }
+        if self.discovery_due && self.in_flight.is_empty() {
+            self.discover_special_use(true);
         }
     }
 
@@ -1671,6 +1713,10 @@ fn job_tag_prefix() -> String {
     }
     use rand::distr::{Alphanumeric, SampleString};
     format!("sp{}", Alphanumeric.sample_string(&mut rand::rng(), 8))
+}
+
+fn starts_with_ignore_case(bytes: &[u8], prefix: &[u8]) -> bool {
+    bytes.len() >= prefix.len() && bytes[..prefix.len()].eq_ignore_ascii_case(prefix)
 }
 
 fn is_tag_char(b: u8) -> bool {

@@ -1198,7 +1198,9 @@ fn sent_drafts_finds_a_sent_folder_of_any_name_without_the_client_listing() {
         "{}",
         client_text(&out)
     );
-    // A server without the extension: BAD, and the usual names still count.
+    // A server without the extension: BAD, then a plain LIST (whose attributes count;
+    // a line with a literal name or one imap-codec cannot read is dropped, not relayed);
+    // if that fails too, the usual names still count.
     let ctx = gateway_with(crate::config::EncryptAppend::SentDrafts);
     let mut s = Session::new(ctx, true, true);
     s.on_upstream(b"* OK ready\r\n");
@@ -1206,8 +1208,53 @@ fn sent_drafts_finds_a_sent_folder_of_any_name_without_the_client_listing() {
     s.on_upstream(b"m1 OK logged in\r\n");
     let out = s.on_upstream(b"sp0l BAD unknown list option\r\n");
     assert_eq!(client_text(&out), "");
-    let out = s.on_client(b"a1 APPEND Sent {2+}\r\nhi\r\n");
+    assert_eq!(upstream_text(&out), "sp0m LIST \"\" \"*\"\r\n");
+    s.on_client(b"n1 NOOP\r\n");
+    let out = s.on_upstream(
+        b"* LIST (\\Sent) \"/\" {9}\r\nEnviados \r\n* LIST () \"/\" x (\"OLDNAME\" (\"y\"))\r\n* LIST (\\Sent) \"/\" Elementos\r\nsp0m OK done\r\n",
+    );
+    assert_eq!(client_text(&out), "");
+    assert_eq!(upstream_text(&out), "n1 NOOP\r\n", "held until then");
+    s.on_upstream(b"n1 OK\r\n");
+    let out = s.on_client(b"a1 APPEND Elementos {2+}\r\nhi\r\n");
     assert!(seal_request(&out).is_some());
+    // A completion imap-codec cannot read ends it all the same, unseen.
+    let ctx = gateway_with(crate::config::EncryptAppend::SentDrafts);
+    let mut odd = Session::new(ctx, true, true);
+    odd.on_upstream(b"* OK ready\r\n");
+    odd.on_client(b"m1 LOGIN mallory@corp.example pw\r\n");
+    odd.on_upstream(b"m1 OK logged in\r\n");
+    odd.on_client(b"n1 NOOP\r\n");
+    let out = odd.on_upstream(b"sp0l BAD [\x01 garbled\r\n");
+    assert_eq!(client_text(&out), "");
+    let out = odd.on_upstream(b"sp0m NO no\r\n");
+    assert_eq!(client_text(&out), "");
+    assert_eq!(upstream_text(&out), "n1 NOOP\r\n");
+    odd.on_upstream(b"n1 OK\r\n");
+    let out = odd.on_client(b"a1 APPEND Sent {2+}\r\nhi\r\n");
+    assert!(seal_request(&out).is_some(), "named Sent");
+    // A command pipelined with the login completes first; the LIST goes up after it,
+    // and nothing the client sends meanwhile overtakes it.
+    let ctx = gateway_with(crate::config::EncryptAppend::SentDrafts);
+    let mut piped = Session::new(ctx, true, true);
+    piped.on_upstream(b"* OK ready\r\n");
+    let out = piped.on_client(b"m1 LOGIN mallory@corp.example pw\r\nm2 CAPABILITY\r\n");
+    assert_eq!(
+        upstream_text(&out),
+        "m1 LOGIN mallory@corp.example pw\r\nm2 CAPABILITY\r\n"
+    );
+    let out = piped.on_upstream(b"m1 OK logged in\r\n");
+    assert_eq!(upstream_text(&out), "");
+    let out = piped.on_client(b"a1 APPEND Gesendet {2+}\r\nhi\r\n");
+    assert!(out.is_empty(), "{out:?}");
+    let out = piped.on_upstream(b"* CAPABILITY IMAP4rev1\r\nm2 OK\r\n");
+    assert!(client_text(&out).contains("m2 OK"));
+    assert_eq!(
+        upstream_text(&out),
+        "sp0l LIST (SPECIAL-USE) \"\" \"*\"\r\n"
+    );
+    let out = piped.on_upstream(b"* LIST (\\Sent) \"/\" Gesendet\r\nsp0l OK done\r\n");
+    assert!(seal_request(&out).is_some(), "{out:?}");
 }
 
 /// MULTIAPPEND (RFC 3502): every message sealed, the command goes up whole (all or

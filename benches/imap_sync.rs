@@ -595,14 +595,6 @@ fn seal_run(
         "{text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    eprintln!(
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-            .lines()
-            .filter(|l| l.contains("TIMING"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
     let after = pull(dovecot.imaps_port, ca, "SealMe", plain.len(), 0);
     assert!(after
         .messages

@@ -122,11 +122,10 @@ impl Client {
     pub async fn multi_append(
         &mut self,
         mailbox: &str,
-        messages: Vec<(Vec<Flag<'static>>, Option<DateTime>, Literal<'static>)>,
+        messages: Vec<(Vec<Flag<'static>>, Option<DateTime>, Literal<'_>)>,
     ) -> Result<Option<Reply>, ClientError> {
         let bad = |e: String| ClientError::Command(format!("APPEND to {mailbox:?}: {e}"));
-        self.next_tag += 1;
-        let tag = format!("s{}", self.next_tag);
+        let tag = self.new_tag();
         let encode = |flags: Vec<Flag<'static>>, date, message| {
             let body = CommandBody::append(mailbox, flags, date, message)
                 .map_err(|e| bad(format!("{e:?}")))?;
@@ -178,9 +177,13 @@ impl Client {
         self.exchange(&tag, out).await.map(Some)
     }
 
-    fn command<'b>(&mut self, body: CommandBody<'b>) -> Result<(String, Command<'b>), ClientError> {
+    fn new_tag(&mut self) -> String {
         self.next_tag += 1;
-        let tag_text = format!("s{}", self.next_tag);
+        format!("s{}", self.next_tag)
+    }
+
+    fn command<'b>(&mut self, body: CommandBody<'b>) -> Result<(String, Command<'b>), ClientError> {
+        let tag_text = self.new_tag();
         let tag =
             Tag::try_from(tag_text.clone()).map_err(|e| ClientError::Command(e.to_string()))?;
         Ok((tag_text, Command { tag, body }))

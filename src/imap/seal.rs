@@ -257,7 +257,6 @@ async fn seal_mailbox(
             next = fetch(c, following).await?;
         }
         if job.dry_run {
-            done += round.len();
             continue;
         }
         let sealed = joined(sealing.expect("sealing when not a dry run").await);
@@ -269,13 +268,9 @@ async fn seal_mailbox(
         let back = fetch(c, &copy_uids).await?;
         // The round before is checked by now (or nearly): its originals go.
         if let Some(before) = checking.take() {
-            let left = before.left;
+            let report = before.progress(mailbox, bytes_total);
             before.finish(c, mailbox, &mut summary, &mut copies).await?;
-            progress(&Progress::Batch {
-                mailbox,
-                done,
-                bytes_done: bytes_total.saturating_sub(left),
-            });
+            progress(&report);
         }
         let quota = stored.iter().find_map(|r| match r {
             Err(Refused::Quota(reply)) => Some(reply.clone()),
@@ -307,6 +302,7 @@ async fn seal_mailbox(
             check,
             remove_uids,
             failures,
+            done: done + round.len(),
             left,
         });
         if let Some(reply) = quota {
@@ -323,13 +319,9 @@ async fn seal_mailbox(
         done += round.len();
     }
     if let Some(last) = checking.take() {
-        let left = last.left;
+        let report = last.progress(mailbox, bytes_total);
         last.finish(c, mailbox, &mut summary, &mut copies).await?;
-        progress(&Progress::Batch {
-            mailbox,
-            done,
-            bytes_done: bytes_total.saturating_sub(left),
-        });
+        progress(&report);
     }
     Ok(summary)
 }
@@ -343,11 +335,21 @@ struct Checking {
     /// Originals an earlier run copied.
     remove_uids: Vec<u32>,
     failures: Vec<String>,
-    /// Bytes of the mailbox left after this round.
+    /// Messages of the mailbox done, and bytes left, after this round.
+    done: usize,
     left: u64,
 }
 
 impl Checking {
+    /// Where the mailbox stands once this round is finished.
+    fn progress<'m>(&self, mailbox: &'m str, bytes_total: u64) -> Progress<'m> {
+        Progress::Batch {
+            mailbox,
+            done: self.done,
+            bytes_done: bytes_total.saturating_sub(self.left),
+        }
+    }
+
     /// Waits for the checks and removes the originals whose copies passed.
     async fn finish(
         self,
@@ -518,22 +520,30 @@ async fn store_all(
     sealed: Vec<Result<Vec<u8>, String>>,
     append: Appending,
 ) -> Result<Vec<Result<u32, Refused>>, SealError> {
-    let literal = |bytes: Vec<u8>| {
-        let l = imap_types::core::Literal::try_from(bytes)
+    fn literal<'b>(
+        bytes: impl TryInto<imap_types::core::Literal<'b>, Error: std::fmt::Debug>,
+        append: Appending,
+    ) -> Result<imap_types::core::Literal<'b>, ClientError> {
+        let l = bytes
+            .try_into()
             .map_err(|e| ClientError::Command(format!("sealed message: {e:?}")))?;
-        Ok::<_, ClientError>(if append.literal_plus {
+        Ok(if append.literal_plus {
             l.into_non_sync()
         } else {
             l
         })
-    };
+    }
     if append.multi && todo.len() > 1 {
         let mut messages = Vec::new();
         let mut out: Vec<Option<Result<u32, Refused>>> = Vec::new();
         for ((m, _), sealed) in todo.iter().zip(&sealed) {
             match sealed {
                 Ok(s) => {
-                    messages.push((m.flags.clone(), m.date.clone(), literal(s.clone())?));
+                    messages.push((
+                        m.flags.clone(),
+                        m.date.clone(),
+                        literal(s.as_slice(), append)?,
+                    ));
                     out.push(None);
                 }
                 Err(e) => out.push(Some(Err(Refused::Other(format!("cannot encrypt: {e}"))))),
@@ -582,9 +592,13 @@ async fn store_all(
                 continue;
             }
         };
-        let command =
-            CommandBody::append(mailbox, m.flags.clone(), m.date.clone(), literal(sealed)?)
-                .map_err(|e| ClientError::Command(format!("APPEND to {mailbox:?}: {e:?}")))?;
+        let command = CommandBody::append(
+            mailbox,
+            m.flags.clone(),
+            m.date.clone(),
+            literal(sealed, append)?,
+        )
+        .map_err(|e| ClientError::Command(format!("APPEND to {mailbox:?}: {e:?}")))?;
         if append.literal_plus {
             sent.push((out.len(), c.send(command).await?));
             out.push(None);

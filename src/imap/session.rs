@@ -349,15 +349,13 @@ impl Session {
             return;
         }
         self.discovery_due = false;
-        let (tag, command) = if special_use {
-            let tag = format!("{}0l", self.tag_prefix);
-            let command = format!("{tag} LIST (SPECIAL-USE) \"\" \"*\"\r\n");
-            (tag, command)
+        let (suffix, selection) = if special_use {
+            ("0l", "(SPECIAL-USE) ")
         } else {
-            let tag = format!("{}0m", self.tag_prefix);
-            let command = format!("{tag} LIST \"\" \"*\"\r\n");
-            (tag, command)
+            ("0m", "")
         };
+        let tag = format!("{}{suffix}", self.tag_prefix);
+        let command = format!("{tag} LIST {selection}\"\" \"*\"\r\n");
         self.relay(tag, Pending::Discover { special_use }, command.into_bytes());
     }
 

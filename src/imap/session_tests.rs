@@ -241,11 +241,18 @@ fn streaming_mallory() -> Session {
     logged_in_as_mallory_in(gateway_with(crate::config::EncryptAppend::Off))
 }
 
-fn logged_in_as_mallory_in(ctx: Arc<ImapContext>) -> Session {
+/// A session in `ctx` that has just seen upstream accept mallory's LOGIN, and what
+/// that acceptance made it do.
+fn just_logged_in_as_mallory(ctx: Arc<ImapContext>) -> (Session, Vec<Output>) {
     let mut s = Session::new(ctx, true, true);
     s.on_upstream(b"* OK ready\r\n");
     s.on_client(b"m1 LOGIN mallory@corp.example pw\r\n");
     let out = s.on_upstream(b"m1 OK logged in\r\n");
+    (s, out)
+}
+
+fn logged_in_as_mallory_in(ctx: Arc<ImapContext>) -> Session {
+    let (mut s, out) = just_logged_in_as_mallory(ctx);
     if upstream_text(&out).starts_with("sp0l LIST (SPECIAL-USE)") {
         // `sent-drafts`: sealpost's own LIST, answered with nothing special.
         s.on_upstream(b"sp0l OK done\r\n");
@@ -1159,11 +1166,8 @@ fn sent_drafts_seals_only_those_mailboxes() {
 /// sees none of it, and its commands wait for the answer instead of racing it.
 #[test]
 fn sent_drafts_finds_a_sent_folder_of_any_name_without_the_client_listing() {
-    let ctx = gateway_with(crate::config::EncryptAppend::SentDrafts);
-    let mut s = Session::new(ctx, true, true);
-    s.on_upstream(b"* OK ready\r\n");
-    s.on_client(b"m1 LOGIN mallory@corp.example pw\r\n");
-    let out = s.on_upstream(b"m1 OK logged in\r\n");
+    let sent_drafts = || gateway_with(crate::config::EncryptAppend::SentDrafts);
+    let (mut s, out) = just_logged_in_as_mallory(sent_drafts());
     assert_eq!(
         upstream_text(&out),
         "sp0l LIST (SPECIAL-USE) \"\" \"*\"\r\n"
@@ -1201,11 +1205,7 @@ fn sent_drafts_finds_a_sent_folder_of_any_name_without_the_client_listing() {
     // A server without the extension: BAD, then a plain LIST (whose attributes count;
     // a line with a literal name or one imap-codec cannot read is dropped, not relayed);
     // if that fails too, the usual names still count.
-    let ctx = gateway_with(crate::config::EncryptAppend::SentDrafts);
-    let mut s = Session::new(ctx, true, true);
-    s.on_upstream(b"* OK ready\r\n");
-    s.on_client(b"m1 LOGIN mallory@corp.example pw\r\n");
-    s.on_upstream(b"m1 OK logged in\r\n");
+    let (mut s, _) = just_logged_in_as_mallory(sent_drafts());
     let out = s.on_upstream(b"sp0l BAD unknown list option\r\n");
     assert_eq!(client_text(&out), "");
     assert_eq!(upstream_text(&out), "sp0m LIST \"\" \"*\"\r\n");
@@ -1219,11 +1219,7 @@ fn sent_drafts_finds_a_sent_folder_of_any_name_without_the_client_listing() {
     let out = s.on_client(b"a1 APPEND Elementos {2+}\r\nhi\r\n");
     assert!(seal_request(&out).is_some());
     // A completion imap-codec cannot read ends it all the same, unseen.
-    let ctx = gateway_with(crate::config::EncryptAppend::SentDrafts);
-    let mut odd = Session::new(ctx, true, true);
-    odd.on_upstream(b"* OK ready\r\n");
-    odd.on_client(b"m1 LOGIN mallory@corp.example pw\r\n");
-    odd.on_upstream(b"m1 OK logged in\r\n");
+    let (mut odd, _) = just_logged_in_as_mallory(sent_drafts());
     odd.on_client(b"n1 NOOP\r\n");
     let out = odd.on_upstream(b"sp0l BAD [\x01 garbled\r\n");
     assert_eq!(client_text(&out), "");
@@ -1235,8 +1231,7 @@ fn sent_drafts_finds_a_sent_folder_of_any_name_without_the_client_listing() {
     assert!(seal_request(&out).is_some(), "named Sent");
     // A command pipelined with the login completes first; the LIST goes up after it,
     // and nothing the client sends meanwhile overtakes it.
-    let ctx = gateway_with(crate::config::EncryptAppend::SentDrafts);
-    let mut piped = Session::new(ctx, true, true);
+    let mut piped = Session::new(sent_drafts(), true, true);
     piped.on_upstream(b"* OK ready\r\n");
     let out = piped.on_client(b"m1 LOGIN mallory@corp.example pw\r\nm2 CAPABILITY\r\n");
     assert_eq!(

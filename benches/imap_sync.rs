@@ -17,7 +17,8 @@
 //! through sealpost separates the cost of sealpost's first look at plain mail from
 //! that of the 200 encrypted messages. (iv) reads a 7.5 MB encrypted message in
 //! parts; (v) runs `sealpost seal` on 1,000 plain messages of 14-20 KB against mbsync
-//! pulling the same mailbox (`SEALPOST_BENCH_ONLY=seal` runs only (v)).
+//! pulling the same mailbox (`SEALPOST_BENCH_ONLY=seal` runs only (v), `=pull` only
+//! the pulls of (i) and (ii)).
 //!
 //! mbsync runs with `FSync no` and its local Maildir on tmpfs (`/dev/shm`): with
 //! its default `FSync yes` on the shared disk the ~1,200 fsyncs dominate (7-9 s a
@@ -258,8 +259,10 @@ fn main() {
 
     let ca = TestCa::shared();
     let mut rng = Rng::new(7_001);
-    // `SEALPOST_BENCH_ONLY=seal` runs only (v), for working on sealing.
-    let only_seal = std::env::var("SEALPOST_BENCH_ONLY").is_ok_and(|v| v == "seal");
+    // `SEALPOST_BENCH_ONLY=seal` runs only (v), for working on sealing; `=pull` only
+    // the pulls of (i) and (ii), for profiling the proxy.
+    let only = std::env::var("SEALPOST_BENCH_ONLY").unwrap_or_default();
+    let only_seal = only == "seal";
     // (v) seals messages of ~17 KB (14-20 KB), the size the goal is stated for.
     let mut seal_rng = Rng::new(7_002);
     let to_seal: Vec<Vec<u8>> = (0..PLAIN)
@@ -374,6 +377,12 @@ fn main() {
         r.warm.extend(w);
         r.plain_cold.push(pc);
         r.plain_warm.push(pw);
+    }
+    if only == "pull" {
+        let f = |d: Duration| d.as_secs_f64();
+        let (md, mc, mw) = (f(median(&r.direct)), f(median(&r.cold)), f(median(&r.warm)));
+        println!("pulls only: direct {md:.3} s, cold {mc:.3} s, warm {mw:.3} s");
+        return;
     }
     // --- gpg --decrypt once per message (as alice, passphrase via loopback, verifying bob)
     let blocks: Vec<Vec<u8>> = encrypted.iter().map(|m| armored_block(m)).collect();

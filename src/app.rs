@@ -99,6 +99,7 @@ fn hostname() -> String {
 
 /// Binds every listener, serves until SIGTERM/SIGINT, then drains the sessions.
 pub async fn run(config: Config) -> Result<(), AppError> {
+    crate::tls::warm_up();
     let loaded = load(&config)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let acceptor = tokio_rustls::TlsAcceptor::from(loaded.server_tls.clone());

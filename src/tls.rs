@@ -37,6 +37,17 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
+/// Seeds the TLS library's random generator now. aws-lc seeds it once per process
+/// from CPU jitter, which takes tens of milliseconds (perf: `tree_jitter_initialize_once`):
+/// done at startup, before the listeners are ready, the first client's handshake does
+/// not wait for it.
+pub fn warm_up() {
+    let mut seed = [0u8; 32];
+    if provider().secure_random.fill(&mut seed).is_err() {
+        tracing::warn!("the TLS library's random generator is not available");
+    }
+}
+
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs: Result<Vec<_>, _> = CertificateDer::pem_file_iter(path)
         .map_err(|e| TlsError::Read {

@@ -24,8 +24,11 @@ pub struct Key {
 pub enum Entry {
     /// Shown exactly as upstream has it.
     Plain,
-    /// Needs a view, not built yet (classified ahead of its first fetch).
-    Special,
+    /// Needs a view, not built yet (classified ahead of its first fetch); `size`:
+    /// RFC822.SIZE as stored (0 when not known).
+    Special {
+        size: u32,
+    },
     View(Arc<View>),
 }
 
@@ -44,7 +47,7 @@ pub struct ViewCache {
 
 fn cost(e: &Entry) -> usize {
     match e {
-        Entry::Plain | Entry::Special => 64,
+        Entry::Plain | Entry::Special { .. } => 64,
         Entry::View(v) => v.bytes.len() + 128,
     }
 }
@@ -67,6 +70,12 @@ impl ViewCache {
 
     pub fn get(&self, key: &Key) -> Option<Entry> {
         self.lock().map.get(key).cloned()
+    }
+
+    /// Like [`ViewCache::get`], without making the entry recently used (for looking
+    /// ahead).
+    pub fn peek(&self, key: &Key) -> Option<Entry> {
+        self.lock().map.peek(key).cloned()
     }
 
     pub fn insert(&self, key: Key, entry: Entry) {

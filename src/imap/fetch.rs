@@ -84,6 +84,9 @@ pub struct DecryptRequest {
     pub identity: String,
     pub raw: Vec<u8>,
     pub limit: usize,
+    /// Built ahead of the client's asking: the view goes to the cache (see
+    /// [`store_prefetched`]), and the job does not wait for it.
+    pub prefetch: bool,
 }
 
 /// Mailbox context of the FETCH.
@@ -140,12 +143,15 @@ pub struct FetchJob {
     /// UIDs downloaded ahead of the client's asking: their views go to the cache only,
     /// and do not count against this FETCH's budget.
     prefetched: std::collections::HashSet<u32>,
+    /// UIDs whose views are being built ahead already (by an earlier job): not
+    /// prefetched again.
+    building: std::collections::HashSet<u32>,
 }
 
 /// At most this many encrypted messages classified ahead are downloaded and decrypted
 /// along with a client's FETCH, and at most this many stored bytes of them.
-const PREFETCH_MESSAGES: usize = 32;
-const PREFETCH_BYTES: u64 = 2 * 1024 * 1024;
+const PREFETCH_MESSAGES: usize = 64;
+const PREFETCH_BYTES: u64 = 4 * 1024 * 1024;
 
 /// How many UIDs past an explicit UID FETCH are classified in the same round trip.
 /// Clients that fetch one message per command (mbsync, Thunderbird's display) then
@@ -382,7 +388,14 @@ impl FetchJob {
             decrypting: Default::default(),
             downloaded: false,
             prefetched: Default::default(),
+            building: Default::default(),
         })
+    }
+
+    /// The UIDs of this mailbox whose views are being built ahead already (see
+    /// [`DecryptRequest::prefetch`]): this job does not build them again.
+    pub fn set_building(&mut self, uids: std::collections::HashSet<u32>) {
+        self.building = uids;
     }
 
     fn key(&self, uid: u32) -> Key {
@@ -447,7 +460,7 @@ impl FetchJob {
                 for &uid in &uids {
                     let class = match ctx.cache.get(&self.key(uid)) {
                         Some(Entry::Plain) => Class::Plain,
-                        Some(Entry::Special) => Class::Special,
+                        Some(Entry::Special { .. }) => Class::Special,
                         Some(Entry::View(v)) => {
                             self.views.insert(uid, v);
                             Class::Special
@@ -466,6 +479,19 @@ impl FetchJob {
                 }
                 if msgs.len() == uids.len() {
                     self.msgs = msgs;
+                    // Encrypted messages classified earlier that come next are built
+                    // along (see `after_search`).
+                    let last = uids.iter().max().copied().unwrap_or(0);
+                    for uid in last.saturating_add(1)..=last.saturating_add(CLASSIFY_AHEAD) {
+                        if let Some(Entry::Special { size }) = ctx.cache.peek(&self.key(uid)) {
+                            self.ahead.push(Msg {
+                                seq: None,
+                                uid,
+                                class: Class::Special,
+                                size,
+                            });
+                        }
+                    }
                     return self.after_search(ctx);
                 }
                 let (lo, hi) = (
@@ -641,7 +667,8 @@ impl FetchJob {
                     ),
                     _ => None,
                 })?;
-                if !self.decrypting.insert(uid) {
+                let prefetch = self.prefetched.remove(&uid);
+                if !prefetch && !self.decrypting.insert(uid) {
                     // The same message twice in one response stream: built once.
                     return Some(Vec::new());
                 }
@@ -651,6 +678,7 @@ impl FetchJob {
                     identity: self.selected.identity.clone(),
                     raw,
                     limit: self.view_budget,
+                    prefetch,
                 })])
             }
             // Only the messages this step asked about; anything else is unsolicited.
@@ -690,46 +718,7 @@ impl FetchJob {
     }
 
     fn store_view(&mut self, uid: u32, raw: &[u8], mut view: View, ctx: &ImapContext) {
-        if let (Some(ac), ViewKind::Decrypted(signature), false) =
-            (&ctx.autocrypt, &view.kind, self.selected.junk)
-        {
-            // Never in Junk, and only for this session's identity. The view's header
-            // carries the outer Autocrypt field, which no signature covers: learned as
-            // unauthenticated (unless the own provider's Authentication-Results vouch),
-            // and after the payload's, so it cannot displace a signed key.
-            let now = crate::keys::unix_now();
-            let (header, _) = crate::mime::split_message(&view.bytes);
-            let evidence = |signed_good_for| crate::keys::autocrypt::Evidence {
-                signed_good_for,
-                authserv_id: ac.authserv_id.as_deref(),
-            };
-            if let crate::pgp::SignatureStatus::Good { addresses, .. } = signature {
-                // Inside encryption signed good by a key bound to the From, the payload's
-                // own Autocrypt field is authenticated and Autocrypt-Gossip counts too
-                // (Autocrypt 1.1 §2.7).
-                let without_outer = crate::mime::without_fields(header, &["Autocrypt"]);
-                let inside = [without_outer.as_slice(), &view.autocrypt].concat();
-                ac.store.learn(
-                    &self.selected.identity,
-                    &inside,
-                    evidence(Some(addresses)),
-                    now,
-                );
-            }
-            // After the signed one: of the same message, the first key learned stays.
-            ac.store
-                .learn(&self.selected.identity, header, evidence(None), now);
-        }
-        if self.prefetched.contains(&uid) {
-            // Cached for the FETCH that will ask for it; this one holds nothing of it.
-            let entry = match view.kind {
-                ViewKind::Decrypted(_) => Entry::View(Arc::new(view)),
-                // Anything else is decided again when the client asks.
-                _ => return,
-            };
-            ctx.cache.insert(self.key(uid), entry);
-            return;
-        }
+        learn_from_view(ctx, &self.selected, &view);
         if matches!(view.kind, ViewKind::Decrypted(_)) && view.bytes.len() > self.view_budget {
             // Views are built in parallel, each under the budget left when it was asked
             // for; what the job holds stays within the budget all the same.
@@ -780,7 +769,7 @@ impl FetchJob {
                     m.class = Class::Plain;
                 }
             }
-            Entry::Special => {}
+            Entry::Special { .. } => {}
             Entry::View(v) => {
                 self.views.insert(uid, v.clone());
             }
@@ -850,7 +839,7 @@ impl FetchJob {
             let uid = self.msgs[i].uid;
             match ctx.cache.get(&self.key(uid)) {
                 Some(Entry::Plain) => self.msgs[i].class = Class::Plain,
-                Some(Entry::Special) => self.msgs[i].class = Class::Special,
+                Some(Entry::Special { .. }) => self.msgs[i].class = Class::Special,
                 Some(Entry::View(v)) => {
                     self.msgs[i].class = Class::Special;
                     self.views.insert(uid, v);
@@ -894,7 +883,7 @@ impl FetchJob {
         for m in self.msgs.iter().chain(self.ahead.iter()) {
             let entry = match m.class {
                 Class::Plain => Entry::Plain,
-                _ => Entry::Special,
+                _ => Entry::Special { size: m.size },
             };
             if ctx.cache.get(&self.key(m.uid)).is_none() {
                 ctx.cache.insert(self.key(m.uid), entry);
@@ -907,14 +896,18 @@ impl FetchJob {
             .filter(|m| !self.views.contains_key(&m.uid))
             .filter_map(|m| if self.uid { Some(m.uid) } else { m.seq })
             .collect();
-        if !to_download.is_empty() && self.uid {
+        if self.uid {
             // Clients that fetch one message per command (mbsync, Thunderbird's offline
-            // sync) ask for the encrypted messages after this one next: download and
-            // decrypt a few of them now, in the same round trip and in parallel, so
-            // their FETCHes find the views cached.
+            // sync) ask for the encrypted messages after this one next: download them
+            // now, in the same round trip, and decrypt them in parallel while the client
+            // goes on, so that their FETCHes find the views cached.
             let mut bytes = 0u64;
             let mut prefetch = Vec::new();
-            for m in self.ahead.iter().filter(|m| m.class == Class::Special) {
+            for m in self
+                .ahead
+                .iter()
+                .filter(|m| m.class == Class::Special && !self.building.contains(&m.uid))
+            {
                 if prefetch.len() >= PREFETCH_MESSAGES || bytes + u64::from(m.size) > PREFETCH_BYTES
                 {
                     break;
@@ -980,29 +973,11 @@ impl FetchJob {
 
     fn special_fetch(&mut self) -> Vec<JobOutput> {
         self.step = Step::Special;
-        let mut names = vec!["UID".to_string()];
-        for item in &self.items {
-            let n = match item {
-                MessageDataItemName::Flags => "FLAGS",
-                MessageDataItemName::InternalDate => "INTERNALDATE",
-                MessageDataItemName::ModSeq => "MODSEQ",
-                _ => continue,
-            };
-            if !names.iter().any(|x| x == n) {
-                names.push(n.to_string());
-            }
-        }
-        if self.sets_seen && !names.iter().any(|x| x == "FLAGS") {
-            names.push("FLAGS".into());
-        }
-        if self.changed_since.is_some() && !names.iter().any(|x| x == "MODSEQ") {
-            names.push("MODSEQ".into());
-        }
         let body = format!(
-            "{}FETCH {} ({}){}",
+            "{}FETCH {} {}{}",
             self.uid_prefix(),
             self.set_of(Class::Special),
-            names.join(" "),
+            state_items(&self.items, self.sets_seen, self.changed_since.is_some()),
             self.modifier_text(false)
         );
         vec![self.command(body)]
@@ -1010,110 +985,286 @@ impl FetchJob {
 
     /// Builds the client's FETCH response for a message shown through its view.
     fn synthesize(&self, seq: u32, uid: u32, upstream: &[MessageDataItem<'_>]) -> Vec<JobOutput> {
-        use imap_types::IntoStatic;
+        // Only messages with a view are special; nothing else reaches here.
         let Some(view) = self.views.get(&uid) else {
-            // Only messages with a view are special; nothing else reaches here.
             return Vec::new();
         };
-        let msg = &view.bytes;
-        // Decrypted views are prepared when built (see `ImapContext::view`).
-        let prepared = matches!(view.kind, ViewKind::Decrypted(_));
-        let mut items: Vec<MessageDataItem<'static>> = Vec::new();
-        let from_upstream = |name: &MessageDataItemName<'_>| {
-            upstream.iter().find(|i| {
-                matches!(
-                    (name, i),
-                    (MessageDataItemName::Flags, MessageDataItem::Flags(_))
-                        | (
-                            MessageDataItemName::InternalDate,
-                            MessageDataItem::InternalDate(_)
-                        )
-                        | (MessageDataItemName::ModSeq, MessageDataItem::ModSeq(_))
-                )
-            })
+        let asked = Asked {
+            uid_fetch: self.uid,
+            items: &self.items,
+            sets_seen: self.sets_seen,
         };
-        if self.uid {
-            if let Some(u) = NonZeroU32::new(uid) {
-                items.push(MessageDataItem::Uid(u));
-            }
-        }
-        for name in &self.items {
-            let item = match name {
-                MessageDataItemName::Uid => {
-                    if self.uid {
-                        continue;
-                    }
-                    NonZeroU32::new(uid).map(MessageDataItem::Uid)
-                }
-                MessageDataItemName::Flags
-                | MessageDataItemName::InternalDate
-                | MessageDataItemName::ModSeq => {
-                    from_upstream(name).map(|i| i.clone().into_static())
-                }
-                MessageDataItemName::Rfc822Size => {
-                    Some(MessageDataItem::Rfc822Size(msg.len() as u32))
-                }
-                MessageDataItemName::Body => Some(MessageDataItem::Body(
-                    crate::mime::view::body_structure(msg, false),
-                )),
-                MessageDataItemName::BodyStructure => Some(MessageDataItem::BodyStructure(
-                    crate::mime::view::body_structure(msg, true),
-                )),
-                MessageDataItemName::Envelope => {
-                    Some(MessageDataItem::Envelope(crate::mime::view::envelope(msg)))
-                }
-                MessageDataItemName::Rfc822 => Some(MessageDataItem::Rfc822(nstring(msg))),
-                MessageDataItemName::Rfc822Header => {
-                    let s = Section::Header(None);
-                    let data = crate::mime::view::section(msg, Some(&s)).unwrap_or_default();
-                    Some(MessageDataItem::Rfc822Header(nstring(&data)))
-                }
-                MessageDataItemName::Rfc822Text => {
-                    let s = Section::Text(None);
-                    let data = crate::mime::view::section(msg, Some(&s)).unwrap_or_default();
-                    Some(MessageDataItem::Rfc822Text(nstring(&data)))
-                }
-                MessageDataItemName::BodyExt {
-                    section, partial, ..
-                } => {
-                    let data = if prepared {
-                        crate::mime::view::section_of_prepared(msg, section.as_ref())
-                    } else {
-                        crate::mime::view::section(msg, section.as_ref()).map(Into::into)
-                    }
-                    .unwrap_or_default();
-                    let part = crate::mime::view::partial(&data, *partial);
-                    Some(MessageDataItem::BodyExt {
-                        section: section.clone(),
-                        origin: partial.map(|(o, _)| o),
-                        data: nstring(part),
-                    })
-                }
-                MessageDataItemName::Binary { .. } | MessageDataItemName::BinarySize { .. } => None,
-            };
-            if let Some(item) = item {
-                items.push(item);
-            }
-        }
-        // RFC 3501 §6.4.5: the flag change caused by this fetch is reported.
-        if self.sets_seen && !self.items.contains(&MessageDataItemName::Flags) {
-            if let Some(f) = upstream
-                .iter()
-                .find(|i| matches!(i, MessageDataItem::Flags(_)))
-            {
-                items.push(f.clone().into_static());
-            }
-        }
-        let (Some(seq), Ok(items)) = (NonZeroU32::new(seq), Vec1::try_from(items)) else {
-            return Vec::new();
-        };
-        let response = Response::Data(Data::Fetch { seq, items });
-        let bytes = ResponseCodec::default().encode(&response).dump();
-        vec![JobOutput::Client(bytes)]
+        synthesize(view, seq, uid, &asked, upstream)
+            .map(JobOutput::Client)
+            .into_iter()
+            .collect()
     }
 }
 
-/// Encrypted by structure (PGP/MIME), possibly inline (single text part), or plain.
+/// Learns the Autocrypt keys a view carries (never from Junk; see
+/// [`crate::keys::autocrypt`]).
+fn learn_from_view(ctx: &ImapContext, selected: &Selected, view: &View) {
+    if let (Some(ac), ViewKind::Decrypted(signature), false) =
+        (&ctx.autocrypt, &view.kind, selected.junk)
+    {
+        // Never in Junk, and only for this session's identity. The view's header
+        // carries the outer Autocrypt field, which no signature covers: learned as
+        // unauthenticated (unless the own provider's Authentication-Results vouch),
+        // and after the payload's, so it cannot displace a signed key.
+        let now = crate::keys::unix_now();
+        let (header, _) = crate::mime::split_message(&view.bytes);
+        let evidence = |signed_good_for| crate::keys::autocrypt::Evidence {
+            signed_good_for,
+            authserv_id: ac.authserv_id.as_deref(),
+        };
+        if let crate::pgp::SignatureStatus::Good { addresses, .. } = signature {
+            // Inside encryption signed good by a key bound to the From, the payload's
+            // own Autocrypt field is authenticated and Autocrypt-Gossip counts too
+            // (Autocrypt 1.1 §2.7).
+            let without_outer = crate::mime::without_fields(header, &["Autocrypt"]);
+            let inside = [without_outer.as_slice(), &view.autocrypt].concat();
+            ac.store
+                .learn(&selected.identity, &inside, evidence(Some(addresses)), now);
+        }
+        // After the signed one: of the same message, the first key learned stays.
+        ac.store
+            .learn(&selected.identity, header, evidence(None), now);
+    }
+}
+
+/// A view built ahead of the client's asking (see [`DecryptRequest::prefetch`]):
+/// learned from like any other and cached for the FETCH that will ask for it.
+/// Anything but a decrypted view is decided again when the client asks.
+pub fn store_prefetched(ctx: &ImapContext, selected: &Selected, uid: u32, view: View) {
+    learn_from_view(ctx, selected, &view);
+    if let ViewKind::Decrypted(_) = view.kind {
+        let key = Key {
+            account: selected.account.clone(),
+            identity: selected.identity.clone(),
+            mailbox: selected.mailbox.clone(),
+            uidvalidity: selected.uidvalidity,
+            uid,
+        };
+        ctx.cache.insert(key, Entry::View(Arc::new(view)));
+    }
+}
+
+/// A UID FETCH whose messages all have views cached, answered within the client's
+/// pipeline: upstream is asked only for the items that do not depend on content
+/// (`UID FLAGS ...`, under the client's own tag, relayed in order with the client's
+/// other commands), and each of its responses gets the content items from the view.
+/// mbsync and Thunderbird fetch one message per command, hundreds pipelined: a job
+/// would hold them all for a round trip at every encrypted message.
+#[derive(Debug)]
+pub struct Rewrite {
+    items: Vec<MessageDataItemName<'static>>,
+    /// The views not answered yet, by UID.
+    views: std::collections::HashMap<u32, Arc<View>>,
+}
+
+impl Rewrite {
+    /// The rewrite of `tag UID FETCH set items` when every message of the set has its
+    /// view cached, with the command to send upstream instead; else `None` (a job or
+    /// the relay answers it). Not for FETCHes that set `\Seen` (a job sets it), nor
+    /// with CONDSTORE/QRESYNC modifiers.
+    pub fn from_cache(
+        ctx: &ImapContext,
+        selected: &Selected,
+        req: &FetchRequest<'_>,
+    ) -> Option<(Rewrite, Vec<u8>)> {
+        let sets_seen_here = req.items.iter().any(sets_seen) && !selected.read_only;
+        let binary = req.items.iter().any(|i| {
+            matches!(
+                i,
+                MessageDataItemName::Binary { .. } | MessageDataItemName::BinarySize { .. }
+            )
+        });
+        if !req.uid || !req.modifiers.is_empty() || sets_seen_here || binary {
+            return None;
+        }
+        let mut views = std::collections::HashMap::new();
+        for uid in explicit_uids(req.set)? {
+            let key = Key {
+                account: selected.account.clone(),
+                identity: selected.identity.clone(),
+                mailbox: selected.mailbox.clone(),
+                uidvalidity: selected.uidvalidity,
+                uid,
+            };
+            match ctx.cache.get(&key) {
+                Some(Entry::View(v)) => views.insert(uid, v),
+                _ => return None,
+            };
+        }
+        let (set, _) = split_fetch_line(req.line)?;
+        let command = format!(
+            "{} UID FETCH {set} {}\r\n",
+            req.tag,
+            state_items(&req.items, false, false)
+        );
+        let rewrite = Rewrite {
+            items: req.items.clone(),
+            views,
+        };
+        Some((rewrite, command.into_bytes()))
+    }
+
+    /// Is a response about `uid` this rewrite's to answer?
+    pub fn wants(&self, uid: u32) -> bool {
+        self.views.contains_key(&uid)
+    }
+
+    /// The client's response for upstream's `* seq FETCH (UID uid ...)`, once per UID.
+    pub fn respond(
+        &mut self,
+        seq: u32,
+        uid: u32,
+        upstream: &[MessageDataItem<'_>],
+    ) -> Option<Vec<u8>> {
+        let view = self.views.remove(&uid)?;
+        let asked = Asked {
+            uid_fetch: true,
+            items: &self.items,
+            sets_seen: false,
+        };
+        synthesize(&view, seq, uid, &asked, upstream)
+    }
+}
+
+/// What a client's FETCH asked for, as a view's response needs it.
+struct Asked<'a> {
+    uid_fetch: bool,
+    items: &'a [MessageDataItemName<'static>],
+    /// The FETCH sets `\Seen`: the flags upstream reports are included.
+    sets_seen: bool,
+}
+
+/// `(UID FLAGS ...)`: the items upstream answers for a message shown through its view,
+/// those that do not depend on its content.
+fn state_items(items: &[MessageDataItemName<'_>], sets_seen: bool, changed_since: bool) -> String {
+    let mut names = vec!["UID"];
+    for item in items {
+        let n = match item {
+            MessageDataItemName::Flags => "FLAGS",
+            MessageDataItemName::InternalDate => "INTERNALDATE",
+            MessageDataItemName::ModSeq => "MODSEQ",
+            _ => continue,
+        };
+        if !names.contains(&n) {
+            names.push(n);
+        }
+    }
+    if sets_seen && !names.contains(&"FLAGS") {
+        names.push("FLAGS");
+    }
+    if changed_since && !names.contains(&"MODSEQ") {
+        names.push("MODSEQ");
+    }
+    format!("({})", names.join(" "))
+}
+
+/// The client's FETCH response for message `seq`/`uid` shown through `view`: content
+/// items from the view, the others from `upstream`'s response.
+fn synthesize(
+    view: &View,
+    seq: u32,
+    uid: u32,
+    asked: &Asked<'_>,
+    upstream: &[MessageDataItem<'_>],
+) -> Option<Vec<u8>> {
+    use imap_types::IntoStatic;
+    let msg = &view.bytes;
+    // Decrypted views are prepared when built (see `ImapContext::view`).
+    let prepared = matches!(view.kind, ViewKind::Decrypted(_));
+    let mut items: Vec<MessageDataItem<'static>> = Vec::new();
+    let from_upstream = |name: &MessageDataItemName<'_>| {
+        upstream.iter().find(|i| {
+            matches!(
+                (name, i),
+                (MessageDataItemName::Flags, MessageDataItem::Flags(_))
+                    | (
+                        MessageDataItemName::InternalDate,
+                        MessageDataItem::InternalDate(_)
+                    )
+                    | (MessageDataItemName::ModSeq, MessageDataItem::ModSeq(_))
+            )
+        })
+    };
+    if asked.uid_fetch {
+        if let Some(u) = NonZeroU32::new(uid) {
+            items.push(MessageDataItem::Uid(u));
+        }
+    }
+    for name in asked.items {
+        let item = match name {
+            MessageDataItemName::Uid => {
+                if asked.uid_fetch {
+                    continue;
+                }
+                NonZeroU32::new(uid).map(MessageDataItem::Uid)
+            }
+            MessageDataItemName::Flags
+            | MessageDataItemName::InternalDate
+            | MessageDataItemName::ModSeq => from_upstream(name).map(|i| i.clone().into_static()),
+            MessageDataItemName::Rfc822Size => Some(MessageDataItem::Rfc822Size(msg.len() as u32)),
+            MessageDataItemName::Body => Some(MessageDataItem::Body(
+                crate::mime::view::body_structure(msg, false),
+            )),
+            MessageDataItemName::BodyStructure => Some(MessageDataItem::BodyStructure(
+                crate::mime::view::body_structure(msg, true),
+            )),
+            MessageDataItemName::Envelope => {
+                Some(MessageDataItem::Envelope(crate::mime::view::envelope(msg)))
+            }
+            MessageDataItemName::Rfc822 => Some(MessageDataItem::Rfc822(nstring(msg))),
+            MessageDataItemName::Rfc822Header => {
+                let s = Section::Header(None);
+                let data = crate::mime::view::section(msg, Some(&s)).unwrap_or_default();
+                Some(MessageDataItem::Rfc822Header(nstring(&data)))
+            }
+            MessageDataItemName::Rfc822Text => {
+                let s = Section::Text(None);
+                let data = crate::mime::view::section(msg, Some(&s)).unwrap_or_default();
+                Some(MessageDataItem::Rfc822Text(nstring(&data)))
+            }
+            MessageDataItemName::BodyExt {
+                section, partial, ..
+            } => {
+                let data = if prepared {
+                    crate::mime::view::section_of_prepared(msg, section.as_ref())
+                } else {
+                    crate::mime::view::section(msg, section.as_ref()).map(Into::into)
+                }
+                .unwrap_or_default();
+                let part = crate::mime::view::partial(&data, *partial);
+                Some(MessageDataItem::BodyExt {
+                    section: section.clone(),
+                    origin: partial.map(|(o, _)| o),
+                    data: nstring(part),
+                })
+            }
+            MessageDataItemName::Binary { .. } | MessageDataItemName::BinarySize { .. } => None,
+        };
+        if let Some(item) = item {
+            items.push(item);
+        }
+    }
+    // RFC 3501 §6.4.5: the flag change caused by this fetch is reported.
+    if asked.sets_seen && !asked.items.contains(&MessageDataItemName::Flags) {
+        if let Some(f) = upstream
+            .iter()
+            .find(|i| matches!(i, MessageDataItem::Flags(_)))
+        {
+            items.push(f.clone().into_static());
+        }
+    }
+    let (Some(seq), Ok(items)) = (NonZeroU32::new(seq), Vec1::try_from(items)) else {
+        return None;
+    };
+    let response = Response::Data(Data::Fetch { seq, items });
+    Some(ResponseCodec::default().encode(&response).dump())
+}
+
 /// `* SEQ FETCH (UID UID ...`: the start of a response to the classification command,
 /// which asks for UID first (RFC 3501 §7.4.2 grammar: nz-number SP "FETCH" SP "(").
 fn classify_prefix(message: &[u8]) -> Option<(u32, u32)> {
@@ -1132,6 +1283,7 @@ fn classify_prefix(message: &[u8]) -> Option<(u32, u32)> {
     rest.starts_with(b" ").then_some((seq, uid))
 }
 
+/// Encrypted by structure (PGP/MIME), possibly inline (single text part), or plain.
 fn classify(b: &BodyStructure<'_>) -> Class {
     match b {
         BodyStructure::Multi { subtype, .. } => {

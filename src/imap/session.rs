@@ -220,6 +220,13 @@ pub struct Session {
     in_flight: HashMap<String, Pending>,
     /// The FETCH job running (see [`FetchJob`]).
     job: Option<Box<FetchJob>>,
+    /// UID FETCHes in flight answered from cached views, by the client's tag (see
+    /// [`fetch::Rewrite`]).
+    rewrites: HashMap<String, fetch::Rewrite>,
+    /// Views being built ahead of the client's asking, by (job, UID), with the
+    /// mailbox they belong to (see [`fetch::DecryptRequest::prefetch`]). A FETCH of
+    /// one of them waits for it rather than building it twice.
+    prefetching: HashMap<(String, u32), Selected>,
     /// Largest literal accepted from the client.
     max_literal: u64,
     /// The UIDVALIDITY announced for the SELECT/EXAMINE in flight.
@@ -271,6 +278,8 @@ impl Session {
             inflow: Inflow::Start,
             in_flight: HashMap::new(),
             job: None,
+            rewrites: HashMap::new(),
+            prefetching: HashMap::new(),
             last_uidvalidity: None,
             outgoing: None,
             waiting: None,
@@ -961,22 +970,8 @@ impl Session {
         else {
             return self.relay(tag, Pending::Relayed, msg);
         };
-        let Phase::Selected {
-            identity: Some(identity),
-            mailbox,
-            uidvalidity: Some(uidvalidity),
-            read_only,
-        } = &self.phase
-        else {
+        let Some(selected) = self.selected() else {
             return self.relay(tag, Pending::Relayed, msg);
-        };
-        let selected = Selected {
-            account: self.ctx.account.clone(),
-            identity: identity.clone(),
-            mailbox: mailbox.clone(),
-            uidvalidity: *uidvalidity,
-            read_only: *read_only,
-            junk: self.is_junk(mailbox),
         };
         let items = fetch::expand(macro_or_item_names);
         // Nothing content-dependent, or only messages known to be plain: relay as
@@ -986,6 +981,25 @@ impl Session {
         {
             return self.relay(tag, Pending::Relayed, msg);
         }
+        if uid && self.building_any(&selected, &sequence_set) {
+            // Its view is being built already: answered once it is there.
+            self.waiting = Some(Waiting::Command(tag, msg, Vec::new()));
+            return;
+        }
+        let request = fetch::FetchRequest {
+            tag: &tag,
+            uid,
+            line: &msg,
+            set: &sequence_set,
+            items,
+            modifiers: &modifiers,
+        };
+        // Every message's view cached: answered in the pipeline, no job.
+        if let Some((rewrite, command)) = fetch::Rewrite::from_cache(&self.ctx, &selected, &request)
+        {
+            self.rewrites.insert(tag.clone(), rewrite);
+            return self.relay(tag, Pending::Relayed, command);
+        }
         if !self.in_flight.is_empty() {
             tracing::debug!(waiting_for = ?self.in_flight.keys(), "FETCH deferred until earlier commands complete");
             self.waiting = Some(Waiting::Command(tag, msg, Vec::new()));
@@ -993,19 +1007,18 @@ impl Session {
         }
         self.jobs_started += 1;
         let prefix = format!("{}{}x", self.tag_prefix, self.jobs_started);
-        match FetchJob::new(
-            fetch::FetchRequest {
-                tag: &tag,
-                uid,
-                line: &msg,
-                set: &sequence_set,
-                items,
-                modifiers: &modifiers,
-            },
-            selected,
-            &prefix,
-        ) {
+        let selected_mailbox = (selected.mailbox.clone(), selected.uidvalidity);
+        match FetchJob::new(request, selected, &prefix) {
             Some(mut job) => {
+                let building = self
+                    .prefetching
+                    .iter()
+                    .filter(|(_, s)| {
+                        s.mailbox == selected_mailbox.0 && s.uidvalidity == selected_mailbox.1
+                    })
+                    .map(|((_, uid), _)| *uid)
+                    .collect();
+                job.set_building(building);
                 let outputs = job.start(&self.ctx);
                 let finished = outputs.iter().any(|o| matches!(o, JobOutput::Client(_)))
                     && !outputs.iter().any(|o| matches!(o, JobOutput::Upstream(_)));
@@ -1016,6 +1029,44 @@ impl Session {
             }
             None => self.relay(tag, Pending::Relayed, msg),
         }
+    }
+
+    /// The selected mailbox, when views of its mail are shown (an identity and a
+    /// UIDVALIDITY).
+    fn selected(&self) -> Option<Selected> {
+        let Phase::Selected {
+            identity: Some(identity),
+            mailbox,
+            uidvalidity: Some(uidvalidity),
+            read_only,
+        } = &self.phase
+        else {
+            return None;
+        };
+        Some(Selected {
+            account: self.ctx.account.clone(),
+            identity: identity.clone(),
+            mailbox: mailbox.clone(),
+            uidvalidity: *uidvalidity,
+            read_only: *read_only,
+            junk: self.is_junk(mailbox),
+        })
+    }
+
+    /// Is the view of a UID in `set` of this mailbox being built ahead?
+    fn building_any(&self, selected: &Selected, set: &imap_types::sequence::SequenceSet) -> bool {
+        if self.prefetching.is_empty() {
+            return false;
+        }
+        let Some(uids) = fetch::explicit_uids(set) else {
+            return false;
+        };
+        self.prefetching.iter().any(|((_, uid), s)| {
+            s.mailbox == selected.mailbox
+                && s.uidvalidity == selected.uidvalidity
+                && s.identity == selected.identity
+                && uids.contains(uid)
+        })
     }
 
     /// An APPEND read whole: sealed to the identity's key first when configured and
@@ -1264,7 +1315,15 @@ impl Session {
             match o {
                 JobOutput::Client(b) => self.send_client(b),
                 JobOutput::Upstream(b) => self.send_upstream(b),
-                JobOutput::Decrypt(r) => self.out.push(Output::Decrypt(r)),
+                JobOutput::Decrypt(r) => {
+                    if r.prefetch {
+                        // A job runs only in a selected mailbox, the one it was made for.
+                        if let Some(selected) = self.selected() {
+                            self.prefetching.insert((r.job.clone(), r.uid), selected);
+                        }
+                    }
+                    self.out.push(Output::Decrypt(r))
+                }
             }
         }
     }
@@ -1277,6 +1336,19 @@ impl Session {
         raw: &[u8],
         view: crate::pgp::View,
     ) -> Vec<Output> {
+        if let Some(selected) = self.prefetching.remove(&(job.to_string(), uid)) {
+            fetch::store_prefetched(&self.ctx, &selected, uid, view);
+            // A FETCH waiting for it goes on (a job's FETCH still waits for the job).
+            if self.job.is_none() && matches!(self.waiting, Some(Waiting::Command(..))) {
+                if let Some(Waiting::Command(tag, msg, splits)) = self.waiting.take() {
+                    self.on_command(tag, msg, splits);
+                    if !self.busy() {
+                        self.resume_client();
+                    }
+                }
+            }
+            return self.take();
+        }
         if let Some(running) = &mut self.job {
             let (outputs, done) = running.on_view(job, uid, raw, view, &self.ctx);
             self.apply(outputs);
@@ -1384,6 +1456,11 @@ impl Session {
         if bytes.starts_with(b"+") {
             return self.on_continuation(bytes);
         }
+        if !self.rewrites.is_empty() && bytes.starts_with(b"* ") {
+            if let Some(line) = self.rewritten(&bytes) {
+                return self.send_client(line);
+            }
+        }
         let response = decode_response(&bytes);
         let line = match &response {
             Some(r) => caps::filter_response(&bytes, r, self.local()),
@@ -1454,6 +1531,28 @@ impl Session {
         if !self.busy() && !self.held.is_empty() {
             self.resume_client();
         }
+    }
+
+    /// A `* n FETCH` line for a UID FETCH answered from views (see [`fetch::Rewrite`]):
+    /// the client's response, with the view's content items.
+    fn rewritten(&mut self, line: &[u8]) -> Option<Vec<u8>> {
+        if !contains_ci_prefix(line, b" FETCH (") {
+            return None;
+        }
+        let Ok((_, Response::Data(Data::Fetch { seq, items }))) =
+            ResponseCodec::default().decode(line)
+        else {
+            return None;
+        };
+        let items = items.into_inner();
+        let uid = items.iter().find_map(|i| match i {
+            imap_types::fetch::MessageDataItem::Uid(u) => Some(u.get()),
+            _ => None,
+        })?;
+        self.rewrites
+            .values_mut()
+            .find(|r| r.wants(uid))?
+            .respond(seq.get(), uid, &items)
     }
 
     fn on_greeting(&mut self, bytes: Vec<u8>) {
@@ -1557,6 +1656,7 @@ impl Session {
         let Some(pending) = self.in_flight.remove(tag) else {
             return;
         };
+        self.rewrites.remove(tag);
         let login = matches!(pending, Pending::Authenticate) && ok;
         let phase = std::mem::replace(&mut self.phase, Phase::Logout);
         self.phase = match (pending, phase) {
@@ -1713,6 +1813,13 @@ fn job_tag_prefix() -> String {
     format!("sp{}", Alphanumeric.sample_string(&mut rand::rng(), 8))
 }
 
+/// Does `needle` occur in the first 40 bytes of `line` (a `* n FETCH (` head)?
+fn contains_ci_prefix(line: &[u8], needle: &[u8]) -> bool {
+    let head = &line[..line.len().min(40)];
+    head.windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
 fn starts_with_ignore_case(bytes: &[u8], prefix: &[u8]) -> bool {
     bytes.len() >= prefix.len() && bytes[..prefix.len()].eq_ignore_ascii_case(prefix)
 }
@@ -1734,13 +1841,17 @@ fn response_tag(line: &[u8]) -> Option<String> {
 /// state (Autocrypt 1.1 §2.3: update on every received message that carries a header).
 /// An outer header teaches no gossip; its key counts as authenticated only with the
 /// provider's `Authentication-Results` (see [`crate::keys::authres`]).
+/// Does `bytes` hold `Autocrypt:` (any case)? Every fetched message is looked at, so
+/// this finds the colons first (memchr) rather than comparing at every byte.
+fn mentions_autocrypt(bytes: &[u8]) -> bool {
+    const NAME: &[u8] = b"autocrypt";
+    memchr::memchr_iter(b':', bytes)
+        .any(|at| at >= NAME.len() && bytes[at - NAME.len()..at].eq_ignore_ascii_case(NAME))
+}
+
 fn learn_autocrypt(ac: &crate::keys::autocrypt::Learner, identity: &str, response: &[u8]) {
     use imap_types::fetch::{MessageDataItem, Section};
-    if !response.starts_with(b"* ")
-        || !response
-            .windows(10)
-            .any(|w| w.eq_ignore_ascii_case(b"autocrypt:"))
-    {
+    if !response.starts_with(b"* ") || !mentions_autocrypt(response) {
         return;
     }
     let Ok((_, Response::Data(Data::Fetch { items, .. }))) =

@@ -636,10 +636,11 @@ fn a_fetch_job_step_by_step() {
             "held until the job ended"
         );
         s.on_upstream(b"a2 OK done\r\n");
-        // UID 6 was decrypted ahead: its FETCH needs one round trip, no download.
+        // UID 6 was decrypted ahead: its FETCH needs one round trip in the client's
+        // pipeline, no download, no job.
         let out = s.on_client(b"a3 UID FETCH 6 (UID BODY.PEEK[])\r\n");
-        assert_eq!(upstream_text(&out), "sp2x1 UID FETCH 6 (UID)\r\n");
-        let out = s.on_upstream(b"* 2 FETCH (UID 6)\r\nsp2x1 OK done\r\n");
+        assert_eq!(upstream_text(&out), "a3 UID FETCH 6 (UID)\r\n");
+        let out = s.on_upstream(b"* 2 FETCH (UID 6)\r\na3 OK done\r\n");
         let text = client_text(&out);
         assert!(
             text.contains("secret body") && text.contains("a3 OK"),
@@ -1497,4 +1498,191 @@ fn a_sealed_copy_of_received_mail_vouches_for_nothing_in_it() {
     assert_eq!(view.bytes, raw.as_bytes(), "the copy reads as the original");
     s.on_view("sp1x", req.uid, &req.raw, view);
     assert!(store.key_for(&id.address, "ceo@corp.example").is_none());
+}
+
+// ----- pipelined FETCHes of encrypted mail ---------------------------------------
+
+/// `body` in a PGP/MIME message to mallory's key, as Dovecot would store it.
+fn sealed_to_mallory(ctx: &ImapContext, body: &str) -> Vec<u8> {
+    crate::pgp::encrypt_message(
+        &crate::pgp::EncryptRequest {
+            raw: format!("From: bob@example.org\r\nSubject: s\r\n\r\n{body}\r\n").as_bytes(),
+            recipients: std::slice::from_ref(&ctx.identities[0].cert),
+            signer: None,
+            protect_headers: true,
+            boundary: "b1",
+            extra_outer: b"",
+        },
+        &[],
+    )
+    .unwrap()
+}
+
+/// The cache key of `uid` in the INBOX that [`with_identity`] selects.
+fn inbox_key(uid: u32) -> super::super::cache::Key {
+    super::super::cache::Key {
+        account: "test".into(),
+        identity: "mallory@corp.example".into(),
+        mailbox: "INBOX".into(),
+        uidvalidity: 3,
+        uid,
+    }
+}
+
+/// mbsync sends one `UID FETCH n (BODY.PEEK[])` per message, hundreds pipelined. A
+/// message whose view is cached no longer stops that pipeline for a job: upstream is
+/// asked for its UID (and flags) under the client's own tag, in order with the rest,
+/// and the response gets the view's content. A FETCH line inside another message's
+/// literal is data, never taken for that response.
+#[test]
+fn cached_views_are_answered_within_the_clients_pipeline() {
+    use super::super::cache::Entry;
+    let ctx = gateway();
+    let stored = sealed_to_mallory(&ctx, "secret six");
+    let view = ctx.view("mallory@corp.example", &stored, 1 << 20);
+    assert!(matches!(view.kind, crate::pgp::ViewKind::Decrypted(_)));
+    ctx.cache.insert(inbox_key(6), Entry::View(Arc::new(view)));
+    for uid in [5, 7] {
+        ctx.cache.insert(inbox_key(uid), Entry::Plain);
+    }
+    let mut s = with_identity(&ctx);
+    let out = s.on_client(
+        b"a UID FETCH 5 (BODY.PEEK[])\r\nb UID FETCH 6 (FLAGS BODY.PEEK[])\r\nc UID FETCH 7 (BODY.PEEK[])\r\n",
+    );
+    assert_eq!(
+        upstream_text(&out),
+        "a UID FETCH 5 (BODY.PEEK[])\r\nb UID FETCH 6 (UID FLAGS)\r\nc UID FETCH 7 (BODY.PEEK[])\r\n",
+        "all three go up at once"
+    );
+    // UID 5's body carries a line that looks like the answer for UID 6.
+    let five = b"Subject: 5\r\n\r\n* 2 FETCH (UID 6 FLAGS ())\r\n";
+    let mut up = format!("* 1 FETCH (UID 5 BODY[] {{{}}}\r\n", five.len()).into_bytes();
+    up.extend_from_slice(five);
+    up.extend_from_slice(b")\r\na OK done\r\n");
+    let relayed_five = up.clone();
+    up.extend_from_slice(b"* 2 FETCH (UID 6 FLAGS (\\Seen))\r\nb OK done\r\n");
+    // After b's answer, a flag update for UID 6 is upstream's news: relayed as it is.
+    up.extend_from_slice(b"* 2 FETCH (UID 6 FLAGS (\\Seen \\Flagged))\r\n");
+    up.extend_from_slice(b"* 3 FETCH (UID 7 BODY[] {4}\r\n7777)\r\nc OK done\r\n");
+    for chunk in [1, 7, up.len()] {
+        let mut s2 = with_identity(&ctx);
+        s2.on_client(
+            b"a UID FETCH 5 (BODY.PEEK[])\r\nb UID FETCH 6 (FLAGS BODY.PEEK[])\r\nc UID FETCH 7 (BODY.PEEK[])\r\n",
+        );
+        let text = client_text(&feed_upstream(&mut s2, &up, chunk));
+        let rel = String::from_utf8_lossy(&relayed_five);
+        assert!(
+            text.starts_with(rel.as_ref()),
+            "UID 5 byte for byte:\n{text}"
+        );
+        let rest = &text[rel.len()..];
+        assert!(
+            rest.starts_with("* 2 FETCH (UID 6 FLAGS (\\Seen) BODY[] {"),
+            "UID 6 from its view:\n{rest}"
+        );
+        assert!(
+            rest.contains("secret six") && !rest.contains("BEGIN PGP"),
+            "{rest}"
+        );
+        assert_eq!(rest.matches("secret six").count(), 1, "{rest}");
+        assert!(
+            rest.contains("b OK done\r\n* 2 FETCH (UID 6 FLAGS (\\Seen \\Flagged))\r\n"),
+            "{rest}"
+        );
+        assert!(rest.ends_with("7777)\r\nc OK done\r\n"), "{rest}");
+    }
+    // A FETCH that sets \Seen, or with a CONDSTORE modifier, still runs as a job.
+    for fetch in [
+        &b"d UID FETCH 6 (BODY[])\r\n"[..],
+        b"d UID FETCH 6 (BODY.PEEK[]) (CHANGEDSINCE 4)\r\n",
+    ] {
+        let mut s3 = with_identity(&ctx);
+        let up = upstream_text(&s3.on_client(fetch));
+        assert!(up.starts_with("sp1x1 "), "{up}");
+    }
+}
+
+/// Messages after the one asked for are decrypted ahead while the client goes on; a
+/// FETCH of one whose view is still being built waits for it (no second download or
+/// decryption), then goes up in the pipeline.
+#[test]
+fn a_fetch_of_a_message_being_decrypted_ahead_waits_for_its_view() {
+    let ctx = gateway();
+    let (five, six) = (
+        sealed_to_mallory(&ctx, "secret five"),
+        sealed_to_mallory(&ctx, "secret six"),
+    );
+    let structure = "(\"application\" \"pgp-encrypted\" NIL NIL NIL \"7bit\" 10 NIL NIL NIL NIL)(\"application\" \"octet-stream\" NIL NIL NIL \"7bit\" 500 NIL NIL NIL NIL) \"encrypted\" (\"protocol\" \"application/pgp-encrypted\" \"boundary\" \"b1\") NIL NIL NIL";
+    let mut s = with_identity(&ctx);
+    s.on_client(b"a1 UID FETCH 5 (BODY.PEEK[])\r\n");
+    let mut classify = Vec::new();
+    for (seq, uid) in [(1, 5), (2, 6)] {
+        classify.extend_from_slice(format!("* {seq} FETCH (UID {uid} RFC822.SIZE 900 BODYSTRUCTURE ({structure}) BODY[HEADER.FIELDS (SEALPOST-DECRYPTED)] {{2}}\r\n\r\n)\r\n").as_bytes());
+    }
+    classify.extend_from_slice(b"sp1x1 OK done\r\n");
+    let out = s.on_upstream(&classify);
+    assert_eq!(
+        upstream_text(&out),
+        "sp1x2 UID FETCH 5:6 (UID BODY.PEEK[])\r\n"
+    );
+    let mut download = Vec::new();
+    for (seq, uid, stored) in [(1, 5, &five), (2, 6, &six)] {
+        download.extend_from_slice(
+            format!("* {seq} FETCH (UID {uid} BODY[] {{{}}}\r\n", stored.len()).as_bytes(),
+        );
+        download.extend_from_slice(stored);
+        download.extend_from_slice(b")\r\n");
+    }
+    download.extend_from_slice(b"sp1x2 OK done\r\n");
+    let requests: Vec<DecryptRequest> = s
+        .on_upstream(&download)
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Decrypt(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        requests
+            .iter()
+            .map(|r| (r.uid, r.prefetch))
+            .collect::<Vec<_>>(),
+        [(5, false), (6, true)]
+    );
+    // The job needs only its own view; UID 6 is still being built when it ends.
+    let r = &requests[0];
+    let out = s.on_view(&r.job, 5, &r.raw, ctx.view(&r.identity, &r.raw, r.limit));
+    assert_eq!(upstream_text(&out), "sp1x3 UID FETCH 5 (UID)\r\n");
+    let out = s.on_upstream(b"* 1 FETCH (UID 5)\r\nsp1x3 OK done\r\n");
+    assert!(client_text(&out).contains("secret five"));
+    let out = s.on_client(b"a2 UID FETCH 6 (BODY.PEEK[])\r\na3 NOOP\r\n");
+    assert!(
+        upstream_text(&out).is_empty(),
+        "waits for the view being built: {}",
+        upstream_text(&out)
+    );
+    let r = &requests[1];
+    let out = s.on_view(&r.job, 6, &r.raw, ctx.view(&r.identity, &r.raw, r.limit));
+    assert_eq!(
+        upstream_text(&out),
+        "a2 UID FETCH 6 (UID)\r\na3 NOOP\r\n",
+        "answered from the view, in the pipeline"
+    );
+    let out = s.on_upstream(b"* 2 FETCH (UID 6)\r\na2 OK done\r\na3 OK done\r\n");
+    let text = client_text(&out);
+    assert!(
+        text.contains("secret six") && text.ends_with("a2 OK done\r\na3 OK done\r\n"),
+        "{text}"
+    );
+}
+
+#[test]
+fn autocrypt_is_found_at_any_case_and_only_as_a_field_name() {
+    assert!(mentions_autocrypt(
+        b"X: 1\r\nAutocrypt: addr=a@b; keydata=x\r\n"
+    ));
+    assert!(mentions_autocrypt(b"AUTOCRYPT:x"));
+    assert!(!mentions_autocrypt(b"autocrypt"));
+    assert!(!mentions_autocrypt(b"utocrypt: x"));
+    assert!(!mentions_autocrypt(b":autocrypt"));
 }

@@ -583,7 +583,7 @@ fn seal_run(
     let pw = proxy.dir.path().join("password");
     std::fs::write(&pw, PASS).unwrap();
     let t = Instant::now();
-    let out = std::process::Command::new(bin)
+    let out = support::service_command(bin)
         .args([
             "seal",
             "--login",

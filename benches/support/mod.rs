@@ -4,12 +4,22 @@
 //! CA, the SMTP sink, Dovecot, the gpg keyring and mbsync, but start the `sealpost`
 //! binary themselves: they pick the release build next to the bench executable when
 //! it exists (and say which one they used), and run it with the default log level
-//! instead of the tests' `SEALPOST_LOG=debug`, so logging does not skew the figures.
+//! instead of the tests' `SEALPOST_LOG=debug`, so logging does not skew the figures,
+//! and without `RUST_BACKTRACE` (set on these machines, not in a service's environment:
+//! with it, every error value Sequoia makes while parsing captures a stack trace).
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// `bin` with the environment a service has: no backtrace capture (see above).
+pub fn service_command(bin: &Path) -> Command {
+    let mut c = Command::new(bin);
+    c.env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE");
+    c
+}
 
 use crate::common::net::{free_port, wait_for_port};
 use crate::common::proxy::{Proxy, ProxyOptions};
@@ -118,7 +128,7 @@ impl BenchProxy {
         }
         let log_path = dir.path().join("sealpost.log");
         let log = std::fs::File::create(&log_path).expect("create sealpost.log");
-        let child = Command::new(bin)
+        let child = service_command(bin)
             .arg("run")
             .arg("--config")
             .arg(&config)

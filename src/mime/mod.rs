@@ -92,22 +92,20 @@ pub fn fields(header: &[u8]) -> Vec<Field<'_>> {
 /// `raw` with every bare LF turned into CRLF (RFC 5322 §2.3 line endings); borrowed
 /// when it already has none, so large CRLF messages are not copied.
 pub fn to_crlf(raw: &[u8]) -> std::borrow::Cow<'_, [u8]> {
-    let bare_lf = raw
-        .iter()
-        .enumerate()
-        .any(|(i, &b)| b == b'\n' && (i == 0 || raw[i - 1] != b'\r'));
-    if !bare_lf {
+    // Every message passes here: the line ends are found with memchr, and the text
+    // between them is copied whole.
+    let bare = |i: usize| i == 0 || raw[i - 1] != b'\r';
+    if !memchr::memchr_iter(b'\n', raw).any(bare) {
         return std::borrow::Cow::Borrowed(raw);
     }
     let mut out = Vec::with_capacity(raw.len() + raw.len() / 32);
-    let mut prev = 0u8;
-    for &b in raw {
-        if b == b'\n' && prev != b'\r' {
-            out.push(b'\r');
-        }
-        out.push(b);
-        prev = b;
+    let mut from = 0;
+    for i in memchr::memchr_iter(b'\n', raw).filter(|&i| bare(i)) {
+        out.extend_from_slice(&raw[from..i]);
+        out.extend_from_slice(b"\r\n");
+        from = i + 1;
     }
+    out.extend_from_slice(&raw[from..]);
     std::borrow::Cow::Owned(out)
 }
 
@@ -186,5 +184,7 @@ mod tests {
     fn crlf_normalisation() {
         assert_eq!(&*to_crlf(b"a\nb\r\nc"), b"a\r\nb\r\nc");
         assert!(matches!(to_crlf(b"a\r\n"), std::borrow::Cow::Borrowed(_)));
+        assert_eq!(&*to_crlf(b"\n\nx\r\n\r\ny\n"), b"\r\n\r\nx\r\n\r\ny\r\n");
+        assert_eq!(&*to_crlf(b"\r\r\n\n\r"), b"\r\r\n\r\n\r");
     }
 }

@@ -208,29 +208,6 @@ pub struct EncryptRequest<'a> {
     pub extra_outer: &'a [u8],
 }
 
-/// Writes into a buffer with every bare LF turned into CRLF, so the armored
-/// ciphertext lands in the message in its final form without a second copy.
-struct CrlfWriter<'a> {
-    out: &'a mut Vec<u8>,
-    prev: u8,
-}
-
-impl Write for CrlfWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        for &b in buf {
-            if b == b'\n' && self.prev != b'\r' {
-                self.out.push(b'\r');
-            }
-            self.out.push(b);
-            self.prev = b;
-        }
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// Builds the PGP/MIME message. Fields named in `drop_fields` (e.g. Bcc) are removed
 /// from both the outer header and the protected copy. The inner entity is streamed
 /// into the encryption, whose binary output is then armored into the message: a large
@@ -341,15 +318,8 @@ pub(crate) fn pgp_mime(
         )
         .as_bytes(),
     );
-    encrypt_into(
-        &mut CrlfWriter {
-            out: &mut out,
-            prev: 0,
-        },
-        plaintext,
-        recipients,
-        signer,
-    )?;
+    // The armor comes with CRLF line ends (see `armor::encode`): written as it is.
+    encrypt_into(&mut out, plaintext, recipients, signer)?;
     if !out.ends_with(b"\r\n") {
         out.extend_from_slice(b"\r\n");
     }

@@ -757,12 +757,7 @@ impl FetchJob {
             }
             ViewKind::Plain | ViewKind::Decrypted(_) => {}
         }
-        // Shown as stored (plain, or not decryptable): relayed byte for byte from now on.
-        let entry = match &view.kind {
-            ViewKind::Decrypted(_) => Entry::View(Arc::new(view)),
-            _ if view.bytes == raw => Entry::Plain,
-            _ => Entry::View(Arc::new(view)),
-        };
+        let entry = verdict(raw, view);
         match &entry {
             Entry::Plain => {
                 if let Some(m) = self.msgs.iter_mut().find(|m| m.uid == uid) {
@@ -908,7 +903,10 @@ impl FetchJob {
                 .iter()
                 .filter(|m| m.class == Class::Special && !self.building.contains(&m.uid))
             {
-                if prefetch.len() >= PREFETCH_MESSAGES || bytes + u64::from(m.size) > PREFETCH_BYTES
+                // The session's views being built count too: a client that skips
+                // around never has more than this many ahead.
+                if prefetch.len() + self.building.len() >= PREFETCH_MESSAGES
+                    || bytes + u64::from(m.size) > PREFETCH_BYTES
                 {
                     break;
                 }
@@ -992,7 +990,6 @@ impl FetchJob {
         let asked = Asked {
             uid_fetch: self.uid,
             items: &self.items,
-            sets_seen: self.sets_seen,
         };
         synthesize(view, seq, uid, &asked, upstream)
             .map(JobOutput::Client)
@@ -1032,21 +1029,56 @@ fn learn_from_view(ctx: &ImapContext, selected: &Selected, view: &View) {
     }
 }
 
-/// A view built ahead of the client's asking (see [`DecryptRequest::prefetch`]):
-/// learned from like any other and cached for the FETCH that will ask for it.
-/// Anything but a decrypted view is decided again when the client asks.
-pub fn store_prefetched(ctx: &ImapContext, selected: &Selected, uid: u32, view: View) {
-    learn_from_view(ctx, selected, &view);
-    if let ViewKind::Decrypted(_) = view.kind {
-        let key = Key {
-            account: selected.account.clone(),
-            identity: selected.identity.clone(),
-            mailbox: selected.mailbox.clone(),
-            uidvalidity: selected.uidvalidity,
-            uid,
-        };
-        ctx.cache.insert(key, Entry::View(Arc::new(view)));
+/// The view `build` makes of `raw`, or, should building it panic (a defect, never
+/// expected), the message as stored with the reason: the FETCH waiting for it gets
+/// its answer, and the session goes on.
+pub fn view_or_stand_in(raw: &[u8], build: impl FnOnce() -> View) -> View {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(build)).unwrap_or_else(|_| {
+        tracing::error!("building a message's view failed unexpectedly; shown as stored");
+        View {
+            bytes: crate::mime::without_fields(raw, &[crate::pgp::STATUS_HEADER]),
+            kind: ViewKind::Undecryptable("decryption failed unexpectedly".into()),
+            autocrypt: Vec::new(),
+        }
+    })
+}
+
+/// What is remembered of a message from its view: a decrypted view; a message shown
+/// as stored (plain, or not decryptable) is relayed byte for byte from now on.
+fn verdict(raw: &[u8], view: View) -> Entry {
+    match &view.kind {
+        ViewKind::Decrypted(_) => Entry::View(Arc::new(view)),
+        _ if view.bytes == raw => Entry::Plain,
+        _ => Entry::View(Arc::new(view)),
     }
+}
+
+/// A view built ahead of the client's asking (see [`DecryptRequest::prefetch`]):
+/// learned from like any other and cached for the FETCH that will ask for it, whatever
+/// its verdict (so that no later job downloads it ahead again), except a spent budget,
+/// which is no verdict.
+pub fn store_prefetched(ctx: &ImapContext, selected: &Selected, uid: u32, raw: &[u8], view: View) {
+    learn_from_view(ctx, selected, &view);
+    if matches!(view.kind, ViewKind::TooLarge { limit } if limit < ctx.max_message_size) {
+        return;
+    }
+    match &view.kind {
+        ViewKind::TooLarge { limit } => {
+            tracing::warn!(uid, mailbox = %selected.mailbox, limit, "decrypted message over max_message_size; shown as stored");
+        }
+        ViewKind::Undecryptable(reason) => {
+            tracing::warn!(uid, mailbox = %selected.mailbox, %reason, "cannot decrypt; shown as stored");
+        }
+        ViewKind::Plain | ViewKind::Decrypted(_) => {}
+    }
+    let key = Key {
+        account: selected.account.clone(),
+        identity: selected.identity.clone(),
+        mailbox: selected.mailbox.clone(),
+        uidvalidity: selected.uidvalidity,
+        uid,
+    };
+    ctx.cache.insert(key, verdict(raw, view));
 }
 
 /// A UID FETCH whose messages all have views cached, answered within the client's
@@ -1109,6 +1141,12 @@ impl Rewrite {
         Some((rewrite, command.into_bytes()))
     }
 
+    /// The bytes of the views not answered yet (what they expand to in the client's
+    /// output).
+    pub fn bytes(&self) -> usize {
+        self.views.values().map(|v| v.bytes.len()).sum()
+    }
+
     /// Is a response about `uid` this rewrite's to answer?
     pub fn wants(&self, uid: u32) -> bool {
         self.views.contains_key(&uid)
@@ -1125,7 +1163,6 @@ impl Rewrite {
         let asked = Asked {
             uid_fetch: true,
             items: &self.items,
-            sets_seen: false,
         };
         synthesize(&view, seq, uid, &asked, upstream)
     }
@@ -1135,8 +1172,6 @@ impl Rewrite {
 struct Asked<'a> {
     uid_fetch: bool,
     items: &'a [MessageDataItemName<'static>],
-    /// The FETCH sets `\Seen`: the flags upstream reports are included.
-    sets_seen: bool,
 }
 
 /// `(UID FLAGS ...)`: the items upstream answers for a message shown through its view,
@@ -1249,13 +1284,25 @@ fn synthesize(
             items.push(item);
         }
     }
-    // RFC 3501 §6.4.5: the flag change caused by this fetch is reported.
-    if asked.sets_seen && !asked.items.contains(&MessageDataItemName::Flags) {
-        if let Some(f) = upstream
-            .iter()
-            .find(|i| matches!(i, MessageDataItem::Flags(_)))
-        {
-            items.push(f.clone().into_static());
+    // Flags and MODSEQ upstream reports though not asked for go to the client too: the
+    // flag change this fetch caused (RFC 3501 §6.4.5), or one made meanwhile, which
+    // the client would otherwise never learn of.
+    for (name, item) in [
+        (
+            MessageDataItemName::Flags,
+            upstream
+                .iter()
+                .find(|i| matches!(i, MessageDataItem::Flags(_))),
+        ),
+        (
+            MessageDataItemName::ModSeq,
+            upstream
+                .iter()
+                .find(|i| matches!(i, MessageDataItem::ModSeq(_))),
+        ),
+    ] {
+        if let (false, Some(item)) = (asked.items.contains(&name), item) {
+            items.push(item.clone().into_static());
         }
     }
     let (Some(seq), Ok(items)) = (NonZeroU32::new(seq), Vec1::try_from(items)) else {

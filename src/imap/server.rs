@@ -239,10 +239,13 @@ async fn handle(
                             return;
                         };
                         let built = tokio::task::spawn_blocking(move || {
-                            let view = ctx.view(&req.identity, &req.raw, req.limit);
+                            let view = crate::imap::fetch::view_or_stand_in(&req.raw, || {
+                                ctx.view(&req.identity, &req.raw, req.limit)
+                            });
                             (req.job, req.uid, req.raw, view)
                         })
                         .await;
+                        // Only a runtime shutting down cancels it: the session ends too.
                         if let Ok(result) = built {
                             let _ = tx.send(result);
                         }

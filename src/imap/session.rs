@@ -201,6 +201,12 @@ enum Waiting {
     Append(Vec<u8>, Option<(u64, bool)>),
 }
 
+/// A UID FETCH answered from cached views within the client's pipeline.
+struct Pipelined {
+    tag: String,
+    rewrite: fetch::Rewrite,
+}
+
 /// After this many bytes held from the client while a FETCH job runs, stop reading.
 const MAX_HELD: usize = 1 << 20;
 /// Client messages decoded whole are captured up to this size.
@@ -220,9 +226,9 @@ pub struct Session {
     in_flight: HashMap<String, Pending>,
     /// The FETCH job running (see [`FetchJob`]).
     job: Option<Box<FetchJob>>,
-    /// UID FETCHes in flight answered from cached views, by the client's tag (see
-    /// [`fetch::Rewrite`]).
-    rewrites: HashMap<String, fetch::Rewrite>,
+    /// UID FETCHes in flight answered from cached views, oldest first (see
+    /// [`fetch::Rewrite`] and [`Pipelined`]).
+    rewrites: std::collections::VecDeque<Pipelined>,
     /// Views being built ahead of the client's asking, by (job, UID), with the
     /// mailbox they belong to (see [`fetch::DecryptRequest::prefetch`]). A FETCH of
     /// one of them waits for it rather than building it twice.
@@ -278,7 +284,7 @@ impl Session {
             inflow: Inflow::Start,
             in_flight: HashMap::new(),
             job: None,
-            rewrites: HashMap::new(),
+            rewrites: std::collections::VecDeque::new(),
             prefetching: HashMap::new(),
             last_uidvalidity: None,
             outgoing: None,
@@ -997,8 +1003,17 @@ impl Session {
         // Every message's view cached: answered in the pipeline, no job.
         if let Some((rewrite, command)) = fetch::Rewrite::from_cache(&self.ctx, &selected, &request)
         {
-            self.rewrites.insert(tag.clone(), rewrite);
-            return self.relay(tag, Pending::Relayed, command);
+            // What the answers in flight will expand to stays within one job's budget:
+            // a client that pipelines a thousand FETCHes of a large view and reads none
+            // of them gets them one job at a time instead.
+            let pending: usize = self.rewrites.iter().map(|p| p.rewrite.bytes()).sum();
+            if pending + rewrite.bytes() <= self.ctx.max_job_view_bytes {
+                self.rewrites.push_back(Pipelined {
+                    tag: tag.clone(),
+                    rewrite,
+                });
+                return self.relay(tag, Pending::Relayed, command);
+            }
         }
         if !self.in_flight.is_empty() {
             tracing::debug!(waiting_for = ?self.in_flight.keys(), "FETCH deferred until earlier commands complete");
@@ -1337,7 +1352,7 @@ impl Session {
         view: crate::pgp::View,
     ) -> Vec<Output> {
         if let Some(selected) = self.prefetching.remove(&(job.to_string(), uid)) {
-            fetch::store_prefetched(&self.ctx, &selected, uid, view);
+            fetch::store_prefetched(&self.ctx, &selected, uid, raw, view);
             // A FETCH waiting for it goes on (a job's FETCH still waits for the job).
             if self.job.is_none() && matches!(self.waiting, Some(Waiting::Command(..))) {
                 if let Some(Waiting::Command(tag, msg, splits)) = self.waiting.take() {
@@ -1549,9 +1564,15 @@ impl Session {
             imap_types::fetch::MessageDataItem::Uid(u) => Some(u.get()),
             _ => None,
         })?;
+        // Which command a `* n FETCH` answers cannot be told: upstream may run
+        // pipelined FETCHes in parallel (Dovecot does; RFC 3501 §5.5), and a STORE's or
+        // another session's flag change looks the same. So the first one about a UID
+        // gets the view's content, the oldest rewrite's, with every state item upstream
+        // put in it (nothing upstream says is lost); later ones are relayed as they are.
         self.rewrites
-            .values_mut()
-            .find(|r| r.wants(uid))?
+            .iter_mut()
+            .find(|p| p.rewrite.wants(uid))?
+            .rewrite
             .respond(seq.get(), uid, &items)
     }
 
@@ -1618,6 +1639,11 @@ impl Session {
         }
     }
 
+    /// A client command is complete: its rewrite, if any, ends.
+    fn completed(&mut self, tag: &str) {
+        self.rewrites.retain(|p| p.tag != tag);
+    }
+
     /// The tagged completion of a client command.
     fn on_tagged(&mut self, tag: &str, ok: bool, read_only_code: bool) {
         if matches!(&self.outgoing, Some((t, _)) if t == tag) {
@@ -1650,13 +1676,14 @@ impl Session {
                 }
                 // Only an APPEND streams its literals, so no phase depends on it.
                 self.in_flight.remove(tag);
+                self.completed(tag);
                 return;
             }
         }
         let Some(pending) = self.in_flight.remove(tag) else {
             return;
         };
-        self.rewrites.remove(tag);
+        self.completed(tag);
         let login = matches!(pending, Pending::Authenticate) && ok;
         let phase = std::mem::replace(&mut self.phase, Phase::Logout);
         self.phase = match (pending, phase) {
@@ -1837,10 +1864,6 @@ fn response_tag(line: &[u8]) -> Option<String> {
     String::from_utf8(line[..end].to_vec()).ok()
 }
 
-/// Feeds the header of any message in a FETCH response to `identity`'s Autocrypt
-/// state (Autocrypt 1.1 §2.3: update on every received message that carries a header).
-/// An outer header teaches no gossip; its key counts as authenticated only with the
-/// provider's `Authentication-Results` (see [`crate::keys::authres`]).
 /// Does `bytes` hold `Autocrypt:` (any case)? Every fetched message is looked at, so
 /// this finds the colons first (memchr) rather than comparing at every byte.
 fn mentions_autocrypt(bytes: &[u8]) -> bool {
@@ -1849,6 +1872,10 @@ fn mentions_autocrypt(bytes: &[u8]) -> bool {
         .any(|at| at >= NAME.len() && bytes[at - NAME.len()..at].eq_ignore_ascii_case(NAME))
 }
 
+/// Feeds the header of any message in a FETCH response to `identity`'s Autocrypt
+/// state (Autocrypt 1.1 §2.3: update on every received message that carries a header).
+/// An outer header teaches no gossip; its key counts as authenticated only with the
+/// provider's `Authentication-Results` (see [`crate::keys::authres`]).
 fn learn_autocrypt(ac: &crate::keys::autocrypt::Learner, identity: &str, response: &[u8]) {
     use imap_types::fetch::{MessageDataItem, Section};
     if !response.starts_with(b"* ") || !mentions_autocrypt(response) {

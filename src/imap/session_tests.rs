@@ -1686,3 +1686,148 @@ fn autocrypt_is_found_at_any_case_and_only_as_a_field_name() {
     assert!(!mentions_autocrypt(b"utocrypt: x"));
     assert!(!mentions_autocrypt(b":autocrypt"));
 }
+
+/// A cached view of UID 6 in a fresh gateway session, with the job budget `budget`.
+fn with_view_of_six(budget: usize) -> (Arc<ImapContext>, Session) {
+    use super::super::cache::Entry;
+    let mut ctx = gateway();
+    Arc::get_mut(&mut ctx).unwrap().max_job_view_bytes = budget;
+    let stored = sealed_to_mallory(&ctx, "secret six");
+    let view = ctx.view("mallory@corp.example", &stored, 1 << 20);
+    assert!(matches!(view.kind, crate::pgp::ViewKind::Decrypted(_)));
+    ctx.cache.insert(inbox_key(6), Entry::View(Arc::new(view)));
+    let s = with_identity(&ctx);
+    (ctx, s)
+}
+
+/// Review of the pipelined answers: a STORE pipelined before a FETCH answered from
+/// a view gets `* n FETCH (UID 6 FLAGS ...)` first. Which command a FETCH response
+/// answers cannot be told (upstream may run pipelined commands in parallel), so the
+/// first about UID 6 carries the view's content; every flag list upstream sent still
+/// reaches the client, in order, and the content comes once.
+#[test]
+fn a_pipelined_answer_loses_none_of_upstreams_fetch_data() {
+    let (_ctx, mut s) = with_view_of_six(1 << 20);
+    let out = s.on_client(b"a UID STORE 6 +FLAGS (\\Flagged)\r\nb UID FETCH 6 (BODY.PEEK[])\r\n");
+    assert_eq!(
+        upstream_text(&out),
+        "a UID STORE 6 +FLAGS (\\Flagged)\r\nb UID FETCH 6 (UID)\r\n"
+    );
+    let text = client_text(&s.on_upstream(
+        b"* 2 FETCH (UID 6 FLAGS (\\Flagged))\r\na OK stored\r\n* 2 FETCH (UID 6 FLAGS (\\Flagged \\Seen))\r\nb OK done\r\n",
+    ));
+    assert!(text.starts_with("* 2 FETCH (UID 6 BODY[] {"), "{text}");
+    assert_eq!(text.matches("secret six").count(), 1, "{text}");
+    let flags: Vec<&str> = text
+        .match_indices("FLAGS (")
+        .map(|(at, _)| &text[at..at + text[at..].find(')').unwrap() + 1])
+        .collect();
+    assert_eq!(
+        flags,
+        ["FLAGS (\\Flagged)", "FLAGS (\\Flagged \\Seen)"],
+        "{text}"
+    );
+    assert!(
+        text.ends_with(
+            ")\r\na OK stored\r\n* 2 FETCH (UID 6 FLAGS (\\Flagged \\Seen))\r\nb OK done\r\n"
+        ),
+        "{text}"
+    );
+}
+
+/// Two pipelined FETCHes of the same message from its view are answered in order.
+#[test]
+fn pipelined_answers_for_one_message_come_in_the_clients_order() {
+    let (_ctx, mut s) = with_view_of_six(1 << 20);
+    s.on_client(b"a UID FETCH 6 (BODY.PEEK[HEADER])\r\nb UID FETCH 6 (BODY.PEEK[TEXT])\r\n");
+    let text = client_text(
+        &s.on_upstream(b"* 2 FETCH (UID 6)\r\na OK done\r\n* 2 FETCH (UID 6)\r\nb OK done\r\n"),
+    );
+    let (a, b) = text.split_once("a OK done\r\n").unwrap();
+    assert!(
+        a.contains("BODY[HEADER] {") && !a.contains("secret six"),
+        "{a}"
+    );
+    assert!(
+        b.contains("BODY[TEXT] {") && b.contains("secret six"),
+        "{b}"
+    );
+}
+
+/// What pipelined answers in flight expand to stays within one job's view budget;
+/// a FETCH beyond it waits for the others.
+#[test]
+fn pipelined_answers_in_flight_stay_within_the_view_budget() {
+    let (ctx, _) = with_view_of_six(1 << 20);
+    let size = match ctx.cache.get(&inbox_key(6)) {
+        Some(super::super::cache::Entry::View(v)) => v.bytes.len(),
+        _ => unreachable!(),
+    };
+    let (_ctx, mut s) = with_view_of_six(2 * size);
+    let out = s.on_client(
+        b"a UID FETCH 6 (BODY.PEEK[])\r\nb UID FETCH 6 (BODY.PEEK[])\r\nc UID FETCH 6 (BODY.PEEK[])\r\n",
+    );
+    assert_eq!(
+        upstream_text(&out),
+        "a UID FETCH 6 (UID)\r\nb UID FETCH 6 (UID)\r\n",
+        "the third waits"
+    );
+    let out =
+        s.on_upstream(b"* 2 FETCH (UID 6)\r\na OK done\r\n* 2 FETCH (UID 6)\r\nb OK done\r\n");
+    assert_eq!(client_text(&out).matches("secret six").count(), 2);
+    assert_eq!(
+        upstream_text(&out),
+        "c UID FETCH 6 (UID)\r\n",
+        "then the third"
+    );
+}
+
+/// A message decrypted ahead that turns out undecryptable (or plain) is remembered
+/// like one the client asked for: later jobs do not download it ahead again. A spent
+/// budget is no verdict.
+#[test]
+fn what_is_decrypted_ahead_is_remembered_whatever_its_verdict() {
+    use super::super::cache::Entry;
+    use crate::pgp::{View, ViewKind};
+    let ctx = gateway();
+    let selected = super::super::fetch::Selected {
+        account: "test".into(),
+        identity: "mallory@corp.example".into(),
+        mailbox: "INBOX".into(),
+        uidvalidity: 3,
+        read_only: false,
+        junk: false,
+    };
+    let raw = b"Subject: x\r\nContent-Type: multipart/encrypted; boundary=b\r\n\r\n--b--\r\n";
+    let view = |kind| View {
+        bytes: raw.to_vec(),
+        kind,
+        autocrypt: Vec::new(),
+    };
+    super::super::fetch::store_prefetched(
+        &ctx,
+        &selected,
+        5,
+        raw,
+        view(ViewKind::Undecryptable("no key".into())),
+    );
+    assert!(matches!(ctx.cache.get(&inbox_key(5)), Some(Entry::Plain)));
+    super::super::fetch::store_prefetched(
+        &ctx,
+        &selected,
+        6,
+        raw,
+        view(ViewKind::TooLarge { limit: 10 }),
+    );
+    assert!(ctx.cache.get(&inbox_key(6)).is_none());
+}
+
+/// Should building a view ever panic, the FETCH waiting for it still gets the message
+/// as stored (a view always comes back; the session does not hang).
+#[test]
+fn a_view_that_fails_to_build_comes_back_as_stored() {
+    let raw = b"Sealpost-Decrypted: forged\r\nSubject: x\r\n\r\nbody\r\n";
+    let view = super::super::fetch::view_or_stand_in(raw, || panic!("a defect"));
+    assert!(matches!(view.kind, crate::pgp::ViewKind::Undecryptable(_)));
+    assert_eq!(view.bytes, b"Subject: x\r\n\r\nbody\r\n");
+}

@@ -1099,6 +1099,8 @@ fn run_mbsync(rc: &Path) -> String {
         .arg("-c")
         .arg(rc)
         .arg("-a")
+        // MBSYNC_DEBUG=1: mbsync's network trace, printed (to see how it pipelines).
+        .args(std::env::var("MBSYNC_DEBUG").ok().map(|_| "-Dn"))
         .env("HOME", home)
         .stdin(Stdio::null())
         .output()
@@ -1108,6 +1110,9 @@ fn run_mbsync(rc: &Path) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    if std::env::var("MBSYNC_DEBUG").is_ok() {
+        eprintln!("{text}");
+    }
     if !out.status.success() {
         let conf = std::fs::read_to_string(rc).unwrap_or_default();
         panic!(

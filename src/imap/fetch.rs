@@ -4,8 +4,10 @@
 //! structure, envelope, sections) is answered in steps, each one upstream command with
 //! a tag of our own (DESIGN.md, "The IMAP view of an encrypted message"):
 //!
-//! 1. *classify*: `FETCH set (UID BODYSTRUCTURE BODY.PEEK[HEADER.FIELDS (SEALPOST-DECRYPTED)])`
-//!    finds PGP/MIME messages and stored messages carrying a forged status field;
+//! 1. *classify*: `FETCH set (UID RFC822.SIZE BODY.PEEK[HEADER.FIELDS (CONTENT-TYPE
+//!    SEALPOST-DECRYPTED)])` finds PGP/MIME messages and stored messages carrying a forged
+//!    status field, from the header alone (BODYSTRUCTURE would make the server parse every
+//!    message whole, which costs it about what sending the message does);
 //!    single-part text messages are then checked for inline PGP with a `SEARCH BODY`;
 //! 2. *download*: `FETCH special (UID BODY.PEEK[])` for those not cached, then the view
 //!    is built (decrypted) and cached;
@@ -128,7 +130,8 @@ pub struct FetchJob {
     /// cannot take them away.
     views: std::collections::HashMap<u32, Arc<View>>,
     /// For a UID FETCH of explicit UIDs: those UIDs. Classification then also covers
-    /// the UIDs after them (see [`CLASSIFY_AHEAD`]), which are only cached.
+    /// the UIDs after them (`classify_ahead` of them, see [`CLASSIFY_AHEAD`]), which
+    /// are only cached.
     requested: Option<std::collections::HashSet<u32>>,
     /// Messages classified ahead, outside the client's set.
     ahead: Vec<Msg>,
@@ -146,17 +149,23 @@ pub struct FetchJob {
     /// UIDs whose views are being built ahead already (by an earlier job): not
     /// prefetched again.
     building: std::collections::HashSet<u32>,
+    /// How many UIDs past the client's are classified (see [`CLASSIFY_AHEAD`]).
+    classify_ahead: u32,
 }
 
 /// At most this many encrypted messages classified ahead are downloaded and decrypted
 /// along with a client's FETCH, and at most this many stored bytes of them.
-const PREFETCH_MESSAGES: usize = 64;
+const PREFETCH_MESSAGES: usize = 256;
 const PREFETCH_BYTES: u64 = 4 * 1024 * 1024;
 
-/// How many UIDs past an explicit UID FETCH are classified in the same round trip.
-/// Clients that fetch one message per command (mbsync, Thunderbird's display) then
-/// find the next messages classified already.
-const CLASSIFY_AHEAD: u32 = 200;
+/// How many UIDs past an explicit UID FETCH are classified in the same round trip, at a
+/// session's first job in a mailbox: clients that fetch one message per command
+/// (mbsync, Thunderbird's display) then find the next messages classified already.
+/// Each further job doubles it, up to [`CLASSIFY_AHEAD_MAX`]: a client that syncs a
+/// whole mailbox stalls its pipeline for a few jobs only, and one that reads a message
+/// now and then costs the server little for each.
+pub const CLASSIFY_AHEAD: u32 = 200;
+pub const CLASSIFY_AHEAD_MAX: u32 = 1600;
 
 /// Does the item depend on message content (and so on the view)?
 fn content_item(item: &MessageDataItemName<'_>) -> bool {
@@ -389,11 +398,17 @@ impl FetchJob {
             downloaded: false,
             prefetched: Default::default(),
             building: Default::default(),
+            classify_ahead: CLASSIFY_AHEAD,
         })
     }
 
     /// The UIDs of this mailbox whose views are being built ahead already (see
     /// [`DecryptRequest::prefetch`]): this job does not build them again.
+    /// How many UIDs past the client's this job classifies (see [`CLASSIFY_AHEAD`]).
+    pub fn set_classify_ahead(&mut self, n: u32) {
+        self.classify_ahead = n;
+    }
+
     pub fn set_building(&mut self, uids: std::collections::HashSet<u32>) {
         self.building = uids;
     }
@@ -482,7 +497,7 @@ impl FetchJob {
                     // Encrypted messages classified earlier that come next are built
                     // along (see `after_search`).
                     let last = uids.iter().max().copied().unwrap_or(0);
-                    for uid in last.saturating_add(1)..=last.saturating_add(CLASSIFY_AHEAD) {
+                    for uid in last.saturating_add(1)..=last.saturating_add(self.classify_ahead) {
                         if let Some(Entry::Special { size }) = ctx.cache.peek(&self.key(uid)) {
                             self.ahead.push(Msg {
                                 seq: None,
@@ -498,13 +513,13 @@ impl FetchJob {
                     uids.iter().min().copied().unwrap_or(1),
                     uids.iter().max().copied().unwrap_or(1),
                 );
-                classify_set = format!("{lo}:{}", hi.saturating_add(CLASSIFY_AHEAD));
+                classify_set = format!("{lo}:{}", hi.saturating_add(self.classify_ahead));
                 self.requested = Some(uids.into_iter().collect());
             }
         }
         self.step = Step::Classify;
         let body = format!(
-            "{}FETCH {} (UID RFC822.SIZE BODYSTRUCTURE BODY.PEEK[HEADER.FIELDS (SEALPOST-DECRYPTED)]){}",
+            "{}FETCH {} (UID RFC822.SIZE BODY.PEEK[HEADER.FIELDS (CONTENT-TYPE SEALPOST-DECRYPTED)]){}",
             self.uid_prefix(),
             classify_set,
             self.modifier_text(self.vanished)
@@ -622,17 +637,28 @@ impl FetchJob {
                 let structure = items.iter().find_map(|i| match i {
                     MessageDataItem::BodyStructure(b) => Some(b),
                     _ => None,
-                })?;
-                let forged = items.iter().any(|i| match i {
-                    MessageDataItem::BodyExt { data, .. } => {
-                        data.0.as_ref().is_some_and(|d| d.as_ref().len() > 2)
-                    }
-                    _ => false,
                 });
-                let class = if forged {
+                let header = items.iter().find_map(|i| match i {
+                    MessageDataItem::BodyExt {
+                        section: Some(Section::HeaderFields(..)),
+                        data,
+                        ..
+                    } => Some(data.0.as_ref().map(|d| d.as_ref()).unwrap_or_default()),
+                    _ => None,
+                })?;
+                let fields = crate::mime::fields(header);
+                let class = if fields.iter().any(|f| f.is(crate::pgp::STATUS_HEADER)) {
+                    // A forged status field: the message is downloaded, the field removed.
                     Class::Special
-                } else {
+                } else if let Some(structure) = structure {
                     classify(structure)
+                } else {
+                    classify_content_type(
+                        fields
+                            .iter()
+                            .find(|f| f.is("Content-Type"))
+                            .map(|f| f.value()),
+                    )
                 };
                 let size = items
                     .iter()
@@ -1351,6 +1377,22 @@ fn classify(b: &BodyStructure<'_>) -> Class {
     }
 }
 
+/// [`classify`] from the top-level Content-Type field's value (`None`: no field, which
+/// is text/plain by RFC 2045 §5.2; so is a value that names no type).
+fn classify_content_type(value: Option<String>) -> Class {
+    let value = value.unwrap_or_default().to_ascii_lowercase();
+    let media: String = value
+        .chars()
+        .take_while(|c| !matches!(c, ';' | '(' | ' ' | '\t'))
+        .collect();
+    match media.split_once('/') {
+        Some(("multipart", "encrypted")) => Class::Special,
+        Some(("text", "plain")) => Class::Candidate,
+        Some((t, s)) if !t.is_empty() && !s.is_empty() => Class::Plain,
+        _ => Class::Candidate,
+    }
+}
+
 fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
     let limit = hay.len().min(200);
     hay[..limit]
@@ -1373,6 +1415,23 @@ mod tests {
         assert_eq!(classify_prefix(b"* 0 FETCH (UID 12 "), None);
         assert_eq!(classify_prefix(b"* 5 FETCH (UID 12"), None);
         assert_eq!(classify_prefix(b"* 5 FETCH"), None);
+    }
+
+    #[test]
+    fn classification_from_the_content_type() {
+        let c = |v: &str| classify_content_type(Some(v.to_string()));
+        assert_eq!(
+            c("multipart/encrypted; protocol=\"application/pgp-encrypted\"; boundary=x"),
+            Class::Special
+        );
+        assert_eq!(c("Multipart/Encrypted;boundary=x"), Class::Special);
+        assert_eq!(c("text/plain; charset=utf-8"), Class::Candidate);
+        assert_eq!(c("TEXT/PLAIN (a comment)"), Class::Candidate);
+        assert_eq!(classify_content_type(None), Class::Candidate);
+        assert_eq!(c("garbage"), Class::Candidate);
+        assert_eq!(c("multipart/mixed; boundary=x"), Class::Plain);
+        assert_eq!(c("text/html"), Class::Plain);
+        assert_eq!(c("multipart/encrypted-not"), Class::Plain);
     }
 
     #[test]

@@ -261,6 +261,9 @@ pub struct Session {
     junk: std::collections::HashSet<String>,
     tag_prefix: String,
     jobs_started: u64,
+    /// UIDs classified ahead by the next job in this mailbox (see
+    /// [`fetch::CLASSIFY_AHEAD`]).
+    classify_ahead: u32,
     out: Vec<Output>,
 }
 
@@ -298,6 +301,7 @@ impl Session {
             junk: std::collections::HashSet::new(),
             tag_prefix: job_tag_prefix(),
             jobs_started: 0,
+            classify_ahead: fetch::CLASSIFY_AHEAD,
             out: Vec::new(),
         }
     }
@@ -1034,6 +1038,8 @@ impl Session {
                     .map(|((_, uid), _)| *uid)
                     .collect();
                 job.set_building(building);
+                job.set_classify_ahead(self.classify_ahead);
+                self.classify_ahead = (self.classify_ahead * 2).min(fetch::CLASSIFY_AHEAD_MAX);
                 let outputs = job.start(&self.ctx);
                 let finished = outputs.iter().any(|o| matches!(o, JobOutput::Client(_)))
                     && !outputs.iter().any(|o| matches!(o, JobOutput::Upstream(_)));
@@ -1319,6 +1325,7 @@ impl Session {
         };
         self.phase = std::mem::replace(&mut self.phase, Phase::Logout).deselected();
         self.last_uidvalidity = None;
+        self.classify_ahead = fetch::CLASSIFY_AHEAD;
         Pending::Select {
             mailbox: name,
             read_only,

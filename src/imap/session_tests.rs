@@ -109,7 +109,7 @@ fn a_fetch_job_waits_for_relayed_commands_to_complete() {
     let out = s.on_upstream(b"* 1 FETCH (UID 1 FLAGS ())\r\na3 OK done\r\n");
     let up = upstream_text(&out);
     assert!(
-        up.contains("UID FETCH 2:202 (UID RFC822.SIZE BODYSTRUCTURE"),
+        up.contains("UID FETCH 2:202 (UID RFC822.SIZE BODY.PEEK[HEADER.FIELDS (CONTENT-TYPE SEALPOST-DECRYPTED)])"),
         "{up}"
     );
     assert!(!up.contains("NOOP"), "{up}");
@@ -549,7 +549,7 @@ fn a_fetch_job_step_by_step() {
         let out = s.on_client(b"a1 UID FETCH 5 (UID RFC822.SIZE BODY.PEEK[])\r\na2 NOOP\r\n");
         let up = upstream_text(&out);
         assert!(
-            up.starts_with("sp1x1 UID FETCH 5:205 (UID RFC822.SIZE BODYSTRUCTURE"),
+            up.starts_with("sp1x1 UID FETCH 5:205 (UID RFC822.SIZE BODY.PEEK[HEADER.FIELDS (CONTENT-TYPE SEALPOST-DECRYPTED)])"),
             "{up}"
         );
         // UID 5 is asked for; UID 6, encrypted too, comes next in the mailbox.
@@ -1830,4 +1830,41 @@ fn a_view_that_fails_to_build_comes_back_as_stored() {
     let view = super::super::fetch::view_or_stand_in(raw, || panic!("a defect"));
     assert!(matches!(view.kind, crate::pgp::ViewKind::Undecryptable(_)));
     assert_eq!(view.bytes, b"Subject: x\r\n\r\nbody\r\n");
+}
+
+/// Each job in a mailbox classifies twice as far ahead as the one before, up to a
+/// bound; a new SELECT starts small again.
+#[test]
+fn the_classification_window_grows_with_each_job_in_a_mailbox() {
+    let ctx = gateway();
+    let mut s = with_identity(&ctx);
+    let mut windows = Vec::new();
+    for job in 1..=6 {
+        let uid = 10 * job;
+        let up = upstream_text(
+            &s.on_client(format!("a{job} UID FETCH {uid} (BODY.PEEK[])\r\n").as_bytes()),
+        );
+        let prefix = format!("sp{job}x1 UID FETCH {uid}:");
+        let rest = up
+            .strip_prefix(prefix.as_str())
+            .unwrap_or_else(|| panic!("{up}"));
+        let end: u32 = rest.split(' ').next().unwrap().parse().unwrap();
+        windows.push(end - uid);
+        // Nothing there: each step's reply ends it, and the client gets its own.
+        let mut out = s.on_upstream(format!("sp{job}x1 OK done\r\n").as_bytes());
+        while let Some(tag) = upstream_text(&out)
+            .split(' ')
+            .next()
+            .filter(|t| !t.is_empty())
+        {
+            let tag = tag.to_string();
+            out = s.on_upstream(format!("{tag} OK done\r\n").as_bytes());
+        }
+        assert!(
+            client_text(&out).contains(&format!("a{job} OK")),
+            "{}",
+            client_text(&out)
+        );
+    }
+    assert_eq!(windows, [200, 400, 800, 1600, 1600, 1600]);
 }

@@ -157,6 +157,9 @@ pub struct FetchJob {
 /// along with a client's FETCH, and at most this many stored bytes of them.
 const PREFETCH_MESSAGES: usize = 256;
 const PREFETCH_BYTES: u64 = 4 * 1024 * 1024;
+/// A message decrypted ahead whose plaintext is larger than this is left for the FETCH
+/// that asks for it (see [`store_prefetched`]).
+const PREFETCH_VIEW_BYTES: usize = 1024 * 1024;
 
 /// How many UIDs past an explicit UID FETCH are classified in the same round trip, at a
 /// session's first job in a mailbox: clients that fetch one message per command
@@ -402,13 +405,13 @@ impl FetchJob {
         })
     }
 
-    /// The UIDs of this mailbox whose views are being built ahead already (see
-    /// [`DecryptRequest::prefetch`]): this job does not build them again.
     /// How many UIDs past the client's this job classifies (see [`CLASSIFY_AHEAD`]).
     pub fn set_classify_ahead(&mut self, n: u32) {
         self.classify_ahead = n;
     }
 
+    /// The UIDs of this mailbox whose views are being built ahead already (see
+    /// [`DecryptRequest::prefetch`]): this job does not build them again.
     pub fn set_building(&mut self, uids: std::collections::HashSet<u32>) {
         self.building = uids;
     }
@@ -698,12 +701,19 @@ impl FetchJob {
                     // The same message twice in one response stream: built once.
                     return Some(Vec::new());
                 }
+                // What nobody asked for yet is decrypted only while it stays small: a
+                // sender cannot make one FETCH decompress hundreds of large messages.
+                let limit = if prefetch {
+                    self.view_budget.min(PREFETCH_VIEW_BYTES)
+                } else {
+                    self.view_budget
+                };
                 Some(vec![JobOutput::Decrypt(DecryptRequest {
                     job: self.tag_prefix.clone(),
                     uid,
                     identity: self.selected.identity.clone(),
                     raw,
-                    limit: self.view_budget,
+                    limit,
                     prefetch,
                 })])
             }
@@ -931,10 +941,13 @@ impl FetchJob {
             {
                 // The session's views being built count too: a client that skips
                 // around never has more than this many ahead.
-                if prefetch.len() + self.building.len() >= PREFETCH_MESSAGES
-                    || bytes + u64::from(m.size) > PREFETCH_BYTES
-                {
+                if prefetch.len() + self.building.len() >= PREFETCH_MESSAGES {
                     break;
+                }
+                if bytes + u64::from(m.size) > PREFETCH_BYTES {
+                    // Too large to take along (or once found so): the smaller ones after
+                    // it still are.
+                    continue;
                 }
                 bytes += u64::from(m.size);
                 prefetch.push(m.uid);
@@ -1081,11 +1094,21 @@ fn verdict(raw: &[u8], view: View) -> Entry {
 
 /// A view built ahead of the client's asking (see [`DecryptRequest::prefetch`]):
 /// learned from like any other and cached for the FETCH that will ask for it, whatever
-/// its verdict (so that no later job downloads it ahead again), except a spent budget,
-/// which is no verdict.
+/// its verdict (so that no later job downloads it ahead again).
 pub fn store_prefetched(ctx: &ImapContext, selected: &Selected, uid: u32, raw: &[u8], view: View) {
     learn_from_view(ctx, selected, &view);
+    let key = Key {
+        account: selected.account.clone(),
+        identity: selected.identity.clone(),
+        mailbox: selected.mailbox.clone(),
+        uidvalidity: selected.uidvalidity,
+        uid,
+    };
     if matches!(view.kind, ViewKind::TooLarge { limit } if limit < ctx.max_message_size) {
+        // Too large to build ahead: no verdict, but remembered as encrypted and too
+        // large to take along again, so the FETCH that asks decrypts it with the whole
+        // budget and no later job tries ahead again.
+        ctx.cache.insert(key, Entry::Special { size: u32::MAX });
         return;
     }
     match &view.kind {
@@ -1097,13 +1120,6 @@ pub fn store_prefetched(ctx: &ImapContext, selected: &Selected, uid: u32, raw: &
         }
         ViewKind::Plain | ViewKind::Decrypted(_) => {}
     }
-    let key = Key {
-        account: selected.account.clone(),
-        identity: selected.identity.clone(),
-        mailbox: selected.mailbox.clone(),
-        uidvalidity: selected.uidvalidity,
-        uid,
-    };
     ctx.cache.insert(key, verdict(raw, view));
 }
 
@@ -1170,7 +1186,8 @@ impl Rewrite {
     /// The bytes of the views not answered yet (what they expand to in the client's
     /// output).
     pub fn bytes(&self) -> usize {
-        self.views.values().map(|v| v.bytes.len()).sum()
+        let copies = self.items.iter().filter(|i| from_content(i)).count().max(1);
+        self.views.values().map(|v| v.bytes.len()).sum::<usize>() * copies
     }
 
     /// Is a response about `uid` this rewrite's to answer?
@@ -1178,20 +1195,43 @@ impl Rewrite {
         self.views.contains_key(&uid)
     }
 
-    /// The client's response for upstream's `* seq FETCH (UID uid ...)`, once per UID.
-    pub fn respond(
-        &mut self,
-        seq: u32,
-        uid: u32,
-        upstream: &[MessageDataItem<'_>],
-    ) -> Option<Vec<u8>> {
-        let view = self.views.remove(&uid)?;
-        let asked = Asked {
-            uid_fetch: true,
-            items: &self.items,
-        };
-        synthesize(&view, seq, uid, &asked, upstream)
+    /// The view of `uid`, taken: this rewrite's answer about it is being given.
+    pub fn take(&mut self, uid: u32) -> Option<Arc<View>> {
+        self.views.remove(&uid)
     }
+
+    /// The items the client asked for.
+    pub fn items(&self) -> &[MessageDataItemName<'static>] {
+        &self.items
+    }
+}
+
+/// The client's line for upstream's `* seq FETCH (UID uid ...)`, answered from `view`
+/// with `items` (those of every rewrite that wanted it; see [`Rewrite`]).
+pub fn respond(
+    view: &View,
+    seq: u32,
+    uid: u32,
+    items: &[MessageDataItemName<'static>],
+    upstream: &[MessageDataItem<'_>],
+) -> Option<Vec<u8>> {
+    let asked = Asked {
+        uid_fetch: true,
+        items,
+    };
+    synthesize(view, seq, uid, &asked, upstream)
+}
+
+/// Is the item computed from the message's content (each one a copy of some of it in
+/// the answer)?
+fn from_content(item: &MessageDataItemName<'_>) -> bool {
+    !matches!(
+        item,
+        MessageDataItemName::Uid
+            | MessageDataItemName::Flags
+            | MessageDataItemName::InternalDate
+            | MessageDataItemName::ModSeq
+    )
 }
 
 /// What a client's FETCH asked for, as a view's response needs it.
@@ -1310,24 +1350,28 @@ fn synthesize(
             items.push(item);
         }
     }
-    // Flags and MODSEQ upstream reports though not asked for go to the client too: the
-    // flag change this fetch caused (RFC 3501 §6.4.5), or one made meanwhile, which
-    // the client would otherwise never learn of.
-    for (name, item) in [
-        (
-            MessageDataItemName::Flags,
-            upstream
-                .iter()
-                .find(|i| matches!(i, MessageDataItem::Flags(_))),
-        ),
-        (
-            MessageDataItemName::ModSeq,
-            upstream
-                .iter()
-                .find(|i| matches!(i, MessageDataItem::ModSeq(_))),
-        ),
-    ] {
-        if let (false, Some(item)) = (asked.items.contains(&name), item) {
+    // Whatever else upstream reports that does not come from the content goes to the
+    // client too, asked for or not: the flag change this fetch caused (RFC 3501 §6.4.5),
+    // or the answer to another pipelined command about the same message (which
+    // command a FETCH response answers cannot be told), which the client would
+    // otherwise never get.
+    for item in upstream {
+        let content = matches!(
+            item,
+            MessageDataItem::Uid(_)
+                | MessageDataItem::Body(_)
+                | MessageDataItem::BodyExt { .. }
+                | MessageDataItem::BodyStructure(_)
+                | MessageDataItem::Binary { .. }
+                | MessageDataItem::BinarySize { .. }
+                | MessageDataItem::Envelope(_)
+                | MessageDataItem::Rfc822(_)
+                | MessageDataItem::Rfc822Header(_)
+                | MessageDataItem::Rfc822Size(_)
+                | MessageDataItem::Rfc822Text(_)
+        );
+        let kind = std::mem::discriminant(item);
+        if !content && !items.iter().any(|i| std::mem::discriminant(i) == kind) {
             items.push(item.clone().into_static());
         }
     }

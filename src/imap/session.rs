@@ -262,8 +262,10 @@ pub struct Session {
     tag_prefix: String,
     jobs_started: u64,
     /// UIDs classified ahead by the next job in this mailbox (see
-    /// [`fetch::CLASSIFY_AHEAD`]).
+    /// [`fetch::CLASSIFY_AHEAD`]), and the lowest UID the last job asked for with the
+    /// last UID it classified: the window grows only while the client reads on.
     classify_ahead: u32,
+    last_job: Option<(u32, u32)>,
     out: Vec<Output>,
 }
 
@@ -302,6 +304,7 @@ impl Session {
             tag_prefix: job_tag_prefix(),
             jobs_started: 0,
             classify_ahead: fetch::CLASSIFY_AHEAD,
+            last_job: None,
             out: Vec::new(),
         }
     }
@@ -980,15 +983,27 @@ impl Session {
         else {
             return self.relay(tag, Pending::Relayed, msg);
         };
+        let items = fetch::expand(macro_or_item_names);
+        // Nothing content-dependent: relay as sent, so the client's pipelining is kept.
+        if !fetch::needs_view(&items) {
+            return self.relay(tag, Pending::Relayed, msg);
+        }
+        if self
+            .in_flight
+            .values()
+            .any(|p| matches!(p, Pending::Select { .. }))
+        {
+            // Pipelined behind a SELECT or EXAMINE: nothing is selected until its reply,
+            // and relaying it now would show encrypted mail as stored. It goes on once
+            // the reply is in.
+            self.waiting = Some(Waiting::Command(tag, msg, Vec::new()));
+            return;
+        }
         let Some(selected) = self.selected() else {
             return self.relay(tag, Pending::Relayed, msg);
         };
-        let items = fetch::expand(macro_or_item_names);
-        // Nothing content-dependent, or only messages known to be plain: relay as
-        // sent, so the client's pipelining is kept.
-        if !fetch::needs_view(&items)
-            || (uid && fetch::known_plain(&self.ctx, &selected, &sequence_set))
-        {
+        // Only messages known to be plain: relayed as sent too.
+        if uid && fetch::known_plain(&self.ctx, &selected, &sequence_set) {
             return self.relay(tag, Pending::Relayed, msg);
         }
         if uid && self.building_any(&selected, &sequence_set) {
@@ -1038,7 +1053,23 @@ impl Session {
                     .map(|((_, uid), _)| *uid)
                     .collect();
                 job.set_building(building);
+                // The window grows while the client reads on past what the last job
+                // asked for, within what it classified (a sync); a client that jumps
+                // around gets the small one each time.
+                let asked = fetch::explicit_uids(&sequence_set).unwrap_or_default();
+                let (lo, hi) = (
+                    asked.iter().min().copied().unwrap_or(0),
+                    asked.iter().max().copied().unwrap_or(0),
+                );
+                let reads_on = self
+                    .last_job
+                    .is_some_and(|(last_lo, reach)| lo > last_lo && lo <= reach.saturating_add(1));
+                if !reads_on {
+                    self.classify_ahead = fetch::CLASSIFY_AHEAD;
+                    self.last_job = None;
+                }
                 job.set_classify_ahead(self.classify_ahead);
+                self.last_job = (lo > 0).then_some((lo, hi.saturating_add(self.classify_ahead)));
                 self.classify_ahead = (self.classify_ahead * 2).min(fetch::CLASSIFY_AHEAD_MAX);
                 let outputs = job.start(&self.ctx);
                 let finished = outputs.iter().any(|o| matches!(o, JobOutput::Client(_)))
@@ -1326,6 +1357,7 @@ impl Session {
         self.phase = std::mem::replace(&mut self.phase, Phase::Logout).deselected();
         self.last_uidvalidity = None;
         self.classify_ahead = fetch::CLASSIFY_AHEAD;
+        self.last_job = None;
         Pending::Select {
             mailbox: name,
             read_only,
@@ -1574,13 +1606,24 @@ impl Session {
         // Which command a `* n FETCH` answers cannot be told: upstream may run
         // pipelined FETCHes in parallel (Dovecot does; RFC 3501 §5.5), and a STORE's or
         // another session's flag change looks the same. So the first one about a UID
-        // gets the view's content, the oldest rewrite's, with every state item upstream
-        // put in it (nothing upstream says is lost); later ones are relayed as they are.
-        self.rewrites
-            .iter_mut()
-            .find(|p| p.rewrite.wants(uid))?
-            .rewrite
-            .respond(seq.get(), uid, &items)
+        // gets the view's content for every rewrite that wants it, with everything else
+        // upstream put in it (nothing upstream says is lost); later ones are relayed as
+        // they are.
+        let mut view = None;
+        let mut asked: Vec<imap_types::fetch::MessageDataItemName<'static>> = Vec::new();
+        for p in self.rewrites.iter_mut().filter(|p| p.rewrite.wants(uid)) {
+            let Some(v) = p.rewrite.take(uid) else {
+                continue;
+            };
+            view.get_or_insert(v);
+            for item in p.rewrite.items() {
+                if !asked.contains(item) {
+                    asked.push(item.clone());
+                }
+            }
+        }
+        let view = view?;
+        fetch::respond(&view, seq.get(), uid, &asked, &items)
     }
 
     fn on_greeting(&mut self, bytes: Vec<u8>) {

@@ -60,6 +60,9 @@ pub struct Decrypted {
 
 struct Helper<'a> {
     keys: &'a [KeyPair],
+    /// For each of `keys`, its X25519 form when it is a Curve25519 key (see
+    /// [`X25519`]), unlocked once per message.
+    fast: Vec<Option<X25519<'a>>>,
     certs: &'a [&'a Believed],
     signature: SignatureStatus,
 }
@@ -130,7 +133,7 @@ impl DecryptionHelper for Helper<'_> {
         decrypt: &mut dyn FnMut(Option<SymmetricAlgorithm>, &SessionKey) -> bool,
     ) -> openpgp::Result<Option<Cert>> {
         for pkesk in pkesks {
-            for key in self.keys {
+            for (key, fast) in self.keys.iter().zip(self.fast.iter_mut()) {
                 let matches = match pkesk.recipient() {
                     Some(r) => key.public().key_handle().aliases(r),
                     // Anonymous recipient (wildcard key ID): try every key.
@@ -139,12 +142,14 @@ impl DecryptionHelper for Helper<'_> {
                 if !matches {
                     continue;
                 }
-                if let Some(mut fast) = X25519::new(key) {
-                    if let Some((algo, sk)) = pkesk.decrypt(&mut fast, sym_algo) {
+                if let Some(fast) = fast {
+                    // What this fails to open, Sequoia's own X25519 fails too.
+                    if let Some((algo, sk)) = pkesk.decrypt(fast, sym_algo) {
                         if decrypt(algo, &sk) {
                             return Ok(None);
                         }
                     }
+                    continue;
                 }
                 let mut kp = key.clone();
                 if let Some((algo, sk)) = pkesk.decrypt(&mut kp, sym_algo) {
@@ -279,6 +284,7 @@ pub fn decrypt_bytes(
     }
     let helper = Helper {
         keys,
+        fast: keys.iter().map(X25519::new).collect(),
         certs,
         signature: SignatureStatus::Unsigned,
     };

@@ -105,6 +105,19 @@ pub struct Selected {
     pub junk: bool,
 }
 
+impl Selected {
+    /// The cache key of message `uid` of this mailbox, for this account and identity.
+    pub fn key(&self, uid: u32) -> Key {
+        Key {
+            account: self.account.clone(),
+            identity: self.identity.clone(),
+            mailbox: self.mailbox.clone(),
+            uidvalidity: self.uidvalidity,
+            uid,
+        }
+    }
+}
+
 pub struct FetchJob {
     client_tag: String,
     uid: bool,
@@ -232,13 +245,7 @@ pub fn known_plain(ctx: &ImapContext, selected: &Selected, set: &SequenceSet) ->
         return false;
     };
     uids.iter().all(|&uid| {
-        let key = Key {
-            account: selected.account.clone(),
-            identity: selected.identity.clone(),
-            mailbox: selected.mailbox.clone(),
-            uidvalidity: selected.uidvalidity,
-            uid,
-        };
+        let key = selected.key(uid);
         matches!(ctx.cache.get(&key), Some(Entry::Plain))
     })
 }
@@ -417,13 +424,7 @@ impl FetchJob {
     }
 
     fn key(&self, uid: u32) -> Key {
-        Key {
-            account: self.selected.account.clone(),
-            identity: self.selected.identity.clone(),
-            mailbox: self.selected.mailbox.clone(),
-            uidvalidity: self.selected.uidvalidity,
-            uid,
-        }
+        self.selected.key(uid)
     }
 
     fn command(&mut self, body: String) -> JobOutput {
@@ -1097,13 +1098,7 @@ fn verdict(raw: &[u8], view: View) -> Entry {
 /// its verdict (so that no later job downloads it ahead again).
 pub fn store_prefetched(ctx: &ImapContext, selected: &Selected, uid: u32, raw: &[u8], view: View) {
     learn_from_view(ctx, selected, &view);
-    let key = Key {
-        account: selected.account.clone(),
-        identity: selected.identity.clone(),
-        mailbox: selected.mailbox.clone(),
-        uidvalidity: selected.uidvalidity,
-        uid,
-    };
+    let key = selected.key(uid);
     if matches!(view.kind, ViewKind::TooLarge { limit } if limit < ctx.max_message_size) {
         // Too large to build ahead: no verdict, but remembered as encrypted and too
         // large to take along again, so the FETCH that asks decrypts it with the whole
@@ -1158,13 +1153,7 @@ impl Rewrite {
         }
         let mut views = std::collections::HashMap::new();
         for uid in explicit_uids(req.set)? {
-            let key = Key {
-                account: selected.account.clone(),
-                identity: selected.identity.clone(),
-                mailbox: selected.mailbox.clone(),
-                uidvalidity: selected.uidvalidity,
-                uid,
-            };
+            let key = selected.key(uid);
             match ctx.cache.get(&key) {
                 Some(Entry::View(v)) => views.insert(uid, v),
                 _ => return None,

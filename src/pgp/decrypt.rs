@@ -405,17 +405,7 @@ mod tests {
     }
 
     fn keypair(cert: &Cert) -> KeyPair {
-        let p = StandardPolicy::new();
-        cert.keys()
-            .secret()
-            .with_policy(&p, None)
-            .for_transport_encryption()
-            .next()
-            .unwrap()
-            .key()
-            .clone()
-            .into_keypair()
-            .unwrap()
+        super::super::unwrap::tests::keypairs(cert).remove(0)
     }
 
     /// The X25519 done by aws-lc opens what Sequoia opens, to the same session key,

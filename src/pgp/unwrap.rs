@@ -277,13 +277,14 @@ fn parameter(name: &str, value: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::keys::tests::make_cert;
     use openpgp::cert::CertBuilder;
     use openpgp::policy::StandardPolicy;
 
-    fn keypairs(cert: &Cert) -> Vec<KeyPair> {
+    /// The transport-encryption key pairs of `cert`.
+    pub(crate) fn keypairs(cert: &Cert) -> Vec<KeyPair> {
         let p = StandardPolicy::new();
         cert.keys()
             .secret()

@@ -785,15 +785,7 @@ impl FetchJob {
                 return;
             }
         }
-        match &view.kind {
-            ViewKind::TooLarge { limit } => {
-                tracing::warn!(uid, mailbox = %self.selected.mailbox, limit, "decrypted message over max_message_size; shown as stored");
-            }
-            ViewKind::Undecryptable(reason) => {
-                tracing::warn!(uid, mailbox = %self.selected.mailbox, %reason, "cannot decrypt; shown as stored");
-            }
-            ViewKind::Plain | ViewKind::Decrypted(_) => {}
-        }
+        warn_if_shown_as_stored(&self.selected, uid, &view.kind);
         let entry = verdict(raw, view);
         match &entry {
             Entry::Plain => {
@@ -1083,6 +1075,19 @@ pub fn view_or_stand_in(raw: &[u8], build: impl FnOnce() -> View) -> View {
     })
 }
 
+/// Logs why an encrypted message is shown as stored (never its content).
+fn warn_if_shown_as_stored(selected: &Selected, uid: u32, kind: &ViewKind) {
+    match kind {
+        ViewKind::TooLarge { limit } => {
+            tracing::warn!(uid, mailbox = %selected.mailbox, limit, "decrypted message over max_message_size; shown as stored");
+        }
+        ViewKind::Undecryptable(reason) => {
+            tracing::warn!(uid, mailbox = %selected.mailbox, %reason, "cannot decrypt; shown as stored");
+        }
+        ViewKind::Plain | ViewKind::Decrypted(_) => {}
+    }
+}
+
 /// What is remembered of a message from its view: a decrypted view; a message shown
 /// as stored (plain, or not decryptable) is relayed byte for byte from now on.
 fn verdict(raw: &[u8], view: View) -> Entry {
@@ -1106,15 +1111,7 @@ pub fn store_prefetched(ctx: &ImapContext, selected: &Selected, uid: u32, raw: &
         ctx.cache.insert(key, Entry::Special { size: u32::MAX });
         return;
     }
-    match &view.kind {
-        ViewKind::TooLarge { limit } => {
-            tracing::warn!(uid, mailbox = %selected.mailbox, limit, "decrypted message over max_message_size; shown as stored");
-        }
-        ViewKind::Undecryptable(reason) => {
-            tracing::warn!(uid, mailbox = %selected.mailbox, %reason, "cannot decrypt; shown as stored");
-        }
-        ViewKind::Plain | ViewKind::Decrypted(_) => {}
-    }
+    warn_if_shown_as_stored(selected, uid, &view.kind);
     ctx.cache.insert(key, verdict(raw, view));
 }
 
@@ -1175,7 +1172,8 @@ impl Rewrite {
     /// The bytes of the views not answered yet (what they expand to in the client's
     /// output).
     pub fn bytes(&self) -> usize {
-        let copies = self.items.iter().filter(|i| from_content(i)).count().max(1);
+        // Each content item is a copy of some of the view in the answer.
+        let copies = self.items.iter().filter(|i| content_item(i)).count().max(1);
         self.views.values().map(|v| v.bytes.len()).sum::<usize>() * copies
     }
 
@@ -1209,18 +1207,6 @@ pub fn respond(
         items,
     };
     synthesize(view, seq, uid, &asked, upstream)
-}
-
-/// Is the item computed from the message's content (each one a copy of some of it in
-/// the answer)?
-fn from_content(item: &MessageDataItemName<'_>) -> bool {
-    !matches!(
-        item,
-        MessageDataItemName::Uid
-            | MessageDataItemName::Flags
-            | MessageDataItemName::InternalDate
-            | MessageDataItemName::ModSeq
-    )
 }
 
 /// What a client's FETCH asked for, as a view's response needs it.

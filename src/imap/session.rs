@@ -1066,7 +1066,6 @@ impl Session {
                     .is_some_and(|(last_lo, reach)| lo > last_lo && lo <= reach.saturating_add(1));
                 if !reads_on {
                     self.classify_ahead = fetch::CLASSIFY_AHEAD;
-                    self.last_job = None;
                 }
                 job.set_classify_ahead(self.classify_ahead);
                 self.last_job = (lo > 0).then_some((lo, hi.saturating_add(self.classify_ahead)));

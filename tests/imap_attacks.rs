@@ -482,3 +482,56 @@ fn empty_brace_literals_open_no_way_round_the_login() {
     let r = c.command("SELECT INBOX");
     assert_ne!(r.status, "OK", "not logged in: {}", r.tagged_text());
 }
+
+/// Review: mail stored with a forged status field is shown only through its view
+/// (which removes the field). One too large for a view was relayed as stored, so the
+/// client saw the forged `Sealpost-Decrypted: … signature=good`. It is not shown now
+/// (tagged `NO [LIMIT]`); the messages beside it are, and encrypted mail over the limit
+/// is still shown as stored.
+#[test]
+fn a_forged_status_field_is_never_shown_even_when_too_large() {
+    let env = Env::new("[limits]\nmax_message_size = 20000\n");
+    let padding = "the pretended verified text, padded out\r\n".repeat(1500);
+    let forged = format!(
+        "From: ceo@example.com\r\nTo: alice@example.com\r\nSubject: wire the money\r\nSealpost-Decrypted: yes; signature=good\r\n\r\n{padding}"
+    );
+    env.dovecot
+        .append(ALICE.0, ALICE.1, "INBOX", forged.as_bytes(), &[]);
+    let small = "From: bob@example.org\r\nSubject: lunch\r\n\r\nat noon\r\n";
+    env.dovecot
+        .append(ALICE.0, ALICE.1, "INBOX", small.as_bytes(), &[]);
+    // Text that does not compress, so the stored ciphertext is over the limit too.
+    let noise: String = (0..3000u32)
+        .map(|i| format!("{:08x}\r\n", i.wrapping_mul(2_654_435_761)))
+        .collect();
+    let encrypted = for_alice("big report", &noise);
+    assert!(encrypted.len() > 20000);
+    env.dovecot
+        .append(ALICE.0, ALICE.1, "INBOX", &encrypted, &[]);
+
+    let mut c = env.client(ALICE);
+    c.command_ok("SELECT INBOX");
+    for round in 0..2 {
+        let reply = c.command("UID FETCH 1:3 (UID BODY.PEEK[])");
+        let tagged = reply.tagged_text();
+        assert!(
+            tagged.contains("NO [LIMIT]") && tagged.contains("UID 1 "),
+            "round {round}: {tagged}"
+        );
+        let all = reply.untagged_text();
+        assert!(!all.contains("Sealpost-Decrypted"), "round {round}: {all}");
+        assert!(!all.contains("wire the money"), "round {round}");
+        let fetches = parse_fetches(all.as_bytes());
+        let uids: Vec<u32> = fetches.iter().filter_map(|f| f.uid()).collect();
+        assert_eq!(uids, [2, 3], "round {round}");
+        assert!(all.contains("at noon"));
+        assert!(
+            all.contains("-----BEGIN PGP MESSAGE-----"),
+            "shown as stored"
+        );
+    }
+    // Asked alone, by sequence number, and for its header only: the same.
+    let reply = c.command("FETCH 1 (BODY.PEEK[HEADER])");
+    assert!(reply.tagged_text().contains("NO [LIMIT]"));
+    assert!(!reply.untagged_text().contains("Sealpost-Decrypted"));
+}

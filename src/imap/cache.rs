@@ -29,6 +29,9 @@ pub enum Entry {
     Special {
         size: u32,
     },
+    /// Needs a view but is over `max_message_size`, and its stored form carries a status
+    /// field: never shown (see `fetch::Class::Withheld`).
+    Withheld,
     View(Arc<View>),
 }
 
@@ -47,7 +50,7 @@ pub struct ViewCache {
 
 fn cost(e: &Entry) -> usize {
     match e {
-        Entry::Plain | Entry::Special { .. } => 64,
+        Entry::Plain | Entry::Special { .. } | Entry::Withheld => 64,
         Entry::View(v) => v.bytes.len() + 128,
     }
 }

@@ -55,6 +55,10 @@ enum Class {
     Special,
     /// Single-part text: inline PGP possible, to be searched.
     Candidate,
+    /// Needs a view, but is larger than sealpost holds, and its stored form cannot be
+    /// shown either (it carries a status field sealpost cannot remove, or its header was
+    /// never seen): not shown; the FETCH ends with `NO [LIMIT]` naming it.
+    Withheld,
 }
 
 #[derive(Debug, Clone)]
@@ -64,6 +68,9 @@ struct Msg {
     class: Class,
     /// RFC822.SIZE as stored (0 when not known).
     size: u32,
+    /// The stored header carries a status field (`Sealpost-Decrypted`): the message may
+    /// only be shown through its view, which removes it.
+    forged: bool,
 }
 
 /// Output of a job step.
@@ -164,6 +171,11 @@ pub struct FetchJob {
     building: std::collections::HashSet<u32>,
     /// How many UIDs past the client's are classified (see [`CLASSIFY_AHEAD`]).
     classify_ahead: u32,
+    /// `max_message_size`: a message stored larger is never downloaded for a view.
+    max_stored: usize,
+    /// A download response was too large to hold (it is dropped by the framer): the
+    /// messages left without a view are then not shown as stored (see `Class::Withheld`).
+    oversize: bool,
 }
 
 /// At most this many encrypted messages classified ahead are downloaded and decrypted
@@ -409,6 +421,8 @@ impl FetchJob {
             prefetched: Default::default(),
             building: Default::default(),
             classify_ahead: CLASSIFY_AHEAD,
+            max_stored: usize::MAX,
+            oversize: false,
         })
     }
 
@@ -455,6 +469,7 @@ impl FetchJob {
     /// Starts the job: the first upstream command.
     pub fn start(&mut self, ctx: &ImapContext) -> Vec<JobOutput> {
         self.view_budget = ctx.max_job_view_bytes;
+        self.max_stored = ctx.max_message_size;
         if self.items.iter().any(|i| {
             matches!(
                 i,
@@ -480,6 +495,7 @@ impl FetchJob {
                     let class = match ctx.cache.get(&self.key(uid)) {
                         Some(Entry::Plain) => Class::Plain,
                         Some(Entry::Special { .. }) => Class::Special,
+                        Some(Entry::Withheld) => Class::Withheld,
                         Some(Entry::View(v)) => {
                             self.views.insert(uid, v);
                             Class::Special
@@ -494,6 +510,8 @@ impl FetchJob {
                         uid,
                         class,
                         size: 0,
+                        // Not known here: should its download fail, it is not shown.
+                        forged: true,
                     });
                 }
                 if msgs.len() == uids.len() {
@@ -508,10 +526,13 @@ impl FetchJob {
                                 uid,
                                 class: Class::Special,
                                 size,
+                                forged: true,
                             });
                         }
                     }
-                    return self.after_search(ctx);
+                    // (Nothing to ask upstream when every message is withheld.)
+                    let out = self.after_search(ctx);
+                    return self.finish_step(out).0;
                 }
                 let (lo, hi) = (
                     uids.iter().min().copied().unwrap_or(1),
@@ -558,8 +579,10 @@ impl FetchJob {
             return (Vec::new(), false);
         }
         let Some(message) = message else {
-            // Too large to hold: only a download can be that big.
-            tracing::warn!("upstream response exceeded the size bound; relaying as is");
+            // Too large to hold: only a download can be that big (its message is then
+            // left without a view, see `after_download_step`).
+            tracing::warn!("upstream response exceeded the size bound; dropped");
+            self.oversize = true;
             return (Vec::new(), false);
         };
         if self.is_our_tagged(message) {
@@ -619,6 +642,8 @@ impl FetchJob {
                     uid,
                     class: Class::Special,
                     size: 0,
+                    // Its header was not seen: it is shown only through a view.
+                    forged: true,
                 };
                 match &self.requested {
                     Some(r) if !r.contains(&uid) => {}
@@ -651,7 +676,8 @@ impl FetchJob {
                     _ => None,
                 })?;
                 let fields = crate::mime::fields(header);
-                let class = if fields.iter().any(|f| f.is(crate::pgp::STATUS_HEADER)) {
+                let forged = fields.iter().any(|f| f.is(crate::pgp::STATUS_HEADER));
+                let mut class = if forged {
                     // A forged status field: the message is downloaded, the field removed.
                     Class::Special
                 } else if let Some(structure) = structure {
@@ -671,11 +697,23 @@ impl FetchJob {
                         _ => None,
                     })
                     .unwrap_or(0);
+                if class != Class::Plain && size as usize > self.max_stored {
+                    // Too large to decrypt or to hold, so known now and not downloaded:
+                    // encrypted mail is shown as stored (logged), and stored mail with a
+                    // status field is not shown at all (it would show the field).
+                    class = if forged {
+                        Class::Withheld
+                    } else {
+                        tracing::warn!(uid, mailbox = %self.selected.mailbox, size, "message over max_message_size; shown as stored");
+                        Class::Plain
+                    };
+                }
                 let msg = Msg {
                     seq: Some(seq.get()),
                     uid,
                     class,
                     size,
+                    forged,
                 };
                 match &self.requested {
                     Some(r) if !r.contains(&uid) => self.ahead.push(msg),
@@ -793,7 +831,7 @@ impl FetchJob {
                     m.class = Class::Plain;
                 }
             }
-            Entry::Special { .. } => {}
+            Entry::Special { .. } | Entry::Withheld => {}
             Entry::View(v) => {
                 self.views.insert(uid, v.clone());
             }
@@ -832,17 +870,17 @@ impl FetchJob {
 
     /// After the download and every view it asked for.
     fn after_download_step(&mut self, ctx: &ImapContext) -> Vec<JobOutput> {
-        // Anything still special without a view could not be fetched.
-        let missing: Vec<u32> = self
-            .msgs
-            .iter()
-            .filter(|m| m.class == Class::Special)
-            .filter(|m| !self.views.contains_key(&m.uid))
-            .map(|m| m.uid)
-            .collect();
+        // Anything still special without a view could not be fetched: gone meanwhile
+        // (the client's own FETCH then finds nothing either), or too large to hold, when
+        // a status field it may carry must not reach the client.
+        let oversize = self.oversize;
         for m in self.msgs.iter_mut() {
-            if missing.contains(&m.uid) {
-                m.class = Class::Plain;
+            if m.class == Class::Special && !self.views.contains_key(&m.uid) {
+                m.class = if oversize && m.forged {
+                    Class::Withheld
+                } else {
+                    Class::Plain
+                };
             }
         }
         self.after_download(ctx)
@@ -850,11 +888,28 @@ impl FetchJob {
 
     /// The next step's commands, or the job's tagged OK when there is none.
     fn finish_step(&mut self, out: Vec<JobOutput>) -> (Vec<JobOutput>, bool) {
-        if out.is_empty() {
-            let done = format!("{} OK Fetch completed (sealpost)\r\n", self.client_tag);
-            return (vec![JobOutput::Client(done.into_bytes())], true);
+        if !out.is_empty() {
+            return (out, false);
         }
-        (out, false)
+        let withheld: Vec<u32> = self
+            .msgs
+            .iter()
+            .filter(|m| m.class == Class::Withheld)
+            .map(|m| m.uid)
+            .collect();
+        let done = if withheld.is_empty() {
+            format!("{} OK Fetch completed (sealpost)\r\n", self.client_tag)
+        } else {
+            // RFC 9051 §7.1: LIMIT, the operation ignored some items because of a limit.
+            tracing::warn!(mailbox = %self.selected.mailbox, uids = %format_set(&withheld), "messages over max_message_size with a status field not shown");
+            format!(
+                "{} NO [LIMIT] Not shown: UID {} over sealpost's max_message_size ({} bytes) (sealpost)\r\n",
+                self.client_tag,
+                format_set(&withheld),
+                self.max_stored
+            )
+        };
+        (vec![JobOutput::Client(done.into_bytes())], true)
     }
 
     fn after_classify(&mut self, ctx: &ImapContext) -> Vec<JobOutput> {
@@ -864,6 +919,7 @@ impl FetchJob {
             match ctx.cache.get(&self.key(uid)) {
                 Some(Entry::Plain) => self.msgs[i].class = Class::Plain,
                 Some(Entry::Special { .. }) => self.msgs[i].class = Class::Special,
+                Some(Entry::Withheld) => self.msgs[i].class = Class::Withheld,
                 Some(Entry::View(v)) => {
                     self.msgs[i].class = Class::Special;
                     self.views.insert(uid, v);
@@ -907,7 +963,8 @@ impl FetchJob {
         for m in self.msgs.iter().chain(self.ahead.iter()) {
             let entry = match m.class {
                 Class::Plain => Entry::Plain,
-                _ => Entry::Special { size: m.size },
+                Class::Withheld => Entry::Withheld,
+                Class::Special | Class::Candidate => Entry::Special { size: m.size },
             };
             if ctx.cache.get(&self.key(m.uid)).is_none() {
                 ctx.cache.insert(self.key(m.uid), entry);

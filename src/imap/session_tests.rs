@@ -1927,3 +1927,88 @@ fn the_classification_window_grows_while_the_client_reads_on() {
     }
     assert_eq!(windows, [200, 400, 800, 1600, 1600, 1600, 200, 400]);
 }
+
+/// Review: a message carrying a (forged) status field is shown only through its view,
+/// which removes the field. One too large to download for a view was relayed as
+/// stored, field and all. Such a message is not shown now: the FETCH answers the others
+/// and ends with `NO [LIMIT]`. Encrypted mail over the limit is still shown as stored.
+#[test]
+fn a_forged_status_field_too_large_for_a_view_is_never_relayed() {
+    let ctx = gateway(); // max_message_size: 1 MiB, held up to 2 MiB
+    let big = 3usize << 20;
+    let classify = |s: &mut Session, header: &str, size: usize| {
+        let up = upstream_text(&s.on_client(b"a1 UID FETCH 5 (UID BODY.PEEK[])\r\n"));
+        assert!(up.starts_with("sp1x1 UID FETCH 5:205 "), "{up}");
+        let fields = format!("{header}\r\n\r\n");
+        let response = format!(
+            "* 1 FETCH (UID 5 RFC822.SIZE {size} BODY[HEADER.FIELDS (CONTENT-TYPE SEALPOST-DECRYPTED)] {{{}}}\r\n{fields})\r\nsp1x1 OK done\r\n",
+            fields.len()
+        );
+        s.on_upstream(response.as_bytes())
+    };
+    // Its stored size says so: never downloaded, never relayed.
+    let mut s = with_identity(&ctx);
+    let out = classify(&mut s, "Sealpost-Decrypted: yes; signature=good", big);
+    assert_eq!(
+        upstream_text(&out),
+        "",
+        "nothing downloaded, nothing relayed"
+    );
+    let text = client_text(&out);
+    assert!(
+        text.starts_with("a1 NO [LIMIT] Not shown: UID 5 "),
+        "{text}"
+    );
+    // Remembered: the next FETCH of it says the same at once.
+    let out = s.on_client(b"a2 UID FETCH 5 (BODY.PEEK[HEADER])\r\n");
+    assert!(
+        client_text(&out).starts_with("a2 NO [LIMIT]"),
+        "{}",
+        client_text(&out)
+    );
+    assert_eq!(upstream_text(&out), "");
+
+    // Its stored size lied: the download is too large to hold, and not relayed either.
+    let ctx = gateway();
+    let mut s = with_identity(&ctx);
+    let out = classify(&mut s, "Sealpost-Decrypted: yes; signature=good", 900);
+    assert_eq!(
+        upstream_text(&out),
+        "sp1x2 UID FETCH 5 (UID BODY.PEEK[])\r\n"
+    );
+    let forged = "Sealpost-Decrypted: yes; signature=good\r\n\r\n".to_string() + &"x".repeat(big);
+    let mut download = format!("* 1 FETCH (UID 5 BODY[] {{{}}}\r\n", forged.len()).into_bytes();
+    download.extend_from_slice(forged.as_bytes());
+    download.extend_from_slice(b")\r\nsp1x2 OK done\r\n");
+    let out = feed_upstream(&mut s, &download, 65536);
+    assert_eq!(
+        upstream_text(&out),
+        "",
+        "the client's FETCH does not go up as stored"
+    );
+    let text = client_text(&out);
+    assert!(
+        text.starts_with("a1 NO [LIMIT] Not shown: UID 5 "),
+        "{text}"
+    );
+    assert!(!text.contains("Sealpost-Decrypted"));
+
+    // Encrypted mail over the limit, with no status field: shown as stored, without
+    // downloading it for a view first.
+    let ctx = gateway();
+    let mut s = with_identity(&ctx);
+    let out = classify(
+        &mut s,
+        "Content-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; boundary=b",
+        big,
+    );
+    assert_eq!(
+        upstream_text(&out),
+        "sp1x2 UID FETCH 5 (UID BODY.PEEK[])\r\n"
+    );
+    let out = s.on_upstream(b"* 1 FETCH (UID 5 BODY[] {4}\r\nabcd)\r\nsp1x2 OK done\r\n");
+    assert_eq!(
+        client_text(&out),
+        "* 1 FETCH (UID 5 BODY[] {4}\r\nabcd)\r\na1 OK Fetch completed (sealpost)\r\n"
+    );
+}

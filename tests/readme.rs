@@ -75,6 +75,10 @@ const COVERAGE: &[(&str, Covered)] = &[
         Covered::Ci("cargo bench --locked --bench imap_sync"),
     ),
     (
+        "cargo bench --bench imap_idle",
+        Covered::Ci("cargo bench --locked --bench imap_idle"),
+    ),
+    (
         "gpg --export-secret-keys --armor you@example.com > you.sec.asc",
         Covered::Here,
     ),

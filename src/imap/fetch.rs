@@ -1457,9 +1457,13 @@ fn classify(b: &BodyStructure<'_>) -> Class {
 /// is text/plain by RFC 2045 §5.2; so is a value that names no type).
 fn classify_content_type(value: Option<String>) -> Class {
     let value = value.unwrap_or_default().to_ascii_lowercase();
+    // Up to the parameters or a comment, without any white space or control byte in
+    // it: a parser that reads `multipart/encrypted\x0b` or `multipart / encrypted` as
+    // encrypted must not find it classified plain here (it would be shown as stored).
     let media: String = value
         .chars()
-        .take_while(|c| !matches!(c, ';' | '(' | ' ' | '\t'))
+        .take_while(|c| !matches!(c, ';' | '('))
+        .filter(|c| !c.is_whitespace() && !c.is_control())
         .collect();
     match media.split_once('/') {
         Some(("multipart", "encrypted")) => Class::Special,
@@ -1508,6 +1512,10 @@ mod tests {
         assert_eq!(c("multipart/mixed; boundary=x"), Class::Plain);
         assert_eq!(c("text/html"), Class::Plain);
         assert_eq!(c("multipart/encrypted-not"), Class::Plain);
+        // White space and control bytes inside the media type are no disguise.
+        assert_eq!(c("multipart/encrypted\x0b; boundary=x"), Class::Special);
+        assert_eq!(c("multipart / encrypted;boundary=x"), Class::Special);
+        assert_eq!(c("text/plain\x01"), Class::Candidate);
     }
 
     #[test]

@@ -65,7 +65,16 @@ struct Helper<'a> {
     fast: Vec<Option<X25519<'a>>>,
     certs: &'a [&'a Believed],
     signature: SignatureStatus,
+    /// Secret-key operations tried on this message's PKESKs (see [`MAX_KEY_ATTEMPTS`]).
+    attempts: usize,
 }
+
+/// At most this many secret-key operations per message. Each PKESK that names one of
+/// our keys, or names none (a wildcard recipient, RFC 9580 §5.1), costs one per key,
+/// and a sender chooses how many PKESKs a message carries: 100-byte packets costing an
+/// RSA decryption each would let one stored message keep a core busy for minutes. A
+/// message for us names each of our keys once, or hides the recipient a few times.
+const MAX_KEY_ATTEMPTS: usize = 16;
 
 /// What [`Helper`] returns when none of our keys opens any PKESK: found again by type
 /// in sequoia's error, never by its text.
@@ -142,6 +151,14 @@ impl DecryptionHelper for Helper<'_> {
                 if !matches {
                     continue;
                 }
+                if self.attempts >= MAX_KEY_ATTEMPTS {
+                    tracing::warn!(
+                        pkesks = pkesks.len(),
+                        "message names our keys more often than any real message does; not tried further"
+                    );
+                    return Err(anyhow::Error::new(NoKey));
+                }
+                self.attempts += 1;
                 if let Some(fast) = fast {
                     // What this fails to open, Sequoia's own X25519 fails too.
                     if let Some((algo, sk)) = pkesk.decrypt(fast, sym_algo) {
@@ -287,6 +304,7 @@ pub fn decrypt_bytes(
         fast: keys.iter().map(X25519::new).collect(),
         certs,
         signature: SignatureStatus::Unsigned,
+        attempts: 0,
     };
     // Sequoia holds back up to `buffer_size` bytes of plaintext until signatures are
     // checked (25 MiB by default, allocated per message: that made RSS climb under load).
@@ -439,5 +457,43 @@ mod tests {
             .generate()
             .unwrap();
         assert!(X25519::new(&keypair(&rsa)).is_none());
+    }
+
+    /// A sender decides how many PKESKs a message carries: the secret-key operations
+    /// tried on one message are bounded, whatever their number.
+    #[test]
+    fn key_attempts_per_message_are_bounded() {
+        let (cert, _) = CertBuilder::general_purpose(Some("a@example.org"))
+            .set_cipher_suite(CipherSuite::Cv25519)
+            .generate()
+            .unwrap();
+        let keys = [keypair(&cert)];
+        let mut helper = Helper {
+            keys: &keys,
+            fast: keys.iter().map(X25519::new).collect(),
+            certs: &[],
+            signature: SignatureStatus::Unsigned,
+            attempts: 0,
+        };
+        // Each opens, but none gives a session key that decrypts (as a crafted
+        // message's would not).
+        let pkesks: Vec<PKESK> = (0..40).map(|_| pkesk_to(&cert)).collect();
+        let mut tried = 0;
+        let r = helper.decrypt(&pkesks, &[], None, &mut |_, _| {
+            tried += 1;
+            false
+        });
+        assert!(r.is_err());
+        assert_eq!(helper.attempts, MAX_KEY_ATTEMPTS);
+        assert_eq!(tried, MAX_KEY_ATTEMPTS);
+        // A real message within the bound opens at the first that works.
+        helper.attempts = 0;
+        let mut tried = 0;
+        let r = helper.decrypt(&pkesks[..3], &[], None, &mut |_, _| {
+            tried += 1;
+            tried == 3
+        });
+        assert!(r.is_ok());
+        assert_eq!(tried, 3);
     }
 }

@@ -263,8 +263,13 @@ impl Default for PolicyConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyRule {
-    /// An address, or a glob where `*` matches any run of characters.
-    pub recipient: String,
+    /// The recipients the rule is for: an address, a domain (every address there), or
+    /// a glob where `*` matches any run of characters.
+    #[serde(default)]
+    pub recipient: Option<String>,
+    /// The senders the rule is for (envelope sender or From), in the same forms.
+    #[serde(default)]
+    pub sender: Option<String>,
     pub action: PolicyAction,
 }
 
@@ -536,11 +541,19 @@ impl Config {
             }
         }
         for (i, rule) in self.policy.rules.iter().enumerate() {
-            if rule.recipient.trim().is_empty() {
+            if rule.recipient.is_none() && rule.sender.is_none() {
                 return Err(self.invalid(
-                    format!("policy.rule[{i}].recipient"),
-                    "must be an address or a glob such as \"*@example.org\"",
+                    format!("policy.rule[{i}]"),
+                    "needs `recipient`, `sender` or both, e.g. sender = \"legal.corp.example\"",
                 ));
+            }
+            for (key, value) in [("recipient", &rule.recipient), ("sender", &rule.sender)] {
+                if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
+                    return Err(self.invalid(
+                        format!("policy.rule[{i}].{key}"),
+                        "must be an address, a domain or a glob such as \"*@example.org\"",
+                    ));
+                }
             }
         }
         for (host, addr) in &self.keys.resolve {

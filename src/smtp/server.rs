@@ -261,19 +261,22 @@ async fn deliver(
     // Encryption is CPU work: keep it off the I/O threads. The message moves there
     // and is dropped as soon as its copies exist.
     let planned = tokio::task::spawn_blocking(move || outbound.plan(&env, &message, &found)).await;
-    let copies = match planned {
-        Ok(Ok(c)) => c,
-        Ok(Err(refusal)) => {
+    let planned = match planned {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "outbound pipeline crashed");
+            return Reply::new(451, "4.3.0 Internal error; the message was not sent");
+        }
+    };
+    let copies = match planned.result {
+        Ok(c) => c,
+        Err(refusal) => {
             tracing::info!(
                 code = refusal.code,
                 rcpts = envelope.rcpts.len(),
                 "message refused by policy"
             );
             return refusal;
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "outbound pipeline crashed");
-            return Reply::new(451, "4.3.0 Internal error; the message was not sent");
         }
     };
     let conn = match link.ready(&svc.target).await {

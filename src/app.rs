@@ -26,6 +26,8 @@ pub enum AppError {
     Keys(#[from] keys::KeyError),
     #[error(transparent)]
     Discovery(#[from] crate::keys::discover::DiscoveryError),
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
     #[error("cannot listen on {addr} ({what}): {message}")]
     Listen {
         addr: std::net::SocketAddr,
@@ -101,6 +103,8 @@ fn hostname() -> String {
 pub async fn run(config: Config) -> Result<(), AppError> {
     crate::tls::warm_up();
     let loaded = load(&config)?;
+    // Before any listener: a gateway that cannot audit does not start.
+    crate::audit::install(crate::audit::Audit::open(&config.audit)?);
     let (stop_tx, stop_rx) = watch::channel(false);
     let acceptor = tokio_rustls::TlsAcceptor::from(loaded.server_tls.clone());
     let outbound = Arc::new(Outbound {
@@ -160,6 +164,20 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         })
     };
     let mut tasks = Vec::new();
+    if let Some(addr) = config.metrics.listen {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| AppError::Listen {
+                addr,
+                what: "[metrics] listen".into(),
+                message: e.to_string(),
+            })?;
+        tracing::info!(%addr, "metrics listener ready (GET /metrics)");
+        tasks.push(tokio::spawn(crate::metrics::serve(
+            listener,
+            stop_rx.clone(),
+        )));
+    }
     for account in &config.accounts {
         if let Some(smtp) = &account.smtp {
             let service = Arc::new(SmtpService {
@@ -300,6 +318,26 @@ pub async fn check(config: &Config) -> Vec<CheckLine> {
                 ),
             ),
             Err(e) => push(false, format!("identity {}", id.address), e.to_string()),
+        }
+    }
+    if let Some(path) = &config.audit.file {
+        match crate::audit::check(&config.audit) {
+            Ok(()) => push(
+                true,
+                "audit log".into(),
+                format!("{} is writable", path.display()),
+            ),
+            Err(e) => push(false, "audit log".into(), e.to_string()),
+        }
+    }
+    if let Some(addr) = config.metrics.listen {
+        match std::net::TcpListener::bind(addr) {
+            Ok(_) => push(true, "metrics listen".into(), format!("{addr} is free")),
+            Err(e) => push(
+                false,
+                "metrics listen".into(),
+                format!("cannot bind {addr}: {e} (is sealpost already running, or another server on that port?)"),
+            ),
         }
     }
     let server_tls = tls::listener_config(config);

@@ -78,6 +78,10 @@ pub struct Config {
     pub limits: Limits,
     #[serde(default)]
     pub imap: ImapSettings,
+    #[serde(default)]
+    pub audit: AuditConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     /// Where the config was read from; set by [`Config::load`].
     #[serde(skip)]
     pub source: PathBuf,
@@ -273,6 +277,28 @@ pub struct PolicyRule {
     pub action: PolicyAction,
 }
 
+/// `[audit]`: where the audit log goes (see [`crate::audit`]).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// JSON lines appended to this file (created with mode 0600).
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// Each record also as a log event with the target `sealpost::audit` (stderr, which
+    /// journald keeps under systemd).
+    #[serde(default)]
+    pub journal: bool,
+}
+
+/// `[metrics]`: the Prometheus endpoint (see [`crate::metrics`]).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of the HTTP listener serving `GET /metrics`; none: no listener.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+}
+
 /// How the IMAP proxy treats what clients store.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -434,6 +460,9 @@ impl Config {
             fix(p);
         }
         if let Some(p) = &mut self.keys.extra_ca {
+            fix(p);
+        }
+        if let Some(p) = &mut self.audit.file {
             fix(p);
         }
     }

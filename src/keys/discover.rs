@@ -192,6 +192,7 @@ impl Discovery {
                 continue;
             }
             let (outcome, vouch) = self.ask(source, &addr, identity).await;
+            crate::metrics::key_lookup(source, metric_label(&outcome));
             if matches!(outcome, Outcome::Found(_)) {
                 if source == KeySource::Autocrypt {
                     autocrypt_found = true;
@@ -461,6 +462,18 @@ fn percent_encode(s: &str) -> String {
 }
 
 /// A short label for logs and `keys lookup`.
+/// The `result` label of `sealpost_key_lookups_total` for an outcome.
+fn metric_label(o: &Outcome) -> &'static str {
+    match o {
+        Outcome::Found(_) => "found",
+        Outcome::NotFound => "not_found",
+        Outcome::Unusable(_) => "unusable",
+        Outcome::Failed(_) => "failed",
+        Outcome::CachedMiss => "cached_miss",
+        Outcome::NotAsked => "not_asked",
+    }
+}
+
 pub fn outcome_label(o: &Outcome) -> String {
     match o {
         Outcome::Found(c) => format!(

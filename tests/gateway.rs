@@ -1,0 +1,376 @@
+//! The company-gateway features end to end: the audit log and the Prometheus endpoint
+//! of a real `sealpost run`, after real SMTP submissions relayed to the test upstream
+//! (aiosmtpd over TLS), read back with serde_json and scraped with curl.
+
+mod common;
+
+use common::proxy::{sealpost_cmd, Proxy, ProxyOptions};
+use common::{free_port, keyring, py_sendmail, PySend, PySendMode, Sink, SinkMode, TestCa};
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn message(to: &str, subject: &str, body: &str) -> Vec<u8> {
+    format!(
+        "From: Alice <alice@example.com>\r\nTo: {to}\r\nSubject: {subject}\r\nDate: Wed, 25 Nov 2026 10:00:00 +0000\r\nMessage-ID: <g-{subject}@example.com>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{body}\r\n"
+    )
+    .into_bytes()
+}
+
+fn submit(proxy: &Proxy, ca: &TestCa, rcpts: &[&str], data: &[u8]) -> common::PySendResult {
+    let mut p = PySend::new(
+        proxy.smtp_port,
+        PySendMode::StartTls,
+        "alice@example.com",
+        rcpts,
+        data,
+    );
+    p.cafile = Some(&ca.ca_pem);
+    p.login = Some(("sinkuser", "sinkpass"));
+    py_sendmail(&p)
+}
+
+/// `GET /metrics` with curl: the status line's code and the body.
+fn scrape(port: u16) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "-w", "\n%{http_code}"])
+        .arg(format!("http://127.0.0.1:{port}/metrics"))
+        .output()
+        .expect("run curl");
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.trim().parse().unwrap(), body.to_string())
+}
+
+/// Parses the Prometheus text exposition format (0.0.4) strictly enough to catch a
+/// malformed line: every sample belongs to a family declared by `# TYPE` before it,
+/// names and label names are legal, label values are quoted with escapes, values are
+/// numbers. Returns each series (`name{labels}` as written) and its value.
+fn parse_exposition(text: &str) -> BTreeMap<String, f64> {
+    let legal_name = |n: &str| {
+        !n.is_empty()
+            && !n.starts_with(|c: char| c.is_ascii_digit())
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    };
+    let mut types: BTreeMap<String, String> = BTreeMap::new();
+    let mut series = BTreeMap::new();
+    assert!(text.ends_with('\n'), "exposition must end with a newline");
+    for line in text.lines() {
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# ") {
+            let mut parts = rest.splitn(3, ' ');
+            let (kind, name, value) = (parts.next(), parts.next(), parts.next());
+            let name = name.unwrap_or_else(|| panic!("bad comment line {line:?}"));
+            assert!(legal_name(name), "bad metric name in {line:?}");
+            match kind {
+                Some("HELP") => assert!(value.is_some(), "{line:?}"),
+                Some("TYPE") => {
+                    let t = value.unwrap_or("");
+                    assert!(
+                        ["counter", "gauge", "histogram", "summary", "untyped"].contains(&t),
+                        "{line:?}"
+                    );
+                    types.insert(name.to_string(), t.to_string());
+                }
+                _ => panic!("unknown comment {line:?}"),
+            }
+            continue;
+        }
+        let (key, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line:?}"));
+        let v: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value in {line:?}")),
+        };
+        let (name, labels) = match key.split_once('{') {
+            Some((n, l)) => (n, Some(l.strip_suffix('}').expect("labels end with }"))),
+            None => (key, None),
+        };
+        assert!(legal_name(name), "bad name in {line:?}");
+        if let Some(mut l) = labels {
+            while !l.is_empty() {
+                let (lname, rest) = l.split_once("=\"").unwrap_or_else(|| panic!("{line:?}"));
+                assert!(legal_name(lname) && !lname.contains(':'), "{line:?}");
+                // The value runs to the first quote that is not escaped.
+                let mut end = None;
+                let mut escaped = false;
+                for (i, c) in rest.char_indices() {
+                    match (escaped, c) {
+                        (true, _) => escaped = false,
+                        (false, '\\') => escaped = true,
+                        (false, '"') => {
+                            end = Some(i);
+                            break;
+                        }
+                        _ => {}
+                    }
+                }
+                let end = end.unwrap_or_else(|| panic!("unterminated label in {line:?}"));
+                l = rest[end + 1..]
+                    .strip_prefix(',')
+                    .unwrap_or(&rest[end + 1..]);
+            }
+        }
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| {
+                name.strip_suffix(s)
+                    .filter(|f| types.get(*f).is_some_and(|t| t == "histogram"))
+            })
+            .unwrap_or(name);
+        assert!(
+            types.contains_key(family),
+            "sample {line:?} without a # TYPE"
+        );
+        assert!(
+            series.insert(key.to_string(), v).is_none(),
+            "series twice: {line:?}"
+        );
+    }
+    series
+}
+
+fn value(series: &BTreeMap<String, f64>, key: &str) -> f64 {
+    series.get(key).copied().unwrap_or(0.0)
+}
+
+#[test]
+fn audit_log_and_metrics_record_every_outbound_decision() {
+    let ca = TestCa::shared();
+    let sink = Sink::start(ca, SinkMode::Tls);
+    let audit_dir = common::tempdir();
+    let audit_path = audit_dir.path().join("audit.jsonl");
+    let metrics_port = free_port();
+    let mut opts = ProxyOptions::new(sink.port);
+    opts.import = vec![keyring().person("bob").pub_asc.clone()];
+    opts.extra = format!(
+        "[audit]\nfile = \"{}\"\njournal = true\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n\
+         [[policy.rule]]\nrecipient = \"secret.example\"\naction = \"require\"\n",
+        audit_path.display()
+    );
+    let proxy = Proxy::start(ca, &opts);
+
+    // sealpost check sees the audit file and the metrics address (in use: by the proxy).
+    let check = sealpost_cmd(&proxy.config, &["check"]);
+    let report = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        report.contains(&format!(
+            "ok   audit log: {} is writable",
+            audit_path.display()
+        )),
+        "{report}"
+    );
+    assert!(report.contains("FAIL metrics listen"), "{report}");
+
+    let (code, before) = scrape(metrics_port);
+    assert_eq!(code, 200);
+    let before = parse_exposition(&before);
+
+    let words = ["Marzipan", "Quokka", "Zeppelin"];
+    let r = submit(
+        &proxy,
+        ca,
+        &["bob@example.org"],
+        &message(
+            "bob@example.org",
+            &format!("{} one", words[0]),
+            "Quokka body",
+        ),
+    );
+    assert!(r.ok, "{r:?}");
+    let r = submit(
+        &proxy,
+        ca,
+        &["carol@example.org"],
+        &message("carol@example.org", "Zeppelin two", "Marzipan body"),
+    );
+    assert!(r.ok, "{r:?}");
+    let r = submit(
+        &proxy,
+        ca,
+        &["bob@example.org", "eve@secret.example"],
+        &message(
+            "bob@example.org, eve@secret.example",
+            "Quokka three",
+            "Zeppelin body",
+        ),
+    );
+    assert_eq!(r.code, 550, "{r:?}");
+    assert_eq!(sink.wait_for_messages(2, WAIT).len(), 2);
+
+    // The audit file: private, one JSON object per line, exactly these three.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&audit_path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let text = std::fs::read_to_string(&audit_path).unwrap();
+    for w in words {
+        assert!(!text.contains(w), "{w} reached the audit log:\n{text}");
+        assert!(
+            !text.contains("sinkpass"),
+            "a credential reached the audit log"
+        );
+    }
+    let records: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(records.len(), 3, "{text}");
+    let bob_fpr = keyring().person("bob").fpr.clone();
+    for r in &records {
+        assert_eq!(r["event"], "outbound");
+        assert_eq!(r["account"], "test");
+        assert_eq!(r["sender"], "alice@example.com");
+        let time = r["time"].as_str().unwrap();
+        assert!(
+            time.len() == 24 && time.ends_with('Z') && time.as_bytes()[10] == b'T',
+            "{time}"
+        );
+    }
+    let strip_time = |r: &serde_json::Value| {
+        let mut r = r.clone();
+        r.as_object_mut().unwrap().remove("time");
+        r
+    };
+    let expected = [
+        serde_json::json!({"event": "outbound", "account": "test", "sender": "alice@example.com",
+            "outcome": "relayed", "code": 250, "recipients": [
+                {"address": "bob@example.org", "decision": "encrypted", "vouch": "local",
+                 "keys": [{"fingerprint": bob_fpr}]}]}),
+        serde_json::json!({"event": "outbound", "account": "test", "sender": "alice@example.com",
+            "outcome": "relayed", "code": 250, "recipients": [
+                {"address": "carol@example.org", "decision": "plain"}]}),
+        serde_json::json!({"event": "outbound", "account": "test", "sender": "alice@example.com",
+            "outcome": "refused", "code": 550, "recipients": [
+                {"address": "bob@example.org", "decision": "encrypted", "vouch": "local",
+                 "keys": [{"fingerprint": bob_fpr}]},
+                {"address": "eve@secret.example", "decision": "refused"}]}),
+    ];
+    for (got, want) in records.iter().zip(&expected) {
+        assert_eq!(&strip_time(got), want);
+    }
+    // journal = true: the same records as log events with the fixed target.
+    let log = proxy.log();
+    assert_eq!(log.matches("sealpost::audit").count(), 3, "{log}");
+    for w in words {
+        assert!(!log.contains(w), "{w} reached the log");
+    }
+
+    // Metrics moved by exactly the run's amounts.
+    let deadline = Instant::now() + WAIT;
+    let after = loop {
+        let (code, text) = scrape(metrics_port);
+        assert_eq!(code, 200);
+        let s = parse_exposition(&text);
+        // Sessions end just after the client's QUIT.
+        if value(&s, "sealpost_connections_open{protocol=\"smtp\"}") == 0.0
+            || Instant::now() > deadline
+        {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let delta = |k: &str| value(&after, k) - value(&before, k);
+    for (series, want) in [
+        (
+            "sealpost_smtp_messages_total{account=\"test\",result=\"relayed\"}",
+            2.0,
+        ),
+        (
+            "sealpost_smtp_messages_total{account=\"test\",result=\"refused\"}",
+            1.0,
+        ),
+        (
+            "sealpost_smtp_messages_total{account=\"test\",result=\"failed\"}",
+            0.0,
+        ),
+        (
+            "sealpost_smtp_recipients_total{account=\"test\",decision=\"encrypted\"}",
+            2.0,
+        ),
+        (
+            "sealpost_smtp_recipients_total{account=\"test\",decision=\"plain\"}",
+            1.0,
+        ),
+        (
+            "sealpost_smtp_recipients_total{account=\"test\",decision=\"refused\"}",
+            1.0,
+        ),
+        (
+            "sealpost_key_lookups_total{source=\"store\",result=\"found\"}",
+            2.0,
+        ),
+        (
+            "sealpost_key_lookups_total{source=\"store\",result=\"not_found\"}",
+            2.0,
+        ),
+        (
+            "sealpost_key_lookups_total{source=\"autocrypt\",result=\"not_found\"}",
+            2.0,
+        ),
+        ("sealpost_connections_total{protocol=\"smtp\"}", 3.0),
+        ("sealpost_smtp_relay_duration_seconds_count", 3.0),
+        ("sealpost_upstream_errors_total{protocol=\"smtp\"}", 0.0),
+    ] {
+        assert_eq!(delta(series), want, "{series}");
+    }
+    assert_eq!(
+        value(&after, "sealpost_connections_open{protocol=\"smtp\"}"),
+        0.0
+    );
+    assert_eq!(
+        value(
+            &after,
+            "sealpost_smtp_relay_duration_seconds_bucket{le=\"+Inf\"}"
+        ),
+        3.0
+    );
+    // No address is ever a label.
+    assert!(!after.keys().any(|k| k.contains('@')), "{after:?}");
+
+    // Anything but GET /metrics is refused.
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("http://127.0.0.1:{metrics_port}/other"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "404");
+}
+
+#[test]
+fn an_unwritable_audit_file_stops_start_up_and_check() {
+    let ca = TestCa::shared();
+    let dir = common::tempdir();
+    let mut opts = ProxyOptions::new(free_port());
+    opts.extra = "[audit]\nfile = \"/nonexistent-sealpost/audit.jsonl\"\n".into();
+    let config = Proxy::write_config(dir.path(), ca, &opts, (free_port(), free_port()));
+    let out = Command::new(common::proxy::sealpost_bin())
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("/nonexistent-sealpost/audit.jsonl") && err.contains("[audit] file"),
+        "{err}"
+    );
+    let check = sealpost_cmd(&config, &["check"]);
+    assert!(!check.status.success());
+    let report = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        report.contains("FAIL audit log") && report.contains("/nonexistent-sealpost/audit.jsonl"),
+        "{report}"
+    );
+}

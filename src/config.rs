@@ -759,6 +759,24 @@ upstream_security = "tls"
     }
 
     #[test]
+    fn the_documented_gateway_sections_are_valid() {
+        let text = include_str!("../config.example.toml")
+            .replace("#[audit]", "[audit]")
+            .replace("#file = \"/var/log", "file = \"/var/log")
+            .replace("#journal = false", "journal = true")
+            .replace("#[metrics]", "[metrics]")
+            .replace("#listen = \"127.0.0.1:9187\"", "listen = \"127.0.0.1:9187\"");
+        let c = Config::parse(&text, Path::new("/etc/sealpost/sealpost.toml")).unwrap();
+        assert_eq!(
+            c.audit.file.as_deref(),
+            Some(Path::new("/var/log/sealpost/audit.jsonl"))
+        );
+        assert!(c.audit.journal);
+        assert_eq!(c.metrics.listen, Some("127.0.0.1:9187".parse().unwrap()));
+        assert_eq!(c.policy.rules[1].sender.as_deref(), Some("legal.corp.example"));
+    }
+
+    #[test]
     fn host_port_forms() {
         assert_eq!(
             split_host_port("[::1]:25").unwrap(),

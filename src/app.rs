@@ -46,10 +46,10 @@ pub struct Loaded {
 }
 
 pub fn load(config: &Config) -> Result<Loaded, AppError> {
-    let store = Arc::new(KeyStore::open_with_state(
-        &config.key_dir(),
-        &config.state_dir,
-    )?);
+    let store = Arc::new(
+        KeyStore::open_with_state(&config.key_dir(), &config.state_dir)?
+            .with_secret_dir(config.keys.secret_dir.as_deref()),
+    );
     let identities = config
         .identities
         .iter()
@@ -304,6 +304,16 @@ pub async fn check(config: &Config) -> Vec<CheckLine> {
             Err(e) => push(false, "key store".into(), e.to_string()),
         },
         Err(e) => push(false, "key store".into(), e.to_string()),
+    }
+    if let Some(dir) = &config.keys.secret_dir {
+        match keys::secret_dir::SecretDir::new(dir).count() {
+            Ok(n) => push(
+                true,
+                "secret_dir".into(),
+                format!("{} holds {n} secret key file(s) (<address>.asc), loaded when their user first logs in or sends", dir.display()),
+            ),
+            Err(e) => push(false, "secret_dir".into(), format!("cannot read {}: {e}", dir.display())),
+        }
     }
     for id in &config.identities {
         match keys::load_identity(id) {

@@ -166,6 +166,10 @@ pub struct KeysConfig {
     /// Public key store (an openpgp-cert-d directory, shared with `sq`).
     #[serde(default)]
     pub dir: Option<PathBuf>,
+    /// Folder of secret keys, `<address>.asc` (and `<address>.pass`), for users without
+    /// an `[[identity]]` (see [`crate::keys::secret_dir`]).
+    #[serde(default)]
+    pub secret_dir: Option<PathBuf>,
     /// PEM file of CA certificates trusted besides the system's.
     #[serde(default)]
     pub extra_ca: Option<PathBuf>,
@@ -205,6 +209,7 @@ impl Default for KeysConfig {
     fn default() -> Self {
         KeysConfig {
             dir: None,
+            secret_dir: None,
             extra_ca: None,
             discover: default_discover(),
             vks: default_vks(),
@@ -462,6 +467,9 @@ impl Config {
         if let Some(p) = &mut self.keys.extra_ca {
             fix(p);
         }
+        if let Some(p) = &mut self.keys.secret_dir {
+            fix(p);
+        }
         if let Some(p) = &mut self.audit.file {
             fix(p);
         }
@@ -597,6 +605,13 @@ impl Config {
             return Err(self.invalid(
                 "keys.vks",
                 "must be an https:// URL (VKS, e.g. \"https://keys.openpgp.org\") or an hkps:// one (HKP)",
+            ));
+        }
+        if self.keys.secret_dir.is_some() && self.accounts.len() > 1 {
+            // A login at one provider must never unlock keys meant for another's users.
+            return Err(self.invalid(
+                "keys.secret_dir",
+                "serves the one [[account]] of a gateway; with several accounts give each user an [[identity]] with account = \"...\"",
             ));
         }
         if self.keys.lookup_timeout_secs == 0 {
@@ -765,7 +780,11 @@ upstream_security = "tls"
             .replace("#file = \"/var/log", "file = \"/var/log")
             .replace("#journal = false", "journal = true")
             .replace("#[metrics]", "[metrics]")
-            .replace("#listen = \"127.0.0.1:9187\"", "listen = \"127.0.0.1:9187\"");
+            .replace(
+                "#listen = \"127.0.0.1:9187\"",
+                "listen = \"127.0.0.1:9187\"",
+            )
+            .replace("#secret_dir = ", "secret_dir = ");
         let c = Config::parse(&text, Path::new("/etc/sealpost/sealpost.toml")).unwrap();
         assert_eq!(
             c.audit.file.as_deref(),
@@ -773,7 +792,28 @@ upstream_security = "tls"
         );
         assert!(c.audit.journal);
         assert_eq!(c.metrics.listen, Some("127.0.0.1:9187".parse().unwrap()));
-        assert_eq!(c.policy.rules[1].sender.as_deref(), Some("legal.corp.example"));
+        assert_eq!(
+            c.keys.secret_dir.as_deref(),
+            Some(Path::new("/etc/sealpost/secret"))
+        );
+        // A folder of keys serves one provider's logins only.
+        let two = text
+            .replace(
+                "address = \"alice@example.com\"\n",
+                "address = \"alice@example.com\"\naccount = \"example\"\n",
+            )
+            .replace(
+            "[keys]\n",
+            "[[account]]\nname = \"second\"\n[account.smtp]\nlisten = \"127.0.0.1:2587\"\nupstream = \"smtp.example.net:465\"\nupstream_security = \"tls\"\n[keys]\n",
+        );
+        let err = Config::parse(&two, Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("keys.secret_dir"), "{err}");
+        assert_eq!(
+            c.policy.rules[1].sender.as_deref(),
+            Some("legal.corp.example")
+        );
     }
 
     #[test]

@@ -374,3 +374,194 @@ fn an_unwritable_audit_file_stops_start_up_and_check() {
         "{report}"
     );
 }
+
+fn pgp_mime(outer: &str, armored: &[u8]) -> Vec<u8> {
+    let mut m = format!(
+        "{outer}MIME-Version: 1.0\r\nContent-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; boundary=\"enc-b\"\r\n\r\n--enc-b\r\nContent-Type: application/pgp-encrypted\r\n\r\nVersion: 1\r\n\r\n--enc-b\r\nContent-Type: application/octet-stream; name=\"encrypted.asc\"\r\n\r\n"
+    )
+    .into_bytes();
+    m.extend_from_slice(
+        &String::from_utf8_lossy(armored)
+            .replace('\n', "\r\n")
+            .into_bytes(),
+    );
+    m.extend_from_slice(b"\r\n--enc-b--\r\n");
+    m
+}
+
+/// Every message of INBOX through sealpost as `user`: (UID, BODY[]).
+fn fetch_all(proxy: &Proxy, ca: &TestCa, user: &str, pass: &str) -> Vec<(u32, String)> {
+    let mut c =
+        common::RawImap::connect_login(proxy.imap_port, "starttls", Some(&ca.ca_pem), user, pass);
+    c.command_ok("SELECT INBOX");
+    let raw = c.command_ok("UID FETCH 1:* (UID BODY.PEEK[])");
+    common::parse_fetches(&raw)
+        .iter()
+        .map(|f| {
+            let uid = String::from_utf8_lossy(f.get("UID").unwrap())
+                .parse()
+                .unwrap();
+            (
+                uid,
+                String::from_utf8_lossy(f.get("BODY[]").unwrap()).into_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn secret_dir_users_decrypt_through_imap_and_each_decryption_is_audited() {
+    let ca = TestCa::shared();
+    let kr = keyring();
+    let users = [
+        ("bob@example.org", "bobpw"),
+        ("alice@example.com", "alicepw"),
+    ];
+    let dovecot = common::Dovecot::start(ca, &users);
+    let inner = |subject: &str, text: &str| {
+        format!("Content-Type: text/plain; charset=us-ascii; protected-headers=\"v1\"\r\nSubject: {subject}\r\n\r\n{text}\r\n")
+    };
+    // A good signature counts for the From it shows (see README "Which keys are believed").
+    let outer = |from: &str, to: &str| {
+        format!(
+            "From: {from}\r\nTo: {to}\r\nSubject: [...]\r\nMessage-ID: <{}@example.net>\r\n",
+            to.len()
+        )
+    };
+    let for_bob = pgp_mime(
+        &outer("alice@example.com", "bob@example.org"),
+        &common::gpg_encrypt(
+            Some("alice"),
+            &["bob"],
+            inner("Walrus plans", "Pelican text").as_bytes(),
+            true,
+        ),
+    );
+    let for_carol = pgp_mime(
+        &outer("alice@example.com", "carol@example.org"),
+        &common::gpg_encrypt(
+            Some("alice"),
+            &["carol"],
+            inner("Walrus", "Pelican").as_bytes(),
+            true,
+        ),
+    );
+    let for_alice = pgp_mime(
+        &outer("bob@example.org", "alice@example.com"),
+        &common::gpg_encrypt(
+            Some("bob"),
+            &["alice"],
+            inner("Walrus notes", "Pelican news").as_bytes(),
+            true,
+        ),
+    );
+    let bob_uid = dovecot.append(users[0].0, users[0].1, "INBOX", &for_bob, &[]);
+    let carol_uid = dovecot.append(users[0].0, users[0].1, "INBOX", &for_carol, &[]);
+    let alice_uid = dovecot.append(users[1].0, users[1].1, "INBOX", &for_alice, &[]);
+
+    // No [[identity]]: both keys come from the folder (alice's with its passphrase file).
+    let secrets = common::tempdir();
+    std::fs::copy(
+        &kr.bob().sec_asc,
+        secrets.path().join("bob@example.org.asc"),
+    )
+    .unwrap();
+    std::fs::copy(
+        &kr.alice().sec_asc,
+        secrets.path().join("alice@example.com.asc"),
+    )
+    .unwrap();
+    std::fs::copy(
+        &kr.alice_pass,
+        secrets.path().join("alice@example.com.pass"),
+    )
+    .unwrap();
+    let audit_path = secrets.path().join("audit.jsonl");
+    let metrics_port = free_port();
+    let mut opts = ProxyOptions::new(1);
+    opts.alice_identity = false;
+    opts.imap_upstream = Some((dovecot.imaps_port, "tls"));
+    opts.import = vec![kr.alice().pub_asc.clone(), kr.bob().pub_asc.clone()];
+    opts.keys_extra
+        .push_str(&format!("secret_dir = \"{}\"\n", secrets.path().display()));
+    opts.extra = format!(
+        "[audit]\nfile = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n",
+        audit_path.display()
+    );
+    let proxy = Proxy::start(ca, &opts);
+    let check = sealpost_cmd(&proxy.config, &["check"]);
+    let report = String::from_utf8_lossy(&check.stdout);
+    assert!(report.contains("holds 2 secret key file(s)"), "{report}");
+
+    let before = parse_exposition(&scrape(metrics_port).1);
+    let bob = fetch_all(&proxy, ca, users[0].0, users[0].1);
+    let body = |uid| &bob.iter().find(|(u, _)| *u == uid).unwrap().1;
+    assert!(body(bob_uid).contains("Pelican text"), "{}", body(bob_uid));
+    assert!(
+        body(bob_uid).contains("Subject: Walrus plans\r\n"),
+        "{}",
+        body(bob_uid)
+    );
+    assert!(
+        !body(carol_uid).contains("Pelican"),
+        "carol's message stays encrypted"
+    );
+    assert!(body(carol_uid).contains("-----BEGIN PGP MESSAGE-----"));
+    let alice = fetch_all(&proxy, ca, users[1].0, users[1].1);
+    assert!(alice[0].1.contains("Pelican news"), "{}", alice[0].1);
+
+    // One audit record per decryption, and nothing from the messages.
+    let text = std::fs::read_to_string(&audit_path).unwrap();
+    assert!(
+        !text.contains("Walrus") && !text.contains("Pelican"),
+        "{text}"
+    );
+    let mut records: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    records.sort_by_key(|r| {
+        (
+            r["identity"].as_str().unwrap().to_string(),
+            r["uid"].as_u64(),
+        )
+    });
+    for r in &mut records {
+        r.as_object_mut().unwrap().remove("time").expect("a time");
+    }
+    let alice_fpr = &kr.alice().fpr;
+    let bob_fpr = &kr.bob().fpr;
+    assert_eq!(
+        records,
+        vec![
+            serde_json::json!({"event": "decryption", "account": "test", "identity": "alice@example.com",
+                "mailbox": "INBOX", "uid": alice_uid, "result": "decrypted", "signature": "good", "signer": bob_fpr}),
+            serde_json::json!({"event": "decryption", "account": "test", "identity": "bob@example.org",
+                "mailbox": "INBOX", "uid": bob_uid, "result": "decrypted", "signature": "good", "signer": alice_fpr}),
+            serde_json::json!({"event": "decryption", "account": "test", "identity": "bob@example.org",
+                "mailbox": "INBOX", "uid": carol_uid, "result": "undecryptable", "reason": "no key"}),
+        ]
+    );
+
+    let (code, text) = scrape(metrics_port);
+    assert_eq!(code, 200);
+    let m = parse_exposition(&text);
+    for (series, want) in [
+        (
+            "sealpost_imap_decryptions_total{account=\"test\",result=\"decrypted\"}",
+            2.0,
+        ),
+        (
+            "sealpost_imap_decryptions_total{account=\"test\",result=\"undecryptable\"}",
+            1.0,
+        ),
+        ("sealpost_connections_total{protocol=\"imap\"}", 2.0),
+        ("sealpost_imap_decrypt_duration_seconds_count", 3.0),
+    ] {
+        assert_eq!(
+            value(&m, series) - value(&before, series),
+            want,
+            "{series}\n{text}"
+        );
+    }
+}

@@ -77,19 +77,25 @@ impl Outbound {
     /// The identity that signs this message: the one the session authenticated as
     /// (its `login`), and only when the message is sent as that identity's address
     /// (envelope sender or From). Nobody signs with another user's key.
-    fn identity(&self, env: &Envelope, from_header: Option<&str>) -> Option<&LoadedIdentity> {
-        let login = env.login.as_deref()?;
-        let id = self
-            .identities
-            .iter()
-            .find(|i| i.login.eq_ignore_ascii_case(login))?;
+    fn identity(&self, env: &Envelope, from_header: Option<&str>) -> Option<Arc<LoadedIdentity>> {
+        let id = self.identity_for_login(env.login.as_deref()?)?;
         let own = normalize_address(&id.address);
         let candidates = [Some(env.from.as_str()), from_header];
         candidates
             .iter()
             .flatten()
             .any(|a| normalize_address(a) == own)
-            .then_some(id.as_ref())
+            .then_some(id)
+    }
+
+    /// The identity of a login: the config's `[[identity]]` with that login, else a key
+    /// in `[keys] secret_dir` for it.
+    pub fn identity_for_login(&self, login: &str) -> Option<Arc<LoadedIdentity>> {
+        self.identities
+            .iter()
+            .find(|i| i.login.eq_ignore_ascii_case(login))
+            .cloned()
+            .or_else(|| self.store.secret_identity(login))
     }
 
     /// The recipients whose keys are worth looking up (policy is not `plain`), or
@@ -200,6 +206,7 @@ impl Outbound {
             None => (HashSet::new(), None),
         };
         let identity = self.identity(env, from_header.as_deref());
+        let identity = identity.as_deref();
         // Autocrypt Level 1 §2.1: announce the sender's key, unless the client does.
         let autocrypt_field = match (self.autocrypt, identity) {
             (Some(mutual), Some(id)) if !mime::fields(header).iter().any(|f| f.is("Autocrypt")) => {
@@ -387,6 +394,44 @@ mod tests {
         e.login = Some("alice".into());
         e.from = "ceo@example.com".into();
         assert!(out.identity(&e, Some("ceo@example.com")).is_none());
+    }
+
+    #[test]
+    fn secret_dir_users_sign_and_configured_identities_win() {
+        let (_d, mut out) = setup(PolicyAction::Opportunistic);
+        let secrets = tempfile::tempdir().unwrap();
+        let made = tempfile::tempdir().unwrap();
+        for (addr, sub) in [("alice@example.com", "a"), ("ann@example.com", "b")] {
+            std::fs::create_dir(made.path().join(sub)).unwrap();
+            let g = crate::keys::generate(addr, &made.path().join(sub)).unwrap();
+            let id = g.identity(addr, None);
+            std::fs::copy(&id.secret_key, secrets.path().join(format!("{addr}.asc"))).unwrap();
+            let pass = id.passphrase_file.unwrap();
+            std::fs::copy(pass, secrets.path().join(format!("{addr}.pass"))).unwrap();
+        }
+        let store_dir = tempfile::tempdir().unwrap();
+        out.store = Arc::new(
+            KeyStore::open(store_dir.path())
+                .unwrap()
+                .with_secret_dir(Some(secrets.path())),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let g = crate::keys::generate("alice@example.com", dir.path()).unwrap();
+        let configured =
+            Arc::new(crate::keys::load_identity(&g.identity("alice@example.com", None)).unwrap());
+        out.identities = vec![configured.clone()];
+        let alice = out.identity_for_login("alice@example.com").unwrap();
+        assert!(Arc::ptr_eq(&alice, &configured), "the [[identity]] wins");
+        let ann = out
+            .identity_for_login("ann@example.com")
+            .expect("from secret_dir");
+        assert_eq!(ann.address, "ann@example.com");
+        // Ann's mail is signed with her key from the folder.
+        let mut e = env(&["bob@example.org"]);
+        e.from = "ann@example.com".into();
+        e.login = Some("ann@example.com".into());
+        assert!(out.identity(&e, None).is_some());
+        assert!(out.identity_for_login("../ann@example.com").is_none());
     }
 
     #[test]

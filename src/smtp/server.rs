@@ -291,13 +291,11 @@ async fn relay(
     let wanted = outbound.wanted_keys(envelope, &message);
     // Bounded in time: a slow key source never holds up the transaction.
     // Autocrypt state is the sending user's own (per identity, by login).
-    let identity = envelope.login.as_deref().and_then(|login| {
-        outbound
-            .identities
-            .iter()
-            .find(|i| i.login.eq_ignore_ascii_case(login))
-            .map(|i| i.address.clone())
-    });
+    let identity = envelope
+        .login
+        .as_deref()
+        .and_then(|login| outbound.identity_for_login(login))
+        .map(|i| i.address.clone());
     let visible = visible_recipients(&message);
     let wanted: Vec<crate::keys::discover::Wanted> = wanted
         .into_iter()

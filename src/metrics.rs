@@ -44,8 +44,8 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 
 impl Metrics {
     fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("sealpost");
-        let m = Metrics {
+        let mut m = Metrics {
+            registry: Registry::with_prefix("sealpost"),
             connections_open: Family::default(),
             connections: Family::default(),
             connections_refused: Family::default(),
@@ -58,9 +58,8 @@ impl Metrics {
             smtp_relay: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
             // 1 ms .. about 8 s.
             imap_decrypt: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
-            registry: Registry::default(),
         };
-        let r = &mut registry;
+        let r = &mut m.registry;
         r.register(
             "connections_open",
             "Client connections being served, by protocol",
@@ -113,7 +112,7 @@ impl Metrics {
             Unit::Seconds,
             m.imap_decrypt.clone(),
         );
-        Metrics { registry, ..m }
+        m
     }
 
     /// The exposition text.

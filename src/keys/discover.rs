@@ -461,7 +461,6 @@ fn percent_encode(s: &str) -> String {
     out
 }
 
-/// A short label for logs and `keys lookup`.
 /// The `result` label of `sealpost_key_lookups_total` for an outcome.
 fn metric_label(o: &Outcome) -> &'static str {
     match o {
@@ -474,6 +473,7 @@ fn metric_label(o: &Outcome) -> &'static str {
     }
 }
 
+/// A short label for logs and `keys lookup`.
 pub fn outcome_label(o: &Outcome) -> String {
     match o {
         Outcome::Found(c) => format!(

@@ -565,3 +565,55 @@ fn secret_dir_users_decrypt_through_imap_and_each_decryption_is_audited() {
         );
     }
 }
+
+#[test]
+fn a_secret_dir_user_sends_mail_signed_with_the_key_from_the_folder() {
+    let ca = TestCa::shared();
+    let kr = keyring();
+    let sink = Sink::start_with(
+        ca,
+        common::SinkConfig {
+            user: "bob@example.org".into(),
+            password: "bobpw".into(),
+            ..common::SinkConfig::default()
+        },
+    );
+    let secrets = common::tempdir();
+    std::fs::copy(
+        &kr.bob().sec_asc,
+        secrets.path().join("bob@example.org.asc"),
+    )
+    .unwrap();
+    let mut opts = ProxyOptions::new(sink.port);
+    opts.alice_identity = false;
+    opts.import = vec![kr.alice().pub_asc.clone()];
+    opts.keys_extra
+        .push_str(&format!("secret_dir = \"{}\"\n", secrets.path().display()));
+    let proxy = Proxy::start(ca, &opts);
+
+    let msg = String::from_utf8(message("alice@example.com", "Heron", "Osprey body"))
+        .unwrap()
+        .replace(
+            "From: Alice <alice@example.com>",
+            "From: Bob <bob@example.org>",
+        );
+    let mut p = PySend::new(
+        proxy.smtp_port,
+        PySendMode::StartTls,
+        "bob@example.org",
+        &["alice@example.com"],
+        msg.as_bytes(),
+    );
+    p.cafile = Some(&ca.ca_pem);
+    p.login = Some(("bob@example.org", "bobpw"));
+    let r = py_sendmail(&p);
+    assert!(r.ok, "{r:?}\n{}", proxy.log());
+    let got = sink.wait_for_messages(1, WAIT);
+    let text = got[0].text();
+    let start = text.find("-----BEGIN PGP MESSAGE-----").expect("encrypted");
+    let end = text.find("-----END PGP MESSAGE-----").unwrap() + 25;
+    // Alice reads it, signed by bob's key from the folder; bob (the sender) can too.
+    let armored = &text.as_bytes()[start..end];
+    common::gpg_decrypt("alice", armored).assert_decrypted_signed_by("bob");
+    assert!(common::gpg_decrypt("bob", armored).decrypted());
+}

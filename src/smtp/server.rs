@@ -291,11 +291,21 @@ async fn relay(
     let wanted = outbound.wanted_keys(envelope, &message);
     // Bounded in time: a slow key source never holds up the transaction.
     // Autocrypt state is the sending user's own (per identity, by login).
-    let identity = envelope
-        .login
-        .as_deref()
-        .and_then(|login| outbound.identity_for_login(login))
-        .map(|i| i.address.clone());
+    // A key from `[keys] secret_dir` is unlocked on first use: off the I/O threads.
+    let identity = match envelope.login.clone() {
+        Some(login) => {
+            let outbound = outbound.clone();
+            tokio::task::spawn_blocking(move || {
+                outbound
+                    .identity_for_login(&login)
+                    .map(|i| i.address.clone())
+            })
+            .await
+            .ok()
+            .flatten()
+        }
+        None => None,
+    };
     let visible = visible_recipients(&message);
     let wanted: Vec<crate::keys::discover::Wanted> = wanted
         .into_iter()

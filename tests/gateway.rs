@@ -617,3 +617,39 @@ fn a_secret_dir_user_sends_mail_signed_with_the_key_from_the_folder() {
     common::gpg_decrypt("alice", armored).assert_decrypted_signed_by("bob");
     assert!(common::gpg_decrypt("bob", armored).decrypted());
 }
+
+#[test]
+fn an_unreachable_provider_is_counted_as_an_upstream_error() {
+    let ca = TestCa::shared();
+    let metrics_port = free_port();
+    // Nothing listens on the upstream port.
+    let mut opts = ProxyOptions::new(free_port());
+    opts.extra = format!("[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n");
+    let proxy = Proxy::start(ca, &opts);
+    let r = submit(
+        &proxy,
+        ca,
+        &["bob@example.org"],
+        &message("bob@example.org", "x", "y"),
+    );
+    assert!(!r.ok);
+    assert_eq!(r.code, 454, "{r:?}");
+    let m = parse_exposition(&scrape(metrics_port).1);
+    // One per AUTH attempt (smtplib tries PLAIN, then LOGIN), each logged.
+    let attempts = proxy
+        .log()
+        .matches("upstream unreachable during AUTH")
+        .count();
+    assert!(attempts >= 1);
+    assert_eq!(
+        value(&m, "sealpost_upstream_errors_total{protocol=\"smtp\"}"),
+        attempts as f64
+    );
+    assert_eq!(
+        value(
+            &m,
+            "sealpost_smtp_messages_total{account=\"test\",result=\"relayed\"}"
+        ),
+        0.0
+    );
+}

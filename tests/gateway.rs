@@ -540,3 +540,25 @@ fn an_unreachable_provider_is_counted_as_an_upstream_error() {
         0.0
     );
 }
+
+/// The exposition reader the tests above rely on refuses what Prometheus would.
+#[test]
+fn the_exposition_reader_refuses_malformed_text() {
+    let ok = "# HELP a_total A.\n# TYPE a_total counter\na_total{x=\"q\\\"uote\",y=\"2\"} 3\n";
+    assert_eq!(
+        value(&parse_exposition(ok), "a_total{x=\"q\\\"uote\",y=\"2\"}"),
+        3.0
+    );
+    for bad in [
+        "a_total 1\n",                                    // no # TYPE
+        "# TYPE a_total counter\na_total one\n",          // not a number
+        "# TYPE a_total counter\na_total{x=\"1} 1\n",     // unterminated label value
+        "# TYPE a_total counter\n1a_total 1\n",           // illegal name
+        "# TYPE a_total counter\na_total 1\na_total 2\n", // one series twice
+        "# TYPE a_total countr\na_total 1\n",             // unknown type
+        "# TYPE a_total counter\na_total 1",              // no final newline
+    ] {
+        let r = std::panic::catch_unwind(|| parse_exposition(bad));
+        assert!(r.is_err(), "accepted {bad:?}");
+    }
+}

@@ -455,23 +455,35 @@ pub async fn seal(
     progress: &mut dyn FnMut(&crate::imap::seal::Progress<'_>),
 ) -> Result<crate::imap::seal::Summary, AppError> {
     let bad = |message: String| AppError::Seal { message };
-    let id = config
-        .identities
-        .iter()
-        .find(|i| {
-            i.login
+    let configured = config.identities.iter().find(|i| {
+        i.login
+            .as_deref()
+            .unwrap_or(&i.address)
+            .eq_ignore_ascii_case(&args.login)
+    });
+    // An [[identity]] wins; else the login's key in `[keys] secret_dir` (one account).
+    let (loaded, account) = match configured {
+        Some(id) => (
+            Arc::new(keys::load_identity(id)?),
+            config.identity_account(id),
+        ),
+        None => {
+            let from_dir = config
+                .keys
+                .secret_dir
                 .as_deref()
-                .unwrap_or(&i.address)
-                .eq_ignore_ascii_case(&args.login)
-        })
-        .ok_or_else(|| {
-            bad(format!(
-                "no [[identity]] has the login {}: sealing needs that identity's key",
-                args.login
-            ))
-        })?;
-    let loaded = keys::load_identity(id)?;
-    let account = config.identity_account(id);
+                .and_then(|dir| keys::secret_dir::SecretDir::new(dir).identity(&args.login));
+            match from_dir {
+                Some(l) => (l, config.accounts[0].name.as_str()),
+                None => {
+                    return Err(bad(format!(
+                        "no [[identity]] has the login {}, and [keys] secret_dir has no key for it: sealing needs that identity's key",
+                        args.login
+                    )))
+                }
+            }
+        }
+    };
     let imap = config
         .accounts
         .iter()

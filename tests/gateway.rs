@@ -562,3 +562,80 @@ fn the_exposition_reader_refuses_malformed_text() {
         assert!(r.is_err(), "accepted {bad:?}");
     }
 }
+
+#[test]
+fn sealpost_seal_works_for_a_secret_dir_user() {
+    let ca = TestCa::shared();
+    let kr = keyring();
+    let (user, pass) = ("bob@example.org", "bobpw");
+    let dovecot = common::Dovecot::start(ca, &[(user, pass)]);
+    let plain = b"From: alice@example.com\r\nTo: bob@example.org\r\nSubject: Ibis\r\nMessage-ID: <ibis@example.com>\r\n\r\nKestrel figures\r\n";
+    dovecot.append(user, pass, "INBOX", plain, &[]);
+    let secrets = common::tempdir();
+    std::fs::copy(
+        &kr.bob().sec_asc,
+        secrets.path().join("bob@example.org.asc"),
+    )
+    .unwrap();
+    let mut opts = ProxyOptions::new(1);
+    opts.alice_identity = false;
+    opts.imap_upstream = Some((dovecot.imaps_port, "tls"));
+    opts.keys_extra
+        .push_str(&format!("secret_dir = \"{}\"\n", secrets.path().display()));
+    let dir = common::tempdir();
+    let config = Proxy::write_config_imap(
+        dir.path(),
+        ca,
+        &opts,
+        (free_port(), free_port()),
+        (free_port(), free_port()),
+    );
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, format!("{pass}\n")).unwrap();
+    let args = [
+        "seal",
+        "--login",
+        user,
+        "--mailbox",
+        "INBOX",
+        "--password-file",
+    ];
+    let mut args: Vec<&str> = args.to_vec();
+    args.push(pw.to_str().unwrap());
+    let out = sealpost_cmd(&config, &args);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("sealed 1,"), "{text}");
+    // At the provider: only the sealed copy, which bob's key opens.
+    let uids = dovecot.uids(user, pass, "INBOX");
+    assert_eq!(uids.len(), 1);
+    let stored = dovecot.fetch_body(user, pass, "INBOX", uids[0]);
+    let stored = String::from_utf8_lossy(&stored);
+    assert!(!stored.contains("Kestrel"), "{stored}");
+    let start = stored.find("-----BEGIN PGP MESSAGE-----").expect("sealed");
+    let end = stored.find("-----END PGP MESSAGE-----").unwrap() + 25;
+    let g = common::gpg_decrypt("bob", &stored.as_bytes()[start..end]);
+    assert!(
+        String::from_utf8_lossy(&g.plaintext).contains("Kestrel figures"),
+        "{g}"
+    );
+    // A login with no key anywhere is refused with a reason.
+    let out = sealpost_cmd(
+        &config,
+        &[
+            "seal",
+            "--login",
+            "carol@example.org",
+            "--mailbox",
+            "INBOX",
+            "--password-file",
+            pw.to_str().unwrap(),
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("secret_dir has no key"));
+}

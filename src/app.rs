@@ -26,6 +26,8 @@ pub enum AppError {
     Keys(#[from] keys::KeyError),
     #[error(transparent)]
     Discovery(#[from] crate::keys::discover::DiscoveryError),
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
     #[error("cannot listen on {addr} ({what}): {message}")]
     Listen {
         addr: std::net::SocketAddr,
@@ -44,10 +46,10 @@ pub struct Loaded {
 }
 
 pub fn load(config: &Config) -> Result<Loaded, AppError> {
-    let store = Arc::new(KeyStore::open_with_state(
-        &config.key_dir(),
-        &config.state_dir,
-    )?);
+    let store = Arc::new(
+        KeyStore::open_with_state(&config.key_dir(), &config.state_dir)?
+            .with_secret_dir(config.keys.secret_dir.as_deref()),
+    );
     let identities = config
         .identities
         .iter()
@@ -101,6 +103,8 @@ fn hostname() -> String {
 pub async fn run(config: Config) -> Result<(), AppError> {
     crate::tls::warm_up();
     let loaded = load(&config)?;
+    // Before any listener: a gateway that cannot audit does not start.
+    crate::audit::install(crate::audit::Audit::open(&config.audit)?);
     let (stop_tx, stop_rx) = watch::channel(false);
     let acceptor = tokio_rustls::TlsAcceptor::from(loaded.server_tls.clone());
     let outbound = Arc::new(Outbound {
@@ -160,6 +164,20 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         })
     };
     let mut tasks = Vec::new();
+    if let Some(addr) = config.metrics.listen {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| AppError::Listen {
+                addr,
+                what: "[metrics] listen".into(),
+                message: e.to_string(),
+            })?;
+        tracing::info!(%addr, "metrics listener ready (GET /metrics)");
+        tasks.push(tokio::spawn(crate::metrics::serve(
+            listener,
+            stop_rx.clone(),
+        )));
+    }
     for account in &config.accounts {
         if let Some(smtp) = &account.smtp {
             let service = Arc::new(SmtpService {
@@ -287,6 +305,16 @@ pub async fn check(config: &Config) -> Vec<CheckLine> {
         },
         Err(e) => push(false, "key store".into(), e.to_string()),
     }
+    if let Some(dir) = &config.keys.secret_dir {
+        match keys::secret_dir::SecretDir::new(dir).count() {
+            Ok(n) => push(
+                true,
+                "secret_dir".into(),
+                format!("{} holds {n} secret key file(s) (<address>.asc), loaded when their user first logs in or sends", dir.display()),
+            ),
+            Err(e) => push(false, "secret_dir".into(), format!("cannot read {}: {e}", dir.display())),
+        }
+    }
     for id in &config.identities {
         match keys::load_identity(id) {
             Ok(l) => push(
@@ -300,6 +328,26 @@ pub async fn check(config: &Config) -> Vec<CheckLine> {
                 ),
             ),
             Err(e) => push(false, format!("identity {}", id.address), e.to_string()),
+        }
+    }
+    if let Some(path) = &config.audit.file {
+        match crate::audit::check(&config.audit) {
+            Ok(()) => push(
+                true,
+                "audit log".into(),
+                format!("{} is writable", path.display()),
+            ),
+            Err(e) => push(false, "audit log".into(), e.to_string()),
+        }
+    }
+    if let Some(addr) = config.metrics.listen {
+        match std::net::TcpListener::bind(addr) {
+            Ok(_) => push(true, "metrics listen".into(), format!("{addr} is free")),
+            Err(e) => push(
+                false,
+                "metrics listen".into(),
+                format!("cannot bind {addr}: {e} (is sealpost already running, or another server on that port?)"),
+            ),
         }
     }
     let server_tls = tls::listener_config(config);
@@ -407,23 +455,35 @@ pub async fn seal(
     progress: &mut dyn FnMut(&crate::imap::seal::Progress<'_>),
 ) -> Result<crate::imap::seal::Summary, AppError> {
     let bad = |message: String| AppError::Seal { message };
-    let id = config
-        .identities
-        .iter()
-        .find(|i| {
-            i.login
+    let configured = config.identities.iter().find(|i| {
+        i.login
+            .as_deref()
+            .unwrap_or(&i.address)
+            .eq_ignore_ascii_case(&args.login)
+    });
+    // An [[identity]] wins; else the login's key in `[keys] secret_dir` (one account).
+    let (loaded, account) = match configured {
+        Some(id) => (
+            Arc::new(keys::load_identity(id)?),
+            config.identity_account(id),
+        ),
+        None => {
+            let from_dir = config
+                .keys
+                .secret_dir
                 .as_deref()
-                .unwrap_or(&i.address)
-                .eq_ignore_ascii_case(&args.login)
-        })
-        .ok_or_else(|| {
-            bad(format!(
-                "no [[identity]] has the login {}: sealing needs that identity's key",
-                args.login
-            ))
-        })?;
-    let loaded = keys::load_identity(id)?;
-    let account = config.identity_account(id);
+                .and_then(|dir| keys::secret_dir::SecretDir::new(dir).identity(&args.login));
+            match from_dir {
+                Some(l) => (l, config.accounts[0].name.as_str()),
+                None => {
+                    return Err(bad(format!(
+                        "no [[identity]] has the login {}, and [keys] secret_dir has no key for it: sealing needs that identity's key",
+                        args.login
+                    )))
+                }
+            }
+        }
+    };
     let imap = config
         .accounts
         .iter()

@@ -78,6 +78,10 @@ pub struct Config {
     pub limits: Limits,
     #[serde(default)]
     pub imap: ImapSettings,
+    #[serde(default)]
+    pub audit: AuditConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     /// Where the config was read from; set by [`Config::load`].
     #[serde(skip)]
     pub source: PathBuf,
@@ -162,6 +166,10 @@ pub struct KeysConfig {
     /// Public key store (an openpgp-cert-d directory, shared with `sq`).
     #[serde(default)]
     pub dir: Option<PathBuf>,
+    /// Folder of secret keys, `<address>.asc` (and `<address>.pass`), for users without
+    /// an `[[identity]]` (see [`crate::keys::secret_dir`]).
+    #[serde(default)]
+    pub secret_dir: Option<PathBuf>,
     /// PEM file of CA certificates trusted besides the system's.
     #[serde(default)]
     pub extra_ca: Option<PathBuf>,
@@ -201,6 +209,7 @@ impl Default for KeysConfig {
     fn default() -> Self {
         KeysConfig {
             dir: None,
+            secret_dir: None,
             extra_ca: None,
             discover: default_discover(),
             vks: default_vks(),
@@ -263,9 +272,36 @@ impl Default for PolicyConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyRule {
-    /// An address, or a glob where `*` matches any run of characters.
-    pub recipient: String,
+    /// The recipients the rule is for: an address, a domain (every address there), or
+    /// a glob where `*` matches any run of characters.
+    #[serde(default)]
+    pub recipient: Option<String>,
+    /// The senders the rule is for (envelope sender or From), in the same forms.
+    #[serde(default)]
+    pub sender: Option<String>,
     pub action: PolicyAction,
+}
+
+/// `[audit]`: where the audit log goes (see [`crate::audit`]).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// JSON lines appended to this file (created with mode 0600).
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// Each record also as a log event with the target `sealpost::audit` (stderr, which
+    /// journald keeps under systemd).
+    #[serde(default)]
+    pub journal: bool,
+}
+
+/// `[metrics]`: the Prometheus endpoint (see [`crate::metrics`]).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of the HTTP listener serving `GET /metrics`; none: no listener.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
 }
 
 /// How the IMAP proxy treats what clients store.
@@ -431,6 +467,12 @@ impl Config {
         if let Some(p) = &mut self.keys.extra_ca {
             fix(p);
         }
+        if let Some(p) = &mut self.keys.secret_dir {
+            fix(p);
+        }
+        if let Some(p) = &mut self.audit.file {
+            fix(p);
+        }
     }
 
     fn invalid(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
@@ -536,11 +578,19 @@ impl Config {
             }
         }
         for (i, rule) in self.policy.rules.iter().enumerate() {
-            if rule.recipient.trim().is_empty() {
+            if rule.recipient.is_none() && rule.sender.is_none() {
                 return Err(self.invalid(
-                    format!("policy.rule[{i}].recipient"),
-                    "must be an address or a glob such as \"*@example.org\"",
+                    format!("policy.rule[{i}]"),
+                    "needs `recipient`, `sender` or both, e.g. sender = \"legal.corp.example\"",
                 ));
+            }
+            for (key, value) in [("recipient", &rule.recipient), ("sender", &rule.sender)] {
+                if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
+                    return Err(self.invalid(
+                        format!("policy.rule[{i}].{key}"),
+                        "must be an address, a domain or a glob such as \"*@example.org\"",
+                    ));
+                }
             }
         }
         for (host, addr) in &self.keys.resolve {
@@ -555,6 +605,13 @@ impl Config {
             return Err(self.invalid(
                 "keys.vks",
                 "must be an https:// URL (VKS, e.g. \"https://keys.openpgp.org\") or an hkps:// one (HKP)",
+            ));
+        }
+        if self.keys.secret_dir.is_some() && self.accounts.len() > 1 {
+            // A login at one provider must never unlock keys meant for another's users.
+            return Err(self.invalid(
+                "keys.secret_dir",
+                "serves the one [[account]] of a gateway; with several accounts give each user an [[identity]] with account = \"...\"",
             ));
         }
         if self.keys.lookup_timeout_secs == 0 {
@@ -713,6 +770,49 @@ upstream_security = "tls"
         assert_eq!(
             c.identities[0].secret_key,
             PathBuf::from("/etc/sealpost/alice.sec.asc")
+        );
+    }
+
+    #[test]
+    fn the_documented_gateway_sections_are_valid() {
+        let text = include_str!("../config.example.toml")
+            .replace("#[audit]", "[audit]")
+            .replace("#file = \"/var/log", "file = \"/var/log")
+            .replace("#journal = false", "journal = true")
+            .replace("#[metrics]", "[metrics]")
+            .replace(
+                "#listen = \"127.0.0.1:9187\"",
+                "listen = \"127.0.0.1:9187\"",
+            )
+            .replace("#secret_dir = ", "secret_dir = ");
+        let c = Config::parse(&text, Path::new("/etc/sealpost/sealpost.toml")).unwrap();
+        assert_eq!(
+            c.audit.file.as_deref(),
+            Some(Path::new("/var/log/sealpost/audit.jsonl"))
+        );
+        assert!(c.audit.journal);
+        assert_eq!(c.metrics.listen, Some("127.0.0.1:9187".parse().unwrap()));
+        assert_eq!(
+            c.keys.secret_dir.as_deref(),
+            Some(Path::new("/etc/sealpost/secret"))
+        );
+        // A folder of keys serves one provider's logins only.
+        let two = text
+            .replace(
+                "address = \"alice@example.com\"\n",
+                "address = \"alice@example.com\"\naccount = \"example\"\n",
+            )
+            .replace(
+            "[keys]\n",
+            "[[account]]\nname = \"second\"\n[account.smtp]\nlisten = \"127.0.0.1:2587\"\nupstream = \"smtp.example.net:465\"\nupstream_security = \"tls\"\n[keys]\n",
+        );
+        let err = Config::parse(&two, Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("keys.secret_dir"), "{err}");
+        assert_eq!(
+            c.policy.rules[1].sender.as_deref(),
+            Some("legal.corp.example")
         );
     }
 

@@ -6,10 +6,12 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod audit;
 pub mod config;
 pub mod imap;
 pub mod keys;
 pub mod listener;
+pub mod metrics;
 pub mod mime;
 pub mod net;
 pub mod pgp;

@@ -14,9 +14,11 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-/// Serves `listener` with `handle(stream, peer, loopback_listener)` per connection.
+/// Serves `listener` with `handle(stream, peer, loopback_listener)` per connection;
+/// `protocol` labels the connection metrics.
 pub async fn accept_loop<H, F>(
     listener: TcpListener,
+    protocol: &'static str,
     max_connections: usize,
     refusal: &'static [u8],
     span: impl Fn(SocketAddr) -> tracing::Span,
@@ -47,15 +49,18 @@ pub async fn accept_loop<H, F>(
                 };
                 let Ok(permit) = slots.clone().try_acquire_owned() else {
                     tracing::warn!(%peer, "connection limit reached; refusing");
+                    crate::metrics::connection_refused(protocol);
                     sessions.spawn(async move {
                         let _ = stream.write_all(refusal).await;
                     });
                     continue;
                 };
                 let session = handle(stream, peer, loopback);
+                let open = crate::metrics::connection_opened(protocol);
                 sessions.spawn(
                     async move {
                         let _permit = permit;
+                        let _open = open;
                         if let Err(e) = session.await {
                             tracing::info!(error = %e, "connection ended");
                         }

@@ -1,10 +1,22 @@
 //! Per-recipient outbound decision: encrypt, send plain, or refuse.
 //!
-//! Rules are tried in order and the first whose pattern matches the recipient wins;
-//! otherwise the default applies. The decision combines the configured action with
-//! whether a usable key was found.
+//! A `[[policy.rule]]` names a recipient pattern, a sender pattern, or both; the most
+//! specific matching rule decides, otherwise the default applies:
+//!
+//! 1. a rule naming both sender and recipient beats a rule naming one of them;
+//! 2. then the more specific recipient pattern wins: an address beats a whole domain
+//!    (`example.org` or `*@example.org`), which beats any other glob, which beats none;
+//! 3. then the more specific sender pattern, in the same order;
+//! 4. then the rule written first.
+//!
+//! So `sender = "legal.corp.example"` with `require` holds for every recipient no
+//! recipient rule names; to overrule a recipient rule for one sender, name both.
+//! The senders of a message are its envelope sender and the addresses of its From field:
+//! a sender rule applies when any of them matches, so a client cannot step around a
+//! stricter rule by choosing which one to forge. The decision combines the rule's action
+//! with whether a usable key was found.
 
-use crate::config::{PolicyAction, PolicyConfig};
+use crate::config::{PolicyAction, PolicyConfig, PolicyRule};
 use crate::trust::Vouch;
 
 /// What happens to the message for one recipient.
@@ -16,17 +28,86 @@ pub enum Decision {
     Refuse,
 }
 
-/// The configured action for `recipient`. Recipient and patterns are compared in the
-/// one normalised form ([`crate::keys::normalize_address`]): a rule for `bücher.example`
-/// matches mail to `xn--bcher-kva.example`, and `Example.ORG.` is `example.org`.
-pub fn action_for(policy: &PolicyConfig, recipient: &str) -> PolicyAction {
-    let recipient = crate::keys::normalize_address(recipient);
-    policy
-        .rules
-        .iter()
-        .find(|r| glob_match(&normalize_pattern(&r.recipient), &recipient))
+/// The configured action for mail from `senders` to `recipient`. Addresses and
+/// patterns are compared in the one normalised form ([`crate::keys::normalize_address`]):
+/// a rule for `bücher.example` matches mail to `xn--bcher-kva.example`, and
+/// `Example.ORG.` is `example.org`.
+pub fn action_for(policy: &PolicyConfig, senders: &[&str], recipient: &str) -> PolicyAction {
+    rule_for(policy, senders, recipient)
         .map(|r| r.action)
         .unwrap_or(policy.default)
+}
+
+/// The rule that decides for mail from `senders` to `recipient`, if any matches (see the
+/// module documentation for the order).
+pub fn rule_for<'a>(
+    policy: &'a PolicyConfig,
+    senders: &[&str],
+    recipient: &str,
+) -> Option<&'a PolicyRule> {
+    let recipient = crate::keys::normalize_address(recipient);
+    let senders: Vec<String> = senders
+        .iter()
+        .map(|s| crate::keys::normalize_address(s))
+        .collect();
+    let mut best: Option<((u8, u8, u8), &PolicyRule)> = None;
+    for rule in &policy.rules {
+        let r = match &rule.recipient {
+            Some(p) => {
+                let p = Pattern::new(p);
+                if !p.matches(&recipient) {
+                    continue;
+                }
+                p.rank()
+            }
+            None => 0,
+        };
+        let s = match &rule.sender {
+            Some(p) => {
+                let p = Pattern::new(p);
+                if !senders.iter().any(|s| p.matches(s)) {
+                    continue;
+                }
+                p.rank()
+            }
+            None => 0,
+        };
+        let sides = u8::from(rule.recipient.is_some()) + u8::from(rule.sender.is_some());
+        let score = (sides, r, s);
+        // Strictly greater only: among equals the rule written first stays.
+        if best.as_ref().is_none_or(|(b, _)| score > *b) {
+            best = Some((score, rule));
+        }
+    }
+    best.map(|(_, r)| r)
+}
+
+/// A rule pattern, normalised: an address or glob with `@`, or a domain (no `@`), which
+/// stands for every address at that domain.
+struct Pattern(String);
+
+impl Pattern {
+    fn new(pattern: &str) -> Pattern {
+        let p = normalize_pattern(pattern);
+        if p.contains('@') {
+            Pattern(p)
+        } else {
+            Pattern(format!("*@{p}"))
+        }
+    }
+
+    fn matches(&self, address: &str) -> bool {
+        glob_match(&self.0, address)
+    }
+
+    /// 3: one address; 2: every address of one domain; 1: any other glob.
+    fn rank(&self) -> u8 {
+        match self.0.split_once('@') {
+            _ if !self.0.contains('*') => 3,
+            Some(("*", domain)) if !domain.contains('*') => 2,
+            _ => 1,
+        }
+    }
 }
 
 /// Combines the action with the key found, if any, and what vouches for it: under
@@ -91,7 +172,6 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::PolicyRule;
 
     #[test]
     fn globs() {
@@ -112,11 +192,13 @@ mod tests {
         let policy = PolicyConfig {
             rules: vec![
                 PolicyRule {
-                    recipient: "*@Bücher.Example".into(),
+                    recipient: Some("*@Bücher.Example".into()),
+                    sender: None,
                     action: PolicyAction::Require,
                 },
                 PolicyRule {
-                    recipient: "boss@partner.example.".into(),
+                    recipient: Some("boss@partner.example.".into()),
+                    sender: None,
                     action: PolicyAction::Plain,
                 },
             ],
@@ -127,43 +209,45 @@ mod tests {
             "a@BÜCHER.example",
             "<A@bücher.example.>",
         ] {
-            assert_eq!(action_for(&policy, r), PolicyAction::Require, "{r}");
+            assert_eq!(action_for(&policy, &[], r), PolicyAction::Require, "{r}");
         }
         assert_eq!(
-            action_for(&policy, "Boss@Partner.Example."),
+            action_for(&policy, &[], "Boss@Partner.Example."),
             PolicyAction::Plain
         );
         assert_eq!(
-            action_for(&policy, "a@bucher.example"),
+            action_for(&policy, &[], "a@bucher.example"),
             PolicyAction::Opportunistic
         );
     }
 
     #[test]
-    fn first_rule_wins_then_default() {
+    fn an_address_rule_beats_a_domain_rule_then_default() {
         let policy = PolicyConfig {
             rules: vec![
                 PolicyRule {
-                    recipient: "boss@partner.example".into(),
+                    recipient: Some("boss@partner.example".into()),
+                    sender: None,
                     action: PolicyAction::Plain,
                 },
                 PolicyRule {
-                    recipient: "*@Partner.example".into(),
+                    recipient: Some("*@Partner.example".into()),
+                    sender: None,
                     action: PolicyAction::Require,
                 },
             ],
             ..PolicyConfig::default()
         };
         assert_eq!(
-            action_for(&policy, "boss@partner.example"),
+            action_for(&policy, &[], "boss@partner.example"),
             PolicyAction::Plain
         );
         assert_eq!(
-            action_for(&policy, "X@PARTNER.example"),
+            action_for(&policy, &[], "X@PARTNER.example"),
             PolicyAction::Require
         );
         assert_eq!(
-            action_for(&policy, "x@other.example"),
+            action_for(&policy, &[], "x@other.example"),
             PolicyAction::Opportunistic
         );
         use PolicyAction::*;
@@ -180,6 +264,87 @@ mod tests {
         assert_eq!(
             decide(Require, Some(Vouch::AutocryptAuthenticated)),
             Decision::Encrypt
+        );
+    }
+
+    fn rule(recipient: Option<&str>, sender: Option<&str>, action: PolicyAction) -> PolicyRule {
+        PolicyRule {
+            recipient: recipient.map(str::to_string),
+            sender: sender.map(str::to_string),
+            action,
+        }
+    }
+
+    #[test]
+    fn sender_rules_and_the_most_specific_rule_wins() {
+        use PolicyAction::*;
+        let policy = PolicyConfig {
+            rules: vec![
+                // Written first but least specific: loses to every rule below it that matches.
+                rule(Some("*.example"), None, Opportunistic),
+                rule(None, Some("legal.corp.example"), Require),
+                rule(Some("partner.example"), None, Plain),
+                rule(Some("*@partner.example"), None, Require), // same rank as above: later loses
+                rule(Some("ceo@partner.example"), None, Require),
+                rule(
+                    Some("partner.example"),
+                    Some("*@legal.corp.example"),
+                    Require,
+                ),
+                rule(None, Some("press@corp.example"), Plain),
+                rule(None, Some("*@corp.example"), Require),
+            ],
+            ..PolicyConfig::default()
+        };
+        let legal = ["ann@Legal.Corp.Example"];
+        // The sender rule holds for recipients no recipient rule names.
+        assert_eq!(action_for(&policy, &legal, "x@elsewhere.org"), Require);
+        // Not for other senders, nor for a subdomain's or parent domain's senders.
+        assert_eq!(
+            action_for(&policy, &["bo@other.org"], "x@elsewhere.org"),
+            Opportunistic
+        );
+        assert_eq!(
+            action_for(&policy, &["a@sub.legal.corp.example"], "x@elsewhere.org"),
+            Opportunistic
+        );
+        // A domain rule for the recipient beats the glob, and first of equals wins.
+        assert_eq!(
+            action_for(&policy, &["bo@other.org"], "x@partner.example"),
+            Plain
+        );
+        // An address beats a domain.
+        assert_eq!(
+            action_for(&policy, &["bo@other.org"], "ceo@partner.example"),
+            Require
+        );
+        // A recipient rule beats a sender rule; a rule naming both beats either.
+        assert_eq!(
+            action_for(&policy, &["press@corp.example"], "x@partner.example"),
+            Plain
+        );
+        assert_eq!(action_for(&policy, &legal, "x@partner.example"), Require);
+        // Among sender rules, the address beats the domain.
+        assert_eq!(
+            action_for(&policy, &["press@corp.example"], "x@else.org"),
+            Plain
+        );
+        assert_eq!(
+            action_for(&policy, &["ed@corp.example"], "x@else.org"),
+            Require
+        );
+        // Any of the senders (envelope or From) brings its rules in.
+        assert_eq!(
+            action_for(
+                &policy,
+                &["bo@other.org", "ann@legal.corp.example"],
+                "x@else.org"
+            ),
+            Require
+        );
+        assert_eq!(
+            rule_for(&policy, &legal, "x@partner.example").and_then(|r| r.sender.as_deref()),
+            Some("*@legal.corp.example")
         );
     }
 }

@@ -264,6 +264,57 @@ fn require_policy_refuses_and_nothing_leaves() {
 }
 
 #[test]
+fn a_sender_rule_requires_encryption_for_mail_from_that_domain() {
+    let ca = TestCa::shared();
+    let sink = Sink::start(ca, SinkMode::Tls);
+    let mut opts = ProxyOptions::new(sink.port);
+    opts.import = keys(&["bob"]);
+    opts.extra = "[[policy.rule]]\nsender = \"legal.corp.example\"\naction = \"require\"\n".into();
+    let proxy = Proxy::start(ca, &opts);
+    let rcpts = ["bob@example.org", "carol@example.org"];
+    let msg = |from: &str| {
+        String::from_utf8(message(
+            "bob@example.org, carol@example.org",
+            "",
+            "Contract",
+            "x\r\n",
+        ))
+        .unwrap()
+        .replace("From: Alice <alice@example.com>", &format!("From: {from}"))
+        .into_bytes()
+    };
+
+    // From legal: carol has no key, so nothing leaves and the reply names her.
+    let r = submit(
+        &proxy,
+        ca,
+        "ann@legal.corp.example",
+        &rcpts,
+        &msg("ann@legal.corp.example"),
+    );
+    assert!(!r.ok);
+    assert_eq!(r.code, 550, "{r:?}");
+    assert!(
+        r.error.contains("5.7.1") && r.error.contains("carol@example.org"),
+        "{r:?}"
+    );
+    assert!(!r.error.contains("bob@"), "{r:?}");
+    sink.assert_no_messages(Duration::from_millis(500));
+
+    // The same message from elsewhere follows the default: bob encrypted, carol plain.
+    let r = submit(
+        &proxy,
+        ca,
+        "alice@example.com",
+        &rcpts,
+        &msg("alice@example.com"),
+    );
+    assert!(r.ok, "{r:?}\n{}", proxy.log());
+    let got = sink.wait_for_messages(2, WAIT);
+    assert_eq!(got.len(), 2);
+}
+
+#[test]
 fn already_encrypted_mail_is_relayed_unchanged() {
     let ca = TestCa::shared();
     let sink = Sink::start(ca, SinkMode::StartTls);

@@ -1132,8 +1132,12 @@ pub fn view_or_stand_in(raw: &[u8], build: impl FnOnce() -> View) -> View {
     })
 }
 
-/// Logs why an encrypted message is shown as stored (never its content).
+/// Logs why an encrypted message is shown as stored (never its content); audits and
+/// counts every verdict (the one place both the job's and the prefetched views pass).
 fn warn_if_shown_as_stored(selected: &Selected, uid: u32, kind: &ViewKind) {
+    let s = selected;
+    crate::audit::decryption(&s.account, &s.identity, &s.mailbox, uid, kind);
+    crate::metrics::decryption(&s.account, kind);
     match kind {
         ViewKind::TooLarge { limit } => {
             tracing::warn!(uid, mailbox = %selected.mailbox, limit, "decrypted message over max_message_size; shown as stored");

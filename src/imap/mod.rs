@@ -39,11 +39,13 @@ pub struct ImapContext {
 
 impl ImapContext {
     /// The identity whose key decrypts for a login name (`login`, else `address`),
-    /// among this account's identities only.
-    pub fn identity_for_login(&self, login: &str) -> Option<&Arc<LoadedIdentity>> {
+    /// among this account's identities only, else from `[keys] secret_dir`.
+    pub fn identity_for_login(&self, login: &str) -> Option<Arc<LoadedIdentity>> {
         self.identities
             .iter()
             .find(|i| i.login.eq_ignore_ascii_case(login))
+            .cloned()
+            .or_else(|| self.store.secret_identity(login))
     }
 
     /// `raw`, a message a client APPENDs as `identity`, sealed to that identity's own
@@ -53,6 +55,8 @@ impl ImapContext {
             .identities
             .iter()
             .find(|i| i.address.eq_ignore_ascii_case(identity))
+            .cloned()
+            .or_else(|| self.store.secret_identity(identity))
             .ok_or(crate::pgp::PgpError::NoRecipients)?;
         let boundary = crate::pgp::random_boundary();
         crate::pgp::stored::seal(raw, &id.cert, id.signer.as_ref(), &boundary)
@@ -61,9 +65,16 @@ impl ImapContext {
     /// The view of a stored message for `identity` (decrypting when it can), with
     /// at most `max_size` bytes of plaintext.
     pub fn view(&self, identity: &str, raw: &[u8], max_size: usize) -> View {
-        let Some(id) = self.identities.iter().find(|i| {
-            crate::keys::normalize_address(&i.address) == crate::keys::normalize_address(identity)
-        }) else {
+        let Some(id) = self
+            .identities
+            .iter()
+            .find(|i| {
+                crate::keys::normalize_address(&i.address)
+                    == crate::keys::normalize_address(identity)
+            })
+            .cloned()
+            .or_else(|| self.store.secret_identity(identity))
+        else {
             return View {
                 bytes: raw.to_vec(),
                 kind: ViewKind::Undecryptable("no identity".into()),

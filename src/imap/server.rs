@@ -41,6 +41,7 @@ pub async fn serve(
     let account = service.account.clone();
     crate::listener::accept_loop(
         listener,
+        "imap",
         service.max_connections,
         b"* BYE Too many connections, try again later\r\n",
         |peer| tracing::info_span!("imap", account = %account, %peer),
@@ -192,6 +193,7 @@ async fn handle(
         Ok(x) => x,
         Err(e) => {
             tracing::warn!(error = %crate::error_chain(&e), "cannot reach the IMAP server");
+            crate::metrics::upstream_error("imap");
             let _ = client
                 .write_all(
                     b"* BYE [UNAVAILABLE] The mail server cannot be reached; try again later\r\n",
@@ -239,9 +241,11 @@ async fn handle(
                             return;
                         };
                         let built = tokio::task::spawn_blocking(move || {
+                            let started = std::time::Instant::now();
                             let view = crate::imap::fetch::view_or_stand_in(&req.raw, || {
                                 ctx.view(&req.identity, &req.raw, req.limit)
                             });
+                            crate::metrics::imap_decrypt_time(started.elapsed());
                             (req.job, req.uid, req.raw, view)
                         })
                         .await;

@@ -192,6 +192,7 @@ impl Discovery {
                 continue;
             }
             let (outcome, vouch) = self.ask(source, &addr, identity).await;
+            crate::metrics::key_lookup(source, metric_label(&outcome));
             if matches!(outcome, Outcome::Found(_)) {
                 if source == KeySource::Autocrypt {
                     autocrypt_found = true;
@@ -458,6 +459,18 @@ fn percent_encode(s: &str) -> String {
         }
     }
     out
+}
+
+/// The `result` label of `sealpost_key_lookups_total` for an outcome.
+fn metric_label(o: &Outcome) -> &'static str {
+    match o {
+        Outcome::Found(_) => "found",
+        Outcome::NotFound => "not_found",
+        Outcome::Unusable(_) => "unusable",
+        Outcome::Failed(_) => "failed",
+        Outcome::CachedMiss => "cached_miss",
+        Outcome::NotAsked => "not_asked",
+    }
 }
 
 /// A short label for logs and `keys lookup`.

@@ -12,6 +12,7 @@ pub mod autocrypt;
 pub mod discover;
 mod generate;
 pub mod provenance;
+pub mod secret_dir;
 
 pub use generate::{generate, Generated};
 
@@ -55,10 +56,12 @@ pub struct Imported {
     pub new: bool,
 }
 
-/// The public key store.
+/// The public key store, and the secret keys of `[keys] secret_dir` (see
+/// [`secret_dir`]), which the config's identities stand in front of.
 pub struct KeyStore {
     dir: PathBuf,
     certd: CertD,
+    secrets: Option<secret_dir::SecretDir>,
     /// `state_dir/discovered.toml`; `None`: provenance is kept in memory only.
     provenance_path: Option<PathBuf>,
     state: Mutex<StoreState>,
@@ -109,6 +112,7 @@ impl KeyStore {
         Ok(KeyStore {
             dir: dir.to_path_buf(),
             certd,
+            secrets: None,
             provenance_path,
             state: Mutex::new(StoreState {
                 provenance,
@@ -119,6 +123,19 @@ impl KeyStore {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Serves the secret keys of `dir` (`[keys] secret_dir`) through
+    /// [`KeyStore::secret_identity`].
+    pub fn with_secret_dir(mut self, dir: Option<&Path>) -> KeyStore {
+        self.secrets = dir.map(secret_dir::SecretDir::new);
+        self
+    }
+
+    /// The identity of `login` from `[keys] secret_dir`, if one is configured and holds
+    /// a key for that address (loaded on first use, then kept).
+    pub fn secret_identity(&self, login: &str) -> Option<Arc<LoadedIdentity>> {
+        self.secrets.as_ref()?.identity(login)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, StoreState> {

@@ -37,23 +37,65 @@ pub struct Outbound {
 /// Keys found for recipients, by normalised address, with what vouches for them.
 pub type FoundKeys = HashMap<String, crate::trust::Found>;
 
+/// What the policy decided for one envelope recipient, and with which keys (what the
+/// audit log records).
+#[derive(Debug, Clone)]
+pub struct RecipientDecision {
+    /// The address as the envelope named it.
+    pub address: String,
+    pub decision: Decision,
+    /// The recipient's certificates the copy is encrypted to (none unless `Encrypt`,
+    /// and none when the client encrypted the message itself).
+    pub certs: Vec<Cert>,
+    /// What vouches for `certs`.
+    pub vouch: Option<crate::trust::Vouch>,
+}
+
+/// The outcome of [`Outbound::plan`]: the decision per recipient, and the copies to
+/// relay or the reply that refuses the message (then nothing is relayed).
+#[derive(Debug)]
+pub struct Planned {
+    pub decisions: Vec<RecipientDecision>,
+    /// The client sent the message already encrypted; it leaves as it is.
+    pub client_encrypted: bool,
+    pub result: Result<Vec<OutgoingCopy>, Reply>,
+}
+
+/// The senders policy rules are matched against: the envelope sender and every address
+/// of the From field (see [`crate::policy`]).
+fn senders(env: &Envelope, header: &[u8]) -> Vec<String> {
+    let mut out = vec![env.from.clone()];
+    if let Some(m) = mail_parser::MessageParser::default().parse_headers(header) {
+        if let Some(from) = m.from() {
+            out.extend(from.iter().filter_map(|a| a.address()).map(str::to_string));
+        }
+    }
+    out
+}
+
 impl Outbound {
     /// The identity that signs this message: the one the session authenticated as
     /// (its `login`), and only when the message is sent as that identity's address
     /// (envelope sender or From). Nobody signs with another user's key.
-    fn identity(&self, env: &Envelope, from_header: Option<&str>) -> Option<&LoadedIdentity> {
-        let login = env.login.as_deref()?;
-        let id = self
-            .identities
-            .iter()
-            .find(|i| i.login.eq_ignore_ascii_case(login))?;
+    fn identity(&self, env: &Envelope, from_header: Option<&str>) -> Option<Arc<LoadedIdentity>> {
+        let id = self.identity_for_login(env.login.as_deref()?)?;
         let own = normalize_address(&id.address);
         let candidates = [Some(env.from.as_str()), from_header];
         candidates
             .iter()
             .flatten()
             .any(|a| normalize_address(a) == own)
-            .then_some(id.as_ref())
+            .then_some(id)
+    }
+
+    /// The identity of a login: the config's `[[identity]]` with that login, else a key
+    /// in `[keys] secret_dir` for it.
+    pub fn identity_for_login(&self, login: &str) -> Option<Arc<LoadedIdentity>> {
+        self.identities
+            .iter()
+            .find(|i| i.login.eq_ignore_ascii_case(login))
+            .cloned()
+            .or_else(|| self.store.secret_identity(login))
     }
 
     /// The recipients whose keys are worth looking up (policy is not `plain`), or
@@ -62,30 +104,89 @@ impl Outbound {
         if pgp::is_fully_encrypted(raw) {
             return Vec::new();
         }
+        let senders = senders(env, mime::split_message(raw).0);
+        let senders: Vec<&str> = senders.iter().map(String::as_str).collect();
         env.rcpts
             .iter()
-            .filter(|r| policy::action_for(&self.policy, r) != crate::config::PolicyAction::Plain)
+            .filter(|r| {
+                policy::action_for(&self.policy, &senders, r) != crate::config::PolicyAction::Plain
+            })
             .map(|r| normalize_address(r))
             .collect()
     }
 
     /// Decides what leaves for `env` and `raw`, given the keys found for the
-    /// recipients. `Err` is the reply that refuses the message (nothing is relayed).
-    pub fn plan(
-        &self,
-        env: &Envelope,
-        raw: &[u8],
-        found: &FoundKeys,
-    ) -> Result<Vec<OutgoingCopy>, Reply> {
+    /// recipients.
+    pub fn plan(&self, env: &Envelope, raw: &[u8], found: &FoundKeys) -> Planned {
         if pgp::is_fully_encrypted(raw) {
             // Already end-to-end encrypted by the client: relayed as it is, but for a
             // Bcc field, which no copy may carry (RFC 5322 §3.6.3).
-            return Ok(vec![OutgoingCopy {
-                rcpts: env.rcpts.clone(),
-                message: mime::without_fields(raw, &["Bcc"]),
-                encrypted: true,
-            }]);
+            return Planned {
+                decisions: env
+                    .rcpts
+                    .iter()
+                    .map(|r| RecipientDecision {
+                        address: r.clone(),
+                        decision: Decision::Encrypt,
+                        certs: Vec::new(),
+                        vouch: None,
+                    })
+                    .collect(),
+                client_encrypted: true,
+                result: Ok(vec![OutgoingCopy {
+                    rcpts: env.rcpts.clone(),
+                    message: mime::without_fields(raw, &["Bcc"]),
+                    encrypted: true,
+                }]),
+            };
         }
+        let decisions = self.decide(env, raw, found);
+        let result = self.copies(env, raw, &decisions);
+        Planned {
+            decisions,
+            client_encrypted: false,
+            result,
+        }
+    }
+
+    /// The policy's decision for every envelope recipient of a message that is not
+    /// encrypted yet.
+    fn decide(&self, env: &Envelope, raw: &[u8], found: &FoundKeys) -> Vec<RecipientDecision> {
+        let senders = senders(env, mime::split_message(raw).0);
+        let senders: Vec<&str> = senders.iter().map(String::as_str).collect();
+        env.rcpts
+            .iter()
+            .map(|rcpt| {
+                let action = policy::action_for(&self.policy, &senders, rcpt);
+                let key = match action {
+                    crate::config::PolicyAction::Plain => None,
+                    _ => found
+                        .get(&normalize_address(rcpt))
+                        .filter(|f| !f.certs.is_empty()),
+                };
+                let decision = policy::decide(action, key.map(|f| f.vouch));
+                let (certs, vouch) = match (decision, key) {
+                    (Decision::Encrypt, Some(f)) => (f.certs.clone(), Some(f.vouch)),
+                    _ => (Vec::new(), None),
+                };
+                RecipientDecision {
+                    address: rcpt.clone(),
+                    decision,
+                    certs,
+                    vouch,
+                }
+            })
+            .collect()
+    }
+
+    /// The copies that leave, given the decisions. `Err` is the reply that refuses the
+    /// message (nothing is relayed).
+    fn copies(
+        &self,
+        env: &Envelope,
+        raw: &[u8],
+        decisions: &[RecipientDecision],
+    ) -> Result<Vec<OutgoingCopy>, Reply> {
         let (header, _) = mime::split_message(raw);
         let parsed = mail_parser::MessageParser::default().parse_headers(header);
         let list = |a: Option<&mail_parser::Address<'_>>| -> Vec<String> {
@@ -105,6 +206,7 @@ impl Outbound {
             None => (HashSet::new(), None),
         };
         let identity = self.identity(env, from_header.as_deref());
+        let identity = identity.as_deref();
         // Autocrypt Level 1 §2.1: announce the sender's key, unless the client does.
         let autocrypt_field = match (self.autocrypt, identity) {
             (Some(mutual), Some(id)) if !mime::fields(header).iter().any(|f| f.is("Autocrypt")) => {
@@ -119,16 +221,9 @@ impl Outbound {
         let mut plain = Vec::new();
         let mut shared: Vec<(String, Vec<Cert>)> = Vec::new();
         let mut separate: Vec<(String, Vec<Cert>)> = Vec::new();
-        for rcpt in &env.rcpts {
-            let action = policy::action_for(&self.policy, rcpt);
-            let key = match action {
-                crate::config::PolicyAction::Plain => None,
-                _ => found
-                    .get(&normalize_address(rcpt))
-                    .filter(|f| !f.certs.is_empty()),
-            };
-            let certs = key.map(|f| f.certs.clone()).unwrap_or_default();
-            match policy::decide(action, key.map(|f| f.vouch)) {
+        for d in decisions {
+            let (rcpt, certs) = (&d.address, d.certs.clone());
+            match d.decision {
                 Decision::Refuse => refused.push(rcpt.clone()),
                 Decision::SendPlain => plain.push(rcpt.clone()),
                 Decision::Encrypt if visible.contains(&normalize_address(rcpt)) => {
@@ -220,7 +315,8 @@ mod tests {
             policy: PolicyConfig {
                 default,
                 rules: vec![PolicyRule {
-                    recipient: "*@plain.example".into(),
+                    recipient: Some("*@plain.example".into()),
+                    sender: None,
                     action: PolicyAction::Plain,
                 }],
                 ..PolicyConfig::default()
@@ -242,7 +338,7 @@ mod tests {
                 })
                 .filter(|(_, f)| !f.certs.is_empty())
                 .collect();
-            self.plan(env, raw, &found)
+            self.plan(env, raw, &found).result
         }
     }
 
@@ -301,6 +397,44 @@ mod tests {
     }
 
     #[test]
+    fn secret_dir_users_sign_and_configured_identities_win() {
+        let (_d, mut out) = setup(PolicyAction::Opportunistic);
+        let secrets = tempfile::tempdir().unwrap();
+        let made = tempfile::tempdir().unwrap();
+        for (addr, sub) in [("alice@example.com", "a"), ("ann@example.com", "b")] {
+            std::fs::create_dir(made.path().join(sub)).unwrap();
+            let g = crate::keys::generate(addr, &made.path().join(sub)).unwrap();
+            let id = g.identity(addr, None);
+            std::fs::copy(&id.secret_key, secrets.path().join(format!("{addr}.asc"))).unwrap();
+            let pass = id.passphrase_file.unwrap();
+            std::fs::copy(pass, secrets.path().join(format!("{addr}.pass"))).unwrap();
+        }
+        let store_dir = tempfile::tempdir().unwrap();
+        out.store = Arc::new(
+            KeyStore::open(store_dir.path())
+                .unwrap()
+                .with_secret_dir(Some(secrets.path())),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let g = crate::keys::generate("alice@example.com", dir.path()).unwrap();
+        let configured =
+            Arc::new(crate::keys::load_identity(&g.identity("alice@example.com", None)).unwrap());
+        out.identities = vec![configured.clone()];
+        let alice = out.identity_for_login("alice@example.com").unwrap();
+        assert!(Arc::ptr_eq(&alice, &configured), "the [[identity]] wins");
+        let ann = out
+            .identity_for_login("ann@example.com")
+            .expect("from secret_dir");
+        assert_eq!(ann.address, "ann@example.com");
+        // Ann's mail is signed with her key from the folder.
+        let mut e = env(&["bob@example.org"]);
+        e.from = "ann@example.com".into();
+        e.login = Some("ann@example.com".into());
+        assert!(out.identity(&e, None).is_some());
+        assert!(out.identity_for_login("../ann@example.com").is_none());
+    }
+
+    #[test]
     fn require_without_key_refuses_naming_recipients() {
         let (_d, out) = setup(PolicyAction::Require);
         let err = out
@@ -314,6 +448,60 @@ mod tests {
             .plan_from_store(&env(&["x@plain.example"]), MSG)
             .unwrap();
         assert!(!copies[0].encrypted);
+    }
+
+    #[test]
+    fn a_sender_rule_matches_the_envelope_sender_or_the_from_field() {
+        let (_d, mut out) = setup(PolicyAction::Opportunistic);
+        out.policy.rules.push(PolicyRule {
+            recipient: None,
+            sender: Some("legal.corp.example".into()),
+            action: PolicyAction::Require,
+        });
+        let rcpts = ["bob@example.org", "carol@example.org"];
+        // Not from legal: carol gets a plain copy.
+        assert_eq!(out.plan_from_store(&env(&rcpts), MSG).unwrap().len(), 2);
+        // Envelope sender at legal: refused, naming carol only.
+        let mut e = env(&rcpts);
+        e.from = "ann@legal.corp.example".into();
+        let err = out.plan_from_store(&e, MSG).unwrap_err();
+        assert!(err.lines[0].contains("carol@example.org") && !err.lines[0].contains("bob@"));
+        // From field at legal, envelope elsewhere: refused all the same.
+        let from_legal = String::from_utf8_lossy(MSG).replace(
+            "From: alice@example.com",
+            "From: Ann <ann@LEGAL.corp.example>",
+        );
+        assert!(out
+            .plan_from_store(&env(&rcpts), from_legal.as_bytes())
+            .is_err());
+        // The decisions name the key used for bob.
+        let found: FoundKeys = [(
+            "bob@example.org".to_string(),
+            crate::trust::Found {
+                certs: out.store.lookup("bob@example.org").unwrap(),
+                vouch: crate::trust::Vouch::Wkd,
+            },
+        )]
+        .into();
+        let planned = out.plan(&e, MSG, &found);
+        assert!(planned.result.is_err());
+        let d: Vec<_> = planned
+            .decisions
+            .iter()
+            .map(|d| (d.address.as_str(), d.decision, d.vouch, d.certs.len()))
+            .collect();
+        assert_eq!(
+            d,
+            vec![
+                (
+                    "bob@example.org",
+                    Decision::Encrypt,
+                    Some(crate::trust::Vouch::Wkd),
+                    1
+                ),
+                ("carol@example.org", Decision::Refuse, None, 0),
+            ]
+        );
     }
 
     #[test]

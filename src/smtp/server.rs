@@ -38,6 +38,7 @@ pub async fn serve(
     let account = service.account.clone();
     crate::listener::accept_loop(
         listener,
+        "smtp",
         service.max_connections,
         b"421 4.7.0 Too many connections, try again later\r\n",
         |peer| tracing::info_span!("smtp", account = %account, %peer),
@@ -187,6 +188,7 @@ async fn handle(
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "upstream unreachable during AUTH");
+                        crate::metrics::upstream_error("smtp");
                         Err(Reply::new(
                             454,
                             "4.7.0 Temporary authentication failure: the mail provider cannot be reached",
@@ -229,24 +231,81 @@ fn visible_recipients(raw: &[u8]) -> std::collections::HashSet<String> {
         .collect()
 }
 
-/// Plans the copies and relays them; the reply is 250 only if upstream accepted all.
+/// What [`relay`] did with a message, for the audit log and the metrics.
+struct Relayed {
+    reply: Reply,
+    outcome: crate::audit::Outcome,
+    /// Absent when the pipeline itself failed.
+    planned: Option<(bool, Vec<crate::audit::RecipientRecord>)>,
+}
+
+/// Relays the message (see [`relay`]), then audits and counts what happened.
 async fn deliver(
     svc: &SmtpService,
     link: &mut UpstreamLink,
     envelope: &Envelope,
     message: Vec<u8>,
 ) -> Reply {
+    use crate::audit::Outcome;
+    let started = std::time::Instant::now();
+    let done = relay(svc, link, envelope, message).await;
+    let result = match done.outcome {
+        Outcome::Relayed => "relayed",
+        Outcome::Refused => "refused",
+        Outcome::UpstreamRefused => "upstream_refused",
+        Outcome::Failed => "failed",
+    };
+    crate::metrics::smtp_message(&svc.account, result, started.elapsed());
+    let (client_encrypted, recipients) = done.planned.unwrap_or_default();
+    for decision in ["encrypted", "plain", "refused"] {
+        let n = recipients.iter().filter(|r| r.decision == decision).count();
+        if n > 0 {
+            crate::metrics::smtp_recipients(&svc.account, decision, n as u64);
+        }
+    }
+    crate::audit::outbound(
+        &svc.account,
+        &envelope.from,
+        done.outcome,
+        done.reply.code,
+        client_encrypted,
+        recipients,
+    );
+    done.reply
+}
+
+/// Plans the copies and relays them; the reply is 250 only if upstream accepted all.
+async fn relay(
+    svc: &SmtpService,
+    link: &mut UpstreamLink,
+    envelope: &Envelope,
+    message: Vec<u8>,
+) -> Relayed {
+    use crate::audit::Outcome;
+    let done = |reply, outcome, planned| Relayed {
+        reply,
+        outcome,
+        planned,
+    };
     let outbound = svc.outbound.clone();
     let wanted = outbound.wanted_keys(envelope, &message);
     // Bounded in time: a slow key source never holds up the transaction.
     // Autocrypt state is the sending user's own (per identity, by login).
-    let identity = envelope.login.as_deref().and_then(|login| {
-        outbound
-            .identities
-            .iter()
-            .find(|i| i.login.eq_ignore_ascii_case(login))
-            .map(|i| i.address.clone())
-    });
+    // A key from `[keys] secret_dir` is unlocked on first use: off the I/O threads.
+    let identity = match envelope.login.clone() {
+        Some(login) => {
+            let outbound = outbound.clone();
+            tokio::task::spawn_blocking(move || {
+                outbound
+                    .identity_for_login(&login)
+                    .map(|i| i.address.clone())
+            })
+            .await
+            .ok()
+            .flatten()
+        }
+        None => None,
+    };
     let visible = visible_recipients(&message);
     let wanted: Vec<crate::keys::discover::Wanted> = wanted
         .into_iter()
@@ -261,29 +320,46 @@ async fn deliver(
     // Encryption is CPU work: keep it off the I/O threads. The message moves there
     // and is dropped as soon as its copies exist.
     let planned = tokio::task::spawn_blocking(move || outbound.plan(&env, &message, &found)).await;
-    let copies = match planned {
-        Ok(Ok(c)) => c,
-        Ok(Err(refusal)) => {
+    let planned = match planned {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "outbound pipeline crashed");
+            let reply = Reply::new(451, "4.3.0 Internal error; the message was not sent");
+            return done(reply, Outcome::Failed, None);
+        }
+    };
+    let store = &svc.outbound.store;
+    let records = Some((
+        planned.client_encrypted,
+        crate::audit::recipients(&planned, |fp| store.provenance(fp)),
+    ));
+    let copies = match planned.result {
+        Ok(c) => c,
+        Err(refusal) => {
             tracing::info!(
                 code = refusal.code,
                 rcpts = envelope.rcpts.len(),
                 "message refused by policy"
             );
-            return refusal;
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "outbound pipeline crashed");
-            return Reply::new(451, "4.3.0 Internal error; the message was not sent");
+            // A 5xx is the policy's refusal; a 4xx, encryption that failed.
+            let outcome = if refusal.code >= 500 {
+                Outcome::Refused
+            } else {
+                Outcome::Failed
+            };
+            return done(refusal, outcome, records);
         }
     };
     let conn = match link.ready(&svc.target).await {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(error = %e, "upstream unavailable");
-            return Reply::new(
+            crate::metrics::upstream_error("smtp");
+            let reply = Reply::new(
                 451,
                 "4.4.1 The mail provider cannot be reached; try again later",
             );
+            return done(reply, Outcome::Failed, records);
         }
     };
     let mut params = Vec::new();
@@ -302,15 +378,17 @@ async fn deliver(
             Ok(r) if r.is_positive() => {}
             Ok(r) => {
                 tracing::info!(code = r.code, "upstream refused a copy");
-                return r;
+                return done(r, Outcome::UpstreamRefused, records);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "upstream failed during relay");
+                crate::metrics::upstream_error("smtp");
                 link.conn = None;
-                return Reply::new(
+                let reply = Reply::new(
                     451,
                     "4.4.1 Connection to the mail provider failed; the message was not sent",
                 );
+                return done(reply, Outcome::Failed, records);
             }
         }
     }
@@ -321,12 +399,13 @@ async fn deliver(
         size,
         "message relayed"
     );
-    Reply::new(
+    let reply = Reply::new(
         250,
         format!(
             "2.0.0 Message relayed ({} encrypted, {} plain)",
             encrypted,
             copies.len() - encrypted
         ),
-    )
+    );
+    done(reply, Outcome::Relayed, records)
 }

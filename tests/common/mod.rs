@@ -14,6 +14,7 @@ pub mod json;
 pub mod keyserver;
 pub mod net;
 pub mod pgp;
+pub mod prometheus;
 pub mod proxy;
 pub mod sink;
 pub mod tls;

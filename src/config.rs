@@ -15,8 +15,8 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error(
-        "no config file at {path}: name one with --config FILE, or make this one \
-         from config.example.toml (it documents every key)"
+        "no config file at {path}: name one with --config FILE, make this one with \
+         `sealpost init` or from config.example.toml (it documents every key)"
     )]
     Missing { path: PathBuf },
     /// The cause is kept as the error's source, so a chain printer shows it once.
@@ -410,6 +410,8 @@ impl Config {
 
     fn resolve_paths(&mut self, base: &Path) {
         let fix = |p: &mut PathBuf| {
+            // `%d/NAME`: a systemd credential (see crate::paths::resolve_credential).
+            *p = crate::paths::resolve_credential(p, base);
             if p.is_relative() {
                 *p = base.join(&*p);
             }

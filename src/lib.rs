@@ -8,10 +8,12 @@
 pub mod app;
 pub mod config;
 pub mod imap;
+pub mod init;
 pub mod keys;
 pub mod listener;
 pub mod mime;
 pub mod net;
+pub mod paths;
 pub mod pgp;
 pub mod policy;
 pub mod smtp;

@@ -104,6 +104,11 @@ const COVERAGE: &[(&str, Covered)] = &[
         Covered::Here,
     ),
     ("sealpost check", Covered::Mention),
+    ("sealpost run", Covered::Mention),
+    (
+        "sealpost init --address you@example.org --imap imap.example.org:993 --smtp smtp.example.org:465",
+        Covered::Here,
+    ),
     ("make run", Covered::Mention),
 ];
 
@@ -219,6 +224,42 @@ fn every_readme_command_runs() {
         &gnupg,
     );
     ok(&made, "gpg --quick-gen-key (test setup)");
+
+    // `sealpost init` as written: the default path is pointed into the test folder (the
+    // tests run as root, whose default is /etc/sealpost/config.toml). It reaches no server.
+    let init = find(&commands, "sealpost init ");
+    let init_home = d.join("init-home");
+    let init_config = init_home.join(".config/sealpost/config.toml");
+    let out = sh_command(d, &init, &gnupg)
+        .env("HOME", &init_home)
+        .env("SEALPOST_CONFIG", &init_config)
+        .env("XDG_STATE_HOME", init_home.join("state"))
+        .output()
+        .unwrap();
+    let said = ok(&out, &init);
+    for want in [
+        "thunderbird",
+        "outlook",
+        "starttls",
+        "sha-256",
+        "you@example.org",
+    ] {
+        assert!(said.contains(want), "{want}: {said}");
+    }
+    let written = std::fs::read_to_string(&init_config).unwrap();
+    assert!(
+        written.contains("upstream = \"imap.example.org:993\""),
+        "{written}"
+    );
+    let again = sh_command(d, &init, &gnupg)
+        .env("HOME", &init_home)
+        .env("SEALPOST_CONFIG", &init_config)
+        .output()
+        .unwrap();
+    assert!(
+        !again.status.success(),
+        "a second init overwrote the config"
+    );
 
     let export = find(&commands, "gpg --export-secret-keys");
     ok(&sh(d, &export, &gnupg), &export);
@@ -383,8 +424,14 @@ fn a_missing_config_says_which_path_and_what_to_do() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    if !Path::new("/etc/sealpost/sealpost.toml").exists() {
-        assert!(err.contains("/etc/sealpost/sealpost.toml"), "{err}");
+    let default = if sealpost::paths::is_root() {
+        PathBuf::from("/etc/sealpost/config.toml")
+    } else {
+        sealpost::paths::default_config()
+    };
+    if std::env::var_os("SEALPOST_CONFIG").is_none() && !default.exists() {
+        assert!(err.contains(&default.display().to_string()), "{err}");
+        assert!(err.contains("sealpost init"), "{err}");
     }
     // A file that exists but cannot be read as text: the cause appears exactly once.
     let unreadable = dir.path().join("dir.toml");

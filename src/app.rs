@@ -231,7 +231,13 @@ pub async fn run(config: Config) -> Result<(), AppError> {
             }
         }
     }
+    // Every listener is bound: systemd (Type=notify) may start what depends on us.
+    crate::notify::tell(&format!(
+        "READY=1\nSTATUS=serving {} listener(s)",
+        tasks.len()
+    ));
     wait_for_signal().await;
+    crate::notify::tell("STOPPING=1");
     tracing::info!("shutting down: no new connections, finishing transactions in flight");
     let _ = stop_tx.send(true);
     let drain = async {

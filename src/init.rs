@@ -149,7 +149,9 @@ pub fn init(a: &InitArgs) -> Result<InitReport, InitError> {
                     message: e.to_string(),
                 })?;
             tls::write_private(&key_path, &armored).map_err(write_err(&key_path))?;
-            match pass {
+            // The system unit loads both credentials, so the file exists even for a
+            // key without a passphrase (an empty line is never used to unlock).
+            match pass.or_else(|| a.credentials.then(String::new)) {
                 Some(p) => tls::write_private(&pass_path, format!("{p}\n").as_bytes())
                     .map_err(write_err(&pass_path))?,
                 None => {

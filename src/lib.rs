@@ -13,6 +13,7 @@ pub mod keys;
 pub mod listener;
 pub mod mime;
 pub mod net;
+pub mod notify;
 pub mod paths;
 pub mod pgp;
 pub mod policy;

@@ -139,6 +139,8 @@ fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Under systemd stderr goes to the journal: no colour codes there.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
 

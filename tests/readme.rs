@@ -105,6 +105,11 @@ const COVERAGE: &[(&str, Covered)] = &[
     ),
     ("sealpost check", Covered::Mention),
     ("sealpost run", Covered::Mention),
+    ("sealpost init", Covered::Mention),
+    (
+        "systemd-analyze security --offline=yes systemd/sealpost.service",
+        Covered::Here,
+    ),
     (
         "sealpost init --address you@example.org --imap imap.example.org:993 --smtp smtp.example.org:465",
         Covered::Here,
@@ -259,6 +264,27 @@ fn every_readme_command_runs() {
     assert!(
         !again.status.success(),
         "a second init overwrote the config"
+    );
+
+    // The unit's rating, from the project folder as the README's path says.
+    let analyze = find(&commands, "systemd-analyze security");
+    let out = sh_command(d, &analyze, &gnupg)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let said = ok(&out, &analyze);
+    let rating = said
+        .lines()
+        .find_map(|l| {
+            l.split("overall exposure level for sealpost.service: ")
+                .nth(1)
+        })
+        .unwrap_or_else(|| panic!("{said}"));
+    let value: f64 = rating.split_whitespace().next().unwrap().parse().unwrap();
+    assert!(value <= 2.0, "{rating}");
+    assert!(
+        readme().contains(&format!("sealpost.service: {value:.1} ")),
+        "{rating}"
     );
 
     let export = find(&commands, "gpg --export-secret-keys");

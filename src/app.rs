@@ -231,6 +231,23 @@ pub async fn run(config: Config) -> Result<(), AppError> {
             }
         }
     }
+    if let Some(ac) = &config.autoconfig {
+        let listener = TcpListener::bind(ac.listen)
+            .await
+            .map_err(|e| AppError::Listen {
+                addr: ac.listen,
+                what: "autoconfig".into(),
+                message: e.to_string(),
+            })?;
+        let (_directory_tx, directory) =
+            watch::channel(Arc::new(crate::autoconfig::Directory::from_config(&config)));
+        tracing::info!(addr = %ac.listen, "autoconfig listener ready");
+        tasks.push(tokio::spawn(crate::autoconfig::serve(
+            listener,
+            directory,
+            stop_rx.clone(),
+        )));
+    }
     // Every listener is bound: systemd (Type=notify) may start what depends on us.
     crate::notify::tell(&format!(
         "READY=1\nSTATUS=serving {} listener(s)",
@@ -388,6 +405,16 @@ pub async fn check(config: &Config) -> Vec<CheckLine> {
                     Err(e) => push(false, what, format!("{}; check `upstream` and `upstream_security` (\"tls\" for port 993, \"starttls\" for 143), and extra_ca for a private CA", crate::error_chain(&e))),
                 }
             }
+        }
+    }
+    if let Some(ac) = &config.autoconfig {
+        match std::net::TcpListener::bind(ac.listen) {
+            Ok(_) => push(true, "autoconfig listen".into(), format!("{} is free", ac.listen)),
+            Err(e) => push(
+                false,
+                "autoconfig listen".into(),
+                format!("cannot bind {}: {e} (is sealpost already running, or another server on that port?)", ac.listen),
+            ),
         }
     }
     lines

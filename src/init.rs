@@ -345,6 +345,8 @@ fn config_text(a: &InitArgs, address: &str, has_pass: bool) -> String {
         }
         None => t.push_str("#extra_ca = \"/etc/sealpost/ca.pem\"   # CA certificates trusted besides the system's\n"),
     }
+    t.push_str("\n# Optional: let Thunderbird and Outlook find these settings by themselves.\n");
+    t.push_str("#[autoconfig]\n#listen = \"127.0.0.1:8080\"\n");
     t.push_str("\n[policy]\n");
     t.push_str("default = \"opportunistic\"   # encrypt when a key is found; \"require\" refuses mail without\n");
     t.push_str("sign = true                 # sign encrypted mail with your key\n");

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod autoconfig;
 pub mod config;
 pub mod imap;
 pub mod init;

@@ -23,6 +23,8 @@ pub enum AppError {
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
     #[error(transparent)]
+    Status(#[from] crate::status::StatusError),
+    #[error(transparent)]
     Keys(#[from] keys::KeyError),
     #[error(transparent)]
     Discovery(#[from] crate::keys::discover::DiscoveryError),
@@ -189,6 +191,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
                         message: e.to_string(),
                     })?;
                 tracing::info!(account = %account.name, %addr, implicit_tls = implicit, upstream = %smtp.upstream, "SMTP listener ready");
+                register(&listener, &account.name, "smtp", implicit);
                 tasks.push(tokio::spawn(serve(
                     listener,
                     implicit,
@@ -222,6 +225,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
                         message: e.to_string(),
                     })?;
                 tracing::info!(account = %account.name, %addr, implicit_tls = implicit, upstream = %imap.upstream, "IMAP listener ready");
+                register(&listener, &account.name, "imap", implicit);
                 tasks.push(tokio::spawn(crate::imap::server::serve(
                     listener,
                     implicit,
@@ -242,12 +246,31 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         let (_directory_tx, directory) =
             watch::channel(Arc::new(crate::autoconfig::Directory::from_config(&config)));
         tracing::info!(addr = %ac.listen, "autoconfig listener ready");
+        if let Ok(addr) = listener.local_addr() {
+            crate::stats::global().register_listener(addr, "autoconfig (HTTP)");
+        }
         tasks.push(tokio::spawn(crate::autoconfig::serve(
             listener,
             directory,
             stop_rx.clone(),
         )));
     }
+    // `sealpost status` asks here.
+    let control = crate::status::bind(&config.state_dir)?;
+    let snapshot: Arc<dyn Fn() -> crate::stats::Snapshot + Send + Sync> = {
+        let store = loaded.store.clone();
+        let source = config.source.display().to_string();
+        Arc::new(move || {
+            crate::stats::global().snapshot(&source, store.certs().ok().map(|c| c.len()))
+        })
+    };
+    tasks.push(tokio::spawn(crate::status::serve(
+        control,
+        crate::status::socket_path(&config.state_dir),
+        snapshot,
+        stop_rx.clone(),
+    )));
+    crate::stats::global().start();
     // Every listener is bound: systemd (Type=notify) may start what depends on us.
     crate::notify::tell(&format!(
         "READY=1\nSTATUS=serving {} listener(s)",
@@ -269,6 +292,15 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         tracing::warn!("some sessions did not finish in time; closing them");
     }
     Ok(())
+}
+
+/// Names a bound listener for `sealpost status`.
+fn register(listener: &TcpListener, account: &str, protocol: &str, implicit: bool) {
+    if let Ok(addr) = listener.local_addr() {
+        let security = if implicit { "TLS" } else { "STARTTLS" };
+        crate::stats::global()
+            .register_listener(addr, &format!("account {account} {protocol} ({security})"));
+    }
 }
 
 async fn wait_for_signal() {

@@ -310,6 +310,10 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let counters = listener
+        .local_addr()
+        .ok()
+        .map(|a| crate::stats::global().listener(a));
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.changed() => break,
@@ -327,8 +331,10 @@ pub async fn serve(
             continue;
         };
         let dir = dir.borrow().clone();
+        let open = counters.as_ref().map(|c| c.opened());
         tokio::spawn(async move {
             let _permit = permit;
+            let _open = open;
             let service = hyper::service::service_fn(move |req| handle(req, dir.clone()));
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())

@@ -19,6 +19,8 @@ pub mod paths;
 pub mod pgp;
 pub mod policy;
 pub mod smtp;
+pub mod stats;
+pub mod status;
 pub mod tls;
 pub mod trust;
 

@@ -27,6 +27,11 @@ pub async fn accept_loop<H, F>(
     F: Future<Output = std::io::Result<()>> + Send + 'static,
 {
     let slots = Arc::new(Semaphore::new(max_connections));
+    // `sealpost status`: connections open and total on this listener.
+    let counters = listener
+        .local_addr()
+        .ok()
+        .map(|a| crate::stats::global().listener(a));
     let mut sessions = JoinSet::new();
     // Plaintext logins are acceptable on a loopback listener only.
     let loopback = listener
@@ -53,9 +58,11 @@ pub async fn accept_loop<H, F>(
                     continue;
                 };
                 let session = handle(stream, peer, loopback);
+                let open = counters.as_ref().map(|c| c.opened());
                 sessions.spawn(
                     async move {
                         let _permit = permit;
+                        let _open = open;
                         if let Err(e) = session.await {
                             tracing::info!(error = %e, "connection ended");
                         }

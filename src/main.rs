@@ -35,6 +35,12 @@ enum Command {
     Run,
     /// Validate the config, load every key and reach every upstream.
     Check,
+    /// Ask the running instance (over its control socket in state_dir) what it is doing.
+    Status {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Replace the plain mail stored in mailboxes by sealed copies only your key opens
     /// (each copy verified before its original is removed; safe to interrupt and rerun).
     Seal(SealCli),
@@ -134,13 +140,22 @@ enum KeysCommand {
 }
 
 fn init_logging() {
+    use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_env("SEALPOST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Under systemd stderr goes to the journal: no colour codes there.
-        .with_ansi(std::io::stderr().is_terminal())
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                // Under systemd stderr goes to the journal: no colour codes there.
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_filter(filter),
+        )
+        // `sealpost status` shows the last warnings and errors.
+        .with(
+            sealpost::stats::ErrorRecorder
+                .with_filter(tracing_subscriber::filter::LevelFilter::WARN),
+        )
         .init();
 }
 
@@ -213,6 +228,16 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Status { json } => {
+            let config = Config::load(&config)?;
+            let (value, snapshot) = sealpost::status::query(&config.state_dir)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                print!("{}", sealpost::status::render(&snapshot));
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Seal(args) => seal(&config, args, false),
         Command::Unseal(args) => seal(&config, args, true),

@@ -105,6 +105,9 @@ const COVERAGE: &[(&str, Covered)] = &[
     ),
     ("sealpost check", Covered::Mention),
     ("sealpost run", Covered::Mention),
+    ("sealpost status", Covered::Mention),
+    ("sealpost status --config sealpost.toml", Covered::Here),
+    ("sealpost status --json --config sealpost.toml", Covered::Here),
     ("sealpost init", Covered::Mention),
     (
         "systemd-analyze security --offline=yes systemd/sealpost.service",
@@ -377,6 +380,14 @@ fn every_readme_command_runs() {
     for port in [smtp.0, smtp.1, imap.0, imap.1] {
         wait_for_port(port, Duration::from_secs(30));
     }
+    // `sealpost status` asks the running instance.
+    let status = find(&commands, "sealpost status --config");
+    let out = ok(&sh(d, &status, &gnupg), &status);
+    assert!(out.contains(&format!("127.0.0.1:{}", imap.0)), "{out}");
+    assert!(out.contains("connections: "), "{out}");
+    let status_json = find(&commands, "sealpost status --json");
+    let out = ok(&sh(d, &status_json, &gnupg), &status_json);
+    assert!(out.contains("\"connections_total\""), "{out}");
     Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())

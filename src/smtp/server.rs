@@ -264,6 +264,7 @@ async fn deliver(
     let copies = match planned {
         Ok(Ok(c)) => c,
         Ok(Err(refusal)) => {
+            crate::stats::global().refused(&svc.account);
             tracing::info!(
                 code = refusal.code,
                 rcpts = envelope.rcpts.len(),
@@ -314,6 +315,7 @@ async fn deliver(
             }
         }
     }
+    crate::stats::global().relayed(&svc.account, encrypted, copies.len() - encrypted);
     tracing::info!(
         copies = copies.len(),
         encrypted,

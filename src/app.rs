@@ -1,20 +1,13 @@
 //! Wiring: from a validated [`Config`] to running listeners, and the `check` report.
 
 use crate::config::{split_host_port, Config, ServiceConfig};
-use crate::imap::cache::ViewCache;
-use crate::imap::server::{ImapService, ImapUpstream};
-use crate::imap::ImapContext;
+use crate::imap::server::ImapUpstream;
 use crate::keys::autocrypt::AutocryptStore;
 use crate::keys::discover::Discovery;
 use crate::keys::{self, KeyStore, LoadedIdentity};
-use crate::smtp::pipeline::Outbound;
-use crate::smtp::server::{serve, SmtpService};
-use crate::smtp::session::SessionConfig;
 use crate::smtp::upstream::{Target, Upstream};
 use crate::tls;
 use std::sync::Arc;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -87,7 +80,7 @@ pub fn target(service: &ServiceConfig, loaded: &Loaded, config: &Config) -> Targ
     }
 }
 
-fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/etc/hostname")
         .ok()
         .map(|s| s.trim().to_string())
@@ -99,219 +92,7 @@ fn hostname() -> String {
         .unwrap_or_else(|| "localhost".to_string())
 }
 
-/// Binds every listener, serves until SIGTERM/SIGINT, then drains the sessions.
-pub async fn run(config: Config) -> Result<(), AppError> {
-    crate::tls::warm_up();
-    let loaded = load(&config)?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let acceptor = tokio_rustls::TlsAcceptor::from(loaded.server_tls.clone());
-    let outbound = Arc::new(Outbound {
-        store: loaded.store.clone(),
-        identities: loaded.identities.clone(),
-        policy: config.policy.clone(),
-        autocrypt: config
-            .keys
-            .autocrypt
-            .then_some(config.keys.prefer_encrypt_mutual),
-    });
-    if config.keys.refresh_interval_secs > 0 {
-        let discovery = loaded.discovery.clone();
-        let every = std::time::Duration::from_secs(config.keys.refresh_interval_secs);
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                let n = discovery.refresh().await;
-                tracing::info!(updated = n, "refreshed discovered keys");
-            }
-        });
-    }
-    // One view cache for the process; its keys carry the account.
-    let view_cache = Arc::new(ViewCache::new(config.limits.view_cache_size));
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let decrypt_slots = Arc::new(tokio::sync::Semaphore::new(cores));
-    let imap_ctx = |account: &str| {
-        Arc::new(ImapContext {
-            account: account.into(),
-            autocrypt: Some(Arc::new(crate::keys::autocrypt::Learner {
-                store: loaded.discovery.autocrypt().clone(),
-                authserv_id: config
-                    .accounts
-                    .iter()
-                    .find(|a| a.name == account)
-                    .and_then(|a| a.imap.as_ref())
-                    .and_then(|i| i.authserv_id.clone()),
-            })),
-            // An identity serves only the sessions of its own account.
-            identities: config
-                .identities
-                .iter()
-                .zip(&loaded.identities)
-                .filter(|(c, _)| config.identity_account(c) == account)
-                .map(|(_, l)| l.clone())
-                .collect(),
-            store: loaded.store.clone(),
-            cache: view_cache.clone(),
-            decrypt_slots: decrypt_slots.clone(),
-            max_message_size: config.limits.max_message_size,
-            max_line_length: config.limits.max_line_length,
-            encrypt_append: config.imap.encrypt_append,
-            max_job_view_bytes: config
-                .limits
-                .view_cache_size
-                .max(config.limits.max_message_size),
-        })
-    };
-    let mut tasks = Vec::new();
-    for account in &config.accounts {
-        if let Some(smtp) = &account.smtp {
-            let service = Arc::new(SmtpService {
-                account: account.name.clone(),
-                session: SessionConfig {
-                    hostname: hostname(),
-                    max_message_size: config.limits.max_message_size,
-                    max_line_length: config.limits.max_line_length,
-                    max_recipients: config.limits.max_recipients,
-                    starttls_available: true,
-                    plaintext_auth_ok: false,
-                },
-                target: target(smtp, &loaded, &config),
-                outbound: outbound.clone(),
-                discovery: loaded.discovery.clone(),
-                acceptor: acceptor.clone(),
-                idle_timeout: config.limits.idle_timeout(),
-                max_connections: config.limits.max_connections,
-            });
-            for (addr, implicit) in [(smtp.listen, false), (smtp.listen_tls, true)] {
-                let Some(addr) = addr else { continue };
-                let listener = TcpListener::bind(addr)
-                    .await
-                    .map_err(|e| AppError::Listen {
-                        addr,
-                        what: format!("account {} smtp", account.name),
-                        message: e.to_string(),
-                    })?;
-                tracing::info!(account = %account.name, %addr, implicit_tls = implicit, upstream = %smtp.upstream, "SMTP listener ready");
-                register(&listener, &account.name, "smtp", implicit);
-                tasks.push(tokio::spawn(serve(
-                    listener,
-                    implicit,
-                    service.clone(),
-                    stop_rx.clone(),
-                )));
-            }
-        }
-        if let Some(imap) = &account.imap {
-            let (host, port) = split_host_port(&imap.upstream).expect("validated by Config::load");
-            let service = Arc::new(ImapService {
-                account: account.name.clone(),
-                ctx: imap_ctx(&account.name),
-                upstream: ImapUpstream {
-                    host,
-                    port,
-                    security: imap.upstream_security,
-                    tls: loaded.client_tls.clone(),
-                    timeout: config.limits.upstream_timeout(),
-                },
-                acceptor: acceptor.clone(),
-                max_connections: config.limits.max_connections,
-            });
-            for (addr, implicit) in [(imap.listen, false), (imap.listen_tls, true)] {
-                let Some(addr) = addr else { continue };
-                let listener = TcpListener::bind(addr)
-                    .await
-                    .map_err(|e| AppError::Listen {
-                        addr,
-                        what: format!("account {} imap", account.name),
-                        message: e.to_string(),
-                    })?;
-                tracing::info!(account = %account.name, %addr, implicit_tls = implicit, upstream = %imap.upstream, "IMAP listener ready");
-                register(&listener, &account.name, "imap", implicit);
-                tasks.push(tokio::spawn(crate::imap::server::serve(
-                    listener,
-                    implicit,
-                    service.clone(),
-                    stop_rx.clone(),
-                )));
-            }
-        }
-    }
-    if let Some(ac) = &config.autoconfig {
-        let listener = TcpListener::bind(ac.listen)
-            .await
-            .map_err(|e| AppError::Listen {
-                addr: ac.listen,
-                what: "autoconfig".into(),
-                message: e.to_string(),
-            })?;
-        let (_directory_tx, directory) =
-            watch::channel(Arc::new(crate::autoconfig::Directory::from_config(&config)));
-        tracing::info!(addr = %ac.listen, "autoconfig listener ready");
-        if let Ok(addr) = listener.local_addr() {
-            crate::stats::global().register_listener(addr, "autoconfig (HTTP)");
-        }
-        tasks.push(tokio::spawn(crate::autoconfig::serve(
-            listener,
-            directory,
-            stop_rx.clone(),
-        )));
-    }
-    // `sealpost status` asks here.
-    let control = crate::status::bind(&config.state_dir)?;
-    let snapshot: Arc<dyn Fn() -> crate::stats::Snapshot + Send + Sync> = {
-        let store = loaded.store.clone();
-        let source = config.source.display().to_string();
-        Arc::new(move || {
-            crate::stats::global().snapshot(&source, store.certs().ok().map(|c| c.len()))
-        })
-    };
-    tasks.push(tokio::spawn(crate::status::serve(
-        control,
-        crate::status::socket_path(&config.state_dir),
-        snapshot,
-        stop_rx.clone(),
-    )));
-    crate::stats::global().start();
-    // Every listener is bound: systemd (Type=notify) may start what depends on us.
-    crate::notify::tell(&format!(
-        "READY=1\nSTATUS=serving {} listener(s)",
-        tasks.len()
-    ));
-    wait_for_signal().await;
-    crate::notify::tell("STOPPING=1");
-    tracing::info!("shutting down: no new connections, finishing transactions in flight");
-    let _ = stop_tx.send(true);
-    let drain = async {
-        for t in tasks {
-            let _ = t.await;
-        }
-    };
-    if tokio::time::timeout(config.limits.idle_timeout(), drain)
-        .await
-        .is_err()
-    {
-        tracing::warn!("some sessions did not finish in time; closing them");
-    }
-    Ok(())
-}
-
-/// Names a bound listener for `sealpost status`.
-fn register(listener: &TcpListener, account: &str, protocol: &str, implicit: bool) {
-    if let Ok(addr) = listener.local_addr() {
-        let security = if implicit { "TLS" } else { "STARTTLS" };
-        crate::stats::global()
-            .register_listener(addr, &format!("account {account} {protocol} ({security})"));
-    }
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-}
+pub use crate::serve::run;
 
 /// One line of `sealpost check`.
 pub struct CheckLine {

@@ -18,6 +18,7 @@ pub mod notify;
 pub mod paths;
 pub mod pgp;
 pub mod policy;
+pub mod serve;
 pub mod smtp;
 pub mod stats;
 pub mod status;

@@ -32,13 +32,17 @@ pub struct SmtpService {
 pub async fn serve(
     listener: TcpListener,
     implicit_tls: bool,
-    service: Arc<SmtpService>,
+    service: watch::Receiver<Arc<SmtpService>>,
     shutdown: watch::Receiver<bool>,
 ) {
-    let account = service.account.clone();
+    // Each connection takes the service current when it is accepted (SIGHUP swaps it).
+    let (account, max_connections) = {
+        let s = service.borrow();
+        (s.account.clone(), s.max_connections)
+    };
     crate::listener::accept_loop(
         listener,
-        service.max_connections,
+        max_connections,
         b"421 4.7.0 Too many connections, try again later\r\n",
         |peer| tracing::info_span!("smtp", account = %account, %peer),
         shutdown.clone(),
@@ -48,7 +52,7 @@ pub async fn serve(
                 peer,
                 implicit_tls,
                 loopback,
-                service.clone(),
+                service.borrow().clone(),
                 shutdown.clone(),
             )
         },

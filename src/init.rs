@@ -460,6 +460,46 @@ mod tests {
     }
 
     #[test]
+    fn imports_a_binary_key_and_checks_its_passphrase() {
+        use sequoia_openpgp::serialize::Serialize;
+        let dir = tempfile::tempdir().unwrap();
+        let made = keys::generate("new@example.org", &dir.path().join("made")).unwrap();
+        let armored = std::fs::read(&made.secret_key).unwrap();
+        let mut binary = Vec::new();
+        Cert::from_bytes(&armored)
+            .unwrap()
+            .as_tsk()
+            .serialize(&mut binary)
+            .unwrap();
+        assert!(!binary.starts_with(b"-----"));
+        let key = dir.path().join("key.pgp");
+        std::fs::write(&key, &binary).unwrap();
+        let mut a = args(dir.path());
+        a.key = Some(key.clone());
+        a.passphrase_file = Some(dir.path().join("wrong.pass"));
+        std::fs::write(dir.path().join("wrong.pass"), "nope\n").unwrap();
+        let e = crate::error_chain(&init(&a).err().unwrap());
+        assert!(e.contains("does not unlock"), "{e}");
+        assert!(!a.config.exists(), "a refused key wrote the config");
+        a.passphrase_file = Some(made.passphrase_file.clone());
+        let r = init(&a).unwrap();
+        assert_eq!(r.key_fingerprint, made.cert.fingerprint().to_hex());
+        let c = Config::load(&a.config).unwrap();
+        keys::load_identity(&c.identities[0]).unwrap();
+        // Someone else's key is refused: no user ID for the address.
+        let mut other = args(dir.path());
+        other.address = "someone@example.org".into();
+        other.key = Some(key);
+        other.passphrase_file = Some(made.passphrase_file.clone());
+        other.force = true;
+        let e = init(&other).err().unwrap().to_string();
+        assert!(
+            e.contains("no valid user ID for someone@example.org"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn bad_options_are_named() {
         let dir = tempfile::tempdir().unwrap();
         let mut a = args(dir.path());

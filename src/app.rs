@@ -16,8 +16,6 @@ pub enum AppError {
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
     #[error(transparent)]
-    Status(#[from] crate::status::StatusError),
-    #[error(transparent)]
     Keys(#[from] keys::KeyError),
     #[error(transparent)]
     Discovery(#[from] crate::keys::discover::DiscoveryError),

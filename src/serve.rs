@@ -306,28 +306,32 @@ pub async fn run(config: Config) -> Result<(), AppError> {
             stop_rx.clone(),
         )));
     }
-    // `sealpost status` asks here.
-    let control = crate::status::bind(&config.state_dir)?;
-    let snapshot: Arc<dyn Fn() -> crate::stats::Snapshot + Send + Sync> = {
-        let store = running.store.subscribe();
-        let source = config.source.display().to_string();
-        Arc::new(move || {
-            let store = store.borrow().clone();
-            crate::stats::global().snapshot(&source, store.certs().ok().map(|c| c.len()))
-        })
-    };
-    tasks.push(tokio::spawn(crate::status::serve(
-        control,
-        crate::status::socket_path(&config.state_dir),
-        snapshot,
-        stop_rx.clone(),
-    )));
+    // `sealpost status` asks here. Without it the proxy still serves mail.
+    let listeners = tasks.len();
+    match crate::status::bind(&config.state_dir) {
+        Ok(control) => {
+            let snapshot: Arc<dyn Fn() -> crate::stats::Snapshot + Send + Sync> = {
+                let store = running.store.subscribe();
+                let source = config.source.display().to_string();
+                Arc::new(move || {
+                    let store = store.borrow().clone();
+                    crate::stats::global().snapshot(&source, store.certs().ok().map(|c| c.len()))
+                })
+            };
+            tasks.push(tokio::spawn(crate::status::serve(
+                control,
+                crate::status::socket_path(&config.state_dir),
+                snapshot,
+                stop_rx.clone(),
+            )));
+        }
+        Err(e) => {
+            tracing::warn!(error = %crate::error_chain(&e), "`sealpost status` will not work")
+        }
+    }
     crate::stats::global().start();
     // Every listener is bound: systemd (Type=notify) may start what depends on us.
-    crate::notify::tell(&format!(
-        "READY=1\nSTATUS=serving {} listener(s)",
-        tasks.len() - 1
-    ));
+    crate::notify::tell(&format!("READY=1\nSTATUS=serving {listeners} listener(s)"));
     loop {
         tokio::select! {
             _ = hup.recv() => {

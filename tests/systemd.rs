@@ -102,6 +102,32 @@ fn units_verify_without_warnings() {
     verify("sealpost-user.service", "%h/.local/bin/sealpost", true);
 }
 
+/// The system unit installs and enables as the README says, in a scratch root
+/// (`systemctl --root` works offline: no running systemd needed): its [Install] section
+/// hooks it into multi-user.target.
+#[test]
+fn system_unit_enables_into_multi_user_target() {
+    let root = common::tempdir();
+    let units = root.path().join("etc/systemd/system");
+    std::fs::create_dir_all(&units).unwrap();
+    std::fs::copy(unit("sealpost.service"), units.join("sealpost.service")).unwrap();
+    let out = Command::new("systemctl")
+        .arg(format!("--root={}", root.path().display()))
+        .args(["enable", "sealpost"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let link = units.join("multi-user.target.wants/sealpost.service");
+    assert_eq!(
+        std::fs::read_link(&link).unwrap(),
+        Path::new("/etc/systemd/system/sealpost.service")
+    );
+}
+
 fn run_with_notify(config: &Path, notify: &str) -> Child {
     Command::new(sealpost_bin())
         .args(["run", "--config"])

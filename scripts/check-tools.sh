@@ -42,6 +42,8 @@ need "openssl (test CA)" openssl has_line '^OpenSSL 3' openssl version
 need "python3 with aiosmtpd (SMTP upstream)" python3-aiosmtpd /usr/bin/python3 -c "import aiosmtpd.controller, ssl"
 need "Dovecot IMAP server" dovecot-imapd test -x /usr/lib/dovecot/imap
 need "Dovecot master" dovecot-core has_line '^2\.' dovecot --version
+need "systemd-analyze with offline security ratings (systemd units)" systemd \
+  has_line 'Overall exposure level' systemd-analyze security --offline=yes /lib/systemd/system/systemd-journald.service
 # The tests stop servers and sealpost with kill(1) and pkill (not the shell builtin).
 need "kill and pkill (signals to test servers)" procps test -x /usr/bin/pkill -a -x /bin/kill
 

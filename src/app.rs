@@ -1,20 +1,13 @@
 //! Wiring: from a validated [`Config`] to running listeners, and the `check` report.
 
 use crate::config::{split_host_port, Config, ServiceConfig};
-use crate::imap::cache::ViewCache;
-use crate::imap::server::{ImapService, ImapUpstream};
-use crate::imap::ImapContext;
+use crate::imap::server::ImapUpstream;
 use crate::keys::autocrypt::AutocryptStore;
 use crate::keys::discover::Discovery;
 use crate::keys::{self, KeyStore, LoadedIdentity};
-use crate::smtp::pipeline::Outbound;
-use crate::smtp::server::{serve, SmtpService};
-use crate::smtp::session::SessionConfig;
 use crate::smtp::upstream::{Target, Upstream};
 use crate::tls;
 use std::sync::Arc;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -87,7 +80,7 @@ pub fn target(service: &ServiceConfig, loaded: &Loaded, config: &Config) -> Targ
     }
 }
 
-fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/etc/hostname")
         .ok()
         .map(|s| s.trim().to_string())
@@ -99,182 +92,7 @@ fn hostname() -> String {
         .unwrap_or_else(|| "localhost".to_string())
 }
 
-/// Binds every listener, serves until SIGTERM/SIGINT, then drains the sessions.
-pub async fn run(config: Config) -> Result<(), AppError> {
-    crate::tls::warm_up();
-    let loaded = load(&config)?;
-    // Before any listener: a gateway that cannot audit does not start.
-    crate::audit::install(crate::audit::Audit::open(&config.audit)?);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let acceptor = tokio_rustls::TlsAcceptor::from(loaded.server_tls.clone());
-    let outbound = Arc::new(Outbound {
-        store: loaded.store.clone(),
-        identities: loaded.identities.clone(),
-        policy: config.policy.clone(),
-        autocrypt: config
-            .keys
-            .autocrypt
-            .then_some(config.keys.prefer_encrypt_mutual),
-    });
-    if config.keys.refresh_interval_secs > 0 {
-        let discovery = loaded.discovery.clone();
-        let every = std::time::Duration::from_secs(config.keys.refresh_interval_secs);
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                let n = discovery.refresh().await;
-                tracing::info!(updated = n, "refreshed discovered keys");
-            }
-        });
-    }
-    // One view cache for the process; its keys carry the account.
-    let view_cache = Arc::new(ViewCache::new(config.limits.view_cache_size));
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let decrypt_slots = Arc::new(tokio::sync::Semaphore::new(cores));
-    let imap_ctx = |account: &str| {
-        Arc::new(ImapContext {
-            account: account.into(),
-            autocrypt: Some(Arc::new(crate::keys::autocrypt::Learner {
-                store: loaded.discovery.autocrypt().clone(),
-                authserv_id: config
-                    .accounts
-                    .iter()
-                    .find(|a| a.name == account)
-                    .and_then(|a| a.imap.as_ref())
-                    .and_then(|i| i.authserv_id.clone()),
-            })),
-            // An identity serves only the sessions of its own account.
-            identities: config
-                .identities
-                .iter()
-                .zip(&loaded.identities)
-                .filter(|(c, _)| config.identity_account(c) == account)
-                .map(|(_, l)| l.clone())
-                .collect(),
-            store: loaded.store.clone(),
-            cache: view_cache.clone(),
-            decrypt_slots: decrypt_slots.clone(),
-            max_message_size: config.limits.max_message_size,
-            max_line_length: config.limits.max_line_length,
-            encrypt_append: config.imap.encrypt_append,
-            max_job_view_bytes: config
-                .limits
-                .view_cache_size
-                .max(config.limits.max_message_size),
-        })
-    };
-    let mut tasks = Vec::new();
-    if let Some(addr) = config.metrics.listen {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|e| AppError::Listen {
-                addr,
-                what: "[metrics] listen".into(),
-                message: e.to_string(),
-            })?;
-        tracing::info!(%addr, "metrics listener ready (GET /metrics)");
-        tasks.push(tokio::spawn(crate::metrics::serve(
-            listener,
-            stop_rx.clone(),
-        )));
-    }
-    for account in &config.accounts {
-        if let Some(smtp) = &account.smtp {
-            let service = Arc::new(SmtpService {
-                account: account.name.clone(),
-                session: SessionConfig {
-                    hostname: hostname(),
-                    max_message_size: config.limits.max_message_size,
-                    max_line_length: config.limits.max_line_length,
-                    max_recipients: config.limits.max_recipients,
-                    starttls_available: true,
-                    plaintext_auth_ok: false,
-                },
-                target: target(smtp, &loaded, &config),
-                outbound: outbound.clone(),
-                discovery: loaded.discovery.clone(),
-                acceptor: acceptor.clone(),
-                idle_timeout: config.limits.idle_timeout(),
-                max_connections: config.limits.max_connections,
-            });
-            for (addr, implicit) in [(smtp.listen, false), (smtp.listen_tls, true)] {
-                let Some(addr) = addr else { continue };
-                let listener = TcpListener::bind(addr)
-                    .await
-                    .map_err(|e| AppError::Listen {
-                        addr,
-                        what: format!("account {} smtp", account.name),
-                        message: e.to_string(),
-                    })?;
-                tracing::info!(account = %account.name, %addr, implicit_tls = implicit, upstream = %smtp.upstream, "SMTP listener ready");
-                tasks.push(tokio::spawn(serve(
-                    listener,
-                    implicit,
-                    service.clone(),
-                    stop_rx.clone(),
-                )));
-            }
-        }
-        if let Some(imap) = &account.imap {
-            let (host, port) = split_host_port(&imap.upstream).expect("validated by Config::load");
-            let service = Arc::new(ImapService {
-                account: account.name.clone(),
-                ctx: imap_ctx(&account.name),
-                upstream: ImapUpstream {
-                    host,
-                    port,
-                    security: imap.upstream_security,
-                    tls: loaded.client_tls.clone(),
-                    timeout: config.limits.upstream_timeout(),
-                },
-                acceptor: acceptor.clone(),
-                max_connections: config.limits.max_connections,
-            });
-            for (addr, implicit) in [(imap.listen, false), (imap.listen_tls, true)] {
-                let Some(addr) = addr else { continue };
-                let listener = TcpListener::bind(addr)
-                    .await
-                    .map_err(|e| AppError::Listen {
-                        addr,
-                        what: format!("account {} imap", account.name),
-                        message: e.to_string(),
-                    })?;
-                tracing::info!(account = %account.name, %addr, implicit_tls = implicit, upstream = %imap.upstream, "IMAP listener ready");
-                tasks.push(tokio::spawn(crate::imap::server::serve(
-                    listener,
-                    implicit,
-                    service.clone(),
-                    stop_rx.clone(),
-                )));
-            }
-        }
-    }
-    wait_for_signal().await;
-    tracing::info!("shutting down: no new connections, finishing transactions in flight");
-    let _ = stop_tx.send(true);
-    let drain = async {
-        for t in tasks {
-            let _ = t.await;
-        }
-    };
-    if tokio::time::timeout(config.limits.idle_timeout(), drain)
-        .await
-        .is_err()
-    {
-        tracing::warn!("some sessions did not finish in time; closing them");
-    }
-    Ok(())
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-}
+pub use crate::serve::run;
 
 /// One line of `sealpost check`.
 pub struct CheckLine {
@@ -430,6 +248,16 @@ pub async fn check(config: &Config) -> Vec<CheckLine> {
                     Err(e) => push(false, what, format!("{}; check `upstream` and `upstream_security` (\"tls\" for port 993, \"starttls\" for 143), and extra_ca for a private CA", crate::error_chain(&e))),
                 }
             }
+        }
+    }
+    if let Some(ac) = &config.autoconfig {
+        match std::net::TcpListener::bind(ac.listen) {
+            Ok(_) => push(true, "autoconfig listen".into(), format!("{} is free", ac.listen)),
+            Err(e) => push(
+                false,
+                "autoconfig listen".into(),
+                format!("cannot bind {}: {e} (is sealpost already running, or another server on that port?)", ac.listen),
+            ),
         }
     }
     lines

@@ -15,8 +15,8 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error(
-        "no config file at {path}: name one with --config FILE, or make this one \
-         from config.example.toml (it documents every key)"
+        "no config file at {path}: name one with --config FILE, make this one with \
+         `sealpost init` or from config.example.toml (it documents every key)"
     )]
     Missing { path: PathBuf },
     /// The cause is kept as the error's source, so a chain printer shows it once.
@@ -82,9 +82,25 @@ pub struct Config {
     pub audit: AuditConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Optional HTTP listener answering Thunderbird's autoconfig and Outlook's
+    /// Autodiscover with sealpost's own listeners.
+    #[serde(default)]
+    pub autoconfig: Option<AutoconfigConfig>,
     /// Where the config was read from; set by [`Config::load`].
     #[serde(skip)]
     pub source: PathBuf,
+}
+
+/// `[autoconfig]`: mail clients fill in their settings from this HTTP listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoconfigConfig {
+    /// `ip:port` of the HTTP listener.
+    pub listen: SocketAddr,
+    /// The server name clients are told to use; default: each listener's address
+    /// (required when a listener is on 0.0.0.0 or ::).
+    #[serde(default)]
+    pub hostname: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -446,6 +462,8 @@ impl Config {
 
     fn resolve_paths(&mut self, base: &Path) {
         let fix = |p: &mut PathBuf| {
+            // `%d/NAME`: a systemd credential (see crate::paths::resolve_credential).
+            *p = crate::paths::resolve_credential(p, base);
             if p.is_relative() {
                 *p = base.join(&*p);
             }
@@ -616,6 +634,34 @@ impl Config {
         }
         if self.keys.lookup_timeout_secs == 0 {
             return Err(self.invalid("keys.lookup_timeout_secs", "must be at least 1"));
+        }
+        if let Some(ac) = &self.autoconfig {
+            if let Some(h) = &ac.hostname {
+                let ok = !h.is_empty()
+                    && h.len() <= 253
+                    && h.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'));
+                if !ok {
+                    return Err(self.invalid(
+                        "autoconfig.hostname",
+                        format!(
+                            "{h:?} must be a host name or IP address, e.g. \"mail.example.org\""
+                        ),
+                    ));
+                }
+            } else if self.accounts.iter().any(|a| {
+                [&a.imap, &a.smtp].into_iter().flatten().any(|s| {
+                    [s.listen, s.listen_tls]
+                        .into_iter()
+                        .flatten()
+                        .any(|l| l.ip().is_unspecified())
+                })
+            }) {
+                return Err(self.invalid(
+                    "autoconfig.hostname",
+                    "a listener is on every address (0.0.0.0 or ::), so clients must be told a name: set hostname = \"mail.example.org\"",
+                ));
+            }
         }
         let l = &self.limits;
         if l.max_line_length < 1000 {

@@ -7,16 +7,23 @@
 
 pub mod app;
 pub mod audit;
+pub mod autoconfig;
 pub mod config;
 pub mod imap;
+pub mod init;
 pub mod keys;
 pub mod listener;
 pub mod metrics;
 pub mod mime;
 pub mod net;
+pub mod notify;
+pub mod paths;
 pub mod pgp;
 pub mod policy;
+pub mod serve;
 pub mod smtp;
+pub mod stats;
+pub mod status;
 pub mod tls;
 pub mod trust;
 

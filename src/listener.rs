@@ -29,6 +29,11 @@ pub async fn accept_loop<H, F>(
     F: Future<Output = std::io::Result<()>> + Send + 'static,
 {
     let slots = Arc::new(Semaphore::new(max_connections));
+    // `sealpost status`: connections open and total on this listener.
+    let counters = listener
+        .local_addr()
+        .ok()
+        .map(|a| crate::stats::global().listener(a));
     let mut sessions = JoinSet::new();
     // Plaintext logins are acceptable on a loopback listener only.
     let loopback = listener
@@ -57,10 +62,11 @@ pub async fn accept_loop<H, F>(
                 };
                 let session = handle(stream, peer, loopback);
                 let open = crate::metrics::connection_opened(protocol);
+                let counted = counters.as_ref().map(|c| c.opened());
                 sessions.spawn(
                     async move {
                         let _permit = permit;
-                        let _open = open;
+                        let _open = (open, counted);
                         if let Err(e) = session.await {
                             tracing::info!(error = %e, "connection ended");
                         }

@@ -17,22 +17,30 @@ use std::process::ExitCode;
     about = "Transparent encrypting mail proxy (OpenPGP for SMTP and IMAP)"
 )]
 struct Cli {
-    /// The config file (accepted before or after any subcommand).
-    #[arg(long, short, global = true, value_name = "FILE", default_value = DEFAULT_CONFIG)]
-    config: PathBuf,
+    /// The config file (accepted before or after any subcommand). Default:
+    /// $SEALPOST_CONFIG, else /etc/sealpost/config.toml for root, else
+    /// $XDG_CONFIG_HOME/sealpost/config.toml (~/.config/sealpost/config.toml).
+    #[arg(long, short, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
-/// Where every command looks for its config when `--config` is not given.
-const DEFAULT_CONFIG: &str = "/etc/sealpost/sealpost.toml";
-
 #[derive(Subcommand)]
 enum Command {
+    /// Write a config, bring or make your key and the listener certificate, and say
+    /// what to enter in your mail client.
+    Init(InitCli),
     /// Start every listener of the config and serve until SIGTERM/SIGINT.
     Run,
     /// Validate the config, load every key and reach every upstream.
     Check,
+    /// Ask the running instance (over its control socket in state_dir) what it is doing.
+    Status {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Replace the plain mail stored in mailboxes by sealed copies only your key opens
     /// (each copy verified before its original is removed; safe to interrupt and rerun).
     Seal(SealCli),
@@ -44,6 +52,44 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+}
+
+#[derive(clap::Args)]
+struct InitCli {
+    /// Your email address (the identity whose mail is signed and decrypted).
+    #[arg(long)]
+    address: String,
+    /// Your provider's IMAP server, host:port (993: TLS, 143: STARTTLS).
+    #[arg(long, value_name = "HOST:PORT")]
+    imap: String,
+    /// Your provider's submission server, host:port (465: TLS, 587: STARTTLS).
+    #[arg(long, value_name = "HOST:PORT")]
+    smtp: String,
+    /// Your existing secret key (armored or binary); without it a new key is made.
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
+    /// The file holding the passphrase of --key (its first line).
+    #[arg(long, value_name = "FILE")]
+    passphrase_file: Option<PathBuf>,
+    /// PEM file of CA certificates to trust besides the system's (a private provider CA).
+    #[arg(long, value_name = "FILE")]
+    extra_ca: Option<PathBuf>,
+    /// Where your mail client reaches sealpost's IMAP (STARTTLS).
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:1143")]
+    listen_imap: std::net::SocketAddr,
+    /// Where your mail client reaches sealpost's SMTP submission (STARTTLS).
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:1587")]
+    listen_smtp: std::net::SocketAddr,
+    /// Your login at the provider, when it is not your address.
+    #[arg(long)]
+    login: Option<String>,
+    /// State folder (default: /var/lib/sealpost for a config under /etc, else
+    /// $XDG_STATE_HOME/sealpost).
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Overwrite an existing config and identity key.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(clap::Args)]
@@ -94,11 +140,22 @@ enum KeysCommand {
 }
 
 fn init_logging() {
+    use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_env("SEALPOST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                // Under systemd stderr goes to the journal: no colour codes there.
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_filter(filter),
+        )
+        // `sealpost status` shows the last warnings and errors.
+        .with(
+            sealpost::stats::ErrorRecorder
+                .with_filter(tracing_subscriber::filter::LevelFilter::WARN),
+        )
         .init();
 }
 
@@ -114,8 +171,31 @@ fn main() -> ExitCode {
 }
 
 fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
-    let config = cli.config;
+    let config = cli.config.unwrap_or_else(sealpost::paths::default_config);
     match cli.command {
+        Command::Init(args) => {
+            let state_dir = args
+                .state_dir
+                .unwrap_or_else(|| sealpost::paths::default_state_dir(&config));
+            let report = sealpost::init::init(&sealpost::init::InitArgs {
+                // Under /etc the service reads its key as a systemd credential.
+                credentials: config.starts_with("/etc"),
+                config,
+                state_dir,
+                address: args.address,
+                imap: args.imap,
+                smtp: args.smtp,
+                key: args.key,
+                passphrase_file: args.passphrase_file,
+                extra_ca: args.extra_ca,
+                listen_imap: args.listen_imap,
+                listen_smtp: args.listen_smtp,
+                login: args.login,
+                force: args.force,
+            })?;
+            print!("{}", report.text);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Run => {
             init_logging();
             let config = Config::load(&config)?;
@@ -148,6 +228,16 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Status { json } => {
+            let config = Config::load(&config)?;
+            let (value, snapshot) = sealpost::status::query(&config.state_dir)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                print!("{}", sealpost::status::render(&snapshot));
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Seal(args) => seal(&config, args, false),
         Command::Unseal(args) => seal(&config, args, true),

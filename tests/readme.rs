@@ -108,6 +108,19 @@ const COVERAGE: &[(&str, Covered)] = &[
         Covered::Here,
     ),
     ("sealpost check", Covered::Mention),
+    ("sealpost run", Covered::Mention),
+    ("sealpost status", Covered::Mention),
+    ("sealpost status --config sealpost.toml", Covered::Here),
+    ("sealpost status --json --config sealpost.toml", Covered::Here),
+    ("sealpost init", Covered::Mention),
+    (
+        "systemd-analyze security --offline=yes systemd/sealpost.service",
+        Covered::Here,
+    ),
+    (
+        "sealpost init --address you@example.org --imap imap.example.org:993 --smtp smtp.example.org:465",
+        Covered::Here,
+    ),
     ("make run", Covered::Mention),
 ];
 
@@ -224,6 +237,63 @@ fn every_readme_command_runs() {
     );
     ok(&made, "gpg --quick-gen-key (test setup)");
 
+    // `sealpost init` as written: the default path is pointed into the test folder (the
+    // tests run as root, whose default is /etc/sealpost/config.toml). It reaches no server.
+    let init = find(&commands, "sealpost init ");
+    let init_home = d.join("init-home");
+    let init_config = init_home.join(".config/sealpost/config.toml");
+    let out = sh_command(d, &init, &gnupg)
+        .env("HOME", &init_home)
+        .env("SEALPOST_CONFIG", &init_config)
+        .env("XDG_STATE_HOME", init_home.join("state"))
+        .output()
+        .unwrap();
+    let said = ok(&out, &init);
+    for want in [
+        "thunderbird",
+        "outlook",
+        "starttls",
+        "sha-256",
+        "you@example.org",
+    ] {
+        assert!(said.contains(want), "{want}: {said}");
+    }
+    let written = std::fs::read_to_string(&init_config).unwrap();
+    assert!(
+        written.contains("upstream = \"imap.example.org:993\""),
+        "{written}"
+    );
+    let again = sh_command(d, &init, &gnupg)
+        .env("HOME", &init_home)
+        .env("SEALPOST_CONFIG", &init_config)
+        .output()
+        .unwrap();
+    assert!(
+        !again.status.success(),
+        "a second init overwrote the config"
+    );
+
+    // The unit's rating, from the project folder as the README's path says.
+    let analyze = find(&commands, "systemd-analyze security");
+    let out = sh_command(d, &analyze, &gnupg)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let said = ok(&out, &analyze);
+    let rating = said
+        .lines()
+        .find_map(|l| {
+            l.split("overall exposure level for sealpost.service: ")
+                .nth(1)
+        })
+        .unwrap_or_else(|| panic!("{said}"));
+    let value: f64 = rating.split_whitespace().next().unwrap().parse().unwrap();
+    assert!(value <= 2.0, "{rating}");
+    assert!(
+        readme().contains(&format!("sealpost.service: {value:.1} ")),
+        "{rating}"
+    );
+
     let export = find(&commands, "gpg --export-secret-keys");
     ok(&sh(d, &export, &gnupg), &export);
     let exported = std::fs::read_to_string(d.join("you.sec.asc")).unwrap();
@@ -314,6 +384,14 @@ fn every_readme_command_runs() {
     for port in [smtp.0, smtp.1, imap.0, imap.1] {
         wait_for_port(port, Duration::from_secs(30));
     }
+    // `sealpost status` asks the running instance.
+    let status = find(&commands, "sealpost status --config");
+    let out = ok(&sh(d, &status, &gnupg), &status);
+    assert!(out.contains(&format!("127.0.0.1:{}", imap.0)), "{out}");
+    assert!(out.contains("connections: "), "{out}");
+    let status_json = find(&commands, "sealpost status --json");
+    let out = ok(&sh(d, &status_json, &gnupg), &status_json);
+    assert!(out.contains("\"connections_total\""), "{out}");
     Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())
@@ -387,8 +465,14 @@ fn a_missing_config_says_which_path_and_what_to_do() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    if !Path::new("/etc/sealpost/sealpost.toml").exists() {
-        assert!(err.contains("/etc/sealpost/sealpost.toml"), "{err}");
+    let default = if sealpost::paths::is_root() {
+        PathBuf::from("/etc/sealpost/config.toml")
+    } else {
+        sealpost::paths::default_config()
+    };
+    if std::env::var_os("SEALPOST_CONFIG").is_none() && !default.exists() {
+        assert!(err.contains(&default.display().to_string()), "{err}");
+        assert!(err.contains("sealpost init"), "{err}");
     }
     // A file that exists but cannot be read as text: the cause appears exactly once.
     let unreadable = dir.path().join("dir.toml");

@@ -35,14 +35,18 @@ pub struct ImapService {
 pub async fn serve(
     listener: TcpListener,
     implicit_tls: bool,
-    service: Arc<ImapService>,
+    service: watch::Receiver<Arc<ImapService>>,
     shutdown: watch::Receiver<bool>,
 ) {
-    let account = service.account.clone();
+    // Each connection takes the service current when it is accepted (SIGHUP swaps it).
+    let (account, max_connections) = {
+        let s = service.borrow();
+        (s.account.clone(), s.max_connections)
+    };
     crate::listener::accept_loop(
         listener,
         "imap",
-        service.max_connections,
+        max_connections,
         b"* BYE Too many connections, try again later\r\n",
         |peer| tracing::info_span!("imap", account = %account, %peer),
         shutdown.clone(),
@@ -51,7 +55,7 @@ pub async fn serve(
                 stream,
                 implicit_tls,
                 loopback,
-                service.clone(),
+                service.borrow().clone(),
                 shutdown.clone(),
             )
         },

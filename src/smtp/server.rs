@@ -32,14 +32,18 @@ pub struct SmtpService {
 pub async fn serve(
     listener: TcpListener,
     implicit_tls: bool,
-    service: Arc<SmtpService>,
+    service: watch::Receiver<Arc<SmtpService>>,
     shutdown: watch::Receiver<bool>,
 ) {
-    let account = service.account.clone();
+    // Each connection takes the service current when it is accepted (SIGHUP swaps it).
+    let (account, max_connections) = {
+        let s = service.borrow();
+        (s.account.clone(), s.max_connections)
+    };
     crate::listener::accept_loop(
         listener,
         "smtp",
-        service.max_connections,
+        max_connections,
         b"421 4.7.0 Too many connections, try again later\r\n",
         |peer| tracing::info_span!("smtp", account = %account, %peer),
         shutdown.clone(),
@@ -49,7 +53,7 @@ pub async fn serve(
                 peer,
                 implicit_tls,
                 loopback,
-                service.clone(),
+                service.borrow().clone(),
                 shutdown.clone(),
             )
         },
@@ -336,6 +340,7 @@ async fn relay(
     let copies = match planned.result {
         Ok(c) => c,
         Err(refusal) => {
+            crate::stats::global().refused(&svc.account);
             tracing::info!(
                 code = refusal.code,
                 rcpts = envelope.rcpts.len(),
@@ -392,6 +397,7 @@ async fn relay(
             }
         }
     }
+    crate::stats::global().relayed(&svc.account, encrypted, copies.len() - encrypted);
     tracing::info!(
         copies = copies.len(),
         encrypted,

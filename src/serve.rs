@@ -1,0 +1,381 @@
+//! `sealpost run`: binds every listener, serves, reloads on SIGHUP, drains on SIGTERM.
+//!
+//! Each listener reads its service (config, keys, policy) from a `watch` channel when it
+//! accepts a connection, so a reload swaps what new sessions get while sessions in
+//! flight finish with what they started with: no connection is dropped. A reload that
+//! does not validate (config, keys, passphrases, certificates) is refused, with the
+//! reason logged, and the running configuration stays.
+
+use crate::app::{hostname, load, target, AppError, Loaded};
+use crate::autoconfig::Directory;
+use crate::config::split_host_port;
+use crate::config::Config;
+use crate::imap::cache::ViewCache;
+use crate::imap::server::{ImapService, ImapUpstream};
+use crate::imap::ImapContext;
+use crate::keys::KeyStore;
+use crate::smtp::pipeline::Outbound;
+use crate::smtp::server::SmtpService;
+use crate::smtp::session::SessionConfig;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
+
+/// What lives as long as the process, across reloads.
+struct Shared {
+    view_cache: Arc<ViewCache>,
+    decrypt_slots: Arc<Semaphore>,
+}
+
+/// The services built from one config.
+struct Built {
+    smtp: BTreeMap<String, Arc<SmtpService>>,
+    imap: BTreeMap<String, Arc<ImapService>>,
+    directory: Arc<Directory>,
+    store: Arc<KeyStore>,
+}
+
+fn build(config: &Config, loaded: &Loaded, shared: &Shared) -> Built {
+    let acceptor = tokio_rustls::TlsAcceptor::from(loaded.server_tls.clone());
+    let outbound = Arc::new(Outbound {
+        store: loaded.store.clone(),
+        identities: loaded.identities.clone(),
+        policy: config.policy.clone(),
+        autocrypt: config
+            .keys
+            .autocrypt
+            .then_some(config.keys.prefer_encrypt_mutual),
+    });
+    let imap_ctx = |account: &str| {
+        Arc::new(ImapContext {
+            account: account.into(),
+            autocrypt: Some(Arc::new(crate::keys::autocrypt::Learner {
+                store: loaded.discovery.autocrypt().clone(),
+                authserv_id: config
+                    .accounts
+                    .iter()
+                    .find(|a| a.name == account)
+                    .and_then(|a| a.imap.as_ref())
+                    .and_then(|i| i.authserv_id.clone()),
+            })),
+            // An identity serves only the sessions of its own account.
+            identities: config
+                .identities
+                .iter()
+                .zip(&loaded.identities)
+                .filter(|(c, _)| config.identity_account(c) == account)
+                .map(|(_, l)| l.clone())
+                .collect(),
+            store: loaded.store.clone(),
+            cache: shared.view_cache.clone(),
+            decrypt_slots: shared.decrypt_slots.clone(),
+            max_message_size: config.limits.max_message_size,
+            max_line_length: config.limits.max_line_length,
+            encrypt_append: config.imap.encrypt_append,
+            max_job_view_bytes: config
+                .limits
+                .view_cache_size
+                .max(config.limits.max_message_size),
+        })
+    };
+    let mut built = Built {
+        smtp: BTreeMap::new(),
+        imap: BTreeMap::new(),
+        directory: Arc::new(Directory::from_config(config)),
+        store: loaded.store.clone(),
+    };
+    for account in &config.accounts {
+        if let Some(smtp) = &account.smtp {
+            let service = Arc::new(SmtpService {
+                account: account.name.clone(),
+                session: SessionConfig {
+                    hostname: hostname(),
+                    max_message_size: config.limits.max_message_size,
+                    max_line_length: config.limits.max_line_length,
+                    max_recipients: config.limits.max_recipients,
+                    starttls_available: true,
+                    plaintext_auth_ok: false,
+                },
+                target: target(smtp, loaded, config),
+                outbound: outbound.clone(),
+                discovery: loaded.discovery.clone(),
+                acceptor: acceptor.clone(),
+                idle_timeout: config.limits.idle_timeout(),
+                max_connections: config.limits.max_connections,
+            });
+            built.smtp.insert(account.name.clone(), service);
+        }
+        if let Some(imap) = &account.imap {
+            let (host, port) = split_host_port(&imap.upstream).expect("validated by Config::load");
+            let service = Arc::new(ImapService {
+                account: account.name.clone(),
+                ctx: imap_ctx(&account.name),
+                upstream: ImapUpstream {
+                    host,
+                    port,
+                    security: imap.upstream_security,
+                    tls: loaded.client_tls.clone(),
+                    timeout: config.limits.upstream_timeout(),
+                },
+                acceptor: acceptor.clone(),
+                max_connections: config.limits.max_connections,
+            });
+            built.imap.insert(account.name.clone(), service);
+        }
+    }
+    built
+}
+
+/// What must not change on a reload: the sockets already bound (and where state is).
+fn layout(config: &Config) -> Vec<String> {
+    let mut out = vec![format!("state_dir = {}", config.state_dir.display())];
+    for a in &config.accounts {
+        for (kind, s) in [("smtp", &a.smtp), ("imap", &a.imap)] {
+            let Some(s) = s else { continue };
+            out.push(format!(
+                "account {} {kind} listen = {:?}, listen_tls = {:?}",
+                a.name, s.listen, s.listen_tls
+            ));
+        }
+    }
+    if let Some(ac) = &config.autoconfig {
+        out.push(format!("autoconfig listen = {}", ac.listen));
+    }
+    if let Some(addr) = config.metrics.listen {
+        out.push(format!("metrics listen = {addr}"));
+    }
+    out
+}
+
+fn spawn_refresh(config: &Config, loaded: &Loaded) -> Option<JoinHandle<()>> {
+    if config.keys.refresh_interval_secs == 0 {
+        return None;
+    }
+    let discovery = loaded.discovery.clone();
+    let every = std::time::Duration::from_secs(config.keys.refresh_interval_secs);
+    Some(tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            let n = discovery.refresh().await;
+            tracing::info!(updated = n, "refreshed discovered keys");
+        }
+    }))
+}
+
+async fn bind(addr: std::net::SocketAddr, what: String) -> Result<TcpListener, AppError> {
+    TcpListener::bind(addr).await.map_err(|e| AppError::Listen {
+        addr,
+        what,
+        message: e.to_string(),
+    })
+}
+
+/// Names a bound listener for `sealpost status`.
+fn register(listener: &TcpListener, what: &str) {
+    if let Ok(addr) = listener.local_addr() {
+        crate::stats::global().register_listener(addr, what);
+    }
+}
+
+/// The channels that hand each listener its current service.
+struct Running {
+    config: Config,
+    smtp: BTreeMap<String, watch::Sender<Arc<SmtpService>>>,
+    imap: BTreeMap<String, watch::Sender<Arc<ImapService>>>,
+    directory: watch::Sender<Arc<Directory>>,
+    store: watch::Sender<Arc<KeyStore>>,
+    refresh: Option<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Reads the config file again; swaps everything in, or nothing.
+    fn reload(&mut self, shared: &Shared) -> Result<(), String> {
+        let config = Config::load(&self.config.source).map_err(|e| crate::error_chain(&e))?;
+        let (old, new) = (layout(&self.config), layout(&config));
+        if old != new {
+            let changed: Vec<&String> = new.iter().filter(|l| !old.contains(l)).collect();
+            return Err(format!(
+                "listeners or state_dir changed ({changed:?}); restart sealpost to apply that"
+            ));
+        }
+        let loaded = load(&config).map_err(|e| crate::error_chain(&e))?;
+        let built = build(&config, &loaded, shared);
+        for (name, svc) in built.smtp {
+            if let Some(tx) = self.smtp.get(&name) {
+                tx.send_replace(svc);
+            }
+        }
+        for (name, svc) in built.imap {
+            if let Some(tx) = self.imap.get(&name) {
+                tx.send_replace(svc);
+            }
+        }
+        self.directory.send_replace(built.directory);
+        self.store.send_replace(built.store);
+        if let Some(r) = self.refresh.take() {
+            r.abort();
+        }
+        self.refresh = spawn_refresh(&config, &loaded);
+        if config.limits.max_connections != self.config.limits.max_connections
+            || config.limits.view_cache_size != self.config.limits.view_cache_size
+        {
+            tracing::warn!(
+                "limits.max_connections and limits.view_cache_size take effect at the next restart"
+            );
+        }
+        self.config = config;
+        Ok(())
+    }
+}
+
+/// Binds every listener, serves until SIGTERM/SIGINT (reloading on SIGHUP), then
+/// drains the sessions.
+pub async fn run(config: Config) -> Result<(), AppError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    // Installed first: a SIGHUP during start-up must not kill the process.
+    let mut hup = signal(SignalKind::hangup()).expect("install SIGHUP handler");
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    crate::tls::warm_up();
+    let loaded = load(&config)?;
+    // Before any listener: a gateway that cannot audit does not start.
+    crate::audit::install(crate::audit::Audit::open(&config.audit)?);
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let shared = Shared {
+        // One view cache for the process; its keys carry the account.
+        view_cache: Arc::new(ViewCache::new(config.limits.view_cache_size)),
+        decrypt_slots: Arc::new(Semaphore::new(cores)),
+    };
+    let built = build(&config, &loaded, &shared);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    let mut running = Running {
+        smtp: BTreeMap::new(),
+        imap: BTreeMap::new(),
+        directory: watch::channel(built.directory.clone()).0,
+        store: watch::channel(built.store.clone()).0,
+        refresh: spawn_refresh(&config, &loaded),
+        config: config.clone(),
+    };
+    for account in &config.accounts {
+        if let (Some(smtp), Some(svc)) = (&account.smtp, built.smtp.get(&account.name)) {
+            let (tx, rx) = watch::channel(svc.clone());
+            running.smtp.insert(account.name.clone(), tx);
+            for (addr, implicit) in [(smtp.listen, false), (smtp.listen_tls, true)] {
+                let Some(addr) = addr else { continue };
+                let what = format!("account {} smtp", account.name);
+                let listener = bind(addr, what.clone()).await?;
+                tracing::info!(account = %account.name, %addr, implicit_tls = implicit, upstream = %smtp.upstream, "SMTP listener ready");
+                register(
+                    &listener,
+                    &format!("{what} ({})", if implicit { "TLS" } else { "STARTTLS" }),
+                );
+                tasks.push(tokio::spawn(crate::smtp::server::serve(
+                    listener,
+                    implicit,
+                    rx.clone(),
+                    stop_rx.clone(),
+                )));
+            }
+        }
+        if let (Some(imap), Some(svc)) = (&account.imap, built.imap.get(&account.name)) {
+            let (tx, rx) = watch::channel(svc.clone());
+            running.imap.insert(account.name.clone(), tx);
+            for (addr, implicit) in [(imap.listen, false), (imap.listen_tls, true)] {
+                let Some(addr) = addr else { continue };
+                let what = format!("account {} imap", account.name);
+                let listener = bind(addr, what.clone()).await?;
+                tracing::info!(account = %account.name, %addr, implicit_tls = implicit, upstream = %imap.upstream, "IMAP listener ready");
+                register(
+                    &listener,
+                    &format!("{what} ({})", if implicit { "TLS" } else { "STARTTLS" }),
+                );
+                tasks.push(tokio::spawn(crate::imap::server::serve(
+                    listener,
+                    implicit,
+                    rx.clone(),
+                    stop_rx.clone(),
+                )));
+            }
+        }
+    }
+    if let Some(addr) = config.metrics.listen {
+        let listener = bind(addr, "[metrics] listen".into()).await?;
+        tracing::info!(%addr, "metrics listener ready (GET /metrics)");
+        register(&listener, "metrics (HTTP)");
+        tasks.push(tokio::spawn(crate::metrics::serve(
+            listener,
+            stop_rx.clone(),
+        )));
+    }
+    if let Some(ac) = &config.autoconfig {
+        let listener = bind(ac.listen, "autoconfig".into()).await?;
+        tracing::info!(addr = %ac.listen, "autoconfig listener ready");
+        register(&listener, "autoconfig (HTTP)");
+        tasks.push(tokio::spawn(crate::autoconfig::serve(
+            listener,
+            running.directory.subscribe(),
+            stop_rx.clone(),
+        )));
+    }
+    // `sealpost status` asks here. Without it the proxy still serves mail.
+    let listeners = tasks.len();
+    match crate::status::bind(&config.state_dir) {
+        Ok(control) => {
+            let snapshot: Arc<dyn Fn() -> crate::stats::Snapshot + Send + Sync> = {
+                let store = running.store.subscribe();
+                let source = config.source.display().to_string();
+                Arc::new(move || {
+                    let store = store.borrow().clone();
+                    crate::stats::global().snapshot(&source, store.certs().ok().map(|c| c.len()))
+                })
+            };
+            tasks.push(tokio::spawn(crate::status::serve(
+                control,
+                crate::status::socket_path(&config.state_dir),
+                snapshot,
+                stop_rx.clone(),
+            )));
+        }
+        Err(e) => {
+            tracing::warn!(error = %crate::error_chain(&e), "`sealpost status` will not work")
+        }
+    }
+    crate::stats::global().start();
+    // Every listener is bound: systemd (Type=notify) may start what depends on us.
+    crate::notify::tell(&format!("READY=1\nSTATUS=serving {listeners} listener(s)"));
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                crate::notify::tell("RELOADING=1");
+                match running.reload(&shared) {
+                    Ok(()) => {
+                        crate::stats::global().reloaded();
+                        tracing::info!(config = %running.config.source.display(), "reloaded the config and keys; new connections use them");
+                    }
+                    Err(reason) => tracing::error!(%reason, "reload refused; the running configuration stays"),
+                }
+                crate::notify::tell("READY=1");
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    crate::notify::tell("STOPPING=1");
+    tracing::info!("shutting down: no new connections, finishing transactions in flight");
+    let _ = stop_tx.send(true);
+    let drain = async {
+        for t in tasks {
+            let _ = t.await;
+        }
+    };
+    if tokio::time::timeout(running.config.limits.idle_timeout(), drain)
+        .await
+        .is_err()
+    {
+        tracing::warn!("some sessions did not finish in time; closing them");
+    }
+    Ok(())
+}

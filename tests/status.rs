@@ -1,0 +1,174 @@
+//! `sealpost status` against a running instance: listeners, connections, per-account
+//! counts of what was encrypted, sent plain, refused and decrypted, the key store size
+//! and the last errors, as text and as JSON, over a 0600 control socket.
+
+mod common;
+
+use common::dovecot::Dovecot;
+use common::imapclients::RawImap;
+use common::json::Json;
+use common::proxy::{sealpost_cmd, Proxy, ProxyOptions};
+use common::{gpg_encrypt, keyring, py_sendmail, PySend, PySendMode, Sink, SinkMode, TestCa};
+use std::time::Duration;
+
+fn send(proxy: &Proxy, ca: &TestCa, to: &str) -> common::PySendResult {
+    let data = format!("From: alice@example.com\r\nTo: {to}\r\nSubject: s\r\n\r\nhello\r\n");
+    py_sendmail(&PySend {
+        port: proxy.smtp_port,
+        mode: PySendMode::StartTls,
+        cafile: Some(&ca.ca_pem),
+        login: Some(("sinkuser", "sinkpass")),
+        mail_from: "alice@example.com",
+        rcpt_tos: &[to],
+        data: data.as_bytes(),
+        mail_options: &[],
+    })
+}
+
+fn num(j: &Json, path: &[&str]) -> f64 {
+    let mut v = j;
+    for p in path {
+        v = v
+            .get(p)
+            .unwrap_or_else(|| panic!("no {p} in {path:?}: {j:?}"));
+    }
+    match v {
+        Json::Num(n) => *n,
+        other => panic!("{path:?} is {other:?}"),
+    }
+}
+
+#[test]
+fn status_reports_what_the_running_instance_did() {
+    let ca = TestCa::shared();
+    let sink = Sink::start(ca, SinkMode::Tls);
+    let dovecot = Dovecot::start(ca, &[("alice@example.com", "alicepw")]);
+    let kr = keyring();
+    let mut opts = ProxyOptions::new(sink.port);
+    opts.imap_upstream = Some((dovecot.imaps_port, "tls"));
+    opts.alice_login = "alice@example.com".into();
+    opts.import = vec![kr.bob().pub_asc.clone()];
+    opts.rules = vec![("*@partner.example".into(), "require".into())];
+    let proxy = Proxy::start(ca, &opts);
+
+    // One encrypted (bob has a key), one plain (nobody@ has none), one refused.
+    assert!(send(&proxy, ca, "bob@example.org").ok);
+    assert!(send(&proxy, ca, "nobody@example.net").ok);
+    assert!(!send(&proxy, ca, "x@partner.example").ok);
+    sink.wait_for_messages(2, Duration::from_secs(20));
+
+    // One message decrypted through the IMAP proxy; the connection stays open.
+    let armored = gpg_encrypt(
+        None,
+        &["alice"],
+        b"Subject: inner\r\n\r\nsecret text\r\n",
+        true,
+    );
+    let mut msg = b"From: bob@example.org\r\nTo: alice@example.com\r\nSubject: x\r\nMIME-Version: 1.0\r\nContent-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: application/pgp-encrypted\r\n\r\nVersion: 1\r\n\r\n--b\r\nContent-Type: application/octet-stream\r\n\r\n".to_vec();
+    msg.extend_from_slice(&armored);
+    msg.extend_from_slice(b"\r\n--b--\r\n");
+    dovecot.append("alice@example.com", "alicepw", "INBOX", &msg, &[]);
+    let mut imap = RawImap::connect_login(
+        proxy.imap_port,
+        "starttls",
+        Some(&ca.ca_pem),
+        "alice@example.com",
+        "alicepw",
+    );
+    assert!(imap.command("SELECT INBOX").is_ok());
+    let r = imap.command("UID FETCH 1:* (BODY.PEEK[])");
+    assert!(
+        String::from_utf8_lossy(&r.untagged).contains("secret text"),
+        "not decrypted: {}",
+        String::from_utf8_lossy(&r.untagged)
+    );
+
+    let socket = proxy.dir.path().join("state/control.sock");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "control socket mode {mode:o}");
+
+    let out = sealpost_cmd(&proxy.config, &["status", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let j = common::json::parse(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(num(&j, &["accounts", "test", "encrypted"]), 1.0, "{text}");
+    assert_eq!(num(&j, &["accounts", "test", "sent_plain"]), 1.0, "{text}");
+    assert_eq!(num(&j, &["accounts", "test", "refused"]), 1.0, "{text}");
+    assert_eq!(
+        num(&j, &["accounts", "test", "decryptions", "decrypted"]),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(num(&j, &["key_store_certificates"]), 1.0, "{text}");
+    assert!(num(&j, &["connections_open"]) >= 1.0, "{text}");
+    // Three SMTP connections and one IMAP connection so far.
+    assert!(num(&j, &["connections_total"]) >= 4.0, "{text}");
+    assert_eq!(num(&j, &["pid"]), f64::from(proxy.pid()), "{text}");
+    let Some(Json::Arr(listeners)) = j.get("listeners") else {
+        panic!("{text}")
+    };
+    assert_eq!(listeners.len(), 4, "{text}");
+    assert!(
+        text.contains(&format!("127.0.0.1:{}", proxy.imap_port)),
+        "{text}"
+    );
+    assert!(
+        !text.contains("alicepw") && !text.contains("sinkpass"),
+        "{text}"
+    );
+
+    let out = sealpost_cmd(&proxy.config, &["status"]);
+    let human = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{human}");
+    assert!(
+        human.contains("test: encrypted 1, sent plain 1, refused 1; views: decrypted 1"),
+        "{human}"
+    );
+    assert!(human.contains("account test imap (STARTTLS)"), "{human}");
+    assert!(human.contains("key store: 1 certificate(s)"), "{human}");
+    drop(imap);
+
+    drop(proxy);
+}
+
+/// The last warnings are shown: here, a provider that cannot be reached.
+#[test]
+fn status_shows_the_last_errors() {
+    let ca = TestCa::shared();
+    let mut opts = ProxyOptions::new(common::free_port());
+    opts.alice_identity = false;
+    let proxy = Proxy::start(ca, &opts);
+    let r = send(&proxy, ca, "bob@example.org");
+    assert!(!r.ok);
+    let out = sealpost_cmd(&proxy.config, &["status"]);
+    let human = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{human}");
+    let errors = human.split("last errors:").nth(1).unwrap_or("");
+    assert!(
+        errors.contains("WARN") && errors.contains("upstream unreachable"),
+        "{human}"
+    );
+    assert!(!errors.contains("sinkpass"), "{human}");
+}
+
+#[test]
+fn status_without_a_running_instance_says_so() {
+    let ca = TestCa::shared();
+    let dir = common::tempdir();
+    let config = Proxy::write_config(
+        dir.path(),
+        ca,
+        &ProxyOptions::new(1),
+        (common::free_port(), common::free_port()),
+    );
+    let out = sealpost_cmd(&config, &["status"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no running sealpost"), "{err}");
+    assert!(err.contains("control.sock"), "{err}");
+}

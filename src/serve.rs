@@ -39,15 +39,28 @@ struct Built {
 
 fn build(config: &Config, loaded: &Loaded, shared: &Shared) -> Built {
     let acceptor = tokio_rustls::TlsAcceptor::from(loaded.server_tls.clone());
-    let outbound = Arc::new(Outbound {
-        store: loaded.store.clone(),
-        identities: loaded.identities.clone(),
-        policy: config.policy.clone(),
-        autocrypt: config
-            .keys
-            .autocrypt
-            .then_some(config.keys.prefer_encrypt_mutual),
-    });
+    // An identity serves only the sessions of its own account (DESIGN.md, invariants):
+    // a login at another account's provider is another person, whatever its name.
+    let identities_of = |account: &str| -> Vec<_> {
+        config
+            .identities
+            .iter()
+            .zip(&loaded.identities)
+            .filter(|(c, _)| config.identity_account(c) == account)
+            .map(|(_, l)| l.clone())
+            .collect()
+    };
+    let outbound = |account: &str| {
+        Arc::new(Outbound {
+            store: loaded.store.clone(),
+            identities: identities_of(account),
+            policy: config.policy.clone(),
+            autocrypt: config
+                .keys
+                .autocrypt
+                .then_some(config.keys.prefer_encrypt_mutual),
+        })
+    };
     let imap_ctx = |account: &str| {
         Arc::new(ImapContext {
             account: account.into(),
@@ -60,14 +73,7 @@ fn build(config: &Config, loaded: &Loaded, shared: &Shared) -> Built {
                     .and_then(|a| a.imap.as_ref())
                     .and_then(|i| i.authserv_id.clone()),
             })),
-            // An identity serves only the sessions of its own account.
-            identities: config
-                .identities
-                .iter()
-                .zip(&loaded.identities)
-                .filter(|(c, _)| config.identity_account(c) == account)
-                .map(|(_, l)| l.clone())
-                .collect(),
+            identities: identities_of(account),
             store: loaded.store.clone(),
             cache: shared.view_cache.clone(),
             decrypt_slots: shared.decrypt_slots.clone(),
@@ -99,7 +105,7 @@ fn build(config: &Config, loaded: &Loaded, shared: &Shared) -> Built {
                     plaintext_auth_ok: false,
                 },
                 target: target(smtp, loaded, config),
-                outbound: outbound.clone(),
+                outbound: outbound(&account.name),
                 discovery: loaded.discovery.clone(),
                 acceptor: acceptor.clone(),
                 idle_timeout: config.limits.idle_timeout(),
@@ -128,7 +134,8 @@ fn build(config: &Config, loaded: &Loaded, shared: &Shared) -> Built {
     built
 }
 
-/// What must not change on a reload: the sockets already bound (and where state is).
+/// What must not change on a reload: the sockets already bound, where state is, and
+/// where the audit goes.
 fn layout(config: &Config) -> Vec<String> {
     let mut out = vec![format!("state_dir = {}", config.state_dir.display())];
     for a in &config.accounts {
@@ -146,6 +153,12 @@ fn layout(config: &Config) -> Vec<String> {
     if let Some(addr) = config.metrics.listen {
         out.push(format!("metrics listen = {addr}"));
     }
+    // The audit sink is opened once, before any listener: a reload that would start,
+    // stop or move the audit is refused rather than reported done and not applied.
+    out.push(format!(
+        "audit file = {:?}, journal = {}",
+        config.audit.file, config.audit.journal
+    ));
     out
 }
 
@@ -197,7 +210,7 @@ impl Running {
         if old != new {
             let changed: Vec<&String> = new.iter().filter(|l| !old.contains(l)).collect();
             return Err(format!(
-                "listeners or state_dir changed ({changed:?}); restart sealpost to apply that"
+                "listeners, state_dir or [audit] changed ({changed:?}); restart sealpost to apply that"
             ));
         }
         let loaded = load(&config).map_err(|e| crate::error_chain(&e))?;

@@ -148,3 +148,31 @@ fn an_invalid_config_on_sighup_is_refused_and_the_old_one_serves() {
     assert!(send(&proxy, ca, "nobody@example.net").ok);
     sink.wait_for_messages(1, Duration::from_secs(20));
 }
+
+/// Review: the audit sink is opened once, at start. A SIGHUP that added `[audit]` was
+/// reported as applied, and nothing was audited. Such a reload is refused now, with
+/// the reason, and says to restart.
+#[test]
+fn a_reload_that_would_change_the_audit_is_refused() {
+    let ca = TestCa::shared();
+    let sink = Sink::start(ca, SinkMode::Tls);
+    let proxy = Proxy::start(ca, &ProxyOptions::new(sink.port));
+    let audit = proxy.dir.path().join("audit.jsonl");
+    let mut text = std::fs::read_to_string(&proxy.config).unwrap();
+    text.push_str(&format!(
+        "\n[audit]\nfile = {:?}\n",
+        audit.display().to_string()
+    ));
+    std::fs::write(&proxy.config, text).unwrap();
+    hup(&proxy);
+    let log = wait_log(&proxy, "reload refused", 1);
+    let line = log.lines().find(|l| l.contains("reload refused")).unwrap();
+    assert!(line.contains("audit") && line.contains("restart"), "{line}");
+    assert!(!log.contains("reloaded the config"), "{log}");
+    assert!(send(&proxy, ca, "nobody@example.net").ok);
+    sink.wait_for_messages(1, Duration::from_secs(20));
+    assert!(
+        !audit.exists(),
+        "nothing claims to audit what is not audited"
+    );
+}

@@ -576,3 +576,60 @@ fn check_reports_each_problem_and_graceful_stop_exits_zero() {
     let status = proxy.terminate(Duration::from_secs(20));
     assert!(status.success(), "{status}\n{}", proxy.log());
 }
+
+/// Review: one outbound pipeline with the identities of every account served every
+/// account's SMTP listener, so a login at another account's provider that happens to be
+/// alice's login (another provider, another person) sent mail signed with alice's key.
+/// An identity belongs to its account: through another account's listener that login
+/// has no identity, so nothing is signed with alice's key or encrypted to it.
+#[test]
+fn an_identity_signs_only_for_its_own_accounts_listener() {
+    let ca = TestCa::shared();
+    let sink = Sink::start(ca, SinkMode::Tls);
+    let mut opts = ProxyOptions::new(sink.port);
+    opts.import = keys(&["bob"]);
+    let other_port = common::free_port();
+    // The harness's `[[identity]]` (alice) is the last table: bind it to account
+    // "test", then add account "other" with the same upstream.
+    opts.extra = format!(
+        "account = \"test\"\n[[account]]\nname = \"other\"\n[account.smtp]\nlisten = \"127.0.0.1:{other_port}\"\nupstream = \"localhost:{}\"\nupstream_security = \"tls\"\n",
+        sink.port
+    );
+    let proxy = Proxy::start(ca, &opts);
+    common::wait_for_port(other_port, Duration::from_secs(10));
+    let msg = message(
+        "Bob <bob@example.org>",
+        "",
+        "hello",
+        "through the other door\r\n",
+    );
+    let mut p = PySend::new(
+        other_port,
+        PySendMode::StartTls,
+        "alice@example.com",
+        &["bob@example.org"],
+        &msg,
+    );
+    p.cafile = Some(&ca.ca_pem);
+    p.login = Some(("sinkuser", "sinkpass"));
+    let r = py_sendmail(&p);
+    assert!(r.ok, "{r:?}\n{}", proxy.log());
+    let got = sink.wait_for_messages(1, WAIT);
+    let data = &got[0].data;
+    let kr = keyring();
+    let ids = gpg_recipient_keyids(&armored(data));
+    assert!(ids.contains(&kr.person("bob").enc_keyid), "{ids:?}");
+    assert!(
+        !ids.contains(&kr.person("alice").enc_keyid),
+        "alice's key belongs to account test: {ids:?}"
+    );
+    let g = gpg_decrypt("bob", &armored(data));
+    assert!(g.decrypted(), "{g}");
+    assert!(!g.signed_by("alice"), "signed with alice's key: {g}");
+
+    // Through her own account's listener the same login is alice.
+    let r = submit(&proxy, ca, "alice@example.com", &["bob@example.org"], &msg);
+    assert!(r.ok, "{r:?}");
+    let got = sink.wait_for_messages(2, WAIT);
+    gpg_decrypt("bob", &armored(&got[1].data)).assert_decrypted_signed_by("alice");
+}

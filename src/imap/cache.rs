@@ -128,11 +128,11 @@ mod tests {
     }
 
     fn view(n: usize) -> Entry {
-        Entry::View(Arc::new(View {
-            bytes: vec![b'x'; n],
-            kind: ViewKind::Plain,
-            autocrypt: Vec::new(),
-        }))
+        Entry::View(Arc::new(View::new(
+            vec![b'x'; n],
+            ViewKind::Plain,
+            Vec::new(),
+        )))
     }
 
     #[test]

@@ -797,13 +797,13 @@ impl FetchJob {
         if matches!(view.kind, ViewKind::Decrypted(_)) && view.bytes.len() > self.view_budget {
             // Views are built in parallel, each under the budget left when it was asked
             // for; what the job holds stays within the budget all the same.
-            view = View {
-                bytes: crate::mime::without_fields(raw, &[crate::pgp::STATUS_HEADER]),
-                kind: ViewKind::TooLarge {
+            view = View::new(
+                crate::mime::without_fields(raw, &[crate::pgp::STATUS_HEADER]),
+                ViewKind::TooLarge {
                     limit: self.view_budget,
                 },
-                autocrypt: Vec::new(),
-            };
+                Vec::new(),
+            );
         }
         if let ViewKind::Decrypted(_) = view.kind {
             self.view_budget = self.view_budget.saturating_sub(view.bytes.len());
@@ -1124,11 +1124,11 @@ fn learn_from_view(ctx: &ImapContext, selected: &Selected, view: &View) {
 pub fn view_or_stand_in(raw: &[u8], build: impl FnOnce() -> View) -> View {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(build)).unwrap_or_else(|_| {
         tracing::error!("building a message's view failed unexpectedly; shown as stored");
-        View {
-            bytes: crate::mime::without_fields(raw, &[crate::pgp::STATUS_HEADER]),
-            kind: ViewKind::Undecryptable("decryption failed unexpectedly".into()),
-            autocrypt: Vec::new(),
-        }
+        View::new(
+            crate::mime::without_fields(raw, &[crate::pgp::STATUS_HEADER]),
+            ViewKind::Undecryptable("decryption failed unexpectedly".into()),
+            Vec::new(),
+        )
     })
 }
 
@@ -1313,6 +1313,22 @@ fn synthesize(
     let msg = &view.bytes;
     // Decrypted views are prepared when built (see `ImapContext::view`).
     let prepared = matches!(view.kind, ViewKind::Decrypted(_));
+    // A section of the view: of a prepared one, a range of it found through its part
+    // tree, parsed once per view (not once per item); else computed from the bytes.
+    let section_of = |s: Option<&Section<'_>>| -> Option<std::borrow::Cow<'_, [u8]>> {
+        if prepared {
+            crate::mime::view::section_of_prepared(msg, view.prepared_tree(), s)
+        } else {
+            crate::mime::view::section(msg, s).map(Into::into)
+        }
+    };
+    let structure = |extended: bool| {
+        if prepared {
+            crate::mime::view::body_structure_of_prepared(msg, view.prepared_tree(), extended)
+        } else {
+            crate::mime::view::body_structure(msg, extended)
+        }
+    };
     let mut items: Vec<MessageDataItem<'static>> = Vec::new();
     let from_upstream = |name: &MessageDataItemName<'_>| {
         upstream.iter().find(|i| {
@@ -1344,35 +1360,26 @@ fn synthesize(
             | MessageDataItemName::InternalDate
             | MessageDataItemName::ModSeq => from_upstream(name).map(|i| i.clone().into_static()),
             MessageDataItemName::Rfc822Size => Some(MessageDataItem::Rfc822Size(msg.len() as u32)),
-            MessageDataItemName::Body => Some(MessageDataItem::Body(
-                crate::mime::view::body_structure(msg, false),
-            )),
-            MessageDataItemName::BodyStructure => Some(MessageDataItem::BodyStructure(
-                crate::mime::view::body_structure(msg, true),
-            )),
+            MessageDataItemName::Body => Some(MessageDataItem::Body(structure(false))),
+            MessageDataItemName::BodyStructure => {
+                Some(MessageDataItem::BodyStructure(structure(true)))
+            }
             MessageDataItemName::Envelope => {
                 Some(MessageDataItem::Envelope(crate::mime::view::envelope(msg)))
             }
             MessageDataItemName::Rfc822 => Some(MessageDataItem::Rfc822(nstring(msg))),
             MessageDataItemName::Rfc822Header => {
-                let s = Section::Header(None);
-                let data = crate::mime::view::section(msg, Some(&s)).unwrap_or_default();
+                let data = section_of(Some(&Section::Header(None))).unwrap_or_default();
                 Some(MessageDataItem::Rfc822Header(nstring(&data)))
             }
             MessageDataItemName::Rfc822Text => {
-                let s = Section::Text(None);
-                let data = crate::mime::view::section(msg, Some(&s)).unwrap_or_default();
+                let data = section_of(Some(&Section::Text(None))).unwrap_or_default();
                 Some(MessageDataItem::Rfc822Text(nstring(&data)))
             }
             MessageDataItemName::BodyExt {
                 section, partial, ..
             } => {
-                let data = if prepared {
-                    crate::mime::view::section_of_prepared(msg, section.as_ref())
-                } else {
-                    crate::mime::view::section(msg, section.as_ref()).map(Into::into)
-                }
-                .unwrap_or_default();
+                let data = section_of(section.as_ref()).unwrap_or_default();
                 let part = crate::mime::view::partial(&data, *partial);
                 Some(MessageDataItem::BodyExt {
                     section: section.clone(),

@@ -75,11 +75,11 @@ impl ImapContext {
             .cloned()
             .or_else(|| self.store.secret_identity(identity))
         else {
-            return View {
-                bytes: raw.to_vec(),
-                kind: ViewKind::Undecryptable("no identity".into()),
-                autocrypt: Vec::new(),
-            };
+            return View::new(
+                raw.to_vec(),
+                ViewKind::Undecryptable("no identity".into()),
+                Vec::new(),
+            );
         };
         // References only: the store's certificates are shared, never copied per message.
         let stored = self.store.believed().unwrap_or_default();

@@ -1855,11 +1855,7 @@ fn what_is_decrypted_ahead_is_remembered_whatever_its_verdict() {
         junk: false,
     };
     let raw = b"Subject: x\r\nContent-Type: multipart/encrypted; boundary=b\r\n\r\n--b--\r\n";
-    let view = |kind| View {
-        bytes: raw.to_vec(),
-        kind,
-        autocrypt: Vec::new(),
-    };
+    let view = |kind| View::new(raw.to_vec(), kind, Vec::new());
     super::super::fetch::store_prefetched(
         &ctx,
         &selected,

@@ -41,6 +41,27 @@ pub struct View {
     /// the view, but what Autocrypt may learn from inside the encryption, where the
     /// signature covers them (the view's own `Autocrypt` field is the outer one).
     pub autocrypt: Vec<u8>,
+    /// The MIME part tree of `bytes` once they are prepared (see [`View::prepared_tree`]).
+    tree: std::sync::OnceLock<std::sync::Arc<mime::view::Tree>>,
+}
+
+impl View {
+    pub fn new(bytes: Vec<u8>, kind: ViewKind, autocrypt: Vec<u8>) -> View {
+        View {
+            bytes,
+            kind,
+            autocrypt,
+            tree: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The part tree of `bytes`, parsed at the first item that needs it and kept: a
+    /// cached view answers every section, partial and BODYSTRUCTURE without parsing the
+    /// message again. Only for bytes already [`mime::view::prepare`]d.
+    pub fn prepared_tree(&self) -> &mime::view::Tree {
+        self.tree
+            .get_or_init(|| std::sync::Arc::new(mime::view::tree_of_prepared(&self.bytes)))
+    }
 }
 
 enum Encrypted {
@@ -121,11 +142,7 @@ pub fn view_of(
 ) -> View {
     let stripped = mime::without_fields(raw, &[STATUS_HEADER]);
     let Some(payload) = encrypted_payload(&stripped) else {
-        return View {
-            bytes: stripped,
-            kind: ViewKind::Plain,
-            autocrypt: Vec::new(),
-        };
+        return View::new(stripped, ViewKind::Plain, Vec::new());
     };
     let (ciphertext, inline) = match payload {
         Encrypted::PgpMime(c) => (c, false),
@@ -134,22 +151,14 @@ pub fn view_of(
     let decrypted = match decrypt_bytes(&ciphertext, keys, certs, max_size) {
         Ok(d) => d,
         Err(DecryptError::TooLarge(limit)) => {
-            return View {
-                bytes: stripped,
-                kind: ViewKind::TooLarge { limit },
-                autocrypt: Vec::new(),
-            };
+            return View::new(stripped, ViewKind::TooLarge { limit }, Vec::new());
         }
         Err(e) => {
             let reason = match e {
                 DecryptError::NoKey => "no key".to_string(),
                 other => other.to_string(),
             };
-            return View {
-                bytes: stripped,
-                kind: ViewKind::Undecryptable(reason),
-                autocrypt: Vec::new(),
-            };
+            return View::new(stripped, ViewKind::Undecryptable(reason), Vec::new());
         }
     };
     let (outer_header, _) = mime::split_message(&stripped);
@@ -175,11 +184,7 @@ pub fn view_of(
         out.extend_from_slice(charset_line.as_bytes());
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(body);
-        return View {
-            bytes: out,
-            kind: ViewKind::Decrypted(signature),
-            autocrypt: Vec::new(),
-        };
+        return View::new(out, ViewKind::Decrypted(signature), Vec::new());
     }
 
     let (inner_header, inner_body) = mime::split_message(&inner_plain);
@@ -198,11 +203,11 @@ pub fn view_of(
             // a status field in it is theirs, never shown. The own key's signature proves
             // only that sealpost sealed it, not who wrote it: the copy counts as unsigned,
             // so nothing in it (Autocrypt-Gossip under a From naming the user) is believed.
-            return View {
-                bytes: mime::without_fields(&original, &[STATUS_HEADER]),
-                kind: ViewKind::Decrypted(SignatureStatus::Unsigned),
-                autocrypt: Vec::new(),
-            };
+            return View::new(
+                mime::without_fields(&original, &[STATUS_HEADER]),
+                ViewKind::Decrypted(SignatureStatus::Unsigned),
+                Vec::new(),
+            );
         }
     }
     let scheme = protect::scheme_of(&inner);
@@ -225,11 +230,11 @@ pub fn view_of(
             out = without;
         }
     }
-    View {
-        bytes: out,
-        kind: ViewKind::Decrypted(merged.signature),
-        autocrypt: protect::autocrypt_fields(&inner),
-    }
+    View::new(
+        out,
+        ViewKind::Decrypted(merged.signature),
+        protect::autocrypt_fields(&inner),
+    )
 }
 
 /// The `Sealpost-Decrypted` field: the signature result, and a payload From that the

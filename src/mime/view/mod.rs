@@ -73,7 +73,11 @@ pub fn envelope(msg: &[u8]) -> Envelope<'static> {
 /// Dovecot then answers an empty string (`BODY[3] {0}`), not NIL, and so should the
 /// caller. As in Dovecot, `1.MIME` of a non-multipart message is its header.
 pub fn section(msg: &[u8], section: Option<&Section<'_>>) -> Option<Vec<u8>> {
-    let mut out = section_raw(&to_crlf(msg), section)?.into_owned();
+    let m = to_crlf(msg);
+    let mut out = match section {
+        None => m.into_owned(),
+        Some(_) => section_raw(&m, &parse(&m), section)?.into_owned(),
+    };
     for b in out.iter_mut().filter(|b| **b == 0) {
         *b = 0x80;
     }
@@ -93,13 +97,41 @@ pub fn prepare(msg: Vec<u8>) -> Vec<u8> {
     out
 }
 
-/// [`section`] of a message already [`prepare`]d: a range of it where the section is
-/// one (everything but HEADER.FIELDS), so a partial fetch copies only its own bytes.
+/// The MIME part tree of a [`prepare`]d message, parsed once and kept with it (a cached
+/// view's), so that no FETCH item parses the message again: every section is then a
+/// range of the message ([`section_of_prepared`]) and BODYSTRUCTURE is described from
+/// the tree ([`body_structure_of_prepared`]).
+pub struct Tree(structure::Node);
+
+impl std::fmt::Debug for Tree {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tree")
+    }
+}
+
+/// The part tree of `msg`, which must be [`prepare`]d.
+pub fn tree_of_prepared(msg: &[u8]) -> Tree {
+    Tree(parse(msg))
+}
+
+/// [`section`] of a message already [`prepare`]d, with its [`Tree`]: a range of it where
+/// the section is one (everything but HEADER.FIELDS), so a partial fetch copies only its
+/// own bytes.
 pub fn section_of_prepared<'m>(
     msg: &'m [u8],
+    tree: &Tree,
     section: Option<&Section<'_>>,
 ) -> Option<std::borrow::Cow<'m, [u8]>> {
-    section_raw(msg, section)
+    section_raw(msg, &tree.0, section)
+}
+
+/// [`body_structure`] of a message already [`prepare`]d, with its [`Tree`].
+pub fn body_structure_of_prepared(
+    msg: &[u8],
+    tree: &Tree,
+    extended: bool,
+) -> BodyStructure<'static> {
+    structure(msg, &tree.0, extended)
 }
 
 /// Applies an `<offset.length>` partial: an offset past the end gives nothing, a length
@@ -429,6 +461,41 @@ mod tests {
             "\r\n--=-b1--\r\nepilogue\r\n",
         ];
         (m.concat().into_bytes(), [t_mime, t, a_mime, a])
+    }
+
+    #[test]
+    fn a_prepared_message_answers_from_its_tree_as_from_its_bytes() {
+        let (mut m, _) = mixed();
+        // Bare LF and a NUL: prepared to CRLF and 0x80 once, as a cached view is.
+        m.extend_from_slice(b"a bare line\nwith a \0 in it\n");
+        let prepared = prepare(m.clone());
+        let tree = tree_of_prepared(&prepared);
+        for spec in [
+            None,
+            Some(Section::Header(None)),
+            Some(Section::Text(None)),
+            Some(Section::Part(imap_types::fetch::Part(
+                imap_types::core::Vec1::from(NonZeroU32::new(2).unwrap()),
+            ))),
+            Some(Section::Mime(imap_types::fetch::Part(
+                imap_types::core::Vec1::from(NonZeroU32::new(1).unwrap()),
+            ))),
+            Some(Section::Part(imap_types::fetch::Part(
+                imap_types::core::Vec1::from(NonZeroU32::new(9).unwrap()),
+            ))),
+        ] {
+            assert_eq!(
+                section_of_prepared(&prepared, &tree, spec.as_ref()).map(|c| c.into_owned()),
+                section(&m, spec.as_ref()),
+                "{spec:?}"
+            );
+        }
+        for ext in [false, true] {
+            assert_eq!(
+                body_structure_of_prepared(&prepared, &tree, ext),
+                body_structure(&m, ext)
+            );
+        }
     }
 
     #[test]

@@ -7,18 +7,19 @@ use imap_types::core::AString;
 use imap_types::fetch::Section;
 
 use super::field_name;
-use super::structure::{parse, Kind, Node};
+use super::structure::{Kind, Node};
 use crate::mime::{fields, push_line, split_message};
 
+/// The section of `m` (CRLF-normalised) whose part tree is `root`.
 pub(super) fn section_raw<'m>(
     m: &'m [u8],
+    root: &Node,
     section: Option<&Section<'_>>,
 ) -> Option<std::borrow::Cow<'m, [u8]>> {
     use std::borrow::Cow;
     let Some(section) = section else {
         return Some(Cow::Borrowed(m));
     };
-    let root = parse(m);
     let (path, what, names) = match section {
         Section::Part(p) => (Some(p), What::Body, None),
         Section::Mime(p) => (Some(p), What::Mime, None),
@@ -27,9 +28,9 @@ pub(super) fn section_raw<'m>(
         Section::HeaderFields(p, n) => (p.as_ref(), What::Fields, Some(n.as_ref())),
         Section::HeaderFieldsNot(p, n) => (p.as_ref(), What::FieldsNot, Some(n.as_ref())),
     };
-    let mut node = &root;
+    let mut node = root;
     if let Some(path) = path {
-        node = find(&root, path.0.as_ref())?;
+        node = find(root, path.0.as_ref())?;
         if !matches!(what, What::Body | What::Mime) {
             // HEADER, TEXT and HEADER.FIELDS below the top need a message/rfc822 part.
             let Kind::Msg(child) = &node.kind else {

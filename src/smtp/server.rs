@@ -340,14 +340,15 @@ async fn relay(
     let copies = match planned.result {
         Ok(c) => c,
         Err(refusal) => {
-            crate::stats::global().refused(&svc.account);
             tracing::info!(
                 code = refusal.code,
                 rcpts = envelope.rcpts.len(),
                 "message refused by policy"
             );
-            // A 5xx is the policy's refusal; a 4xx, encryption that failed.
+            // A 5xx is the policy's refusal; a 4xx, encryption that failed (which
+            // `sealpost status` does not count as refused, as the metrics and audit do not).
             let outcome = if refusal.code >= 500 {
+                crate::stats::global().refused(&svc.account);
                 Outcome::Refused
             } else {
                 Outcome::Failed

@@ -823,7 +823,7 @@ impl FetchJob {
                 return;
             }
         }
-        warn_if_shown_as_stored(&self.selected, uid, &view.kind);
+        record_verdict(&self.selected, uid, &view.kind);
         let entry = verdict(raw, view);
         match &entry {
             Entry::Plain => {
@@ -1132,12 +1132,16 @@ pub fn view_or_stand_in(raw: &[u8], build: impl FnOnce() -> View) -> View {
     })
 }
 
-/// Logs why an encrypted message is shown as stored (never its content); audits and
-/// counts every verdict (the one place both the job's and the prefetched views pass).
-fn warn_if_shown_as_stored(selected: &Selected, uid: u32, kind: &ViewKind) {
+/// Records a view's verdict for the audit, the metrics and `sealpost status` (the one
+/// place both the job's and the prefetched views pass), and logs why an encrypted
+/// message is shown as stored (never its content).
+fn record_verdict(selected: &Selected, uid: u32, kind: &ViewKind) {
     let s = selected;
+    // One place for the audit, the metrics and `sealpost status`: each verdict counted
+    // once, by all three alike (a spent budget is no verdict and does not come here).
     crate::audit::decryption(&s.account, &s.identity, &s.mailbox, uid, kind);
     crate::metrics::decryption(&s.account, kind);
+    crate::stats::global().view(&s.account, kind);
     match kind {
         ViewKind::TooLarge { limit } => {
             tracing::warn!(uid, mailbox = %selected.mailbox, limit, "decrypted message over max_message_size; shown as stored");
@@ -1172,7 +1176,7 @@ pub fn store_prefetched(ctx: &ImapContext, selected: &Selected, uid: u32, raw: &
         ctx.cache.insert(key, Entry::Special { size: u32::MAX });
         return;
     }
-    warn_if_shown_as_stored(selected, uid, &view.kind);
+    record_verdict(selected, uid, &view.kind);
     ctx.cache.insert(key, verdict(raw, view));
 }
 

@@ -98,7 +98,6 @@ impl ImapContext {
             // RFC822.SIZE is the length of BODY[].
             view.bytes = crate::mime::view::prepare(std::mem::take(&mut view.bytes));
         }
-        crate::stats::global().view(&self.account, &view.kind);
         view
     }
 }

@@ -243,17 +243,19 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Unseal(args) => seal(&config, args, true),
         Command::Keys { command } => {
             let config = Config::load(&config)?;
-            let store = KeyStore::open_with_state(&config.key_dir(), &config.state_dir)?;
+            let state = std::sync::Arc::new(sealpost::state::State::open(
+                &config.state,
+                &config.state_dir,
+            )?);
+            let store = KeyStore::open_with_db(&config.key_dir(), state.clone())?;
             let discovery = || -> anyhow::Result<Discovery> {
                 let tls = sealpost::tls::client_config(config.keys.extra_ca.as_deref())?;
-                let autocrypt = std::sync::Arc::new(AutocryptStore::open(&config.state_dir));
-                let store = std::sync::Arc::new(KeyStore::open_with_state(
-                    &config.key_dir(),
-                    &config.state_dir,
-                )?);
+                let autocrypt = std::sync::Arc::new(AutocryptStore::new(state.clone()));
+                let store =
+                    std::sync::Arc::new(KeyStore::open_with_db(&config.key_dir(), state.clone())?);
                 Ok(Discovery::new(
                     &config.keys,
-                    &config.state_dir,
+                    state.clone(),
                     store,
                     autocrypt,
                     tls,

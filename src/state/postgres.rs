@@ -17,7 +17,8 @@ pub(super) struct Postgres {
     /// The URL as configured (may hold a password: never printed; see `place`).
     url: String,
     place: String,
-    client: Mutex<Client>,
+    /// Always `Some` but while being dropped (see the `Drop` impl).
+    client: Mutex<Option<Client>>,
 }
 
 impl Postgres {
@@ -27,7 +28,7 @@ impl Postgres {
         Ok(Postgres {
             url: url.to_string(),
             place,
-            client: Mutex::new(client),
+            client: Mutex::new(Some(client)),
         })
     }
 
@@ -40,11 +41,14 @@ impl Postgres {
         f: impl FnOnce(&mut dyn Rows) -> Result<R, StateError> + Send,
     ) -> Result<R, StateError> {
         on_own_thread(|| {
-            let mut client = self.client.lock().unwrap_or_else(|p| p.into_inner());
+            let mut guard = self.client.lock().unwrap_or_else(|p| p.into_inner());
             // A restarted server closed the connection: open a new one.
-            if client.is_closed() {
-                *client = connect(&self.url, &self.place)?;
+            if guard.as_ref().is_none_or(Client::is_closed) {
+                *guard = Some(connect(&self.url, &self.place)?);
             }
+            let Some(client) = guard.as_mut() else {
+                unreachable!("connected just above");
+            };
             let err = |e: postgres::Error| query_err(&self.place, e);
             let mut tx = client.transaction().map_err(err)?;
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])
@@ -56,6 +60,17 @@ impl Postgres {
             tx.commit().map_err(err)?;
             Ok(out)
         })
+    }
+}
+
+impl Drop for Postgres {
+    /// The client owns a runtime, which must not be dropped inside tokio's (a reload
+    /// drops the old state from a task): drop it on a thread of its own.
+    fn drop(&mut self) {
+        let client = self.client.get_mut().ok().and_then(Option::take);
+        if let Some(client) = client {
+            on_own_thread(move || drop(client));
+        }
     }
 }
 

@@ -140,3 +140,24 @@ fn urls_are_checked_and_redacted() {
     );
     assert_eq!(redact_url("postgres://u@db/x"), "postgres://u@db/x");
 }
+
+#[test]
+fn the_documented_state_section_is_valid_and_a_bad_url_is_named() {
+    use crate::config::Config;
+    let path = Path::new("/etc/sealpost/sealpost.toml");
+    let example = include_str!("../../config.example.toml");
+    let text = example.replace("#[state]\n#url = ", "[state]\nurl = ");
+    let c = Config::parse(&text, path).unwrap();
+    assert_eq!(
+        c.state.url.as_deref(),
+        Some("postgres://sealpost@db/sealpost")
+    );
+    let bad = example.replace("#[state]\n#url = \"postgres:", "[state]\nurl = \"mysql:");
+    let err = Config::parse(&bad, path).unwrap_err().to_string();
+    assert!(
+        err.contains("state.url") && err.contains("postgres://"),
+        "{err}"
+    );
+    let typo = example.replace("#[state]\n#url = ", "[state]\nuri = ");
+    assert!(Config::parse(&typo, path).is_err());
+}

@@ -272,7 +272,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 KeysCommand::Lookup { address, identity } => {
                     let d = discovery()?;
                     let rt = tokio::runtime::Runtime::new()?;
-                    let report = rt.block_on(d.lookup(&address, identity.as_deref()));
+                    let report = rt.block_on(d.lookup_uncached(&address, identity.as_deref()));
                     for a in &report.attempts {
                         println!(
                             "{:<10} {}",

@@ -180,11 +180,25 @@ impl Discovery {
     /// `identity` (whose Autocrypt state is consulted). An Autocrypt key does not stop
     /// the search before the domain's WKD: a key the domain publishes wins.
     pub async fn lookup(&self, address: &str, identity: Option<&str>) -> Report {
-        self.lookup_in(address, identity, true).await
+        self.lookup_in(address, identity, true, true).await
     }
 
-    /// [`Discovery::lookup`]; with `network` false only the local sources are asked.
-    async fn lookup_in(&self, address: &str, identity: Option<&str>, network: bool) -> Report {
+    /// [`Discovery::lookup`], asking the network even where a miss is remembered (what
+    /// `sealpost keys lookup` shows: every source's answer now). The answers are kept
+    /// as usual.
+    pub async fn lookup_uncached(&self, address: &str, identity: Option<&str>) -> Report {
+        self.lookup_in(address, identity, true, false).await
+    }
+
+    /// [`Discovery::lookup`]; with `network` false only the local sources are asked,
+    /// with `cached` false remembered misses are not believed.
+    async fn lookup_in(
+        &self,
+        address: &str,
+        identity: Option<&str>,
+        network: bool,
+        cached: bool,
+    ) -> Report {
         let addr = super::normalize_address(address);
         let mut attempts = Vec::new();
         let mut found = false;
@@ -199,7 +213,7 @@ impl Discovery {
                 });
                 continue;
             }
-            let (outcome, vouch) = self.ask(source, &addr, identity).await;
+            let (outcome, vouch) = self.ask(source, &addr, identity, cached).await;
             crate::metrics::key_lookup(source, metric_label(&outcome));
             if matches!(outcome, Outcome::Found(_)) {
                 if source == KeySource::Autocrypt {
@@ -225,6 +239,7 @@ impl Discovery {
         source: KeySource,
         addr: &str,
         identity: Option<&str>,
+        cached: bool,
     ) -> (Outcome, Option<Vouch>) {
         let outcome = match source {
             KeySource::Store => match self.store.lookup_found(addr) {
@@ -242,7 +257,7 @@ impl Discovery {
                 None => Outcome::NotFound,
             },
             KeySource::Wkd | KeySource::Vks => {
-                if self.recent_miss(source, addr) {
+                if cached && self.recent_miss(source, addr) {
                     return (Outcome::CachedMiss, None);
                 }
                 let fetched = match source {
@@ -354,7 +369,7 @@ impl Discovery {
         let mut handles = Vec::new();
         for w in wanted {
             let addr = super::normalize_address(&w.address);
-            let local = self.lookup_in(&addr, identity, false).await;
+            let local = self.lookup_in(&addr, identity, false, true).await;
             let network_allowed = !w.bcc || self.lookup_bcc;
             if !network_allowed {
                 tracing::debug!(address = %addr, "Bcc recipient: local store and Autocrypt only ([keys] lookup_bcc = false)");
@@ -379,7 +394,7 @@ impl Discovery {
             let me = self.clone();
             let id = identity.map(str::to_string);
             let a2 = addr.clone();
-            let h = tokio::spawn(async move { me.lookup_in(&a2, id.as_deref(), true).await });
+            let h = tokio::spawn(async move { me.lookup_in(&a2, id.as_deref(), true, true).await });
             handles.push((addr, w.bcc, fallback, h));
         }
         let deadline = tokio::time::Instant::now() + self.timeout;

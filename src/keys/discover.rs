@@ -169,7 +169,10 @@ impl Discovery {
     fn remember_miss(&self, source: KeySource, addr: &str) {
         let now = super::unix_now();
         // Expired misses are dropped every 256th miss, not scanned for on each.
-        let prune = (self.misses_noted.fetch_add(1, Ordering::Relaxed) % 256 == 0)
+        let prune = self
+            .misses_noted
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(256)
             .then(|| now - self.negative_ttl.as_secs() as i64);
         if let Err(e) = self.db.remember_miss(source_name(source), addr, now, prune) {
             tracing::warn!(error = %e, "cannot remember a key lookup miss");

@@ -78,7 +78,7 @@ const MIGRATIONS: &[&str] = &[
 
 enum Backend {
     Sqlite(sqlite::Sqlite),
-    Postgres(postgres::Postgres),
+    Postgres(Box<postgres::Postgres>),
 }
 
 /// The open state (SQLite or PostgreSQL).
@@ -92,7 +92,7 @@ impl State {
     pub fn open(config: &StateConfig, state_dir: &Path) -> Result<State, StateError> {
         let state = match &config.url {
             Some(url) => State {
-                backend: Backend::Postgres(postgres::Postgres::connect(url)?),
+                backend: Backend::Postgres(Box::new(postgres::Postgres::connect(url)?)),
             },
             None => State::open_sqlite(&state_dir.join(SQLITE_FILE))?,
         };

@@ -209,11 +209,13 @@ impl KeyStore {
                     .is_some_and(|e| normalize_address(e) == addr)
             })
             .retain_user_attributes(|_| false);
-        let imported = self.merge_into_certd(cert)?;
+        // Provenance first: a certificate stored without it would count as the
+        // administrator's (every user ID believed) should the second write fail.
+        let fingerprint = cert.fingerprint().to_hex().to_lowercase();
         let vouch = provenance::Provenance::vouch_of(source);
         let mut state = self.lock();
         let now = unix_now();
-        self.change_provenance(&mut state, &imported.fingerprint, move |old| {
+        self.change_provenance(&mut state, &fingerprint, move |old| {
             let mut p = old.unwrap_or_else(|| provenance::Provenance {
                 source,
                 address: addr.clone(),
@@ -228,7 +230,8 @@ impl KeyStore {
             *v = (*v).min(vouch);
             Some(p)
         })?;
-        Ok(imported)
+        drop(state);
+        self.merge_into_certd(cert)
     }
 
     /// Notes that a discovered certificate was refreshed now.

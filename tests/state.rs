@@ -351,3 +351,39 @@ fn two_instances_on_one_postgresql_share_provenance_misses_and_autocrypt_state()
         assert!(!t.contains(password), "the database password was printed");
     }
 }
+
+#[test]
+fn concurrent_updates_through_two_connections_lose_nothing() {
+    use sealpost::state::{State, StateConfig};
+    let pg = Postgres::start();
+    let dirs = [common::tempdir(), common::tempdir()];
+    let config = StateConfig {
+        url: Some(pg.url("x")),
+    };
+    // Two gateways' connections, each bumping the same peer 40 times: every
+    // read-modify-write must see the other's committed update.
+    let states: Vec<State> = dirs
+        .iter()
+        .map(|d| State::open(&config, d.path()).expect("open PostgreSQL state"))
+        .collect();
+    let peer = vec!["bob@example.org".to_string()];
+    std::thread::scope(|s| {
+        for state in &states {
+            let peer = &peer;
+            s.spawn(move || {
+                for _ in 0..40 {
+                    state
+                        .update_peers("alice@example.com", peer, |p| {
+                            p.entry(peer[0].clone()).or_default().last_seen += 1;
+                        })
+                        .unwrap();
+                }
+            });
+        }
+    });
+    let p = states[0]
+        .peer("alice@example.com", "bob@example.org")
+        .unwrap()
+        .unwrap();
+    assert_eq!(p.last_seen, 80, "lost updates");
+}

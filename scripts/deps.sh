@@ -11,7 +11,10 @@ set -euo pipefail
 # with libclang); the key store links SQLite.
 build_pkgs=(pkg-config libclang-dev libssl-dev libsqlite3-dev make gcc)
 test_pkgs=(gnupg gpg-agent sq swaks libnet-ssleay-perl isync python3 python3-aiosmtpd
-  dovecot-core dovecot-imapd curl openssl ca-certificates procps systemd)
+  dovecot-core dovecot-imapd curl openssl ca-certificates procps systemd postgresql
+  util-linux)
+# postgresql: tests/state.rs starts its own server (initdb, postgres; the client library is
+# pure Rust); util-linux's setpriv runs it as the package's postgres user when root.
 # systemd: systemd-analyze rates and verifies the units in systemd/ (tests/systemd.rs);
 # a minbase Debian has no systemd, and nothing here starts it.
 # sequoia-sq 1.x builds with Sequoia's default backend (nettle), links OpenSSL and

@@ -21,6 +21,8 @@ pub enum AppError {
     Discovery(#[from] crate::keys::discover::DiscoveryError),
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditError),
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
     #[error("cannot listen on {addr} ({what}): {message}")]
     Listen {
         addr: std::net::SocketAddr,
@@ -31,6 +33,8 @@ pub enum AppError {
 
 /// Everything loaded from the config that the services share.
 pub struct Loaded {
+    /// Provenance, the lookup cache and Autocrypt state (see [`crate::state`]).
+    pub state: Arc<crate::state::State>,
     pub store: Arc<KeyStore>,
     pub discovery: Arc<Discovery>,
     pub identities: Vec<Arc<LoadedIdentity>>,
@@ -39,8 +43,9 @@ pub struct Loaded {
 }
 
 pub fn load(config: &Config) -> Result<Loaded, AppError> {
+    let state = Arc::new(crate::state::State::open(&config.state, &config.state_dir)?);
     let store = Arc::new(
-        KeyStore::open_with_state(&config.key_dir(), &config.state_dir)?
+        KeyStore::open_with_db(&config.key_dir(), state.clone())?
             .with_secret_dir(config.keys.secret_dir.as_deref()),
     );
     let identities = config
@@ -50,15 +55,16 @@ pub fn load(config: &Config) -> Result<Loaded, AppError> {
         .collect::<Result<Vec<_>, _>>()?;
     let client_tls = tls::client_config(config.keys.extra_ca.as_deref())?;
     let server_tls = tls::listener_config(config)?;
-    let autocrypt = Arc::new(AutocryptStore::open(&config.state_dir));
+    let autocrypt = Arc::new(AutocryptStore::new(state.clone()));
     let discovery = Arc::new(Discovery::new(
         &config.keys,
-        &config.state_dir,
+        state.clone(),
         store.clone(),
         autocrypt,
         client_tls.clone(),
     )?);
     Ok(Loaded {
+        state,
         discovery,
         store,
         identities,
@@ -111,6 +117,10 @@ pub async fn check(config: &Config) -> Vec<CheckLine> {
     }];
     let mut push =
         |ok: bool, what: String, detail: String| lines.push(CheckLine { ok, what, detail });
+    match crate::state::State::open(&config.state, &config.state_dir) {
+        Ok(s) => push(true, "state".into(), format!("{} opened", s.describe())),
+        Err(e) => push(false, "state".into(), e.to_string()),
+    }
     let store = KeyStore::open(&config.key_dir());
     match &store {
         Ok(s) => match s.certs() {

@@ -82,6 +82,9 @@ pub struct Config {
     pub audit: AuditConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// `[state]`: where key provenance, the lookup cache and Autocrypt state live.
+    #[serde(default)]
+    pub state: crate::state::StateConfig,
     /// Optional HTTP listener answering Thunderbird's autoconfig and Outlook's
     /// Autodiscover with sealpost's own listeners.
     #[serde(default)]
@@ -509,6 +512,9 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.state.url {
+            crate::state::check_url(url).map_err(|m| self.invalid("state.url", m))?;
+        }
         if self.accounts.is_empty() {
             return Err(self.invalid(
                 "account",

@@ -22,6 +22,7 @@ pub mod pgp;
 pub mod policy;
 pub mod serve;
 pub mod smtp;
+pub mod state;
 pub mod stats;
 pub mod status;
 pub mod tls;

@@ -122,7 +122,12 @@ enum KeysCommand {
     /// List the certificates in the store and whether they can be used.
     List,
     /// Ask every configured source for ADDRESS and say which key would be used.
-    Lookup { address: String },
+    Lookup {
+        address: String,
+        /// Consult this identity's Autocrypt state too (what its mail would use).
+        #[arg(long = "as", value_name = "IDENTITY")]
+        identity: Option<String>,
+    },
     /// Print the stored certificates for ADDRESS, armored.
     Export { address: String },
     /// Remove a certificate from the store.
@@ -142,7 +147,9 @@ enum KeysCommand {
 fn init_logging() {
     use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_env("SEALPOST_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+        // The PostgreSQL client logs every statement's parameters at debug level.
+        .add_directive("tokio_postgres=info".parse().expect("a valid directive"));
     tracing_subscriber::registry()
         .with(
             tracing_subscriber::fmt::layer()
@@ -243,27 +250,29 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Unseal(args) => seal(&config, args, true),
         Command::Keys { command } => {
             let config = Config::load(&config)?;
-            let store = KeyStore::open_with_state(&config.key_dir(), &config.state_dir)?;
+            let state = std::sync::Arc::new(sealpost::state::State::open(
+                &config.state,
+                &config.state_dir,
+            )?);
+            let store = KeyStore::open_with_db(&config.key_dir(), state.clone())?;
             let discovery = || -> anyhow::Result<Discovery> {
                 let tls = sealpost::tls::client_config(config.keys.extra_ca.as_deref())?;
-                let autocrypt = std::sync::Arc::new(AutocryptStore::open(&config.state_dir));
-                let store = std::sync::Arc::new(KeyStore::open_with_state(
-                    &config.key_dir(),
-                    &config.state_dir,
-                )?);
+                let autocrypt = std::sync::Arc::new(AutocryptStore::new(state.clone()));
+                let store =
+                    std::sync::Arc::new(KeyStore::open_with_db(&config.key_dir(), state.clone())?);
                 Ok(Discovery::new(
                     &config.keys,
-                    &config.state_dir,
+                    state.clone(),
                     store,
                     autocrypt,
                     tls,
                 )?)
             };
             match command {
-                KeysCommand::Lookup { address } => {
+                KeysCommand::Lookup { address, identity } => {
                     let d = discovery()?;
                     let rt = tokio::runtime::Runtime::new()?;
-                    let report = rt.block_on(d.lookup(&address, None));
+                    let report = rt.block_on(d.lookup_uncached(&address, identity.as_deref()));
                     for a in &report.attempts {
                         println!(
                             "{:<10} {}",
@@ -350,8 +359,23 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                                 sealpost::keys::usable_for(cert, e, &sealpost::keys::POLICY)
                             })
                             .collect();
+                        // Where a discovered certificate came from (see keys::provenance).
+                        let origin = store
+                            .provenance(&cert.fingerprint().to_hex())
+                            .filter(|p| !p.local)
+                            .map(|p| {
+                                let v: Vec<String> = p
+                                    .vouched
+                                    .iter()
+                                    .map(|(a, v)| {
+                                        format!("{} for {a}", format!("{v:?}").to_lowercase())
+                                    })
+                                    .collect();
+                                format!(" discovered: {}", v.join(", "))
+                            })
+                            .unwrap_or_default();
                         println!(
-                            "{} {} [{}]",
+                            "{} {} [{}]{origin}",
                             cert.fingerprint().to_hex(),
                             uids.join(", "),
                             if usable.is_empty() {

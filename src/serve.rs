@@ -138,6 +138,10 @@ fn build(config: &Config, loaded: &Loaded, shared: &Shared) -> Built {
 /// where the audit goes.
 fn layout(config: &Config) -> Vec<String> {
     let mut out = vec![format!("state_dir = {}", config.state_dir.display())];
+    // The database in use stays for the process's life (redacted: this is logged).
+    if let Some(url) = &config.state.url {
+        out.push(format!("[state] url = {}", crate::state::redact_url(url)));
+    }
     for a in &config.accounts {
         for (kind, s) in [("smtp", &a.smtp), ("imap", &a.imap)] {
             let Some(s) = s else { continue };

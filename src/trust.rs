@@ -11,7 +11,7 @@
 use sequoia_openpgp::Cert;
 
 /// What vouches for a certificate speaking for an address, strongest first (kept in
-/// `state_dir/discovered.toml` beside each discovered certificate).
+/// the state database beside each discovered certificate; see `crate::state`).
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
 )]

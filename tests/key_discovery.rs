@@ -109,10 +109,19 @@ fn keys_from_wkd_both_methods_and_vks_are_used_and_kept() {
     for who in ["bob@example.org", "carol@example.org", "dave@example.net"] {
         assert!(list.contains(&format!("encrypts to {who}")), "{list}");
     }
-    let discovered =
-        std::fs::read_to_string(proxy.dir.path().join("state/discovered.toml")).unwrap();
-    assert!(discovered.contains("source = \"wkd\"") && discovered.contains("source = \"vks\""));
-    assert!(discovered.contains(&keyring().bob().fpr.to_lowercase()));
+    // Where each came from is kept in the state database (state_dir/state.sqlite3).
+    assert!(proxy.dir.path().join("state/state.sqlite3").exists());
+    for (who, how) in [
+        ("bob@example.org", "wkd"),
+        ("carol@example.org", "vks"),
+        ("dave@example.net", "wkd"),
+    ] {
+        assert!(
+            list.lines()
+                .any(|l| l.ends_with(&format!("discovered: {how} for {who}"))),
+            "{list}"
+        );
+    }
 
     // A second message needs no network: the store answers first.
     let before = ks.requests().len();

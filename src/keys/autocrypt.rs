@@ -5,8 +5,9 @@
 //! `last_seen`, `autocrypt_timestamp`, the announced key and `prefer-encrypt`, plus
 //! gossip learned from encrypted mail (`Autocrypt-Gossip`, §2.7). A header only
 //! replaces the stored key when its message is newer than the one the key came from,
-//! so replayed old mail cannot roll a key back. The state lives in one TOML file in
-//! `state_dir`, rewritten atomically on change.
+//! so replayed old mail cannot roll a key back. The state lives in the state database
+//! ([`crate::state`]), one row per identity and peer, each message's changes one
+//! transaction; nothing is cached here, so instances sharing PostgreSQL learn together.
 
 use openpgp::parse::Parse;
 use openpgp::serialize::SerializeInto;
@@ -15,8 +16,7 @@ use sequoia_autocrypt::{AutocryptHeader, AutocryptHeaderType, AutocryptHeaders};
 use sequoia_openpgp as openpgp;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::Arc;
 
 use crate::trust::Vouch;
 
@@ -47,17 +47,24 @@ pub struct PeerState {
     pub gossip_message_id: Option<String>,
 }
 
-/// Per identity (normalised address), per peer. A global state written before this
-/// layout (`peers`) is not read: it cannot say which user saw the message.
+/// The TOML file earlier versions kept (`state_dir/autocrypt.toml`): per identity
+/// (normalised address), per peer. A global state written before that layout (`peers`)
+/// is not read: it cannot say which user saw the message.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct StateFile {
     #[serde(default)]
     identities: BTreeMap<String, BTreeMap<String, PeerState>>,
 }
 
+/// Reads the legacy TOML file, to be imported into the state database once.
+pub(crate) fn parse_legacy(
+    text: &str,
+) -> Result<BTreeMap<String, BTreeMap<String, PeerState>>, toml::de::Error> {
+    Ok(toml::from_str::<StateFile>(text)?.identities)
+}
+
 pub struct AutocryptStore {
-    path: PathBuf,
-    state: Mutex<StateFile>,
+    db: Arc<crate::state::State>,
 }
 
 /// What a message taught us.
@@ -106,44 +113,28 @@ pub struct Learner {
 }
 
 impl AutocryptStore {
-    /// Opens the state in `dir/autocrypt.toml` (an unreadable file starts fresh,
-    /// with a warning: losing learned keys only means fewer encrypted messages).
-    pub fn open(dir: &Path) -> AutocryptStore {
-        let path = dir.join("autocrypt.toml");
-        let state = match std::fs::read_to_string(&path) {
-            Ok(text) => toml::from_str(&text).unwrap_or_else(|e| {
-                tracing::warn!(path = %path.display(), error = %e, "unreadable Autocrypt state; starting fresh");
-                StateFile::default()
-            }),
-            Err(_) => StateFile::default(),
-        };
-        AutocryptStore {
-            path,
-            state: Mutex::new(state),
-        }
+    /// The Autocrypt state kept in `db`.
+    pub fn new(db: Arc<crate::state::State>) -> AutocryptStore {
+        AutocryptStore { db }
     }
 
-    fn save(&self, state: &StateFile) {
-        let Ok(text) = toml::to_string(state) else {
-            return;
-        };
-        let tmp = self.path.with_extension("toml.tmp");
-        if let Some(dir) = self.path.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        if std::fs::write(&tmp, text).is_ok() {
-            let _ = std::fs::rename(&tmp, &self.path);
-        }
+    /// The state in `dir`'s SQLite file (tests).
+    #[cfg(test)]
+    pub fn open(dir: &std::path::Path) -> AutocryptStore {
+        let db = crate::state::State::open(&Default::default(), dir).expect("open state");
+        AutocryptStore::new(Arc::new(db))
     }
 
     /// What `identity` knows about `addr`.
     pub fn peer(&self, identity: &str, addr: &str) -> Option<PeerState> {
-        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state
-            .identities
-            .get(&super::normalize_address(identity))?
-            .get(&super::normalize_address(addr))
-            .cloned()
+        let identity = super::normalize_address(identity);
+        match self.db.peer(&identity, &super::normalize_address(addr)) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read Autocrypt state");
+                None
+            }
+        }
     }
 
     /// The key `identity` uses for `addr`: the announced one, else gossip; with what
@@ -203,11 +194,52 @@ impl AutocryptStore {
                 .is_some_and(|id| super::authres::provider_authenticated(header, id, from_domain));
         // §2.3: the effective date is the Date header, but never in the future.
         let date = msg.date().map(|d| d.to_timestamp()).unwrap_or(now).min(now);
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let peers = state
-            .identities
-            .entry(super::normalize_address(identity))
-            .or_default();
+        let gossip_counts = evidence.signed_good_for.is_some_and(|a| a.contains(&from));
+        // The peers this message may change: the sender, and whom it gossips about.
+        let mut addrs = vec![from.clone()];
+        if gossip_counts {
+            addrs.extend(
+                parsed
+                    .headers
+                    .iter()
+                    .filter(|h| h.header_type == AutocryptHeaderType::Gossip)
+                    .filter_map(|h| h.get("addr"))
+                    .map(|a| super::normalize_address(&a.value)),
+            );
+        }
+        let identity = super::normalize_address(identity);
+        let update = |peers: &mut BTreeMap<String, PeerState>| {
+            learn_into(
+                peers,
+                &parsed,
+                &from,
+                date,
+                authenticated,
+                gossip_counts,
+                message_id,
+            )
+        };
+        match self.db.update_peers(&identity, &addrs, update) {
+            Ok(learned) => learned,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot store Autocrypt state");
+                Learned::Nothing
+            }
+        }
+    }
+}
+
+/// Applies one message's headers to the stored peers (Autocrypt 1.1 §2.3, §2.7).
+fn learn_into(
+    peers: &mut BTreeMap<String, PeerState>,
+    parsed: &AutocryptHeaders,
+    from: &str,
+    date: i64,
+    authenticated: bool,
+    gossip_counts: bool,
+    message_id: Option<String>,
+) -> Learned {
+    {
         let mut learned = Learned::Nothing;
         let sender: Vec<&AutocryptHeader> = parsed
             .headers
@@ -218,7 +250,7 @@ impl AutocryptStore {
                     .is_some_and(|a| super::normalize_address(&a.value) == from)
             })
             .collect();
-        let peer = peers.entry(from.clone()).or_default();
+        let peer = peers.entry(from.to_string()).or_default();
         if date > peer.last_seen {
             peer.last_seen = date;
         }
@@ -245,11 +277,13 @@ impl AutocryptStore {
                         .map(|a| a.value.clone())
                         .filter(|v| v == "mutual")
                         .unwrap_or_else(|| "nopreference".into());
-                    learned = Learned::Key { addr: from.clone() };
+                    learned = Learned::Key {
+                        addr: from.to_string(),
+                    };
                 }
             }
         }
-        if evidence.signed_good_for.is_some_and(|a| a.contains(&from)) {
+        if gossip_counts {
             let mut addrs = Vec::new();
             for h in parsed
                 .headers
@@ -272,7 +306,6 @@ impl AutocryptStore {
                 learned = Learned::Gossip { addrs };
             }
         }
-        self.save(&state);
         learned
     }
 }

@@ -16,8 +16,9 @@ use openpgp::parse::Parse;
 use openpgp::Cert;
 use sequoia_openpgp as openpgp;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiscoveryError {
@@ -94,7 +95,10 @@ pub struct Discovery {
     vks: String,
     timeout: Duration,
     negative_ttl: Duration,
-    misses: Mutex<HashMap<(KeySource, String), Instant>>,
+    /// Misses (negative cache) live in the state database, shared by instances.
+    db: Arc<crate::state::State>,
+    /// Counts misses remembered, to prune expired ones now and then.
+    misses_noted: AtomicU64,
     lookup_bcc: bool,
 }
 
@@ -110,7 +114,7 @@ pub struct Wanted {
 impl Discovery {
     pub fn new(
         cfg: &KeysConfig,
-        state_dir: &std::path::Path,
+        db: Arc<crate::state::State>,
         store: Arc<KeyStore>,
         autocrypt: Arc<AutocryptStore>,
         tls: Arc<rustls::ClientConfig>,
@@ -129,7 +133,6 @@ impl Discovery {
         let http = builder
             .build()
             .map_err(|e| DiscoveryError::Http(e.to_string()))?;
-        let _ = state_dir;
         Ok(Discovery {
             store,
             autocrypt,
@@ -138,7 +141,8 @@ impl Discovery {
             vks: cfg.vks.trim_end_matches('/').to_string(),
             timeout,
             negative_ttl: Duration::from_secs(cfg.negative_cache_secs),
-            misses: Mutex::new(HashMap::new()),
+            db,
+            misses_noted: AtomicU64::new(0),
             lookup_bcc: cfg.lookup_bcc,
         })
     }
@@ -153,30 +157,51 @@ impl Discovery {
     }
 
     fn recent_miss(&self, source: KeySource, addr: &str) -> bool {
-        let misses = self.misses.lock().unwrap_or_else(|e| e.into_inner());
-        misses
-            .get(&(source, addr.to_string()))
-            .is_some_and(|t| t.elapsed() < self.negative_ttl)
+        let since = super::unix_now() - self.negative_ttl.as_secs() as i64;
+        self.db
+            .recent_miss(source_name(source), addr, since)
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot read the key lookup cache");
+                false
+            })
     }
 
     fn remember_miss(&self, source: KeySource, addr: &str) {
-        let mut misses = self.misses.lock().unwrap_or_else(|e| e.into_inner());
-        if misses.len() > 100_000 {
-            let ttl = self.negative_ttl;
-            misses.retain(|_, t| t.elapsed() < ttl);
+        let now = super::unix_now();
+        // Expired misses are dropped every 256th miss, not scanned for on each.
+        let prune = self
+            .misses_noted
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(256)
+            .then(|| now - self.negative_ttl.as_secs() as i64);
+        if let Err(e) = self.db.remember_miss(source_name(source), addr, now, prune) {
+            tracing::warn!(error = %e, "cannot remember a key lookup miss");
         }
-        misses.insert((source, addr.to_string()), Instant::now());
     }
 
     /// Asks the sources in order until one has a usable key, for mail sent by
     /// `identity` (whose Autocrypt state is consulted). An Autocrypt key does not stop
     /// the search before the domain's WKD: a key the domain publishes wins.
     pub async fn lookup(&self, address: &str, identity: Option<&str>) -> Report {
-        self.lookup_in(address, identity, true).await
+        self.lookup_in(address, identity, true, true).await
     }
 
-    /// [`Discovery::lookup`]; with `network` false only the local sources are asked.
-    async fn lookup_in(&self, address: &str, identity: Option<&str>, network: bool) -> Report {
+    /// [`Discovery::lookup`], asking the network even where a miss is remembered (what
+    /// `sealpost keys lookup` shows: every source's answer now). The answers are kept
+    /// as usual.
+    pub async fn lookup_uncached(&self, address: &str, identity: Option<&str>) -> Report {
+        self.lookup_in(address, identity, true, false).await
+    }
+
+    /// [`Discovery::lookup`]; with `network` false only the local sources are asked,
+    /// with `cached` false remembered misses are not believed.
+    async fn lookup_in(
+        &self,
+        address: &str,
+        identity: Option<&str>,
+        network: bool,
+        cached: bool,
+    ) -> Report {
         let addr = super::normalize_address(address);
         let mut attempts = Vec::new();
         let mut found = false;
@@ -191,7 +216,7 @@ impl Discovery {
                 });
                 continue;
             }
-            let (outcome, vouch) = self.ask(source, &addr, identity).await;
+            let (outcome, vouch) = self.ask(source, &addr, identity, cached).await;
             crate::metrics::key_lookup(source, metric_label(&outcome));
             if matches!(outcome, Outcome::Found(_)) {
                 if source == KeySource::Autocrypt {
@@ -217,6 +242,7 @@ impl Discovery {
         source: KeySource,
         addr: &str,
         identity: Option<&str>,
+        cached: bool,
     ) -> (Outcome, Option<Vouch>) {
         let outcome = match source {
             KeySource::Store => match self.store.lookup_found(addr) {
@@ -234,7 +260,7 @@ impl Discovery {
                 None => Outcome::NotFound,
             },
             KeySource::Wkd | KeySource::Vks => {
-                if self.recent_miss(source, addr) {
+                if cached && self.recent_miss(source, addr) {
                     return (Outcome::CachedMiss, None);
                 }
                 let fetched = match source {
@@ -346,7 +372,7 @@ impl Discovery {
         let mut handles = Vec::new();
         for w in wanted {
             let addr = super::normalize_address(&w.address);
-            let local = self.lookup_in(&addr, identity, false).await;
+            let local = self.lookup_in(&addr, identity, false, true).await;
             let network_allowed = !w.bcc || self.lookup_bcc;
             if !network_allowed {
                 tracing::debug!(address = %addr, "Bcc recipient: local store and Autocrypt only ([keys] lookup_bcc = false)");
@@ -371,7 +397,7 @@ impl Discovery {
             let me = self.clone();
             let id = identity.map(str::to_string);
             let a2 = addr.clone();
-            let h = tokio::spawn(async move { me.lookup_in(&a2, id.as_deref(), true).await });
+            let h = tokio::spawn(async move { me.lookup_in(&a2, id.as_deref(), true, true).await });
             handles.push((addr, w.bcc, fallback, h));
         }
         let deadline = tokio::time::Instant::now() + self.timeout;
@@ -430,11 +456,20 @@ impl Discovery {
             }
         }
         // A refreshed key may now be usable or not: forget misses.
-        self.misses
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        if let Err(e) = self.db.forget_misses() {
+            tracing::warn!(error = %e, "cannot clear the key lookup cache");
+        }
         updated
+    }
+}
+
+/// The name a source's misses are kept under.
+fn source_name(source: KeySource) -> &'static str {
+    match source {
+        KeySource::Store => "store",
+        KeySource::Wkd => "wkd",
+        KeySource::Vks => "vks",
+        KeySource::Autocrypt => "autocrypt",
     }
 }
 

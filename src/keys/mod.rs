@@ -45,6 +45,8 @@ pub enum KeyError {
     Read { path: PathBuf, message: String },
     #[error("identity {address}: {message}")]
     Identity { address: String, message: String },
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
 }
 
 /// What `import` did with one certificate.
@@ -62,8 +64,8 @@ pub struct KeyStore {
     dir: PathBuf,
     certd: CertD,
     secrets: Option<secret_dir::SecretDir>,
-    /// `state_dir/discovered.toml`; `None`: provenance is kept in memory only.
-    provenance_path: Option<PathBuf>,
+    /// Where provenance is kept (see [`crate::state`]); `None`: in memory only.
+    db: Option<Arc<crate::state::State>>,
     state: Mutex<StoreState>,
 }
 
@@ -74,7 +76,9 @@ struct StoreState {
     /// The store's tag when `files` was last brought up to date; `None`: rescan.
     tag: Option<Tag>,
     files: HashMap<String, (Tag, Cert)>,
-    provenance: provenance::ProvenanceFile,
+    /// Fingerprint -> provenance: the database's rows as of the last rescan or change
+    /// (another instance sharing the database and the store changes the store's tag).
+    provenance: std::collections::BTreeMap<String, provenance::Provenance>,
     /// Rebuilt after any change of `files` or `provenance`.
     snapshot: Option<Snapshot>,
 }
@@ -93,27 +97,33 @@ impl KeyStore {
     }
 
     /// Opens the store in `dir` with the provenance of discovered certificates kept in
-    /// `state_dir/discovered.toml` (see [`provenance`]).
+    /// the SQLite state of `state_dir` (see [`provenance`] and [`crate::state`]).
     pub fn open_with_state(dir: &Path, state_dir: &Path) -> Result<KeyStore, KeyError> {
-        Self::open_inner(dir, Some(state_dir.join("discovered.toml")))
+        let db = crate::state::State::open(&Default::default(), state_dir)?;
+        Self::open_inner(dir, Some(Arc::new(db)))
     }
 
-    fn open_inner(dir: &Path, provenance_path: Option<PathBuf>) -> Result<KeyStore, KeyError> {
+    /// Opens the store in `dir` with provenance kept in `db`.
+    pub fn open_with_db(dir: &Path, db: Arc<crate::state::State>) -> Result<KeyStore, KeyError> {
+        Self::open_inner(dir, Some(db))
+    }
+
+    fn open_inner(dir: &Path, db: Option<Arc<crate::state::State>>) -> Result<KeyStore, KeyError> {
         let err = |message: String| KeyError::Store {
             dir: dir.to_path_buf(),
             message,
         };
         std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
         let certd = CertD::with_base_dir(dir).map_err(|e| err(e.to_string()))?;
-        let provenance = provenance_path
-            .as_deref()
-            .map(provenance::ProvenanceFile::load)
-            .unwrap_or_default();
+        let provenance = match &db {
+            Some(db) => db.all_provenance()?,
+            None => Default::default(),
+        };
         Ok(KeyStore {
             dir: dir.to_path_buf(),
             certd,
             secrets: None,
-            provenance_path,
+            db,
             state: Mutex::new(StoreState {
                 provenance,
                 ..StoreState::default()
@@ -167,11 +177,14 @@ impl KeyStore {
     pub fn insert(&self, cert: Cert) -> Result<Imported, KeyError> {
         let imported = self.merge_into_certd(cert)?;
         let mut state = self.lock();
-        if let Some(p) = state.provenance.certs.get_mut(&imported.fingerprint) {
-            if !p.local {
-                p.local = true;
-                self.changed_provenance(&mut state);
-            }
+        if state
+            .provenance
+            .get(&imported.fingerprint)
+            .is_some_and(|p| !p.local)
+        {
+            self.change_provenance(&mut state, &imported.fingerprint, |p| {
+                p.map(|p| provenance::Provenance { local: true, ..p })
+            })?;
         }
         Ok(imported)
     }
@@ -196,15 +209,14 @@ impl KeyStore {
                     .is_some_and(|e| normalize_address(e) == addr)
             })
             .retain_user_attributes(|_| false);
-        let imported = self.merge_into_certd(cert)?;
+        // Provenance first: a certificate stored without it would count as the
+        // administrator's (every user ID believed) should the second write fail.
+        let fingerprint = cert.fingerprint().to_hex().to_lowercase();
         let vouch = provenance::Provenance::vouch_of(source);
         let mut state = self.lock();
         let now = unix_now();
-        let p = state
-            .provenance
-            .certs
-            .entry(imported.fingerprint.clone())
-            .or_insert_with(|| provenance::Provenance {
+        self.change_provenance(&mut state, &fingerprint, move |old| {
+            let mut p = old.unwrap_or_else(|| provenance::Provenance {
                 source,
                 address: addr.clone(),
                 found_at: now,
@@ -212,47 +224,78 @@ impl KeyStore {
                 vouched: Default::default(),
                 local: false,
             });
-        p.refreshed_at = now;
-        let v = p.vouched.entry(addr).or_insert(vouch);
-        // Strongest first: a WKD answer does not weaken what a local import said.
-        *v = (*v).min(vouch);
-        self.changed_provenance(&mut state);
-        Ok(imported)
+            p.refreshed_at = now;
+            let v = p.vouched.entry(addr).or_insert(vouch);
+            // Strongest first: a WKD answer does not weaken what a local import said.
+            *v = (*v).min(vouch);
+            Some(p)
+        })?;
+        drop(state);
+        self.merge_into_certd(cert)
     }
 
     /// Notes that a discovered certificate was refreshed now.
     pub fn refreshed(&self, fingerprint: &str) {
         let mut state = self.lock();
-        if let Some(p) = state.provenance.certs.get_mut(&fingerprint.to_lowercase()) {
-            p.refreshed_at = unix_now();
-            self.changed_provenance(&mut state);
+        let now = unix_now();
+        let fpr = fingerprint.to_lowercase();
+        let r = self.change_provenance(&mut state, &fpr, move |p| {
+            p.map(|p| provenance::Provenance {
+                refreshed_at: now,
+                ..p
+            })
+        });
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "cannot note a key refresh");
         }
     }
 
-    /// Where a stored certificate came from, if it was discovered.
+    /// Where a stored certificate came from, if it was discovered (read from the
+    /// database, so what another instance sharing it found is seen).
     pub fn provenance(&self, fingerprint: &str) -> Option<provenance::Provenance> {
-        self.lock()
-            .provenance
-            .certs
-            .get(&fingerprint.to_lowercase())
-            .cloned()
+        let fpr = fingerprint.to_lowercase();
+        if let Some(db) = &self.db {
+            match db.provenance(&fpr) {
+                Ok(p) => return p,
+                Err(e) => tracing::warn!(error = %e, "cannot read key provenance"),
+            }
+        }
+        self.lock().provenance.get(&fpr).cloned()
     }
 
     /// Every discovered certificate's provenance, by fingerprint.
     pub fn discovered(&self) -> Vec<(String, provenance::Provenance)> {
+        if let Some(db) = &self.db {
+            match db.all_provenance() {
+                Ok(all) => return all.into_iter().collect(),
+                Err(e) => tracing::warn!(error = %e, "cannot read key provenance"),
+            }
+        }
         self.lock()
             .provenance
-            .certs
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
     }
 
-    fn changed_provenance(&self, state: &mut StoreState) {
+    /// Changes the provenance of `fpr` in the database (one transaction) and then in
+    /// memory; the snapshot is rebuilt on next use.
+    fn change_provenance(
+        &self,
+        state: &mut StoreState,
+        fpr: &str,
+        f: impl FnOnce(Option<provenance::Provenance>) -> Option<provenance::Provenance> + Send,
+    ) -> Result<(), KeyError> {
+        let new = match &self.db {
+            Some(db) => db.update_provenance(fpr, f)?,
+            None => f(state.provenance.get(fpr).cloned()),
+        };
+        match new {
+            Some(p) => state.provenance.insert(fpr.to_string(), p),
+            None => state.provenance.remove(fpr),
+        };
         state.snapshot = None;
-        if let Some(path) = &self.provenance_path {
-            state.provenance.save(path);
-        }
+        Ok(())
     }
 
     fn merge_into_certd(&self, cert: Cert) -> Result<Imported, KeyError> {
@@ -325,6 +368,9 @@ impl KeyStore {
             state.files = seen;
             state.tag = Some(tag);
             state.snapshot = None;
+            if let Some(db) = &self.db {
+                state.provenance = db.all_provenance()?;
+            }
         }
         if let Some(s) = &state.snapshot {
             return Ok(s.clone());
@@ -336,7 +382,7 @@ impl KeyStore {
             .iter()
             .map(|c| {
                 let fpr = c.fingerprint().to_hex().to_lowercase();
-                match state.provenance.certs.get(&fpr) {
+                match state.provenance.get(&fpr) {
                     Some(p) if !p.local => crate::trust::Believed {
                         cert: c.clone(),
                         addresses: p.vouched.keys().cloned().collect(),
@@ -381,9 +427,7 @@ impl KeyStore {
                 let mut state = self.lock();
                 // Make the change visible even if the store's tag did not move.
                 state.tag = None;
-                if state.provenance.certs.remove(&fpr).is_some() {
-                    self.changed_provenance(&mut state);
-                }
+                self.change_provenance(&mut state, &fpr, |_| None)?;
                 Ok(true)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
@@ -420,7 +464,7 @@ impl KeyStore {
         let mut best: Option<crate::trust::Vouch> = None;
         for c in snapshot.certs.iter() {
             let fpr = c.fingerprint().to_hex().to_lowercase();
-            let vouch = match state.provenance.certs.get(&fpr) {
+            let vouch = match state.provenance.get(&fpr) {
                 Some(p) => p.vouch_for(&wanted),
                 None => Some(crate::trust::Vouch::Local),
             };

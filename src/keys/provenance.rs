@@ -6,13 +6,13 @@
 //! address), a verifying key server for the e-mail it checked. So per certificate we keep
 //! the addresses something vouched for, and by what; a certificate without an entry was
 //! put in the store by the administrator (`sealpost keys import`, or `sq` sharing the
-//! directory) and speaks for all its user IDs. The file is `state_dir/discovered.toml`.
+//! directory) and speaks for all its user IDs. It is kept in the state database
+//! ([`crate::state`]).
 
 use crate::config::KeySource;
 use crate::trust::Vouch;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::Path;
 
 /// Where a discovered certificate came from (kept beside the store).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -54,6 +54,8 @@ impl Provenance {
     }
 }
 
+/// The TOML file earlier versions kept (`state_dir/discovered.toml`), read once to be
+/// imported into the state database (see [`crate::state`]).
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub(crate) struct ProvenanceFile {
     #[serde(default)]
@@ -61,39 +63,16 @@ pub(crate) struct ProvenanceFile {
 }
 
 impl ProvenanceFile {
-    /// Reads the file; a missing file is empty. Entries written before addresses were
-    /// kept vouch for the one address they were found for, nothing more.
-    pub(crate) fn load(path: &Path) -> ProvenanceFile {
-        let mut file: ProvenanceFile = match std::fs::read_to_string(path) {
-            Ok(text) => toml::from_str(&text).unwrap_or_else(|e| {
-                tracing::warn!(path = %path.display(), error = %e, "unreadable key provenance; discovered keys are believed for no address until found again");
-                ProvenanceFile::default()
-            }),
-            Err(_) => ProvenanceFile::default(),
-        };
+    /// Parses the file. Entries written before addresses were kept vouch for the one
+    /// address they were found for, nothing more.
+    pub(crate) fn parse(text: &str) -> Result<ProvenanceFile, toml::de::Error> {
+        let mut file: ProvenanceFile = toml::from_str(text)?;
         for p in file.certs.values_mut() {
             if p.vouched.is_empty() {
                 let a = super::normalize_address(&p.address);
                 p.vouched.insert(a, Provenance::vouch_of(p.source));
             }
         }
-        file
-    }
-
-    /// Rewrites the file atomically (write a temporary file, then rename).
-    pub(crate) fn save(&self, path: &Path) {
-        let Ok(text) = toml::to_string(self) else {
-            return;
-        };
-        let tmp = path.with_extension("toml.tmp");
-        if let Some(dir) = path.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        match std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path)) {
-            Ok(()) => {}
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot save key provenance; check that state_dir is writable")
-            }
-        }
+        Ok(file)
     }
 }

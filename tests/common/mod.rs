@@ -14,6 +14,7 @@ pub mod json;
 pub mod keyserver;
 pub mod net;
 pub mod pgp;
+pub mod postgres;
 pub mod prometheus;
 pub mod proxy;
 pub mod sink;

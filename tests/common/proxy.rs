@@ -34,6 +34,8 @@ pub struct ProxyOptions {
     /// Lines for the `[keys]` table. The default keeps key lookups local: no test
     /// may reach the internet, so WKD/VKS are only enabled against a local server.
     pub keys_extra: String,
+    /// `[keys] dir`: default `state_dir/keys`; several instances may share one.
+    pub key_dir: Option<PathBuf>,
 }
 
 impl ProxyOptions {
@@ -51,6 +53,7 @@ impl ProxyOptions {
             extra: String::new(),
             imap_upstream: None,
             keys_extra: "discover = [\"store\", \"autocrypt\"]\n".into(),
+            key_dir: None,
         }
     }
 }
@@ -116,7 +119,7 @@ listen_tls = "127.0.0.1:{p2}"
 upstream = "localhost:{up}"
 upstream_security = "{sec}"
 [keys]
-dir = "{state}/keys"
+dir = "{key_dir}"
 extra_ca = "{ca}"
 {keys_extra}[policy]
 default = "{policy}"
@@ -135,6 +138,11 @@ protect_headers = {protect}
             sign = opts.sign,
             protect = opts.protect_headers,
             keys_extra = opts.keys_extra,
+            key_dir = opts
+                .key_dir
+                .clone()
+                .unwrap_or_else(|| dir.join("state").join("keys"))
+                .display(),
         );
         if let Some((port, security)) = opts.imap_upstream {
             // TOML: a sub-table of the last [[account]] may follow its other tables.
@@ -188,16 +196,6 @@ protect_headers = {protect}
             );
         }
         let log_path = dir.path().join("sealpost.log");
-        let log = std::fs::File::create(&log_path).unwrap();
-        let child = Command::new(sealpost_bin())
-            .arg("run")
-            .arg("--config")
-            .arg(&config)
-            .env("SEALPOST_LOG", "debug")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start sealpost");
         let mut proxy = Proxy {
             smtp_port: ports.0,
             smtps_port: ports.1,
@@ -206,25 +204,62 @@ protect_headers = {protect}
             config,
             log_path,
             dir,
-            child: Some(child),
+            child: None,
         };
+        proxy.spawn(opts.imap_upstream.is_some());
+        proxy
+    }
+
+    /// Starts `sealpost run` with this config (log appended) and waits for its ports.
+    fn spawn(&mut self, imap: bool) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .unwrap();
+        let child = Command::new(sealpost_bin())
+            .arg("run")
+            .arg("--config")
+            .arg(&self.config)
+            .env("SEALPOST_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start sealpost");
+        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if let Some(status) = proxy.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("sealpost exited early ({status}):\n{}", proxy.log());
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("sealpost exited early ({status}):\n{}", self.log());
             }
-            if std::net::TcpStream::connect(("127.0.0.1", ports.1)).is_ok() {
-                wait_for_port(ports.0, Duration::from_secs(5));
+            if std::net::TcpStream::connect(("127.0.0.1", self.smtps_port)).is_ok() {
+                wait_for_port(self.smtp_port, Duration::from_secs(5));
                 // The IMAP listeners are bound after the SMTP ones.
-                if opts.imap_upstream.is_some() {
-                    wait_for_port(imap_ports.0, Duration::from_secs(5));
-                    wait_for_port(imap_ports.1, Duration::from_secs(5));
+                if imap {
+                    wait_for_port(self.imap_port, Duration::from_secs(5));
+                    wait_for_port(self.imaps_port, Duration::from_secs(5));
                 }
-                return proxy;
+                return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("sealpost did not listen in time:\n{}", proxy.log());
+        panic!("sealpost did not listen in time:\n{}", self.log());
+    }
+
+    /// Kills the process with SIGKILL (no shutdown of any kind) and reaps it.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("running");
+        let _ = Command::new("kill")
+            .arg("-KILL")
+            .arg(child.id().to_string())
+            .status();
+        let _ = child.wait();
+    }
+
+    /// Starts the stopped (terminated or killed) instance again on the same ports.
+    pub fn restart(&mut self, imap: bool) {
+        assert!(self.child.is_none(), "stop it first");
+        self.spawn(imap);
     }
 
     pub fn log(&self) -> String {

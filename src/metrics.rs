@@ -35,6 +35,7 @@ pub struct Metrics {
     decryptions: Family<Labels, Counter>,
     key_lookups: Family<Labels, Counter>,
     upstream_errors: Family<Labels, Counter>,
+    audit_write_failures: Counter,
     smtp_relay: Histogram,
     imap_decrypt: Histogram,
 }
@@ -54,6 +55,7 @@ impl Metrics {
             decryptions: Family::default(),
             key_lookups: Family::default(),
             upstream_errors: Family::default(),
+            audit_write_failures: Counter::default(),
             // 5 ms .. about 41 s.
             smtp_relay: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
             // 1 ms .. about 8 s.
@@ -99,6 +101,11 @@ impl Metrics {
             "upstream_errors",
             "Failures to reach or talk to the provider, by protocol",
             m.upstream_errors.clone(),
+        );
+        r.register(
+            "audit_write_failures",
+            "Audit records that could not be written (whole or in part) to [audit] file",
+            m.audit_write_failures.clone(),
         );
         r.register_with_unit(
             "smtp_relay_duration",
@@ -206,6 +213,11 @@ pub fn key_lookup(source: KeySource, result: &'static str) {
         .key_lookups
         .get_or_create(&labels(&[("source", source), ("result", result)]))
         .inc();
+}
+
+/// An audit record could not be written (whole) to the audit file.
+pub fn audit_write_failure() {
+    METRICS.audit_write_failures.inc();
 }
 
 /// The provider could not be reached, or failed mid-conversation.

@@ -18,6 +18,10 @@
 //! both, the recipient pattern counts first, then the sender pattern; among equals the
 //! rule written first wins.
 //!
+//! Addresses are compared normalised ([`crate::keys::normalize_address`]: case, IDNA,
+//! `"quoted"` local parts), and a `require` rule also holds for the `+tag` subaddresses
+//! of what it names (`boss@` covers `boss+x@`); other actions match only what they name.
+//!
 //! So adding a sender address, or a broad recipient rule, can never weaken a decision:
 //! `sender = "legal.corp.example"` with `require` holds for every recipient unless a rule
 //! naming both legal and that recipient says otherwise. The decision combines the rule's
@@ -58,13 +62,22 @@ pub fn action_for(policy: &PolicyConfig, senders: &[&str], recipient: &str) -> P
             )
         })
         .collect();
-    let recipient_rank = |p: &Option<Pattern>| -> Option<u8> {
+    // A `require` rule also holds for the `+tag` subaddresses of what it names
+    // (`boss+x@` reaches boss's mailbox); other actions match only what they name.
+    let matches = |p: &Pattern, address: &str, action: PolicyAction| {
+        p.matches(address)
+            || (action == PolicyAction::Require
+                && base_address(address).is_some_and(|base| p.matches(&base)))
+    };
+    let recipient_rank = |rule: &PolicyRule, p: &Option<Pattern>| -> Option<u8> {
         p.as_ref()
-            .filter(|p| p.matches(&recipient))
+            .filter(|p| matches(p, &recipient, rule.action))
             .map(Pattern::rank)
     };
-    let sender_rank = |p: &Option<Pattern>, sender: &str| -> Option<u8> {
-        p.as_ref().filter(|p| p.matches(sender)).map(Pattern::rank)
+    let sender_rank = |rule: &PolicyRule, p: &Option<Pattern>, sender: &str| -> Option<u8> {
+        p.as_ref()
+            .filter(|p| matches(p, sender, rule.action))
+            .map(Pattern::rank)
     };
 
     // 1. Rules naming both sides: each sender's most specific one, strictest across senders.
@@ -72,7 +85,10 @@ pub fn action_for(policy: &PolicyConfig, senders: &[&str], recipient: &str) -> P
         .iter()
         .filter_map(|s| {
             most_specific(rules.iter().filter_map(|(rule, rp, sp)| {
-                Some(((recipient_rank(rp)?, sender_rank(sp, s)?), rule.action))
+                Some((
+                    (recipient_rank(rule, rp)?, sender_rank(rule, sp, s)?),
+                    rule.action,
+                ))
             }))
         })
         .reduce(strictest);
@@ -85,14 +101,14 @@ pub fn action_for(policy: &PolicyConfig, senders: &[&str], recipient: &str) -> P
         if sp.is_some() {
             return None;
         }
-        Some((recipient_rank(rp)?, rule.action))
+        Some((recipient_rank(rule, rp)?, rule.action))
     }));
     let by_sender = senders.iter().filter_map(|s| {
         most_specific(rules.iter().filter_map(|(rule, rp, sp)| {
             if rp.is_some() {
                 return None;
             }
-            Some((sender_rank(sp, s)?, rule.action))
+            Some((sender_rank(rule, sp, s)?, rule.action))
         }))
     });
     by_recipient
@@ -100,6 +116,14 @@ pub fn action_for(policy: &PolicyConfig, senders: &[&str], recipient: &str) -> P
         .chain(by_sender)
         .reduce(strictest)
         .unwrap_or(policy.default)
+}
+
+/// `local@domain` without a `+tag` (`boss+x@partner.example` → `boss@partner.example`),
+/// or `None` when there is no tag.
+fn base_address(address: &str) -> Option<String> {
+    let (local, domain) = address.rsplit_once('@')?;
+    let (base, _tag) = local.split_once('+')?;
+    (!base.is_empty()).then(|| format!("{base}@{domain}"))
 }
 
 /// The action of the highest-scoring candidate; among equals the first (the rule written
@@ -480,5 +504,44 @@ mod tests {
         );
         assert_eq!(action_for(&policy, &["z@o.example"], "x@o.example"), Plain);
         assert_eq!(action_for(&policy, &[], "x@o.example"), Plain);
+    }
+
+    /// Review F4: an address-level `require` is not dodged by an equivalent spelling of
+    /// the address (a quoted local part) or a `+tag` subaddress of it.
+    #[test]
+    fn a_quoted_or_subaddressed_recipient_still_meets_an_address_require() {
+        use PolicyAction::*;
+        assert_eq!(
+            crate::keys::normalize_address("<\"Boss\"@Partner.Example>"),
+            "boss@partner.example"
+        );
+        let policy = PolicyConfig {
+            rules: vec![
+                rule(Some("boss@partner.example"), None, Require),
+                rule(None, Some("ceo@corp.example"), Require),
+                rule(Some("news@partner.example"), None, Plain),
+            ],
+            ..PolicyConfig::default()
+        };
+        for r in [
+            "\"boss\"@partner.example",
+            "boss+x@partner.example",
+            "\"boss+x\"@Partner.Example",
+        ] {
+            assert_eq!(action_for(&policy, &[], r), Require, "{r}");
+        }
+        assert_eq!(
+            action_for(&policy, &["ceo+x@corp.example"], "x@else.example"),
+            Require
+        );
+        // Only require reaches subaddresses: a plain rule for news@ stays with news@.
+        assert_eq!(
+            action_for(&policy, &[], "news+x@partner.example"),
+            Opportunistic
+        );
+        assert_eq!(
+            action_for(&policy, &[], "bossy@partner.example"),
+            Opportunistic
+        );
     }
 }

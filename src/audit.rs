@@ -6,7 +6,10 @@
 //! and verdicts only: never a Subject, a body or a credential.
 //!
 //! Records go to `[audit] file` (created 0600, opened `O_APPEND`, each line written with
-//! one `write` so concurrent lines never interleave) and/or, with `journal = true`, to
+//! one `write` so concurrent lines never interleave; a symbolic link there is refused and
+//! an existing file group or others can read is made 0600; after a write that failed
+//! part way the next record starts on a new line, and failures are counted in
+//! `sealpost_audit_write_failures_total`) and/or, with `journal = true`, to
 //! the process log as an event with the target [`TARGET`] (journald captures stderr).
 //! The sink is installed once at start-up ([`install`]); until then, as in unit tests
 //! and one-shot commands, recording does nothing.
@@ -19,6 +22,7 @@ use serde::Serialize;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 /// The tracing target of audit events (`journal = true`).
@@ -35,6 +39,8 @@ pub enum AuditError {
         #[source]
         source: std::io::Error,
     },
+    #[error("refusing the audit log {path} ([audit] file): {message}")]
+    Refused { path: PathBuf, message: String },
 }
 
 /// Where records go.
@@ -42,22 +48,62 @@ pub enum AuditError {
 pub struct Audit {
     file: Option<(PathBuf, File)>,
     journal: bool,
+    /// The last write to the file failed or was cut short: the file may end inside a
+    /// line, so the next record starts with a newline.
+    broken: AtomicBool,
 }
 
 static SINK: OnceLock<Audit> = OnceLock::new();
 
-/// Opens `path` for appending, creating it with mode 0600.
+/// Opens `path` for appending, creating it with mode 0600. A symbolic link is refused:
+/// checked with `symlink_metadata` before the open and again after it (the same file,
+/// by device and inode, as the one opened), so a link swapped in between is caught
+/// (there is no `O_NOFOLLOW` without libc). An existing file group or others can read
+/// is made 0600 through the open handle.
 fn open_append(path: &Path) -> Result<File, AuditError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+    let refused = |message: &str| AuditError::Refused {
+        path: path.to_path_buf(),
+        message: message.to_string(),
+    };
+    let open_err = |source| AuditError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
+    let is_link = |p: &Path| {
+        std::fs::symlink_metadata(p)
+            .map(|m| m.file_type().is_symlink())
+            .unwrap_or(false)
+    };
+    if is_link(path) {
+        return Err(refused("it is a symbolic link; name the file itself"));
+    }
+    let file = std::fs::OpenOptions::new()
         .append(true)
         .create(true)
         .mode(0o600)
         .open(path)
-        .map_err(|source| AuditError::Open {
-            path: path.to_path_buf(),
-            source,
-        })
+        .map_err(open_err)?;
+    let opened = file.metadata().map_err(open_err)?;
+    let named = std::fs::symlink_metadata(path).map_err(open_err)?;
+    if named.file_type().is_symlink() || (named.dev(), named.ino()) != (opened.dev(), opened.ino())
+    {
+        return Err(refused(
+            "it was replaced by a symbolic link while being opened",
+        ));
+    }
+    if !opened.file_type().is_file() {
+        return Err(refused("it is not a regular file"));
+    }
+    if opened.permissions().mode() & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| AuditError::Refused {
+                path: path.to_path_buf(),
+                message: format!("group or others can read it and it cannot be made 0600: {e}"),
+            })?;
+        tracing::warn!(path = %path.display(), "the audit log was readable by group or others; made 0600");
+    }
+    Ok(file)
 }
 
 /// Can the audit file be opened for appending? (`sealpost check`; creates the file as
@@ -79,6 +125,7 @@ impl Audit {
         Ok(Audit {
             file,
             journal: cfg.journal,
+            broken: AtomicBool::new(false),
         })
     }
 
@@ -98,15 +145,25 @@ impl Audit {
         }
         if let Some((path, file)) = &self.file {
             line.push('\n');
+            if self.broken.load(Ordering::Relaxed) {
+                line.insert(0, '\n');
+            }
             // One write(2) with O_APPEND: the line lands whole at the end of the file.
-            match (&*file).write(line.as_bytes()) {
-                Ok(n) if n == line.len() => {}
+            let failed = match (&*file).write(line.as_bytes()) {
+                Ok(n) if n == line.len() => false,
                 Ok(n) => {
-                    tracing::error!(path = %path.display(), written = n, "audit line written only in part")
+                    tracing::error!(path = %path.display(), written = n, "audit line written only in part");
+                    true
                 }
                 Err(e) => {
-                    tracing::error!(path = %path.display(), error = %e, "cannot write the audit log")
+                    tracing::error!(path = %path.display(), error = %e, "cannot write the audit log");
+                    true
                 }
+            };
+            // A failed write may still have left part of a line (a full disk, a signal).
+            self.broken.store(failed, Ordering::Relaxed);
+            if failed {
+                crate::metrics::audit_write_failure();
             }
         }
     }
@@ -167,6 +224,9 @@ struct OutboundRecord<'a> {
     event: &'static str,
     account: &'a str,
     sender: &'a str,
+    /// Who authenticated the SMTP session, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    login: Option<&'a str>,
     outcome: Outcome,
     /// The SMTP reply code the client got.
     code: u16,
@@ -214,6 +274,7 @@ pub fn recipients(
 pub fn outbound(
     account: &str,
     sender: &str,
+    login: Option<&str>,
     outcome: Outcome,
     code: u16,
     client_encrypted: bool,
@@ -225,6 +286,7 @@ pub fn outbound(
         event: "outbound",
         account,
         sender,
+        login,
         outcome,
         code,
         client_encrypted,
@@ -407,5 +469,82 @@ mod tests {
             "{err}"
         );
         assert!(check(&cfg).is_err());
+    }
+
+    /// Review F7: a symbolic link at the audit path is refused (never followed), and an
+    /// existing file group or others can read is made 0600.
+    #[test]
+    fn a_linked_audit_file_is_refused_and_a_readable_one_made_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("elsewhere");
+        std::fs::write(&target, "").unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let link = dir.path().join("audit.jsonl");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let cfg = AuditConfig {
+            file: Some(link.clone()),
+            journal: false,
+        };
+        let err = Audit::open(&cfg).unwrap_err().to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+        assert!(check(&cfg).is_err());
+        let mode = std::fs::metadata(&target).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o644, "the link's target was touched");
+
+        let cfg = AuditConfig {
+            file: Some(target.clone()),
+            journal: false,
+        };
+        Audit::open(&cfg).unwrap();
+        let mode = std::fs::metadata(&target).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    /// After a write that failed part way, the next record starts on a new line, so
+    /// every complete line stays one whole record; failures are counted.
+    #[test]
+    fn after_a_failed_write_the_next_record_starts_a_new_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let audit = Audit::open(&AuditConfig {
+            file: Some(path.clone()),
+            journal: false,
+        })
+        .unwrap();
+        // What a write cut short leaves behind.
+        (&audit.file.as_ref().unwrap().1)
+            .write_all(b"{\"event\":\"outb")
+            .unwrap();
+        audit.broken.store(true, Ordering::Relaxed);
+        let kind = ViewKind::TooLarge { limit: 1 };
+        audit.write(&decryption_record("acct", "a@b.example", "INBOX", 7, &kind));
+        audit.write(&decryption_record("acct", "a@b.example", "INBOX", 8, &kind));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert_eq!(lines[0], "{\"event\":\"outb");
+        for (l, uid) in lines[1..].iter().zip([7, 8]) {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            assert_eq!(v["uid"], uid);
+        }
+        assert!(!audit.broken.load(Ordering::Relaxed));
+
+        // A write that fails is counted and marks the file.
+        let before = crate::metrics::METRICS.encode();
+        let read_only = Audit {
+            file: Some((path.clone(), std::fs::File::open(&path).unwrap())),
+            journal: false,
+            broken: AtomicBool::new(false),
+        };
+        read_only.write(&decryption_record("acct", "a@b.example", "INBOX", 9, &kind));
+        assert!(read_only.broken.load(Ordering::Relaxed));
+        let count = |text: &str| -> u64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix("sealpost_audit_write_failures_total "))
+                .map(|n| n.trim().parse().unwrap())
+                .unwrap_or(0)
+        };
+        assert!(count(&crate::metrics::METRICS.encode()) > count(&before));
     }
 }

@@ -9,9 +9,14 @@
 //!   `<EMailAddress>`, answered in the "POX" response schema (`…/outlook/responseschema/2006a`:
 //!   Autodiscover/Response/Account/Protocol with Type IMAP and SMTP).
 //!
-//! Only addresses of a configured `[[identity]]` are answered; anything else is 404, so
-//! the listener does not tell which domains exist. Every value written into XML is
-//! escaped, whether it came from the config or the request.
+//! Every syntactically valid address at the domain of a configured `[[identity]]` is
+//! answered, and with `[keys] secret_dir` every valid address: with the same document,
+//! the requested address as user name and the listeners of the domain's account, whether
+//! or not that address is configured, so the listener is no oracle for which addresses
+//! exist. A configured identity's `login` (its upstream user name) is told only to
+//! clients on loopback (a local reverse proxy makes every client look local: then it is
+//! told to all). Other domains get 404. Every value written into XML is escaped, whether
+//! it came from the config or the request.
 
 use crate::config::Config;
 use crate::keys::normalize_address;
@@ -30,6 +35,8 @@ use tokio::sync::watch;
 const MAX_BODY: usize = 16 * 1024;
 /// Connections served at once.
 const MAX_CONNECTIONS: usize = 64;
+/// A request body must arrive within this long once the header is read.
+const BODY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One of sealpost's listeners, as a client must be told about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,10 +57,24 @@ pub struct Entry {
     pub smtp: Vec<Endpoint>,
 }
 
-/// Every configured identity by normalised address.
+/// Listeners of one account, as clients are told about them.
+#[derive(Debug, Clone, Default)]
+struct Listeners {
+    imap: Vec<Endpoint>,
+    smtp: Vec<Endpoint>,
+}
+
+/// What the listener answers for.
 #[derive(Debug, Default)]
 pub struct Directory {
+    /// Configured identities by normalised address: their login and their account's
+    /// listeners (told to loopback clients only).
     entries: HashMap<String, Entry>,
+    /// Normalised domain of each identity: the listeners of the account of the first
+    /// identity at that domain.
+    domains: HashMap<String, Listeners>,
+    /// With `[keys] secret_dir`: any address, with the (one) account's listeners.
+    any: Option<Listeners>,
 }
 
 impl Directory {
@@ -77,29 +98,96 @@ impl Directory {
                 })
                 .collect()
         };
+        let listeners = |account: &crate::config::Account| Listeners {
+            imap: endpoints(account.imap.as_ref()),
+            smtp: endpoints(account.smtp.as_ref()),
+        };
         let mut entries = HashMap::new();
+        let mut domains = HashMap::new();
         for id in &config.identities {
             let account_name = config.identity_account(id);
             let Some(account) = config.accounts.iter().find(|a| a.name == account_name) else {
                 continue;
             };
             let address = normalize_address(&id.address);
+            let l = listeners(account);
+            if let Some((_, domain)) = address.rsplit_once('@') {
+                domains
+                    .entry(domain.to_string())
+                    .or_insert_with(|| l.clone());
+            }
             entries.insert(
                 address.clone(),
                 Entry {
                     user: id.login.clone().unwrap_or_else(|| id.address.clone()),
                     address,
-                    imap: endpoints(account.imap.as_ref()),
-                    smtp: endpoints(account.smtp.as_ref()),
+                    imap: l.imap,
+                    smtp: l.smtp,
                 },
             );
         }
-        Directory { entries }
+        // `secret_dir` serves the one account there is (the config checks that).
+        let any = config
+            .keys
+            .secret_dir
+            .as_ref()
+            .and_then(|_| config.accounts.first())
+            .map(listeners);
+        Directory {
+            entries,
+            domains,
+            any,
+        }
     }
 
-    pub fn lookup(&self, address: &str) -> Option<&Entry> {
-        self.entries.get(&normalize_address(address))
+    /// What to tell the client asking for `requested`, or `None` (404) for an address
+    /// that is not one or whose domain is not served. `local`: the client is on
+    /// loopback, and may learn a configured identity's login and own listeners.
+    pub fn lookup(&self, requested: &str, local: bool) -> Option<Entry> {
+        let requested = requested.trim();
+        if !valid_address(requested) {
+            return None;
+        }
+        let address = normalize_address(requested);
+        if local {
+            if let Some(e) = self.entries.get(&address) {
+                return Some(e.clone());
+            }
+        }
+        let (_, domain) = address.rsplit_once('@')?;
+        let l = self.domains.get(domain).or(self.any.as_ref())?;
+        Some(Entry {
+            address,
+            user: requested.to_string(),
+            imap: l.imap.clone(),
+            smtp: l.smtp.clone(),
+        })
     }
+}
+
+/// A plain `local@domain`: a local part of letters, digits and the RFC 5322 atom
+/// punctuation (dots not leading, trailing or doubled), a domain of dot-separated labels
+/// of letters, digits and `-`; at most 254 bytes. Nothing else is answered.
+fn valid_address(a: &str) -> bool {
+    let Some((local, domain)) = a.rsplit_once('@') else {
+        return false;
+    };
+    a.len() <= 254
+        && !local.is_empty()
+        && local.len() <= 64
+        && !local.starts_with('.')
+        && !local.ends_with('.')
+        && !local.contains("..")
+        && local
+            .chars()
+            .all(|c| c.is_alphanumeric() || "._+-=!#$%&'*^`{|}~/?".contains(c))
+        && domain.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_alphanumeric() || c == '-')
+        })
 }
 
 /// XML character data and attribute values: the five predefined entities.
@@ -239,8 +327,22 @@ fn plain(status: StatusCode, text: &str) -> Answer {
     (status, "text/plain; charset=utf-8", format!("{text}\n"))
 }
 
-/// The whole protocol without sockets: what to answer to one request.
+/// The whole protocol without sockets: what to answer to one request from a client
+/// that is not on loopback.
 pub fn respond(dir: &Directory, method: &Method, path: &str, query: &str, body: &[u8]) -> Answer {
+    respond_to(dir, false, method, path, query, body)
+}
+
+/// What to answer to one request; `local`: the client is on loopback (see the module
+/// documentation).
+pub fn respond_to(
+    dir: &Directory,
+    local: bool,
+    method: &Method,
+    path: &str,
+    query: &str,
+    body: &[u8],
+) -> Answer {
     let xml = "application/xml; charset=utf-8";
     let tb =
         path == "/mail/config-v1.1.xml" || path == "/.well-known/autoconfig/mail/config-v1.1.xml";
@@ -251,8 +353,8 @@ pub fn respond(dir: &Directory, method: &Method, path: &str, query: &str, body: 
         let Some(address) = query_value(query, "emailaddress") else {
             return plain(StatusCode::BAD_REQUEST, "emailaddress= is missing");
         };
-        return match dir.lookup(&address) {
-            Some(e) => (StatusCode::OK, xml, thunderbird_xml(e)),
+        return match dir.lookup(&address, local) {
+            Some(e) => (StatusCode::OK, xml, thunderbird_xml(&e)),
             None => plain(StatusCode::NOT_FOUND, "no such address here"),
         };
     }
@@ -267,8 +369,8 @@ pub fn respond(dir: &Directory, method: &Method, path: &str, query: &str, body: 
                 "the request names no <EMailAddress>",
             );
         };
-        return match dir.lookup(&address) {
-            Some(e) => (StatusCode::OK, xml, autodiscover_xml(e)),
+        return match dir.lookup(&address, local) {
+            Some(e) => (StatusCode::OK, xml, autodiscover_xml(&e)),
             None => plain(StatusCode::NOT_FOUND, "no such address here"),
         };
     }
@@ -278,13 +380,19 @@ pub fn respond(dir: &Directory, method: &Method, path: &str, query: &str, body: 
 async fn handle(
     req: Request<Incoming>,
     dir: Arc<Directory>,
+    local: bool,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
-    let answer = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(body) => respond(&dir, &method, &path, &query, &body.to_bytes()),
-        Err(_) => plain(StatusCode::PAYLOAD_TOO_LARGE, "request too large"),
+    let body = Limited::new(req.into_body(), MAX_BODY).collect();
+    let answer = match tokio::time::timeout(BODY_TIMEOUT, body).await {
+        Ok(Ok(body)) => respond_to(&dir, local, &method, &path, &query, &body.to_bytes()),
+        Ok(Err(_)) => plain(StatusCode::PAYLOAD_TOO_LARGE, "request too large"),
+        Err(_) => plain(
+            StatusCode::REQUEST_TIMEOUT,
+            "the request body did not arrive",
+        ),
     };
     tracing::info!(%method, %path, status = answer.0.as_u16(), "autoconfig request");
     let (status, content_type, text) = answer;
@@ -335,7 +443,8 @@ pub async fn serve(
         tokio::spawn(async move {
             let _permit = permit;
             let _open = open;
-            let service = hyper::service::service_fn(move |req| handle(req, dir.clone()));
+            let local = peer.ip().to_canonical().is_loopback();
+            let service = hyper::service::service_fn(move |req| handle(req, dir.clone(), local));
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(10))
@@ -380,8 +489,10 @@ secret_key = "k"
     #[test]
     fn thunderbird_answer_lists_listeners_and_escapes() {
         let d = dir();
-        let (s, _, body) = respond(
+        // A loopback client is told the configured login.
+        let (s, _, body) = respond_to(
             &d,
+            true,
             &Method::GET,
             "/mail/config-v1.1.xml",
             "emailaddress=al%40example.ORG",
@@ -404,7 +515,7 @@ secret_key = "k"
             &d,
             &Method::GET,
             "/.well-known/autoconfig/mail/config-v1.1.xml",
-            "emailaddress=bob%40example.org",
+            "emailaddress=bob%40other.example",
             b"",
         );
         assert_eq!(s, StatusCode::NOT_FOUND);
@@ -449,5 +560,96 @@ secret_key = "k"
         );
         assert_eq!(form_decode("a%2Bb+c%zz"), None);
         assert_eq!(form_decode("a%2Bb+c").as_deref(), Some("a+b c"));
+    }
+
+    /// Review F8: to a client that is not on loopback, a configured address and an
+    /// unknown one at the same domain get the same answer (the requested address as user
+    /// name, never the configured upstream login); other domains get 404.
+    #[test]
+    fn remote_clients_cannot_tell_configured_addresses_or_learn_logins() {
+        let d = dir();
+        let tb = |a: &str| {
+            respond(
+                &d,
+                &Method::GET,
+                "/mail/config-v1.1.xml",
+                &format!("emailaddress={a}"),
+                b"",
+            )
+        };
+        let (hit, _, known) = tb("Al%40example.org");
+        let (miss, _, unknown) = tb("nobody%40example.org");
+        assert_eq!((hit, miss), (StatusCode::OK, StatusCode::OK));
+        assert!(
+            !known.contains("a&lt;&amp;&gt;"),
+            "login disclosed:\n{known}"
+        );
+        assert!(
+            known.contains("<username>Al@example.org</username>"),
+            "{known}"
+        );
+        assert_eq!(
+            known
+                .replace("Al@example.org", "X")
+                .replace("al@example.org", "X"),
+            unknown.replace("nobody@example.org", "X")
+        );
+        assert_eq!(tb("al%40other.example").0, StatusCode::NOT_FOUND);
+        let req = |a: &str| format!("<EMailAddress>{a}</EMailAddress>");
+        let ad = |a: &str| {
+            respond(
+                &d,
+                &Method::POST,
+                "/autodiscover/autodiscover.xml",
+                "",
+                req(a).as_bytes(),
+            )
+        };
+        let (hit, _, known) = ad("al@example.org");
+        let (miss, _, unknown) = ad("zed@example.org");
+        assert_eq!((hit, miss), (StatusCode::OK, StatusCode::OK));
+        assert!(
+            !known.contains("a&lt;&amp;&gt;"),
+            "login disclosed:\n{known}"
+        );
+        assert_eq!(
+            known.replace("al@example.org", "X"),
+            unknown.replace("zed@example.org", "X")
+        );
+    }
+
+    /// With `secret_dir` any valid address is answered; malformed ones never are.
+    #[test]
+    fn secret_dir_answers_any_valid_address_and_malformed_ones_get_404() {
+        let text = r#"
+state_dir = "s"
+[keys]
+secret_dir = "sec"
+[[account]]
+name = "a"
+[account.smtp]
+listen = "127.0.0.1:1587"
+upstream = "smtp.example.org:465"
+upstream_security = "tls"
+"#;
+        let d = Directory::from_config(
+            &Config::parse(text, std::path::Path::new("/x/c.toml")).unwrap(),
+        );
+        let e = d.lookup("ann@anywhere.example", false).unwrap();
+        assert_eq!(e.user, "ann@anywhere.example");
+        assert_eq!(e.smtp[0].port, 1587);
+        for bad in [
+            "<script>@x.example",
+            "a b@x.example",
+            "a@x..example",
+            "a@-x.example",
+            "@x.example",
+            "a@",
+            ".a@x.example",
+            "noat",
+            "a\"@x.example",
+        ] {
+            assert!(d.lookup(bad, true).is_none(), "{bad:?}");
+        }
     }
 }

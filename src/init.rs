@@ -119,7 +119,7 @@ pub fn init(a: &InitArgs) -> Result<InitReport, InitError> {
     let pass_path = dir.join(PASS_FILE);
     let existing: Vec<PathBuf> = [&a.config, &key_path, &pass_path]
         .into_iter()
-        .filter(|p| p.exists())
+        .filter(|p| tls::something_at(p))
         .cloned()
         .collect();
     if !existing.is_empty() && !a.force {
@@ -167,7 +167,7 @@ pub fn init(a: &InitArgs) -> Result<InitReport, InitError> {
             g.cert
         }
     };
-    let has_pass = pass_path.exists();
+    let has_pass = tls::something_at(&pass_path);
     let (cert_pem, _) = tls::ensure_self_signed(&a.state_dir)?;
     let cert_sha256 = sha256_of_pem(&cert_pem)?;
     let text = config_text(a, &address, has_pass);
@@ -507,5 +507,45 @@ mod tests {
         let e = init(&a).err().unwrap().to_string();
         assert!(e.starts_with("--imap:"), "{e}");
         assert!(!a.config.exists());
+    }
+
+    /// Review F6: `--force --key` must not write the passphrase into an existing
+    /// world-readable file and keep its mode; a symbolic link in place of a file is
+    /// replaced, never written through, and a dangling one counts as existing.
+    #[test]
+    fn secrets_are_written_to_fresh_0600_files_never_through_a_link() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let made = keys::generate("new@example.org", &dir.path().join("made")).unwrap();
+        let conf = dir.path().join("conf");
+        std::fs::create_dir_all(&conf).unwrap();
+        let pass = conf.join(PASS_FILE);
+        std::fs::write(&pass, "old\n").unwrap();
+        std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o644)).unwrap();
+        // The key file is a link to a file elsewhere, which must stay untouched.
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::write(&elsewhere, "").unwrap();
+        std::os::unix::fs::symlink(&elsewhere, conf.join(KEY_FILE)).unwrap();
+        let mut a = args(dir.path());
+        a.key = Some(made.secret_key.clone());
+        a.passphrase_file = Some(made.passphrase_file.clone());
+        a.force = true;
+        init(&a).unwrap();
+        for f in [&pass, &conf.join(KEY_FILE)] {
+            let m = std::fs::symlink_metadata(f).unwrap();
+            assert!(m.file_type().is_file(), "{}", f.display());
+            assert_eq!(m.permissions().mode() & 0o777, 0o600, "{}", f.display());
+        }
+        assert_eq!(std::fs::read(&elsewhere).unwrap(), b"");
+
+        // Without --force, a dangling link where a secret goes is an existing file.
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("conf");
+        std::fs::create_dir_all(&conf).unwrap();
+        let target = dir.path().join("not-yet");
+        std::os::unix::fs::symlink(&target, conf.join(KEY_FILE)).unwrap();
+        let e = init(&args(dir.path())).err().unwrap().to_string();
+        assert!(e.contains("--force"), "{e}");
+        assert!(!target.exists(), "written through a dangling link");
     }
 }

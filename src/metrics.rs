@@ -35,6 +35,7 @@ pub struct Metrics {
     decryptions: Family<Labels, Counter>,
     key_lookups: Family<Labels, Counter>,
     upstream_errors: Family<Labels, Counter>,
+    audit_write_failures: Counter,
     smtp_relay: Histogram,
     imap_decrypt: Histogram,
 }
@@ -54,6 +55,7 @@ impl Metrics {
             decryptions: Family::default(),
             key_lookups: Family::default(),
             upstream_errors: Family::default(),
+            audit_write_failures: Counter::default(),
             // 5 ms .. about 41 s.
             smtp_relay: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
             // 1 ms .. about 8 s.
@@ -99,6 +101,11 @@ impl Metrics {
             "upstream_errors",
             "Failures to reach or talk to the provider, by protocol",
             m.upstream_errors.clone(),
+        );
+        r.register(
+            "audit_write_failures",
+            "Audit records that could not be written (whole or in part) to [audit] file",
+            m.audit_write_failures.clone(),
         );
         r.register_with_unit(
             "smtp_relay_duration",
@@ -208,6 +215,11 @@ pub fn key_lookup(source: KeySource, result: &'static str) {
         .inc();
 }
 
+/// An audit record could not be written (whole) to the audit file.
+pub fn audit_write_failure() {
+    METRICS.audit_write_failures.inc();
+}
+
 /// The provider could not be reached, or failed mid-conversation.
 pub fn upstream_error(protocol: &'static str) {
     METRICS
@@ -230,7 +242,12 @@ pub async fn serve(listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 };
-                let Ok(permit) = slots.clone().acquire_owned().await else { break };
+                // Never wait for a slot here: that would stop accepting and keep
+                // `shutdown` from being seen. Beyond the limit, close at once.
+                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                    tracing::warn!("metrics connection limit reached; closing");
+                    continue;
+                };
                 tokio::spawn(async move {
                     let _permit = permit;
                     let io = hyper_util::rt::TokioIo::new(stream);
@@ -297,5 +314,44 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line} missing in:\n{text}");
         }
+    }
+
+    /// Connections that say nothing hold at most every slot: the ones beyond are closed
+    /// at once, so the accept loop keeps running and shutdown ends it promptly (it used
+    /// to wait for a free slot inside the accept arm, until a header timeout freed one).
+    #[test]
+    fn silent_connections_neither_block_the_accept_loop_nor_shutdown() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (stop_tx, stop_rx) = watch::channel(false);
+            let server = tokio::spawn(serve(listener, stop_rx));
+            let mut silent = Vec::new();
+            for _ in 0..MAX_SCRAPES + 2 {
+                silent.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+            }
+            // The one beyond the limit is closed by the server, not left waiting.
+            let mut extra = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let mut buf = [0u8; 16];
+            let closed = tokio::time::timeout(
+                Duration::from_secs(3),
+                tokio::io::AsyncReadExt::read(&mut extra, &mut buf),
+            )
+            .await;
+            assert!(
+                matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+                "not closed: {closed:?}"
+            );
+            stop_tx.send(true).unwrap();
+            tokio::time::timeout(Duration::from_secs(3), server)
+                .await
+                .expect("shutdown waited for a scrape slot")
+                .unwrap();
+            drop(silent);
+        });
     }
 }

@@ -1,20 +1,31 @@
 //! Per-recipient outbound decision: encrypt, send plain, or refuse.
 //!
-//! A `[[policy.rule]]` names a recipient pattern, a sender pattern, or both; the most
-//! specific matching rule decides, otherwise the default applies:
+//! A `[[policy.rule]]` names a recipient pattern, a sender pattern, or both. The senders
+//! of a message are its envelope sender, every address of every From and Sender field
+//! and the authenticated login when it is an address. For one recipient:
 //!
-//! 1. a rule naming both sender and recipient beats a rule naming one of them;
-//! 2. then the more specific recipient pattern wins: an address beats a whole domain
-//!    (`example.org` or `*@example.org`), which beats any other glob, which beats none;
-//! 3. then the more specific sender pattern, in the same order;
-//! 4. then the rule written first.
+//! 1. Among the rules naming both sender and recipient: for each sender, its most
+//!    specific matching rule. If any sender has one, the strictest of those decides
+//!    (`require` > `opportunistic` > `plain`). This is the only way to relax a rule
+//!    naming one side: write a rule naming both.
+//! 2. Otherwise the strictest of: the most specific matching rule naming only the
+//!    recipient, and, for each sender, its most specific matching rule naming only the
+//!    sender (the strictest across senders).
+//! 3. No rule matches: `[policy] default`.
 //!
-//! So `sender = "legal.corp.example"` with `require` holds for every recipient no
-//! recipient rule names; to overrule a recipient rule for one sender, name both.
-//! The senders of a message are its envelope sender and the addresses of its From field:
-//! a sender rule applies when any of them matches, so a client cannot step around a
-//! stricter rule by choosing which one to forge. The decision combines the rule's action
-//! with whether a usable key was found.
+//! "Most specific" compares within one side: an address beats a whole domain
+//! (`example.org` or `*@example.org`), which beats any other glob; among rules naming
+//! both, the recipient pattern counts first, then the sender pattern; among equals the
+//! rule written first wins.
+//!
+//! Addresses are compared normalised ([`crate::keys::normalize_address`]: case, IDNA,
+//! `"quoted"` local parts), and a `require` rule also holds for the `+tag` subaddresses
+//! of what it names (`boss@` covers `boss+x@`); other actions match only what they name.
+//!
+//! So adding a sender address, or a broad recipient rule, can never weaken a decision:
+//! `sender = "legal.corp.example"` with `require` holds for every recipient unless a rule
+//! naming both legal and that recipient says otherwise. The decision combines the rule's
+//! action with whether a usable key was found.
 
 use crate::config::{PolicyAction, PolicyConfig, PolicyRule};
 use crate::trust::Vouch;
@@ -28,58 +39,119 @@ pub enum Decision {
     Refuse,
 }
 
-/// The configured action for mail from `senders` to `recipient`. Addresses and
-/// patterns are compared in the one normalised form ([`crate::keys::normalize_address`]):
-/// a rule for `bücher.example` matches mail to `xn--bcher-kva.example`, and
-/// `Example.ORG.` is `example.org`.
+/// The configured action for mail from `senders` to `recipient` (see the module
+/// documentation for how rules combine). Addresses and patterns are compared in the one
+/// normalised form ([`crate::keys::normalize_address`]): a rule for `bücher.example`
+/// matches mail to `xn--bcher-kva.example`, and `Example.ORG.` is `example.org`.
 pub fn action_for(policy: &PolicyConfig, senders: &[&str], recipient: &str) -> PolicyAction {
-    rule_for(policy, senders, recipient)
-        .map(|r| r.action)
-        .unwrap_or(policy.default)
-}
-
-/// The rule that decides for mail from `senders` to `recipient`, if any matches (see the
-/// module documentation for the order).
-pub fn rule_for<'a>(
-    policy: &'a PolicyConfig,
-    senders: &[&str],
-    recipient: &str,
-) -> Option<&'a PolicyRule> {
     let recipient = crate::keys::normalize_address(recipient);
-    let senders: Vec<String> = senders
+    let mut senders: Vec<String> = senders
         .iter()
         .map(|s| crate::keys::normalize_address(s))
         .collect();
-    let mut best: Option<((u8, u8, u8), &PolicyRule)> = None;
-    for rule in &policy.rules {
-        let r = match &rule.recipient {
-            Some(p) => {
-                let p = Pattern::new(p);
-                if !p.matches(&recipient) {
-                    continue;
-                }
-                p.rank()
+    senders.sort();
+    senders.dedup();
+    let rules: Vec<(&PolicyRule, Option<Pattern>, Option<Pattern>)> = policy
+        .rules
+        .iter()
+        .map(|r| {
+            (
+                r,
+                r.recipient.as_deref().map(Pattern::new),
+                r.sender.as_deref().map(Pattern::new),
+            )
+        })
+        .collect();
+    // A `require` rule also holds for the `+tag` subaddresses of what it names
+    // (`boss+x@` reaches boss's mailbox); other actions match only what they name.
+    let matches = |p: &Pattern, address: &str, action: PolicyAction| {
+        p.matches(address)
+            || (action == PolicyAction::Require
+                && base_address(address).is_some_and(|base| p.matches(&base)))
+    };
+    let recipient_rank = |rule: &PolicyRule, p: &Option<Pattern>| -> Option<u8> {
+        p.as_ref()
+            .filter(|p| matches(p, &recipient, rule.action))
+            .map(Pattern::rank)
+    };
+    let sender_rank = |rule: &PolicyRule, p: &Option<Pattern>, sender: &str| -> Option<u8> {
+        p.as_ref()
+            .filter(|p| matches(p, sender, rule.action))
+            .map(Pattern::rank)
+    };
+
+    // 1. Rules naming both sides: each sender's most specific one, strictest across senders.
+    let pair = senders
+        .iter()
+        .filter_map(|s| {
+            most_specific(rules.iter().filter_map(|(rule, rp, sp)| {
+                Some((
+                    (recipient_rank(rule, rp)?, sender_rank(rule, sp, s)?),
+                    rule.action,
+                ))
+            }))
+        })
+        .reduce(strictest);
+    if let Some(action) = pair {
+        return action;
+    }
+
+    // 2. The recipient-only rule and the sender-only rules, strictest of all.
+    let by_recipient = most_specific(rules.iter().filter_map(|(rule, rp, sp)| {
+        if sp.is_some() {
+            return None;
+        }
+        Some((recipient_rank(rule, rp)?, rule.action))
+    }));
+    let by_sender = senders.iter().filter_map(|s| {
+        most_specific(rules.iter().filter_map(|(rule, rp, sp)| {
+            if rp.is_some() {
+                return None;
             }
-            None => 0,
-        };
-        let s = match &rule.sender {
-            Some(p) => {
-                let p = Pattern::new(p);
-                if !senders.iter().any(|s| p.matches(s)) {
-                    continue;
-                }
-                p.rank()
-            }
-            None => 0,
-        };
-        let sides = u8::from(rule.recipient.is_some()) + u8::from(rule.sender.is_some());
-        let score = (sides, r, s);
-        // Strictly greater only: among equals the rule written first stays.
+            Some((sender_rank(rule, sp, s)?, rule.action))
+        }))
+    });
+    by_recipient
+        .into_iter()
+        .chain(by_sender)
+        .reduce(strictest)
+        .unwrap_or(policy.default)
+}
+
+/// `local@domain` without a `+tag` (`boss+x@partner.example` → `boss@partner.example`),
+/// or `None` when there is no tag.
+fn base_address(address: &str) -> Option<String> {
+    let (local, domain) = address.rsplit_once('@')?;
+    let (base, _tag) = local.split_once('+')?;
+    (!base.is_empty()).then(|| format!("{base}@{domain}"))
+}
+
+/// The action of the highest-scoring candidate; among equals the first (the rule written
+/// first).
+fn most_specific<S: Ord>(
+    candidates: impl Iterator<Item = (S, PolicyAction)>,
+) -> Option<PolicyAction> {
+    let mut best: Option<(S, PolicyAction)> = None;
+    for (score, action) in candidates {
         if best.as_ref().is_none_or(|(b, _)| score > *b) {
-            best = Some((score, rule));
+            best = Some((score, action));
         }
     }
-    best.map(|(_, r)| r)
+    best.map(|(_, a)| a)
+}
+
+/// The stricter of two actions: `require` > `opportunistic` > `plain`.
+pub fn strictest(a: PolicyAction, b: PolicyAction) -> PolicyAction {
+    let rank = |a: PolicyAction| match a {
+        PolicyAction::Plain => 0,
+        PolicyAction::Opportunistic => 1,
+        PolicyAction::Require => 2,
+    };
+    if rank(b) > rank(a) {
+        b
+    } else {
+        a
+    }
 }
 
 /// A rule pattern, normalised: an address or glob with `@`, or a domain (no `@`), which
@@ -318,10 +390,15 @@ mod tests {
             action_for(&policy, &["bo@other.org"], "ceo@partner.example"),
             Require
         );
-        // A recipient rule beats a sender rule; a rule naming both beats either.
+        // A recipient rule and a sender rule: the stricter decides; a rule naming both
+        // sides beats either.
         assert_eq!(
             action_for(&policy, &["press@corp.example"], "x@partner.example"),
             Plain
+        );
+        assert_eq!(
+            action_for(&policy, &["ed@corp.example"], "x@partner.example"),
+            Require
         );
         assert_eq!(action_for(&policy, &legal, "x@partner.example"), Require);
         // Among sender rules, the address beats the domain.
@@ -342,9 +419,129 @@ mod tests {
             ),
             Require
         );
+    }
+
+    /// Review F1: a second From address that hits a narrower, weaker sender rule must
+    /// not downgrade the `require` another sender brings in.
+    #[test]
+    fn an_extra_sender_matching_a_weaker_narrower_rule_cannot_relax_require() {
+        use PolicyAction::*;
+        let policy = PolicyConfig {
+            rules: vec![
+                rule(None, Some("legal.corp.example"), Require),
+                rule(None, Some("newsletter@corp.example"), Plain),
+            ],
+            ..PolicyConfig::default()
+        };
+        let senders = [
+            "ann@legal.corp.example",
+            "ann@legal.corp.example",
+            "newsletter@corp.example",
+        ];
+        assert_eq!(action_for(&policy, &senders, "x@gmail.example"), Require);
+    }
+
+    /// Review F2: a recipient-only rule, however broad, does not outrank a sender-only
+    /// `require`: the stricter of the two decides.
+    #[test]
+    fn a_broad_recipient_rule_does_not_relax_a_sender_require() {
+        use PolicyAction::*;
+        let policy = PolicyConfig {
+            rules: vec![
+                rule(Some("*"), None, Opportunistic),
+                rule(None, Some("legal.corp.example"), Require),
+            ],
+            ..PolicyConfig::default()
+        };
+        let legal = ["ann@legal.corp.example"];
+        assert_eq!(action_for(&policy, &legal, "x@gmail.example"), Require);
+    }
+
+    /// Only a rule naming both sides relaxes a one-sided rule, and among several
+    /// senders' pair rules the strictest holds.
+    #[test]
+    fn a_rule_naming_both_sides_is_the_only_relaxation() {
+        use PolicyAction::*;
+        let policy = PolicyConfig {
+            rules: vec![
+                rule(None, Some("legal.corp.example"), Require),
+                rule(Some("partner.example"), None, Require),
+                rule(Some("partner.example"), Some("legal.corp.example"), Plain),
+                rule(Some("*"), Some("ann@legal.corp.example"), Opportunistic),
+                rule(Some("partner.example"), Some("ed@corp.example"), Require),
+            ],
+            default: Plain,
+            ..PolicyConfig::default()
+        };
+        // ann's most specific pair rule for partner.example is the domain one: plain.
         assert_eq!(
-            rule_for(&policy, &legal, "x@partner.example").and_then(|r| r.sender.as_deref()),
-            Some("*@legal.corp.example")
+            action_for(&policy, &["ann@legal.corp.example"], "x@partner.example"),
+            Plain
+        );
+        // For others, ann's glob pair rule relaxes legal's sender require.
+        assert_eq!(
+            action_for(&policy, &["ann@legal.corp.example"], "x@else.org"),
+            Opportunistic
+        );
+        // bob has no pair rule for else.org: legal's require holds.
+        assert_eq!(
+            action_for(&policy, &["bob@legal.corp.example"], "x@else.org"),
+            Require
+        );
+        // A second sender with a stricter pair rule: the strictest pair rule decides.
+        assert_eq!(
+            action_for(
+                &policy,
+                &["ann@legal.corp.example", "ed@corp.example"],
+                "x@partner.example"
+            ),
+            Require
+        );
+        // No pair rule, no sender rule: the recipient rule, else the default.
+        assert_eq!(
+            action_for(&policy, &["z@o.example"], "x@partner.example"),
+            Require
+        );
+        assert_eq!(action_for(&policy, &["z@o.example"], "x@o.example"), Plain);
+        assert_eq!(action_for(&policy, &[], "x@o.example"), Plain);
+    }
+
+    /// Review F4: an address-level `require` is not dodged by an equivalent spelling of
+    /// the address (a quoted local part) or a `+tag` subaddress of it.
+    #[test]
+    fn a_quoted_or_subaddressed_recipient_still_meets_an_address_require() {
+        use PolicyAction::*;
+        assert_eq!(
+            crate::keys::normalize_address("<\"Boss\"@Partner.Example>"),
+            "boss@partner.example"
+        );
+        let policy = PolicyConfig {
+            rules: vec![
+                rule(Some("boss@partner.example"), None, Require),
+                rule(None, Some("ceo@corp.example"), Require),
+                rule(Some("news@partner.example"), None, Plain),
+            ],
+            ..PolicyConfig::default()
+        };
+        for r in [
+            "\"boss\"@partner.example",
+            "boss+x@partner.example",
+            "\"boss+x\"@Partner.Example",
+        ] {
+            assert_eq!(action_for(&policy, &[], r), Require, "{r}");
+        }
+        assert_eq!(
+            action_for(&policy, &["ceo+x@corp.example"], "x@else.example"),
+            Require
+        );
+        // Only require reaches subaddresses: a plain rule for news@ stays with news@.
+        assert_eq!(
+            action_for(&policy, &[], "news+x@partner.example"),
+            Opportunistic
+        );
+        assert_eq!(
+            action_for(&policy, &[], "bossy@partner.example"),
+            Opportunistic
         );
     }
 }

@@ -116,17 +116,45 @@ pub fn ensure_self_signed(state_dir: &Path) -> Result<(PathBuf, PathBuf), TlsErr
     Ok((cert_path, key_path))
 }
 
-/// Writes a file readable by its owner only (secret keys, passphrases).
+/// Writes a file readable by its owner only (secret keys, passphrases): the data goes
+/// into a new file (mode 0600, `create_new`, so nothing already there, link or not, is
+/// written through) in the same folder, which then replaces `path` by `rename`. An
+/// existing file's mode is never kept, and a symbolic link at `path` is replaced, not
+/// followed.
 pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no file name"))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(
+        ".tmp-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let tmp = path.with_file_name(tmp_name);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
-        .open(path)?;
-    f.write_all(data)
+        .open(&tmp)?;
+    let written = f
+        .write_all(data)
+        .and_then(|()| f.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// Whether anything (a file, a folder, a symbolic link, dangling or not) is at `path`.
+pub fn something_at(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok()
 }
 
 /// Client configuration for upstream connections: system roots plus `extra_ca`.

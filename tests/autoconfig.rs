@@ -1,6 +1,8 @@
 //! Thunderbird's autoconfig and Outlook's Autodiscover, asked over HTTP with curl from
-//! a running sealpost: the answers describe sealpost's own listeners, parse as XML, and
-//! unknown addresses get 404.
+//! a running sealpost: the answers describe sealpost's own listeners, parse as XML,
+//! every address at a configured domain is answered (the configured login only to this
+//! loopback client), other domains get 404, and a request body that does not arrive is
+//! given up on.
 
 mod common;
 
@@ -88,6 +90,36 @@ fn thunderbird_and_outlook_are_told_sealposts_listeners() {
         "{base}/mail/config-v1.1.xml?emailaddress=bob%40example.org"
     )]);
     assert_eq!(code, 404);
+    // An address nobody configured, at a configured domain: answered like any other,
+    // with itself as user name.
+    let (code, body) = curl(&[&format!(
+        "{base}/mail/config-v1.1.xml?emailaddress=Bob%40example.com"
+    )]);
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains("<username>Bob@example.com</username>"),
+        "{body}"
+    );
+    assert!(!body.contains("alice"), "{body}");
+    // A request whose body never comes is answered 408 within seconds, not held.
+    {
+        use std::io::{Read, Write};
+        let started = std::time::Instant::now();
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.write_all(
+            b"POST /autodiscover/autodiscover.xml HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n<",
+        )
+        .unwrap();
+        let mut reply = String::new();
+        let _ = s.read_to_string(&mut reply);
+        assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{:?}",
+            started.elapsed()
+        );
+    }
     let (code, body) = curl(&[&format!(
         "{base}/mail/config-v1.1.xml?emailaddress=%3Cscript%3E%40example.com"
     )]);

@@ -132,14 +132,14 @@ fn audit_log_and_metrics_record_every_outbound_decision() {
     };
     let expected = [
         serde_json::json!({"event": "outbound", "account": "test", "sender": "alice@example.com",
-            "outcome": "relayed", "code": 250, "recipients": [
+            "login": "sinkuser", "outcome": "relayed", "code": 250, "recipients": [
                 {"address": "bob@example.org", "decision": "encrypted", "vouch": "local",
                  "keys": [{"fingerprint": bob_fpr}]}]}),
         serde_json::json!({"event": "outbound", "account": "test", "sender": "alice@example.com",
-            "outcome": "relayed", "code": 250, "recipients": [
+            "login": "sinkuser", "outcome": "relayed", "code": 250, "recipients": [
                 {"address": "carol@example.org", "decision": "plain"}]}),
         serde_json::json!({"event": "outbound", "account": "test", "sender": "alice@example.com",
-            "outcome": "refused", "code": 550, "recipients": [
+            "login": "sinkuser", "outcome": "refused", "code": 550, "recipients": [
                 {"address": "bob@example.org", "decision": "encrypted", "vouch": "local",
                  "keys": [{"fingerprint": bob_fpr}]},
                 {"address": "eve@secret.example", "decision": "refused"}]}),
@@ -363,6 +363,15 @@ fn secret_dir_users_decrypt_through_imap_and_each_decryption_is_audited() {
         secrets.path().join("alice@example.com.pass"),
     )
     .unwrap();
+    // A passphrase file group or others can read is refused.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            secrets.path().join("alice@example.com.pass"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+    }
     let audit_path = secrets.path().join("audit.jsonl");
     let metrics_port = free_port();
     let mut opts = ProxyOptions::new(1);

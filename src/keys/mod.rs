@@ -500,7 +500,7 @@ pub fn unix_now() -> i64 {
 /// form (RFC 5891 IDNA: `bücher.example` and `xn--bcher-kva.example` are one domain),
 /// lower-cased; the local part lower-cased too (RFC 5321 §2.4 lets the receiving host
 /// treat it case-sensitively, but virtually every provider does not, and a key found
-/// for `Bob@` must serve `bob@`).
+/// for `Bob@` must serve `bob@`), and unquoted (`"bob"@` is `bob@`).
 pub fn normalize_address(address: &str) -> String {
     let a = address
         .trim()
@@ -508,7 +508,39 @@ pub fn normalize_address(address: &str) -> String {
         .trim_end_matches('>')
         .trim();
     match a.rsplit_once('@') {
-        Some((local, domain)) => format!("{}@{}", local.to_lowercase(), normalize_domain(domain)),
+        Some((local, domain)) => {
+            // A quoted local part names the same mailbox as its unquoted content
+            // (RFC 5321 §4.1.2: `"boss"@` is `boss@`; quoted-pairs stand for their
+            // character). Content that needs its quotes (`"a@b"`, `"a b"`) keeps them.
+            let unquoted = local
+                .strip_prefix('"')
+                .and_then(|l| l.strip_suffix('"'))
+                .map(|quoted| {
+                    let mut out = String::with_capacity(quoted.len());
+                    let mut chars = quoted.chars();
+                    while let Some(c) = chars.next() {
+                        out.push(if c == '\\' {
+                            chars.next().unwrap_or(c)
+                        } else {
+                            c
+                        });
+                    }
+                    out
+                })
+                .filter(|l| {
+                    !l.is_empty()
+                        && !l.starts_with('.')
+                        && !l.ends_with('.')
+                        && !l.contains("..")
+                        && l.chars().all(|c| {
+                            c.is_alphanumeric()
+                                || !c.is_ascii()
+                                || "!#$%&'*+-/=?^_`{|}~.".contains(c)
+                        })
+                });
+            let local = unquoted.as_deref().unwrap_or(local);
+            format!("{}@{}", local.to_lowercase(), normalize_domain(domain))
+        }
         None => a.to_lowercase(),
     }
 }

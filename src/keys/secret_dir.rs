@@ -6,9 +6,16 @@
 //! without a file is asked again after [`RETRY`], so a key added later is picked up.
 //! `[[identity]]` entries of the config are looked at first and win.
 //!
-//! An address becomes a file name only after it passed [`file_stem`]: ASCII letters,
-//! digits and a few punctuation characters, one `@`, a domain of dot-separated labels;
-//! so nothing a client sends as a login can name a path outside the folder.
+//! An address becomes a file name only after it passed [`file_stem`]: the login must be
+//! ASCII and already in its normalised form but for ASCII case (so a Kelvin sign for
+//! `K`, fullwidth letters or a trailing dot, which normalise onto another user's
+//! address, select nothing), then ASCII letters, digits and a few punctuation
+//! characters, one `@`, a domain of dot-separated labels; so nothing a client sends as a
+//! login can name a path outside the folder or another user's key.
+//!
+//! Key and passphrase files must be regular files, not symbolic links, and a `.pass`
+//! file must not be readable by group or others; anything else is refused (logged,
+//! retried after [`RETRY`]).
 
 use super::{load_identity, normalize_address, KeyError, LoadedIdentity};
 use std::collections::HashMap;
@@ -31,9 +38,16 @@ enum Entry {
 }
 
 /// The file name stem for `address` (its normalised form), or `None` when the address
-/// cannot safely be one.
+/// cannot safely be one. `address` is what the client sent as a login: it must be ASCII
+/// and equal to its normalised form but for ASCII case, before any lookup.
 pub fn file_stem(address: &str) -> Option<String> {
+    if !address.is_ascii() {
+        return None;
+    }
     let a = normalize_address(address);
+    if !a.eq_ignore_ascii_case(address) {
+        return None;
+    }
     let (local, domain) = a.split_once('@')?;
     let local_ok = !local.is_empty()
         && local.len() <= 64
@@ -98,16 +112,33 @@ impl SecretDir {
     /// Loads `<stem>.asc` (with `<stem>.pass`), or `None` when there is no such file.
     fn load(&self, stem: &str, login: &str) -> Result<Option<LoadedIdentity>, KeyError> {
         let key = self.dir.join(format!("{stem}.asc"));
-        if !key.is_file() {
+        if !regular_file(&key)? {
             return Ok(None);
         }
         let pass = self.dir.join(format!("{stem}.pass"));
+        let has_pass = regular_file(&pass)?;
+        if has_pass {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::symlink_metadata(&pass)
+                .map_err(|e| read_error(&pass, e))?
+                .permissions()
+                .mode();
+            if mode & 0o077 != 0 {
+                return Err(KeyError::Read {
+                    path: pass,
+                    message: format!(
+                        "readable by group or others (mode {:o}); chmod 600 it",
+                        mode & 0o777
+                    ),
+                });
+            }
+        }
         let id = crate::config::Identity {
             address: stem.to_string(),
             login: Some(login.to_string()),
             account: None,
             secret_key: key.clone(),
-            passphrase_file: pass.is_file().then_some(pass),
+            passphrase_file: has_pass.then_some(pass),
             passphrase_credential: None,
             passphrase_env: None,
         };
@@ -132,6 +163,34 @@ impl SecretDir {
     }
 }
 
+/// Whether `path` is a regular file: `false` when absent, an error for a symbolic link
+/// or anything else. Checked with `symlink_metadata` just before the file is read, so a
+/// link swapped in between the check and the open (by someone who can write the folder)
+/// is still followed: keep `secret_dir` writable by its owner only. (No `O_NOFOLLOW`:
+/// its value differs between architectures and the crate does not depend on libc.)
+fn regular_file(path: &Path) -> Result<bool, KeyError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_file() => Ok(true),
+        Ok(m) if m.file_type().is_symlink() => Err(KeyError::Read {
+            path: path.to_path_buf(),
+            message: "is a symbolic link; refused".into(),
+        }),
+        Ok(_) => Err(KeyError::Read {
+            path: path.to_path_buf(),
+            message: "is not a regular file".into(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(read_error(path, e)),
+    }
+}
+
+fn read_error(path: &Path, e: std::io::Error) -> KeyError {
+    KeyError::Read {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,12 +202,8 @@ mod tests {
             Some("bob@example.org")
         );
         assert_eq!(
-            file_stem("<a.b+tag@xn--bcher-kva.example>").as_deref(),
+            file_stem("a.b+tag@xn--bcher-kva.example").as_deref(),
             Some("a.b+tag@xn--bcher-kva.example")
-        );
-        assert_eq!(
-            file_stem("a@bücher.example").as_deref(),
-            Some("a@xn--bcher-kva.example")
         );
         for bad in [
             "../../etc/passwd@x.example",
@@ -208,5 +263,56 @@ mod tests {
         .unwrap();
         assert!(secrets.identity("bob@corp.example").is_none());
         assert_eq!(secrets.count().unwrap(), 2);
+    }
+
+    /// Review F5: a login that only normalises onto an address (Kelvin sign for `K`,
+    /// fullwidth letters, a trailing dot) must not select that address's key.
+    #[test]
+    fn logins_that_only_normalise_onto_an_address_select_no_key() {
+        for login in [
+            "\u{212A}ate@corp.example",
+            "kate@\u{ff43}\u{ff4f}\u{ff52}\u{ff50}.example",
+            "kate@corp.example.",
+            "<kate@corp.example>",
+            " kate@corp.example",
+            "kate@b\u{fc}cher.example",
+        ] {
+            assert_eq!(file_stem(login), None, "{login:?}");
+        }
+        assert_eq!(
+            file_stem("Kate@Corp.Example").as_deref(),
+            Some("kate@corp.example")
+        );
+    }
+
+    /// A key file that is a symbolic link, and a passphrase file group or others can
+    /// read, are refused; fixed, the key loads.
+    #[test]
+    fn symlinked_keys_and_readable_passphrase_files_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let made = tempfile::tempdir().unwrap();
+        let g = crate::keys::generate("ann@corp.example", made.path()).unwrap();
+        let id = g.identity("ann@corp.example", None);
+        let asc = dir.path().join("ann@corp.example.asc");
+        let pass = dir.path().join("ann@corp.example.pass");
+        std::os::unix::fs::symlink(&id.secret_key, &asc).unwrap();
+        std::fs::copy(id.passphrase_file.as_ref().unwrap(), &pass).unwrap();
+        std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(SecretDir::new(dir.path())
+            .identity("ann@corp.example")
+            .is_none());
+
+        std::fs::remove_file(&asc).unwrap();
+        std::fs::copy(&id.secret_key, &asc).unwrap();
+        std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(SecretDir::new(dir.path())
+            .identity("ann@corp.example")
+            .is_none());
+
+        std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(SecretDir::new(dir.path())
+            .identity("ann@corp.example")
+            .is_some());
     }
 }

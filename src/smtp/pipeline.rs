@@ -61,14 +61,24 @@ pub struct Planned {
     pub result: Result<Vec<OutgoingCopy>, Reply>,
 }
 
-/// The senders policy rules are matched against: the envelope sender and every address
-/// of the From field (see [`crate::policy`]).
+/// The senders policy rules are matched against (see [`crate::policy`]): the envelope
+/// sender, every address of every From and every Sender field (a message may carry
+/// several; mail-parser's `from()` sees only the last), and the authenticated login
+/// when it is an address.
 fn senders(env: &Envelope, header: &[u8]) -> Vec<String> {
+    use mail_parser::HeaderName;
     let mut out = vec![env.from.clone()];
     if let Some(m) = mail_parser::MessageParser::default().parse_headers(header) {
-        if let Some(from) = m.from() {
-            out.extend(from.iter().filter_map(|a| a.address()).map(str::to_string));
+        for h in m.headers() {
+            if matches!(h.name, HeaderName::From | HeaderName::Sender) {
+                if let Some(a) = h.value.as_address() {
+                    out.extend(a.iter().filter_map(|a| a.address()).map(str::to_string));
+                }
+            }
         }
+    }
+    if let Some(login) = env.login.as_deref().filter(|l| l.contains('@')) {
+        out.push(login.to_string());
     }
     out
 }
@@ -533,5 +543,44 @@ mod tests {
         let fake = b"To: carol@example.org\r\n\r\n-----BEGIN PGP MESSAGE-----\r\n\r\nRevenue 4.2M\r\n-----END PGP MESSAGE-----\r\n";
         let refused = out.plan_from_store(&env(&["carol@example.org"]), fake);
         assert!(refused.is_err(), "{refused:?}");
+    }
+
+    /// Review F3: every From field, every Sender field, the envelope sender and the
+    /// login (when an address) are senders, not only the last From field.
+    #[test]
+    fn policy_senders_include_every_from_and_sender_field_and_the_login() {
+        let header = b"From: ann@legal.corp.example\r\nFrom: someone@other.example\r\n\
+            Sender: Sec <sec@legal.corp.example>, x@y.example\r\nSender: ops@corp.example\r\n\
+            Subject: x\r\n\r\n";
+        let mut e = env(&["x@gmail.example"]);
+        e.from = "bounce@corp.example".into();
+        e.login = Some("Kate@Corp.Example".into());
+        let got = senders(&e, header);
+        for want in [
+            "bounce@corp.example",
+            "ann@legal.corp.example",
+            "someone@other.example",
+            "sec@legal.corp.example",
+            "x@y.example",
+            "ops@corp.example",
+            "Kate@Corp.Example",
+        ] {
+            assert!(got.iter().any(|a| a == want), "{want} missing from {got:?}");
+        }
+        // A login that is not an address is no sender.
+        e.login = Some("u48213".into());
+        assert!(!senders(&e, header).iter().any(|a| a == "u48213"));
+
+        // And the policy sees them: a require for legal holds though From ends elsewhere.
+        let (_dir, mut out) = setup(PolicyAction::Opportunistic);
+        out.policy.rules.push(PolicyRule {
+            recipient: None,
+            sender: Some("legal.corp.example".into()),
+            action: PolicyAction::Require,
+        });
+        let raw = b"From: ann@legal.corp.example\r\nFrom: someone@other.example\r\n\r\nhi\r\n";
+        assert!(out
+            .plan_from_store(&env(&["carol@example.org"]), raw)
+            .is_err());
     }
 }

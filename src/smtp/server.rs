@@ -270,6 +270,7 @@ async fn deliver(
     crate::audit::outbound(
         &svc.account,
         &envelope.from,
+        envelope.login.as_deref(),
         done.outcome,
         done.reply.code,
         client_encrypted,

@@ -41,11 +41,7 @@ impl ImapContext {
     /// The identity whose key decrypts for a login name (`login`, else `address`),
     /// among this account's identities only, else from `[keys] secret_dir`.
     pub fn identity_for_login(&self, login: &str) -> Option<Arc<LoadedIdentity>> {
-        self.identities
-            .iter()
-            .find(|i| i.login.eq_ignore_ascii_case(login))
-            .cloned()
-            .or_else(|| self.store.secret_identity(login))
+        self.store.identity_for_login(&self.identities, login)
     }
 
     /// `raw`, a message a client APPENDs as `identity`, sealed to that identity's own

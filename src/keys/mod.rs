@@ -148,6 +148,21 @@ impl KeyStore {
         self.secrets.as_ref()?.identity(login)
     }
 
+    /// The identity of a login that upstream accepted: among `identities` (one
+    /// account's `[[identity]]` entries, which win), the one with that login, else a key
+    /// in `[keys] secret_dir` for it. SMTP and IMAP sessions both ask here.
+    pub fn identity_for_login(
+        &self,
+        identities: &[Arc<LoadedIdentity>],
+        login: &str,
+    ) -> Option<Arc<LoadedIdentity>> {
+        identities
+            .iter()
+            .find(|i| i.login.eq_ignore_ascii_case(login))
+            .cloned()
+            .or_else(|| self.secret_identity(login))
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, StoreState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -101,11 +101,7 @@ impl Outbound {
     /// The identity of a login: the config's `[[identity]]` with that login, else a key
     /// in `[keys] secret_dir` for it.
     pub fn identity_for_login(&self, login: &str) -> Option<Arc<LoadedIdentity>> {
-        self.identities
-            .iter()
-            .find(|i| i.login.eq_ignore_ascii_case(login))
-            .cloned()
-            .or_else(|| self.store.secret_identity(login))
+        self.store.identity_for_login(&self.identities, login)
     }
 
     /// The recipients whose keys are worth looking up (policy is not `plain`), or

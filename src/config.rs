@@ -138,6 +138,15 @@ pub struct ServiceConfig {
     /// the From domain) may satisfy `require`.
     #[serde(default)]
     pub authserv_id: Option<String>,
+    /// Every connection starts with a PROXY protocol v2 header (a load balancer's
+    /// `send-proxy-v2`), whose source address is then the client's; a connection
+    /// without one is refused. Off: a connection that starts with one is refused.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    /// Most connections at once from one client address (the header's, behind a load
+    /// balancer), per listener; none: no limit per address.
+    #[serde(default)]
+    pub max_connections_per_ip: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -552,6 +561,12 @@ impl Config {
                         "must be the host name the provider writes first in Authentication-Results, e.g. \"mx.example.com\"",
                     ));
                 }
+                if service.max_connections_per_ip == Some(0) {
+                    return Err(self.invalid(
+                        format!("{key}.max_connections_per_ip"),
+                        "must be at least 1 (leave it out for no limit per address)",
+                    ));
+                }
                 if service.listen.is_none() && service.listen_tls.is_none() {
                     return Err(self.invalid(
                         key,
@@ -860,6 +875,40 @@ upstream_security = "tls"
             c.policy.rules[1].sender.as_deref(),
             Some("legal.corp.example")
         );
+    }
+
+    #[test]
+    fn load_balancer_keys() {
+        let c = Config::parse(MINIMAL, Path::new("x.toml")).unwrap();
+        let smtp = c.accounts[0].smtp.as_ref().unwrap();
+        assert!(!smtp.proxy_protocol);
+        assert_eq!(smtp.max_connections_per_ip, None);
+        let text = format!("{MINIMAL}proxy_protocol = true\nmax_connections_per_ip = 20\n");
+        let c = Config::parse(&text, Path::new("x.toml")).unwrap();
+        let smtp = c.accounts[0].smtp.as_ref().unwrap();
+        assert!(smtp.proxy_protocol);
+        assert_eq!(smtp.max_connections_per_ip, Some(20));
+        let text = format!("{MINIMAL}max_connections_per_ip = 0\n");
+        let err = Config::parse(&text, Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("account[0].smtp.max_connections_per_ip"),
+            "{err}"
+        );
+        // The documented lines, uncommented, are valid.
+        let text = include_str!("../config.example.toml")
+            .replace("#proxy_protocol = false", "proxy_protocol = true")
+            .replace(
+                "#max_connections_per_ip = 20",
+                "max_connections_per_ip = 20",
+            );
+        let c = Config::parse(&text, Path::new("x.toml")).unwrap();
+        for s in [&c.accounts[0].smtp, &c.accounts[0].imap] {
+            let s = s.as_ref().unwrap();
+            assert!(s.proxy_protocol);
+            assert_eq!(s.max_connections_per_ip, Some(20));
+        }
     }
 
     #[test]

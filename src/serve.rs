@@ -80,6 +80,11 @@ fn build(config: &Config, loaded: &Loaded, shared: &Shared) -> Built {
                 .max(config.limits.max_message_size),
         })
     };
+    let admission = |s: &crate::config::ServiceConfig| crate::listener::Admission {
+        max_connections: config.limits.max_connections,
+        max_connections_per_ip: s.max_connections_per_ip,
+        proxy_protocol: s.proxy_protocol,
+    };
     let mut built = Built {
         smtp: BTreeMap::new(),
         imap: BTreeMap::new(),
@@ -103,7 +108,7 @@ fn build(config: &Config, loaded: &Loaded, shared: &Shared) -> Built {
                 discovery: loaded.discovery.clone(),
                 acceptor: acceptor.clone(),
                 idle_timeout: config.limits.idle_timeout(),
-                max_connections: config.limits.max_connections,
+                admission: admission(smtp),
             });
             built.smtp.insert(account.name.clone(), service);
         }
@@ -120,7 +125,7 @@ fn build(config: &Config, loaded: &Loaded, shared: &Shared) -> Built {
                     timeout: config.limits.upstream_timeout(),
                 },
                 acceptor: acceptor.clone(),
-                max_connections: config.limits.max_connections,
+                admission: admission(imap),
             });
             built.imap.insert(account.name.clone(), service);
         }
@@ -135,8 +140,8 @@ fn layout(config: &Config) -> Vec<String> {
         for (kind, s) in [("smtp", &a.smtp), ("imap", &a.imap)] {
             let Some(s) = s else { continue };
             out.push(format!(
-                "account {} {kind} listen = {:?}, listen_tls = {:?}",
-                a.name, s.listen, s.listen_tls
+                "account {} {kind} listen = {:?}, listen_tls = {:?}, proxy_protocol = {}, max_connections_per_ip = {:?}",
+                a.name, s.listen, s.listen_tls, s.proxy_protocol, s.max_connections_per_ip
             ));
         }
     }

@@ -34,6 +34,8 @@ pub struct ProxyOptions {
     /// Lines for the `[keys]` table. The default keeps key lookups local: no test
     /// may reach the internet, so WKD/VKS are only enabled against a local server.
     pub keys_extra: String,
+    /// Lines added to both `[account.smtp]` and `[account.imap]` (e.g. `proxy_protocol = true`).
+    pub listener_extra: String,
 }
 
 impl ProxyOptions {
@@ -51,6 +53,7 @@ impl ProxyOptions {
             extra: String::new(),
             imap_upstream: None,
             keys_extra: "discover = [\"store\", \"autocrypt\"]\n".into(),
+            listener_extra: String::new(),
         }
     }
 }
@@ -115,7 +118,7 @@ listen = "127.0.0.1:{p1}"
 listen_tls = "127.0.0.1:{p2}"
 upstream = "localhost:{up}"
 upstream_security = "{sec}"
-[keys]
+{listener_extra}[keys]
 dir = "{state}/keys"
 extra_ca = "{ca}"
 {keys_extra}[policy]
@@ -135,14 +138,15 @@ protect_headers = {protect}
             sign = opts.sign,
             protect = opts.protect_headers,
             keys_extra = opts.keys_extra,
+            listener_extra = opts.listener_extra,
         );
         if let Some((port, security)) = opts.imap_upstream {
             // TOML: a sub-table of the last [[account]] may follow its other tables.
             toml = toml.replacen(
                 "[keys]",
                 &format!(
-                    "[account.imap]\nlisten = \"127.0.0.1:{}\"\nlisten_tls = \"127.0.0.1:{}\"\nupstream = \"localhost:{port}\"\nupstream_security = \"{security}\"\n[keys]",
-                    imap_ports.0, imap_ports.1
+                    "[account.imap]\nlisten = \"127.0.0.1:{}\"\nlisten_tls = \"127.0.0.1:{}\"\nupstream = \"localhost:{port}\"\nupstream_security = \"{security}\"\n{}[keys]",
+                    imap_ports.0, imap_ports.1, opts.listener_extra
                 ),
                 1,
             );

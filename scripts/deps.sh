@@ -11,9 +11,11 @@ set -euo pipefail
 # with libclang); the key store links SQLite.
 build_pkgs=(pkg-config libclang-dev libssl-dev libsqlite3-dev make gcc)
 test_pkgs=(gnupg gpg-agent sq swaks libnet-ssleay-perl isync python3 python3-aiosmtpd
-  dovecot-core dovecot-imapd curl openssl ca-certificates procps systemd)
+  dovecot-core dovecot-imapd curl openssl ca-certificates procps systemd haproxy)
 # systemd: systemd-analyze rates and verifies the units in systemd/ (tests/systemd.rs);
 # a minbase Debian has no systemd, and nothing here starts it.
+# haproxy: the README's load-balancer guide runs in front of two instances (tests/haproxy.rs);
+# the tests start their own, and the packaged service is stopped below.
 # sequoia-sq 1.x builds with Sequoia's default backend (nettle), links OpenSSL and
 # compiles Cap'n Proto schemas.
 interop_pkgs=(nettle-dev libgmp-dev capnproto)
@@ -45,6 +47,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   # The packaged Dovecot service is not used: the tests start their own instances.
   if [ -d /run/systemd/system ] && printf '%s\n' "${missing[@]}" | grep -qx dovecot-imapd; then
     $sudo systemctl disable --now dovecot >/dev/null 2>&1 || true
+  fi
+  if [ -d /run/systemd/system ] && printf '%s\n' "${missing[@]}" | grep -qx haproxy; then
+    $sudo systemctl disable --now haproxy >/dev/null 2>&1 || true
   fi
 fi
 

@@ -64,6 +64,10 @@ pub enum PolicyAction {
 pub struct Config {
     /// Folder for the generated listener certificate and caches.
     pub state_dir: PathBuf,
+    /// Names this instance among several that share `state_dir` (its control socket
+    /// is `state_dir/control-<instance>.sock`); none: `state_dir/control.sock`.
+    #[serde(default)]
+    pub instance: Option<String>,
     #[serde(default)]
     pub tls: Option<TlsConfig>,
     #[serde(default, rename = "account")]
@@ -678,6 +682,19 @@ impl Config {
                 ));
             }
         }
+        if let Some(name) = &self.instance {
+            let ok = !name.is_empty()
+                && name.len() <= 32
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'));
+            if !ok {
+                return Err(self.invalid(
+                    "instance",
+                    format!("{name:?} must be 1 to 32 letters, digits, '-' or '_', e.g. \"a\""),
+                ));
+            }
+        }
         let l = &self.limits;
         if l.max_line_length < 1000 {
             return Err(self.invalid(
@@ -701,6 +718,11 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// Where `sealpost status` finds this instance (see [`crate::status`]).
+    pub fn control_socket(&self) -> PathBuf {
+        crate::status::socket_path(&self.state_dir, self.instance.as_deref())
     }
 
     /// The public key store folder (default: `state_dir/keys`).
@@ -908,6 +930,28 @@ upstream_security = "tls"
             let s = s.as_ref().unwrap();
             assert!(s.proxy_protocol);
             assert_eq!(s.max_connections_per_ip, Some(20));
+        }
+    }
+
+    #[test]
+    fn instance_names_the_control_socket() {
+        let c = Config::parse(MINIMAL, Path::new("/etc/sealpost/a.toml")).unwrap();
+        assert_eq!(
+            c.control_socket(),
+            PathBuf::from("/etc/sealpost/state/control.sock")
+        );
+        let text = format!("instance = \"a-1\"\n{MINIMAL}");
+        let c = Config::parse(&text, Path::new("/etc/sealpost/a.toml")).unwrap();
+        assert_eq!(
+            c.control_socket(),
+            PathBuf::from("/etc/sealpost/state/control-a-1.sock")
+        );
+        for bad in ["", "../x", "a b", "a/b"] {
+            let text = format!("instance = {bad:?}\n{MINIMAL}");
+            let err = Config::parse(&text, Path::new("x.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("instance"), "{err}");
         }
     }
 

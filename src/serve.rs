@@ -135,7 +135,10 @@ fn build(config: &Config, loaded: &Loaded, shared: &Shared) -> Built {
 
 /// What must not change on a reload: the sockets already bound (and where state is).
 fn layout(config: &Config) -> Vec<String> {
-    let mut out = vec![format!("state_dir = {}", config.state_dir.display())];
+    let mut out = vec![
+        format!("state_dir = {}", config.state_dir.display()),
+        format!("instance = {:?}", config.instance),
+    ];
     for a in &config.accounts {
         for (kind, s) in [("smtp", &a.smtp), ("imap", &a.imap)] {
             let Some(s) = s else { continue };
@@ -327,7 +330,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     }
     // `sealpost status` asks here. Without it the proxy still serves mail.
     let listeners = tasks.len();
-    match crate::status::bind(&config.state_dir) {
+    match crate::status::bind(&config.control_socket()) {
         Ok(control) => {
             let snapshot: Arc<dyn Fn() -> crate::stats::Snapshot + Send + Sync> = {
                 let store = running.store.subscribe();
@@ -339,7 +342,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
             };
             tasks.push(tokio::spawn(crate::status::serve(
                 control,
-                crate::status::socket_path(&config.state_dir),
+                config.control_socket(),
                 snapshot,
                 stop_rx.clone(),
             )));

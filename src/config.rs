@@ -946,6 +946,9 @@ upstream_security = "tls"
             c.control_socket(),
             PathBuf::from("/etc/sealpost/state/control-a-1.sock")
         );
+        let text = include_str!("../config.example.toml").replace("#instance = ", "instance = ");
+        let c = Config::parse(&text, Path::new("/etc/sealpost/a.toml")).unwrap();
+        assert_eq!(c.instance.as_deref(), Some("a"));
         for bad in ["", "../x", "a b", "a/b"] {
             let text = format!("instance = {bad:?}\n{MINIMAL}");
             let err = Config::parse(&text, Path::new("x.toml"))

@@ -12,11 +12,13 @@ set -euo pipefail
 build_pkgs=(pkg-config libclang-dev libssl-dev libsqlite3-dev make gcc)
 test_pkgs=(gnupg gpg-agent sq swaks libnet-ssleay-perl isync python3 python3-aiosmtpd
   dovecot-core dovecot-imapd curl openssl ca-certificates procps systemd postgresql
-  util-linux)
+  util-linux haproxy)
 # postgresql: tests/state.rs starts its own server (initdb, postgres; the client library is
 # pure Rust); util-linux's setpriv runs it as the package's postgres user when root.
 # systemd: systemd-analyze rates and verifies the units in systemd/ (tests/systemd.rs);
 # a minbase Debian has no systemd, and nothing here starts it.
+# haproxy: the README's load-balancer guide runs in front of two instances (tests/haproxy.rs);
+# the tests start their own, and the packaged service is stopped below.
 # sequoia-sq 1.x builds with Sequoia's default backend (nettle), links OpenSSL and
 # compiles Cap'n Proto schemas.
 interop_pkgs=(nettle-dev libgmp-dev capnproto)
@@ -45,10 +47,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   $sudo apt-get update -qq
   $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  # The packaged Dovecot service is not used: the tests start their own instances.
-  if [ -d /run/systemd/system ] && printf '%s\n' "${missing[@]}" | grep -qx dovecot-imapd; then
-    $sudo systemctl disable --now dovecot >/dev/null 2>&1 || true
-  fi
+  # The packaged Dovecot, HAProxy and PostgreSQL services are not used: the tests start
+  # their own instances on free ports.
+  for unit in dovecot-imapd:dovecot haproxy:haproxy postgresql:postgresql; do
+    if [ -d /run/systemd/system ] && printf '%s\n' "${missing[@]}" | grep -qx "${unit%%:*}"; then
+      $sudo systemctl disable --now "${unit#*:}" >/dev/null 2>&1 || true
+    fi
+  done
 fi
 
 # Debian's sq (0.27) predates the shared certificate directory, so the key-store

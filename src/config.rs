@@ -64,6 +64,10 @@ pub enum PolicyAction {
 pub struct Config {
     /// Folder for the generated listener certificate and caches.
     pub state_dir: PathBuf,
+    /// Names this instance among several that share `state_dir` (its control socket
+    /// is `state_dir/control-<instance>.sock`); none: `state_dir/control.sock`.
+    #[serde(default)]
+    pub instance: Option<String>,
     #[serde(default)]
     pub tls: Option<TlsConfig>,
     #[serde(default, rename = "account")]
@@ -141,6 +145,15 @@ pub struct ServiceConfig {
     /// the From domain) may satisfy `require`.
     #[serde(default)]
     pub authserv_id: Option<String>,
+    /// Every connection starts with a PROXY protocol v2 header (a load balancer's
+    /// `send-proxy-v2`), whose source address is then the client's; a connection
+    /// without one is refused. Off: a connection that starts with one is refused.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    /// Most connections at once from one client address (the header's, behind a load
+    /// balancer), per listener; none: no limit per address.
+    #[serde(default)]
+    pub max_connections_per_ip: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -558,6 +571,12 @@ impl Config {
                         "must be the host name the provider writes first in Authentication-Results, e.g. \"mx.example.com\"",
                     ));
                 }
+                if service.max_connections_per_ip == Some(0) {
+                    return Err(self.invalid(
+                        format!("{key}.max_connections_per_ip"),
+                        "must be at least 1 (leave it out for no limit per address)",
+                    ));
+                }
                 if service.listen.is_none() && service.listen_tls.is_none() {
                     return Err(self.invalid(
                         key,
@@ -669,6 +688,19 @@ impl Config {
                 ));
             }
         }
+        if let Some(name) = &self.instance {
+            let ok = !name.is_empty()
+                && name.len() <= 32
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'));
+            if !ok {
+                return Err(self.invalid(
+                    "instance",
+                    format!("{name:?} must be 1 to 32 letters, digits, '-' or '_', e.g. \"a\""),
+                ));
+            }
+        }
         let l = &self.limits;
         if l.max_line_length < 1000 {
             return Err(self.invalid(
@@ -692,6 +724,11 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// Where `sealpost status` finds this instance (see [`crate::status`]).
+    pub fn control_socket(&self) -> PathBuf {
+        crate::status::socket_path(&self.state_dir, self.instance.as_deref())
     }
 
     /// The public key store folder (default: `state_dir/keys`).
@@ -866,6 +903,65 @@ upstream_security = "tls"
             c.policy.rules[1].sender.as_deref(),
             Some("legal.corp.example")
         );
+    }
+
+    #[test]
+    fn load_balancer_keys() {
+        let c = Config::parse(MINIMAL, Path::new("x.toml")).unwrap();
+        let smtp = c.accounts[0].smtp.as_ref().unwrap();
+        assert!(!smtp.proxy_protocol);
+        assert_eq!(smtp.max_connections_per_ip, None);
+        let text = format!("{MINIMAL}proxy_protocol = true\nmax_connections_per_ip = 20\n");
+        let c = Config::parse(&text, Path::new("x.toml")).unwrap();
+        let smtp = c.accounts[0].smtp.as_ref().unwrap();
+        assert!(smtp.proxy_protocol);
+        assert_eq!(smtp.max_connections_per_ip, Some(20));
+        let text = format!("{MINIMAL}max_connections_per_ip = 0\n");
+        let err = Config::parse(&text, Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("account[0].smtp.max_connections_per_ip"),
+            "{err}"
+        );
+        // The documented lines, uncommented, are valid.
+        let text = include_str!("../config.example.toml")
+            .replace("#proxy_protocol = false", "proxy_protocol = true")
+            .replace(
+                "#max_connections_per_ip = 20",
+                "max_connections_per_ip = 20",
+            );
+        let c = Config::parse(&text, Path::new("x.toml")).unwrap();
+        for s in [&c.accounts[0].smtp, &c.accounts[0].imap] {
+            let s = s.as_ref().unwrap();
+            assert!(s.proxy_protocol);
+            assert_eq!(s.max_connections_per_ip, Some(20));
+        }
+    }
+
+    #[test]
+    fn instance_names_the_control_socket() {
+        let c = Config::parse(MINIMAL, Path::new("/etc/sealpost/a.toml")).unwrap();
+        assert_eq!(
+            c.control_socket(),
+            PathBuf::from("/etc/sealpost/state/control.sock")
+        );
+        let text = format!("instance = \"a-1\"\n{MINIMAL}");
+        let c = Config::parse(&text, Path::new("/etc/sealpost/a.toml")).unwrap();
+        assert_eq!(
+            c.control_socket(),
+            PathBuf::from("/etc/sealpost/state/control-a-1.sock")
+        );
+        let text = include_str!("../config.example.toml").replace("#instance = ", "instance = ");
+        let c = Config::parse(&text, Path::new("/etc/sealpost/a.toml")).unwrap();
+        assert_eq!(c.instance.as_deref(), Some("a"));
+        for bad in ["", "../x", "a b", "a/b"] {
+            let text = format!("instance = {bad:?}\n{MINIMAL}");
+            let err = Config::parse(&text, Path::new("x.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("instance"), "{err}");
+        }
     }
 
     #[test]

@@ -238,7 +238,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Status { json } => {
             let config = Config::load(&config)?;
-            let (value, snapshot) = sealpost::status::query(&config.state_dir)?;
+            let (value, snapshot) = sealpost::status::query(&config.control_socket())?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&value)?);
             } else {

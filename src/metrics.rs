@@ -74,7 +74,7 @@ impl Metrics {
         );
         r.register(
             "connections_refused",
-            "Client connections refused at the max_connections limit, by protocol",
+            "Client connections refused before their session, by protocol and reason (max_connections, max_connections_per_ip, proxy_header, unexpected_proxy_header)",
             m.connections_refused.clone(),
         );
         r.register(
@@ -155,11 +155,13 @@ pub fn connection_opened(protocol: &'static str) -> ConnectionGuard {
     ConnectionGuard(protocol)
 }
 
-/// A client was turned away at the connection limit.
-pub fn connection_refused(protocol: &'static str) {
+/// A client was turned away before its session: `reason` is `max_connections`,
+/// `max_connections_per_ip`, `proxy_header` (missing or invalid where required) or
+/// `unexpected_proxy_header` (sent to a listener without `proxy_protocol`).
+pub fn connection_refused(protocol: &'static str, reason: &'static str) {
     METRICS
         .connections_refused
-        .get_or_create(&labels(&[("protocol", protocol)]))
+        .get_or_create(&labels(&[("protocol", protocol), ("reason", reason)]))
         .inc();
 }
 

@@ -86,6 +86,11 @@ fn build(config: &Config, loaded: &Loaded, shared: &Shared) -> Built {
                 .max(config.limits.max_message_size),
         })
     };
+    let admission = |s: &crate::config::ServiceConfig| crate::listener::Admission {
+        max_connections: config.limits.max_connections,
+        max_connections_per_ip: s.max_connections_per_ip,
+        proxy_protocol: s.proxy_protocol,
+    };
     let mut built = Built {
         smtp: BTreeMap::new(),
         imap: BTreeMap::new(),
@@ -109,7 +114,7 @@ fn build(config: &Config, loaded: &Loaded, shared: &Shared) -> Built {
                 discovery: loaded.discovery.clone(),
                 acceptor: acceptor.clone(),
                 idle_timeout: config.limits.idle_timeout(),
-                max_connections: config.limits.max_connections,
+                admission: admission(smtp),
             });
             built.smtp.insert(account.name.clone(), service);
         }
@@ -126,7 +131,7 @@ fn build(config: &Config, loaded: &Loaded, shared: &Shared) -> Built {
                     timeout: config.limits.upstream_timeout(),
                 },
                 acceptor: acceptor.clone(),
-                max_connections: config.limits.max_connections,
+                admission: admission(imap),
             });
             built.imap.insert(account.name.clone(), service);
         }
@@ -137,7 +142,10 @@ fn build(config: &Config, loaded: &Loaded, shared: &Shared) -> Built {
 /// What must not change on a reload: the sockets already bound, where state is, and
 /// where the audit goes.
 fn layout(config: &Config) -> Vec<String> {
-    let mut out = vec![format!("state_dir = {}", config.state_dir.display())];
+    let mut out = vec![
+        format!("state_dir = {}", config.state_dir.display()),
+        format!("instance = {:?}", config.instance),
+    ];
     // The database in use stays for the process's life (redacted: this is logged).
     if let Some(url) = &config.state.url {
         out.push(format!("[state] url = {}", crate::state::redact_url(url)));
@@ -146,8 +154,8 @@ fn layout(config: &Config) -> Vec<String> {
         for (kind, s) in [("smtp", &a.smtp), ("imap", &a.imap)] {
             let Some(s) = s else { continue };
             out.push(format!(
-                "account {} {kind} listen = {:?}, listen_tls = {:?}",
-                a.name, s.listen, s.listen_tls
+                "account {} {kind} listen = {:?}, listen_tls = {:?}, proxy_protocol = {}, max_connections_per_ip = {:?}",
+                a.name, s.listen, s.listen_tls, s.proxy_protocol, s.max_connections_per_ip
             ));
         }
     }
@@ -339,7 +347,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     }
     // `sealpost status` asks here. Without it the proxy still serves mail.
     let listeners = tasks.len();
-    match crate::status::bind(&config.state_dir) {
+    match crate::status::bind(&config.control_socket()) {
         Ok(control) => {
             let snapshot: Arc<dyn Fn() -> crate::stats::Snapshot + Send + Sync> = {
                 let store = running.store.subscribe();
@@ -351,7 +359,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
             };
             tasks.push(tokio::spawn(crate::status::serve(
                 control,
-                crate::status::socket_path(&config.state_dir),
+                config.control_socket(),
                 snapshot,
                 stop_rx.clone(),
             )));

@@ -4,6 +4,11 @@
 //! root, may connect). A client connects and reads one JSON document, the
 //! [`crate::stats::Snapshot`]; nothing is read from the client, so there is nothing to
 //! parse on the server side.
+//!
+//! Several instances may share a `state_dir` (two behind one load balancer): each then
+//! names itself with `instance = "..."` and gets `state_dir/control-<instance>.sock`. An
+//! instance never takes over a socket another running instance answers on (it starts
+//! without one, and says why), and removes the socket on exit only if it is still its own.
 
 use crate::stats::Snapshot;
 use std::path::{Path, PathBuf};
@@ -24,6 +29,10 @@ pub enum StatusError {
         source: std::io::Error,
     },
     #[error(
+        "another running sealpost answers on {path}: instances that share a state_dir need `instance = \"...\"` each (or a state_dir each)"
+    )]
+    InUse { path: PathBuf },
+    #[error(
         "no running sealpost answers on {path} (start it with `sealpost run`, or name its config with --config)"
     )]
     NotRunning {
@@ -39,27 +48,48 @@ pub enum StatusError {
     },
 }
 
-pub fn socket_path(state_dir: &Path) -> PathBuf {
-    state_dir.join(SOCKET_NAME)
+/// The control socket in `state_dir`, named after `instance` when there is one.
+pub fn socket_path(state_dir: &Path, instance: Option<&str>) -> PathBuf {
+    match instance {
+        Some(name) => state_dir.join(format!("control-{name}.sock")),
+        None => state_dir.join(SOCKET_NAME),
+    }
 }
 
-/// Binds the control socket with mode 0600. It is made under a temporary name and
+/// Binds the control socket `path` with mode 0600. It is made under a temporary name and
 /// renamed into place once restricted, so nobody can connect while it is still open to
-/// all; a stale socket of an earlier run is replaced.
-pub fn bind(state_dir: &Path) -> Result<UnixListener, StatusError> {
+/// all; a stale socket of an earlier run is replaced, one a running instance answers on
+/// is not.
+pub fn bind(path: &Path) -> Result<UnixListener, StatusError> {
     use std::os::unix::fs::PermissionsExt;
-    let path = socket_path(state_dir);
     let err = |source| StatusError::Bind {
-        path: path.clone(),
+        path: path.to_path_buf(),
         source,
     };
-    std::fs::create_dir_all(state_dir).map_err(err)?;
-    let temp = state_dir.join(format!(".{SOCKET_NAME}.{}", std::process::id()));
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(err)?;
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(StatusError::InUse {
+            path: path.to_path_buf(),
+        });
+    }
+    let name = path
+        .file_name()
+        .map_or_else(|| SOCKET_NAME.into(), |n| n.to_string_lossy().into_owned());
+    let temp = dir.join(format!(".{name}.{}", std::process::id()));
     let _ = std::fs::remove_file(&temp);
     let listener = UnixListener::bind(&temp).map_err(err)?;
     std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
-    std::fs::rename(&temp, &path).map_err(err)?;
+    std::fs::rename(&temp, path).map_err(err)?;
     Ok(listener)
+}
+
+/// The file's identity, to tell our socket from one bound there later.
+fn inode(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
 }
 
 /// Answers every connection with a fresh snapshot until `stop` changes, then removes
@@ -70,6 +100,7 @@ pub async fn serve(
     snapshot: Arc<dyn Fn() -> Snapshot + Send + Sync>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let ours = inode(&path);
     loop {
         let mut stream = tokio::select! {
             _ = stop.changed() => break,
@@ -93,19 +124,20 @@ pub async fn serve(
             let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(&json)).await;
         });
     }
-    let _ = std::fs::remove_file(&path);
+    if ours.is_some() && inode(&path) == ours {
+        let _ = std::fs::remove_file(&path);
+    }
 }
 
-/// Asks the instance whose state folder is `state_dir`; returns the raw JSON and the
+/// Asks the instance whose control socket is `path`; returns the raw JSON and the
 /// parsed snapshot.
-pub fn query(state_dir: &Path) -> Result<(serde_json::Value, Snapshot), StatusError> {
+pub fn query(path: &Path) -> Result<(serde_json::Value, Snapshot), StatusError> {
     use std::io::Read;
-    let path = socket_path(state_dir);
     let not_running = |source| StatusError::NotRunning {
-        path: path.clone(),
+        path: path.to_path_buf(),
         source,
     };
-    let stream = std::os::unix::net::UnixStream::connect(&path).map_err(not_running)?;
+    let stream = std::os::unix::net::UnixStream::connect(path).map_err(not_running)?;
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(not_running)?;
@@ -115,7 +147,7 @@ pub fn query(state_dir: &Path) -> Result<(serde_json::Value, Snapshot), StatusEr
         .read_to_end(&mut text)
         .map_err(not_running)?;
     let garbled = |source| StatusError::Garbled {
-        path: path.clone(),
+        path: path.to_path_buf(),
         source,
     };
     let value: serde_json::Value = serde_json::from_slice(&text).map_err(garbled)?;

@@ -172,3 +172,72 @@ fn status_without_a_running_instance_says_so() {
     assert!(err.contains("no running sealpost"), "{err}");
     assert!(err.contains("control.sock"), "{err}");
 }
+
+/// Two instances on one state_dir without `instance` names: the second must not take the
+/// first one's control socket (nor remove it when it stops); it serves mail without one
+/// and says how to fix it.
+#[test]
+fn a_second_instance_on_the_same_state_dir_leaves_the_first_ones_socket_alone() {
+    let ca = TestCa::shared();
+    let sink = Sink::start(ca, SinkMode::Tls);
+    let first = Proxy::start(ca, &ProxyOptions::new(sink.port));
+    // The same config on other ports: the same state_dir.
+    let (p1, p2) = (first.smtp_port, first.smtps_port);
+    let (q1, q2) = (common::free_port(), common::free_port());
+    let text = std::fs::read_to_string(&first.config)
+        .unwrap()
+        .replace(&format!("127.0.0.1:{p1}\""), &format!("127.0.0.1:{q1}\""))
+        .replace(&format!("127.0.0.1:{p2}\""), &format!("127.0.0.1:{q2}\""));
+    let second_config = first.dir.path().join("second.toml");
+    std::fs::write(&second_config, text).unwrap();
+    let log_path = first.dir.path().join("second.log");
+    /// Killed if the test fails before it stops the instance itself.
+    struct Second(std::process::Child);
+    impl Drop for Second {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut second = Second(
+        std::process::Command::new(common::proxy::sealpost_bin())
+            .args(["run", "--config"])
+            .arg(&second_config)
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    common::wait_for_port(q1, Duration::from_secs(30));
+    let status_pid = || {
+        let out = sealpost_cmd(&first.config, &["status", "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["pid"].as_u64().unwrap()
+    };
+    assert_eq!(status_pid(), u64::from(first.pid()));
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        log.contains("another running sealpost answers on")
+            && log.contains("need `instance = \"...\"` each"),
+        "{log}"
+    );
+    // The second still serves mail.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", q1)).unwrap();
+    let mut greeting = [0u8; 4];
+    std::io::Read::read_exact(&mut s, &mut greeting).unwrap();
+    assert_eq!(&greeting, b"220 ");
+    drop(s);
+    let _ = std::process::Command::new("kill")
+        .arg(second.0.id().to_string())
+        .status();
+    assert!(second.0.wait().unwrap().success());
+    assert_eq!(
+        status_pid(),
+        u64::from(first.pid()),
+        "the first lost its socket"
+    );
+}

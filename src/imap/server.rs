@@ -3,6 +3,7 @@
 use super::session::{Output, Session};
 use super::ImapContext;
 use crate::config::UpstreamSecurity;
+use crate::listener::{Peer, Start, StartCheck};
 use crate::smtp::upstream::Io;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,7 +29,7 @@ pub struct ImapService {
     pub ctx: Arc<ImapContext>,
     pub upstream: ImapUpstream,
     pub acceptor: tokio_rustls::TlsAcceptor,
-    pub max_connections: usize,
+    pub admission: crate::listener::Admission,
 }
 
 /// Serves until `shutdown`; sessions then end at their next idle point.
@@ -38,25 +39,33 @@ pub async fn serve(
     service: watch::Receiver<Arc<ImapService>>,
     shutdown: watch::Receiver<bool>,
 ) {
-    // Each connection takes the service current when it is accepted (SIGHUP swaps it).
-    let (account, max_connections) = {
+    // Each connection takes the service current when it is admitted (SIGHUP swaps it).
+    let (account, admission) = {
         let s = service.borrow();
-        (s.account.clone(), s.max_connections)
+        (s.account.clone(), s.admission)
     };
+    let what = crate::listener::Listening {
+        protocol: "imap",
+        implicit_tls,
+        admission,
+        refusal: b"* BYE Too many connections, try again later\r\n",
+    };
+    let stop = shutdown.clone();
     crate::listener::accept_loop(
         listener,
-        "imap",
-        max_connections,
-        b"* BYE Too many connections, try again later\r\n",
-        |peer| tracing::info_span!("imap", account = %account, %peer),
-        shutdown.clone(),
-        |stream, _peer, loopback| {
+        what,
+        move |peer| match peer.via {
+            Some(via) => tracing::info_span!("imap", account = %account, peer = %peer.addr, %via),
+            None => tracing::info_span!("imap", account = %account, peer = %peer.addr),
+        },
+        shutdown,
+        move |stream, peer| {
             handle(
                 stream,
                 implicit_tls,
-                loopback,
+                peer,
                 service.borrow().clone(),
-                shutdown.clone(),
+                stop.clone(),
             )
         },
     )
@@ -180,7 +189,7 @@ async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
 async fn handle(
     stream: TcpStream,
     implicit_tls: bool,
-    plaintext_ok: bool,
+    peer: Peer,
     svc: Arc<ImapService>,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
@@ -206,7 +215,8 @@ async fn handle(
             return Ok(());
         }
     };
-    let mut session = Session::new(svc.ctx.clone(), implicit_tls, plaintext_ok);
+    let mut session = Session::new(svc.ctx.clone(), implicit_tls, peer.plaintext_ok);
+    let mut start = StartCheck::new(peer.check_start);
     // Views built on the blocking pool come back here: (uid, stored bytes, view).
     let (views_tx, mut views_rx) =
         tokio::sync::mpsc::unbounded_channel::<(String, u32, Vec<u8>, crate::pgp::View)>();
@@ -306,7 +316,14 @@ async fn handle(
                 if n == 0 {
                     return Ok(());
                 }
-                outputs = session.on_client(&cbuf[..n]);
+                match start.feed(&cbuf[..n]) {
+                    Start::Data(data) => outputs = session.on_client(data),
+                    Start::Wait => {}
+                    Start::Header => {
+                        StartCheck::refused("imap");
+                        return Ok(());
+                    }
+                }
             }
             r = upstream.read(&mut ubuf) => {
                 let n = r?;

@@ -7,8 +7,8 @@ use super::pipeline::Outbound;
 use super::session::{Action, Envelope, Session, SessionConfig};
 use super::upstream::{Io, Target, Upstream, UpstreamError};
 use super::Reply;
+use crate::listener::{Peer, Start, StartCheck};
 use secrecy::SecretString;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -24,7 +24,7 @@ pub struct SmtpService {
     pub discovery: Arc<crate::keys::discover::Discovery>,
     pub acceptor: tokio_rustls::TlsAcceptor,
     pub idle_timeout: Duration,
-    pub max_connections: usize,
+    pub admission: crate::listener::Admission,
 }
 
 /// Serves `listener` until `shutdown` turns true, then waits for the sessions to end
@@ -35,26 +35,33 @@ pub async fn serve(
     service: watch::Receiver<Arc<SmtpService>>,
     shutdown: watch::Receiver<bool>,
 ) {
-    // Each connection takes the service current when it is accepted (SIGHUP swaps it).
-    let (account, max_connections) = {
+    // Each connection takes the service current when it is admitted (SIGHUP swaps it).
+    let (account, admission) = {
         let s = service.borrow();
-        (s.account.clone(), s.max_connections)
+        (s.account.clone(), s.admission)
     };
+    let what = crate::listener::Listening {
+        protocol: "smtp",
+        implicit_tls,
+        admission,
+        refusal: b"421 4.7.0 Too many connections, try again later\r\n",
+    };
+    let stop = shutdown.clone();
     crate::listener::accept_loop(
         listener,
-        "smtp",
-        max_connections,
-        b"421 4.7.0 Too many connections, try again later\r\n",
-        |peer| tracing::info_span!("smtp", account = %account, %peer),
-        shutdown.clone(),
-        |stream, peer, loopback| {
+        what,
+        move |peer| match peer.via {
+            Some(via) => tracing::info_span!("smtp", account = %account, peer = %peer.addr, %via),
+            None => tracing::info_span!("smtp", account = %account, peer = %peer.addr),
+        },
+        shutdown,
+        move |stream, peer| {
             handle(
                 stream,
                 peer,
                 implicit_tls,
-                loopback,
                 service.borrow().clone(),
-                shutdown.clone(),
+                stop.clone(),
             )
         },
     )
@@ -119,9 +126,8 @@ impl UpstreamLink {
 
 async fn handle(
     stream: TcpStream,
-    peer: SocketAddr,
+    peer: Peer,
     implicit_tls: bool,
-    plaintext_auth_ok: bool,
     svc: Arc<SmtpService>,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
@@ -134,9 +140,10 @@ async fn handle(
     } else {
         Box::new(stream)
     };
-    tracing::debug!(%peer, "connected");
+    tracing::debug!(peer = %peer.addr, "connected");
     let mut cfg = svc.session.clone();
-    cfg.plaintext_auth_ok = plaintext_auth_ok;
+    cfg.plaintext_auth_ok = peer.plaintext_ok;
+    let mut start = StartCheck::new(peer.check_start);
     let mut session = Session::new(cfg, implicit_tls);
     let mut link = UpstreamLink {
         conn: None,
@@ -168,7 +175,14 @@ async fn handle(
                 if n == 0 {
                     break;
                 }
-                session.feed(&buf[..n]);
+                match start.feed(&buf[..n]) {
+                    Start::Data(data) => session.feed(data),
+                    Start::Wait => {}
+                    Start::Header => {
+                        StartCheck::refused("smtp");
+                        break;
+                    }
+                }
             }
             Action::StartTls => {
                 write(&mut io, &session.take_output()).await?;

@@ -36,6 +36,8 @@ pub struct ProxyOptions {
     pub keys_extra: String,
     /// `[keys] dir`: default `state_dir/keys`; several instances may share one.
     pub key_dir: Option<PathBuf>,
+    /// Lines added to both `[account.smtp]` and `[account.imap]` (e.g. `proxy_protocol = true`).
+    pub listener_extra: String,
 }
 
 impl ProxyOptions {
@@ -54,6 +56,7 @@ impl ProxyOptions {
             imap_upstream: None,
             keys_extra: "discover = [\"store\", \"autocrypt\"]\n".into(),
             key_dir: None,
+            listener_extra: String::new(),
         }
     }
 }
@@ -118,7 +121,7 @@ listen = "127.0.0.1:{p1}"
 listen_tls = "127.0.0.1:{p2}"
 upstream = "localhost:{up}"
 upstream_security = "{sec}"
-[keys]
+{listener_extra}[keys]
 dir = "{key_dir}"
 extra_ca = "{ca}"
 {keys_extra}[policy]
@@ -143,14 +146,15 @@ protect_headers = {protect}
                 .clone()
                 .unwrap_or_else(|| dir.join("state").join("keys"))
                 .display(),
+            listener_extra = opts.listener_extra,
         );
         if let Some((port, security)) = opts.imap_upstream {
             // TOML: a sub-table of the last [[account]] may follow its other tables.
             toml = toml.replacen(
                 "[keys]",
                 &format!(
-                    "[account.imap]\nlisten = \"127.0.0.1:{}\"\nlisten_tls = \"127.0.0.1:{}\"\nupstream = \"localhost:{port}\"\nupstream_security = \"{security}\"\n[keys]",
-                    imap_ports.0, imap_ports.1
+                    "[account.imap]\nlisten = \"127.0.0.1:{}\"\nlisten_tls = \"127.0.0.1:{}\"\nupstream = \"localhost:{port}\"\nupstream_security = \"{security}\"\n{}[keys]",
+                    imap_ports.0, imap_ports.1, opts.listener_extra
                 ),
                 1,
             );

@@ -29,11 +29,12 @@ fn exposure(path: &Path) -> (f64, String) {
         .lines()
         .find(|l| l.contains("Overall exposure level"))
         .unwrap_or_else(|| panic!("no rating: {text}{}", String::from_utf8_lossy(&out.stderr)));
+    // "→ Overall exposure level for sealpost.service: 1.2 OK 🙂", or with ":-)" where
+    // the locale has no UTF-8: the first word after the unit's colon that is a number.
     let value = line
-        .rsplit(':')
-        .next()
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
+        .split_once(".service:")
+        .map(|(_, rest)| rest)
+        .and_then(|rest| rest.split_whitespace().find_map(|w| w.parse().ok()))
         .unwrap_or_else(|| panic!("cannot read the rating in {line:?}"));
     (value, line.to_string())
 }

@@ -9,8 +9,8 @@ use common::dovecot::Dovecot;
 use common::imapclients::RawImap;
 use common::proxy::{sealpost_cmd, Proxy, ProxyOptions};
 use common::{
-    gpg_decrypt, gpg_export_binary, gpg_recipient_keyids, keyring, py_sendmail, wkd_hash,
-    KeyServer, PySend, PySendMode, PySendResult, Sink, SinkMode, TestCa,
+    gpg_decrypt, gpg_export_binary, gpg_recipient_keyids, keyring, wkd_hash, KeyServer,
+    PySendResult, Sink, SinkMode, TestCa,
 };
 use openpgp::cert::CertBuilder;
 use openpgp::serialize::SerializeInto;
@@ -42,16 +42,7 @@ fn send_as(proxy: &Proxy, ca: &TestCa, to: &[&str], login: (&str, &str)) -> PySe
         "From: alice@example.com\r\nTo: {}\r\nSubject: discovery\r\n\r\nsecret words\r\n",
         to[0]
     );
-    let mut p = PySend::new(
-        proxy.smtp_port,
-        PySendMode::StartTls,
-        "alice@example.com",
-        to,
-        msg.as_bytes(),
-    );
-    p.cafile = Some(&ca.ca_pem);
-    p.login = Some(login);
-    py_sendmail(&p)
+    proxy.submit_as(ca, login, to, msg.as_bytes())
 }
 
 fn armored(data: &[u8]) -> Vec<u8> {

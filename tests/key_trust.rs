@@ -20,17 +20,7 @@ const WAIT: Duration = Duration::from_secs(20);
 fn send_as(proxy: &Proxy, ca: &TestCa, to: &str, login: (&str, &str)) -> PySendResult {
     let msg =
         format!("From: alice@example.com\r\nTo: {to}\r\nSubject: trust\r\n\r\nsecret words\r\n");
-    let rcpts = [to];
-    let mut p = PySend::new(
-        proxy.smtp_port,
-        PySendMode::StartTls,
-        "alice@example.com",
-        &rcpts,
-        msg.as_bytes(),
-    );
-    p.cafile = Some(&ca.ca_pem);
-    p.login = Some(login);
-    py_sendmail(&p)
+    proxy.submit_as(ca, login, &[to], msg.as_bytes())
 }
 
 #[test]

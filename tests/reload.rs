@@ -6,22 +6,13 @@ mod common;
 use common::dovecot::Dovecot;
 use common::imapclients::RawImap;
 use common::proxy::{sealpost_cmd, Proxy, ProxyOptions};
-use common::{py_sendmail, PySend, PySendMode, Sink, SinkMode, TestCa};
+use common::{Sink, SinkMode, TestCa};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn send(proxy: &Proxy, ca: &TestCa, to: &str) -> common::PySendResult {
     let data = format!("From: alice@example.com\r\nTo: {to}\r\nSubject: s\r\n\r\nhello\r\n");
-    py_sendmail(&PySend {
-        port: proxy.smtp_port,
-        mode: PySendMode::StartTls,
-        cafile: Some(&ca.ca_pem),
-        login: Some(("sinkuser", "sinkpass")),
-        mail_from: "alice@example.com",
-        rcpt_tos: &[to],
-        data: data.as_bytes(),
-        mail_options: &[],
-    })
+    proxy.submit_as(ca, ("sinkuser", "sinkpass"), &[to], data.as_bytes())
 }
 
 fn hup(proxy: &Proxy) {

@@ -10,8 +10,8 @@ use common::imapclients::RawImap;
 use common::postgres::Postgres;
 use common::proxy::{sealpost_bin, sealpost_cmd, Proxy, ProxyOptions};
 use common::{
-    gpg_decrypt, gpg_export_binary, keyring, parse_fetches, py_sendmail, wkd_hash, KeyServer,
-    PySend, PySendMode, PySendResult, Sink, SinkConfig, TestCa,
+    gpg_decrypt, gpg_export_binary, keyring, parse_fetches, wkd_hash, KeyServer, PySendResult,
+    Sink, SinkConfig, TestCa,
 };
 use openpgp::cert::CertBuilder;
 use openpgp::serialize::SerializeInto;
@@ -49,17 +49,7 @@ fn alice_sink(ca: &TestCa) -> Sink {
 
 fn send_as_alice(proxy: &Proxy, ca: &TestCa, to: &str) -> PySendResult {
     let msg = format!("From: alice@example.com\r\nTo: {to}\r\nSubject: s\r\n\r\nwords\r\n");
-    let rcpt = [to];
-    let mut p = PySend::new(
-        proxy.smtp_port,
-        PySendMode::StartTls,
-        ALICE.0,
-        &rcpt,
-        msg.as_bytes(),
-    );
-    p.cafile = Some(&ca.ca_pem);
-    p.login = Some(ALICE);
-    py_sendmail(&p)
+    proxy.submit_as(ca, ALICE, &[to], msg.as_bytes())
 }
 
 fn armored(data: &[u8]) -> Vec<u8> {

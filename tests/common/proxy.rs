@@ -92,6 +92,27 @@ pub fn sealpost_cmd(config: &Path, args: &[&str]) -> std::process::Output {
 }
 
 impl Proxy {
+    /// Submits `data` from alice@example.com to `rcpts` on the STARTTLS listener (the
+    /// test CA trusted), logged in as `login`: what most relay tests send.
+    pub fn submit_as(
+        &self,
+        ca: &TestCa,
+        login: (&str, &str),
+        rcpts: &[&str],
+        data: &[u8],
+    ) -> super::net::PySendResult {
+        let mut p = super::net::PySend::new(
+            self.smtp_port,
+            super::net::PySendMode::StartTls,
+            "alice@example.com",
+            rcpts,
+            data,
+        );
+        p.cafile = Some(&ca.ca_pem);
+        p.login = Some(login);
+        super::net::py_sendmail(&p)
+    }
+
     pub fn write_config(
         dir: &Path,
         ca: &TestCa,

@@ -21,16 +21,7 @@ fn message(to: &str, subject: &str, body: &str) -> Vec<u8> {
 }
 
 fn submit(proxy: &Proxy, ca: &TestCa, rcpts: &[&str], data: &[u8]) -> common::PySendResult {
-    let mut p = PySend::new(
-        proxy.smtp_port,
-        PySendMode::StartTls,
-        "alice@example.com",
-        rcpts,
-        data,
-    );
-    p.cafile = Some(&ca.ca_pem);
-    p.login = Some(("sinkuser", "sinkpass"));
-    py_sendmail(&p)
+    proxy.submit_as(ca, ("sinkuser", "sinkpass"), rcpts, data)
 }
 
 #[test]

@@ -9,7 +9,7 @@ use common::dovecot::Dovecot;
 use common::imapclients::RawImap;
 use common::proxy::{sealpost_cmd, Proxy, ProxyOptions};
 use common::{
-    gpg_decrypt, gpg_export_binary, gpg_recipient_keyids, keyring, wkd_hash, KeyServer,
+    armored, gpg_decrypt, gpg_export_binary, gpg_recipient_keyids, keyring, wkd_hash, KeyServer,
     PySendResult, Sink, SinkMode, TestCa,
 };
 use openpgp::cert::CertBuilder;
@@ -43,13 +43,6 @@ fn send_as(proxy: &Proxy, ca: &TestCa, to: &[&str], login: (&str, &str)) -> PySe
         to[0]
     );
     proxy.submit_as(ca, login, to, msg.as_bytes())
-}
-
-fn armored(data: &[u8]) -> Vec<u8> {
-    let text = String::from_utf8_lossy(data);
-    let a = text.find("-----BEGIN PGP MESSAGE-----").expect("encrypted");
-    let b = text.find("-----END PGP MESSAGE-----").unwrap() + 25;
-    text[a..b].as_bytes().to_vec()
 }
 
 fn binary(cert: &openpgp::Cert) -> Vec<u8> {

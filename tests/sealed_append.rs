@@ -7,7 +7,7 @@ mod common;
 use common::dovecot::Dovecot;
 use common::imapclients::{parse_fetches, Fetch, RawImap};
 use common::proxy::{Proxy, ProxyOptions};
-use common::{gpg_decrypt, gpg_encrypt, keyring, TestCa};
+use common::{armored, gpg_decrypt, gpg_encrypt, keyring, TestCa};
 
 const USER: &str = "alice@example.com";
 const PASS: &str = "alicepw";
@@ -81,13 +81,6 @@ fn appenduid(tagged: &str) -> u32 {
         .nth(1)
         .and_then(|rest| rest.split([' ', ']']).nth(1)?.parse().ok())
         .unwrap_or_else(|| panic!("no APPENDUID in {tagged:?}"))
-}
-
-fn armored(data: &[u8]) -> Vec<u8> {
-    let text = String::from_utf8_lossy(data);
-    let start = text.find("-----BEGIN PGP MESSAGE-----").expect("armor");
-    let end = text[start..].find("-----END PGP MESSAGE-----").unwrap() + start + 25;
-    text[start..end].as_bytes().to_vec()
 }
 
 #[test]

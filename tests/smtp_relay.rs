@@ -6,8 +6,8 @@ mod common;
 
 use common::proxy::{sealpost_cmd, Proxy, ProxyOptions};
 use common::{
-    gpg_decrypt, gpg_encrypt, gpg_recipient_keyids, keyring, py_sendmail, sq_decrypt, PySend,
-    PySendMode, Sink, SinkConfig, SinkMode, TestCa,
+    armored, gpg_decrypt, gpg_encrypt, gpg_recipient_keyids, keyring, py_sendmail, sq_decrypt,
+    PySend, PySendMode, Sink, SinkConfig, SinkMode, TestCa,
 };
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -21,16 +21,6 @@ fn message(to: &str, extra_headers: &str, subject: &str, body: &str) -> Vec<u8> 
         n = std::process::id()
     )
     .into_bytes()
-}
-
-/// The armored OpenPGP message inside a PGP/MIME body.
-fn armored(data: &[u8]) -> Vec<u8> {
-    let text = String::from_utf8_lossy(data);
-    let start = text
-        .find("-----BEGIN PGP MESSAGE-----")
-        .unwrap_or_else(|| panic!("no PGP message in:\n{text}"));
-    let end = text[start..].find("-----END PGP MESSAGE-----").unwrap() + start + 25;
-    text[start..end].as_bytes().to_vec()
 }
 
 fn submit(

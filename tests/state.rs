@@ -10,8 +10,8 @@ use common::imapclients::RawImap;
 use common::postgres::Postgres;
 use common::proxy::{sealpost_bin, sealpost_cmd, Proxy, ProxyOptions};
 use common::{
-    gpg_decrypt, gpg_export_binary, keyring, parse_fetches, wkd_hash, KeyServer, PySendResult,
-    Sink, SinkConfig, TestCa,
+    armored, gpg_decrypt, gpg_export_binary, keyring, parse_fetches, wkd_hash, KeyServer,
+    PySendResult, Sink, SinkConfig, TestCa,
 };
 use openpgp::cert::CertBuilder;
 use openpgp::serialize::SerializeInto;
@@ -50,13 +50,6 @@ fn alice_sink(ca: &TestCa) -> Sink {
 fn send_as_alice(proxy: &Proxy, ca: &TestCa, to: &str) -> PySendResult {
     let msg = format!("From: alice@example.com\r\nTo: {to}\r\nSubject: s\r\n\r\nwords\r\n");
     proxy.submit_as(ca, ALICE, &[to], msg.as_bytes())
-}
-
-fn armored(data: &[u8]) -> Vec<u8> {
-    let text = String::from_utf8_lossy(data);
-    let a = text.find("-----BEGIN PGP MESSAGE-----").expect("encrypted");
-    let b = text.find("-----END PGP MESSAGE-----").unwrap() + 25;
-    text[a..b].as_bytes().to_vec()
 }
 
 /// What `keys lookup ADDRESS --as alice` says the Autocrypt state holds for ADDRESS.

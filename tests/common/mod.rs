@@ -35,8 +35,8 @@ pub use net::{
     PySendResult, PYTHON,
 };
 pub use pgp::{
-    gpg, gpg_decrypt, gpg_detach_sign, gpg_encrypt, gpg_list_packets, gpg_recipient_keyids,
-    keyring, sq_decrypt, GpgResult, Keyring, Person,
+    armored, gpg, gpg_decrypt, gpg_detach_sign, gpg_encrypt, gpg_list_packets,
+    gpg_recipient_keyids, keyring, sq_decrypt, GpgResult, Keyring, Person,
 };
 pub use sink::{Sink, SinkConfig, SinkMessage, SinkMode};
 pub use tls::TestCa;

@@ -595,3 +595,13 @@ pub fn sq_decrypt(who: &str, signer: &str, data: &[u8]) -> (bool, Vec<u8>, Strin
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// The armored OpenPGP message inside a PGP/MIME body (or any text holding one).
+pub fn armored(data: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(data);
+    let start = text
+        .find("-----BEGIN PGP MESSAGE-----")
+        .unwrap_or_else(|| panic!("no PGP message in:\n{text}"));
+    let end = text[start..].find("-----END PGP MESSAGE-----").unwrap() + start + 25;
+    text[start..end].as_bytes().to_vec()
+}

@@ -22,6 +22,7 @@ pub mod per_ip;
 pub mod pgp;
 pub mod policy;
 pub mod proxy_protocol;
+pub mod search;
 pub mod serve;
 pub mod smtp;
 pub mod state;

@@ -1,0 +1,17 @@
+//! SEARCH that sees through the encryption (DESIGN.md, "Search").
+//!
+//! The IMAP side (`imap::search`) answers a client's SEARCH by asking upstream for every
+//! criterion upstream can judge (flags, dates, sequence and UID sets, MODSEQ) and by
+//! judging here, for encrypted messages, the criteria that depend on content. This
+//! module holds what is judged here:
+//!
+//! * [`Doc`]: what a search reads of one message as the client sees it (its view): header
+//!   fields decoded, the text of its parts decoded, its size and its Date;
+//! * [`Leaf`]: one content criterion (`BODY`, `TEXT`, `HEADER`, `SUBJECT`, `FROM`, `TO`,
+//!   `CC`, `BCC`, `LARGER`, `SMALLER`, `SENTBEFORE`, `SENTON`, `SENTSINCE`) and whether a
+//!   [`Doc`] matches it, the way Dovecot matches the same message stored in the clear;
+//! * `index`: the persistent per-identity store of [`Doc`]s, encrypted at rest.
+
+pub mod doc;
+
+pub use doc::{Doc, Leaf};

@@ -26,6 +26,9 @@ use tokio::task::JoinHandle;
 /// What lives as long as the process, across reloads.
 struct Shared {
     view_cache: Arc<ViewCache>,
+    /// Search state (which messages are encrypted, what SEARCH reads of them), keyed
+    /// like the view cache.
+    search: Arc<crate::imap::search::SearchState>,
     decrypt_slots: Arc<Semaphore>,
 }
 
@@ -80,6 +83,7 @@ fn build(config: &Config, loaded: &Loaded, shared: &Shared) -> Built {
             max_message_size: config.limits.max_message_size,
             max_line_length: config.limits.max_line_length,
             encrypt_append: config.imap.encrypt_append,
+            search: shared.search.clone(),
             max_job_view_bytes: config
                 .limits
                 .view_cache_size
@@ -271,6 +275,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     let shared = Shared {
         // One view cache for the process; its keys carry the account.
         view_cache: Arc::new(ViewCache::new(config.limits.view_cache_size)),
+        search: Arc::default(),
         decrypt_slots: Arc::new(Semaphore::new(cores)),
     };
     let built = build(&config, &loaded, &shared);

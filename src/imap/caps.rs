@@ -24,6 +24,8 @@ const REMOVED: &[&str] = &[
     "THREAD=",
     "CONTEXT=",
     "SEARCH=",
+    // `$` (RFC 5182) in FETCH and SEARCH is not parsed by the proxy.
+    "SEARCHRES",
     "FUZZY",
     "NOTIFY",
     "UTF8=",

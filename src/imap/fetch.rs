@@ -84,6 +84,58 @@ pub enum JobOutput {
     Decrypt(DecryptRequest),
 }
 
+/// A client command answered by a sequence of upstream commands of sealpost's own (a
+/// FETCH or SEARCH that needs views). While it runs it sees every upstream frame, and
+/// client input waits.
+pub trait Job: Send {
+    /// The first upstream command(s).
+    fn start(&mut self, ctx: &ImapContext) -> Vec<JobOutput>;
+    /// Feeds one upstream frame; `message` is the complete message when this frame
+    /// completed it. Returns what to send and whether the job is finished.
+    fn on_upstream(
+        &mut self,
+        frame: &Frame,
+        message: Option<&[u8]>,
+        complete: bool,
+        ctx: &ImapContext,
+    ) -> (Vec<JobOutput>, bool);
+    /// A view asked for with [`JobOutput::Decrypt`] is ready. Returns what to send and
+    /// whether the job is finished.
+    fn on_view(
+        &mut self,
+        job: &str,
+        uid: u32,
+        raw: &[u8],
+        view: View,
+        ctx: &ImapContext,
+    ) -> (Vec<JobOutput>, bool);
+}
+
+impl Job for FetchJob {
+    fn start(&mut self, ctx: &ImapContext) -> Vec<JobOutput> {
+        FetchJob::start(self, ctx)
+    }
+    fn on_upstream(
+        &mut self,
+        frame: &Frame,
+        message: Option<&[u8]>,
+        complete: bool,
+        ctx: &ImapContext,
+    ) -> (Vec<JobOutput>, bool) {
+        FetchJob::on_upstream(self, frame, message, complete, ctx)
+    }
+    fn on_view(
+        &mut self,
+        job: &str,
+        uid: u32,
+        raw: &[u8],
+        view: View,
+        ctx: &ImapContext,
+    ) -> (Vec<JobOutput>, bool) {
+        FetchJob::on_view(self, job, uid, raw, view, ctx)
+    }
+}
+
 /// A view to build: see [`JobOutput::Decrypt`].
 #[derive(Debug, PartialEq, Eq)]
 pub struct DecryptRequest {

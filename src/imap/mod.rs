@@ -8,6 +8,7 @@ pub mod fetch;
 pub mod framer;
 pub mod progress;
 pub mod seal;
+pub mod search;
 pub mod server;
 pub mod session;
 
@@ -35,6 +36,8 @@ pub struct ImapContext {
     pub max_job_view_bytes: usize,
     /// Which APPENDs are sealed to the identity's own key.
     pub encrypt_append: crate::config::EncryptAppend,
+    /// Which messages of a mailbox are encrypted, and what SEARCH reads of them.
+    pub search: Arc<search::SearchState>,
 }
 
 impl ImapContext {

@@ -17,8 +17,9 @@
 //! already in flight is refused, and a second LOGIN is answered by sealpost itself.
 
 use super::caps::{self, Local};
-use super::fetch::{self, DecryptRequest, FetchJob, JobOutput, Selected};
+use super::fetch::{self, DecryptRequest, FetchJob, Job, JobOutput, Selected};
 use super::framer::{Frame, Framer};
+use super::search::{self, SearchJob};
 use super::ImapContext;
 use crate::config::EncryptAppend;
 use base64::Engine;
@@ -225,7 +226,7 @@ pub struct Session {
     inflow: Inflow,
     in_flight: HashMap<String, Pending>,
     /// The FETCH job running (see [`FetchJob`]).
-    job: Option<Box<FetchJob>>,
+    job: Option<Box<dyn fetch::Job>>,
     /// UID FETCHes in flight answered from cached views, oldest first (see
     /// [`fetch::Rewrite`] and [`Pipelined`]).
     rewrites: std::collections::VecDeque<Pipelined>,
@@ -857,6 +858,11 @@ impl Session {
     fn on_command(&mut self, tag: String, msg: Vec<u8>, splits: Vec<usize>) {
         use imap_types::IntoStatic;
         let has_literal = !splits.is_empty();
+        if command_head(&msg).is_some_and(|(_, n)| n == "SEARCH" || n == "UID SEARCH") {
+            if let Some(selected) = self.selected() {
+                return self.search(tag, msg, splits, selected);
+            }
+        }
         let command = match CommandCodec::default().decode(&msg) {
             Ok((_, command)) => command.into_static(),
             Err(_) => {
@@ -1079,6 +1085,45 @@ impl Session {
                 }
             }
             None => self.relay(tag, Pending::Relayed, msg),
+        }
+    }
+
+    /// A SEARCH in a mailbox whose mail is shown through views: a job when it reads
+    /// content (see [`SearchJob`]), else relayed.
+    fn search(&mut self, tag: String, msg: Vec<u8>, splits: Vec<usize>, selected: Selected) {
+        if self
+            .in_flight
+            .values()
+            .any(|p| matches!(p, Pending::Select { .. }))
+        {
+            // Behind a SELECT: which mailbox it searches is known at its reply.
+            self.waiting = Some(Waiting::Command(tag, msg, splits));
+            return;
+        }
+        let Some(request) = search::parse(&msg) else {
+            // What it reads cannot be told, so neither can whether upstream's answer
+            // would be right.
+            return self.send_client(
+                format!("{tag} BAD SEARCH arguments not understood by sealpost\r\n").into_bytes(),
+            );
+        };
+        let prefix = format!("{}{}s", self.tag_prefix, self.jobs_started + 1);
+        match SearchJob::new(request, selected, &prefix) {
+            Err(reply) => self.send_client(reply.into_bytes()),
+            Ok(None) if !splits.is_empty() && !self.in_flight.is_empty() => {
+                // RFC 3501 §7.5: a `+` names no command; sent alone, this one owns it.
+                self.waiting = Some(Waiting::Command(tag, msg, splits));
+            }
+            Ok(None) => self.relay_segments(tag, Pending::Relayed, &msg, &splits),
+            Ok(Some(_)) if !self.in_flight.is_empty() => {
+                self.waiting = Some(Waiting::Command(tag, msg, splits));
+            }
+            Ok(Some(mut job)) => {
+                self.jobs_started += 1;
+                let outputs = job.start(&self.ctx);
+                self.apply(outputs);
+                self.job = Some(Box::new(job));
+            }
         }
     }
 

@@ -16,6 +16,7 @@ fn ctx() -> Arc<ImapContext> {
         max_line_length: 8192,
         max_job_view_bytes: 1 << 20,
         encrypt_append: crate::config::EncryptAppend::All,
+        search: Default::default(),
     })
 }
 

@@ -1,0 +1,810 @@
+//! SEARCH and UID SEARCH in a mailbox that holds encrypted mail (DESIGN.md, "Search").
+//!
+//! Upstream judges what it stores; for an encrypted message that is ciphertext and an
+//! outer header with `Subject: ...`. So a search whose criteria read content (`BODY`,
+//! `TEXT`, `HEADER`, `SUBJECT`, `FROM`, `TO`, `CC`, `BCC`, `LARGER`, `SMALLER`,
+//! `SENT*`) runs as a job of upstream commands under tags of our own:
+//!
+//! 1. *new*: `UID SEARCH UID n+1:*`, the UIDs that arrived since this mailbox was last
+//!    classified (`n`: the highest UID classified, kept per mailbox and UIDVALIDITY);
+//! 2. *classify*: which of those are shown through a view (PGP/MIME, inline PGP, or a
+//!    forged status field): `UID SEARCH UID <new> OR OR HEADER Content-Type
+//!    "multipart/encrypted" HEADER Sealpost-Decrypted "" BODY "-----BEGIN PGP
+//!    MESSAGE-----"`; together with the earlier answers this is `E`;
+//! 3. *download*: `UID FETCH <batch> (UID BODY.PEEK[])` for the messages of `E` whose
+//!    [`Doc`] is not known yet; each view is built off the protocol task and read into a
+//!    [`Doc`];
+//! 4. *final*: the client's own command under the client's tag, with each content
+//!    criterion `C` replaced by `OR (NOT UID E C) UID M`, where `M` are the messages of
+//!    `E` whose [`Doc`] matches `C`. Upstream thus judges `C` for plain messages and
+//!    everything else (flags, dates, sets, `*`, MODSEQ, `RETURN` options) for all of
+//!    them, and its answer goes to the client as it comes.
+//!
+//! The client's commands wait meanwhile, as they do for a FETCH job.
+
+use super::cache::Key;
+use super::fetch::{format_set, DecryptRequest, Job, JobOutput, Selected};
+use super::framer::Frame;
+use super::ImapContext;
+use crate::pgp::View;
+use crate::search::{Doc, Leaf};
+use imap_codec::decode::Decoder;
+use imap_codec::encode::{Encoder, Fragment};
+use imap_codec::{CommandCodec, ResponseCodec};
+use imap_types::command::{Command, CommandBody};
+use imap_types::core::{AString, Charset, IString, Literal, Vec1};
+use imap_types::response::{Data, Response, Status, StatusKind};
+use imap_types::search::SearchKey;
+use imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+
+/// Messages downloaded per upstream FETCH while building Docs.
+const DOWNLOAD_BATCH: usize = 32;
+/// Mailboxes whose classification is remembered (least recently used go first).
+const CLASSIFIED_MAILBOXES: usize = 1024;
+/// Bytes of Docs kept in memory, process-wide.
+const DOC_CACHE_BYTES: usize = 64 << 20;
+
+/// The mailbox a classification belongs to: (account, identity, mailbox, UIDVALIDITY).
+type MailboxKey = (Arc<str>, String, String, u32);
+
+/// What is known of one mailbox: the UIDs seen up to `upto`, and which of them are shown
+/// through a view. UIDs only grow and messages never change (RFC 3501 §2.3.1.1), so
+/// this only ever grows too; an expunged UID stays listed, which is harmless (it
+/// matches nothing upstream).
+#[derive(Debug, Clone, Default)]
+struct Classified {
+    upto: u32,
+    all: BTreeSet<u32>,
+    encrypted: BTreeSet<u32>,
+}
+
+/// Search state shared by the sessions of a process: per mailbox, which messages are
+/// encrypted; per message, its [`Doc`].
+pub struct SearchState {
+    classes: Mutex<lru::LruCache<MailboxKey, Classified>>,
+    docs: Mutex<DocCache>,
+}
+
+struct DocCache {
+    map: lru::LruCache<Key, Arc<Doc>>,
+    bytes: usize,
+    max_bytes: usize,
+}
+
+fn doc_cost(doc: &Doc) -> usize {
+    doc.body.len()
+        + doc
+            .fields
+            .iter()
+            .map(|(n, v)| n.len() + v.len() + 48)
+            .sum::<usize>()
+        + 128
+}
+
+impl Default for SearchState {
+    fn default() -> SearchState {
+        SearchState::new(DOC_CACHE_BYTES)
+    }
+}
+
+impl SearchState {
+    /// `max_bytes`: the Docs kept in memory.
+    pub fn new(max_bytes: usize) -> SearchState {
+        SearchState {
+            classes: Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(CLASSIFIED_MAILBOXES).expect("non-zero"),
+            )),
+            docs: Mutex::new(DocCache {
+                map: lru::LruCache::unbounded(),
+                bytes: 0,
+                max_bytes,
+            }),
+        }
+    }
+
+    fn classified(&self, key: &MailboxKey) -> Classified {
+        let mut classes = self.classes.lock().unwrap_or_else(|e| e.into_inner());
+        classes.get(key).cloned().unwrap_or_default()
+    }
+
+    /// Adds what one job learned: `new` UIDs up to `upto`, of which `encrypted`.
+    fn learn(&self, key: MailboxKey, upto: u32, new: &[u32], encrypted: &[u32]) {
+        let mut classes = self.classes.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = classes.get_or_insert_mut(key, Classified::default);
+        entry.all.extend(new.iter().copied());
+        entry.encrypted.extend(encrypted.iter().copied());
+        entry.upto = entry.upto.max(upto);
+    }
+
+    pub fn doc(&self, key: &Key) -> Option<Arc<Doc>> {
+        let mut docs = self.docs.lock().unwrap_or_else(|e| e.into_inner());
+        docs.map.get(key).cloned()
+    }
+
+    pub fn put_doc(&self, key: Key, doc: Arc<Doc>) {
+        let cost = doc_cost(&doc);
+        let mut docs = self.docs.lock().unwrap_or_else(|e| e.into_inner());
+        if cost > docs.max_bytes {
+            return;
+        }
+        if let Some(old) = docs.map.put(key, doc) {
+            docs.bytes -= doc_cost(&old);
+        }
+        docs.bytes += cost;
+        while docs.bytes > docs.max_bytes {
+            match docs.map.pop_lru() {
+                Some((_, old)) => docs.bytes -= doc_cost(&old),
+                None => break,
+            }
+        }
+    }
+}
+
+/// A client's SEARCH, decoded: the `RETURN (...)` options (RFC 4731), which imap-codec
+/// does not parse, are kept as text and given back to upstream as sent.
+#[derive(Debug)]
+pub struct SearchRequest {
+    pub tag: String,
+    pub uid: bool,
+    pub return_options: Option<String>,
+    pub charset: Option<Charset<'static>>,
+    pub criteria: Vec1<SearchKey<'static>>,
+}
+
+/// Decodes a complete SEARCH or UID SEARCH command (literals inline). `None`: not a
+/// SEARCH, or not one imap-codec understands.
+pub fn parse(message: &[u8]) -> Option<SearchRequest> {
+    use imap_types::IntoStatic;
+    let (message, return_options) = strip_return(message)?;
+    let (_, command) = CommandCodec::default().decode(&message).ok()?;
+    let command: Command<'static> = command.into_static();
+    let CommandBody::Search {
+        charset,
+        criteria,
+        uid,
+    } = command.body
+    else {
+        return None;
+    };
+    Some(SearchRequest {
+        tag: command.tag.as_ref().to_string(),
+        uid,
+        return_options,
+        charset,
+        criteria,
+    })
+}
+
+/// Removes `RETURN (...)` after `SEARCH`, returning the rest and the options' text.
+fn strip_return(message: &[u8]) -> Option<(Vec<u8>, Option<String>)> {
+    let upper = message.to_ascii_uppercase();
+    let at = memchr::memmem::find(&upper, b" SEARCH ")? + b" SEARCH ".len();
+    if !upper[at..].starts_with(b"RETURN (") {
+        return Some((message.to_vec(), None));
+    }
+    let open = at + b"RETURN ".len();
+    let close = open + memchr::memchr(b')', &message[open..])?;
+    let options = std::str::from_utf8(&message[open..=close]).ok()?;
+    // Options are atoms, numbers and ranges (MIN MAX ALL COUNT SAVE, PARTIAL 1:100).
+    if !options[1..options.len() - 1]
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b" :-,".contains(&b))
+    {
+        return None;
+    }
+    let mut rest = message[..at].to_vec();
+    let mut after = close + 1;
+    while message.get(after) == Some(&b' ') {
+        after += 1;
+    }
+    rest.extend_from_slice(&message[after..]);
+    Some((rest, Some(format!("RETURN {options}"))))
+}
+
+/// The content criteria of `criteria`, as judged locally (needles in UTF-8).
+pub fn content_leaves(criteria: &[SearchKey<'_>]) -> Vec<Leaf> {
+    fn walk(key: &SearchKey<'_>, out: &mut Vec<Leaf>) {
+        if let Some(leaf) = Leaf::from_key(key) {
+            if !out.contains(&leaf) {
+                out.push(leaf);
+            }
+            return;
+        }
+        match key {
+            SearchKey::And(keys) => keys.as_ref().iter().for_each(|k| walk(k, out)),
+            SearchKey::Not(k) => walk(k, out),
+            SearchKey::Or(a, b) => {
+                walk(a, out);
+                walk(b, out);
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    criteria.iter().for_each(|k| walk(k, &mut out));
+    out
+}
+
+/// Is the charset one whose bytes are UTF-8 already?
+fn utf8_charset(charset: &Option<Charset<'_>>) -> bool {
+    match charset {
+        None => true,
+        Some(c) => {
+            let name = match c {
+                Charset::Atom(a) => a.as_ref().to_string(),
+                Charset::Quoted(q) => q.as_ref().to_string(),
+            };
+            name.eq_ignore_ascii_case("UTF-8") || name.eq_ignore_ascii_case("US-ASCII")
+        }
+    }
+}
+
+/// `criteria` with every content needle converted from `charset` to UTF-8, for local
+/// judging; `None` when sealpost cannot convert from that charset.
+pub fn criteria_in_utf8(
+    criteria: &Vec1<SearchKey<'static>>,
+    charset: &Option<Charset<'static>>,
+) -> Option<Vec1<SearchKey<'static>>> {
+    if utf8_charset(charset) {
+        return Some(criteria.clone());
+    }
+    let name = match charset.as_ref()? {
+        Charset::Atom(a) => a.as_ref().to_string(),
+        Charset::Quoted(q) => q.as_ref().to_string(),
+    };
+    let decode = mail_parser::decoders::charsets::map::charset_decoder(name.as_bytes())?;
+    let convert = |s: &AString<'static>| -> AString<'static> {
+        let bytes: &[u8] = s.as_ref();
+        let text = decode(bytes);
+        Literal::try_from(text.into_bytes())
+            .map(|l| AString::String(IString::Literal(l)))
+            .unwrap_or_else(|_| s.clone())
+    };
+    fn map(
+        key: &SearchKey<'static>,
+        f: &dyn Fn(&AString<'static>) -> AString<'static>,
+    ) -> SearchKey<'static> {
+        match key {
+            SearchKey::Body(s) => SearchKey::Body(f(s)),
+            SearchKey::Text(s) => SearchKey::Text(f(s)),
+            SearchKey::Subject(s) => SearchKey::Subject(f(s)),
+            SearchKey::From(s) => SearchKey::From(f(s)),
+            SearchKey::To(s) => SearchKey::To(f(s)),
+            SearchKey::Cc(s) => SearchKey::Cc(f(s)),
+            SearchKey::Bcc(s) => SearchKey::Bcc(f(s)),
+            SearchKey::Header(n, v) => SearchKey::Header(n.clone(), f(v)),
+            SearchKey::And(keys) => SearchKey::And(
+                Vec1::try_from(keys.as_ref().iter().map(|k| map(k, f)).collect::<Vec<_>>())
+                    .expect("non-empty"),
+            ),
+            SearchKey::Not(k) => SearchKey::Not(Box::new(map(k, f))),
+            SearchKey::Or(a, b) => SearchKey::Or(Box::new(map(a, f)), Box::new(map(b, f))),
+            other => other.clone(),
+        }
+    }
+    let out: Vec<_> = criteria.as_ref().iter().map(|k| map(k, &convert)).collect();
+    Vec1::try_from(out).ok()
+}
+
+/// `subset` as UID ranges, merged across the UIDs that do not exist (`all` lists those
+/// that may): `1,3,5` of `1,3,5,6` is `1:5`.
+fn ranges(subset: &BTreeSet<u32>, all: &BTreeSet<u32>) -> Vec<(u32, u32)> {
+    let mut out: Vec<(u32, u32)> = Vec::new();
+    let mut open: Option<(u32, u32)> = None;
+    for &uid in all.iter().chain(subset.iter().filter(|u| !all.contains(u))) {
+        // (UIDs of `subset` outside `all` do not occur in practice; they close a run.)
+        if subset.contains(&uid) {
+            open = Some(match open {
+                Some((a, _)) => (a, uid),
+                None => (uid, uid),
+            });
+        } else if let Some(run) = open.take() {
+            out.push(run);
+        }
+    }
+    out.extend(open);
+    out.sort_unstable();
+    out
+}
+
+fn uid_key(subset: &BTreeSet<u32>, all: &BTreeSet<u32>) -> Option<SearchKey<'static>> {
+    let value = |n: u32| SeqOrUid::Value(NonZeroU32::new(n.max(1)).expect("max(1)"));
+    let parts: Vec<Sequence> = ranges(subset, all)
+        .into_iter()
+        .map(|(a, b)| {
+            if a == b {
+                Sequence::Single(value(a))
+            } else {
+                Sequence::Range(value(a), value(b))
+            }
+        })
+        .collect();
+    Some(SearchKey::Uid(SequenceSet(Vec1::try_from(parts).ok()?)))
+}
+
+/// `criteria` with each content criterion `C` replaced by `OR (NOT UID E C) UID M`, where
+/// `matched(C)` is `M`. `local` is `criteria` with needles in UTF-8 (the same shape).
+fn rewrite(
+    criteria: &[SearchKey<'static>],
+    local: &[SearchKey<'static>],
+    encrypted: &BTreeSet<u32>,
+    all: &BTreeSet<u32>,
+    matched: &dyn Fn(&Leaf) -> BTreeSet<u32>,
+) -> Vec<SearchKey<'static>> {
+    fn one(
+        key: &SearchKey<'static>,
+        local: &SearchKey<'static>,
+        encrypted: &BTreeSet<u32>,
+        all: &BTreeSet<u32>,
+        matched: &dyn Fn(&Leaf) -> BTreeSet<u32>,
+    ) -> SearchKey<'static> {
+        if let Some(leaf) = Leaf::from_key(local) {
+            let Some(not_encrypted) = uid_key(encrypted, all) else {
+                return key.clone();
+            };
+            let plain = SearchKey::And(
+                Vec1::try_from(vec![SearchKey::Not(Box::new(not_encrypted)), key.clone()])
+                    .expect("two keys"),
+            );
+            return match uid_key(&matched(&leaf), all) {
+                Some(found) => SearchKey::Or(Box::new(plain), Box::new(found)),
+                None => plain,
+            };
+        }
+        let rec =
+            |k: &SearchKey<'static>, l: &SearchKey<'static>| one(k, l, encrypted, all, matched);
+        match (key, local) {
+            (SearchKey::And(keys), SearchKey::And(locals)) => SearchKey::And(
+                Vec1::try_from(
+                    keys.as_ref()
+                        .iter()
+                        .zip(locals.as_ref())
+                        .map(|(k, l)| rec(k, l))
+                        .collect::<Vec<_>>(),
+                )
+                .expect("non-empty"),
+            ),
+            (SearchKey::Not(k), SearchKey::Not(l)) => SearchKey::Not(Box::new(rec(k, l))),
+            (SearchKey::Or(a, b), SearchKey::Or(la, lb)) => {
+                SearchKey::Or(Box::new(rec(a, la)), Box::new(rec(b, lb)))
+            }
+            _ => key.clone(),
+        }
+    }
+    criteria
+        .iter()
+        .zip(local)
+        .map(|(k, l)| one(k, l, encrypted, all, matched))
+        .collect()
+}
+
+/// Where the job is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    New,
+    Classify,
+    Download,
+    Final,
+}
+
+pub struct SearchJob {
+    request: SearchRequest,
+    /// `request.criteria` with needles in UTF-8.
+    local: Vec1<SearchKey<'static>>,
+    selected: Selected,
+    prefix: String,
+    tag_seq: u32,
+    tag: String,
+    step: Step,
+    /// What this mailbox was known as when the job began.
+    known: Classified,
+    /// UIDs of the last SEARCH of ours.
+    found: Vec<u32>,
+    new: Vec<u32>,
+    docs: HashMap<u32, Arc<Doc>>,
+    to_download: VecDeque<u32>,
+    decrypting: HashSet<u32>,
+    /// The tagged reply to the current download came.
+    downloaded: bool,
+    /// The final command's literals and what follows each, sent one per upstream `+`.
+    rest: VecDeque<Vec<u8>>,
+    /// Most plaintext bytes a view may have (`max_message_size`).
+    max_view: usize,
+}
+
+impl SearchJob {
+    /// A job for `request`, or `None` when it reads no content (upstream answers it as
+    /// it is) or its charset cannot be read here (`Err` with the reply).
+    pub fn new(
+        request: SearchRequest,
+        selected: Selected,
+        prefix: &str,
+    ) -> Result<Option<SearchJob>, String> {
+        let leaves = content_leaves(request.criteria.as_ref());
+        if leaves.is_empty() {
+            return Ok(None);
+        }
+        let Some(local) = criteria_in_utf8(&request.criteria, &request.charset) else {
+            return Err(format!(
+                "{} NO [BADCHARSET (UTF-8 US-ASCII)] sealpost cannot search in this charset\r\n",
+                request.tag
+            ));
+        };
+        Ok(Some(SearchJob {
+            request,
+            local,
+            selected,
+            prefix: prefix.to_string(),
+            tag_seq: 0,
+            tag: String::new(),
+            step: Step::New,
+            known: Classified::default(),
+            found: Vec::new(),
+            new: Vec::new(),
+            docs: HashMap::new(),
+            to_download: VecDeque::new(),
+            decrypting: HashSet::new(),
+            downloaded: false,
+            rest: VecDeque::new(),
+            max_view: 0,
+        }))
+    }
+
+    fn mailbox_key(&self) -> MailboxKey {
+        (
+            self.selected.account.clone(),
+            self.selected.identity.clone(),
+            self.selected.mailbox.clone(),
+            self.selected.uidvalidity,
+        )
+    }
+
+    fn command(&mut self, body: String) -> JobOutput {
+        self.tag_seq += 1;
+        self.tag = format!("{}{}", self.prefix, self.tag_seq);
+        JobOutput::Upstream(format!("{} {}\r\n", self.tag, body).into_bytes())
+    }
+
+    fn fail(&self, why: &str) -> (Vec<JobOutput>, bool) {
+        tracing::warn!(mailbox = %self.selected.mailbox, why, "SEARCH could not be answered");
+        (
+            vec![JobOutput::Client(
+                format!(
+                    "{} NO [UNAVAILABLE] sealpost could not search this mailbox: {why}\r\n",
+                    self.request.tag
+                )
+                .into_bytes(),
+            )],
+            true,
+        )
+    }
+
+    /// Classification is done: find the Docs to build.
+    fn after_classify(&mut self, ctx: &ImapContext) -> (Vec<JobOutput>, bool) {
+        for &uid in &self.known.encrypted {
+            let key = self.selected.key(uid);
+            if let Some(doc) = ctx.search.doc(&key) {
+                self.docs.insert(uid, doc);
+            } else if let Some(super::cache::Entry::View(view)) = ctx.cache.peek(&key) {
+                let doc = Arc::new(Doc::from_message(&view.bytes));
+                ctx.search.put_doc(key, doc.clone());
+                self.docs.insert(uid, doc);
+            } else {
+                self.to_download.push_back(uid);
+            }
+        }
+        self.next_download(ctx)
+    }
+
+    fn next_download(&mut self, ctx: &ImapContext) -> (Vec<JobOutput>, bool) {
+        if self.to_download.is_empty() {
+            return self.finale(ctx);
+        }
+        let n = self.to_download.len().min(DOWNLOAD_BATCH);
+        let batch: Vec<u32> = self.to_download.drain(..n).collect();
+        self.step = Step::Download;
+        self.downloaded = false;
+        let set = format_set(&batch);
+        (
+            vec![self.command(format!("UID FETCH {set} (UID BODY.PEEK[])"))],
+            false,
+        )
+    }
+
+    /// The client's command, rewritten, under the client's tag.
+    fn finale(&mut self, _ctx: &ImapContext) -> (Vec<JobOutput>, bool) {
+        self.step = Step::Final;
+        self.tag = self.request.tag.clone();
+        let encrypted = &self.known.encrypted;
+        let docs = &self.docs;
+        let matched = |leaf: &Leaf| -> BTreeSet<u32> {
+            encrypted
+                .iter()
+                .copied()
+                .filter(|uid| docs.get(uid).is_some_and(|d| leaf.matches(d)))
+                .collect()
+        };
+        let criteria = rewrite(
+            self.request.criteria.as_ref(),
+            self.local.as_ref(),
+            encrypted,
+            &self.known.all,
+            &matched,
+        );
+        let Ok(criteria) = Vec1::try_from(criteria) else {
+            return self.fail("empty criteria");
+        };
+        let Ok(tag) = imap_types::core::Tag::try_from(self.request.tag.clone()) else {
+            return self.fail("tag");
+        };
+        let command = Command {
+            tag,
+            body: CommandBody::Search {
+                charset: self.request.charset.clone(),
+                criteria,
+                uid: self.request.uid,
+            },
+        };
+        let mut pieces: Vec<Vec<u8>> = vec![Vec::new()];
+        for fragment in CommandCodec::default().encode(&command) {
+            match fragment {
+                Fragment::Line { data } => pieces.last_mut().expect("one").extend(data),
+                Fragment::Literal { data, .. } => {
+                    // Every literal goes up synchronizing: upstream may lack LITERAL+.
+                    let line = pieces.last_mut().expect("one");
+                    if line.ends_with(b"+}\r\n") {
+                        let at = line.len() - 4;
+                        line.remove(at);
+                    }
+                    pieces.push(data);
+                }
+            }
+        }
+        // Each piece after the first is a literal's data and the text after it, up to
+        // the next literal's announcement or the line end.
+        let mut chunks: VecDeque<Vec<u8>> = pieces.into();
+        let mut first = chunks.pop_front().unwrap_or_default();
+        if let Some(options) = &self.request.return_options {
+            // `tag [UID ]SEARCH ` + options.
+            let head = format!(
+                "{} {}SEARCH ",
+                self.request.tag,
+                if self.request.uid { "UID " } else { "" }
+            );
+            if first.starts_with(head.as_bytes()) {
+                let mut line = head.clone().into_bytes();
+                line.extend_from_slice(options.as_bytes());
+                line.push(b' ');
+                line.extend_from_slice(&first[head.len()..]);
+                first = line;
+            }
+        }
+        self.rest = chunks;
+        (vec![JobOutput::Upstream(first)], false)
+    }
+}
+
+impl Job for SearchJob {
+    fn start(&mut self, ctx: &ImapContext) -> Vec<JobOutput> {
+        self.known = ctx.search.classified(&self.mailbox_key());
+        self.max_view = ctx.max_message_size;
+        self.step = Step::New;
+        let from = self.known.upto.saturating_add(1);
+        vec![self.command(format!("UID SEARCH UID {from}:*"))]
+    }
+
+    fn on_upstream(
+        &mut self,
+        frame: &Frame,
+        message: Option<&[u8]>,
+        complete: bool,
+        ctx: &ImapContext,
+    ) -> (Vec<JobOutput>, bool) {
+        if self.step == Step::Final {
+            // Upstream's answer streams to the client; a `+` asks for the next literal.
+            if let Frame::Line { bytes, first, .. } = frame {
+                if *first && bytes.starts_with(b"+") {
+                    return match self.rest.pop_front() {
+                        Some(next) => (vec![JobOutput::Upstream(next)], false),
+                        None => (Vec::new(), false),
+                    };
+                }
+                if *first && tagged_by(bytes, &self.tag) {
+                    return (vec![JobOutput::Client(bytes.clone())], complete);
+                }
+            }
+            let bytes = match frame {
+                Frame::Line { bytes, .. } | Frame::Literal { bytes, .. } => bytes.clone(),
+                Frame::Overlong { .. } => Vec::new(),
+            };
+            return (vec![JobOutput::Client(bytes)], false);
+        }
+        if !complete {
+            return (Vec::new(), false);
+        }
+        let Some(message) = message else {
+            tracing::warn!("a message over the size bound was not searched");
+            return (Vec::new(), false);
+        };
+        if tagged_by(message, &self.tag) {
+            return self.on_tagged(message, ctx);
+        }
+        if let Some(out) = self.consume(message) {
+            return (out, false);
+        }
+        (vec![JobOutput::Client(message.to_vec())], false)
+    }
+
+    fn on_view(
+        &mut self,
+        job: &str,
+        uid: u32,
+        _raw: &[u8],
+        view: View,
+        ctx: &ImapContext,
+    ) -> (Vec<JobOutput>, bool) {
+        if job != self.prefix || !self.decrypting.remove(&uid) {
+            return (Vec::new(), false);
+        }
+        let doc = Arc::new(Doc::from_message(&view.bytes));
+        ctx.search.put_doc(self.selected.key(uid), doc.clone());
+        self.docs.insert(uid, doc);
+        if self.downloaded && self.decrypting.is_empty() {
+            return self.next_download(ctx);
+        }
+        (Vec::new(), false)
+    }
+}
+
+impl SearchJob {
+    /// An untagged response: ours to use (Some) or the client's (None).
+    fn consume(&mut self, message: &[u8]) -> Option<Vec<JobOutput>> {
+        match self.step {
+            Step::New | Step::Classify => {
+                let found = match ResponseCodec::default().decode(message) {
+                    Ok((_, Response::Data(Data::Search(found, ..)))) => found,
+                    _ if message.len() >= 8 && message[..8].eq_ignore_ascii_case(b"* SEARCH") => {
+                        // Ours, and undecodable: it cannot be trusted to list anything.
+                        self.found.clear();
+                        return Some(Vec::new());
+                    }
+                    _ => return None,
+                };
+                self.found = found.iter().map(|n| n.get()).collect();
+                Some(Vec::new())
+            }
+            Step::Download => {
+                if !message.starts_with(b"* ") {
+                    return None;
+                }
+                let Ok((_, Response::Data(Data::Fetch { items, .. }))) =
+                    ResponseCodec::default().decode(message)
+                else {
+                    return None;
+                };
+                use imap_types::fetch::MessageDataItem;
+                let items = items.into_inner();
+                let uid = items.iter().find_map(|i| match i {
+                    MessageDataItem::Uid(u) => Some(u.get()),
+                    _ => None,
+                })?;
+                let raw = items.iter().find_map(|i| match i {
+                    MessageDataItem::BodyExt {
+                        section: None,
+                        data,
+                        ..
+                    } => Some(
+                        data.0
+                            .as_ref()
+                            .map(|d| d.as_ref().to_vec())
+                            .unwrap_or_default(),
+                    ),
+                    _ => None,
+                })?;
+                if !self.known.encrypted.contains(&uid) || !self.decrypting.insert(uid) {
+                    return Some(Vec::new());
+                }
+                Some(vec![JobOutput::Decrypt(DecryptRequest {
+                    job: self.prefix.clone(),
+                    uid,
+                    identity: self.selected.identity.clone(),
+                    raw,
+                    limit: self.max_view,
+                    prefetch: false,
+                })])
+            }
+            Step::Final => None,
+        }
+    }
+
+    fn on_tagged(&mut self, message: &[u8], ctx: &ImapContext) -> (Vec<JobOutput>, bool) {
+        let ok = matches!(
+            ResponseCodec::default().decode(message),
+            Ok((_, Response::Status(Status::Tagged(t)))) if t.body.kind == StatusKind::Ok
+        );
+        if !ok {
+            let text = String::from_utf8_lossy(message);
+            let text = text.trim_end();
+            let reason = text.split_once(' ').map(|(_, r)| r).unwrap_or(text);
+            return self.fail(&format!("the server answered {reason}"));
+        }
+        match self.step {
+            Step::New => {
+                let upto = self.known.upto;
+                self.new = self.found.drain(..).filter(|&u| u > upto).collect();
+                if self.new.is_empty() {
+                    return self.after_classify(ctx);
+                }
+                self.step = Step::Classify;
+                let set = format_set(&self.new);
+                (
+                    vec![self.command(format!(
+                        "UID SEARCH UID {set} OR OR HEADER Content-Type \"multipart/encrypted\" \
+                         HEADER {} \"\" BODY \"-----BEGIN PGP MESSAGE-----\"",
+                        crate::pgp::STATUS_HEADER
+                    ))],
+                    false,
+                )
+            }
+            Step::Classify => {
+                let new: BTreeSet<u32> = self.new.iter().copied().collect();
+                let encrypted: Vec<u32> =
+                    self.found.drain(..).filter(|u| new.contains(u)).collect();
+                let upto = new.iter().max().copied().unwrap_or(self.known.upto);
+                ctx.search
+                    .learn(self.mailbox_key(), upto, &self.new, &encrypted);
+                self.known.all.extend(new);
+                self.known.encrypted.extend(encrypted);
+                self.known.upto = self.known.upto.max(upto);
+                self.after_classify(ctx)
+            }
+            Step::Download => {
+                self.downloaded = true;
+                if self.decrypting.is_empty() {
+                    return self.next_download(ctx);
+                }
+                (Vec::new(), false)
+            }
+            Step::Final => (vec![JobOutput::Client(message.to_vec())], true),
+        }
+    }
+}
+
+fn tagged_by(bytes: &[u8], tag: &str) -> bool {
+    !tag.is_empty() && bytes.starts_with(tag.as_bytes()) && bytes.get(tag.len()) == Some(&b' ')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(v: &[u32]) -> BTreeSet<u32> {
+        v.iter().copied().collect()
+    }
+
+    #[test]
+    fn ranges_merge_across_missing_uids() {
+        assert_eq!(ranges(&set(&[1, 3, 5]), &set(&[1, 3, 5, 6])), vec![(1, 5)]);
+        assert_eq!(
+            ranges(&set(&[1, 3, 6]), &set(&[1, 2, 3, 5, 6])),
+            vec![(1, 1), (3, 3), (6, 6)]
+        );
+        assert_eq!(ranges(&set(&[]), &set(&[1, 2])), vec![]);
+    }
+
+    #[test]
+    fn return_options_are_kept_aside() {
+        let (rest, options) =
+            strip_return(b"a UID SEARCH RETURN (MIN COUNT) CHARSET UTF-8 BODY x\r\n").unwrap();
+        assert_eq!(rest, b"a UID SEARCH CHARSET UTF-8 BODY x\r\n");
+        assert_eq!(options.as_deref(), Some("RETURN (MIN COUNT)"));
+        let (rest, options) = strip_return(b"a SEARCH BODY x\r\n").unwrap();
+        assert_eq!(rest, b"a SEARCH BODY x\r\n");
+        assert_eq!(options, None);
+        // Anything but options inside the parentheses is not taken apart.
+        assert!(strip_return(b"a SEARCH RETURN (\"x\") BODY x\r\n").is_none());
+    }
+}

@@ -859,6 +859,15 @@ impl Session {
         use imap_types::IntoStatic;
         let has_literal = !splits.is_empty();
         if command_head(&msg).is_some_and(|(_, n)| n == "SEARCH" || n == "UID SEARCH") {
+            if self
+                .in_flight
+                .values()
+                .any(|p| matches!(p, Pending::Select { .. }))
+            {
+                // Behind a SELECT: which mailbox it searches is known at its reply.
+                self.waiting = Some(Waiting::Command(tag, msg, splits));
+                return;
+            }
             if let Some(selected) = self.selected() {
                 return self.search(tag, msg, splits, selected);
             }
@@ -1091,15 +1100,6 @@ impl Session {
     /// A SEARCH in a mailbox whose mail is shown through views: a job when it reads
     /// content (see [`SearchJob`]), else relayed.
     fn search(&mut self, tag: String, msg: Vec<u8>, splits: Vec<usize>, selected: Selected) {
-        if self
-            .in_flight
-            .values()
-            .any(|p| matches!(p, Pending::Select { .. }))
-        {
-            // Behind a SELECT: which mailbox it searches is known at its reply.
-            self.waiting = Some(Waiting::Command(tag, msg, splits));
-            return;
-        }
         let Some(request) = search::parse(&msg) else {
             // What it reads cannot be told, so neither can whether upstream's answer
             // would be right.
@@ -2064,3 +2064,7 @@ fn sasl_login(mechanism: &str, data: &[u8]) -> Option<String> {
 #[cfg(test)]
 #[path = "session_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "search_tests.rs"]
+mod search_tests;

@@ -20,7 +20,7 @@ fn ctx() -> Arc<ImapContext> {
     })
 }
 
-fn client_text(outs: &[Output]) -> String {
+pub(super) fn client_text(outs: &[Output]) -> String {
     outs.iter()
         .filter_map(|o| match o {
             Output::Client(b) => Some(String::from_utf8_lossy(b).into_owned()),
@@ -29,7 +29,7 @@ fn client_text(outs: &[Output]) -> String {
         .collect()
 }
 
-fn upstream_text(outs: &[Output]) -> String {
+pub(super) fn upstream_text(outs: &[Output]) -> String {
     outs.iter()
         .filter_map(|o| match o {
             Output::Upstream(b) => Some(String::from_utf8_lossy(b).into_owned()),
@@ -204,7 +204,7 @@ fn command_heads() {
 }
 
 /// Two identities, as on a gateway: mallory and the victim.
-fn gateway() -> Arc<ImapContext> {
+pub(super) fn gateway() -> Arc<ImapContext> {
     gateway_with(crate::config::EncryptAppend::All)
 }
 
@@ -491,7 +491,7 @@ fn garbage_input_gets_replies_and_no_panic() {
 }
 
 /// The session with alice's identity (mallory's gateway with alice as mallory).
-fn with_identity(ctx: &Arc<ImapContext>) -> Session {
+pub(super) fn with_identity(ctx: &Arc<ImapContext>) -> Session {
     let mut s = Session::new(ctx.clone(), true, true);
     s.on_upstream(b"* OK ready\r\n");
     s.on_client(b"m1 LOGIN mallory@corp.example pw\r\n");
@@ -544,6 +544,7 @@ fn a_fetch_job_step_by_step() {
             max_line_length: c.max_line_length,
             max_job_view_bytes: c.max_job_view_bytes,
             encrypt_append: c.encrypt_append,
+            search: Default::default(),
         };
         c = Arc::new(fresh);
         let mut s = with_identity(&c);
@@ -1401,6 +1402,7 @@ fn only_the_signed_payloads_autocrypt_key_is_authenticated() {
         max_line_length: ctx.max_line_length,
         max_job_view_bytes: ctx.max_job_view_bytes,
         encrypt_append: ctx.encrypt_append,
+        search: Default::default(),
     };
     c.max_job_view_bytes = 1 << 20;
     let c = Arc::new(c);
@@ -1472,6 +1474,7 @@ fn a_sealed_copy_of_received_mail_vouches_for_nothing_in_it() {
         max_line_length: ctx.max_line_length,
         max_job_view_bytes: ctx.max_job_view_bytes,
         encrypt_append: ctx.encrypt_append,
+        search: Default::default(),
     };
     c.max_job_view_bytes = 1 << 20;
     let c = Arc::new(c);

@@ -337,13 +337,36 @@ pub struct MetricsConfig {
 }
 
 /// How the IMAP proxy treats what clients store.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ImapSettings {
     /// Which APPENDs are encrypted to the identity's own key before the provider
     /// stores them.
     #[serde(default)]
     pub encrypt_append: EncryptAppend,
+    /// Keep what SEARCH reads of encrypted mail in a persistent index per identity
+    /// (`state_dir/index`, encrypted at rest to the identity's key); off: it is kept in
+    /// memory only and built again after a restart.
+    #[serde(default = "yes")]
+    pub search_index: bool,
+    /// Most bytes the search index of one identity may take on disk; the messages
+    /// indexed first are dropped beyond it (SEARCH then decrypts them again).
+    #[serde(default = "default_search_index_size")]
+    pub search_index_size: u64,
+}
+
+impl Default for ImapSettings {
+    fn default() -> Self {
+        ImapSettings {
+            encrypt_append: EncryptAppend::default(),
+            search_index: true,
+            search_index_size: default_search_index_size(),
+        }
+    }
+}
+
+fn default_search_index_size() -> u64 {
+    1 << 30
 }
 
 /// `[imap] encrypt_append`.

@@ -79,6 +79,10 @@ const COVERAGE: &[(&str, Covered)] = &[
         Covered::Ci("cargo bench --locked --bench imap_idle"),
     ),
     (
+        "cargo bench --bench imap_search",
+        Covered::Ci("cargo bench --locked --bench imap_search"),
+    ),
+    (
         "gpg --export-secret-keys --armor you@example.com > you.sec.asc",
         Covered::Here,
     ),

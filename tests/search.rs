@@ -124,6 +124,22 @@ const KEYS: &[&str] = &[
     "ALL",
 ];
 
+/// SORT criteria compared (RFC 5256), each with each of [`SORT_SEARCHES`].
+const SORTS: &[&str] = &[
+    "(SUBJECT)",
+    "(REVERSE SUBJECT)",
+    "(DATE)",
+    "(REVERSE DATE)",
+    "(FROM)",
+    "(TO)",
+    "(CC)",
+    "(SIZE)",
+    "(REVERSE SIZE)",
+    "(ARRIVAL)",
+    "(SUBJECT REVERSE DATE)",
+];
+const SORT_SEARCHES: &[&str] = &["ALL", "BODY offer", "NOT SUBJECT offer"];
+
 /// UTF-8 needles, sent as literals.
 const UTF8_KEYS: &[(&str, &str)] = &[
     ("BODY", "München"),
@@ -222,6 +238,15 @@ fn esearch(raw: &[u8]) -> String {
     rest.trim().to_string()
 }
 
+/// The numbers of a SORT response, in their order.
+fn sorted(raw: &[u8]) -> Vec<u32> {
+    let text = String::from_utf8_lossy(raw);
+    text.lines()
+        .filter_map(|l| l.strip_prefix("* SORT"))
+        .flat_map(|l| l.split_whitespace().map(|n| n.parse::<u32>().unwrap()))
+        .collect()
+}
+
 fn search_both(
     env: &Env,
     through: &mut RawImap,
@@ -310,6 +335,14 @@ fn search_through_sealpost_equals_dovecot_over_the_decrypted_copies() {
             Vec::<u32>::new()
         );
         assert_eq!(uids(&d.command_ok("UID SEARCH SUBJECT porto")), vec![5]);
+        let stored_order = sorted(&d.command_ok("UID SORT (SUBJECT) UTF-8 ALL"));
+        let mut c = env.client();
+        c.command_ok("EXAMINE Work");
+        let view_order = sorted(&c.command_ok("UID SORT (SUBJECT) UTF-8 ALL"));
+        assert_ne!(
+            stored_order, view_order,
+            "the protected Subjects must count"
+        );
     }
     compare_all(&env);
 

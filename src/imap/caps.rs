@@ -18,7 +18,7 @@ const REMOVED: &[&str] = &[
     "PREVIEW",
     "PREVIEW=",
     "SNIPPET=",
-    "SORT",
+    // SORT itself is answered through the view (imap::search); SORT=DISPLAY is not.
     "SORT=",
     "ESORT",
     "THREAD=",
@@ -185,8 +185,11 @@ mod tests {
 
     #[test]
     fn untagged_capability_and_other_lines() {
-        let out = filter_line(b"* CAPABILITY IMAP4rev1 SORT THREAD=REFS UIDPLUS\r\n", NONE);
-        assert_eq!(out, b"* CAPABILITY IMAP4rev1 UIDPLUS\r\n");
+        let out = filter_line(
+            b"* CAPABILITY IMAP4rev1 SORT SORT=DISPLAY THREAD=REFS ESORT UIDPLUS\r\n",
+            NONE,
+        );
+        assert_eq!(out, b"* CAPABILITY IMAP4rev1 SORT UIDPLUS\r\n");
         let l = b"a1 OK [CAPABILITY IMAP4rev1 MOVE PREVIEW=FUZZY] Logged in\r\n";
         assert_eq!(
             filter_line(l, NONE),

@@ -11,6 +11,7 @@ pub mod seal;
 pub mod search;
 pub mod server;
 pub mod session;
+pub mod sort;
 
 use crate::keys::{KeyStore, LoadedIdentity};
 use crate::pgp::{view_of, View, ViewKind};

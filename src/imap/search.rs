@@ -25,6 +25,7 @@
 use super::cache::Key;
 use super::fetch::{format_set, DecryptRequest, Job, JobOutput, Selected};
 use super::framer::Frame;
+use super::sort::{self, SortKeys};
 use super::ImapContext;
 use crate::pgp::View;
 use crate::search::{Doc, Leaf};
@@ -33,6 +34,7 @@ use imap_codec::encode::{Encoder, Fragment};
 use imap_codec::{CommandCodec, ResponseCodec};
 use imap_types::command::{Command, CommandBody};
 use imap_types::core::{AString, Charset, IString, Literal, Vec1};
+use imap_types::extensions::sort::SortCriterion;
 use imap_types::response::{Data, Response, Status, StatusKind};
 use imap_types::search::SearchKey;
 use imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
@@ -152,6 +154,8 @@ pub struct SearchRequest {
     pub return_options: Option<String>,
     pub charset: Option<Charset<'static>>,
     pub criteria: Vec1<SearchKey<'static>>,
+    /// A SORT (RFC 5256): its sort criteria.
+    pub sort: Option<Vec1<SortCriterion>>,
 }
 
 /// Decodes a complete SEARCH or UID SEARCH command (literals inline). `None`: not a
@@ -161,27 +165,45 @@ pub fn parse(message: &[u8]) -> Option<SearchRequest> {
     let (message, return_options) = strip_return(message)?;
     let (_, command) = CommandCodec::default().decode(&message).ok()?;
     let command: Command<'static> = command.into_static();
-    let CommandBody::Search {
-        charset,
-        criteria,
-        uid,
-    } = command.body
-    else {
-        return None;
-    };
-    Some(SearchRequest {
-        tag: command.tag.as_ref().to_string(),
-        uid,
-        return_options,
-        charset,
-        criteria,
-    })
+    let tag = command.tag.as_ref().to_string();
+    match command.body {
+        CommandBody::Search {
+            charset,
+            criteria,
+            uid,
+        } => Some(SearchRequest {
+            tag,
+            uid,
+            return_options,
+            charset,
+            criteria,
+            sort: None,
+        }),
+        // ESORT's RETURN (RFC 5267) is not offered.
+        CommandBody::Sort {
+            sort_criteria,
+            charset,
+            search_criteria,
+            uid,
+        } if return_options.is_none() => Some(SearchRequest {
+            tag,
+            uid,
+            return_options,
+            charset: Some(charset),
+            criteria: search_criteria,
+            sort: Some(sort_criteria),
+        }),
+        _ => None,
+    }
 }
 
 /// Removes `RETURN (...)` after `SEARCH`, returning the rest and the options' text.
 fn strip_return(message: &[u8]) -> Option<(Vec<u8>, Option<String>)> {
     let upper = message.to_ascii_uppercase();
-    let at = memchr::memmem::find(&upper, b" SEARCH ")? + b" SEARCH ".len();
+    let Some(at) = memchr::memmem::find(&upper, b" SEARCH ") else {
+        return Some((message.to_vec(), None));
+    };
+    let at = at + b" SEARCH ".len();
     if !upper[at..].starts_with(b"RETURN (") {
         return Some((message.to_vec(), None));
     }
@@ -387,7 +409,12 @@ enum Step {
     New,
     Classify,
     Download,
+    /// The client's SEARCH, rewritten; its answer goes to the client.
     Final,
+    /// A SORT's messages: sealpost's UID SEARCH with the rewritten criteria.
+    SortSearch,
+    /// What they sort by: `UID FETCH … (INTERNALDATE RFC822.SIZE BODY.PEEK[HEADER.FIELDS …])`.
+    SortFetch,
 }
 
 pub struct SearchJob {
@@ -413,6 +440,9 @@ pub struct SearchJob {
     rest: VecDeque<Vec<u8>>,
     /// Most plaintext bytes a view may have (`max_message_size`).
     max_view: usize,
+    /// A SORT's messages and what they sort by.
+    sort_set: BTreeSet<u32>,
+    sort_keys: Vec<SortKeys>,
 }
 
 impl SearchJob {
@@ -423,8 +453,8 @@ impl SearchJob {
         selected: Selected,
         prefix: &str,
     ) -> Result<Option<SearchJob>, String> {
-        let leaves = content_leaves(request.criteria.as_ref());
-        if leaves.is_empty() {
+        // A SORT always reads content: the keys of encrypted mail come from its views.
+        if request.sort.is_none() && content_leaves(request.criteria.as_ref()).is_empty() {
             return Ok(None);
         }
         let Some(local) = criteria_in_utf8(&request.criteria, &request.charset) else {
@@ -450,6 +480,8 @@ impl SearchJob {
             downloaded: false,
             rest: VecDeque::new(),
             max_view: 0,
+            sort_set: BTreeSet::new(),
+            sort_keys: Vec::new(),
         }))
     }
 
@@ -514,10 +546,9 @@ impl SearchJob {
         )
     }
 
-    /// The client's command, rewritten, under the client's tag.
+    /// The client's SEARCH, rewritten, under the client's tag; for a SORT, sealpost's
+    /// own UID SEARCH with the rewritten criteria (the order is made here).
     fn finale(&mut self, _ctx: &ImapContext) -> (Vec<JobOutput>, bool) {
-        self.step = Step::Final;
-        self.tag = self.request.tag.clone();
         let encrypted = &self.known.encrypted;
         let docs = &self.docs;
         let matched = |leaf: &Leaf| -> BTreeSet<u32> {
@@ -537,15 +568,28 @@ impl SearchJob {
         let Ok(criteria) = Vec1::try_from(criteria) else {
             return self.fail("empty criteria");
         };
-        let Ok(tag) = imap_types::core::Tag::try_from(self.request.tag.clone()) else {
+        let (tag, uid, options) = if self.request.sort.is_some() {
+            self.step = Step::SortSearch;
+            self.tag_seq += 1;
+            (format!("{}{}", self.prefix, self.tag_seq), true, None)
+        } else {
+            self.step = Step::Final;
+            (
+                self.request.tag.clone(),
+                self.request.uid,
+                self.request.return_options.clone(),
+            )
+        };
+        self.tag = tag.clone();
+        let Ok(imap_tag) = imap_types::core::Tag::try_from(tag.clone()) else {
             return self.fail("tag");
         };
         let command = Command {
-            tag,
+            tag: imap_tag,
             body: CommandBody::Search {
                 charset: self.request.charset.clone(),
                 criteria,
-                uid: self.request.uid,
+                uid,
             },
         };
         let mut pieces: Vec<Vec<u8>> = vec![Vec::new()];
@@ -567,13 +611,9 @@ impl SearchJob {
         // the next literal's announcement or the line end.
         let mut chunks: VecDeque<Vec<u8>> = pieces.into();
         let mut first = chunks.pop_front().unwrap_or_default();
-        if let Some(options) = &self.request.return_options {
+        if let Some(options) = options {
             // `tag [UID ]SEARCH ` + options.
-            let head = format!(
-                "{} {}SEARCH ",
-                self.request.tag,
-                if self.request.uid { "UID " } else { "" }
-            );
+            let head = format!("{tag} {}SEARCH ", if uid { "UID " } else { "" });
             if first.starts_with(head.as_bytes()) {
                 let mut line = head.clone().into_bytes();
                 line.extend_from_slice(options.as_bytes());
@@ -584,6 +624,91 @@ impl SearchJob {
         }
         self.rest = chunks;
         (vec![JobOutput::Upstream(first)], false)
+    }
+
+    /// The SORT's messages are known: fetch what they sort by.
+    fn fetch_sort_keys(&mut self) -> (Vec<JobOutput>, bool) {
+        self.sort_set = self.found.drain(..).collect();
+        if self.sort_set.is_empty() {
+            return self.sorted();
+        }
+        self.step = Step::SortFetch;
+        let set = format_set(&self.sort_set.iter().copied().collect::<Vec<_>>());
+        (
+            vec![self.command(format!(
+                "UID FETCH {set} (UID INTERNALDATE RFC822.SIZE BODY.PEEK[HEADER.FIELDS (DATE SUBJECT FROM TO CC)])"
+            ))],
+            false,
+        )
+    }
+
+    /// The SORT's answer.
+    fn sorted(&mut self) -> (Vec<JobOutput>, bool) {
+        let criteria = self.request.sort.clone().expect("a SORT");
+        sort::sort(&mut self.sort_keys, criteria.as_ref());
+        let mut line = String::from("* SORT");
+        for k in &self.sort_keys {
+            line.push(' ');
+            line.push_str(&(if self.request.uid { k.uid } else { k.seq }).to_string());
+        }
+        line.push_str("\r\n");
+        (
+            vec![
+                JobOutput::Client(line.into_bytes()),
+                JobOutput::Client(
+                    format!("{} OK SORT completed\r\n", self.request.tag).into_bytes(),
+                ),
+            ],
+            true,
+        )
+    }
+
+    /// One message's sort keys, from a FETCH response of [`Step::SortFetch`]: its view's
+    /// header and size when it is shown through one.
+    fn sort_keys_of(
+        &self,
+        seq: u32,
+        items: &[imap_types::fetch::MessageDataItem<'_>],
+    ) -> Option<SortKeys> {
+        use imap_types::fetch::MessageDataItem;
+        let uid = items.iter().find_map(|i| match i {
+            MessageDataItem::Uid(u) => Some(u.get()),
+            _ => None,
+        })?;
+        let arrival = items
+            .iter()
+            .find_map(|i| match i {
+                MessageDataItem::InternalDate(d) => Some(d.as_ref().timestamp()),
+                _ => None,
+            })
+            .unwrap_or(0);
+        // Only the answers to sealpost's FETCH (an unsolicited FLAGS update is the
+        // client's).
+        let header = items.iter().find_map(|i| match i {
+            MessageDataItem::BodyExt { data, .. } => Some(
+                data.0
+                    .as_ref()
+                    .map(|d| d.as_ref().to_vec())
+                    .unwrap_or_default(),
+            ),
+            _ => None,
+        })?;
+        if !self.sort_set.contains(&uid) {
+            return None;
+        }
+        if let Some(doc) = self.docs.get(&uid) {
+            return Some(SortKeys::of(doc, arrival, seq, uid));
+        }
+        let size = items
+            .iter()
+            .find_map(|i| match i {
+                MessageDataItem::Rfc822Size(n) => Some(*n),
+                _ => None,
+            })
+            .unwrap_or(0);
+        let mut doc = Doc::from_message(&header);
+        doc.size = size;
+        Some(SortKeys::of(&doc, arrival, seq, uid))
     }
 }
 
@@ -603,8 +728,8 @@ impl Job for SearchJob {
         complete: bool,
         ctx: &ImapContext,
     ) -> (Vec<JobOutput>, bool) {
-        if self.step == Step::Final {
-            // Upstream's answer streams to the client; a `+` asks for the next literal.
+        // A `+` asks for the next literal of the rewritten command.
+        if matches!(self.step, Step::Final | Step::SortSearch) {
             if let Frame::Line { bytes, first, .. } = frame {
                 if *first && bytes.starts_with(b"+") {
                     return match self.rest.pop_front() {
@@ -612,6 +737,11 @@ impl Job for SearchJob {
                         None => (Vec::new(), false),
                     };
                 }
+            }
+        }
+        if self.step == Step::Final {
+            // Upstream's answer streams to the client.
+            if let Frame::Line { bytes, first, .. } = frame {
                 if *first && tagged_by(bytes, &self.tag) {
                     return (vec![JobOutput::Client(bytes.clone())], complete);
                 }
@@ -663,7 +793,7 @@ impl SearchJob {
     /// An untagged response: ours to use (Some) or the client's (None).
     fn consume(&mut self, message: &[u8]) -> Option<Vec<JobOutput>> {
         match self.step {
-            Step::New | Step::Classify => {
+            Step::New | Step::Classify | Step::SortSearch => {
                 let found = match ResponseCodec::default().decode(message) {
                     Ok((_, Response::Data(Data::Search(found, ..)))) => found,
                     _ if message.len() >= 8 && message[..8].eq_ignore_ascii_case(b"* SEARCH") => {
@@ -715,6 +845,21 @@ impl SearchJob {
                     limit: self.max_view,
                     prefetch: false,
                 })])
+            }
+            Step::SortFetch => {
+                if !message.starts_with(b"* ") {
+                    return None;
+                }
+                let Ok((_, Response::Data(Data::Fetch { seq, items }))) =
+                    ResponseCodec::default().decode(message)
+                else {
+                    return None;
+                };
+                let keys = self.sort_keys_of(seq.get(), items.as_ref())?;
+                if !self.sort_keys.iter().any(|k| k.uid == keys.uid) {
+                    self.sort_keys.push(keys);
+                }
+                Some(Vec::new())
             }
             Step::Final => None,
         }
@@ -769,6 +914,8 @@ impl SearchJob {
                 (Vec::new(), false)
             }
             Step::Final => (vec![JobOutput::Client(message.to_vec())], true),
+            Step::SortSearch => self.fetch_sort_keys(),
+            Step::SortFetch => self.sorted(),
         }
     }
 }

@@ -157,6 +157,14 @@ fn searches_sealpost_cannot_read_are_refused_not_relayed() {
         "{}",
         client_text(&out)
     );
+    // THREAD would group by what is stored.
+    let out = s.on_client(b"a5 UID THREAD REFERENCES UTF-8 ALL\r\n");
+    assert!(
+        client_text(&out).starts_with("a5 BAD "),
+        "{}",
+        client_text(&out)
+    );
+    assert_eq!(upstream_text(&out), "");
     // Nothing selected: upstream answers (there is nothing to search).
     let mut s = Session::new(gateway(), true, true);
     s.on_upstream(b"* OK ready\r\n");

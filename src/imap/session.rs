@@ -858,7 +858,9 @@ impl Session {
     fn on_command(&mut self, tag: String, msg: Vec<u8>, splits: Vec<usize>) {
         use imap_types::IntoStatic;
         let has_literal = !splits.is_empty();
-        if command_head(&msg).is_some_and(|(_, n)| n == "SEARCH" || n == "UID SEARCH") {
+        if command_head(&msg).is_some_and(|(_, n)| {
+            matches!(n.as_str(), "SEARCH" | "UID SEARCH" | "SORT" | "UID SORT")
+        }) {
             if self
                 .in_flight
                 .values()
@@ -961,6 +963,11 @@ impl Session {
                 self.relay_segments(tag, Pending::Relayed, &msg, &splits)
             }
             CommandBody::Fetch { .. } => self.fetch(tag, command, msg),
+            // Hidden from the capabilities: upstream would order and choose encrypted mail
+            // by what it stores (`Subject: ...`, the ciphertext).
+            CommandBody::Thread { .. } if self.selected().is_some() => self.send_client(
+                format!("{tag} BAD THREAD is not available through sealpost\r\n").into_bytes(),
+            ),
             CommandBody::Append { .. } => self.append(tag, command, msg, splits),
             _ => self.relay_segments(tag, Pending::Relayed, &msg, &splits),
         }
@@ -1097,14 +1104,15 @@ impl Session {
         }
     }
 
-    /// A SEARCH in a mailbox whose mail is shown through views: a job when it reads
-    /// content (see [`SearchJob`]), else relayed.
+    /// A SEARCH or SORT in a mailbox whose mail is shown through views: a job when it
+    /// reads content (see [`SearchJob`]), else relayed.
     fn search(&mut self, tag: String, msg: Vec<u8>, splits: Vec<usize>, selected: Selected) {
         let Some(request) = search::parse(&msg) else {
             // What it reads cannot be told, so neither can whether upstream's answer
             // would be right.
             return self.send_client(
-                format!("{tag} BAD SEARCH arguments not understood by sealpost\r\n").into_bytes(),
+                format!("{tag} BAD SEARCH or SORT arguments not understood by sealpost\r\n")
+                    .into_bytes(),
             );
         };
         let prefix = format!("{}{}s", self.tag_prefix, self.jobs_started + 1);

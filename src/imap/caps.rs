@@ -19,7 +19,7 @@ const REMOVED: &[&str] = &[
     "PREVIEW=",
     "SNIPPET=",
     // SORT itself is answered through the view (imap::search); SORT=DISPLAY is not.
-    "SORT=",
+    "SORT=DISPLAY",
     "ESORT",
     "THREAD=",
     "CONTEXT=",

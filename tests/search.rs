@@ -304,6 +304,21 @@ fn compare_all(env: &Env) {
             mismatches.push(format!("{prefix} {needle}: sealpost {a:?}, Dovecot {b:?}"));
         }
     }
+    for order in SORTS {
+        for criteria in SORT_SEARCHES {
+            for form in ["UID SORT", "SORT"] {
+                let command = format!("{form} {order} UTF-8 {criteria}");
+                let (a, b) = search_both(env, &mut through, &mut direct, &command);
+                if sorted(&a) != sorted(&b) {
+                    mismatches.push(format!(
+                        "{command}: sealpost {:?}, Dovecot {:?}",
+                        sorted(&a),
+                        sorted(&b)
+                    ));
+                }
+            }
+        }
+    }
     assert!(
         mismatches.is_empty(),
         "answers differ:\n{}",

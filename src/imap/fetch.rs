@@ -148,6 +148,9 @@ pub struct DecryptRequest {
     /// Built ahead of the client's asking: the view goes to the cache (see
     /// [`store_prefetched`]), and the job does not wait for it.
     pub prefetch: bool,
+    /// Where what SEARCH reads of the view is kept (see `search::SearchState::record`),
+    /// worked out beside the decryption.
+    pub doc: Option<Key>,
 }
 
 /// Mailbox context of the FETCH.
@@ -806,6 +809,7 @@ impl FetchJob {
                     raw,
                     limit,
                     prefetch,
+                    doc: Some(self.key(uid)),
                 })])
             }
             // Only the messages this step asked about; anything else is unsolicited.

@@ -121,6 +121,12 @@ impl SearchState {
         entry.upto = entry.upto.max(upto);
     }
 
+    /// What SEARCH reads of a view just built: kept in memory. Called beside the
+    /// decryption, off the protocol task.
+    pub fn record(&self, key: Key, view: &View) {
+        self.put_doc(key, Arc::new(Doc::from_message(&view.bytes)));
+    }
+
     pub fn doc(&self, key: &Key) -> Option<Arc<Doc>> {
         let mut docs = self.docs.lock().unwrap_or_else(|e| e.into_inner());
         docs.map.get(key).cloned()
@@ -779,8 +785,13 @@ impl Job for SearchJob {
         if job != self.prefix || !self.decrypting.remove(&uid) {
             return (Vec::new(), false);
         }
-        let doc = Arc::new(Doc::from_message(&view.bytes));
-        ctx.search.put_doc(self.selected.key(uid), doc.clone());
+        // Worked out beside the decryption (see `SearchState::record`), or here.
+        let key = self.selected.key(uid);
+        let doc = ctx.search.doc(&key).unwrap_or_else(|| {
+            let doc = Arc::new(Doc::from_message(&view.bytes));
+            ctx.search.put_doc(key, doc.clone());
+            doc
+        });
         self.docs.insert(uid, doc);
         if self.downloaded && self.decrypting.is_empty() {
             return self.next_download(ctx);
@@ -844,6 +855,7 @@ impl SearchJob {
                     raw,
                     limit: self.max_view,
                     prefetch: false,
+                    doc: Some(self.selected.key(uid)),
                 })])
             }
             Step::SortFetch => {

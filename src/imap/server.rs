@@ -260,6 +260,9 @@ async fn handle(
                                 ctx.view(&req.identity, &req.raw, req.limit)
                             });
                             crate::metrics::imap_decrypt_time(started.elapsed());
+                            if let Some(key) = req.doc {
+                                ctx.search.record(key, &view);
+                            }
                             (req.job, req.uid, req.raw, view)
                         })
                         .await;

@@ -418,3 +418,82 @@ fn a_literal_needle_cannot_smuggle_a_command_upstream() {
     // And the session goes on.
     assert_eq!(uids(&c.command_ok("UID SEARCH BODY warehouse")), vec![2]);
 }
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[test]
+fn the_index_survives_a_restart_and_holds_no_plaintext() {
+    let mut env = Env::new();
+    {
+        let mut d = env.direct();
+        d.command_ok("CREATE Work");
+        d.command_ok("CREATE Reference");
+    }
+    env.store(&corpus());
+    let search = |env: &Env| {
+        let mut c = env.client();
+        c.command_ok("EXAMINE Work");
+        (
+            uids(&c.command_ok("UID SEARCH BODY harbour")),
+            uids(&c.command_ok("UID SEARCH SUBJECT minutes")),
+        )
+    };
+    assert_eq!(search(&env), (vec![4, 8], vec![3]));
+    // Words only the encrypted messages hold, in their bodies and protected Subjects.
+    let secret_words = [
+        "payable",
+        "harbour",
+        "penalty",
+        "approved",
+        "itinerary",
+        "Minutes of the board",
+        "Travel plans",
+        "München",
+    ];
+    let state = env.proxy.dir.path().join("state");
+    let index_files: Vec<_> = files_under(&state.join("index"));
+    assert!(!index_files.is_empty(), "no index in {}", state.display());
+    for file in files_under(&state) {
+        let bytes = std::fs::read(&file).unwrap();
+        let lower = String::from_utf8_lossy(&bytes).to_lowercase();
+        for word in secret_words {
+            assert!(
+                !lower.contains(&word.to_lowercase()),
+                "{word:?} readable in {}",
+                file.display()
+            );
+        }
+    }
+    // After a restart the answers come from the index: nothing is decrypted again.
+    env.proxy.terminate(std::time::Duration::from_secs(10));
+    env.proxy.restart(true);
+    let decrypting = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("to be decrypted for SEARCH") && !l.contains("to_decrypt=0"))
+            .count()
+    };
+    let before = decrypting(&env.proxy.log());
+    assert_eq!(search(&env), (vec![4, 8], vec![3]));
+    let log = env.proxy.log();
+    assert_eq!(
+        decrypting(&log),
+        before,
+        "SEARCH decrypted again after the restart:\n{log}"
+    );
+    assert!(log.contains("read from the search index"), "{log}");
+}

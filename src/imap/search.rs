@@ -127,6 +127,16 @@ impl SearchState {
         self.put_doc(key, Arc::new(Doc::from_message(&view.bytes)));
     }
 
+    /// The Docs of `uids` that the identity's persistent index holds.
+    pub fn from_index(
+        &self,
+        _ctx: &ImapContext,
+        _selected: &Selected,
+        _uids: &[u32],
+    ) -> Vec<(u32, Arc<Doc>)> {
+        Vec::new()
+    }
+
     pub fn doc(&self, key: &Key) -> Option<Arc<Doc>> {
         let mut docs = self.docs.lock().unwrap_or_else(|e| e.into_inner());
         docs.map.get(key).cloned()
@@ -522,6 +532,7 @@ impl SearchJob {
 
     /// Classification is done: find the Docs to build.
     fn after_classify(&mut self, ctx: &ImapContext) -> (Vec<JobOutput>, bool) {
+        let mut missing = Vec::new();
         for &uid in &self.known.encrypted {
             let key = self.selected.key(uid);
             if let Some(doc) = ctx.search.doc(&key) {
@@ -531,8 +542,25 @@ impl SearchJob {
                 ctx.search.put_doc(key, doc.clone());
                 self.docs.insert(uid, doc);
             } else {
-                self.to_download.push_back(uid);
+                missing.push(uid);
             }
+        }
+        let indexed = ctx.search.from_index(ctx, &self.selected, &missing);
+        let from_index = indexed.len();
+        for (uid, doc) in indexed {
+            self.docs.insert(uid, doc);
+        }
+        self.to_download = missing
+            .into_iter()
+            .filter(|u| !self.docs.contains_key(u))
+            .collect();
+        if from_index > 0 || !self.to_download.is_empty() {
+            tracing::info!(
+                mailbox = %self.selected.mailbox,
+                from_index,
+                to_decrypt = self.to_download.len(),
+                "encrypted messages read from the search index, and to be decrypted for SEARCH"
+            );
         }
         self.next_download(ctx)
     }

@@ -13,5 +13,7 @@
 //! * `index`: the persistent per-identity store of [`Doc`]s, encrypted at rest.
 
 pub mod doc;
+mod fold;
+mod header;
 
 pub use doc::{Doc, Leaf};

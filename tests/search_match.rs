@@ -99,6 +99,50 @@ fn corpus() -> Vec<(&'static str, Vec<u8>)> {
         b64("Réunion annuelle : le budget est approuvé.\n".as_bytes()),
     ));
 
+    let dsn = crlf(
+        "From: Mail Delivery System <mailer-daemon@example.net>\n\
+         To: Alice Example <alice@example.org>\n\
+         Subject: Undelivered Mail Returned to Sender\n\
+         Date: 3 Dec 96 12:00:00 GMT\n\
+         MIME-Version: 1.0\n\
+         Content-Type: multipart/report; report-type=delivery-status; boundary=\"dsn-b\"\n\
+         \n\
+         --dsn-b\n\
+         Content-Type: text/plain\n\
+         \n\
+         Your message could not be delivered.\n\
+         --dsn-b\n\
+         Content-Type: message/delivery-status\n\
+         \n\
+         Reporting-MTA: dns; mx.example.net\n\
+         \n\
+         Final-Recipient: rfc822; nobody@example.net\n\
+         Status: 5.1.1\n\
+         --dsn-b\n\
+         Content-Type: text/plain\n\
+         Content-Transfer-Encoding: x-uuencode\n\
+         \n\
+         uuneedle\n\
+         --dsn-b--\n",
+    );
+
+    let nested_base64 = crlf(&format!(
+        "From: Alice Example <alice@example.org>\n\
+         To: Bob <bob@example.net>\n\
+         Subject: =?utf-8?q?Re:_caf=C3=A9?= and\ttabs\n\
+         Date: Wed, 02 Dec 2026 23:30:00\n\
+         MIME-Version: 1.0\n\
+         Content-Type: multipart/mixed; boundary=\"nb-b\"\n\
+         \n\
+         --nb-b\n\
+         Content-Type: message/rfc822\n\
+         Content-Transfer-Encoding: base64\n\
+         \n\
+         {}\n\
+         --nb-b--\n",
+        b64(b"Subject: encoded inner okapi\r\n\r\nThe encoded inner body has a narwhal.\r\n"),
+    ));
+
     vec![
         (
             "plain",
@@ -143,6 +187,8 @@ fn corpus() -> Vec<(&'static str, Vec<u8>)> {
             ),
         ),
         ("base64", base64_text),
+        ("dsn", dsn),
+        ("nested_base64", nested_base64),
         ("latin1", latin1),
         (
             "words",
@@ -326,6 +372,7 @@ fn rows(sizes: &BTreeMap<&'static str, usize>) -> Vec<Row> {
         same("SUBJECT \"subject line that continues\"", &["folded"]),
         same("SUBJECT \"team lunch\"", &["bcc"]),
         same("SUBJECT \"shouting\"", &["oddcase"]),
+        same("SUBJECT \"re: café and tabs\"", &["nested_base64"]),
         same("SUBJECT \"zebra\"", &[]),
         same("SUBJECT \"lélève naïve\"", &["accents"]),
         same("SUBJECT \"leleve\"", &[]),
@@ -333,7 +380,14 @@ fn rows(sizes: &BTreeMap<&'static str, usize>) -> Vec<Row> {
         same(
             "FROM \"alice\"",
             &[
-                "plain", "mixed", "nested", "folded", "nodate", "baddate", "bcc",
+                "plain",
+                "mixed",
+                "nested",
+                "nested_base64",
+                "folded",
+                "nodate",
+                "baddate",
+                "bcc",
             ],
         ),
         same("FROM \"JÖRG\"", &["utf8", "words"]),
@@ -376,11 +430,15 @@ fn rows(sizes: &BTreeMap<&'static str, usize>) -> Vec<Row> {
         same("BODY \"eclair\"", &[]),
         same("BODY \"l'élève\"", &["accents"]),
         same("BODY \"\"", &names),
+        same("BODY \"5.1.1\"", &["dsn"]),
+        same("BODY \"uuneedle\"", &[]),
+        same("BODY \"narwhal\"", &[]),
         // TEXT: every header (nested and MIME part headers too) and the body.
         same("TEXT \"zebra\"", &["nested"]),
         same("TEXT \"giraffe\"", &["nested"]),
         same("TEXT \"subject: quarterly\"", &["plain"]),
         same("TEXT \"plan.txt\"", &["mixed"]),
+        same("TEXT \"okapi\"", &[]),
         same("TEXT \"\"", &names),
         // Sizes compare strictly.
         same(format!("LARGER {plain_size}"), &larger(sizes, plain_size)),
@@ -403,9 +461,11 @@ fn rows(sizes: &BTreeMap<&'static str, usize>) -> Vec<Row> {
         ),
         same(
             "SENTBEFORE 1-Dec-2026",
-            &["nested", "nodate", "baddate", "oddcase", "accents"],
+            &["dsn", "nested", "nodate", "baddate", "oddcase", "accents"],
         ),
         same("SENTON 1-Jan-1970", &["nodate", "baddate"]),
+        same("SENTON 3-Dec-1996", &["dsn"]),
+        same("SENTON 2-Dec-2026", &["base64", "nested_base64"]),
         same("SENTSINCE 2-Jan-1970", &dated),
     ]
 }

@@ -12,6 +12,7 @@
 //!   [`Doc`] matches it, the way Dovecot matches the same message stored in the clear;
 //! * `index`: the persistent per-identity store of [`Doc`]s, encrypted at rest.
 
+mod date;
 pub mod doc;
 mod fold;
 mod header;

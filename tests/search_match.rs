@@ -253,6 +253,7 @@ fn corpus() -> Vec<(&'static str, Vec<u8>)> {
             crlf(
                 "From: Alice Example <alice@example.org>\n\
                  To: Bob <bob@example.net>,\n  Carol <carol@example.com>\n\
+                 Cc: team: a@example.org, b@example.org;\n\
                  Subject: A very long subject line that\n  continues on the next line\n\
                  X-Folded: one two\n\tthree four\n\
                  Date: Mon, 07 Dec 2026 09:00:00 +0000\n\
@@ -273,7 +274,7 @@ fn corpus() -> Vec<(&'static str, Vec<u8>)> {
         (
             "baddate",
             crlf(
-                "From: Alice Example <alice@example.org>\n\
+                "From: alice@example.org (Alice Example)\n\
                  To: Bob <bob@example.net>\n\
                  Subject: Broken date\n\
                  Date: sometime next week\n\
@@ -318,7 +319,8 @@ fn corpus() -> Vec<(&'static str, Vec<u8>)> {
                  Content-Type: text/plain; charset=utf-8\n\
                  Content-Transfer-Encoding: 8bit\n\
                  \n\
-                 L'e\u{301}le\u{300}ve habite STRASSE 5. Ein ÉCLAIR, bitte.\n",
+                 L'e\u{301}le\u{300}ve habite STRASSE 5. Ein ÉCLAIR, bitte.\n\
+                 Die \u{FB01}nale Stra\u{DF}e, \u{1C6}ungla, \u{1FB3}, 5 \u{212A}.\n",
             ),
         ),
     ]
@@ -399,6 +401,25 @@ fn rows(sizes: &BTreeMap<&'static str, usize>) -> Vec<Row> {
         same("TO \"hans mueller\"", &["accents"]),
         same("TO \"mueller <hans2\"", &[]),
         same("CC \"frank@\"", &["bcc"]),
+        same(
+            "CC \"team: <a@example.org>, <b@example.org>;\"",
+            &["folded"],
+        ),
+        // A comment is the name when there is no other; names with spaces are quoted.
+        same(
+            "FROM \"\\\"alice example\\\" <alice@\"",
+            &[
+                "plain",
+                "mixed",
+                "nested",
+                "nested_base64",
+                "folded",
+                "nodate",
+                "baddate",
+                "bcc",
+            ],
+        ),
+        same("FROM \"(alice\"", &[]),
         same("BCC \"eve\"", &["bcc"]),
         same("BCC \"\"", &["bcc"]),
         // HEADER: any field, empty value = the field exists.
@@ -429,6 +450,15 @@ fn rows(sizes: &BTreeMap<&'static str, usize>) -> Vec<Row> {
         same("BODY \"élève\"", &["accents"]),
         same("BODY \"eclair\"", &[]),
         same("BODY \"l'élève\"", &["accents"]),
+        // Folding corners: a ligature decomposes to lower case after titlecasing, ß and
+        // ẞ stay apart, the digraph and the iota subscript take their titlecase forms,
+        // the Kelvin sign is a K.
+        same("BODY \"finale\"", &[]),
+        same("BODY \"STRAẞE\"", &[]),
+        same("BODY \"straße\"", &["utf8", "accents"]),
+        same("BODY \"ǅungla\"", &["accents"]),
+        same("BODY \"ᾼ\"", &["accents"]),
+        same("BODY \"5 k\"", &["accents"]),
         same("BODY \"\"", &names),
         same("BODY \"5.1.1\"", &["dsn"]),
         same("BODY \"uuneedle\"", &[]),

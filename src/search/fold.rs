@@ -65,7 +65,7 @@ fn titlecase(c: char) -> char {
 
 /// Runs of spaces and tabs become one space, and leading ones go: what Dovecot does to the
 /// Subject before `SUBJECT` looks in it (`compress_lwsp` in index-search.c).
-pub fn compress_lwsp(text: &str) -> String {
+pub(crate) fn compress_lwsp(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut after_lwsp = true;
     for c in text.chars() {

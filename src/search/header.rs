@@ -105,6 +105,10 @@ fn trim_lwsp_end(mut bytes: &[u8]) -> &[u8] {
 /// before the first one, is dropped when it is only whitespace; an encoded-word that
 /// cannot be parsed stays as it is written. Bytes outside encoded-words are read as UTF-8
 /// (invalid sequences become U+FFFD).
+///
+/// Differs from Dovecot: an encoded-word in a charset neither knows is read as UTF-8 in
+/// both, but Dovecot then leaves its text out of case folding (so only an exact-case
+/// needle finds it there); here it is folded like the rest.
 pub fn decode_words(value: &[u8]) -> String {
     let mut out = String::with_capacity(value.len());
     let mut plain_start = 0;
@@ -224,6 +228,11 @@ fn to_utf8<'a>(charset: &[u8], bytes: &'a [u8]) -> Cow<'a, str> {
 ///
 /// So the needle `Hans Mueller` finds `From: Hans  Mueller <h@example.org>`, while
 /// `Mueller <h` does not (the written form is `"Hans Mueller" <h@example.org>`).
+///
+/// Differs from Dovecot: whether a name came from encoded-words is judged per field, not
+/// per address (a field holding one encoded name and one plain name with spaces leaves the
+/// plain one unquoted here); an address Dovecot cannot parse gets its placeholders there
+/// (`MISSING_DOMAIN`), and whatever mail-parser makes of it here.
 pub fn address_form(value: &[u8]) -> String {
     let mut line = value.to_vec();
     line.push(b'\n');

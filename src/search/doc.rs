@@ -399,6 +399,42 @@ mod tests {
     }
 
     #[test]
+    fn garbage_never_panics() {
+        let seed = crlf(
+            "From: \"a (b\" <x@y>, =?utf-8?b?w6k=?= (c) <z@w>, g: h@i;\n\
+             Date: Mon, (x) 7 Dec 26 9.05 (\n\
+             Subject: =?iso-8859-1?q?=E9?= =?x?y?z?= =?\n\
+             Content-Type: multipart/mixed; boundary=b\n\
+             \n\
+             --b\n\
+             Content-Type: message/rfc822\n\
+             \n\
+             Subject: inner\n\
+             Content-Type: text/plain; charset=utf-16\n\
+             Content-Transfer-Encoding: base64\n\
+             \n\
+             2D3eAA==\n\
+             --b--\n",
+        );
+        let specials = b"=?()<>\"\\:;,@\r\n\t \xc3\xff";
+        let mut x: u32 = 0x9e37_79b9;
+        for _ in 0..3_000 {
+            let mut message = seed.clone();
+            for _ in 0..4 {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                let at = (x as usize >> 8) % message.len();
+                message[at] = specials[(x as usize) % specials.len()];
+            }
+            let cut = (x as usize >> 4) % (message.len() + 1);
+            let doc = Doc::from_message(&message[..cut]);
+            let _ = Leaf::Text("é".into()).matches(&doc);
+            let _ = Leaf::Header("From".into(), "a".into()).matches(&doc);
+        }
+    }
+
+    #[test]
     fn a_message_without_header_block_end_is_all_header() {
         let doc = Doc::from_message(b"Subject: only\r\nX-A: b");
         assert_eq!(doc.fields.len(), 2);

@@ -628,6 +628,8 @@ fn content_keys_match_like_dovecot() {
     );
 }
 
+/// Flags, internal dates, sets, MODSEQ and the combinators are not content leaves: the
+/// IMAP side asks upstream for them or combines leaves itself.
 #[test]
 fn non_content_keys_are_left_to_upstream() {
     for key in [
@@ -637,7 +639,10 @@ fn non_content_keys_are_left_to_upstream() {
         "UID 1:5",
         "SINCE 1-Jan-2020",
         "KEYWORD $Junk",
+        "MODSEQ 5",
+        "BEFORE 1-Jan-2020",
         "ALL",
+        "(BODY \"x\" SEEN)",
     ] {
         let cmd = command("L", key);
         let (_, parsed) = CommandCodec::default().decode(&cmd).unwrap();

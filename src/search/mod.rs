@@ -11,7 +11,14 @@
 //!   `CC`, `BCC`, `LARGER`, `SMALLER`, `SENTBEFORE`, `SENTON`, `SENTSINCE`) and whether a
 //!   [`Doc`] matches it, the way Dovecot matches the same message stored in the clear;
 //! * `index`: the persistent per-identity store of [`Doc`]s, encrypted at rest.
+//!
+//! Behind [`Doc`] and [`Leaf`], each rule of the reference server has its own module:
+//! `fold` (Dovecot's case folding), `header` (unfolding, encoded-words, address lists as
+//! FROM/TO/CC/BCC see them) and `date` (the Date field as SENT* read it).
 
+mod date;
 pub mod doc;
+pub mod fold;
+mod header;
 
 pub use doc::{Doc, Leaf};

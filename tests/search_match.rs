@@ -323,6 +323,32 @@ fn corpus() -> Vec<(&'static str, Vec<u8>)> {
                  Die \u{FB01}nale Stra\u{DF}e, \u{1C6}ungla, \u{1FB3}, 5 \u{212A}.\n",
             ),
         ),
+        (
+            // 8-bit UTF-8 with no MIME label, as some clients write it.
+            "unlabelled",
+            crlf(
+                "From: Kai <kai@example.org>\n\
+                 To: Bob <bob@example.net>\n\
+                 Subject: Anreise\n\
+                 Date: Sat, 28 Nov 2026 10:00:00 +0000\n\
+                 \n\
+                 Wir kommen über Köln.\n",
+            ),
+        ),
+        (
+            // The same, labelled US-ASCII (sealpost's views of such mail are).
+            "asciilabel",
+            crlf(
+                "From: Kai <kai@example.org>\n\
+                 To: Bob <bob@example.net>\n\
+                 Subject: Abreise\n\
+                 Date: Sat, 28 Nov 2026 11:00:00 +0000\n\
+                 MIME-Version: 1.0\n\
+                 Content-Type: text/plain; charset=us-ascii\n\
+                 \n\
+                 Zurück über Köln.\n",
+            ),
+        ),
     ]
 }
 
@@ -376,6 +402,8 @@ fn rows(sizes: &BTreeMap<&'static str, usize>) -> Vec<Row> {
         same("SUBJECT \"shouting\"", &["oddcase"]),
         same("SUBJECT \"re: café and tabs\"", &["nested_base64"]),
         same("SUBJECT \"zebra\"", &[]),
+        // Unlabelled and US-ASCII-labelled 8-bit text is read as UTF-8.
+        same("BODY \"köln\"", &["unlabelled", "asciilabel"]),
         same("SUBJECT \"lélève naïve\"", &["accents"]),
         same("SUBJECT \"leleve\"", &[]),
         // FROM / TO / CC / BCC: the rewritten address list.
@@ -491,7 +519,16 @@ fn rows(sizes: &BTreeMap<&'static str, usize>) -> Vec<Row> {
         ),
         same(
             "SENTBEFORE 1-Dec-2026",
-            &["dsn", "nested", "nodate", "baddate", "oddcase", "accents"],
+            &[
+                "dsn",
+                "nested",
+                "nodate",
+                "baddate",
+                "oddcase",
+                "accents",
+                "unlabelled",
+                "asciilabel",
+            ],
         ),
         same("SENTON 1-Jan-1970", &["nodate", "baddate"]),
         same("SENTON 3-Dec-1996", &["dsn"]),

@@ -77,13 +77,7 @@ struct DocCache {
 }
 
 fn doc_cost(doc: &Doc) -> usize {
-    doc.body.len()
-        + doc
-            .fields
-            .iter()
-            .map(|(n, v)| n.len() + v.len() + 48)
-            .sum::<usize>()
-        + 128
+    doc.cost()
 }
 
 impl Default for SearchState {

@@ -54,6 +54,85 @@ pub struct Doc {
     /// them (`TEXT charset` finds most MIME mail); `BODY` does not.
     #[serde(default)]
     pub part_headers: String,
+    /// The folded forms the matcher compares, worked out on the first match (a Doc is
+    /// kept and searched many times).
+    /// (Public so that Docs can be written as literals with `..Doc::default()`.)
+    #[serde(skip)]
+    pub folded: FoldCache,
+}
+
+/// [`Doc`]'s texts folded (see `fold`), in its order.
+#[derive(Debug, Default)]
+struct Folded {
+    /// Each field's value as `HEADER` compares it (Subject with whitespace runs
+    /// compressed).
+    fields: Vec<String>,
+    /// Each field as `TEXT` reads it, `Name: value`.
+    text_fields: Vec<String>,
+    addresses: Vec<String>,
+    part_headers: String,
+    body: String,
+}
+
+/// A cache that never makes two Docs differ or be costly to copy.
+#[derive(Debug, Default)]
+pub struct FoldCache(std::sync::OnceLock<std::sync::Arc<Folded>>);
+
+impl Clone for FoldCache {
+    fn clone(&self) -> FoldCache {
+        FoldCache(self.0.clone())
+    }
+}
+
+impl PartialEq for FoldCache {
+    fn eq(&self, _: &FoldCache) -> bool {
+        true
+    }
+}
+
+impl Eq for FoldCache {}
+
+impl Doc {
+    fn folded(&self) -> &Folded {
+        self.folded.0.get_or_init(|| {
+            std::sync::Arc::new(Folded {
+                fields: self
+                    .fields
+                    .iter()
+                    .map(|(name, value)| {
+                        if name.eq_ignore_ascii_case("Subject") {
+                            fold(&compress_lwsp(value))
+                        } else {
+                            fold(value)
+                        }
+                    })
+                    .collect(),
+                text_fields: self
+                    .fields
+                    .iter()
+                    .map(|(name, value)| fold(&format!("{name}: {value}")))
+                    .collect(),
+                addresses: self.addresses.iter().map(|(_, v)| fold(v)).collect(),
+                part_headers: fold(&self.part_headers),
+                body: fold(&self.body),
+            })
+        })
+    }
+
+    /// Bytes this Doc holds, its folded forms included once worked out.
+    pub fn cost(&self) -> usize {
+        let own = self.body.len()
+            + self.part_headers.len()
+            + self
+                .fields
+                .iter()
+                .chain(&self.addresses)
+                .map(|(n, v)| n.len() + v.len() + 48)
+                .sum::<usize>()
+            + 160;
+        // The folded forms are about as large again.
+        own * 2
+    }
 }
 
 /// One search criterion that depends on a message's content.
@@ -141,6 +220,9 @@ fn read_parts(message: &Message<'_>, outermost: bool, body: &mut BodyText, heade
             continue;
         }
         match &part.body {
+            PartType::Text(_) | PartType::Html(_) if is_ascii_labelled(part) => {
+                body.push(&utf8_content(message, part))
+            }
             PartType::Text(text) | PartType::Html(text) => body.push(text),
             PartType::Binary(bytes) | PartType::InlineBinary(bytes) => {
                 body.push(&String::from_utf8_lossy(bytes))
@@ -151,6 +233,39 @@ fn read_parts(message: &Message<'_>, outermost: bool, body: &mut BodyText, heade
             PartType::Message(_) => {}
             PartType::Multipart(_) => {}
         }
+    }
+}
+
+/// Whether the part's text is labelled US-ASCII, or not labelled at all. Dovecot reads such
+/// text as UTF-8 (charset_is_utf8), so 8-bit UTF-8 written by a client that did not say so
+/// is found; mail-parser would read it as Windows-1252.
+fn is_ascii_labelled(part: &MessagePart<'_>) -> bool {
+    part.content_type()
+        .and_then(|ct| ct.attribute("charset"))
+        .is_none_or(|c| {
+            let c = c.trim();
+            c.eq_ignore_ascii_case("us-ascii") || c.eq_ignore_ascii_case("ascii")
+        })
+}
+
+/// The part's content transfer-decoded and read as UTF-8 (invalid sequences replaced).
+fn utf8_content(message: &Message<'_>, part: &MessagePart<'_>) -> String {
+    let start = part.offset_body as usize;
+    let end = (part.offset_end as usize).min(message.raw_message.len());
+    let raw = message.raw_message.get(start..end).unwrap_or_default();
+    let encoding = part.content_transfer_encoding().map(str::trim);
+    let decoded = match encoding {
+        Some(e) if e.eq_ignore_ascii_case("base64") => {
+            mail_parser::decoders::base64::base64_decode(raw)
+        }
+        Some(e) if e.eq_ignore_ascii_case("quoted-printable") => {
+            mail_parser::decoders::quoted_printable::quoted_printable_decode(raw)
+        }
+        _ => None,
+    };
+    match decoded {
+        Some(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        None => String::from_utf8_lossy(raw).into_owned(),
     }
 }
 
@@ -246,7 +361,7 @@ impl Leaf {
     pub fn matches(&self, doc: &Doc) -> bool {
         match self {
             Leaf::Header(name, needle) => header_matches(doc, name, needle),
-            Leaf::Body(needle) => needle.is_empty() || contains(&doc.body, needle),
+            Leaf::Body(needle) => needle.is_empty() || doc.folded().body.contains(&fold(needle)),
             Leaf::Text(needle) => needle.is_empty() || text_matches(doc, needle),
             Leaf::Larger(size) => doc.size > *size,
             Leaf::Smaller(size) => doc.size < *size,
@@ -271,41 +386,32 @@ fn sent_or_epoch(doc: &Doc) -> (i32, u32, u32) {
     doc.sent.unwrap_or((1970, 1, 1))
 }
 
-fn contains(haystack: &str, needle: &str) -> bool {
-    fold(haystack).contains(&fold(needle))
-}
-
 fn header_matches(doc: &Doc, name: &str, needle: &str) -> bool {
-    let named = |(field, _): &&(String, String)| field.eq_ignore_ascii_case(name);
+    let named = |field: &str| field.eq_ignore_ascii_case(name);
     if needle.is_empty() {
-        return doc.fields.iter().any(|field| named(&field));
+        return doc.fields.iter().any(|(field, _)| named(field));
     }
     let needle = fold(needle);
+    let folded = doc.folded();
     if ADDRESS_FIELDS.iter().any(|a| a.eq_ignore_ascii_case(name)) {
         return doc
             .addresses
             .iter()
-            .filter(named)
-            .any(|(_, value)| fold(value).contains(&needle));
+            .zip(&folded.addresses)
+            .any(|((field, _), value)| named(field) && value.contains(&needle));
     }
-    let subject = name.eq_ignore_ascii_case("Subject");
-    doc.fields.iter().filter(named).any(|(_, value)| {
-        let value = if subject {
-            fold(&compress_lwsp(value))
-        } else {
-            fold(value)
-        };
-        value.contains(&needle)
-    })
+    doc.fields
+        .iter()
+        .zip(&folded.fields)
+        .any(|((field, _), value)| named(field) && value.contains(&needle))
 }
 
 fn text_matches(doc: &Doc, needle: &str) -> bool {
     let needle = fold(needle);
-    doc.fields
-        .iter()
-        .any(|(name, value)| fold(&format!("{name}: {value}")).contains(&needle))
-        || fold(&doc.part_headers).contains(&needle)
-        || fold(&doc.body).contains(&needle)
+    let folded = doc.folded();
+    folded.text_fields.iter().any(|f| f.contains(&needle))
+        || folded.part_headers.contains(&needle)
+        || folded.body.contains(&needle)
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! of each message, read from what the client sees of it, and their order.
 //!
 //! Strings are compared the way Dovecot compares them for SORT (i;unicode-casemap: each
-//! character's titlecase, here its uppercase, compared as bytes); SUBJECT compares the
+//! character's titlecase, decomposed, compared as bytes); SUBJECT compares the
 //! base subject (RFC 5256 §2.1); FROM, TO and CC the local part of the field's first
 //! address; DATE the Date field in UTC, or the internal date when there is no readable
 //! Date; ties are broken by sequence number (§3).
@@ -77,10 +77,10 @@ pub fn sort(items: &mut [SortKeys], criteria: &[SortCriterion]) {
     });
 }
 
-/// i;unicode-casemap as Dovecot applies it to sort keys: every character in titlecase
-/// (uppercase for all but a few digraphs).
+/// i;unicode-casemap as Dovecot applies it to sort keys: titlecase, decomposed, the
+/// same folding SEARCH uses.
 fn casemap(s: &str) -> String {
-    s.chars().flat_map(char::to_uppercase).collect()
+    crate::search::fold::fold(s)
 }
 
 /// The local part of the first address of an address field's (decoded) value; empty

@@ -13,5 +13,9 @@
 //! * `index`: the persistent per-identity store of [`Doc`]s, encrypted at rest.
 
 pub mod doc;
+pub mod index;
+mod index_key;
+pub mod sealed_dir;
 
 pub use doc::{Doc, Leaf};
+pub use index::{Field, IndexError, SearchIndex};

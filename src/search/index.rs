@@ -722,3 +722,77 @@ fn tokens(terms: HashSet<String>) -> PreTokenizedString {
         tokens,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_split_on_anything_not_alphanumeric_and_lowercase_each_char() {
+        assert_eq!(
+            words("Re: INVOICES—Café_Müller,straße 42\r\nİx"),
+            [
+                "re",
+                "invoices",
+                "café",
+                "müller",
+                "straße",
+                "42",
+                "i\u{307}x"
+            ]
+        );
+        assert!(words(" .,-\r\n").is_empty());
+    }
+
+    /// Whether some indexed term of `text` contains `needle` (as [`candidates`] asks).
+    fn found(text: &str, needle: &str) -> bool {
+        let terms = indexed_words(text);
+        words(needle).iter().all(|w| {
+            let w: String = w.chars().take(STRIDE).collect();
+            terms.iter().any(|t| t.contains(&w))
+        })
+    }
+
+    #[test]
+    fn every_substring_of_a_long_run_is_inside_an_indexed_term() {
+        let run: String = (0..150)
+            .map(|i| char::from(b'a' + (i * 7 % 26) as u8))
+            .collect();
+        let text = format!("x {run} y");
+        let terms = indexed_words(&text);
+        assert!(terms.iter().all(|t| t.chars().count() <= WINDOW));
+        for start in 0..run.len() {
+            for end in start + 1..=run.len() {
+                assert!(found(&text, &run[start..end]), "{start}..{end}");
+            }
+        }
+        assert!(!found(&text, "zz"));
+    }
+
+    /// Every cut of a text is found, and so is its uppercase form wherever uppercasing
+    /// and lowercasing agree (not "ﬁ" → "FI", which lowercases to "fi": the index, like
+    /// IMAP's comparison, lowercases one character at a time).
+    #[test]
+    fn a_needle_in_a_text_is_found_whatever_its_case_and_cut() {
+        let lower = |s: &str| -> String { s.chars().flat_map(char::to_lowercase).collect() };
+        let text = "Subject: Ünïcode İnvoices, ΣΟΦΟΣ and ﬁsh-42\r\n\r\nbody";
+        let chars: Vec<char> = text.chars().collect();
+        for start in 0..chars.len() {
+            for end in start + 1..=chars.len() {
+                let needle: String = chars[start..end].iter().collect();
+                assert!(found(text, &needle), "{needle:?}");
+                let upper = needle.to_uppercase();
+                if lower(&upper) == lower(&needle) {
+                    assert!(found(text, &upper), "{upper:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn header_prefixes_bound_their_range() {
+        assert_eq!(header_prefix("Subject"), b"subject\0");
+        assert_eq!(prefix_end(b"subject\0"), b"subject\x01");
+        assert_eq!(header_prefix(&"x".repeat(1000)).len(), MAX_NAME + 1);
+    }
+}

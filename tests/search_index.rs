@@ -633,6 +633,17 @@ fn measure_5000_docs() {
     index.commit().unwrap();
     let indexing = start.elapsed();
     let bytes = index.bytes_on_disk().unwrap();
+    for needle in [word(1234).as_str(), "jibsnoo", "fonz hurk"] {
+        let t = std::time::Instant::now();
+        let hits = index
+            .candidates(MAILBOX, UIDVALIDITY, needle, Field::Body)
+            .unwrap();
+        println!(
+            "candidates({needle:?}): {} in {:?}",
+            hits.len(),
+            t.elapsed()
+        );
+    }
     let t = std::time::Instant::now();
     let hits = index
         .candidates(MAILBOX, UIDVALIDITY, "blax", Field::Body)

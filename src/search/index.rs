@@ -227,7 +227,13 @@ impl SearchIndex {
                 path: dir.to_path_buf(),
                 source,
             })?;
-        let cipher = IndexCipher::new(&index_key::load_or_create(dir, identity)?);
+        let cipher =
+            IndexCipher::new(&index_key::load_or_create(dir, identity)?).map_err(|source| {
+                IndexError::Io {
+                    path: dir.to_path_buf(),
+                    source,
+                }
+            })?;
         let (schema, fields) = Fields::schema();
         let index = Index::open_or_create(SealedDirectory::new(dir, cipher), schema)
             .map_err(tv("opening the index"))?;

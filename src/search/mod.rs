@@ -10,7 +10,10 @@
 //! * [`Leaf`]: one content criterion (`BODY`, `TEXT`, `HEADER`, `SUBJECT`, `FROM`, `TO`,
 //!   `CC`, `BCC`, `LARGER`, `SMALLER`, `SENTBEFORE`, `SENTON`, `SENTSINCE`) and whether a
 //!   [`Doc`] matches it, the way Dovecot matches the same message stored in the clear;
-//! * `index`: the persistent per-identity store of [`Doc`]s, encrypted at rest.
+//! * [`index`]: the persistent per-identity store of [`Doc`]s and their words, which
+//!   names the candidates for a substring search; its files are sealed by
+//!   [`sealed_dir`] under a key encrypted to the identity's own certificate
+//!   (`index_key`).
 
 pub mod doc;
 pub mod index;

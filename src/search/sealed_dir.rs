@@ -43,12 +43,13 @@ pub struct IndexCipher {
 }
 
 impl IndexCipher {
-    pub fn new(raw: &Zeroizing<[u8; 32]>) -> IndexCipher {
-        // AES-256 accepts any 32 bytes: the only error is a wrong length.
-        let unbound = UnboundKey::new(&AES_256_GCM, raw.as_slice()).expect("32-byte AES-256 key");
-        IndexCipher {
+    /// AES-256 takes any 32 bytes, so this fails only if aws-lc itself cannot work.
+    pub fn new(raw: &Zeroizing<[u8; 32]>) -> io::Result<IndexCipher> {
+        let unbound = UnboundKey::new(&AES_256_GCM, raw.as_slice())
+            .map_err(|_| io::Error::other("aws-lc refused the AES-256-GCM key"))?;
+        Ok(IndexCipher {
             key: LessSafeKey::new(unbound),
-        }
+        })
     }
 
     /// `MAGIC || nonce || ciphertext || tag` of `plain`, for the file `name`.
@@ -304,7 +305,7 @@ mod tests {
     use super::*;
 
     fn cipher() -> IndexCipher {
-        IndexCipher::new(&Zeroizing::new([7u8; 32]))
+        IndexCipher::new(&Zeroizing::new([7u8; 32])).unwrap()
     }
 
     #[test]
@@ -330,7 +331,7 @@ mod tests {
         let sealed = c.seal(Path::new("meta.json"), b"{}").unwrap();
         let moved = c.open(Path::new("other.json"), sealed.clone()).unwrap_err();
         assert_eq!(moved.kind(), io::ErrorKind::InvalidData);
-        let other = IndexCipher::new(&Zeroizing::new([8u8; 32]));
+        let other = IndexCipher::new(&Zeroizing::new([8u8; 32])).unwrap();
         assert!(other.open(Path::new("meta.json"), sealed).is_err());
     }
 

@@ -273,8 +273,10 @@ impl SearchIndex {
         uid: u32,
         doc: &Doc,
     ) -> Result<(), IndexError> {
+        // Words are split before taking the writer, so concurrent puts overlap there.
+        let mut document = self.document(mailbox, uidvalidity, uid, doc)?;
         let mut w = self.writer();
-        let document = self.document(mailbox, uidvalidity, uid, doc, w.next_seq)?;
+        document.add_u64(self.fields.seq, w.next_seq);
         w.inner
             .delete_term(key_term(&self.fields, mailbox, uidvalidity, uid));
         w.inner
@@ -543,21 +545,19 @@ impl SearchIndex {
         Ok(hits)
     }
 
-    /// The tantivy document for one message.
+    /// The tantivy document for one message, but for its indexing order (`seq`).
     fn document(
         &self,
         mailbox: &str,
         uidvalidity: u32,
         uid: u32,
         doc: &Doc,
-        seq: u64,
     ) -> Result<TantivyDocument, IndexError> {
         let f = &self.fields;
         let mut d = TantivyDocument::new();
         d.add_text(f.key, format!("{uidvalidity}:{uid}:{mailbox}"));
         d.add_text(f.scope, format!("{uidvalidity}:{mailbox}"));
         d.add_u64(f.uid, u64::from(uid));
-        d.add_u64(f.seq, seq);
         d.add_pre_tokenized_text(f.body, tokens(indexed_words(&doc.body)));
         let mut header = HashSet::new();
         for (name, value) in &doc.fields {

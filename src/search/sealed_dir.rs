@@ -33,6 +33,8 @@ const MAGIC: &[u8; 8] = b"SPIDX\x001\n";
 /// Domain separation for the associated data: `AAD_LABEL || MAGIC || file name`.
 const AAD_LABEL: &[u8] = b"sealpost search index file\0";
 const TAG_LEN: usize = 16;
+/// `MAGIC || nonce`, before the ciphertext.
+const HEAD_LEN: usize = MAGIC.len() + NONCE_LEN;
 /// Suffix of a file being written by [`SealedDirectory::atomic_write`] before its rename.
 const TMP_SUFFIX: &str = ".sealing";
 
@@ -52,31 +54,47 @@ impl IndexCipher {
         })
     }
 
-    /// `MAGIC || nonce || ciphertext || tag` of `plain`, for the file `name`.
-    pub fn seal(&self, name: &Path, plain: &[u8]) -> io::Result<Vec<u8>> {
+    /// Encrypts `data` in place for the file `name` and returns what goes before it
+    /// (`MAGIC || nonce`) and after it (the tag): a segment is sealed in the one buffer
+    /// that holds it, never copied.
+    pub fn seal_in_place(
+        &self,
+        name: &Path,
+        data: &mut [u8],
+    ) -> io::Result<([u8; HEAD_LEN], [u8; TAG_LEN])> {
         let mut nonce = [0u8; NONCE_LEN];
         aws_lc_rs::rand::fill(&mut nonce).map_err(|_| io::Error::other("no random nonce"))?;
-        let head = MAGIC.len() + NONCE_LEN;
-        let mut out = Vec::with_capacity(head + plain.len() + TAG_LEN);
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(plain);
         let tag = self
             .key
             .seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(aad(name)),
-                &mut out[head..],
+                data,
             )
             .map_err(|_| io::Error::other("AES-GCM sealing failed"))?;
-        out.extend_from_slice(tag.as_ref());
+        let mut head = [0u8; HEAD_LEN];
+        head[..MAGIC.len()].copy_from_slice(MAGIC);
+        head[MAGIC.len()..].copy_from_slice(&nonce);
+        let mut tail = [0u8; TAG_LEN];
+        tail.copy_from_slice(tag.as_ref());
+        Ok((head, tail))
+    }
+
+    /// `MAGIC || nonce || ciphertext || tag` of `plain`, for the file `name`.
+    pub fn seal(&self, name: &Path, plain: &[u8]) -> io::Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(HEAD_LEN + plain.len() + TAG_LEN);
+        out.extend_from_slice(&[0u8; HEAD_LEN]);
+        out.extend_from_slice(plain);
+        let (head, tag) = self.seal_in_place(name, &mut out[HEAD_LEN..])?;
+        out[..HEAD_LEN].copy_from_slice(&head);
+        out.extend_from_slice(&tag);
         Ok(out)
     }
 
     /// The plaintext of a sealed file named `name`; `InvalidData` when the file is not
     /// one we sealed under that name with this key (tampered, truncated, swapped).
     pub fn open(&self, name: &Path, mut sealed: Vec<u8>) -> io::Result<Vec<u8>> {
-        let head = MAGIC.len() + NONCE_LEN;
+        let head = HEAD_LEN;
         if sealed.len() < head + TAG_LEN || &sealed[..MAGIC.len()] != MAGIC {
             return Err(invalid(
                 name,
@@ -160,15 +178,12 @@ impl SealedDirectory {
             .map_err(|e| OpenReadError::wrap_io_error(e, path.to_path_buf()))
     }
 
-    /// Writes `sealed` to `path` and makes it durable before returning.
-    fn write_durable(full: &Path, sealed: &[u8], create_new: bool) -> io::Result<()> {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .create_new(create_new)
-            .truncate(!create_new)
-            .open(full)?;
-        file.write_all(sealed)?;
+    /// Writes `parts` one after the other as the file `full`, durable before returning.
+    fn write_durable(full: &Path, parts: &[&[u8]]) -> io::Result<()> {
+        let mut file = File::create(full)?;
+        for part in parts {
+            file.write_all(part)?;
+        }
         file.sync_data()
     }
 
@@ -236,7 +251,7 @@ impl Directory for SealedDirectory {
         let mut tmp = full.clone().into_os_string();
         tmp.push(TMP_SUFFIX);
         let tmp = PathBuf::from(tmp);
-        Self::write_durable(&tmp, &sealed, false)?;
+        Self::write_durable(&tmp, &[&sealed])?;
         fs::rename(&tmp, &full)?;
         self.sync_directory()
     }
@@ -294,9 +309,9 @@ impl Write for SealingWriter {
 
 impl TerminatingWrite for SealingWriter {
     fn terminate_ref(&mut self, _: AntiCallToken) -> io::Result<()> {
-        let plain = std::mem::take(&mut self.plain);
-        let sealed = self.dir.inner.cipher.seal(&self.name, &plain)?;
-        SealedDirectory::write_durable(&self.dir.full(&self.name), &sealed, false)
+        let mut data = std::mem::take(&mut self.plain);
+        let (head, tag) = self.dir.inner.cipher.seal_in_place(&self.name, &mut data)?;
+        SealedDirectory::write_durable(&self.dir.full(&self.name), &[&head, &data, &tag])
     }
 }
 

@@ -8,9 +8,10 @@
 //! never garbage handed to tantivy's decoders. Only the lock files are plain: they are
 //! empty and exist for `flock` (`File::lock`).
 //!
-//! Limits: the whole of a file is held in memory while tantivy uses it (tantivy's
-//! segments are a few MiB each; the index is bounded by its owner), and rolling back the
-//! whole folder to an older sealed state cannot be detected here.
+//! Limits: each file is held whole in memory, decrypted, while tantivy uses it, so an
+//! open index takes about its size on disk in memory (the owner bounds that size); and
+//! putting back an older sealed `meta.json` (a rollback of the whole folder) is not
+//! detected here.
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use std::collections::HashMap;
@@ -38,8 +39,9 @@ const HEAD_LEN: usize = MAGIC.len() + NONCE_LEN;
 /// Suffix of a file being written by [`SealedDirectory::atomic_write`] before its rename.
 const TMP_SUFFIX: &str = ".sealing";
 
-/// The 32-byte index key as an AEAD key; the raw bytes are wiped once the key is built
-/// (aws-lc clears its own copy when the key is dropped).
+/// The 32-byte index key as an AEAD key. Built from bytes the caller holds in a
+/// [`Zeroizing`] buffer; aws-lc's own copy is cleansed when this is dropped
+/// (`OPENSSL_free` clears what it frees).
 pub struct IndexCipher {
     key: LessSafeKey,
 }

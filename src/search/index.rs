@@ -7,12 +7,9 @@
 //! to the identity's own OpenPGP certificate ([`super::index_key`]).
 //!
 //! IMAP matches a string as a case-insensitive substring (RFC 3501 §6.4.4), which no
-//! word index answers exactly. The index therefore gives a superset: a message is a
-//! candidate when every word of the needle occurs inside some word of the field, and
-//! the caller judges each candidate on its stored [`Doc`]. Words are the maximal runs of
-//! alphanumeric characters, each character lowercased on its own (`char::to_lowercase`,
-//! no context rules), so a needle found in a text has each of its words inside a word of
-//! the text: the superset holds whatever separators, case or punctuation differ.
+//! word index answers exactly: [`SearchIndex::candidates`] gives a superset (see
+//! `terms` for why it never misses), and the caller judges each candidate on its stored
+//! [`Doc`].
 //!
 //! Commits: [`SearchIndex::put`] buffers; what it added is searchable and durable after
 //! [`SearchIndex::commit`], which it also does by itself every [`COMMIT_EVERY`] puts and
@@ -27,6 +24,7 @@
 
 use super::index_key;
 use super::sealed_dir::{IndexCipher, SealedDirectory};
+use super::terms::{self, header_prefix, header_terms, indexed_words, prefix_end};
 use super::Doc;
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -51,15 +49,6 @@ use tantivy::{
 pub const COMMIT_EVERY: usize = 500;
 /// tantivy's smallest indexing arena; one indexing thread, so this is the writer's memory.
 const WRITER_MEMORY: usize = 15_000_000;
-/// Longest word indexed whole, in characters; a longer run (base64, hex, a URL without
-/// separators) is indexed as overlapping windows of this length every [`STRIDE`]
-/// characters, so it cannot flood the term dictionary.
-const WINDOW: usize = 48;
-/// Window step. Every substring of at most this many characters of a long run lies
-/// inside one window, so a needle word is looked up by its first `STRIDE` characters.
-const STRIDE: usize = WINDOW / 2;
-/// Header names longer than this (in bytes) are cut: tantivy drops terms over 64 KiB.
-const MAX_NAME: usize = 256;
 /// Names of the fast fields read back per segment.
 const UID: &str = "uid";
 const SEQ: &str = "seq";
@@ -353,10 +342,7 @@ impl SearchIndex {
         needle: &str,
         field: Field,
     ) -> Result<HashSet<u32>, IndexError> {
-        let needles: Vec<String> = words(needle)
-            .into_iter()
-            .map(|w| w.chars().take(STRIDE).collect())
-            .collect();
+        let needles = terms::needle_words(needle);
         let searcher = self.reader.searcher();
         let scope = scope_term(&self.fields, mailbox, uidvalidity);
         let mut out = HashSet::new();
@@ -559,20 +545,7 @@ impl SearchIndex {
         d.add_text(f.scope, format!("{uidvalidity}:{mailbox}"));
         d.add_u64(f.uid, u64::from(uid));
         d.add_pre_tokenized_text(f.body, tokens(indexed_words(&doc.body)));
-        let mut header = HashSet::new();
-        for (name, value) in &doc.fields {
-            let prefix = header_prefix(name);
-            header.insert(prefix.clone());
-            for word in indexed_words(value) {
-                let mut term = prefix.clone();
-                term.extend_from_slice(word.as_bytes());
-                header.insert(term);
-            }
-        }
-        let header = header
-            .into_iter()
-            .filter_map(|t| String::from_utf8(t).ok())
-            .collect();
+        let header = header_terms(&doc.fields);
         d.add_pre_tokenized_text(f.header, tokens(header));
         let json = serde_json::to_vec(doc).map_err(|source| IndexError::StoredDoc { source })?;
         d.add_bytes(f.doc, &json);
@@ -663,55 +636,6 @@ fn scan(
     Ok(())
 }
 
-/// `name\0`, the name lowercased and cut to [`MAX_NAME`] bytes.
-fn header_prefix(name: &str) -> Vec<u8> {
-    let mut prefix = name.to_lowercase().into_bytes();
-    prefix.truncate(MAX_NAME);
-    prefix.push(0);
-    prefix
-}
-
-/// The first byte string after every string starting with `prefix` (which ends in 0).
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    if let Some(last) = end.last_mut() {
-        *last += 1;
-    }
-    end
-}
-
-/// The words of `text`: maximal runs of alphanumeric characters, each character
-/// lowercased on its own.
-fn words(text: &str) -> Vec<String> {
-    text.split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .map(|w| w.chars().flat_map(char::to_lowercase).collect())
-        .collect()
-}
-
-/// The distinct terms to index for `text`: its words, a word longer than [`WINDOW`]
-/// characters as windows of `WINDOW` characters starting every [`STRIDE`].
-fn indexed_words(text: &str) -> HashSet<String> {
-    let mut out = HashSet::new();
-    for word in words(text) {
-        let chars: Vec<char> = word.chars().collect();
-        if chars.len() <= WINDOW {
-            out.insert(word);
-            continue;
-        }
-        let mut start = 0;
-        loop {
-            let end = (start + WINDOW).min(chars.len());
-            out.insert(chars[start..end].iter().collect());
-            if end == chars.len() {
-                break;
-            }
-            start += STRIDE;
-        }
-    }
-    out
-}
-
 /// `terms` as tantivy's pre-tokenized text (the terms are indexed as they are).
 fn tokens(terms: HashSet<String>) -> PreTokenizedString {
     let tokens = terms
@@ -732,73 +656,71 @@ fn tokens(terms: HashSet<String>) -> PreTokenizedString {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keys::LoadedIdentity;
+    use openpgp::cert::CertBuilder;
+    use sequoia_openpgp as openpgp;
 
-    #[test]
-    fn words_split_on_anything_not_alphanumeric_and_lowercase_each_char() {
-        assert_eq!(
-            words("Re: INVOICES—Café_Müller,straße 42\r\nİx"),
-            [
-                "re",
-                "invoices",
-                "café",
-                "müller",
-                "straße",
-                "42",
-                "i\u{307}x"
-            ]
-        );
-        assert!(words(" .,-\r\n").is_empty());
-    }
-
-    /// Whether some indexed term of `text` contains `needle` (as [`candidates`] asks).
-    fn found(text: &str, needle: &str) -> bool {
-        let terms = indexed_words(text);
-        words(needle).iter().all(|w| {
-            let w: String = w.chars().take(STRIDE).collect();
-            terms.iter().any(|t| t.contains(&w))
-        })
-    }
-
-    #[test]
-    fn every_substring_of_a_long_run_is_inside_an_indexed_term() {
-        let run: String = (0..150)
-            .map(|i| char::from(b'a' + (i * 7 % 26) as u8))
+    fn identity() -> LoadedIdentity {
+        let (cert, _) = CertBuilder::general_purpose(Some("<a@example.com>"))
+            .generate()
+            .unwrap();
+        let decryptors = cert
+            .keys()
+            .secret()
+            .with_policy(&crate::keys::POLICY, None)
+            .for_storage_encryption()
+            .map(|k| k.key().clone().into_keypair().unwrap())
             .collect();
-        let text = format!("x {run} y");
-        let terms = indexed_words(&text);
-        assert!(terms.iter().all(|t| t.chars().count() <= WINDOW));
-        for start in 0..run.len() {
-            for end in start + 1..=run.len() {
-                assert!(found(&text, &run[start..end]), "{start}..{end}");
-            }
+        LoadedIdentity {
+            address: "a@example.com".into(),
+            login: "a@example.com".into(),
+            cert: cert.strip_secret_key_material(),
+            signer: None,
+            decryptors,
         }
-        assert!(!found(&text, "zz"));
     }
 
-    /// Every cut of a text is found, and so is its uppercase form wherever uppercasing
-    /// and lowercasing agree (not "ﬁ" → "FI", which lowercases to "fi": the index, like
-    /// IMAP's comparison, lowercases one character at a time).
-    #[test]
-    fn a_needle_in_a_text_is_found_whatever_its_case_and_cut() {
-        let lower = |s: &str| -> String { s.chars().flat_map(char::to_lowercase).collect() };
-        let text = "Subject: Ünïcode İnvoices, ΣΟΦΟΣ and ﬁsh-42\r\n\r\nbody";
-        let chars: Vec<char> = text.chars().collect();
-        for start in 0..chars.len() {
-            for end in start + 1..=chars.len() {
-                let needle: String = chars[start..end].iter().collect();
-                assert!(found(text, &needle), "{needle:?}");
-                let upper = needle.to_uppercase();
-                if lower(&upper) == lower(&needle) {
-                    assert!(found(text, &upper), "{upper:?}");
-                }
-            }
+    fn doc(word: &str) -> Doc {
+        Doc {
+            fields: vec![("Subject".into(), format!("about {word}"))],
+            body: word.into(),
+            ..Doc::default()
         }
     }
 
     #[test]
-    fn header_prefixes_bound_their_range() {
-        assert_eq!(header_prefix("Subject"), b"subject\0");
-        assert_eq!(prefix_end(b"subject\0"), b"subject\x01");
-        assert_eq!(header_prefix(&"x".repeat(1000)).len(), MAX_NAME + 1);
+    fn puts_show_after_a_commit_and_commit_by_themselves_every_commit_every() {
+        let tmp = tempfile::tempdir().unwrap();
+        let index = SearchIndex::open(tmp.path(), &identity(), u64::MAX).unwrap();
+        index.put("INBOX", 1, 1, &doc("first")).unwrap();
+        assert!(index.indexed("INBOX", 1).unwrap().is_empty());
+        index.commit().unwrap();
+        assert_eq!(index.indexed("INBOX", 1).unwrap(), HashSet::from([1]));
+        for uid in 2..=COMMIT_EVERY as u32 {
+            index.put("INBOX", 1, uid, &doc("more")).unwrap();
+        }
+        assert_eq!(index.indexed("INBOX", 1).unwrap().len(), 1);
+        index.put("INBOX", 1, 9999, &doc("last")).unwrap();
+        assert_eq!(index.indexed("INBOX", 1).unwrap().len(), COMMIT_EVERY + 1);
+        assert_eq!(index.writer().pending, 0);
+    }
+
+    #[test]
+    fn the_indexing_order_goes_on_after_a_restart() {
+        let tmp = tempfile::tempdir().unwrap();
+        let id = identity();
+        let index = SearchIndex::open(tmp.path(), &id, u64::MAX).unwrap();
+        assert_eq!(index.writer().next_seq, 0);
+        for uid in 1..=3 {
+            index.put("INBOX", 1, uid, &doc("x")).unwrap();
+        }
+        // A replaced message takes a new place in the order.
+        index.put("INBOX", 1, 1, &doc("y")).unwrap();
+        drop(index);
+        let index = SearchIndex::open(tmp.path(), &id, u64::MAX).unwrap();
+        assert_eq!(index.writer().next_seq, 4);
+        let mut seqs = index.alive_seqs().unwrap();
+        seqs.sort_unstable();
+        assert_eq!(seqs, [1, 2, 3]);
     }
 }

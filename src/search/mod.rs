@@ -19,6 +19,7 @@ pub mod doc;
 pub mod index;
 mod index_key;
 pub mod sealed_dir;
+mod terms;
 
 pub use doc::{Doc, Leaf};
 pub use index::{Field, IndexError, SearchIndex};

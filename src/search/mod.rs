@@ -10,7 +10,10 @@
 //! * [`Leaf`]: one content criterion (`BODY`, `TEXT`, `HEADER`, `SUBJECT`, `FROM`, `TO`,
 //!   `CC`, `BCC`, `LARGER`, `SMALLER`, `SENTBEFORE`, `SENTON`, `SENTSINCE`) and whether a
 //!   [`Doc`] matches it, the way Dovecot matches the same message stored in the clear;
-//! * `index`: the persistent per-identity store of [`Doc`]s, encrypted at rest.
+//! * [`index`]: the persistent per-identity store of [`Doc`]s and their words, which
+//!   names the candidates for a substring search; its files are sealed by
+//!   [`sealed_dir`] under a key encrypted to the identity's own certificate
+//!   (`index_key`).
 //!
 //! Behind [`Doc`] and [`Leaf`], each rule of the reference server has its own module:
 //! `fold` (Dovecot's case folding), `header` (unfolding, encoded-words, address lists as
@@ -20,5 +23,10 @@ mod date;
 pub mod doc;
 pub mod fold;
 mod header;
+pub mod index;
+mod index_key;
+pub mod sealed_dir;
+mod terms;
 
 pub use doc::{Doc, Leaf};
+pub use index::{Field, IndexError, SearchIndex};

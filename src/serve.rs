@@ -28,7 +28,7 @@ struct Shared {
     view_cache: Arc<ViewCache>,
     /// Search state (which messages are encrypted, what SEARCH reads of them), keyed
     /// like the view cache.
-    search: Arc<crate::imap::search::SearchState>,
+    search: Arc<crate::imap::search_state::SearchState>,
     decrypt_slots: Arc<Semaphore>,
 }
 
@@ -275,7 +275,16 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     let shared = Shared {
         // One view cache for the process; its keys carry the account.
         view_cache: Arc::new(ViewCache::new(config.limits.view_cache_size)),
-        search: Arc::default(),
+        search: Arc::new(if config.imap.search_index {
+            // Several instances may share `state_dir`: each keeps its own indexes.
+            let dir = config
+                .state_dir
+                .join("index")
+                .join(config.instance.as_deref().unwrap_or("default"));
+            crate::imap::search_state::SearchState::with_index(dir, config.imap.search_index_size)
+        } else {
+            crate::imap::search_state::SearchState::default()
+        }),
         decrypt_slots: Arc::new(Semaphore::new(cores)),
     };
     let built = build(&config, &loaded, &shared);

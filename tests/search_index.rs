@@ -75,6 +75,7 @@ fn doc(i: usize) -> Doc {
         ),
         size: 1000 + i as u32,
         sent: Some((2026, 12, 7)),
+        ..Doc::default()
     }
 }
 
@@ -504,6 +505,7 @@ fn bulky(i: usize, words: usize) -> Doc {
         body,
         size: 4096,
         sent: None,
+        ..Doc::default()
     }
 }
 

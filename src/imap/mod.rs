@@ -9,6 +9,7 @@ pub mod framer;
 pub mod progress;
 pub mod seal;
 pub mod search;
+pub mod search_state;
 pub mod server;
 pub mod session;
 pub mod sort;
@@ -38,7 +39,7 @@ pub struct ImapContext {
     /// Which APPENDs are sealed to the identity's own key.
     pub encrypt_append: crate::config::EncryptAppend,
     /// Which messages of a mailbox are encrypted, and what SEARCH reads of them.
-    pub search: Arc<search::SearchState>,
+    pub search: Arc<search_state::SearchState>,
 }
 
 impl ImapContext {
@@ -50,6 +51,19 @@ impl ImapContext {
 
     /// `raw`, a message a client APPENDs as `identity`, sealed to that identity's own
     /// key (see [`crate::pgp::stored`]).
+    /// The loaded identity `address` names: this account's, else one from `[keys]
+    /// secret_dir`.
+    pub fn loaded_identity(&self, address: &str) -> Option<Arc<LoadedIdentity>> {
+        self.identities
+            .iter()
+            .find(|i| {
+                crate::keys::normalize_address(&i.address)
+                    == crate::keys::normalize_address(address)
+            })
+            .cloned()
+            .or_else(|| self.store.secret_identity(address))
+    }
+
     pub fn seal(&self, identity: &str, raw: &[u8]) -> Result<Vec<u8>, crate::pgp::PgpError> {
         let id = self
             .identities

@@ -22,9 +22,9 @@
 //!
 //! The client's commands wait meanwhile, as they do for a FETCH job.
 
-use super::cache::Key;
 use super::fetch::{format_set, DecryptRequest, Job, JobOutput, Selected};
 use super::framer::Frame;
+use super::search_state::{Classified, MailboxKey};
 use super::sort::{self, SortKeys};
 use super::ImapContext;
 use crate::pgp::View;
@@ -40,121 +40,10 @@ use imap_types::search::SearchKey;
 use imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// Messages downloaded per upstream FETCH while building Docs.
 const DOWNLOAD_BATCH: usize = 32;
-/// Mailboxes whose classification is remembered (least recently used go first).
-const CLASSIFIED_MAILBOXES: usize = 1024;
-/// Bytes of Docs kept in memory, process-wide.
-const DOC_CACHE_BYTES: usize = 64 << 20;
-
-/// The mailbox a classification belongs to: (account, identity, mailbox, UIDVALIDITY).
-type MailboxKey = (Arc<str>, String, String, u32);
-
-/// What is known of one mailbox: the UIDs seen up to `upto`, and which of them are shown
-/// through a view. UIDs only grow and messages never change (RFC 3501 §2.3.1.1), so
-/// this only ever grows too; an expunged UID stays listed, which is harmless (it
-/// matches nothing upstream).
-#[derive(Debug, Clone, Default)]
-struct Classified {
-    upto: u32,
-    all: BTreeSet<u32>,
-    encrypted: BTreeSet<u32>,
-}
-
-/// Search state shared by the sessions of a process: per mailbox, which messages are
-/// encrypted; per message, its [`Doc`].
-pub struct SearchState {
-    classes: Mutex<lru::LruCache<MailboxKey, Classified>>,
-    docs: Mutex<DocCache>,
-}
-
-struct DocCache {
-    map: lru::LruCache<Key, Arc<Doc>>,
-    bytes: usize,
-    max_bytes: usize,
-}
-
-fn doc_cost(doc: &Doc) -> usize {
-    doc.cost()
-}
-
-impl Default for SearchState {
-    fn default() -> SearchState {
-        SearchState::new(DOC_CACHE_BYTES)
-    }
-}
-
-impl SearchState {
-    /// `max_bytes`: the Docs kept in memory.
-    pub fn new(max_bytes: usize) -> SearchState {
-        SearchState {
-            classes: Mutex::new(lru::LruCache::new(
-                std::num::NonZeroUsize::new(CLASSIFIED_MAILBOXES).expect("non-zero"),
-            )),
-            docs: Mutex::new(DocCache {
-                map: lru::LruCache::unbounded(),
-                bytes: 0,
-                max_bytes,
-            }),
-        }
-    }
-
-    fn classified(&self, key: &MailboxKey) -> Classified {
-        let mut classes = self.classes.lock().unwrap_or_else(|e| e.into_inner());
-        classes.get(key).cloned().unwrap_or_default()
-    }
-
-    /// Adds what one job learned: `new` UIDs up to `upto`, of which `encrypted`.
-    fn learn(&self, key: MailboxKey, upto: u32, new: &[u32], encrypted: &[u32]) {
-        let mut classes = self.classes.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = classes.get_or_insert_mut(key, Classified::default);
-        entry.all.extend(new.iter().copied());
-        entry.encrypted.extend(encrypted.iter().copied());
-        entry.upto = entry.upto.max(upto);
-    }
-
-    /// What SEARCH reads of a view just built: kept in memory. Called beside the
-    /// decryption, off the protocol task.
-    pub fn record(&self, key: Key, view: &View) {
-        self.put_doc(key, Arc::new(Doc::from_message(&view.bytes)));
-    }
-
-    /// The Docs of `uids` that the identity's persistent index holds.
-    pub fn from_index(
-        &self,
-        _ctx: &ImapContext,
-        _selected: &Selected,
-        _uids: &[u32],
-    ) -> Vec<(u32, Arc<Doc>)> {
-        Vec::new()
-    }
-
-    pub fn doc(&self, key: &Key) -> Option<Arc<Doc>> {
-        let mut docs = self.docs.lock().unwrap_or_else(|e| e.into_inner());
-        docs.map.get(key).cloned()
-    }
-
-    pub fn put_doc(&self, key: Key, doc: Arc<Doc>) {
-        let cost = doc_cost(&doc);
-        let mut docs = self.docs.lock().unwrap_or_else(|e| e.into_inner());
-        if cost > docs.max_bytes {
-            return;
-        }
-        if let Some(old) = docs.map.put(key, doc) {
-            docs.bytes -= doc_cost(&old);
-        }
-        docs.bytes += cost;
-        while docs.bytes > docs.max_bytes {
-            match docs.map.pop_lru() {
-                Some((_, old)) => docs.bytes -= doc_cost(&old),
-                None => break,
-            }
-        }
-    }
-}
-
 /// A client's SEARCH, decoded: the `RETURN (...)` options (RFC 4731), which imap-codec
 /// does not parse, are kept as text and given back to upstream as sent.
 #[derive(Debug)]
@@ -450,6 +339,8 @@ pub struct SearchJob {
     rest: VecDeque<Vec<u8>>,
     /// Most plaintext bytes a view may have (`max_message_size`).
     max_view: usize,
+    /// Views built by this job.
+    decrypted: usize,
     /// A SORT's messages and what they sort by.
     sort_set: BTreeSet<u32>,
     sort_keys: Vec<SortKeys>,
@@ -490,6 +381,7 @@ impl SearchJob {
             downloaded: false,
             rest: VecDeque::new(),
             max_view: 0,
+            decrypted: 0,
             sort_set: BTreeSet::new(),
             sort_keys: Vec::new(),
         }))
@@ -576,7 +468,11 @@ impl SearchJob {
 
     /// The client's SEARCH, rewritten, under the client's tag; for a SORT, sealpost's
     /// own UID SEARCH with the rewritten criteria (the order is made here).
-    fn finale(&mut self, _ctx: &ImapContext) -> (Vec<JobOutput>, bool) {
+    fn finale(&mut self, ctx: &ImapContext) -> (Vec<JobOutput>, bool) {
+        if self.decrypted > 0 {
+            // What was read of them survives a restart.
+            ctx.search.commit(ctx, &self.selected);
+        }
         let encrypted = &self.known.encrypted;
         let docs = &self.docs;
         let matched = |leaf: &Leaf| -> BTreeSet<u32> {
@@ -807,6 +703,7 @@ impl Job for SearchJob {
         if job != self.prefix || !self.decrypting.remove(&uid) {
             return (Vec::new(), false);
         }
+        self.decrypted += 1;
         // Worked out beside the decryption (see `SearchState::record`), or here.
         let key = self.selected.key(uid);
         let doc = ctx.search.doc(&key).unwrap_or_else(|| {

@@ -261,7 +261,7 @@ async fn handle(
                             });
                             crate::metrics::imap_decrypt_time(started.elapsed());
                             if let Some(key) = req.doc {
-                                ctx.search.record(key, &view);
+                                ctx.search.record(&ctx, key, &view);
                             }
                             (req.job, req.uid, req.raw, view)
                         })

@@ -4,7 +4,7 @@
 //! and the words of its header fields and body, so that SEARCH over encrypted mail can
 //! ask [`SearchIndex::candidates`] which messages may match instead of decrypting every
 //! one. The files are tantivy's, written through [`SealedDirectory`], under a key sealed
-//! to the identity's own OpenPGP certificate ([`super::index_key`]).
+//! to the identity's own OpenPGP certificate (`index_key`).
 //!
 //! IMAP matches a string as a case-insensitive substring (RFC 3501 §6.4.4), which no
 //! word index answers exactly: [`SearchIndex::candidates`] gives a superset (see
@@ -16,11 +16,12 @@
 //! when the index is dropped. `forget` and `remove_mailbox` commit at once (they are
 //! rare, and a search must not see an expunged message as indexed).
 //!
-//! Bound: after each commit, when the folder holds more than `max_bytes`, the documents
-//! indexed longest ago are deleted and their segments merged until the folder is under
-//! three quarters of the bound. Callers see them missing from [`SearchIndex::indexed`]
-//! and fall back to reading those messages. A merge briefly needs room for both the old
-//! and the new segment.
+//! Bound: after each commit, while the folder holds more than `max_bytes`, the documents
+//! indexed longest ago are deleted and their segments merged, aiming at three quarters
+//! of the bound so that eviction does not run again at the next commit. Callers see
+//! them missing from [`SearchIndex::indexed`] and fall back to reading those messages.
+//! A merge briefly needs room for both the old and the new segment, and tantivy's own
+//! background merges can overshoot the bound between commits.
 
 use super::index_key;
 use super::sealed_dir::{IndexCipher, SealedDirectory};

@@ -349,8 +349,9 @@ pub struct ImapSettings {
     /// memory only and built again after a restart.
     #[serde(default = "yes")]
     pub search_index: bool,
-    /// Most bytes the search index of one identity may take on disk; the messages
-    /// indexed first are dropped beyond it (SEARCH then decrypts them again).
+    /// Most bytes the search index of one identity may take on disk (an index in use is
+    /// held in memory too, decrypted); the messages indexed first are dropped beyond it
+    /// (SEARCH then decrypts them again).
     #[serde(default = "default_search_index_size")]
     pub search_index_size: u64,
 }
@@ -366,7 +367,7 @@ impl Default for ImapSettings {
 }
 
 fn default_search_index_size() -> u64 {
-    1 << 30
+    256 << 20
 }
 
 /// `[imap] encrypt_append`.

@@ -427,9 +427,10 @@ fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     };
     for e in entries.flatten() {
         let path = e.path();
-        if path.is_dir() {
+        let Ok(kind) = e.file_type() else { continue };
+        if kind.is_dir() {
             out.extend(files_under(&path));
-        } else {
+        } else if kind.is_file() {
             out.push(path);
         }
     }

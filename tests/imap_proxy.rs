@@ -63,24 +63,6 @@ fn pgp_mime(outer_headers: &str, armored: &[u8]) -> Vec<u8> {
     m
 }
 
-fn sq_encrypt_to_alice(data: &[u8]) -> Vec<u8> {
-    let dir = common::tempdir();
-    let input = dir.path().join("in");
-    std::fs::write(&input, data).unwrap();
-    let out = Command::new("sq")
-        .args(["encrypt", "--recipient-cert"])
-        .arg(&keyring().alice().pub_asc)
-        .arg(&input)
-        .output()
-        .expect("run sq");
-    assert!(
-        out.status.success(),
-        "sq encrypt: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
-
 /// The test mailbox: name -> (stored message, inner plaintext as gpg sees it).
 struct Corpus {
     messages: Vec<(&'static str, Vec<u8>)>,
@@ -99,7 +81,7 @@ fn corpus() -> &'static Corpus {
         let inner_text = b"Content-Type: text/plain; charset=us-ascii\r\n\r\nEncrypted by sq, not signed.\r\n";
         let sq_mime = pgp_mime(
             "From: bob@example.org\r\nTo: alice@example.com\r\nSubject: from sq\r\nMessage-ID: <m2@example.org>\r\n",
-            &sq_encrypt_to_alice(inner_text),
+            &common::pgp::sq_encrypt("alice", inner_text),
         );
 
         let mut inline = b"From: bob@example.org\r\nTo: alice@example.com\r\nSubject: inline\r\nMessage-ID: <m3@example.org>\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n".to_vec();

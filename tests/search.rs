@@ -8,6 +8,7 @@ mod common;
 
 use common::dovecot::Dovecot;
 use common::imapclients::{parse_fetches, RawImap};
+use common::pgp::sq_encrypt;
 use common::proxy::{Proxy, ProxyOptions};
 use common::{gpg_encrypt, TestCa};
 
@@ -33,12 +34,18 @@ fn crlf(data: &[u8]) -> Vec<u8> {
 
 /// PGP/MIME made by gpg, outer header as given (no header protection).
 fn gpg_pgp_mime(outer: &str, inner: &str) -> Vec<u8> {
-    let armored = gpg_encrypt(None, &["alice"], inner.as_bytes(), true);
+    pgp_mime(
+        outer,
+        &gpg_encrypt(None, &["alice"], inner.as_bytes(), true),
+    )
+}
+
+fn pgp_mime(outer: &str, armored: &[u8]) -> Vec<u8> {
     let mut m = format!(
         "{outer}MIME-Version: 1.0\r\nContent-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; boundary=\"enc-b\"\r\n\r\nThis is an OpenPGP/MIME encrypted message\r\n--enc-b\r\nContent-Type: application/pgp-encrypted\r\n\r\nVersion: 1\r\n\r\n--enc-b\r\nContent-Type: application/octet-stream; name=\"encrypted.asc\"\r\n\r\n"
     )
     .into_bytes();
-    m.extend_from_slice(&crlf(&armored));
+    m.extend_from_slice(&crlf(armored));
     m.extend_from_slice(b"\r\n--enc-b--\r\n");
     m
 }
@@ -85,6 +92,15 @@ fn corpus() -> Vec<Stored> {
         ).into_bytes()),
         Stored::Sealed(message("Travel plans", &d(10), 9, &text(&"A long itinerary line about Porto and Lisbon.\r\n".repeat(60))).into_bytes()),
         Stored::Plain(message("Weekly report", &d(11), 10, &text(&"Status of the Lisbon office is fine.\r\n".repeat(60))).into_bytes()),
+        // Made by sq, with the older header protection (protected-headers="v1") and an
+        // obscured outer Subject.
+        Stored::Encrypted(pgp_mime(
+            "From: Erin <erin@example.org>\r\nTo: Alice Martin <alice@example.com>\r\nSubject: ...\r\nDate: Fri, 13 Nov 2026 07:00:00 +0000\r\nMessage-ID: <m13@example.org>\r\n",
+            &sq_encrypt(
+                "alice",
+                b"Content-Type: text/plain; charset=utf-8; protected-headers=\"v1\"\r\nSubject: Budget for the lighthouse\r\nFrom: Erin <erin@example.org>\r\nTo: Alice Martin <alice@example.com>\r\n\r\nThe lighthouse repairs cost 40,000 and the offer stands.\r\n",
+            ),
+        )),
     ]
 }
 
@@ -97,6 +113,9 @@ const KEYS: &[&str] = &[
     "SUBJECT offer",
     "SUBJECT porto",
     "SUBJECT minutes",
+    "SUBJECT lighthouse",
+    "BODY lighthouse",
+    "FROM erin",
     "TEXT march",
     "TEXT board",
     "TEXT harbour",

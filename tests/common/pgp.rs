@@ -605,3 +605,22 @@ pub fn armored(data: &[u8]) -> Vec<u8> {
     let end = text[start..].find("-----END PGP MESSAGE-----").unwrap() + start + 25;
     text[start..end].as_bytes().to_vec()
 }
+
+/// `data` encrypted to `who`'s certificate by Debian's `sq` (armored).
+pub fn sq_encrypt(who: &str, data: &[u8]) -> Vec<u8> {
+    let dir = super::tempdir();
+    let input = dir.path().join("in");
+    std::fs::write(&input, data).unwrap();
+    let out = Command::new("sq")
+        .args(["encrypt", "--recipient-cert"])
+        .arg(&keyring().person(who).pub_asc)
+        .arg(&input)
+        .output()
+        .expect("run sq");
+    assert!(
+        out.status.success(),
+        "sq encrypt: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}

@@ -11,7 +11,6 @@ use common::imapclients::{parse_fetches, RawImap};
 use common::proxy::{Proxy, ProxyOptions};
 use common::{gpg_decrypt, gpg_encrypt, keyring, TestCa};
 use std::collections::HashMap;
-use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 

@@ -25,7 +25,7 @@
 use super::fetch::{format_set, DecryptRequest, Job, JobOutput, Selected};
 use super::framer::Frame;
 use super::search_state::{Classified, MailboxKey};
-use super::sort::{self, SortKeys};
+use super::sort::{self, SortFields, SortKeys};
 use super::ImapContext;
 use crate::pgp::View;
 use crate::search::{Doc, Leaf};
@@ -42,6 +42,8 @@ use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
+/// Docs read from the index at once.
+const INDEX_READ: usize = 512;
 /// Messages downloaded per upstream FETCH while building Docs.
 const DOWNLOAD_BATCH: usize = 32;
 /// A client's SEARCH, decoded: the `RETURN (...)` options (RFC 4731), which imap-codec
@@ -330,7 +332,16 @@ pub struct SearchJob {
     /// UIDs of the last SEARCH of ours.
     found: Vec<u32>,
     new: Vec<u32>,
-    docs: HashMap<u32, Arc<Doc>>,
+    /// The content criteria judged here (`local`'s), and for each the encrypted
+    /// messages that match it.
+    leaves: Vec<Leaf>,
+    matches: Vec<BTreeSet<u32>>,
+    /// Encrypted messages judged so far. Only what the criteria and the sort need of
+    /// each is kept, not its Doc, so a job's memory does not grow with the mailbox's
+    /// text.
+    judged: HashSet<u32>,
+    /// For a SORT: what encrypted messages sort by, from their views.
+    sort_fields: HashMap<u32, SortFields>,
     to_download: VecDeque<u32>,
     decrypting: HashSet<u32>,
     /// The tagged reply to the current download came.
@@ -364,6 +375,7 @@ impl SearchJob {
                 request.tag
             ));
         };
+        let leaves = content_leaves(local.as_ref());
         Ok(Some(SearchJob {
             request,
             local,
@@ -375,7 +387,10 @@ impl SearchJob {
             known: Classified::default(),
             found: Vec::new(),
             new: Vec::new(),
-            docs: HashMap::new(),
+            matches: vec![BTreeSet::new(); leaves.len()],
+            leaves,
+            judged: HashSet::new(),
+            sort_fields: HashMap::new(),
             to_download: VecDeque::new(),
             decrypting: HashSet::new(),
             downloaded: false,
@@ -416,29 +431,48 @@ impl SearchJob {
         )
     }
 
+    /// What the criteria and the sort need of encrypted message `uid`.
+    fn judge(&mut self, uid: u32, doc: &Doc) {
+        if !self.judged.insert(uid) {
+            return;
+        }
+        for (leaf, found) in self.leaves.iter().zip(self.matches.iter_mut()) {
+            if leaf.matches(doc) {
+                found.insert(uid);
+            }
+        }
+        if self.request.sort.is_some() {
+            self.sort_fields.insert(uid, SortFields::of(doc));
+        }
+    }
+
     /// Classification is done: find the Docs to build.
     fn after_classify(&mut self, ctx: &ImapContext) -> (Vec<JobOutput>, bool) {
         let mut missing = Vec::new();
-        for &uid in &self.known.encrypted {
+        let encrypted: Vec<u32> = self.known.encrypted.iter().copied().collect();
+        for uid in encrypted {
             let key = self.selected.key(uid);
             if let Some(doc) = ctx.search.doc(&key) {
-                self.docs.insert(uid, doc);
+                self.judge(uid, &doc);
             } else if let Some(super::cache::Entry::View(view)) = ctx.cache.peek(&key) {
                 let doc = Arc::new(Doc::from_message(&view.bytes));
-                ctx.search.put_doc(key, doc.clone());
-                self.docs.insert(uid, doc);
+                self.judge(uid, &doc);
+                ctx.search.put_doc(key, doc);
             } else {
                 missing.push(uid);
             }
         }
-        let indexed = ctx.search.from_index(ctx, &self.selected, &missing);
-        let from_index = indexed.len();
-        for (uid, doc) in indexed {
-            self.docs.insert(uid, doc);
+        // Read from the index a slice at a time: a mailbox's Docs are not all held at once.
+        let mut from_index = 0;
+        for slice in missing.chunks(INDEX_READ) {
+            for (uid, doc) in ctx.search.from_index(ctx, &self.selected, slice) {
+                from_index += 1;
+                self.judge(uid, &doc);
+            }
         }
         self.to_download = missing
             .into_iter()
-            .filter(|u| !self.docs.contains_key(u))
+            .filter(|u| !self.judged.contains(u))
             .collect();
         if from_index > 0 || !self.to_download.is_empty() {
             tracing::info!(
@@ -474,13 +508,13 @@ impl SearchJob {
             ctx.search.commit(ctx, &self.selected);
         }
         let encrypted = &self.known.encrypted;
-        let docs = &self.docs;
+        let (leaves, matches) = (&self.leaves, &self.matches);
         let matched = |leaf: &Leaf| -> BTreeSet<u32> {
-            encrypted
+            leaves
                 .iter()
-                .copied()
-                .filter(|uid| docs.get(uid).is_some_and(|d| leaf.matches(d)))
-                .collect()
+                .position(|l| l == leaf)
+                .map(|i| matches[i].clone())
+                .unwrap_or_default()
         };
         let criteria = rewrite(
             self.request.criteria.as_ref(),
@@ -620,8 +654,8 @@ impl SearchJob {
         if !self.sort_set.contains(&uid) {
             return None;
         }
-        if let Some(doc) = self.docs.get(&uid) {
-            return Some(SortKeys::of(doc, arrival, seq, uid));
+        if let Some(fields) = self.sort_fields.get(&uid) {
+            return Some(SortKeys::new(fields.clone(), arrival, seq, uid));
         }
         let size = items
             .iter()
@@ -711,7 +745,7 @@ impl Job for SearchJob {
             ctx.search.put_doc(key, doc.clone());
             doc
         });
-        self.docs.insert(uid, doc);
+        self.judge(uid, &doc);
         if self.downloaded && self.decrypting.is_empty() {
             return self.next_download(ctx);
         }

@@ -11,47 +11,68 @@ use crate::search::Doc;
 use imap_types::extensions::sort::{SortCriterion, SortKey};
 use std::cmp::Ordering;
 
-/// What a message is sorted by.
+/// What a message sorts by that its header and size tell.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SortKeys {
-    pub seq: u32,
-    pub uid: u32,
+pub struct SortFields {
     subject: String,
     from: String,
     to: String,
     cc: String,
-    /// Seconds since the epoch, UTC.
-    date: i64,
-    arrival: i64,
+    /// The Date field in seconds since the epoch, UTC, when readable.
+    date: Option<i64>,
     size: u32,
 }
 
-impl SortKeys {
-    /// The keys of a message whose header (and size) `doc` holds, with its internal date
-    /// (seconds since the epoch) and numbers.
-    pub fn of(doc: &Doc, arrival: i64, seq: u32, uid: u32) -> SortKeys {
+impl SortFields {
+    /// From a message's header fields (and size), as `doc` holds them.
+    pub fn of(doc: &Doc) -> SortFields {
         let field = |name: &str| {
             doc.fields
                 .iter()
                 .find(|(n, _)| n.eq_ignore_ascii_case(name))
                 .map(|(_, v)| v.as_str())
         };
-        let date = field("Date")
-            .and_then(|d| mail_parser::DateTime::parse_rfc822(d.trim()))
-            .filter(|d| d.is_valid())
-            .map(|d| d.to_timestamp())
-            .unwrap_or(arrival);
-        SortKeys {
-            seq,
-            uid,
+        SortFields {
             subject: casemap(&base_subject(field("Subject").unwrap_or(""))),
             from: casemap(&first_mailbox(field("From").unwrap_or(""))),
             to: casemap(&first_mailbox(field("To").unwrap_or(""))),
             cc: casemap(&first_mailbox(field("Cc").unwrap_or(""))),
-            date,
-            arrival,
+            date: field("Date")
+                .and_then(|d| mail_parser::DateTime::parse_rfc822(d.trim()))
+                .filter(|d| d.is_valid())
+                .map(|d| d.to_timestamp()),
             size: doc.size,
         }
+    }
+}
+
+/// What a message is sorted by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SortKeys {
+    pub seq: u32,
+    pub uid: u32,
+    fields: SortFields,
+    /// The Date field, else the internal date (seconds since the epoch, UTC).
+    date: i64,
+    arrival: i64,
+}
+
+impl SortKeys {
+    /// The keys of a message with its internal date (seconds since the epoch) and
+    /// numbers.
+    pub fn new(fields: SortFields, arrival: i64, seq: u32, uid: u32) -> SortKeys {
+        SortKeys {
+            seq,
+            uid,
+            date: fields.date.unwrap_or(arrival),
+            fields,
+            arrival,
+        }
+    }
+
+    /// The keys of a message whose header (and size) `doc` holds.
+    pub fn of(doc: &Doc, arrival: i64, seq: u32, uid: u32) -> SortKeys {
+        SortKeys::new(SortFields::of(doc), arrival, seq, uid)
     }
 }
 
@@ -61,12 +82,12 @@ pub fn sort(items: &mut [SortKeys], criteria: &[SortCriterion]) {
         for c in criteria {
             let o = match c.key {
                 SortKey::Arrival => a.arrival.cmp(&b.arrival),
-                SortKey::Cc => a.cc.cmp(&b.cc),
+                SortKey::Cc => a.fields.cc.cmp(&b.fields.cc),
                 SortKey::Date => a.date.cmp(&b.date),
-                SortKey::From | SortKey::DisplayFrom => a.from.cmp(&b.from),
-                SortKey::Size => a.size.cmp(&b.size),
-                SortKey::Subject => a.subject.cmp(&b.subject),
-                SortKey::To | SortKey::DisplayTo => a.to.cmp(&b.to),
+                SortKey::From | SortKey::DisplayFrom => a.fields.from.cmp(&b.fields.from),
+                SortKey::Size => a.fields.size.cmp(&b.fields.size),
+                SortKey::Subject => a.fields.subject.cmp(&b.fields.subject),
+                SortKey::To | SortKey::DisplayTo => a.fields.to.cmp(&b.fields.to),
             };
             let o = if c.reverse { o.reverse() } else { o };
             if o != Ordering::Equal {

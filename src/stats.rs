@@ -51,6 +51,15 @@ pub struct AccountCounts {
     pub refused: u64,
     /// IMAP views computed, by result: decrypted, undecryptable, too-large, plain.
     pub decryptions: BTreeMap<String, u64>,
+    /// SEARCH and SORT commands that read encrypted mail's content.
+    #[serde(default)]
+    pub searches: u64,
+    /// Encrypted messages those read from the search index, and decrypted for them (the
+    /// index then holds them).
+    #[serde(default)]
+    pub search_from_index: u64,
+    #[serde(default)]
+    pub search_decrypted: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -166,6 +175,15 @@ impl Stats {
         };
         self.account(account, |a| {
             *a.decryptions.entry(result.to_string()).or_default() += 1
+        });
+    }
+
+    /// A SEARCH or SORT through the view: messages read from the index, and to decrypt.
+    pub fn searched(&self, account: &str, from_index: usize, decrypted: usize) {
+        self.account(account, |a| {
+            a.searches += 1;
+            a.search_from_index += from_index as u64;
+            a.search_decrypted += decrypted as u64;
         });
     }
 

@@ -194,7 +194,8 @@ pub fn render(s: &Snapshot) -> String {
             .map(|(k, v)| format!("{k} {v}"))
             .collect();
         t.push_str(&format!(
-            "  {name}: encrypted {}, sent plain {}, refused {}; views: {}\n",
+            "  {name}: encrypted {}, sent plain {}, refused {}; views: {}; searches {} \
+             ({} encrypted messages read from the search index, {} decrypted for them)\n",
             a.encrypted,
             a.sent_plain,
             a.refused,
@@ -202,7 +203,10 @@ pub fn render(s: &Snapshot) -> String {
                 "none".to_string()
             } else {
                 dec.join(", ")
-            }
+            },
+            a.searches,
+            a.search_from_index,
+            a.search_decrypted
         ));
     }
     match s.key_store_certificates {

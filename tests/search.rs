@@ -516,4 +516,14 @@ fn the_index_survives_a_restart_and_holds_no_plaintext() {
         "SEARCH decrypted again after the restart:\n{log}"
     );
     assert!(log.contains("read from the search index"), "{log}");
+    // `sealpost status` counts them: the 7 encrypted messages of the corpus were read from
+    // the index by the first search, the second found them in memory.
+    let out = common::proxy::sealpost_cmd(&env.proxy.config, &["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(
+            "searches 2 (7 encrypted messages read from the search index, 0 decrypted for them)"
+        ),
+        "{text}"
+    );
 }

@@ -474,6 +474,7 @@ impl SearchJob {
             .into_iter()
             .filter(|u| !self.judged.contains(u))
             .collect();
+        crate::stats::global().searched(&self.selected.account, from_index, self.to_download.len());
         if from_index > 0 || !self.to_download.is_empty() {
             tracing::info!(
                 mailbox = %self.selected.mailbox,

@@ -183,3 +183,57 @@ fn search_waits_behind_a_select() {
     let out = s.on_upstream(b"* OK [UIDVALIDITY 9] ok\r\na1 OK [READ-WRITE] selected\r\n");
     assert_eq!(upstream_text(&out), "sp1s1 UID SEARCH UID 1:*\r\n");
 }
+
+#[test]
+fn a_sort_orders_encrypted_mail_by_its_view() {
+    let ctx = gateway();
+    let mut s = with_identity(&ctx);
+    let secret = sealed_to_mallory(&ctx, "Alpha plans", "text");
+    let out = s.on_client(b"a1 SORT (SUBJECT) UTF-8 ALL\r\n");
+    assert_eq!(upstream_text(&out), "sp1s1 UID SEARCH UID 1:*\r\n");
+    s.on_upstream(b"* SEARCH 1 2\r\nsp1s1 OK done\r\n");
+    let out = s.on_upstream(b"* SEARCH 2\r\nsp1s2 OK done\r\n");
+    assert_eq!(
+        upstream_text(&out),
+        "sp1s3 UID FETCH 2 (UID BODY.PEEK[])\r\n"
+    );
+    let mut download = fetch_response(2, 2, &secret);
+    download.extend_from_slice(b"sp1s3 OK done\r\n");
+    let out = s.on_upstream(&download);
+    let out = build_views(&mut s, out);
+    // The messages: sealpost's own UID SEARCH with the criteria and charset as sent (ALL
+    // reads no content).
+    assert_eq!(
+        upstream_text(&out),
+        "sp1s4 UID SEARCH CHARSET UTF-8 ALL\r\n"
+    );
+    let out = s.on_upstream(b"* SEARCH 1 2\r\n* 3 EXISTS\r\nsp1s4 OK done\r\n");
+    // Unrelated responses still reach the client.
+    assert_eq!(client_text(&out), "* 3 EXISTS\r\n");
+    assert_eq!(
+        upstream_text(&out),
+        "sp1s5 UID FETCH 1:2 (UID INTERNALDATE RFC822.SIZE BODY.PEEK[HEADER.FIELDS (DATE SUBJECT FROM TO CC)])\r\n"
+    );
+    let plain_header = b"Subject: Zulu time\r\nDate: Mon, 30 Nov 2026 09:00:00 +0000\r\n\r\n";
+    let stored_header = b"Subject: ...\r\nDate: Tue, 01 Dec 2026 09:00:00 +0000\r\n\r\n";
+    let mut answer = Vec::new();
+    for (seq, uid, header) in [(1, 1, &plain_header[..]), (2, 2, &stored_header[..])] {
+        answer.extend_from_slice(
+            format!(
+                "* {seq} FETCH (UID {uid} INTERNALDATE \"01-Dec-2026 09:00:00 +0000\" RFC822.SIZE 500 BODY[HEADER.FIELDS (DATE SUBJECT FROM TO CC)] {{{}}}\r\n",
+                header.len()
+            )
+            .as_bytes(),
+        );
+        answer.extend_from_slice(header);
+        answer.extend_from_slice(b")\r\n");
+    }
+    // An unsolicited flag update is the client's, not a sort key.
+    answer.extend_from_slice(b"* 2 FETCH (UID 2 FLAGS (\\Seen))\r\nsp1s5 OK done\r\n");
+    let out = s.on_upstream(&answer);
+    // "Alpha plans" (the view's Subject) before "Zulu time"; sequence numbers.
+    assert_eq!(
+        client_text(&out),
+        "* 2 FETCH (UID 2 FLAGS (\\Seen))\r\n* SORT 2 1\r\na1 OK SORT completed\r\n"
+    );
+}

@@ -231,6 +231,25 @@ fn main() {
             hits_a.len()
         );
     }
+    // Where sealpost's time goes: its own log of the last searches (total, and the part
+    // spent waiting for upstream's answer to the rewritten command).
+    for line in proxy
+        .log()
+        .lines()
+        .filter(|l| l.contains("SEARCH answered through the view"))
+        .rev()
+        .take(2)
+    {
+        let fields: Vec<&str> = line
+            .split_whitespace()
+            .filter(|w| {
+                w.starts_with("total_ms=")
+                    || w.starts_with("final_ms=")
+                    || w.starts_with("decrypted=")
+            })
+            .collect();
+        println!("  sealpost log: {}", fields.join(" "));
+    }
     let worst = ratios.iter().copied().fold(0.0, f64::max);
     println!("\nsummary (TLS on both sides):");
     println!(

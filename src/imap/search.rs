@@ -352,6 +352,9 @@ pub struct SearchJob {
     max_view: usize,
     /// Views built by this job.
     decrypted: usize,
+    /// When the job started, and when its final command went up.
+    started: Option<std::time::Instant>,
+    final_sent: Option<std::time::Instant>,
     /// A SORT's messages and what they sort by.
     sort_set: BTreeSet<u32>,
     sort_keys: Vec<SortKeys>,
@@ -397,6 +400,8 @@ impl SearchJob {
             rest: VecDeque::new(),
             max_view: 0,
             decrypted: 0,
+            started: None,
+            final_sent: None,
             sort_set: BTreeSet::new(),
             sort_keys: Vec::new(),
         }))
@@ -429,6 +434,19 @@ impl SearchJob {
             )],
             true,
         )
+    }
+
+    /// Logs how long the job took, and how much of it was upstream's final answer.
+    fn log_done(&self) {
+        let ms = |t: Option<std::time::Instant>| t.map_or(0, |t| t.elapsed().as_millis());
+        tracing::info!(
+            mailbox = %self.selected.mailbox,
+            encrypted = self.known.encrypted.len(),
+            decrypted = self.decrypted,
+            total_ms = ms(self.started) as u64,
+            final_ms = ms(self.final_sent) as u64,
+            "SEARCH answered through the view"
+        );
     }
 
     /// What the criteria and the sort need of encrypted message `uid`.
@@ -582,6 +600,7 @@ impl SearchJob {
             }
         }
         self.rest = chunks;
+        self.final_sent = Some(std::time::Instant::now());
         (vec![JobOutput::Upstream(first)], false)
     }
 
@@ -603,6 +622,7 @@ impl SearchJob {
 
     /// The SORT's answer.
     fn sorted(&mut self) -> (Vec<JobOutput>, bool) {
+        self.log_done();
         let criteria = self.request.sort.clone().expect("a SORT");
         sort::sort(&mut self.sort_keys, criteria.as_ref());
         let mut line = String::from("* SORT");
@@ -673,6 +693,7 @@ impl SearchJob {
 
 impl Job for SearchJob {
     fn start(&mut self, ctx: &ImapContext) -> Vec<JobOutput> {
+        self.started = Some(std::time::Instant::now());
         self.known = ctx.search.classified(&self.mailbox_key());
         self.max_view = ctx.max_message_size;
         self.step = Step::New;
@@ -879,7 +900,10 @@ impl SearchJob {
                 }
                 (Vec::new(), false)
             }
-            Step::Final => (vec![JobOutput::Client(message.to_vec())], true),
+            Step::Final => {
+                self.log_done();
+                (vec![JobOutput::Client(message.to_vec())], true)
+            }
             Step::SortSearch => self.fetch_sort_keys(),
             Step::SortFetch => self.sorted(),
         }

@@ -24,7 +24,7 @@
 
 use super::fetch::{format_set, DecryptRequest, Job, JobOutput, Selected};
 use super::framer::Frame;
-use super::search_state::{Classified, MailboxKey};
+use super::search_state::{lasting, Classified, MailboxKey};
 use super::sort::{self, SortFields, SortKeys};
 use super::ImapContext;
 use crate::pgp::View;
@@ -472,7 +472,11 @@ impl SearchJob {
             let key = self.selected.key(uid);
             if let Some(doc) = ctx.search.doc(&key) {
                 self.judge(uid, &doc);
-            } else if let Some(super::cache::Entry::View(view)) = ctx.cache.peek(&key) {
+            } else if let Some(super::cache::Entry::View(view)) = ctx
+                .cache
+                .peek(&key)
+                .filter(|e| matches!(e, super::cache::Entry::View(v) if lasting(v)))
+            {
                 let doc = Arc::new(Doc::from_message(&view.bytes));
                 self.judge(uid, &doc);
                 ctx.search.put_doc(key, doc);
@@ -764,7 +768,9 @@ impl Job for SearchJob {
         let key = self.selected.key(uid);
         let doc = ctx.search.doc(&key).unwrap_or_else(|| {
             let doc = Arc::new(Doc::from_message(&view.bytes));
-            ctx.search.put_doc(key, doc.clone());
+            if lasting(&view) {
+                ctx.search.put_doc(key, doc.clone());
+            }
             doc
         });
         self.judge(uid, &doc);

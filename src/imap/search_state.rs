@@ -31,6 +31,17 @@ pub(super) struct Classified {
     pub encrypted: BTreeSet<u32>,
 }
 
+/// Whether what a view shows is what the message will always show: decrypted, or plain.
+/// A view cut short by a size budget, or of mail that could not be decrypted this time, is
+/// not kept (SEARCH builds it again), so that a limit never becomes the message's text
+/// for good.
+pub fn lasting(view: &View) -> bool {
+    matches!(
+        view.kind,
+        crate::pgp::ViewKind::Decrypted(_) | crate::pgp::ViewKind::Plain
+    )
+}
+
 pub struct SearchState {
     classes: Mutex<lru::LruCache<MailboxKey, Classified>>,
     docs: Mutex<DocCache>,
@@ -128,6 +139,9 @@ impl SearchState {
     /// What SEARCH reads of a view just built: kept in memory and in the index. Called
     /// beside the decryption, off the protocol task.
     pub fn record(&self, ctx: &ImapContext, key: Key, view: &View) {
+        if !lasting(view) {
+            return;
+        }
         let doc = Arc::new(Doc::from_message(&view.bytes));
         if let Some(index) = self.index(ctx, &key.account, &key.identity) {
             if let Err(e) = index.put(&key.mailbox, key.uidvalidity, key.uid, &doc) {

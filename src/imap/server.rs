@@ -261,7 +261,15 @@ async fn handle(
                             });
                             crate::metrics::imap_decrypt_time(started.elapsed());
                             if let Some(key) = req.doc {
-                                ctx.search.record(&ctx, key, &view);
+                                // A failure here must not lose the view: the job waits
+                                // for it.
+                                let recorded =
+                                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                        ctx.search.record(&ctx, key, &view)
+                                    }));
+                                if recorded.is_err() {
+                                    tracing::error!("reading a view for SEARCH failed");
+                                }
                             }
                             (req.job, req.uid, req.raw, view)
                         })

@@ -21,6 +21,36 @@ use super::header::{address_form, decode_words, header_end, split_fields};
 /// (Dovecot, which has no such bound, would find it).
 pub const BODY_TEXT_LIMIT: usize = 2 * 1024 * 1024;
 
+/// Header fields read of one message, and bytes read of each field's value.
+const MAX_FIELDS: usize = 1000;
+const FIELD_LIMIT: usize = 16 * 1024;
+/// Parts of type `multipart/*` or `message/*` a message may have to be parsed by parts
+/// (the depth sealpost's own MIME parser goes to, `mime::view`).
+const MAX_NESTED: usize = 64;
+
+/// Whether `message` has at most [`MAX_NESTED`] multipart and message parts, counted from
+/// its Content-Type fields (every level of nesting needs one), so that parsing it cannot
+/// recurse deeper.
+fn nesting_bounded(message: &[u8]) -> bool {
+    let lower = message.to_ascii_lowercase();
+    let mut nested = 0;
+    for at in memchr::memmem::find_iter(&lower, b"content-type:") {
+        let rest = &lower[at + b"content-type:".len()..];
+        let start = rest
+            .iter()
+            .position(|b| !b.is_ascii_whitespace())
+            .unwrap_or(rest.len());
+        let value = &rest[start..];
+        if value.starts_with(b"multipart/") || value.starts_with(b"message/") {
+            nested += 1;
+            if nested > MAX_NESTED {
+                return false;
+            }
+        }
+    }
+    true
+}
+
 /// The address fields whose search keys (`FROM`, `TO`, `CC`, `BCC`) Dovecot matches against
 /// the parsed and rewritten address list rather than the field's text.
 const ADDRESS_FIELDS: [&str; 4] = ["From", "To", "Cc", "Bcc"];
@@ -119,19 +149,23 @@ impl Doc {
         })
     }
 
-    /// Bytes this Doc holds, its folded forms included once worked out.
+    /// Bytes this Doc holds, its folded forms included (worked out here if they were not:
+    /// folding can make text many times longer, so the real length is counted).
     pub fn cost(&self) -> usize {
-        let own = self.body.len()
+        let pairs =
+            |v: &[(String, String)]| v.iter().map(|(n, v)| n.len() + v.len() + 48).sum::<usize>();
+        let strings = |v: &[String]| v.iter().map(|s| s.len() + 24).sum::<usize>();
+        let f = self.folded();
+        self.body.len()
             + self.part_headers.len()
-            + self
-                .fields
-                .iter()
-                .chain(&self.addresses)
-                .map(|(n, v)| n.len() + v.len() + 48)
-                .sum::<usize>()
-            + 160;
-        // The folded forms are about as large again.
-        own * 2
+            + pairs(&self.fields)
+            + pairs(&self.addresses)
+            + f.body.len()
+            + f.part_headers.len()
+            + strings(&f.fields)
+            + strings(&f.text_fields)
+            + strings(&f.addresses)
+            + 256
     }
 }
 
@@ -163,21 +197,30 @@ impl Doc {
             ..Doc::default()
         };
         let mut date_seen = false;
-        for field in &top {
+        for field in top.iter().take(MAX_FIELDS) {
             let name = String::from_utf8_lossy(field.name).into_owned();
+            // Anyone can write a field (inside the encryption no MTA bounds it): the work
+            // on each is bounded by its length.
+            let value = &field.value[..field.value.len().min(FIELD_LIMIT)];
             if ADDRESS_FIELDS.iter().any(|a| a.eq_ignore_ascii_case(&name)) {
-                doc.addresses
-                    .push((name.clone(), address_form(&field.value)));
+                doc.addresses.push((name.clone(), address_form(value)));
             }
             if !date_seen && name.eq_ignore_ascii_case("Date") {
                 date_seen = true;
                 // Only the first Date field counts (Dovecot's `mail_get_first_header`).
-                doc.sent = sent_date(&field.value);
+                doc.sent = sent_date(value);
             }
-            doc.fields.push((name, decode_words(&field.value)));
+            doc.fields.push((name, decode_words(value)));
         }
         let mut body = BodyText::default();
-        match MessageParser::new().with_mime_headers().parse(message) {
+        let parsed = if nesting_bounded(message) {
+            MessageParser::new().with_mime_headers().parse(message)
+        } else {
+            // mail-parser recurses once per level and so does dropping its tree: mail
+            // nested deeper than sealpost's views go is read as text.
+            None
+        };
+        match parsed {
             Some(parsed) => read_parts(&parsed, true, &mut body, &mut doc.part_headers),
             None => body.push(&String::from_utf8_lossy(&message[top_end..])),
         }
@@ -417,6 +460,44 @@ fn text_matches(doc: &Doc, needle: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by an attacking review: 200,000 nested message/rfc822 parts overflowed the
+    /// stack of the thread building the Doc (mail-parser recursion), which aborts the
+    /// process.
+    #[test]
+    fn deeply_nested_mail_does_not_overflow_the_stack() {
+        let mut m =
+            b"Subject: deep\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\nouter words\r\n--b\r\n".to_vec();
+        for _ in 0..200_000 {
+            m.extend_from_slice(b"Content-Type: message/rfc822\r\n\r\n");
+        }
+        m.extend_from_slice(b"innermost words\r\n");
+        let len = m.len();
+        let built = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || Doc::from_message(&m))
+            .unwrap()
+            .join()
+            .expect("no stack overflow");
+        assert_eq!(built.size as usize, len);
+        // Read as text (up to the body bound).
+        assert!(built.body.contains("outer words"));
+    }
+
+    /// Found by an attacking review: a To of thousands of quoted names took time
+    /// quadratic in its length; a field is read up to its first 16 KiB.
+    #[test]
+    fn huge_fields_are_read_to_a_bound() {
+        let to = (0..8000)
+            .map(|i| format!("\"n{i}\" <u{i}@x.example>"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let msg = format!("To: {to}\r\nSubject: hello\r\n\r\nbody\r\n");
+        let doc = Doc::from_message(msg.as_bytes());
+        let (_, to) = doc.addresses.iter().find(|(n, _)| n == "To").unwrap();
+        assert!(to.len() <= 2 * FIELD_LIMIT, "{}", to.len());
+        assert!(Leaf::Header("To".into(), "u1@x".into()).matches(&doc));
+    }
 
     fn crlf(text: &str) -> Vec<u8> {
         text.replace('\n', "\r\n").into_bytes()

@@ -9,6 +9,7 @@ pub mod framer;
 pub mod progress;
 pub mod seal;
 pub mod search;
+pub mod search_eval;
 pub mod search_state;
 pub mod server;
 pub mod session;

@@ -1,9 +1,10 @@
-//! SEARCH and UID SEARCH in a mailbox that holds encrypted mail (DESIGN.md, "Search").
+//! SEARCH, UID SEARCH and SORT in a mailbox that holds encrypted mail (DESIGN.md,
+//! "Search").
 //!
 //! Upstream judges what it stores; for an encrypted message that is ciphertext and an
 //! outer header with `Subject: ...`. So a search whose criteria read content (`BODY`,
 //! `TEXT`, `HEADER`, `SUBJECT`, `FROM`, `TO`, `CC`, `BCC`, `LARGER`, `SMALLER`,
-//! `SENT*`) runs as a job of upstream commands under tags of our own:
+//! `SENT*`), and every SORT, runs as a job of upstream commands under tags of our own:
 //!
 //! 1. *new*: `UID SEARCH UID n+1:*`, the UIDs that arrived since this mailbox was last
 //!    classified (`n`: the highest UID classified, kept per mailbox and UIDVALIDITY);
@@ -12,18 +13,25 @@
 //!    "multipart/encrypted" HEADER Sealpost-Decrypted "" BODY "-----BEGIN PGP
 //!    MESSAGE-----"`; together with the earlier answers this is `E`;
 //! 3. *download*: `UID FETCH <batch> (UID BODY.PEEK[])` for the messages of `E` whose
-//!    [`Doc`] is not known yet; each view is built off the protocol task and read into a
-//!    [`Doc`];
-//! 4. *final*: the client's own command under the client's tag, with each content
-//!    criterion `C` replaced by `OR (NOT UID E C) UID M`, where `M` are the messages of
-//!    `E` whose [`Doc`] matches `C`. Upstream thus judges `C` for plain messages and
-//!    everything else (flags, dates, sets, `*`, MODSEQ, `RETURN` options) for all of
-//!    them, and its answer goes to the client as it comes.
+//!    [`Doc`] is neither in memory nor in the index; each view is built off the protocol
+//!    task; every content criterion is judged on each message of `E`;
+//! 4. *state*: `UID FETCH E (UID FLAGS INTERNALDATE [MODSEQ])`, and `UID SEARCH ALL` when
+//!    the criteria use `*`: the criteria are judged whole here for `E`
+//!    ([`super::search_eval`]);
+//! 5. *plain*: `[UID] SEARCH [CHARSET c] NOT UID E <criteria>` for the other messages
+//!    (without the exclusion when it would be long, the answer then filtered here).
+//!
+//! The answer (`* SEARCH`, or `* ESEARCH` for `RETURN (MIN MAX ALL COUNT)`, RFC 4731) is
+//! the union, made here. Upstream learns the search terms, as it would without sealpost,
+//! and which messages are encrypted, which it stores; it is never told which encrypted
+//! message matched what. A SORT then fetches what its plain messages sort by and
+//! orders them with the encrypted ones' keys from their views ([`super::sort`]).
 //!
 //! The client's commands wait meanwhile, as they do for a FETCH job.
 
 use super::fetch::{format_set, DecryptRequest, Job, JobOutput, Selected};
 use super::framer::Frame;
+use super::search_eval::{answer, holds, uses_modseq, uses_star, MsgState, Stars};
 use super::search_state::{lasting, Classified, MailboxKey};
 use super::sort::{self, SortFields, SortKeys};
 use super::ImapContext;
@@ -248,61 +256,10 @@ fn uid_key(subset: &BTreeSet<u32>, all: &BTreeSet<u32>) -> Option<SearchKey<'sta
     Some(SearchKey::Uid(SequenceSet(Vec1::try_from(parts).ok()?)))
 }
 
-/// `criteria` with each content criterion `C` replaced by `OR (NOT UID E C) UID M`, where
-/// `matched(C)` is `M`. `local` is `criteria` with needles in UTF-8 (the same shape).
-fn rewrite(
-    criteria: &[SearchKey<'static>],
-    local: &[SearchKey<'static>],
-    encrypted: &BTreeSet<u32>,
-    all: &BTreeSet<u32>,
-    matched: &dyn Fn(&Leaf) -> BTreeSet<u32>,
-) -> Vec<SearchKey<'static>> {
-    fn one(
-        key: &SearchKey<'static>,
-        local: &SearchKey<'static>,
-        encrypted: &BTreeSet<u32>,
-        all: &BTreeSet<u32>,
-        matched: &dyn Fn(&Leaf) -> BTreeSet<u32>,
-    ) -> SearchKey<'static> {
-        if let Some(leaf) = Leaf::from_key(local) {
-            let Some(not_encrypted) = uid_key(encrypted, all) else {
-                return key.clone();
-            };
-            let plain = SearchKey::And(
-                Vec1::try_from(vec![SearchKey::Not(Box::new(not_encrypted)), key.clone()])
-                    .expect("two keys"),
-            );
-            return match uid_key(&matched(&leaf), all) {
-                Some(found) => SearchKey::Or(Box::new(plain), Box::new(found)),
-                None => plain,
-            };
-        }
-        let rec =
-            |k: &SearchKey<'static>, l: &SearchKey<'static>| one(k, l, encrypted, all, matched);
-        match (key, local) {
-            (SearchKey::And(keys), SearchKey::And(locals)) => SearchKey::And(
-                Vec1::try_from(
-                    keys.as_ref()
-                        .iter()
-                        .zip(locals.as_ref())
-                        .map(|(k, l)| rec(k, l))
-                        .collect::<Vec<_>>(),
-                )
-                .expect("non-empty"),
-            ),
-            (SearchKey::Not(k), SearchKey::Not(l)) => SearchKey::Not(Box::new(rec(k, l))),
-            (SearchKey::Or(a, b), SearchKey::Or(la, lb)) => {
-                SearchKey::Or(Box::new(rec(a, la)), Box::new(rec(b, lb)))
-            }
-            _ => key.clone(),
-        }
-    }
-    criteria
-        .iter()
-        .zip(local)
-        .map(|(k, l)| one(k, l, encrypted, all, matched))
-        .collect()
-}
+/// Longest `NOT UID <encrypted>` sent with the plain step; beyond it the criteria go up
+/// alone and the encrypted messages are taken out of the answer here (a provider's line
+/// length, Dovecot's 64 KiB by default, must not be reached).
+const MAX_EXCLUSION: usize = 16 * 1024;
 
 /// Where the job is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -310,11 +267,14 @@ enum Step {
     New,
     Classify,
     Download,
-    /// The client's SEARCH, rewritten; its answer goes to the client.
-    Final,
-    /// A SORT's messages: sealpost's UID SEARCH with the rewritten criteria.
-    SortSearch,
-    /// What they sort by: `UID FETCH … (INTERNALDATE RFC822.SIZE BODY.PEEK[HEADER.FIELDS …])`.
+    /// `UID FETCH <encrypted> (UID FLAGS INTERNALDATE [MODSEQ])`.
+    State,
+    /// `UID SEARCH ALL`: what `*` stands for, when the criteria use it.
+    Count,
+    /// The criteria for plain mail: `[UID] SEARCH [CHARSET c] [NOT UID <encrypted>] …`.
+    Plain,
+    /// What a SORT's plain messages sort by: `UID FETCH … (INTERNALDATE RFC822.SIZE
+    /// BODY.PEEK[HEADER.FIELDS …])`.
     SortFetch,
 }
 
@@ -329,8 +289,9 @@ pub struct SearchJob {
     step: Step,
     /// What this mailbox was known as when the job began.
     known: Classified,
-    /// UIDs of the last SEARCH of ours.
+    /// Numbers of the last SEARCH of ours, and the MODSEQ it reported.
     found: Vec<u32>,
+    found_modseq: Option<u64>,
     new: Vec<u32>,
     /// The content criteria judged here (`local`'s), and for each the encrypted
     /// messages that match it.
@@ -346,17 +307,25 @@ pub struct SearchJob {
     decrypting: HashSet<u32>,
     /// The tagged reply to the current download came.
     downloaded: bool,
-    /// The final command's literals and what follows each, sent one per upstream `+`.
+    /// The plain step's literals and what follows each, sent one per upstream `+`.
     rest: VecDeque<Vec<u8>>,
     /// Most plaintext bytes a view may have (`max_message_size`).
     max_view: usize,
     /// Views built by this job.
     decrypted: usize,
-    /// When the job started, and when its final command went up.
+    /// When the job started, and when its plain step went up.
     started: Option<std::time::Instant>,
     final_sent: Option<std::time::Instant>,
-    /// A SORT's messages and what they sort by.
+    /// The encrypted messages as upstream reports them now, by UID.
+    states: HashMap<u32, MsgState>,
+    stars: Stars,
+    /// The plain step's answer in the client's numbering.
+    plain: BTreeSet<u32>,
+    /// The plain step asked without `NOT UID <encrypted>`: its answer still lists them.
+    unrestricted: bool,
+    /// A SORT's plain messages, and the keys of all its messages.
     sort_set: BTreeSet<u32>,
+    sort_seen: HashSet<u32>,
     sort_keys: Vec<SortKeys>,
 }
 
@@ -389,6 +358,7 @@ impl SearchJob {
             step: Step::New,
             known: Classified::default(),
             found: Vec::new(),
+            found_modseq: None,
             new: Vec::new(),
             matches: vec![BTreeSet::new(); leaves.len()],
             leaves,
@@ -402,7 +372,12 @@ impl SearchJob {
             decrypted: 0,
             started: None,
             final_sent: None,
+            states: HashMap::new(),
+            stars: Stars::default(),
+            plain: BTreeSet::new(),
+            unrestricted: false,
             sort_set: BTreeSet::new(),
+            sort_seen: HashSet::new(),
             sort_keys: Vec::new(),
         }))
     }
@@ -436,7 +411,7 @@ impl SearchJob {
         )
     }
 
-    /// Logs how long the job took, and how much of it was upstream's final answer.
+    /// Logs how long the job took, and how much of it was upstream's plain step.
     fn log_done(&self) {
         let ms = |t: Option<std::time::Instant>| t.map_or(0, |t| t.elapsed().as_millis());
         tracing::info!(
@@ -510,7 +485,11 @@ impl SearchJob {
 
     fn next_download(&mut self, ctx: &ImapContext) -> (Vec<JobOutput>, bool) {
         if self.to_download.is_empty() {
-            return self.finale(ctx);
+            if self.decrypted > 0 {
+                // What was read of them survives a restart.
+                ctx.search.commit(ctx, &self.selected);
+            }
+            return self.fetch_state();
         }
         let n = self.to_download.len().min(DOWNLOAD_BATCH);
         let batch: Vec<u32> = self.to_download.drain(..n).collect();
@@ -523,46 +502,71 @@ impl SearchJob {
         )
     }
 
-    /// The client's SEARCH, rewritten, under the client's tag; for a SORT, sealpost's
-    /// own UID SEARCH with the rewritten criteria (the order is made here).
-    fn finale(&mut self, ctx: &ImapContext) -> (Vec<JobOutput>, bool) {
-        if self.decrypted > 0 {
-            // What was read of them survives a restart.
-            ctx.search.commit(ctx, &self.selected);
+    /// Every Doc is judged: what upstream knows of the encrypted messages (the criteria
+    /// are judged whole here for them).
+    fn fetch_state(&mut self) -> (Vec<JobOutput>, bool) {
+        if self.known.encrypted.is_empty() {
+            return self.count();
         }
-        let encrypted = &self.known.encrypted;
-        let (leaves, matches) = (&self.leaves, &self.matches);
-        let matched = |leaf: &Leaf| -> BTreeSet<u32> {
-            leaves
-                .iter()
-                .position(|l| l == leaf)
-                .map(|i| matches[i].clone())
-                .unwrap_or_default()
+        self.step = Step::State;
+        let set = self.encrypted_set();
+        let modseq = if uses_modseq(self.request.criteria.as_ref()) {
+            " MODSEQ"
+        } else {
+            ""
         };
-        let criteria = rewrite(
-            self.request.criteria.as_ref(),
-            self.local.as_ref(),
-            encrypted,
-            &self.known.all,
-            &matched,
-        );
+        (
+            vec![self.command(format!("UID FETCH {set} (UID FLAGS INTERNALDATE{modseq})"))],
+            false,
+        )
+    }
+
+    fn encrypted_set(&self) -> String {
+        let parts: Vec<String> = ranges(&self.known.encrypted, &self.known.all)
+            .into_iter()
+            .map(|(a, b)| {
+                if a == b {
+                    a.to_string()
+                } else {
+                    format!("{a}:{b}")
+                }
+            })
+            .collect();
+        parts.join(",")
+    }
+
+    /// What `*` stands for, when the criteria use it and encrypted mail is judged here.
+    fn count(&mut self) -> (Vec<JobOutput>, bool) {
+        if self.states.is_empty() || !uses_star(self.request.criteria.as_ref()) {
+            return self.plain_step();
+        }
+        self.step = Step::Count;
+        (vec![self.command("UID SEARCH ALL".into())], false)
+    }
+
+    /// The client's criteria for the plain messages, under a tag of sealpost's: upstream
+    /// is never told which encrypted message matched what.
+    fn plain_step(&mut self) -> (Vec<JobOutput>, bool) {
+        self.step = Step::Plain;
+        // A SORT needs UIDs (for the sort keys); a SEARCH answers in the client's numbering.
+        let uid = self.request.uid || self.request.sort.is_some();
+        let mut criteria: Vec<SearchKey<'static>> = Vec::new();
+        self.unrestricted = false;
+        if let Some(exclusion) = uid_key(&self.known.encrypted, &self.known.all) {
+            if self.encrypted_set().len() <= MAX_EXCLUSION {
+                criteria.push(SearchKey::Not(Box::new(exclusion)));
+            } else {
+                self.unrestricted = true;
+            }
+        }
+        criteria.extend(self.request.criteria.as_ref().iter().cloned());
         let Ok(criteria) = Vec1::try_from(criteria) else {
             return self.fail("empty criteria");
         };
-        let (tag, uid, options) = if self.request.sort.is_some() {
-            self.step = Step::SortSearch;
-            self.tag_seq += 1;
-            (format!("{}{}", self.prefix, self.tag_seq), true, None)
-        } else {
-            self.step = Step::Final;
-            (
-                self.request.tag.clone(),
-                self.request.uid,
-                self.request.return_options.clone(),
-            )
-        };
+        self.tag_seq += 1;
+        let tag = format!("{}{}", self.prefix, self.tag_seq);
         self.tag = tag.clone();
-        let Ok(imap_tag) = imap_types::core::Tag::try_from(tag.clone()) else {
+        let Ok(imap_tag) = imap_types::core::Tag::try_from(tag) else {
             return self.fail("tag");
         };
         let command = Command {
@@ -591,26 +595,83 @@ impl SearchJob {
         // Each piece after the first is a literal's data and the text after it, up to
         // the next literal's announcement or the line end.
         let mut chunks: VecDeque<Vec<u8>> = pieces.into();
-        let mut first = chunks.pop_front().unwrap_or_default();
-        if let Some(options) = options {
-            // `tag [UID ]SEARCH ` + options.
-            let head = format!("{tag} {}SEARCH ", if uid { "UID " } else { "" });
-            if first.starts_with(head.as_bytes()) {
-                let mut line = head.clone().into_bytes();
-                line.extend_from_slice(options.as_bytes());
-                line.push(b' ');
-                line.extend_from_slice(&first[head.len()..]);
-                first = line;
-            }
-        }
+        let first = chunks.pop_front().unwrap_or_default();
         self.rest = chunks;
         self.final_sent = Some(std::time::Instant::now());
         (vec![JobOutput::Upstream(first)], false)
     }
 
-    /// The SORT's messages are known: fetch what they sort by.
-    fn fetch_sort_keys(&mut self) -> (Vec<JobOutput>, bool) {
-        self.sort_set = self.found.drain(..).collect();
+    /// The plain answer is in: the encrypted messages judged here join it.
+    fn merge(&mut self) -> (Vec<JobOutput>, bool) {
+        let uid = self.request.uid || self.request.sort.is_some();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let mut found = std::mem::take(&mut self.plain);
+        if self.unrestricted {
+            // Upstream judged the ciphertext of these: their verdict is made here.
+            for st in self.states.values() {
+                found.remove(&if uid { st.uid } else { st.seq });
+            }
+        }
+        let mut modseq = self.found_modseq;
+        let (leaves, matches) = (&self.leaves, &self.matches);
+        let mut states: Vec<&MsgState> = self.states.values().collect();
+        states.sort_by_key(|s| s.uid);
+        for st in states {
+            let content = |leaf: &Leaf| {
+                leaves
+                    .iter()
+                    .position(|l| l == leaf)
+                    .is_some_and(|i| matches[i].contains(&st.uid))
+            };
+            let all = self
+                .local
+                .as_ref()
+                .iter()
+                .all(|k| holds(k, st, self.stars, now, &content));
+            if all {
+                found.insert(if uid { st.uid } else { st.seq });
+                if let Some(m) = st.modseq {
+                    modseq = Some(modseq.map_or(m, |x| x.max(m)));
+                }
+            }
+        }
+        if self.request.sort.is_some() {
+            return self.fetch_sort_keys(found);
+        }
+        self.log_done();
+        let modseq = modseq.filter(|_| uses_modseq(self.request.criteria.as_ref()));
+        (
+            vec![JobOutput::Client(answer(
+                &self.request.tag,
+                self.request.uid,
+                self.request.return_options.as_deref(),
+                &found,
+                modseq,
+            ))],
+            true,
+        )
+    }
+
+    /// The SORT's messages are known: fetch what the plain ones sort by (the encrypted
+    /// ones' keys come from their views and their state).
+    fn fetch_sort_keys(&mut self, found: BTreeSet<u32>) -> (Vec<JobOutput>, bool) {
+        for uid in &found {
+            if let (Some(st), Some(fields)) = (self.states.get(uid), self.sort_fields.get(uid)) {
+                self.sort_keys.push(SortKeys::new(
+                    fields.clone(),
+                    st.internal.timestamp(),
+                    st.seq,
+                    st.uid,
+                ));
+                self.sort_seen.insert(*uid);
+            }
+        }
+        self.sort_set = found
+            .into_iter()
+            .filter(|u| !self.sort_seen.contains(u))
+            .collect();
         if self.sort_set.is_empty() {
             return self.sorted();
         }
@@ -646,8 +707,24 @@ impl SearchJob {
         )
     }
 
-    /// One message's sort keys, from a FETCH response of [`Step::SortFetch`]: its view's
-    /// header and size when it is shown through one.
+    /// An EXPUNGE relayed to the client during the job: the numbers kept shift as the
+    /// client's do (RFC 3501 §7.4.1).
+    fn expunged(&mut self, seq: u32) {
+        self.states.retain(|_, st| st.seq != seq);
+        for st in self.states.values_mut() {
+            if st.seq > seq {
+                st.seq -= 1;
+            }
+        }
+        self.sort_keys.retain(|k| k.seq != seq);
+        for k in self.sort_keys.iter_mut() {
+            if k.seq > seq {
+                k.seq -= 1;
+            }
+        }
+    }
+
+    /// A SORT's plain message's keys, from a FETCH response of [`Step::SortFetch`].
     fn sort_keys_of(
         &self,
         seq: u32,
@@ -679,9 +756,6 @@ impl SearchJob {
         if !self.sort_set.contains(&uid) {
             return None;
         }
-        if let Some(fields) = self.sort_fields.get(&uid) {
-            return Some(SortKeys::new(fields.clone(), arrival, seq, uid));
-        }
         let size = items
             .iter()
             .find_map(|i| match i {
@@ -712,8 +786,8 @@ impl Job for SearchJob {
         complete: bool,
         ctx: &ImapContext,
     ) -> (Vec<JobOutput>, bool) {
-        // A `+` asks for the next literal of the rewritten command.
-        if matches!(self.step, Step::Final | Step::SortSearch) {
+        // A `+` asks for the next literal of the plain step's command.
+        if self.step == Step::Plain {
             if let Frame::Line { bytes, first, .. } = frame {
                 if *first && bytes.starts_with(b"+") {
                     return match self.rest.pop_front() {
@@ -722,19 +796,6 @@ impl Job for SearchJob {
                     };
                 }
             }
-        }
-        if self.step == Step::Final {
-            // Upstream's answer streams to the client.
-            if let Frame::Line { bytes, first, .. } = frame {
-                if *first && tagged_by(bytes, &self.tag) {
-                    return (vec![JobOutput::Client(bytes.clone())], complete);
-                }
-            }
-            let bytes = match frame {
-                Frame::Line { bytes, .. } | Frame::Literal { bytes, .. } => bytes.clone(),
-                Frame::Overlong { .. } => Vec::new(),
-            };
-            return (vec![JobOutput::Client(bytes)], false);
         }
         if !complete {
             return (Vec::new(), false);
@@ -748,6 +809,11 @@ impl Job for SearchJob {
         }
         if let Some(out) = self.consume(message) {
             return (out, false);
+        }
+        if let Ok((_, Response::Data(Data::Expunge(seq)))) =
+            ResponseCodec::default().decode(message)
+        {
+            self.expunged(seq.get());
         }
         (vec![JobOutput::Client(message.to_vec())], false)
     }
@@ -784,35 +850,39 @@ impl Job for SearchJob {
 impl SearchJob {
     /// An untagged response: ours to use (Some) or the client's (None).
     fn consume(&mut self, message: &[u8]) -> Option<Vec<JobOutput>> {
-        match self.step {
-            Step::New | Step::Classify | Step::SortSearch => {
-                let found = match ResponseCodec::default().decode(message) {
-                    Ok((_, Response::Data(Data::Search(found, ..)))) => found,
-                    _ if message.len() >= 8 && message[..8].eq_ignore_ascii_case(b"* SEARCH") => {
-                        // Ours, and undecodable: it cannot be trusted to list anything.
-                        self.found.clear();
-                        return Some(Vec::new());
-                    }
-                    _ => return None,
-                };
-                self.found = found.iter().map(|n| n.get()).collect();
-                Some(Vec::new())
-            }
-            Step::Download => {
-                if !message.starts_with(b"* ") {
-                    return None;
+        use imap_types::fetch::MessageDataItem;
+        if matches!(
+            self.step,
+            Step::New | Step::Classify | Step::Count | Step::Plain
+        ) {
+            let (found, modseq) = match ResponseCodec::default().decode(message) {
+                Ok((_, Response::Data(Data::Search(found, modseq)))) => (found, modseq),
+                _ if message.len() >= 8 && message[..8].eq_ignore_ascii_case(b"* SEARCH") => {
+                    // Ours, and undecodable: it cannot be trusted to list anything.
+                    self.found.clear();
+                    return Some(Vec::new());
                 }
-                let Ok((_, Response::Data(Data::Fetch { items, .. }))) =
-                    ResponseCodec::default().decode(message)
-                else {
-                    return None;
-                };
-                use imap_types::fetch::MessageDataItem;
-                let items = items.into_inner();
-                let uid = items.iter().find_map(|i| match i {
-                    MessageDataItem::Uid(u) => Some(u.get()),
-                    _ => None,
-                })?;
+                _ => return None,
+            };
+            self.found = found.iter().map(|n| n.get()).collect();
+            self.found_modseq = modseq.map(|m| m.get());
+            return Some(Vec::new());
+        }
+        if !message.starts_with(b"* ") {
+            return None;
+        }
+        let Ok((_, Response::Data(Data::Fetch { seq, items }))) =
+            ResponseCodec::default().decode(message)
+        else {
+            return None;
+        };
+        let items = items.into_inner();
+        let uid = items.iter().find_map(|i| match i {
+            MessageDataItem::Uid(u) => Some(u.get()),
+            _ => None,
+        })?;
+        match self.step {
+            Step::Download => {
                 let raw = items.iter().find_map(|i| match i {
                     MessageDataItem::BodyExt {
                         section: None,
@@ -839,22 +909,54 @@ impl SearchJob {
                     doc: Some(self.selected.key(uid)),
                 })])
             }
-            Step::SortFetch => {
-                if !message.starts_with(b"* ") {
+            Step::State => {
+                // Ours only with the items asked for (an unsolicited FLAGS update is the
+                // client's).
+                let internal = items.iter().find_map(|i| match i {
+                    MessageDataItem::InternalDate(d) => Some(*d.as_ref()),
+                    _ => None,
+                })?;
+                if !self.known.encrypted.contains(&uid) {
                     return None;
                 }
-                let Ok((_, Response::Data(Data::Fetch { seq, items }))) =
-                    ResponseCodec::default().decode(message)
-                else {
-                    return None;
-                };
-                let keys = self.sort_keys_of(seq.get(), items.as_ref())?;
-                if !self.sort_keys.iter().any(|k| k.uid == keys.uid) {
+                let flags = items
+                    .iter()
+                    .find_map(|i| match i {
+                        MessageDataItem::Flags(f) => Some(
+                            f.iter()
+                                .map(|f| match f {
+                                    imap_types::flag::FlagFetch::Flag(f) => f.to_string(),
+                                    imap_types::flag::FlagFetch::Recent => "\\Recent".into(),
+                                })
+                                .collect::<Vec<_>>(),
+                        ),
+                        _ => None,
+                    })
+                    .unwrap_or_default();
+                let modseq = items.iter().find_map(|i| match i {
+                    MessageDataItem::ModSeq(m) => Some(m.get()),
+                    _ => None,
+                });
+                self.states.insert(
+                    uid,
+                    MsgState {
+                        seq: seq.get(),
+                        uid,
+                        flags,
+                        internal,
+                        modseq,
+                    },
+                );
+                Some(Vec::new())
+            }
+            Step::SortFetch => {
+                let keys = self.sort_keys_of(seq.get(), &items)?;
+                if self.sort_seen.insert(keys.uid) {
                     self.sort_keys.push(keys);
                 }
                 Some(Vec::new())
             }
-            Step::Final => None,
+            _ => None,
         }
     }
 
@@ -906,11 +1008,18 @@ impl SearchJob {
                 }
                 (Vec::new(), false)
             }
-            Step::Final => {
-                self.log_done();
-                (vec![JobOutput::Client(message.to_vec())], true)
+            Step::State => self.count(),
+            Step::Count => {
+                self.stars = Stars {
+                    messages: self.found.len() as u32,
+                    max_uid: self.found.iter().copied().max().unwrap_or(0),
+                };
+                self.plain_step()
             }
-            Step::SortSearch => self.fetch_sort_keys(),
+            Step::Plain => {
+                self.plain = self.found.drain(..).collect();
+                self.merge()
+            }
             Step::SortFetch => self.sorted(),
         }
     }

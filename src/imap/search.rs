@@ -50,6 +50,8 @@ use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
+/// Distinct content criteria in one search.
+const MAX_LEAVES: usize = 64;
 /// Docs read from the index at once.
 const INDEX_READ: usize = 512;
 /// Messages downloaded per upstream FETCH while building Docs.
@@ -119,11 +121,13 @@ fn strip_return(message: &[u8]) -> Option<(Vec<u8>, Option<String>)> {
     let open = at + b"RETURN ".len();
     let close = open + memchr::memchr(b')', &message[open..])?;
     let options = std::str::from_utf8(&message[open..=close]).ok()?;
-    // Options are atoms, numbers and ranges (MIN MAX ALL COUNT SAVE, PARTIAL 1:100).
-    if !options[1..options.len() - 1]
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b" :-,".contains(&b))
-    {
+    // Only the options whose answer sealpost makes itself (RFC 4731): SAVE (RFC 5182),
+    // UPDATE and CONTEXT (RFC 5267) would have upstream judge ciphertext later on.
+    if !options[1..options.len() - 1].split_whitespace().all(|o| {
+        ["MIN", "MAX", "ALL", "COUNT"]
+            .iter()
+            .any(|k| k.eq_ignore_ascii_case(o))
+    }) {
         return None;
     }
     let mut rest = message[..at].to_vec();
@@ -348,6 +352,13 @@ impl SearchJob {
             ));
         };
         let leaves = content_leaves(local.as_ref());
+        if leaves.len() > MAX_LEAVES {
+            // Each is judged on every encrypted message of the mailbox.
+            return Err(format!(
+                "{} NO [LIMIT] sealpost judges at most {MAX_LEAVES} content criteria in one search\r\n",
+                request.tag
+            ));
+        }
         Ok(Some(SearchJob {
             request,
             local,
@@ -1056,7 +1067,13 @@ mod tests {
         let (rest, options) = strip_return(b"a SEARCH BODY x\r\n").unwrap();
         assert_eq!(rest, b"a SEARCH BODY x\r\n");
         assert_eq!(options, None);
-        // Anything but options inside the parentheses is not taken apart.
+        // Anything but options inside the parentheses is not taken apart, and only the
+        // options sealpost answers itself are taken (found by an attacking review:
+        // UPDATE would have upstream judge new ciphertext later).
         assert!(strip_return(b"a SEARCH RETURN (\"x\") BODY x\r\n").is_none());
+        for refused in ["SAVE", "UPDATE", "CONTEXT", "PARTIAL 1:10"] {
+            let line = format!("a SEARCH RETURN (MIN {refused}) BODY x\r\n");
+            assert!(strip_return(line.as_bytes()).is_none(), "{refused}");
+        }
     }
 }

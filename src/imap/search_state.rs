@@ -8,7 +8,7 @@ use super::ImapContext;
 use crate::pgp::View;
 use crate::search::{Doc, SearchIndex};
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -54,13 +54,21 @@ struct DocCache {
     max_bytes: usize,
 }
 
-/// The persistent indexes, one per (account, identity), opened on first use.
+/// The persistent indexes, one per (account, identity), opened on first use; at most
+/// [`OPEN_INDEXES`] stay open (each holds its files decrypted in memory, a writer and
+/// its threads), the least recently used closing first.
 struct Indexes {
     dir: PathBuf,
     max_bytes: u64,
-    /// `None`: it could not be opened (logged once); SEARCH decrypts instead.
-    open: Mutex<HashMap<String, Option<Arc<SearchIndex>>>>,
+    /// Each opened once, outside the map's lock (opening reads and decrypts the whole
+    /// index); `None`: it could not be opened (logged once); SEARCH decrypts instead.
+    open: Mutex<lru::LruCache<String, Arc<OnceIndex>>>,
 }
+
+type OnceIndex = std::sync::OnceLock<Option<Arc<SearchIndex>>>;
+
+/// Search indexes open at once, process-wide.
+const OPEN_INDEXES: usize = 32;
 
 impl Default for SearchState {
     fn default() -> SearchState {
@@ -90,7 +98,9 @@ impl SearchState {
             indexes: Some(Indexes {
                 dir,
                 max_bytes,
-                open: Mutex::new(HashMap::new()),
+                open: Mutex::new(lru::LruCache::new(
+                    std::num::NonZeroUsize::new(OPEN_INDEXES).expect("non-zero"),
+                )),
             }),
             ..SearchState::default()
         }
@@ -114,26 +124,32 @@ impl SearchState {
     fn index(&self, ctx: &ImapContext, account: &str, identity: &str) -> Option<Arc<SearchIndex>> {
         let indexes = self.indexes.as_ref()?;
         let name = format!("{account}\0{}", crate::keys::normalize_address(identity));
-        let mut open = indexes.open.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(known) = open.get(&name) {
-            return known.clone();
-        }
-        // The folder name tells nothing of the address.
-        let digest = Sha256::digest(name.as_bytes());
-        let folder: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
-        let dir = indexes.dir.join(folder);
-        let opened = match ctx.loaded_identity(identity) {
-            Some(id) => match SearchIndex::open(&dir, &id, indexes.max_bytes) {
+        let cell = {
+            let mut open = indexes.open.lock().unwrap_or_else(|e| e.into_inner());
+            match open.get(&name) {
+                Some(cell) => cell.clone(),
+                None => {
+                    let cell = Arc::new(OnceIndex::new());
+                    open.put(name.clone(), cell.clone());
+                    cell
+                }
+            }
+        };
+        cell.get_or_init(|| {
+            // The folder name tells nothing of the address.
+            let digest = Sha256::digest(name.as_bytes());
+            let folder: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+            let dir = indexes.dir.join(folder);
+            let id = ctx.loaded_identity(identity)?;
+            match SearchIndex::open(&dir, &id, indexes.max_bytes) {
                 Ok(index) => Some(Arc::new(index)),
                 Err(e) => {
                     tracing::warn!(identity, error = %crate::error_chain(&e), "search index unavailable; SEARCH decrypts instead");
                     None
                 }
-            },
-            None => None,
-        };
-        open.insert(name, opened.clone());
-        opened
+            }
+        })
+        .clone()
     }
 
     /// What SEARCH reads of a view just built: kept in memory and in the index. Called

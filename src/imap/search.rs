@@ -31,7 +31,7 @@
 
 use super::fetch::{format_set, DecryptRequest, Job, JobOutput, Selected};
 use super::framer::Frame;
-use super::search_eval::{answer, holds, uses_modseq, uses_star, MsgState, Stars};
+use super::search_eval::{answer, holds, uses_modseq, Facts, MsgState, Stars};
 use super::search_state::{lasting, Classified, MailboxKey};
 use super::sort::{self, SortFields, SortKeys};
 use super::ImapContext;
@@ -271,10 +271,9 @@ enum Step {
     New,
     Classify,
     Download,
-    /// `UID FETCH <encrypted> (UID FLAGS INTERNALDATE [MODSEQ])`.
+    /// `UID FETCH <encrypted> (UID FLAGS INTERNALDATE [MODSEQ])`, for the encrypted
+    /// messages whose verdict depends on it.
     State,
-    /// `UID SEARCH ALL`: what `*` stands for, when the criteria use it.
-    Count,
     /// The criteria for plain mail: `[UID] SEARCH [CHARSET c] [NOT UID <encrypted>] …`.
     Plain,
     /// What a SORT's plain messages sort by: `UID FETCH … (INTERNALDATE RFC822.SIZE
@@ -320,7 +319,12 @@ pub struct SearchJob {
     /// When the job started, and when its plain step went up.
     started: Option<std::time::Instant>,
     final_sent: Option<std::time::Instant>,
-    /// The encrypted messages as upstream reports them now, by UID.
+    /// Every UID of the mailbox now, ascending (so a message's sequence number is its
+    /// place here); EXPUNGEs during the job take theirs out.
+    existing: Vec<u32>,
+    /// The encrypted messages' verdicts decided without their state, and the state
+    /// upstream reports for the others (and, for a SORT, for all it found).
+    decided: HashMap<u32, bool>,
     states: HashMap<u32, MsgState>,
     stars: Stars,
     /// The plain step's answer in the client's numbering.
@@ -383,6 +387,8 @@ impl SearchJob {
             decrypted: 0,
             started: None,
             final_sent: None,
+            existing: Vec::new(),
+            decided: HashMap::new(),
             states: HashMap::new(),
             stars: Stars::default(),
             plain: BTreeSet::new(),
@@ -513,14 +519,72 @@ impl SearchJob {
         )
     }
 
-    /// Every Doc is judged: what upstream knows of the encrypted messages (the criteria
-    /// are judged whole here for them).
+    /// A message's sequence number now (its place among the mailbox's UIDs).
+    fn seq_of(&self, uid: u32) -> Option<u32> {
+        self.existing.binary_search(&uid).ok().map(|i| i as u32 + 1)
+    }
+
+    fn now() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64)
+    }
+
+    /// The verdict for encrypted message `uid`, with its state when fetched.
+    fn verdict(&self, uid: u32, state: Option<&MsgState>) -> Option<bool> {
+        let seq = self.seq_of(uid)?;
+        let facts = Facts {
+            seq,
+            uid,
+            stars: self.stars,
+            now: Self::now(),
+            state,
+        };
+        let (leaves, matches) = (&self.leaves, &self.matches);
+        let content = |leaf: &Leaf| {
+            leaves
+                .iter()
+                .position(|l| l == leaf)
+                .is_some_and(|i| matches[i].contains(&uid))
+        };
+        let mut all = Some(true);
+        for key in self.local.as_ref() {
+            match holds(key, &facts, &content) {
+                Some(false) => return Some(false),
+                None => all = None,
+                Some(true) => {}
+            }
+        }
+        all
+    }
+
+    /// Every Doc is judged: the verdicts the content and the numbers decide, and the
+    /// state of the encrypted messages whose verdict depends on it (for a SORT, of all
+    /// it found: their arrival is a sort key).
     fn fetch_state(&mut self) -> (Vec<JobOutput>, bool) {
-        if self.known.encrypted.is_empty() {
-            return self.count();
+        let mut needed = BTreeSet::new();
+        let encrypted: Vec<u32> = self.known.encrypted.iter().copied().collect();
+        for uid in encrypted {
+            if self.seq_of(uid).is_none() {
+                continue;
+            }
+            match self.verdict(uid, None) {
+                Some(v) => {
+                    self.decided.insert(uid, v);
+                    if v && self.request.sort.is_some() {
+                        needed.insert(uid);
+                    }
+                }
+                None => {
+                    needed.insert(uid);
+                }
+            }
+        }
+        if needed.is_empty() {
+            return self.plain_step();
         }
         self.step = Step::State;
-        let set = self.encrypted_set();
+        let set = format_set(&needed.iter().copied().collect::<Vec<_>>());
         let modseq = if uses_modseq(self.request.criteria.as_ref()) {
             " MODSEQ"
         } else {
@@ -533,7 +597,8 @@ impl SearchJob {
     }
 
     fn encrypted_set(&self) -> String {
-        let parts: Vec<String> = ranges(&self.known.encrypted, &self.known.all)
+        let existing: BTreeSet<u32> = self.existing.iter().copied().collect();
+        let parts: Vec<String> = ranges(&self.known.encrypted, &existing)
             .into_iter()
             .map(|(a, b)| {
                 if a == b {
@@ -546,15 +611,6 @@ impl SearchJob {
         parts.join(",")
     }
 
-    /// What `*` stands for, when the criteria use it and encrypted mail is judged here.
-    fn count(&mut self) -> (Vec<JobOutput>, bool) {
-        if self.states.is_empty() || !uses_star(self.request.criteria.as_ref()) {
-            return self.plain_step();
-        }
-        self.step = Step::Count;
-        (vec![self.command("UID SEARCH ALL".into())], false)
-    }
-
     /// The client's criteria for the plain messages, under a tag of sealpost's: upstream
     /// is never told which encrypted message matched what.
     fn plain_step(&mut self) -> (Vec<JobOutput>, bool) {
@@ -563,7 +619,8 @@ impl SearchJob {
         let uid = self.request.uid || self.request.sort.is_some();
         let mut criteria: Vec<SearchKey<'static>> = Vec::new();
         self.unrestricted = false;
-        if let Some(exclusion) = uid_key(&self.known.encrypted, &self.known.all) {
+        let existing: BTreeSet<u32> = self.existing.iter().copied().collect();
+        if let Some(exclusion) = uid_key(&self.known.encrypted, &existing) {
             if self.encrypted_set().len() <= MAX_EXCLUSION {
                 criteria.push(SearchKey::Not(Box::new(exclusion)));
             } else {
@@ -614,38 +671,47 @@ impl SearchJob {
 
     /// The plain answer is in: the encrypted messages judged here join it.
     fn merge(&mut self) -> (Vec<JobOutput>, bool) {
-        let uid = self.request.uid || self.request.sort.is_some();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
+        let uid_form = self.request.uid || self.request.sort.is_some();
         let mut found = std::mem::take(&mut self.plain);
+        let encrypted: Vec<u32> = self
+            .known
+            .encrypted
+            .iter()
+            .copied()
+            .filter(|u| self.seq_of(*u).is_some())
+            .collect();
+        let number = |job: &SearchJob, uid: u32| {
+            if uid_form {
+                Some(uid)
+            } else {
+                job.seq_of(uid)
+            }
+        };
         if self.unrestricted {
             // Upstream judged the ciphertext of these: their verdict is made here.
-            for st in self.states.values() {
-                found.remove(&if uid { st.uid } else { st.seq });
+            for &uid in &encrypted {
+                if let Some(n) = number(self, uid) {
+                    found.remove(&n);
+                }
             }
         }
         let mut modseq = self.found_modseq;
-        let (leaves, matches) = (&self.leaves, &self.matches);
-        let mut states: Vec<&MsgState> = self.states.values().collect();
-        states.sort_by_key(|s| s.uid);
-        for st in states {
-            let content = |leaf: &Leaf| {
-                leaves
-                    .iter()
-                    .position(|l| l == leaf)
-                    .is_some_and(|i| matches[i].contains(&st.uid))
+        for uid in encrypted {
+            let verdict = match self.decided.get(&uid) {
+                Some(v) => Some(*v),
+                None => self
+                    .states
+                    .get(&uid)
+                    .and_then(|st| self.verdict(uid, Some(st))),
             };
-            let all = self
-                .local
-                .as_ref()
-                .iter()
-                .all(|k| holds(k, st, self.stars, now, &content));
-            if all {
-                found.insert(if uid { st.uid } else { st.seq });
-                if let Some(m) = st.modseq {
-                    modseq = Some(modseq.map_or(m, |x| x.max(m)));
-                }
+            if verdict != Some(true) {
+                continue;
+            }
+            if let Some(n) = number(self, uid) {
+                found.insert(n);
+            }
+            if let Some(m) = self.states.get(&uid).and_then(|st| st.modseq) {
+                modseq = Some(modseq.map_or(m, |x| x.max(m)));
             }
         }
         if self.request.sort.is_some() {
@@ -669,15 +735,16 @@ impl SearchJob {
     /// ones' keys come from their views and their state).
     fn fetch_sort_keys(&mut self, found: BTreeSet<u32>) -> (Vec<JobOutput>, bool) {
         for uid in &found {
-            if let (Some(st), Some(fields)) = (self.states.get(uid), self.sort_fields.get(uid)) {
-                self.sort_keys.push(SortKeys::new(
-                    fields.clone(),
-                    st.internal.timestamp(),
-                    st.seq,
-                    st.uid,
-                ));
-                self.sort_seen.insert(*uid);
-            }
+            let (Some(st), Some(fields), Some(seq)) = (
+                self.states.get(uid),
+                self.sort_fields.get(uid),
+                self.seq_of(*uid),
+            ) else {
+                continue;
+            };
+            let keys = SortKeys::new(fields.clone(), st.internal.timestamp(), seq, *uid);
+            self.sort_keys.push(keys);
+            self.sort_seen.insert(*uid);
         }
         self.sort_set = found
             .into_iter()
@@ -721,12 +788,17 @@ impl SearchJob {
     /// An EXPUNGE relayed to the client during the job: the numbers kept shift as the
     /// client's do (RFC 3501 §7.4.1).
     fn expunged(&mut self, seq: u32) {
-        self.states.retain(|_, st| st.seq != seq);
-        for st in self.states.values_mut() {
-            if st.seq > seq {
-                st.seq -= 1;
-            }
+        // Before `UID SEARCH ALL` completes its answer is the list to mend.
+        let list = if self.step == Step::New {
+            &mut self.found
+        } else {
+            &mut self.existing
+        };
+        list.sort_unstable();
+        if seq >= 1 && (seq as usize) <= list.len() {
+            list.remove(seq as usize - 1);
         }
+        self.stars.messages = self.existing.len() as u32;
         self.sort_keys.retain(|k| k.seq != seq);
         for k in self.sort_keys.iter_mut() {
             if k.seq > seq {
@@ -786,8 +858,8 @@ impl Job for SearchJob {
         self.known = ctx.search.classified(&self.mailbox_key());
         self.max_view = ctx.max_message_size;
         self.step = Step::New;
-        let from = self.known.upto.saturating_add(1);
-        vec![self.command(format!("UID SEARCH UID {from}:*"))]
+        // Every UID: the new ones, the ones gone, and each message's number.
+        vec![self.command("UID SEARCH ALL".into())]
     }
 
     fn on_upstream(
@@ -862,10 +934,7 @@ impl SearchJob {
     /// An untagged response: ours to use (Some) or the client's (None).
     fn consume(&mut self, message: &[u8]) -> Option<Vec<JobOutput>> {
         use imap_types::fetch::MessageDataItem;
-        if matches!(
-            self.step,
-            Step::New | Step::Classify | Step::Count | Step::Plain
-        ) {
+        if matches!(self.step, Step::New | Step::Classify | Step::Plain) {
             let (found, modseq) = match ResponseCodec::default().decode(message) {
                 Ok((_, Response::Data(Data::Search(found, modseq)))) => (found, modseq),
                 _ if message.len() >= 8 && message[..8].eq_ignore_ascii_case(b"* SEARCH") => {
@@ -985,7 +1054,20 @@ impl SearchJob {
         match self.step {
             Step::New => {
                 let upto = self.known.upto;
-                self.new = self.found.drain(..).filter(|&u| u > upto).collect();
+                let mut existing = std::mem::take(&mut self.found);
+                existing.sort_unstable();
+                existing.dedup();
+                self.stars = Stars {
+                    messages: existing.len() as u32,
+                    max_uid: existing.last().copied().unwrap_or(0),
+                };
+                // What was expunged is forgotten, here and for later searches.
+                let alive: BTreeSet<u32> = existing.iter().copied().collect();
+                self.known.encrypted.retain(|u| alive.contains(u));
+                self.known.all.retain(|u| alive.contains(u));
+                ctx.search.prune(self.mailbox_key(), &alive);
+                self.new = existing.iter().copied().filter(|&u| u > upto).collect();
+                self.existing = existing;
                 if self.new.is_empty() {
                     return self.after_classify(ctx);
                 }
@@ -1019,14 +1101,7 @@ impl SearchJob {
                 }
                 (Vec::new(), false)
             }
-            Step::State => self.count(),
-            Step::Count => {
-                self.stars = Stars {
-                    messages: self.found.len() as u32,
-                    max_uid: self.found.iter().copied().max().unwrap_or(0),
-                };
-                self.plain_step()
-            }
+            Step::State => self.plain_step(),
             Step::Plain => {
                 self.plain = self.found.drain(..).collect();
                 self.merge()

@@ -34,50 +34,76 @@ pub struct Stars {
     pub max_uid: u32,
 }
 
-/// Does `key` (needles in UTF-8) hold for the message `st`? `content` answers a content
-/// criterion from the message's view.
-pub fn holds(
-    key: &SearchKey<'_>,
-    st: &MsgState,
-    stars: Stars,
-    now: i64,
-    content: &dyn Fn(&Leaf) -> bool,
-) -> bool {
+/// What is known of one message while judging it: its numbers always, its state once
+/// fetched.
+#[derive(Debug, Clone, Copy)]
+pub struct Facts<'a> {
+    pub seq: u32,
+    pub uid: u32,
+    pub stars: Stars,
+    /// Seconds since the epoch (OLDER, YOUNGER).
+    pub now: i64,
+    pub state: Option<&'a MsgState>,
+}
+
+/// Does `key` (needles in UTF-8) hold for the message? `content` answers a content
+/// criterion from its view. `None`: it depends on the state, not fetched yet (Kleene's
+/// three-valued logic, so that only the messages it decides are fetched).
+pub fn holds(key: &SearchKey<'_>, f: &Facts<'_>, content: &dyn Fn(&Leaf) -> bool) -> Option<bool> {
     if let Some(leaf) = Leaf::from_key(key) {
-        return content(&leaf);
+        return Some(content(&leaf));
     }
-    let date = || st.internal.date_naive();
-    let rec = |k: &SearchKey<'_>| holds(k, st, stars, now, content);
+    let rec = |k: &SearchKey<'_>| holds(k, f, content);
+    let flag = |name: &str| f.state.map(|st| st.has(name));
+    let not = |v: Option<bool>| v.map(|b| !b);
+    let date = || f.state.map(|st| st.internal.date_naive());
+    let age = || f.state.map(|st| f.now - st.internal.timestamp());
     match key {
-        SearchKey::And(keys) => keys.as_ref().iter().all(rec),
-        SearchKey::Or(a, b) => rec(a) || rec(b),
-        SearchKey::Not(k) => !rec(k),
-        SearchKey::All => true,
-        SearchKey::Answered => st.has("\\Answered"),
-        SearchKey::Deleted => st.has("\\Deleted"),
-        SearchKey::Draft => st.has("\\Draft"),
-        SearchKey::Flagged => st.has("\\Flagged"),
-        SearchKey::Seen => st.has("\\Seen"),
-        SearchKey::Recent => st.has("\\Recent"),
-        SearchKey::New => st.has("\\Recent") && !st.has("\\Seen"),
-        SearchKey::Old => !st.has("\\Recent"),
-        SearchKey::Unanswered => !st.has("\\Answered"),
-        SearchKey::Undeleted => !st.has("\\Deleted"),
-        SearchKey::Undraft => !st.has("\\Draft"),
-        SearchKey::Unflagged => !st.has("\\Flagged"),
-        SearchKey::Unseen => !st.has("\\Seen"),
-        SearchKey::Keyword(k) => st.has(k.as_ref()),
-        SearchKey::Unkeyword(k) => !st.has(k.as_ref()),
+        SearchKey::And(keys) => {
+            let mut all = Some(true);
+            for k in keys.as_ref() {
+                match rec(k) {
+                    Some(false) => return Some(false),
+                    None => all = None,
+                    Some(true) => {}
+                }
+            }
+            all
+        }
+        SearchKey::Or(a, b) => match (rec(a), rec(b)) {
+            (Some(true), _) | (_, Some(true)) => Some(true),
+            (Some(false), Some(false)) => Some(false),
+            _ => None,
+        },
+        SearchKey::Not(k) => not(rec(k)),
+        SearchKey::All => Some(true),
+        SearchKey::Answered => flag("\\Answered"),
+        SearchKey::Deleted => flag("\\Deleted"),
+        SearchKey::Draft => flag("\\Draft"),
+        SearchKey::Flagged => flag("\\Flagged"),
+        SearchKey::Seen => flag("\\Seen"),
+        SearchKey::Recent => flag("\\Recent"),
+        SearchKey::New => f.state.map(|st| st.has("\\Recent") && !st.has("\\Seen")),
+        SearchKey::Old => not(flag("\\Recent")),
+        SearchKey::Unanswered => not(flag("\\Answered")),
+        SearchKey::Undeleted => not(flag("\\Deleted")),
+        SearchKey::Undraft => not(flag("\\Draft")),
+        SearchKey::Unflagged => not(flag("\\Flagged")),
+        SearchKey::Unseen => not(flag("\\Seen")),
+        SearchKey::Keyword(k) => flag(k.as_ref()),
+        SearchKey::Unkeyword(k) => not(flag(k.as_ref())),
         // The internal date's calendar date, as upstream reported it (RFC 3501: time
         // and zone disregarded).
-        SearchKey::Before(d) => date() < *d.as_ref(),
-        SearchKey::On(d) => date() == *d.as_ref(),
-        SearchKey::Since(d) => date() >= *d.as_ref(),
-        SearchKey::Older(secs) => now - st.internal.timestamp() > i64::from(secs.get()),
-        SearchKey::Younger(secs) => now - st.internal.timestamp() <= i64::from(secs.get()),
-        SearchKey::SequenceSet(set) => in_set(set, st.seq, stars.messages),
-        SearchKey::Uid(set) => in_set(set, st.uid, stars.max_uid),
-        SearchKey::ModSequence { modseq, .. } => st.modseq.is_some_and(|m| m >= *modseq),
+        SearchKey::Before(d) => date().map(|x| x < *d.as_ref()),
+        SearchKey::On(d) => date().map(|x| x == *d.as_ref()),
+        SearchKey::Since(d) => date().map(|x| x >= *d.as_ref()),
+        SearchKey::Older(secs) => age().map(|a| a > i64::from(secs.get())),
+        SearchKey::Younger(secs) => age().map(|a| a <= i64::from(secs.get())),
+        SearchKey::SequenceSet(set) => Some(in_set(set, f.seq, f.stars.messages)),
+        SearchKey::Uid(set) => Some(in_set(set, f.uid, f.stars.max_uid)),
+        SearchKey::ModSequence { modseq, .. } => {
+            f.state.map(|st| st.modseq.is_some_and(|m| m >= *modseq))
+        }
         // Content criteria are leaves (above); nothing else exists.
         SearchKey::Bcc(_)
         | SearchKey::Body(_)
@@ -91,7 +117,7 @@ pub fn holds(
         | SearchKey::Smaller(_)
         | SearchKey::Subject(_)
         | SearchKey::Text(_)
-        | SearchKey::To(_) => false,
+        | SearchKey::To(_) => Some(false),
     }
 }
 
@@ -107,27 +133,6 @@ pub fn in_set(set: &SequenceSet, n: u32, star: u32) -> bool {
             let (a, b) = (value(a), value(b));
             (a.min(b)..=a.max(b)).contains(&n)
         }
-    })
-}
-
-/// Does any sequence set of `criteria` use `*`?
-pub fn uses_star(criteria: &[SearchKey<'_>]) -> bool {
-    let star = |set: &SequenceSet| {
-        set.0.as_ref().iter().any(|p| match p {
-            Sequence::Single(s) => matches!(s, SeqOrUid::Asterisk),
-            Sequence::Range(a, b) => {
-                matches!(a, SeqOrUid::Asterisk) || matches!(b, SeqOrUid::Asterisk)
-            }
-        })
-    };
-    criteria.iter().any(|k| match k {
-        SearchKey::SequenceSet(s) | SearchKey::Uid(s) => star(s),
-        SearchKey::And(keys) => uses_star(keys.as_ref()),
-        SearchKey::Or(a, b) => {
-            uses_star(std::slice::from_ref(a)) || uses_star(std::slice::from_ref(b))
-        }
-        SearchKey::Not(k) => uses_star(std::slice::from_ref(k)),
-        _ => false,
     })
 }
 
@@ -242,8 +247,16 @@ mod tests {
             messages: 3,
             max_uid: 30,
         };
-        let now = state().internal.timestamp() + 100;
-        let yes = |t: &str| holds(&key(t), &state(), stars, now, &|_| true);
+        let st = state();
+        let now = st.internal.timestamp() + 100;
+        let facts = |state| Facts {
+            seq: 3,
+            uid: 30,
+            stars,
+            now,
+            state,
+        };
+        let yes = |t: &str| holds(&key(t), &facts(Some(&st)), &|_| true) == Some(true);
         for t in [
             "ALL",
             "SEEN",
@@ -270,11 +283,22 @@ mod tests {
             let expected = !matches!(t, "OLD UNSEEN" | "OLDER 100");
             assert_eq!(yes(t), expected, "{t}");
         }
-        assert!(!holds(&key("BODY x"), &state(), stars, now, &|_| false));
+        assert_eq!(
+            holds(&key("BODY x"), &facts(Some(&st)), &|_| false),
+            Some(false)
+        );
         assert!(!yes("MODSEQ 51"));
         assert!(!yes("NEW"));
         assert!(yes("1:2,3"));
         assert!(!yes("1:2"));
+        // Before the state is fetched: decided where content or numbers decide.
+        let early = |t: &str, content: bool| holds(&key(t), &facts(None), &move |_| content);
+        assert_eq!(early("UNDELETED BODY x", false), Some(false));
+        assert_eq!(early("UNDELETED BODY x", true), None);
+        assert_eq!(early("OR SEEN BODY x", true), Some(true));
+        assert_eq!(early("OR SEEN BODY x", false), None);
+        assert_eq!(early("UID 1:5 SEEN", true), Some(false));
+        assert_eq!(early("NOT BODY x", true), Some(false));
     }
 
     #[test]

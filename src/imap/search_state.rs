@@ -120,6 +120,15 @@ impl SearchState {
         entry.upto = entry.upto.max(upto);
     }
 
+    /// Forgets the UIDs of a mailbox that no longer exist.
+    pub(super) fn prune(&self, key: MailboxKey, alive: &BTreeSet<u32>) {
+        let mut classes = self.classes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = classes.get_mut(&key) {
+            entry.all.retain(|u| alive.contains(u));
+            entry.encrypted.retain(|u| alive.contains(u));
+        }
+    }
+
     /// The index of the identity `key` names, opened on first use; `None` without one.
     fn index(&self, ctx: &ImapContext, account: &str, identity: &str) -> Option<Arc<SearchIndex>> {
         let indexes = self.indexes.as_ref()?;

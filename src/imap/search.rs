@@ -55,7 +55,10 @@ const MAX_LEAVES: usize = 64;
 /// Docs read from the index at once.
 const INDEX_READ: usize = 512;
 /// Messages downloaded per upstream FETCH while building Docs.
-const DOWNLOAD_BATCH: usize = 32;
+const DOWNLOAD_BATCH: usize = 64;
+/// Stored bytes downloaded and not yet decrypted, at most: the next FETCH goes up while
+/// the last one's messages are decrypted, within this bound.
+const MAX_PENDING_BYTES: usize = 16 << 20;
 /// A client's SEARCH, decoded: the `RETURN (...)` options (RFC 4731), which imap-codec
 /// does not parse, are kept as text and given back to upstream as sent.
 #[derive(Debug)]
@@ -308,6 +311,8 @@ pub struct SearchJob {
     sort_fields: HashMap<u32, SortFields>,
     to_download: VecDeque<u32>,
     decrypting: HashSet<u32>,
+    /// Stored bytes of the messages being decrypted.
+    pending_bytes: usize,
     /// The tagged reply to the current download came.
     downloaded: bool,
     /// The plain step's literals and what follows each, sent one per upstream `+`.
@@ -381,6 +386,7 @@ impl SearchJob {
             sort_fields: HashMap::new(),
             to_download: VecDeque::new(),
             decrypting: HashSet::new(),
+            pending_bytes: 0,
             downloaded: false,
             rest: VecDeque::new(),
             max_view: 0,
@@ -498,6 +504,25 @@ impl SearchJob {
             );
         }
         self.next_download(ctx)
+    }
+
+    /// A download completed or a view came: the next FETCH goes up once the last one is
+    /// answered and what waits for decryption is under its bound; the job goes on once
+    /// everything is downloaded and decrypted.
+    fn after_progress(&mut self, ctx: &ImapContext) -> (Vec<JobOutput>, bool) {
+        if !self.downloaded {
+            return (Vec::new(), false);
+        }
+        if self.to_download.is_empty() {
+            if self.decrypting.is_empty() {
+                return self.next_download(ctx);
+            }
+            return (Vec::new(), false);
+        }
+        if self.pending_bytes < MAX_PENDING_BYTES {
+            return self.next_download(ctx);
+        }
+        (Vec::new(), false)
     }
 
     fn next_download(&mut self, ctx: &ImapContext) -> (Vec<JobOutput>, bool) {
@@ -905,13 +930,14 @@ impl Job for SearchJob {
         &mut self,
         job: &str,
         uid: u32,
-        _raw: &[u8],
+        raw: &[u8],
         view: View,
         ctx: &ImapContext,
     ) -> (Vec<JobOutput>, bool) {
         if job != self.prefix || !self.decrypting.remove(&uid) {
             return (Vec::new(), false);
         }
+        self.pending_bytes = self.pending_bytes.saturating_sub(raw.len());
         self.decrypted += 1;
         // Worked out beside the decryption (see `SearchState::record`), or here.
         let key = self.selected.key(uid);
@@ -923,10 +949,7 @@ impl Job for SearchJob {
             doc
         });
         self.judge(uid, &doc);
-        if self.downloaded && self.decrypting.is_empty() {
-            return self.next_download(ctx);
-        }
-        (Vec::new(), false)
+        self.after_progress(ctx)
     }
 }
 
@@ -979,6 +1002,7 @@ impl SearchJob {
                 if !self.known.encrypted.contains(&uid) || !self.decrypting.insert(uid) {
                     return Some(Vec::new());
                 }
+                self.pending_bytes += raw.len();
                 Some(vec![JobOutput::Decrypt(DecryptRequest {
                     job: self.prefix.clone(),
                     uid,
@@ -1096,10 +1120,7 @@ impl SearchJob {
             }
             Step::Download => {
                 self.downloaded = true;
-                if self.decrypting.is_empty() {
-                    return self.next_download(ctx);
-                }
-                (Vec::new(), false)
+                self.after_progress(ctx)
             }
             Step::State => self.plain_step(),
             Step::Plain => {

@@ -485,7 +485,7 @@ impl SearchJob {
         // Read from the index a slice at a time: a mailbox's Docs are not all held at once.
         let mut from_index = 0;
         for slice in missing.chunks(INDEX_READ) {
-            for (uid, doc) in ctx.search.from_index(ctx, &self.selected, slice) {
+            for (uid, doc) in ctx.search.read_index(ctx, &self.selected, slice) {
                 from_index += 1;
                 self.judge(uid, &doc);
             }

@@ -190,7 +190,7 @@ impl SearchState {
 
     /// The Docs of `uids` that the identity's persistent index holds (kept in memory
     /// from then on).
-    pub(super) fn from_index(
+    pub(super) fn read_index(
         &self,
         ctx: &ImapContext,
         selected: &Selected,

@@ -584,30 +584,29 @@ impl SearchJob {
     }
 
     /// Every Doc is judged: the verdicts the content and the numbers decide, and the
-    /// state of the encrypted messages whose verdict depends on it (for a SORT, of all
-    /// it found: their arrival is a sort key).
+    /// state of the encrypted messages when any verdict depends on it (or for a SORT,
+    /// whose arrival key it is). The state is then asked for every encrypted message:
+    /// asking only for those whose content matched would tell upstream which they are.
     fn fetch_state(&mut self) -> (Vec<JobOutput>, bool) {
-        let mut needed = BTreeSet::new();
+        let mut undecided = false;
+        let mut alive = Vec::new();
         let encrypted: Vec<u32> = self.known.encrypted.iter().copied().collect();
         for uid in encrypted {
             if self.seq_of(uid).is_none() {
                 continue;
             }
+            alive.push(uid);
             match self.verdict(uid, None) {
                 Some(v) => {
                     self.decided.insert(uid, v);
-                    if v && self.request.sort.is_some() {
-                        needed.insert(uid);
-                    }
                 }
-                None => {
-                    needed.insert(uid);
-                }
+                None => undecided = true,
             }
         }
-        if needed.is_empty() {
+        if alive.is_empty() || !(undecided || self.request.sort.is_some()) {
             return self.plain_step();
         }
+        let needed = alive;
         self.step = Step::State;
         let set = format_set(&needed.iter().copied().collect::<Vec<_>>());
         let modseq = if uses_modseq(self.request.criteria.as_ref()) {

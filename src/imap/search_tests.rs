@@ -261,3 +261,39 @@ fn a_sort_orders_encrypted_mail_by_its_view() {
         "* 2 FETCH (UID 2 FLAGS (\\Seen))\r\n* SORT 2 1\r\na1 OK SORT completed\r\n"
     );
 }
+
+/// Found by attacking reviews: upstream was told which encrypted message matched (first
+/// in the rewritten criteria, then through which messages' flags were asked for). Every
+/// command sealpost sends is the same whichever encrypted message matches.
+#[test]
+fn upstream_cannot_tell_which_encrypted_message_matched() {
+    let run = |first: &str, second: &str| {
+        // A fresh process each time: nothing known of the mailbox yet.
+        let ctx = gateway();
+        let mut s = with_identity(&ctx);
+        let one = sealed_to_mallory(&ctx, "one", first);
+        let two = sealed_to_mallory(&ctx, "two", second);
+        let mut sent =
+            upstream_text(&s.on_client(b"a1 UID SEARCH UNDELETED BODY confidential\r\n"));
+        sent += &upstream_text(&s.on_upstream(b"* SEARCH 1 2\r\nsp1s1 OK done\r\n"));
+        sent += &upstream_text(&s.on_upstream(b"* SEARCH 1 2\r\nsp1s2 OK done\r\n"));
+        let mut download = fetch_response(1, 1, &one);
+        download.extend_from_slice(&fetch_response(2, 2, &two));
+        download.extend_from_slice(b"sp1s3 OK done\r\n");
+        let out = s.on_upstream(&download);
+        sent += &upstream_text(&build_views(&mut s, out));
+        let state = b"* 1 FETCH (UID 1 FLAGS () INTERNALDATE \"01-Dec-2026 09:00:00 +0000\")\r\n* 2 FETCH (UID 2 FLAGS () INTERNALDATE \"01-Dec-2026 09:00:00 +0000\")\r\nsp1s4 OK done\r\n";
+        sent += &upstream_text(&s.on_upstream(state));
+        let answer = client_text(&s.on_upstream(b"* SEARCH\r\nsp1s5 OK done\r\n"));
+        (sent, answer)
+    };
+    let (sent_a, answer_a) = run("confidential plans", "lunch");
+    let (sent_b, answer_b) = run("lunch", "confidential plans");
+    assert_eq!(sent_a, sent_b);
+    assert!(
+        sent_a.contains("sp1s4 UID FETCH 1:2 (UID FLAGS INTERNALDATE)"),
+        "{sent_a}"
+    );
+    assert_eq!(answer_a, "* SEARCH 1\r\na1 OK SEARCH completed\r\n");
+    assert_eq!(answer_b, "* SEARCH 2\r\na1 OK SEARCH completed\r\n");
+}

@@ -884,6 +884,10 @@ upstream_security = "tls"
             c.identities[0].secret_key,
             PathBuf::from("/etc/sealpost/alice.sec.asc")
         );
+        // The example shows the defaults.
+        let d = ImapSettings::default();
+        assert_eq!(c.imap.search_index, d.search_index);
+        assert_eq!(c.imap.search_index_size, d.search_index_size);
     }
 
     #[test]

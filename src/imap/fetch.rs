@@ -136,6 +136,28 @@ impl Job for FetchJob {
     }
 }
 
+/// The UID of a FETCH response, from its items.
+pub fn item_uid(items: &[MessageDataItem<'_>]) -> Option<u32> {
+    items.iter().find_map(|i| match i {
+        MessageDataItem::Uid(u) => Some(u.get()),
+        _ => None,
+    })
+}
+
+/// The bytes of a FETCH response's body section: `BODY[]` when `whole`, else any
+/// section (`BODY[HEADER.FIELDS …]`). NIL is empty.
+pub fn item_body(items: &[MessageDataItem<'_>], whole: bool) -> Option<Vec<u8>> {
+    items.iter().find_map(|i| match i {
+        MessageDataItem::BodyExt { section, data, .. } if !whole || section.is_none() => Some(
+            data.0
+                .as_ref()
+                .map(|d| d.as_ref().to_vec())
+                .unwrap_or_default(),
+        ),
+        _ => None,
+    })
+}
+
 /// A view to build: see [`JobOutput::Decrypt`].
 #[derive(Debug, PartialEq, Eq)]
 pub struct DecryptRequest {
@@ -777,19 +799,7 @@ impl FetchJob {
                 Some(Vec::new())
             }
             Step::Download => {
-                let raw = items.iter().find_map(|i| match i {
-                    MessageDataItem::BodyExt {
-                        section: None,
-                        data,
-                        ..
-                    } => Some(
-                        data.0
-                            .as_ref()
-                            .map(|d| d.as_ref().to_vec())
-                            .unwrap_or_default(),
-                    ),
-                    _ => None,
-                })?;
+                let raw = item_body(&items, true)?;
                 let prefetch = self.prefetched.remove(&uid);
                 if !prefetch && !self.decrypting.insert(uid) {
                     // The same message twice in one response stream: built once.

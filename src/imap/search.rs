@@ -29,7 +29,7 @@
 //!
 //! The client's commands wait meanwhile, as they do for a FETCH job.
 
-use super::fetch::{format_set, DecryptRequest, Job, JobOutput, Selected};
+use super::fetch::{format_set, item_body, item_uid, DecryptRequest, Job, JobOutput, Selected};
 use super::framer::Frame;
 use super::search_eval::{answer, holds, uses_modseq, Facts, MsgState, Stars};
 use super::search_state::{lasting, Classified, MailboxKey};
@@ -608,7 +608,7 @@ impl SearchJob {
         }
         let needed = alive;
         self.step = Step::State;
-        let set = format_set(&needed.iter().copied().collect::<Vec<_>>());
+        let set = format_set(&needed);
         let modseq = if uses_modseq(self.request.criteria.as_ref()) {
             " MODSEQ"
         } else {
@@ -838,10 +838,7 @@ impl SearchJob {
         items: &[imap_types::fetch::MessageDataItem<'_>],
     ) -> Option<SortKeys> {
         use imap_types::fetch::MessageDataItem;
-        let uid = items.iter().find_map(|i| match i {
-            MessageDataItem::Uid(u) => Some(u.get()),
-            _ => None,
-        })?;
+        let uid = item_uid(items)?;
         let arrival = items
             .iter()
             .find_map(|i| match i {
@@ -851,15 +848,7 @@ impl SearchJob {
             .unwrap_or(0);
         // Only the answers to sealpost's FETCH (an unsolicited FLAGS update is the
         // client's).
-        let header = items.iter().find_map(|i| match i {
-            MessageDataItem::BodyExt { data, .. } => Some(
-                data.0
-                    .as_ref()
-                    .map(|d| d.as_ref().to_vec())
-                    .unwrap_or_default(),
-            ),
-            _ => None,
-        })?;
+        let header = item_body(items, false)?;
         if !self.sort_set.contains(&uid) {
             return None;
         }
@@ -979,25 +968,10 @@ impl SearchJob {
             return None;
         };
         let items = items.into_inner();
-        let uid = items.iter().find_map(|i| match i {
-            MessageDataItem::Uid(u) => Some(u.get()),
-            _ => None,
-        })?;
+        let uid = item_uid(&items)?;
         match self.step {
             Step::Download => {
-                let raw = items.iter().find_map(|i| match i {
-                    MessageDataItem::BodyExt {
-                        section: None,
-                        data,
-                        ..
-                    } => Some(
-                        data.0
-                            .as_ref()
-                            .map(|d| d.as_ref().to_vec())
-                            .unwrap_or_default(),
-                    ),
-                    _ => None,
-                })?;
+                let raw = item_body(&items, true)?;
                 if !self.known.encrypted.contains(&uid) || !self.decrypting.insert(uid) {
                     return Some(Vec::new());
                 }

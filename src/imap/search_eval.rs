@@ -136,6 +136,20 @@ pub fn in_set(set: &SequenceSet, n: u32, star: u32) -> bool {
     })
 }
 
+/// Does any criterion read what only a message's state tells (flags, internal date,
+/// MODSEQ)? Decided from the criteria alone, never from content.
+pub fn uses_state(criteria: &[SearchKey<'_>]) -> bool {
+    criteria.iter().any(|k| match k {
+        SearchKey::And(keys) => uses_state(keys.as_ref()),
+        SearchKey::Or(a, b) => {
+            uses_state(std::slice::from_ref(a)) || uses_state(std::slice::from_ref(b))
+        }
+        SearchKey::Not(k) => uses_state(std::slice::from_ref(k)),
+        SearchKey::All | SearchKey::SequenceSet(_) | SearchKey::Uid(_) => false,
+        k => Leaf::from_key(k).is_none(),
+    })
+}
+
 /// Does any criterion read MODSEQ (RFC 7162)?
 pub fn uses_modseq(criteria: &[SearchKey<'_>]) -> bool {
     criteria.iter().any(|k| match k {

@@ -61,7 +61,7 @@ fn a_content_search_is_answered_from_the_views() {
     assert_eq!(client_text(&out), "* 3 EXPUNGE\r\n");
     assert_eq!(
         upstream_text(&out),
-        "sp1s2 UID SEARCH UID 4:5 OR OR HEADER Content-Type \"multipart/encrypted\" HEADER Sealpost-Decrypted \"\" BODY \"-----BEGIN PGP MESSAGE-----\"\r\n"
+        "sp1s2 UID SEARCH UID 1:* OR OR HEADER Content-Type \"multipart/encrypted\" HEADER Sealpost-Decrypted \"\" BODY \"-----BEGIN PGP MESSAGE-----\"\r\n"
     );
     let out = s.on_upstream(b"* SEARCH 5\r\nsp1s2 OK done\r\n");
     assert_eq!(
@@ -85,7 +85,7 @@ fn a_content_search_is_answered_from_the_views() {
     // message matched (found by an attacking review: `OR (… ) UID 5` told it).
     assert_eq!(
         upstream_text(&out),
-        "sp1s5 UID SEARCH NOT UID 5 UNDELETED SUBJECT porto\r\n"
+        "sp1s5 UID SEARCH NOT UID 5 UID 1:5 UNDELETED SUBJECT porto\r\n"
     );
     let out = s.on_upstream(b"* SEARCH 4\r\nsp1s5 OK done\r\n");
     // The answer, RETURN options included, is made here from both.
@@ -105,7 +105,7 @@ fn a_content_search_is_answered_from_the_views() {
     let out = s.on_upstream(b"* SEARCH 4 5\r\nsp2s1 OK done\r\n");
     assert_eq!(
         upstream_text(&out),
-        "sp2s2 SEARCH NOT UID 5 BODY lisbon\r\n"
+        "sp2s2 SEARCH NOT UID 5 UID 1:5 BODY lisbon\r\n"
     );
     let out = s.on_upstream(b"* SEARCH 1\r\nsp2s2 OK done\r\n");
     assert_eq!(
@@ -135,7 +135,7 @@ fn a_non_ascii_needle_goes_up_as_a_synchronizing_literal() {
     // Upstream may lack LITERAL+: the literal waits for its `+`.
     assert_eq!(
         upstream_text(&out),
-        "sp1s4 UID SEARCH CHARSET UTF-8 NOT UID 1 BODY {8}\r\n"
+        "sp1s4 UID SEARCH CHARSET UTF-8 NOT UID 1 UID 1 BODY {8}\r\n"
     );
     let out = s.on_upstream(b"+ go ahead\r\n");
     assert_eq!(upstream_text(&out), "München\r\n");
@@ -234,7 +234,7 @@ fn a_sort_orders_encrypted_mail_by_its_view() {
     // sent; the encrypted one is judged here.
     assert_eq!(
         upstream_text(&out),
-        "sp1s5 UID SEARCH CHARSET UTF-8 NOT UID 2 ALL\r\n"
+        "sp1s5 UID SEARCH CHARSET UTF-8 NOT UID 2 UID 1:2 ALL\r\n"
     );
     let out = s.on_upstream(b"* SEARCH 1\r\n* 3 EXISTS\r\nsp1s5 OK done\r\n");
     // Unrelated responses still reach the client.
@@ -289,11 +289,49 @@ fn upstream_cannot_tell_which_encrypted_message_matched() {
     };
     let (sent_a, answer_a) = run("confidential plans", "lunch");
     let (sent_b, answer_b) = run("lunch", "confidential plans");
+    // None matching must look the same too (found by the second review: the state was
+    // asked for only when some verdict depended on it).
+    let (sent_c, answer_c) = run("lunch", "dinner");
     assert_eq!(sent_a, sent_b);
+    assert_eq!(sent_a, sent_c);
+    assert_eq!(answer_c, "* SEARCH\r\na1 OK SEARCH completed\r\n");
     assert!(
         sent_a.contains("sp1s4 UID FETCH 1:2 (UID FLAGS INTERNALDATE)"),
         "{sent_a}"
     );
     assert_eq!(answer_a, "* SEARCH 1\r\na1 OK SEARCH completed\r\n");
     assert_eq!(answer_b, "* SEARCH 2\r\na1 OK SEARCH completed\r\n");
+}
+
+/// Found by the second review: with QRESYNC, a `VANISHED` during the job left the
+/// numbers of the messages after it as they were.
+#[test]
+fn vanished_during_a_search_shifts_the_numbers() {
+    let ctx = gateway();
+    let mut s = with_identity(&ctx);
+    let two = sealed_to_mallory(&ctx, "two", "x marks it");
+    let four = sealed_to_mallory(&ctx, "four", "x again");
+    s.on_client(b"a1 SEARCH BODY x\r\n");
+    s.on_upstream(b"* SEARCH 1 2 3 4\r\nsp1s1 OK done\r\n");
+    let out = s.on_upstream(b"* SEARCH 2 4\r\nsp1s2 OK done\r\n");
+    assert_eq!(
+        upstream_text(&out),
+        "sp1s3 UID FETCH 2,4 (UID BODY.PEEK[])\r\n"
+    );
+    let mut download = fetch_response(2, 2, &two);
+    download.extend_from_slice(&fetch_response(4, 4, &four));
+    download.extend_from_slice(b"* VANISHED 1\r\nsp1s3 OK done\r\n");
+    let out = s.on_upstream(&download);
+    assert_eq!(client_text(&out), "* VANISHED 1\r\n");
+    let out = build_views(&mut s, out);
+    assert_eq!(
+        upstream_text(&out),
+        "sp1s4 SEARCH NOT UID 2,4 UID 1:4 BODY x\r\n"
+    );
+    let out = s.on_upstream(b"* SEARCH\r\nsp1s4 OK done\r\n");
+    // UID 2 is now message 1, UID 4 message 3.
+    assert_eq!(
+        client_text(&out),
+        "* SEARCH 1 3\r\na1 OK SEARCH completed\r\n"
+    );
 }

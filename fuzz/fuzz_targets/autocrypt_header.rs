@@ -8,11 +8,36 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sealpost::keys::autocrypt::{AutocryptStore, Evidence, Learned, Learner};
-use std::sync::{Arc, OnceLock};
+use sealpost::keys::autocrypt::{AutocryptStore, Evidence, Learned};
+use std::sync::{Arc, Mutex, OnceLock};
 
 #[path = "common/input.rs"]
 mod input;
+
+/// The state database and a fresh identity for this run: each run learns as another
+/// identity (the state is per identity), and the database is replaced every 1,000 runs
+/// so that it stays small (SQLite in memory cannot run the WAL journal the state uses).
+fn state() -> (Arc<AutocryptStore>, String) {
+    struct Db {
+        store: Arc<AutocryptStore>,
+        runs: u64,
+        _dir: tempfile::TempDir,
+    }
+    static DB: Mutex<Option<Db>> = Mutex::new(None);
+    let mut db = DB.lock().unwrap();
+    if db.as_ref().is_none_or(|d| d.runs % 1000 == 999) {
+        let dir = tempfile::tempdir().unwrap();
+        let state = sealpost::state::State::open_sqlite(&dir.path().join("state.db")).unwrap();
+        *db = Some(Db {
+            store: Arc::new(AutocryptStore::new(Arc::new(state))),
+            runs: 0,
+            _dir: dir,
+        });
+    }
+    let d = db.as_mut().unwrap();
+    d.runs += 1;
+    (d.store.clone(), format!("user{}@example.com", d.runs))
+}
 
 struct Fixed {
     cert: sequoia_openpgp::Cert,
@@ -39,10 +64,10 @@ const PEERS: [&str; 4] = [
     "BOB@Example.ORG",
 ];
 
-/// Input layout: flags (append a key field, prefer-encrypt=mutual, as gossip, inside a
-/// signed-good encrypted part, with the provider's authserv-id), which peers (bits
-/// over `PEERS`: the key field's address, and who the signature is good for), a time
-/// offset (two bytes), then the header.
+// Input layout: flags (append a key field, prefer-encrypt=mutual, as gossip, inside a
+// signed-good encrypted part, with the provider's authserv-id), which peers (bits
+// over `PEERS`: the key field's address, and who the signature is good for), a time
+// offset (two bytes), then the header.
 fuzz_target!(|bytes: &[u8]| {
     let f = fixed();
     let mut raw = input::Input(bytes);
@@ -72,22 +97,16 @@ fuzz_target!(|bytes: &[u8]| {
             }
         }
     }
-    let db = sealpost::state::State::open_sqlite(std::path::Path::new(":memory:")).unwrap();
-    let store = Arc::new(AutocryptStore::new(Arc::new(db)));
-    let learner = Learner {
-        store: store.clone(),
-        authserv_id: authserv_id.clone(),
-    };
+    let (store, me) = state();
     let evidence = Evidence {
         signed_good_for: signed_good_for.as_deref(),
         authserv_id: authserv_id.as_deref(),
     };
-    let me = "alice@example.com";
-    match learner.learn(me, &header, evidence, now) {
+    match store.learn(&me, &header, evidence, now) {
         Learned::Nothing => {}
         Learned::Key { addr } => {
             assert!(
-                store.key_for(me, &addr).is_some(),
+                store.key_for(&me, &addr).is_some(),
                 "learned a key for {addr:?} that the store does not give"
             );
         }

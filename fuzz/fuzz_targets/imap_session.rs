@@ -22,6 +22,8 @@ use sealpost::imap::session::{Output, Session};
 use sealpost::imap::ImapContext;
 use std::sync::{Arc, OnceLock};
 
+#[path = "common/panics.rs"]
+mod panics;
 #[path = "common/wire.rs"]
 mod wire;
 use wire::{tag_of, Piece, Wire};
@@ -587,8 +589,13 @@ impl Harness {
         let i = which as usize % n;
         let outs = if i < self.decrypts.len() {
             let r = self.decrypts.remove(i);
+            // As the server's driver does (src/imap/server.rs).
             let view = if ok {
-                self.ctx.view(&r.identity, &r.raw, r.limit)
+                panics::tolerate_sequoia_panics();
+                let ctx = &self.ctx;
+                sealpost::imap::fetch::view_or_stand_in(&r.raw, || {
+                    ctx.view(&r.identity, &r.raw, r.limit)
+                })
             } else {
                 sealpost::pgp::View::new(
                     r.raw.clone(),
@@ -596,6 +603,9 @@ impl Harness {
                     Vec::new(),
                 )
             };
+            if let Some(key) = r.doc.clone() {
+                self.ctx.search.record(&self.ctx, key, &view);
+            }
             self.session.on_view(&r.job, r.uid, &r.raw, view)
         } else {
             let r = self.seals.remove(i - self.decrypts.len());

@@ -117,8 +117,8 @@ fn has_status_field(raw: &[u8]) -> bool {
         .any(|w| w.eq_ignore_ascii_case(b"sealpost-decrypted"))
 }
 
-/// Input layout: 0xA5 to seal the message first (slow: kept rare), the partial size
-/// (two bytes), a count of sections and three bytes for each, then the message.
+// Input layout: 0xA5 to seal the message first (slow: kept rare), the partial size
+// (two bytes), a count of sections and three bytes for each, then the message.
 fuzz_target!(|bytes: &[u8]| {
     let f = fixed();
     let mut raw_input = input::Input(bytes);

@@ -16,7 +16,7 @@ mod input;
 #[path = "common/key.rs"]
 mod key;
 
-/// Input layout: header protection (low bit), then the message.
+// Input layout: header protection (low bit), then the message.
 fuzz_target!(|bytes: &[u8]| {
     let id = key::alice();
     let mut input = input::Input(bytes);

@@ -15,9 +15,9 @@ use sealpost::search::{Doc, Leaf};
 #[path = "common/input.rs"]
 mod input;
 
-/// Input layout: a size (four bytes), a counted SEARCH/SORT command, a count of leaves
-/// made directly (the command parser is a narrow gate), each a kind byte and two
-/// counted strings, then the message.
+// Input layout: a size (four bytes), a counted SEARCH/SORT command, a count of leaves
+// made directly (the command parser is a narrow gate), each a kind byte and two
+// counted strings, then the message.
 fuzz_target!(|bytes: &[u8]| {
     let mut raw = input::Input(bytes);
     let size = raw.u32();

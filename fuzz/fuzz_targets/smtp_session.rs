@@ -54,9 +54,9 @@ fn check_replies(out: &[u8], partial: &mut Vec<u8>) {
     );
 }
 
-/// Input layout: flags (TLS listener, STARTTLS available, plaintext AUTH allowed, small
-/// limits), upstream's verdicts (one bit per AUTH or message, cycled), a chunk size,
-/// then the client's bytes.
+// Input layout: flags (TLS listener, STARTTLS available, plaintext AUTH allowed, small
+// limits), upstream's verdicts (one bit per AUTH or message, cycled), a chunk size,
+// then the client's bytes.
 fuzz_target!(|bytes: &[u8]| {
     let mut raw = input::Input(bytes);
     let flags = raw.byte();

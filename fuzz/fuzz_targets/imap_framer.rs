@@ -111,7 +111,11 @@ fuzz_target!(|bytes: &[u8]| {
     let keep = 256.min(max_line + 1);
     for f in frames.iter_mut().chain(chunked.iter_mut()) {
         if let Merged::Overlong(head, ..) = f {
-            assert!(head.len() >= keep, "over-long line's head of {} bytes", head.len());
+            assert!(
+                head.len() >= keep,
+                "over-long line's head of {} bytes",
+                head.len()
+            );
             head.truncate(keep);
         }
     }

@@ -109,11 +109,9 @@ enum Event {
 #[derive(Arbitrary, Debug)]
 enum ClientItem {
     Command {
-        tag: u8,
         verb: u8,
     },
     WithLiterals {
-        tag: u8,
         verb: u8,
         literals: Vec<Lit>,
     },
@@ -216,6 +214,12 @@ const UNTAGGED: &[&[u8]] = &[
     b"+ idling\r\n",
 ];
 
+/// `FUZZ_DEBUG=1`: print the conversation (to read a failing input).
+fn debug() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("FUZZ_DEBUG").is_some())
+}
+
 fn scrub(bytes: &[u8]) -> Vec<u8> {
     let mut out: Vec<u8> = bytes
         .iter()
@@ -257,7 +261,10 @@ struct Harness {
     /// An AUTHENTICATE upstream is running, and whether it asked for a response.
     sasl: Option<(Vec<u8>, bool)>,
     upstream_closed: bool,
+    /// Upstream received IDLE and not yet DONE.
+    upstream_idle: bool,
     /// Client side.
+    tags: u32,
     pending: Option<Pending>,
     plus_seen: bool,
     client_answered: Vec<Vec<u8>>,
@@ -272,6 +279,15 @@ struct Harness {
 impl Harness {
     fn apply(&mut self, outs: Vec<Output>) {
         for o in outs {
+            if debug() {
+                match &o {
+                    Output::Client(b) => eprintln!("  -> client {:?}", String::from_utf8_lossy(b)),
+                    Output::Upstream(b) => {
+                        eprintln!("  -> upstream {:?}", String::from_utf8_lossy(b))
+                    }
+                    o => eprintln!("  -> {o:?}"),
+                }
+            }
             match o {
                 Output::Client(bytes) => self.to_client(&bytes),
                 Output::Upstream(bytes) => self.to_upstream(&bytes),
@@ -307,6 +323,7 @@ impl Harness {
         let awaiting = &mut self.awaiting;
         let sasl = &mut self.sasl;
         let open = &mut self.open_tags;
+        let idle = &mut self.upstream_idle;
         self.to_upstream.push(bytes, |p| match p {
             Piece::Literal(data) => {
                 if let Some((tag, granted)) = awaiting {
@@ -335,9 +352,15 @@ impl Harness {
                         "upstream reads a literal's line as a command: {:?}",
                         String::from_utf8_lossy(bytes)
                     );
+                    if bytes.eq_ignore_ascii_case(b"DONE\r\n") {
+                        *idle = false;
+                    }
                     if let Some((tag, rest)) = tag_of(bytes) {
                         open.push(tag.to_vec());
                         let upper = rest.to_ascii_uppercase();
+                        if upper.starts_with(b"IDLE") {
+                            *idle = true;
+                        }
                         if upper.starts_with(b"AUTHENTICATE") {
                             *sasl = Some((tag.to_vec(), false));
                         }
@@ -394,7 +417,17 @@ impl Harness {
         }
     }
 
+    /// A tag no command of this client has used: a client that reused one could not
+    /// tell which command an answer is for.
+    fn new_tag(&mut self) -> Vec<u8> {
+        self.tags += 1;
+        format!("c{}", self.tags).into_bytes()
+    }
+
     fn client_send(&mut self, bytes: &[u8]) {
+        if debug() {
+            eprintln!("C: {:?}", String::from_utf8_lossy(bytes));
+        }
         let outs = self.session.on_client(bytes);
         self.apply(outs);
     }
@@ -443,9 +476,9 @@ impl Harness {
                 self.client_send(b"DONE\r\n");
             }
             _ if in_sasl || self.idling => {}
-            ClientItem::Command { tag, verb } => {
+            ClientItem::Command { verb } => {
                 let verb = VERBS[*verb as usize % VERBS.len()];
-                let tag = format!("c{tag}").into_bytes();
+                let tag = self.new_tag();
                 let mut line = tag.clone();
                 line.push(b' ');
                 line.extend_from_slice(verb.as_bytes());
@@ -459,13 +492,9 @@ impl Harness {
                 }
                 self.client_send(&line);
             }
-            ClientItem::WithLiterals {
-                tag,
-                verb,
-                literals,
-            } => {
+            ClientItem::WithLiterals { verb, literals } => {
                 let (head, between, tail) = LITERAL_VERBS[*verb as usize % LITERAL_VERBS.len()];
-                let tag = format!("c{tag}").into_bytes();
+                let tag = self.new_tag();
                 self.client_answered.retain(|t| *t != tag);
                 let mut segments = Vec::new();
                 let mut seg = tag.clone();
@@ -507,7 +536,15 @@ impl Harness {
     }
 
     fn upstream(&mut self, item: &UpItem) {
+        // Upstream is honest about one thing: it asks for a continuation only when it
+        // waits for one (a synchronizing literal, a SASL response, the end of IDLE). An
+        // unsolicited `+` is relayed to a client that may be waiting to send a literal
+        // sealpost has not sent on yet: see fuzz/README.md, "Found".
+        let may_continue = self.awaiting.as_ref().is_some_and(|(_, granted)| !granted)
+            || self.sasl.is_some()
+            || self.upstream_idle;
         let bytes: Vec<u8> = match item {
+            UpItem::Plus if !may_continue => return,
             UpItem::Plus => b"+ OK\r\n".to_vec(),
             UpItem::Tagged { which, status } => {
                 let Some(tag) = (!self.open_tags.is_empty())
@@ -576,6 +613,18 @@ impl Harness {
             }
             UpItem::Raw(b) => b.clone(),
         };
+        let mut bytes = bytes;
+        if !may_continue || !matches!(item, UpItem::Plus | UpItem::Untagged(_)) {
+            // No `+` at a line start (inside message data it would not matter).
+            for i in 0..bytes.len() {
+                if bytes[i] == b'+' && (i == 0 || bytes[i - 1] == b'\n') {
+                    bytes[i] = b'*';
+                }
+            }
+        }
+        if debug() {
+            eprintln!("S: {:?}", String::from_utf8_lossy(&bytes));
+        }
         self.from_upstream(&bytes);
         let outs = self.session.on_upstream(&bytes);
         self.apply(outs);
@@ -635,6 +684,8 @@ fuzz_target!(|input: Input| {
         awaiting: None,
         sasl: None,
         upstream_closed: false,
+        upstream_idle: false,
+        tags: 0,
         pending: None,
         plus_seen: false,
         client_answered: Vec::new(),

@@ -5,16 +5,21 @@
 //! Properties:
 //! * a message that is not encrypted (and carries no forged status field) is its own
 //!   view, byte for byte, and shown as plain;
-//! * for a view FETCH answers itself, RFC822.SIZE equals the length of BODY[], and
-//!   RFC822 is BODY[];
-//! * `<offset.length>` partials of any size reassemble to BODY[] and to any section;
-//! * the prepared path (part tree parsed once, sections as ranges) answers every section
-//!   and BODYSTRUCTURE exactly as the path that parses the bytes each time;
+//! * for a view FETCH answers itself (its response made by `imap::fetch::respond` and
+//!   decoded with imap-codec), RFC822.SIZE equals the length of BODY[], RFC822 is
+//!   BODY[], and `BODY[]<offset.length>` partials read one after the other reassemble
+//!   to BODY[];
+//! * `mime::view::partial` of any size reassembles any section;
+//! * on prepared bytes (every view FETCH answers is prepared), the kept part tree
+//!   answers every section and BODYSTRUCTURE exactly as parsing the bytes again does;
 //! * ENVELOPE and BODY/BODYSTRUCTURE never panic.
 #![no_main]
 
-use imap_types::core::{AString, Vec1};
-use imap_types::fetch::{Part, Section};
+use imap_codec::decode::Decoder;
+use imap_codec::ResponseCodec;
+use imap_types::core::{AString, NString, Vec1};
+use imap_types::fetch::{MessageDataItem, MessageDataItemName, Part, Section};
+use imap_types::response::{Data, Response};
 use libfuzzer_sys::fuzz_target;
 use sealpost::imap::ImapContext;
 use sealpost::mime::view;
@@ -112,6 +117,63 @@ fn reassembled(data: &[u8], size: u32) -> Vec<u8> {
     out
 }
 
+/// What the client gets for `items` (besides RFC822.SIZE and RFC822) of a message
+/// FETCH shows through `view`.
+struct Fetched {
+    size: Option<u32>,
+    body: Option<Vec<u8>>,
+    rfc822: Option<Vec<u8>>,
+    partial: Option<Vec<u8>>,
+}
+
+fn body_item(partial: Option<(u32, NonZeroU32)>) -> MessageDataItemName<'static> {
+    MessageDataItemName::BodyExt {
+        section: None,
+        partial,
+        peek: true,
+    }
+}
+
+fn fetched(view: &sealpost::pgp::View, items: &[MessageDataItemName<'static>]) -> Fetched {
+    let mut all = vec![MessageDataItemName::Rfc822Size, MessageDataItemName::Rfc822];
+    all.extend_from_slice(items);
+    let line = sealpost::imap::fetch::respond(view, 1, 7, &all, &[]).expect("a FETCH response");
+    let (rest, response) = ResponseCodec::default()
+        .decode(&line)
+        .unwrap_or_else(|e| panic!("undecodable FETCH response {e:?}: {line:?}"));
+    assert!(rest.is_empty(), "bytes after the response");
+    let Response::Data(Data::Fetch { items, .. }) = response else {
+        panic!("not a FETCH response: {line:?}");
+    };
+    let bytes = |n: &NString<'_>| {
+        n.0.as_ref()
+            .map(|s| s.as_ref().to_vec())
+            .unwrap_or_default()
+    };
+    let mut out = Fetched {
+        size: None,
+        body: None,
+        rfc822: None,
+        partial: None,
+    };
+    for item in items.as_ref() {
+        match item {
+            MessageDataItem::Rfc822Size(n) => out.size = Some(*n),
+            MessageDataItem::Rfc822(d) => out.rfc822 = Some(bytes(d)),
+            MessageDataItem::BodyExt {
+                origin: None, data, ..
+            } => out.body = Some(bytes(data)),
+            MessageDataItem::BodyExt {
+                origin: Some(_),
+                data,
+                ..
+            } => out.partial = Some(bytes(data)),
+            _ => {}
+        }
+    }
+    out
+}
+
 fn has_status_field(raw: &[u8]) -> bool {
     raw.windows(18)
         .any(|w| w.eq_ignore_ascii_case(b"sealpost-decrypted"))
@@ -150,31 +212,46 @@ fuzz_target!(|bytes: &[u8]| {
         // One of the identity's own sealed copies shows as what was sealed.
         assert!(matches!(v.kind, ViewKind::Decrypted(_)), "{:?}", v.kind);
     }
-    let prepared = matches!(v.kind, ViewKind::Decrypted(_));
-    let relayed = !prepared && v.bytes == raw;
-    let msg = &v.bytes;
-    let section_of = |s: Option<&Section<'_>>| -> Option<Vec<u8>> {
-        if prepared {
-            view::section_of_prepared(msg, v.prepared_tree(), s).map(|c| c.into_owned())
-        } else {
-            view::section(msg, s)
-        }
-    };
+    let relayed = !matches!(v.kind, ViewKind::Decrypted(_)) && v.bytes == raw;
     if !relayed {
-        // FETCH answers these itself (src/imap/fetch.rs, `synthesize`).
-        let body = section_of(None).expect("BODY[] exists");
-        assert_eq!(msg.len(), body.len(), "RFC822.SIZE != length of BODY[]");
-        assert_eq!(msg.as_slice(), body.as_slice(), "RFC822 != BODY[]");
-        assert_eq!(reassembled(&body, partial_size), body);
-        let _ = if prepared {
-            view::body_structure_of_prepared(msg, v.prepared_tree(), true)
-        } else {
-            view::body_structure(msg, true)
-        };
-        let _ = view::envelope(msg);
+        // FETCH answers from the view itself (`fetch::respond`, as for a job's messages).
+        let whole = fetched(
+            &v,
+            &[
+                body_item(None),
+                MessageDataItemName::BodyStructure,
+                MessageDataItemName::Envelope,
+            ],
+        );
+        let (size, body, rfc822) = (
+            whole.size.unwrap(),
+            whole.body.unwrap(),
+            whole.rfc822.unwrap(),
+        );
+        assert_eq!(size as usize, body.len(), "RFC822.SIZE != length of BODY[]");
+        assert_eq!(rfc822, body, "RFC822 != BODY[]");
+        // Partials one after the other, as a client reads a large message.
+        let size = partial_size.max(body.len() as u32 / 32 + 1);
+        let mut joined = Vec::new();
+        let mut offset = 0u32;
+        loop {
+            let part = fetched(
+                &v,
+                &[body_item(Some((offset, NonZeroU32::new(size).unwrap())))],
+            );
+            let chunk = part.partial.unwrap();
+            if chunk.is_empty() {
+                break;
+            }
+            joined.extend_from_slice(&chunk);
+            offset += size;
+        }
+        assert_eq!(joined, body, "partials do not reassemble to BODY[]");
     }
 
-    // The prepared path and the parsing path agree on the message as stored.
+    // The prepared path and the parsing path agree on the prepared message (every view
+    // FETCH answers is prepared first; on unprepared bytes a NUL in a boundary parses
+    // differently from its 0x80 stand-in).
     let p = view::prepare(raw.clone());
     let tree = view::tree_of_prepared(&p);
     let whole = view::section(&raw, None).unwrap();
@@ -182,7 +259,7 @@ fuzz_target!(|bytes: &[u8]| {
     assert_eq!(reassembled(&whole, partial_size), whole);
     for spec in &specs {
         let s = section(spec);
-        let a = view::section(&raw, Some(&s));
+        let a = view::section(&p, Some(&s));
         let b = view::section_of_prepared(&p, &tree, Some(&s)).map(|c| c.into_owned());
         assert_eq!(a, b, "section {s:?}");
         if let Some(a) = a {
@@ -191,7 +268,7 @@ fuzz_target!(|bytes: &[u8]| {
     }
     for ext in [false, true] {
         assert_eq!(
-            view::body_structure(&raw, ext),
+            view::body_structure(&p, ext),
             view::body_structure_of_prepared(&p, &tree, ext),
             "BODYSTRUCTURE"
         );

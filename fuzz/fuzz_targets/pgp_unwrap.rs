@@ -90,7 +90,6 @@ fuzz_target!(|bytes: &[u8]| {
         }
     }
     // Not contained where sealpost calls it (src/imap/seal.rs): see fuzz/README.md.
-    let _ = panics::contained(|| {
-        sealpost::pgp::own_copy(&message, &id.decryptors, &id.cert, limit)
-    });
+    let _ =
+        panics::contained(|| sealpost::pgp::own_copy(&message, &id.decryptors, &id.cert, limit));
 });

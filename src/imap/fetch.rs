@@ -1380,9 +1380,18 @@ fn synthesize(
     upstream: &[MessageDataItem<'_>],
 ) -> Option<Vec<u8>> {
     use imap_types::IntoStatic;
-    let msg = &view.bytes;
-    // Decrypted views are prepared when built (see `ImapContext::view`).
+    // Decrypted views are prepared when built (see `ImapContext::view`). Any other view
+    // answered here (a forged status field removed, not decryptable) is prepared now, so
+    // that for it too RFC822.SIZE is the length of BODY[] and RFC822 is BODY[]: these
+    // are rare, and the copy is the price.
     let prepared = matches!(view.kind, ViewKind::Decrypted(_));
+    let normalized;
+    let msg: &[u8] = if prepared {
+        &view.bytes
+    } else {
+        normalized = crate::mime::view::prepare(view.bytes.clone());
+        &normalized
+    };
     // A section of the view: of a prepared one, a range of it found through its part
     // tree, parsed once per view (not once per item); else computed from the bytes.
     let section_of = |s: Option<&Section<'_>>| -> Option<std::borrow::Cow<'_, [u8]>> {
@@ -1564,6 +1573,40 @@ fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by fuzzing (fuzz/ mime_view): a view FETCH answers itself that was not
+    /// decrypted (a forged status field removed, or not decryptable) kept bare LFs, so
+    /// RFC822.SIZE counted them while BODY[] was sent with CRLF, one byte longer each.
+    #[test]
+    fn rfc822_size_is_the_length_of_body_for_views_not_decrypted() {
+        let raw = b"Subject: x\nSealpost-Decrypted: yes\n\nbody\nmore\n";
+        let view = View::new(
+            crate::mime::without_fields(raw, &[crate::pgp::STATUS_HEADER]),
+            ViewKind::Undecryptable("no key".into()),
+            Vec::new(),
+        );
+        let items = [
+            MessageDataItemName::Rfc822Size,
+            MessageDataItemName::BodyExt {
+                section: None,
+                partial: None,
+                peek: true,
+            },
+            MessageDataItemName::Rfc822,
+        ];
+        let line = String::from_utf8(respond(&view, 1, 5, &items, &[]).unwrap()).unwrap();
+        let body = "Subject: x\r\n\r\nbody\r\nmore\r\n";
+        let n = body.len();
+        assert!(line.contains(&format!("RFC822.SIZE {n} ")), "{line}");
+        assert!(
+            line.contains(&format!("BODY[] {{{n}}}\r\n{body}")),
+            "{line}"
+        );
+        assert!(
+            line.contains(&format!("RFC822 {{{n}}}\r\n{body}")),
+            "{line}"
+        );
+    }
 
     #[test]
     fn classification_prefixes() {

@@ -61,8 +61,28 @@ pub struct Framer {
     complete: bool,
 }
 
+/// Keeps the last bytes of a line being skipped, enough to read the literal it may
+/// announce at its end: the digits after the last `{` are shortened to digits that read
+/// the same (leading zeros dropped; past 20 significant digits, 21 nines, over u64 like
+/// the original), so an announcement of any length fits in the bytes kept.
 fn keep_tail(tail: &mut Vec<u8>, more: &[u8]) {
     tail.extend_from_slice(more);
+    if let Some(open) = memchr::memrchr(b'{', tail) {
+        let start = open + 1;
+        let digits = tail[start..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
+        let zeros = tail[start..start + digits]
+            .iter()
+            .take_while(|&&b| b == b'0')
+            .count();
+        if digits - zeros > 20 {
+            tail.splice(start..start + digits, [b'9'; 21]);
+        } else {
+            tail.drain(start..start + zeros);
+        }
+    }
     if tail.len() > KEEP_TAIL {
         tail.drain(..tail.len() - KEEP_TAIL);
     }
@@ -389,6 +409,59 @@ mod tests {
             assert!(matches!(&got[2], Frame::Line { first: false, .. }));
             assert!(
                 matches!(&got[3], Frame::Line { bytes, first: true, .. } if bytes == b"b NOOP\r\n")
+            );
+        }
+    }
+
+    /// Found by fuzzing (fuzz/ imap_framer): an over-long line kept only its last 32
+    /// bytes, so a literal announced there with more digits than fit (`{000…018+}`,
+    /// leading zeros as Dovecot reads them) was not seen, and its bytes came out as a
+    /// command line.
+    #[test]
+    fn a_long_announcement_at_the_end_of_an_over_long_line_is_still_a_literal() {
+        let mut input = b"a1 APPEND INBOX (".to_vec();
+        input.extend(std::iter::repeat_n(b'x', 300));
+        input.extend_from_slice(b") {");
+        input.extend(std::iter::repeat_n(b'0', 40));
+        input.extend_from_slice(b"18+}\r\nZZ9 DELETE INBOX\r\n\r\nb NOOP\r\n");
+        for chunk in [1, 3, 7, 64, input.len()] {
+            let got = frames(&input, chunk, 100);
+            assert!(
+                matches!(
+                    &got[0],
+                    Frame::Overlong {
+                        literal: Some((18, false)),
+                        ..
+                    }
+                ),
+                "chunk {chunk}: {got:?}"
+            );
+            assert_eq!(
+                got[1],
+                Frame::Literal {
+                    bytes: b"ZZ9 DELETE INBOX\r\n".to_vec(),
+                    last: true
+                },
+                "chunk {chunk}"
+            );
+        }
+        // Past u64, however many digits: as good as infinite, as within the limit.
+        let mut input = b"a2 APPEND INBOX (".to_vec();
+        input.extend(std::iter::repeat_n(b'x', 300));
+        input.extend_from_slice(b") {");
+        input.extend(std::iter::repeat_n(b'9', 50));
+        input.extend_from_slice(b"}\r\n");
+        for chunk in [1, 5, input.len()] {
+            let got = frames(&input, chunk, 100);
+            assert!(
+                matches!(
+                    &got[0],
+                    Frame::Overlong {
+                        literal: Some((u64::MAX, true)),
+                        ..
+                    }
+                ),
+                "chunk {chunk}: {got:?}"
             );
         }
     }

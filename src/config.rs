@@ -354,6 +354,11 @@ pub struct ImapSettings {
     /// (SEARCH then decrypts them again).
     #[serde(default = "default_search_index_size")]
     pub search_index_size: u64,
+    /// Fill the search index in the background for each mailbox a client selects, over
+    /// a connection of sealpost's own that logs in as the client did (the login's
+    /// password or token is then kept in memory while the client's session lasts).
+    #[serde(default = "yes")]
+    pub search_index_fill: bool,
 }
 
 impl Default for ImapSettings {
@@ -362,6 +367,7 @@ impl Default for ImapSettings {
             encrypt_append: EncryptAppend::default(),
             search_index: true,
             search_index_size: default_search_index_size(),
+            search_index_fill: true,
         }
     }
 }
@@ -888,6 +894,7 @@ upstream_security = "tls"
         let d = ImapSettings::default();
         assert_eq!(c.imap.search_index, d.search_index);
         assert_eq!(c.imap.search_index_size, d.search_index_size);
+        assert_eq!(c.imap.search_index_fill, d.search_index_fill);
     }
 
     #[test]

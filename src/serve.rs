@@ -281,7 +281,11 @@ pub async fn run(config: Config) -> Result<(), AppError> {
                 .state_dir
                 .join("index")
                 .join(config.instance.as_deref().unwrap_or("default"));
-            crate::imap::search_state::SearchState::with_index(dir, config.imap.search_index_size)
+            crate::imap::search_state::SearchState::with_index(
+                dir,
+                config.imap.search_index_size,
+                config.imap.search_index_fill,
+            )
         } else {
             crate::imap::search_state::SearchState::default()
         }),

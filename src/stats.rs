@@ -60,6 +60,9 @@ pub struct AccountCounts {
     pub search_from_index: u64,
     #[serde(default)]
     pub search_decrypted: u64,
+    /// Encrypted messages indexed in the background (see `imap::fill`).
+    #[serde(default)]
+    pub indexed_in_background: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -185,6 +188,11 @@ impl Stats {
             a.search_from_index += from_index as u64;
             a.search_decrypted += decrypted as u64;
         });
+    }
+
+    /// Encrypted messages the background filler indexed.
+    pub fn indexed_in_background(&self, account: &str, messages: usize) {
+        self.account(account, |a| a.indexed_in_background += messages as u64);
     }
 
     pub fn reloaded(&self) {

@@ -195,7 +195,8 @@ pub fn render(s: &Snapshot) -> String {
             .collect();
         t.push_str(&format!(
             "  {name}: encrypted {}, sent plain {}, refused {}; views: {}; searches {} \
-             ({} encrypted messages read from the search index, {} decrypted for them)\n",
+             ({} encrypted messages read from the search index, {} decrypted for them); \
+             indexed in the background {}\n",
             a.encrypted,
             a.sent_plain,
             a.refused,
@@ -206,7 +207,8 @@ pub fn render(s: &Snapshot) -> String {
             },
             a.searches,
             a.search_from_index,
-            a.search_decrypted
+            a.search_decrypted,
+            a.indexed_in_background
         ));
     }
     match s.key_store_certificates {

@@ -527,3 +527,108 @@ fn the_index_survives_a_restart_and_holds_no_plaintext() {
         "{text}"
     );
 }
+
+/// `indexed in the background N` of `sealpost status`.
+fn indexed_in_background(env: &Env) -> u64 {
+    let out = common::proxy::sealpost_cmd(&env.proxy.config, &["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    if text.contains("(nothing sent or read yet)") {
+        return 0;
+    }
+    text.split("indexed in the background ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no background count in:\n{text}"))
+}
+
+fn wait_for_indexed(env: &Env, want: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let n = indexed_in_background(env);
+        if n == want {
+            return;
+        }
+        assert!(n < want, "indexed {n} in the background, expected {want}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "indexed {n} of {want} in the background after 60 s:\n{}",
+            env.proxy.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn selecting_a_mailbox_fills_the_index_in_the_background() {
+    let mut env = Env::new();
+    // Stored at the provider directly: nothing reaches sealpost before the EXAMINE.
+    let encrypted: Vec<Vec<u8>> = corpus()
+        .into_iter()
+        .filter_map(|m| match m {
+            Stored::Encrypted(raw) => Some(raw),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(encrypted.len(), 3);
+    let plain = message(
+        "Lunch",
+        "Mon, 02 Nov 2026 10:00:00 +0000",
+        1,
+        &text("At noon."),
+    );
+    {
+        let mut d = env.direct();
+        d.command_ok("CREATE Work");
+        assert!(d.append("Work", &[], plain.as_bytes()).is_ok());
+        for raw in &encrypted[..2] {
+            assert!(d.append("Work", &[], raw).is_ok());
+        }
+    }
+    // Selecting the mailbox is enough: the two encrypted messages are indexed while
+    // the client does nothing.
+    let mut c = env.client();
+    c.command_ok("EXAMINE Work");
+    wait_for_indexed(&env, 2);
+    // A search then decrypts nothing.
+    assert_eq!(uids(&c.command_ok("UID SEARCH BODY harbour")), vec![3]);
+    assert_eq!(uids(&c.command_ok("UID SEARCH SUBJECT minutes")), vec![2]);
+    let log = env.proxy.log();
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("to be decrypted for SEARCH") && !l.contains("to_decrypt=0")),
+        "SEARCH decrypted what the background had indexed:\n{log}"
+    );
+    c.logout();
+    // Resumable: after a restart, only what the index lacks is fetched and indexed, and
+    // a client logging in with AUTHENTICATE PLAIN (SASL-IR, as Thunderbird does) starts
+    // it the same way.
+    env.proxy.terminate(std::time::Duration::from_secs(10));
+    {
+        let mut d = env.direct();
+        assert!(d.append("Work", &[], &encrypted[2]).is_ok());
+    }
+    env.proxy.restart(true);
+    let mut c = common::imapclients::RawImap::connect(
+        env.proxy.imap_port,
+        "starttls",
+        Some(&env.ca.ca_pem),
+    );
+    use base64::Engine as _;
+    let plain_sasl = base64::engine::general_purpose::STANDARD.encode(format!("\0{USER}\0{PASS}"));
+    c.command_ok(&format!("AUTHENTICATE PLAIN {plain_sasl}"));
+    c.command_ok("SELECT Work");
+    wait_for_indexed(&env, 1);
+    assert_eq!(uids(&c.command_ok("UID SEARCH FROM erin")), vec![4]);
+    let log = env.proxy.log();
+    assert!(
+        log.contains("search index filled in the background"),
+        "{log}"
+    );
+    for secret in [PASS, plain_sasl.as_str()] {
+        assert!(
+            !log.contains(secret),
+            "a credential reached the log:\n{log}"
+        );
+    }
+}

@@ -5,6 +5,7 @@ pub mod cache;
 pub mod caps;
 pub mod client;
 pub mod fetch;
+pub mod fill;
 pub mod framer;
 pub mod progress;
 pub mod seal;

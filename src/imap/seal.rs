@@ -125,11 +125,11 @@ impl Progress<'_> {
 }
 
 /// One message as fetched.
-struct Stored {
-    uid: u32,
+pub(super) struct Stored {
+    pub(super) uid: u32,
     flags: Vec<Flag<'static>>,
     date: Option<imap_types::datetime::DateTime>,
-    raw: Vec<u8>,
+    pub(super) raw: Vec<u8>,
 }
 
 /// Seals the job's mailboxes; `progress` hears of each mailbox and batch.
@@ -469,7 +469,7 @@ const SEAL_BATCH_BYTES: u64 = 8 << 20;
 
 /// `uids` cut into rounds of at most [`SEAL_BATCH`] messages and [`SEAL_BATCH_BYTES`]
 /// (a larger message is a round of its own).
-fn batches<'u>(uids: &'u [u32], sizes: &HashMap<u32, u64>) -> Vec<&'u [u32]> {
+pub(super) fn batches<'u>(uids: &'u [u32], sizes: &HashMap<u32, u64>) -> Vec<&'u [u32]> {
     let mut out = Vec::new();
     let (mut start, mut bytes) = (0, 0u64);
     for (i, uid) in uids.iter().enumerate() {
@@ -814,7 +814,7 @@ async fn remove(c: &mut Client, uids: &[u32]) -> Result<(), SealError> {
     Ok(())
 }
 
-async fn search(c: &mut Client, command: &str) -> Result<Vec<u32>, SealError> {
+pub(super) async fn search(c: &mut Client, command: &str) -> Result<Vec<u32>, SealError> {
     let r = c.run_text(command).await?;
     if !r.ok() {
         return Err(ClientError::Protocol(format!("{command}: {}", r.text)).into());
@@ -839,7 +839,7 @@ fn uid_set(uids: &[u32]) -> String {
         .join(",")
 }
 
-async fn sizes(c: &mut Client, uids: &[u32]) -> Result<HashMap<u32, u64>, SealError> {
+pub(super) async fn sizes(c: &mut Client, uids: &[u32]) -> Result<HashMap<u32, u64>, SealError> {
     let mut out = HashMap::new();
     for batch in uids.chunks(500) {
         let r = c
@@ -864,7 +864,7 @@ async fn sizes(c: &mut Client, uids: &[u32]) -> Result<HashMap<u32, u64>, SealEr
     Ok(out)
 }
 
-async fn fetch(c: &mut Client, uids: &[u32]) -> Result<Vec<Stored>, SealError> {
+pub(super) async fn fetch(c: &mut Client, uids: &[u32]) -> Result<Vec<Stored>, SealError> {
     if uids.is_empty() {
         return Ok(Vec::new());
     }

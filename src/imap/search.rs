@@ -1154,11 +1154,7 @@ impl SearchJob {
                 // pass the provider's line length in a mailbox with gaps.)
                 let set = format!("{}:*", upto.saturating_add(1));
                 (
-                    vec![self.command(format!(
-                        "UID SEARCH UID {set} OR OR HEADER Content-Type \"multipart/encrypted\" \
-                         HEADER {} \"\" BODY \"-----BEGIN PGP MESSAGE-----\"",
-                        crate::pgp::STATUS_HEADER
-                    ))],
+                    vec![self.command(format!("UID SEARCH UID {set} {}", encrypted_criteria()))],
                     false,
                 )
             }
@@ -1190,6 +1186,15 @@ impl SearchJob {
 
 fn tagged_by(bytes: &[u8], tag: &str) -> bool {
     !tag.is_empty() && bytes.starts_with(tag.as_bytes()) && bytes.get(tag.len()) == Some(&b' ')
+}
+
+/// The search keys of the messages shown through a view: PGP/MIME, inline PGP, and
+/// anything carrying sealpost's status field (which must never be shown as stored).
+pub(super) fn encrypted_criteria() -> String {
+    format!(
+        "OR OR HEADER Content-Type \"multipart/encrypted\" HEADER {} \"\" BODY \"-----BEGIN PGP MESSAGE-----\"",
+        crate::pgp::STATUS_HEADER
+    )
 }
 
 #[cfg(test)]

@@ -46,6 +46,8 @@ pub struct SearchState {
     classes: Mutex<lru::LruCache<MailboxKey, Classified>>,
     docs: Mutex<DocCache>,
     indexes: Option<Indexes>,
+    /// Fills the indexes in the background for mailboxes clients select.
+    filler: super::fill::Filler,
 }
 
 struct DocCache {
@@ -89,11 +91,13 @@ impl SearchState {
                 max_bytes,
             }),
             indexes: None,
+            filler: super::fill::Filler::new(false),
         }
     }
 
-    /// With a persistent index per identity under `dir`, each at most `max_bytes`.
-    pub fn with_index(dir: PathBuf, max_bytes: u64) -> SearchState {
+    /// With a persistent index per identity under `dir`, each at most `max_bytes`;
+    /// `fill`: filled in the background for the mailboxes clients select.
+    pub fn with_index(dir: PathBuf, max_bytes: u64, fill: bool) -> SearchState {
         SearchState {
             indexes: Some(Indexes {
                 dir,
@@ -102,6 +106,7 @@ impl SearchState {
                     std::num::NonZeroUsize::new(OPEN_INDEXES).expect("non-zero"),
                 )),
             }),
+            filler: super::fill::Filler::new(fill),
             ..SearchState::default()
         }
     }
@@ -127,6 +132,16 @@ impl SearchState {
             entry.all.retain(|u| alive.contains(u));
             entry.encrypted.retain(|u| alive.contains(u));
         }
+    }
+
+    pub(super) fn filler(&self) -> &super::fill::Filler {
+        &self.filler
+    }
+
+    /// The index of `identity` of the context's account (opened on first use, which
+    /// reads the whole index: call off the protocol task); `None` without one.
+    pub(super) fn index_of(&self, ctx: &ImapContext, identity: &str) -> Option<Arc<SearchIndex>> {
+        self.index(ctx, &ctx.account, identity)
     }
 
     /// The index of the identity `key` names, opened on first use; `None` without one.

@@ -298,6 +298,9 @@ async fn handle(
                         let _ = tx.send((tag, index, sealed));
                     });
                 }
+                Output::Fill(req) => {
+                    crate::imap::fill::start(svc.ctx.clone(), svc.upstream.clone(), req)
+                }
                 Output::Close => {
                     client.flush().await?;
                     let _ = client.shutdown().await;

@@ -18,6 +18,7 @@
 
 use super::caps::{self, Local};
 use super::fetch::{self, DecryptRequest, FetchJob, Job, JobOutput, Selected};
+use super::fill;
 use super::framer::{Frame, Framer};
 use super::search::{self, SearchJob};
 use super::ImapContext;
@@ -46,6 +47,8 @@ pub enum Output {
     /// Encrypt a message an APPEND stores to the identity's own key and hand the result
     /// to [`Session::on_sealed`] (CPU work, run off the protocol task).
     Seal(SealRequest),
+    /// Fill the search index for a mailbox in the background (see [`fill::start`]).
+    Fill(fill::FillRequest),
     Close,
 }
 
@@ -267,6 +270,11 @@ pub struct Session {
     /// last UID it classified: the window grows only while the client reads on.
     classify_ahead: u32,
     last_job: Option<(u32, u32)>,
+    /// How the client is logging in, while its LOGIN or AUTHENTICATE is in flight, and
+    /// once it succeeded with an identity: kept only to fill the search index in the
+    /// background (see [`fill`]), when that is on.
+    offered: Option<fill::Credential>,
+    credential: Option<Arc<fill::Credential>>,
     out: Vec<Output>,
 }
 
@@ -306,6 +314,8 @@ impl Session {
             jobs_started: 0,
             classify_ahead: fetch::CLASSIFY_AHEAD,
             last_job: None,
+            offered: None,
+            credential: None,
             out: Vec::new(),
         }
     }
@@ -817,6 +827,10 @@ impl Session {
                     if let Phase::Authenticating { login, .. } = &mut self.phase {
                         *login = sasl_response_login(&mechanism, &bytes);
                     }
+                    if self.ctx.search.filler().enabled() {
+                        self.offered = sasl_response(&bytes)
+                            .and_then(|data| fill::Credential::sasl(&mechanism, &data));
+                    }
                 }
                 self.send_upstream(bytes);
                 self.inflow = Inflow::Sasl {
@@ -907,8 +921,17 @@ impl Session {
                     self.stop(Output::StartTls);
                 }
             }
-            CommandBody::Login { ref username, .. } => {
+            CommandBody::Login {
+                ref username,
+                ref password,
+            } => {
                 let user = String::from_utf8_lossy(username.as_ref()).into_owned();
+                if self.ctx.search.filler().enabled() {
+                    self.offered = Some(fill::Credential::login(
+                        username.as_ref(),
+                        password.declassify().as_ref(),
+                    ));
+                }
                 self.phase = Phase::Authenticating {
                     tag: tag.clone(),
                     login: Some(user),
@@ -923,6 +946,11 @@ impl Session {
                 let login = initial_response
                     .as_ref()
                     .and_then(|r| sasl_login(&mechanism, r.declassify().as_ref()));
+                if self.ctx.search.filler().enabled() {
+                    self.offered = initial_response
+                        .as_ref()
+                        .and_then(|r| fill::Credential::sasl(&mechanism, r.declassify().as_ref()));
+                }
                 self.phase = Phase::Authenticating {
                     tag: tag.clone(),
                     login,
@@ -1794,8 +1822,13 @@ impl Session {
                     self.inflow = Inflow::Start;
                     self.client.set_lines_only(false);
                 }
+                let offered = self.offered.take();
                 if ok {
-                    self.logged_in(login.as_deref())
+                    let phase = self.logged_in(login.as_deref());
+                    if phase.identity().is_some() {
+                        self.credential = offered.map(Arc::new);
+                    }
+                    phase
                 } else {
                     Phase::NotAuthenticated
                 }
@@ -1807,6 +1840,15 @@ impl Session {
                     tracing::warn!(
                         "SELECT without UIDVALIDITY; encrypted mail is relayed as stored"
                     );
+                }
+                if let (Some(identity), Some(credential), Some(_)) =
+                    (&identity, &self.credential, uidvalidity)
+                {
+                    self.out.push(Output::Fill(fill::FillRequest {
+                        identity: identity.clone(),
+                        mailbox: mailbox.clone(),
+                        credential: credential.clone(),
+                    }));
                 }
                 Phase::Selected {
                     identity,
@@ -2022,6 +2064,11 @@ fn learn_autocrypt(ac: &crate::keys::autocrypt::Learner, identity: &str, respons
 
 /// The login in a SASL client response line (base64, RFC 3501 §6.2.2).
 fn sasl_response_login(mechanism: &str, line: &[u8]) -> Option<String> {
+    sasl_login(mechanism, &sasl_response(line)?)
+}
+
+/// A SASL response line (base64, RFC 3501 §6.2.2), decoded.
+fn sasl_response(line: &[u8]) -> Option<zeroize::Zeroizing<Vec<u8>>> {
     let b64 = line.strip_suffix(b"\n")?;
     let b64 = b64.strip_suffix(b"\r").unwrap_or(b64);
     // Decoded as leniently as servers do (Dovecot ignores non-zero trailing bits): the
@@ -2032,8 +2079,7 @@ fn sasl_response_login(mechanism: &str, line: &[u8]) -> Option<String> {
             .with_decode_allow_trailing_bits(true)
             .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
     );
-    let data = lenient.decode(b64).ok()?;
-    sasl_login(mechanism, &data)
+    lenient.decode(b64).ok().map(zeroize::Zeroizing::new)
 }
 
 /// The login name in decoded SASL data (PLAIN, XOAUTH2, OAUTHBEARER). A PLAIN

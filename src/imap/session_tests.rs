@@ -2013,3 +2013,99 @@ fn a_forged_status_field_too_large_for_a_view_is_never_relayed() {
         "* 1 FETCH (UID 5 BODY[] {4}\r\nabcd)\r\na1 OK Fetch completed (sealpost)\r\n"
     );
 }
+
+/// A gateway context whose search index is filled in the background.
+fn filling_gateway() -> Arc<ImapContext> {
+    let mut c = gateway();
+    let dir = tempfile::tempdir().unwrap();
+    Arc::get_mut(&mut c).unwrap().search =
+        Arc::new(super::super::search_state::SearchState::with_index(
+            dir.path().to_path_buf(),
+            1 << 20,
+            true,
+        ));
+    c
+}
+
+fn fills(outs: &[Output]) -> Vec<&fill::FillRequest> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::Fill(r) => Some(r),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A SELECT by a login with an identity asks the driver to fill that mailbox's index,
+/// with the credential the login used; nothing else does, and the credential is never
+/// printed.
+#[test]
+fn a_select_starts_the_background_fill_with_the_logins_credential() {
+    let select = |s: &mut Session| {
+        s.on_client(b"m2 SELECT Archive\r\n");
+        s.on_upstream(b"* OK [UIDVALIDITY 7] ok\r\nm2 OK [READ-WRITE] selected\r\n")
+    };
+    // LOGIN.
+    let mut s = Session::new(filling_gateway(), true, true);
+    s.on_upstream(b"* OK ready\r\n");
+    s.on_client(b"m1 LOGIN mallory@corp.example \"secret pw\"\r\n");
+    assert!(fills(&s.on_upstream(b"m1 OK logged in\r\n")).is_empty());
+    let out = select(&mut s);
+    let f = fills(&out);
+    assert_eq!(f.len(), 1, "{out:?}");
+    assert_eq!(f[0].identity, "mallory@corp.example");
+    assert_eq!(f[0].mailbox, "Archive");
+    assert_eq!(
+        *f[0].credential,
+        fill::Credential::login(b"mallory@corp.example", b"secret pw")
+    );
+    assert!(!format!("{out:?}").contains("secret"), "{out:?}");
+    // AUTHENTICATE PLAIN, with the response after `+`.
+    let mut s = Session::new(filling_gateway(), true, true);
+    s.on_upstream(b"* OK ready\r\n");
+    s.on_client(b"m1 AUTHENTICATE PLAIN\r\n");
+    s.on_upstream(b"+ \r\n");
+    // "\0mallory@corp.example\0pw"
+    s.on_client(b"AG1hbGxvcnlAY29ycC5leGFtcGxlAHB3\r\n");
+    s.on_upstream(b"m1 OK logged in\r\n");
+    let out = select(&mut s);
+    assert_eq!(
+        *fills(&out)[0].credential,
+        fill::Credential::sasl("PLAIN", b"\0mallory@corp.example\0pw").unwrap()
+    );
+    // A failed login, a login without an identity of this account, a challenge
+    // mechanism, or filling turned off: no fill.
+    let cases: [(&[u8], &[u8], Arc<ImapContext>); 4] = [
+        (
+            b"m1 LOGIN mallory@corp.example pw\r\n",
+            b"m1 NO wrong\r\n",
+            filling_gateway(),
+        ),
+        (
+            b"m1 LOGIN eve@elsewhere.example pw\r\n",
+            b"m1 OK logged in\r\n",
+            filling_gateway(),
+        ),
+        (
+            b"m1 AUTHENTICATE CRAM-MD5\r\n",
+            b"+ PDEyMz4=\r\n",
+            filling_gateway(),
+        ),
+        (
+            b"m1 LOGIN mallory@corp.example pw\r\n",
+            b"m1 OK logged in\r\n",
+            gateway(),
+        ),
+    ];
+    for (login, reply, ctx) in cases {
+        let mut s = Session::new(ctx, true, true);
+        s.on_upstream(b"* OK ready\r\n");
+        s.on_client(login);
+        s.on_upstream(reply);
+        if login.starts_with(b"m1 AUTHENTICATE") {
+            s.on_client(b"bWFsbG9yeUBjb3JwLmV4YW1wbGUgZDQxZA==\r\n");
+            s.on_upstream(b"m1 OK logged in\r\n");
+        }
+        assert!(fills(&select(&mut s)).is_empty(), "{login:?}");
+    }
+}

@@ -1,0 +1,345 @@
+//! Filling an identity's search index in the background.
+//!
+//! When a client selects a mailbox, sealpost opens a connection of its own to the
+//! provider, logs in the way the client did, finds the mailbox's encrypted messages the
+//! index does not hold yet, and downloads, decrypts and indexes them a batch at a time
+//! (newest first), so that the first SEARCH of a large mailbox reads the index instead of
+//! decrypting everything while the client waits.
+//!
+//! Bounded: one mailbox is filled at a time, process-wide; each batch decrypts on one
+//! blocking thread holding one of the process's decryption slots (so it never takes more
+//! than one core, and waits its turn with the sessions' own decryptions); a mailbox is
+//! filled at most once every [`AGAIN_AFTER`]. Resumable: what was committed is skipped
+//! the next time, after a restart too.
+//!
+//! The credential a client logged in with is kept in its session's memory for this
+//! (zeroed when dropped, never logged); only single-step logins can be replayed: LOGIN,
+//! and AUTHENTICATE PLAIN, XOAUTH2 or OAUTHBEARER.
+
+use super::cache::Key;
+use super::client::{Client, ClientError};
+use super::server::ImapUpstream;
+use super::ImapContext;
+use imap_types::auth::AuthMechanism;
+use imap_types::command::CommandBody;
+use imap_types::response::{Code, Response, Status};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tracing::Instrument;
+use zeroize::Zeroizing;
+
+/// A mailbox is filled again at the earliest this long after its last fill started (new
+/// mail in between is indexed when the client fetches it).
+const AGAIN_AFTER: Duration = Duration::from_secs(10 * 60);
+/// A progress line at most this often.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+/// Mailboxes remembered as recently filled; older entries go first beyond it.
+const REMEMBERED: usize = 4096;
+
+/// How a client logged in, so that a background connection can log in the same way.
+#[derive(PartialEq, Eq)]
+pub enum Credential {
+    Login {
+        user: Vec<u8>,
+        password: Zeroizing<Vec<u8>>,
+    },
+    /// The one response of a single-step SASL mechanism, decoded.
+    Sasl {
+        mechanism: String,
+        response: Zeroizing<Vec<u8>>,
+    },
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credential::Login { .. } => f.write_str("Credential::Login(<redacted>)"),
+            Credential::Sasl { mechanism, .. } => {
+                write!(f, "Credential::Sasl({mechanism}, <redacted>)")
+            }
+        }
+    }
+}
+
+impl Credential {
+    pub fn login(user: &[u8], password: &[u8]) -> Credential {
+        Credential::Login {
+            user: user.to_vec(),
+            password: Zeroizing::new(password.to_vec()),
+        }
+    }
+
+    /// A SASL login that can be replayed, or `None` (mechanisms with challenges, or
+    /// several steps, cannot).
+    pub fn sasl(mechanism: &str, response: &[u8]) -> Option<Credential> {
+        let replayable = matches!(
+            AuthMechanism::try_from(mechanism).ok()?,
+            AuthMechanism::Plain | AuthMechanism::XOAuth2 | AuthMechanism::OAuthBearer
+        );
+        replayable.then(|| Credential::Sasl {
+            mechanism: mechanism.to_ascii_uppercase(),
+            response: Zeroizing::new(response.to_vec()),
+        })
+    }
+}
+
+/// A mailbox to fill: see [`super::session::Output::Fill`].
+#[derive(Debug, PartialEq, Eq)]
+pub struct FillRequest {
+    pub identity: String,
+    pub mailbox: String,
+    pub credential: Arc<Credential>,
+}
+
+/// (account, identity, mailbox).
+type MailboxOf = (Arc<str>, String, String);
+
+/// Which mailboxes are being or were recently filled, and whose turn it is.
+pub struct Filler {
+    enabled: bool,
+    turn: tokio::sync::Semaphore,
+    started: Mutex<HashMap<MailboxOf, Instant>>,
+}
+
+impl Filler {
+    pub fn new(enabled: bool) -> Filler {
+        Filler {
+            enabled,
+            turn: tokio::sync::Semaphore::new(1),
+            started: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Whether `key` is due: not filled within [`AGAIN_AFTER`]; it is then marked.
+    fn claim(&self, key: MailboxOf) -> bool {
+        let now = Instant::now();
+        let mut started = self.started.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(at) = started.get(&key) {
+            if now.duration_since(*at) < AGAIN_AFTER {
+                return false;
+            }
+        }
+        if started.len() >= REMEMBERED {
+            started.retain(|_, at| now.duration_since(*at) < AGAIN_AFTER);
+            if started.len() >= REMEMBERED {
+                // All recent: the oldest goes.
+                if let Some(oldest) = started
+                    .iter()
+                    .min_by_key(|(_, at)| **at)
+                    .map(|(k, _)| k.clone())
+                {
+                    started.remove(&oldest);
+                }
+            }
+        }
+        started.insert(key, now);
+        true
+    }
+}
+
+/// Starts filling the index for `req` on a task of its own, unless that mailbox was
+/// filled recently or filling is off.
+pub fn start(ctx: Arc<ImapContext>, up: ImapUpstream, req: FillRequest) {
+    let filler = ctx.search.filler();
+    if !filler.enabled()
+        || !filler.claim((
+            ctx.account.clone(),
+            crate::keys::normalize_address(&req.identity),
+            req.mailbox.clone(),
+        ))
+    {
+        return;
+    }
+    let span = tracing::info_span!("index", account = %ctx.account, mailbox = %req.mailbox);
+    tokio::spawn(
+        async move {
+            let Ok(_turn) = ctx.search.filler().turn.acquire().await else {
+                return;
+            };
+            let started = Instant::now();
+            match fill(&ctx, &up, &req).await {
+                Ok(0) => tracing::debug!("search index already holds this mailbox"),
+                Ok(n) => tracing::info!(
+                    messages = n,
+                    seconds = started.elapsed().as_secs_f32(),
+                    "search index filled in the background"
+                ),
+                Err(e) => tracing::warn!(error = %e, "background indexing stopped; SEARCH decrypts what is missing"),
+            }
+        }
+        .instrument(span),
+    );
+}
+
+#[derive(Debug, thiserror::Error)]
+enum FillError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("{0}")]
+    Refused(String),
+    #[error("no search index for this identity")]
+    NoIndex,
+}
+
+impl From<super::seal::SealError> for FillError {
+    fn from(e: super::seal::SealError) -> FillError {
+        FillError::Refused(e.to_string())
+    }
+}
+
+/// Indexes the encrypted messages of the request's mailbox that the index lacks;
+/// returns how many were indexed.
+async fn fill(
+    ctx: &Arc<ImapContext>,
+    up: &ImapUpstream,
+    req: &FillRequest,
+) -> Result<usize, FillError> {
+    let index = {
+        let (ctx, identity) = (ctx.clone(), req.identity.clone());
+        tokio::task::spawn_blocking(move || ctx.search.index_of(&ctx, &identity))
+            .await
+            .ok()
+            .flatten()
+            .ok_or(FillError::NoIndex)?
+    };
+    let mut c = Client::connect(up, ctx.max_message_size).await?;
+    login(&mut c, &req.credential).await?;
+    let examine = CommandBody::examine(req.mailbox.as_str())
+        .map_err(|e| FillError::Refused(format!("mailbox name: {e:?}")))?;
+    let r = c.run(examine).await?;
+    if !r.ok() {
+        return Err(FillError::Refused(format!("EXAMINE: {}", r.text)));
+    }
+    let uidvalidity = r
+        .untagged
+        .iter()
+        .find_map(|r| match r {
+            Response::Status(Status::Untagged(body)) => match body.code {
+                Some(Code::UidValidity(v)) => Some(v.get()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .ok_or_else(|| FillError::Refused("EXAMINE gave no UIDVALIDITY".into()))?;
+    // The same test SEARCH uses (see `search::SearchJob`), within the size views are
+    // built for.
+    let encrypted = super::seal::search(
+        &mut c,
+        &format!(
+            "UID SEARCH SMALLER {} {}",
+            ctx.max_message_size.saturating_add(1),
+            super::search::encrypted_criteria()
+        ),
+    )
+    .await?;
+    let indexed = {
+        let (index, mailbox) = (index.clone(), req.mailbox.clone());
+        tokio::task::spawn_blocking(move || index.indexed(&mailbox, uidvalidity))
+            .await
+            .map_err(|e| FillError::Refused(e.to_string()))?
+            .map_err(|e| FillError::Refused(crate::error_chain(&e)))?
+    };
+    // Newest first: what a user looks for most.
+    let missing: Vec<u32> = encrypted
+        .into_iter()
+        .rev()
+        .filter(|u| !indexed.contains(u))
+        .collect();
+    if missing.is_empty() {
+        let _ = c.run_text("LOGOUT").await;
+        return Ok(0);
+    }
+    tracing::info!(
+        messages = missing.len(),
+        "indexing encrypted mail in the background"
+    );
+    let sizes = super::seal::sizes(&mut c, &missing).await?;
+    let (mut done, mut last_line) = (0usize, Instant::now());
+    for batch in super::seal::batches(&missing, &sizes) {
+        let stored = super::seal::fetch(&mut c, batch).await?;
+        let Ok(_slot) = ctx.decrypt_slots.acquire().await else {
+            break;
+        };
+        let work = {
+            let ctx = ctx.clone();
+            let identity = req.identity.clone();
+            let mailbox = req.mailbox.clone();
+            move || {
+                let mut n = 0;
+                for m in stored {
+                    let view = super::fetch::view_or_stand_in(&m.raw, || {
+                        ctx.view(&identity, &m.raw, ctx.max_message_size)
+                    });
+                    if super::search_state::lasting(&view) {
+                        n += 1;
+                    }
+                    let key = Key {
+                        account: ctx.account.clone(),
+                        identity: identity.clone(),
+                        mailbox: mailbox.clone(),
+                        uidvalidity,
+                        uid: m.uid,
+                    };
+                    let recorded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        ctx.search.record(&ctx, key, &view)
+                    }));
+                    if recorded.is_err() {
+                        tracing::error!("reading a view for the search index failed");
+                    }
+                }
+                n
+            }
+        };
+        let n = tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| FillError::Refused(format!("indexing task failed: {e}")))?;
+        crate::stats::global().indexed_in_background(&ctx.account, n);
+        done += n;
+        if last_line.elapsed() >= PROGRESS_EVERY {
+            last_line = Instant::now();
+            tracing::info!(
+                indexed = done,
+                of = missing.len(),
+                "indexing encrypted mail in the background"
+            );
+        }
+    }
+    let committed = tokio::task::spawn_blocking(move || index.commit())
+        .await
+        .map_err(|e| FillError::Refused(e.to_string()))?;
+    if let Err(e) = committed {
+        return Err(FillError::Refused(crate::error_chain(&e)));
+    }
+    let _ = c.run_text("LOGOUT").await;
+    Ok(done)
+}
+
+/// Logs in the way the client did.
+async fn login(c: &mut Client, credential: &Credential) -> Result<(), FillError> {
+    let command = match credential {
+        Credential::Login { user, password } => {
+            CommandBody::login(user.as_slice(), password.as_slice())
+                .map_err(|_| FillError::Refused("the login cannot be repeated".into()))?
+        }
+        Credential::Sasl {
+            mechanism,
+            response,
+        } => {
+            let mechanism = AuthMechanism::try_from(mechanism.as_str())
+                .map_err(|_| FillError::Refused("the login cannot be repeated".into()))?;
+            CommandBody::authenticate_with_ir(mechanism, response.as_slice())
+        }
+    };
+    let r = c.run(command).await?;
+    if r.ok() {
+        Ok(())
+    } else {
+        // The server's words only: they never hold the secret.
+        Err(FillError::Refused(format!("login refused: {}", r.text)))
+    }
+}

@@ -260,31 +260,46 @@ async fn fill(
     );
     let sizes = super::seal::sizes(&mut c, &missing).await?;
     let (mut done, mut last_line) = (0usize, Instant::now());
+    let mut indexing: Option<tokio::task::JoinHandle<usize>> = None;
+    let key = |uid: u32| Key {
+        account: ctx.account.clone(),
+        identity: req.identity.clone(),
+        mailbox: req.mailbox.clone(),
+        uidvalidity,
+        uid,
+    };
     for batch in super::seal::batches(&missing, &sizes) {
-        let stored = super::seal::fetch(&mut c, batch).await?;
-        let Ok(_slot) = ctx.decrypt_slots.acquire().await else {
+        // What a SEARCH read meanwhile is indexed already.
+        let batch: Vec<u32> = batch
+            .iter()
+            .copied()
+            .filter(|&uid| ctx.search.doc(&key(uid)).is_none())
+            .collect();
+        if batch.is_empty() {
+            continue;
+        }
+        let stored = super::seal::fetch(&mut c, &batch).await?;
+        // One batch decrypts while the next downloads; never two at once.
+        if let Some(previous) = indexing.take() {
+            done += finish(ctx, previous).await?;
+        }
+        let Ok(slot) = ctx.decrypt_slots.clone().acquire_owned().await else {
             break;
         };
+        let keys: Vec<Key> = stored.iter().map(|m| key(m.uid)).collect();
         let work = {
             let ctx = ctx.clone();
             let identity = req.identity.clone();
-            let mailbox = req.mailbox.clone();
             move || {
+                let _slot = slot;
                 let mut n = 0;
-                for m in stored {
+                for (m, key) in stored.into_iter().zip(keys) {
                     let view = super::fetch::view_or_stand_in(&m.raw, || {
                         ctx.view(&identity, &m.raw, ctx.max_message_size)
                     });
                     if super::search_state::lasting(&view) {
                         n += 1;
                     }
-                    let key = Key {
-                        account: ctx.account.clone(),
-                        identity: identity.clone(),
-                        mailbox: mailbox.clone(),
-                        uidvalidity,
-                        uid: m.uid,
-                    };
                     let recorded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         ctx.search.record(&ctx, key, &view)
                     }));
@@ -295,11 +310,7 @@ async fn fill(
                 n
             }
         };
-        let n = tokio::task::spawn_blocking(work)
-            .await
-            .map_err(|e| FillError::Refused(format!("indexing task failed: {e}")))?;
-        crate::stats::global().indexed_in_background(&ctx.account, n);
-        done += n;
+        indexing = Some(tokio::task::spawn_blocking(work));
         if last_line.elapsed() >= PROGRESS_EVERY {
             last_line = Instant::now();
             tracing::info!(
@@ -309,6 +320,9 @@ async fn fill(
             );
         }
     }
+    if let Some(last) = indexing.take() {
+        done += finish(ctx, last).await?;
+    }
     let committed = tokio::task::spawn_blocking(move || index.commit())
         .await
         .map_err(|e| FillError::Refused(e.to_string()))?;
@@ -317,6 +331,18 @@ async fn fill(
     }
     let _ = c.run_text("LOGOUT").await;
     Ok(done)
+}
+
+/// Waits for a batch's decryption; counts what it indexed.
+async fn finish(
+    ctx: &ImapContext,
+    batch: tokio::task::JoinHandle<usize>,
+) -> Result<usize, FillError> {
+    let n = batch
+        .await
+        .map_err(|e| FillError::Refused(format!("indexing task failed: {e}")))?;
+    crate::stats::global().indexed_in_background(&ctx.account, n);
+    Ok(n)
 }
 
 /// Logs in the way the client did.

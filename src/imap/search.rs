@@ -548,15 +548,29 @@ impl SearchJob {
     }
 
     fn next_download(&mut self, ctx: &ImapContext) -> (Vec<JobOutput>, bool) {
-        if self.to_download.is_empty() {
+        // Docs built since the job started (by the background fill, or another session)
+        // need no download.
+        let mut batch: Vec<u32> = Vec::with_capacity(DOWNLOAD_BATCH);
+        while batch.len() < DOWNLOAD_BATCH {
+            let Some(uid) = self.to_download.pop_front() else {
+                break;
+            };
+            match ctx.search.doc(&self.selected.key(uid)) {
+                Some(doc) => self.judge(uid, &doc),
+                None => batch.push(uid),
+            }
+        }
+        if batch.is_empty() && !self.decrypting.is_empty() {
+            // The views in flight call again.
+            return (Vec::new(), false);
+        }
+        if batch.is_empty() {
             if self.decrypted > 0 {
                 // What was read of them survives a restart.
                 ctx.search.commit(ctx, &self.selected);
             }
             return self.fetch_state();
         }
-        let n = self.to_download.len().min(DOWNLOAD_BATCH);
-        let batch: Vec<u32> = self.to_download.drain(..n).collect();
         self.batch = batch.iter().copied().collect();
         self.step = Step::Download;
         self.downloaded = false;

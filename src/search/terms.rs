@@ -46,9 +46,24 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 /// The words of `text`: maximal runs of alphanumeric characters, each character
 /// lowercased on its own.
 pub fn words(text: &str) -> Vec<String> {
+    if text.is_ascii() {
+        // The same words, found byte by byte (for ASCII, `is_alphanumeric` and
+        // `to_lowercase` are their ASCII forms).
+        return text
+            .split(|c: char| !c.is_ascii_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .map(str::to_ascii_lowercase)
+            .collect();
+    }
     text.split(|c: char| !c.is_alphanumeric())
         .filter(|w| !w.is_empty())
-        .map(|w| w.chars().flat_map(char::to_lowercase).collect())
+        .map(|w| {
+            if w.is_ascii() {
+                w.to_ascii_lowercase()
+            } else {
+                w.chars().flat_map(char::to_lowercase).collect()
+            }
+        })
         .collect()
 }
 
@@ -57,6 +72,11 @@ pub fn words(text: &str) -> Vec<String> {
 pub fn indexed_words(text: &str) -> HashSet<String> {
     let mut out = HashSet::new();
     for word in words(text) {
+        if word.len() <= WINDOW {
+            // At most as many characters as bytes.
+            out.insert(word);
+            continue;
+        }
         let chars: Vec<char> = word.chars().collect();
         if chars.len() <= WINDOW {
             out.insert(word);
@@ -104,6 +124,28 @@ pub fn needle_words(needle: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ascii_path_finds_the_same_words_as_the_general_one() {
+        let general = |text: &str| -> Vec<String> {
+            text.split(|c: char| !c.is_alphanumeric())
+                .filter(|w| !w.is_empty())
+                .map(|w| w.chars().flat_map(char::to_lowercase).collect())
+                .collect()
+        };
+        let all: String = (0u8..128).map(char::from).collect();
+        let mut x = 7u32;
+        for len in 0..400 {
+            let text: String = (0..len)
+                .map(|_| {
+                    x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                    char::from((x >> 16) as u8 & 0x7f)
+                })
+                .collect();
+            assert_eq!(words(&text), general(&text), "{text:?}");
+        }
+        assert_eq!(words(&all), general(&all));
+    }
 
     #[test]
     fn words_split_on_anything_not_alphanumeric_and_lowercase_each_char() {

@@ -95,6 +95,14 @@ pub struct FillRequest {
 /// (account, identity, mailbox).
 type MailboxOf = (Arc<str>, String, String);
 
+/// A fill waiting for its turn or running: the credential only while the client's
+/// session holds it.
+struct Job {
+    identity: String,
+    mailbox: String,
+    credential: std::sync::Weak<Credential>,
+}
+
 /// Which mailboxes are being or were recently filled, and whose turn it is.
 pub struct Filler {
     enabled: bool,
@@ -113,6 +121,12 @@ impl Filler {
 
     pub fn enabled(&self) -> bool {
         self.enabled
+    }
+
+    /// Makes `key` due again.
+    fn release(&self, key: &MailboxOf) {
+        let mut started = self.started.lock().unwrap_or_else(|e| e.into_inner());
+        started.remove(key);
     }
 
     /// Whether `key` is due: not filled within [`AGAIN_AFTER`]; it is then marked.
@@ -146,29 +160,40 @@ impl Filler {
 /// filled recently or filling is off.
 pub fn start(ctx: Arc<ImapContext>, up: ImapUpstream, req: FillRequest) {
     let filler = ctx.search.filler();
-    if !filler.enabled()
-        || !filler.claim((
-            ctx.account.clone(),
-            crate::keys::normalize_address(&req.identity),
-            req.mailbox.clone(),
-        ))
-    {
+    let claimed = (
+        ctx.account.clone(),
+        crate::keys::normalize_address(&req.identity),
+        req.mailbox.clone(),
+    );
+    if !filler.enabled() || !filler.claim(claimed.clone()) {
         return;
     }
-    let span = tracing::info_span!("index", account = %ctx.account, mailbox = %req.mailbox);
+    // The credential lives as long as the client's session and no longer: a fill still
+    // waiting for its turn when the client leaves does not run.
+    let job = Job {
+        identity: req.identity,
+        mailbox: req.mailbox,
+        credential: Arc::downgrade(&req.credential),
+    };
+    drop(req.credential);
+    let span = tracing::info_span!("index", account = %ctx.account, mailbox = %job.mailbox);
     tokio::spawn(
         async move {
             let Ok(_turn) = ctx.search.filler().turn.acquire().await else {
                 return;
             };
             let started = Instant::now();
-            match fill(&ctx, &up, &req).await {
+            match fill(&ctx, &up, &job).await {
                 Ok(0) => tracing::debug!("search index already holds this mailbox"),
                 Ok(n) => tracing::info!(
                     messages = n,
                     seconds = started.elapsed().as_secs_f32(),
                     "search index filled in the background"
                 ),
+                Err(FillError::Gone) => {
+                    tracing::debug!("the client left before the background fill's turn");
+                    ctx.search.filler().release(&claimed);
+                }
                 Err(e) => tracing::warn!(error = %e, "background indexing stopped; SEARCH decrypts what is missing"),
             }
         }
@@ -184,6 +209,8 @@ enum FillError {
     Refused(String),
     #[error("no search index for this identity")]
     NoIndex,
+    #[error("the client left before its turn")]
+    Gone,
 }
 
 impl From<super::seal::SealError> for FillError {
@@ -194,11 +221,7 @@ impl From<super::seal::SealError> for FillError {
 
 /// Indexes the encrypted messages of the request's mailbox that the index lacks;
 /// returns how many were indexed.
-async fn fill(
-    ctx: &Arc<ImapContext>,
-    up: &ImapUpstream,
-    req: &FillRequest,
-) -> Result<usize, FillError> {
+async fn fill(ctx: &Arc<ImapContext>, up: &ImapUpstream, req: &Job) -> Result<usize, FillError> {
     let index = {
         let (ctx, identity) = (ctx.clone(), req.identity.clone());
         tokio::task::spawn_blocking(move || ctx.search.index_of(&ctx, &identity))
@@ -208,7 +231,12 @@ async fn fill(
             .ok_or(FillError::NoIndex)?
     };
     let mut c = Client::connect(up, ctx.max_message_size).await?;
-    login(&mut c, &req.credential).await?;
+    let Some(credential) = req.credential.upgrade() else {
+        return Err(FillError::Gone);
+    };
+    let logged_in = login(&mut c, &credential).await;
+    drop(credential);
+    logged_in?;
     let examine = CommandBody::examine(req.mailbox.as_str())
         .map_err(|e| FillError::Refused(format!("mailbox name: {e:?}")))?;
     let r = c.run(examine).await?;
@@ -367,5 +395,47 @@ async fn login(c: &mut Client, credential: &Credential) -> Result<(), FillError>
     } else {
         // The server's words only: they never hold the secret.
         Err(FillError::Refused(format!("login refused: {}", r.text)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mailbox_is_filled_once_until_released() {
+        let f = Filler::new(true);
+        let key = |m: &str| -> MailboxOf { ("acct".into(), "a@example.com".into(), m.into()) };
+        assert!(f.claim(key("INBOX")));
+        assert!(!f.claim(key("INBOX")));
+        assert!(f.claim(key("Archive")));
+        f.release(&key("INBOX"));
+        assert!(f.claim(key("INBOX")));
+        // Bounded: claiming many mailboxes keeps at most REMEMBERED.
+        for i in 0..REMEMBERED + 10 {
+            f.claim(key(&format!("box{i}")));
+        }
+        assert!(f.started.lock().unwrap().len() <= REMEMBERED);
+    }
+
+    #[test]
+    fn credentials_never_print_their_secret() {
+        let login = Credential::login(b"alice", b"hunter2");
+        let sasl = Credential::sasl("plain", b"\0alice\0hunter2").unwrap();
+        for c in [&login, &sasl] {
+            let shown = format!("{c:?}");
+            assert!(
+                !shown.contains("hunter2") && !shown.contains("alice"),
+                "{shown}"
+            );
+        }
+        assert_eq!(format!("{sasl:?}"), "Credential::Sasl(PLAIN, <redacted>)");
+        // Only single-step mechanisms can be repeated.
+        for m in ["XOAUTH2", "OAUTHBEARER"] {
+            assert!(Credential::sasl(m, b"x").is_some(), "{m}");
+        }
+        for m in ["CRAM-MD5", "SCRAM-SHA-256", "GSSAPI", "LOGIN", "no such"] {
+            assert!(Credential::sasl(m, b"x").is_none(), "{m}");
+        }
     }
 }

@@ -623,3 +623,57 @@ fn an_identity_signs_only_for_its_own_accounts_listener() {
     let got = sink.wait_for_messages(2, WAIT);
     gpg_decrypt("bob", &armored(&got[1].data)).assert_decrypted_signed_by("alice");
 }
+
+/// A provider that closes a kept connection between messages (with the `421` of an idle
+/// timeout): each next message goes out on a new connection, and the client sees every
+/// message accepted once.
+#[test]
+fn a_connection_the_provider_closed_between_messages_is_replaced() {
+    let ca = TestCa::shared();
+    let sink = Sink::start_with(
+        ca,
+        SinkConfig {
+            close_after: Some(1),
+            ..SinkConfig::default()
+        },
+    );
+    let proxy = Proxy::start(ca, &ProxyOptions::new(sink.port));
+    let script = r#"
+import smtplib, ssl, sys, time
+port, cafile = sys.argv[1], sys.argv[2]
+s = smtplib.SMTP("127.0.0.1", int(port), timeout=60)
+s.starttls(context=ssl.create_default_context(cafile=cafile))
+s.login("sinkuser", "sinkpass")
+for i in range(3):
+    s.sendmail("alice@example.com", ["x@example.org"], b"Subject: n%d\r\n\r\nbody\r\n" % i)
+    print("SENT", i, flush=True)
+    time.sleep(0.5)
+s.quit()
+"#;
+    let out = Command::new(common::PYTHON)
+        .args([
+            "-c",
+            script,
+            &proxy.smtp_port.to_string(),
+            ca.ca_pem.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("SENT 2"),
+        "{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        proxy.log()
+    );
+    let got = sink.wait_for_messages(3, Duration::from_secs(10));
+    let subjects: Vec<bool> = (0..3)
+        .map(|i| {
+            got.iter()
+                .any(|m| String::from_utf8_lossy(&m.data).contains(&format!("Subject: n{i}")))
+        })
+        .collect();
+    assert_eq!(subjects, [true; 3]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(sink.messages().len(), 3, "a message was sent twice");
+}

@@ -99,13 +99,12 @@ impl UpstreamLink {
         Ok(reply)
     }
 
-    async fn ready(&mut self, target: &Target) -> Result<&mut Upstream, UpstreamError> {
-        let alive = match self.conn.as_mut() {
-            Some(c) => c.noop().await,
-            None => false,
-        };
-        if !alive {
-            self.conn = None;
+    /// The session's connection, opened (and logged in) when there is none. `fresh`
+    /// tells whether it was just opened: a reused one may have been closed by the
+    /// provider since (see [`UpstreamLink::begin`]).
+    async fn ready(&mut self, target: &Target) -> Result<(&mut Upstream, bool), UpstreamError> {
+        let fresh = self.conn.is_none();
+        if fresh {
             let (user, password) = self.credentials.clone().ok_or(UpstreamError::Io {
                 target: format!("{}:{}", target.host, target.port),
                 message: "not logged in".into(),
@@ -120,7 +119,36 @@ impl UpstreamLink {
             }
             self.conn = Some(conn);
         }
-        Ok(self.conn.as_mut().expect("set above"))
+        Ok((self.conn.as_mut().expect("set above"), fresh))
+    }
+
+    /// Opens a transaction (see [`Upstream::begin`]). A connection kept from an earlier
+    /// message that turns out closed (an error, or the `421` a provider sends when it
+    /// times a connection out) is replaced and the transaction tried once more on a new
+    /// one: nothing was accepted yet. This saves asking the provider before every
+    /// message whether the connection still works.
+    async fn begin(
+        &mut self,
+        target: &Target,
+        from: &str,
+        rcpts: &[String],
+        params: &[&str],
+        size: usize,
+    ) -> Result<Result<(), Reply>, UpstreamError> {
+        let (conn, fresh) = self.ready(target).await?;
+        let first = conn.begin(from, rcpts, params, size).await;
+        let closed = match &first {
+            Err(_) => true,
+            Ok(Err(r)) => r.code == 421,
+            Ok(Ok(())) => false,
+        };
+        if fresh || !closed {
+            return first;
+        }
+        tracing::debug!("the provider closed the kept connection; opening a new one");
+        self.conn = None;
+        let (conn, _) = self.ready(target).await?;
+        conn.begin(from, rcpts, params, size).await
     }
 }
 
@@ -371,18 +399,6 @@ async fn relay(
             return done(refusal, outcome, records);
         }
     };
-    let conn = match link.ready(&svc.target).await {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(error = %e, "upstream unavailable");
-            crate::metrics::upstream_error("smtp");
-            let reply = Reply::new(
-                451,
-                "4.4.1 The mail provider cannot be reached; try again later",
-            );
-            return done(reply, Outcome::Failed, records);
-        }
-    };
     let mut params = Vec::new();
     if envelope.body_8bit {
         params.push("BODY=8BITMIME");
@@ -392,10 +408,27 @@ async fn relay(
     }
     let encrypted = copies.iter().filter(|c| c.encrypted).count();
     for copy in &copies {
-        match conn
-            .send_mail(&envelope.from, &copy.rcpts, &params, &copy.message)
+        let sent = match link
+            .begin(
+                &svc.target,
+                &envelope.from,
+                &copy.rcpts,
+                &params,
+                copy.message.len(),
+            )
             .await
         {
+            Ok(Ok(())) => match link.conn.as_mut() {
+                Some(conn) => conn.data(&copy.message).await,
+                None => Err(UpstreamError::Io {
+                    target: format!("{}:{}", svc.target.host, svc.target.port),
+                    message: "connection lost".into(),
+                }),
+            },
+            Ok(Err(r)) => Ok(r),
+            Err(e) => Err(e),
+        };
+        match sent {
             Ok(r) if r.is_positive() => {}
             Ok(r) => {
                 tracing::info!(code = r.code, "upstream refused a copy");

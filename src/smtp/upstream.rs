@@ -184,42 +184,72 @@ impl Upstream {
         self.read_reply().await
     }
 
-    /// Sends one message. Returns the first negative reply, or the final 250.
-    pub async fn send_mail(
+    /// Opens a transaction: MAIL FROM, each RCPT TO, DATA. `Ok(Ok(()))`: the server
+    /// waits for the message (354); `Ok(Err(reply))`: its first refusal (the transaction
+    /// is reset); `Err`: connection trouble. Nothing is accepted before the message
+    /// itself, so a transaction that failed here can be tried again elsewhere.
+    ///
+    /// With PIPELINING (RFC 2920) MAIL and the RCPTs go in one write and their replies
+    /// are read together; DATA waits for them (were it pipelined too, a refused RCPT
+    /// could only be followed by an empty message to the others).
+    pub async fn begin(
         &mut self,
         from: &str,
         rcpts: &[String],
         params: &[&str],
-        message: &[u8],
-    ) -> Result<Reply, UpstreamError> {
+        size: usize,
+    ) -> Result<Result<(), Reply>, UpstreamError> {
         let mut mail = format!("MAIL FROM:<{from}>");
         for p in params {
             mail.push(' ');
             mail.push_str(p);
         }
         if self.has_extension("SIZE") {
-            mail.push_str(&format!(" SIZE={}", message.len()));
+            mail.push_str(&format!(" SIZE={size}"));
         }
-        self.send_line(&mail).await?;
-        let r = self.read_reply().await?;
-        if !r.is_positive() {
-            self.reset().await;
-            return Ok(r);
-        }
-        for rcpt in rcpts {
-            self.send_line(&format!("RCPT TO:<{rcpt}>")).await?;
-            let r = self.read_reply().await?;
-            if !r.is_positive() {
-                self.reset().await;
-                return Ok(r);
+        let commands: Vec<String> = std::iter::once(mail)
+            .chain(rcpts.iter().map(|r| format!("RCPT TO:<{r}>")))
+            .collect();
+        let mut refused = None;
+        if self.has_extension("PIPELINING") {
+            let mut batch = String::new();
+            for c in &commands {
+                batch.push_str(c);
+                batch.push_str("\r\n");
             }
+            self.write_all(batch.as_bytes()).await?;
+            for _ in &commands {
+                let r = self.read_reply().await?;
+                if !r.is_positive() && refused.is_none() {
+                    refused = Some(r);
+                }
+            }
+        } else {
+            for c in &commands {
+                self.send_line(c).await?;
+                let r = self.read_reply().await?;
+                if !r.is_positive() {
+                    refused = Some(r);
+                    break;
+                }
+            }
+        }
+        if let Some(r) = refused {
+            self.reset().await;
+            return Ok(Err(r));
         }
         self.send_line("DATA").await?;
         let r = self.read_reply().await?;
         if r.code != 354 {
             self.reset().await;
-            return Ok(r);
+            return Ok(Err(r));
         }
+        Ok(Ok(()))
+    }
+
+    /// Sends the message of a transaction [`begin`](Self::begin) opened; the server's
+    /// final reply.
+    pub async fn data(&mut self, message: &[u8]) -> Result<Reply, UpstreamError> {
         // Stuffed chunk by chunk: a large message is never held twice.
         let mut stuffer = DotStuffer::default();
         for chunk in message.chunks(64 * 1024) {
@@ -228,14 +258,6 @@ impl Upstream {
         }
         self.write_all(&stuffer.finish()).await?;
         self.read_reply().await
-    }
-
-    /// Checks that the connection is still usable between transactions.
-    pub async fn noop(&mut self) -> bool {
-        if self.send_line("NOOP").await.is_err() {
-            return false;
-        }
-        matches!(self.read_reply().await, Ok(r) if r.is_positive())
     }
 
     async fn reset(&mut self) {
@@ -390,6 +412,123 @@ pub fn dot_stuff(message: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A client end whose server end the test scripts, offering `extensions`.
+    fn scripted(extensions: &[&str]) -> (Upstream, tokio::io::DuplexStream) {
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+        let up = Upstream {
+            stream: BufReader::new(Box::new(ours)),
+            target: Target {
+                host: "provider.example".into(),
+                port: 587,
+                security: UpstreamSecurity::Tls,
+                tls: Arc::new(tls),
+                timeout: Duration::from_secs(5),
+                ehlo_name: "sealpost.test".into(),
+            },
+            extensions: extensions.iter().map(|e| e.to_string()).collect(),
+        };
+        (up, theirs)
+    }
+
+    /// Reads `n` lines from the server end.
+    async fn lines(end: &mut BufReader<tokio::io::DuplexStream>, n: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let mut line = String::new();
+            end.read_line(&mut line).await.expect("read");
+            out.push(line);
+        }
+        out
+    }
+
+    /// With PIPELINING, MAIL and every RCPT are written before any reply is read (the
+    /// server here answers only once it has them all); DATA waits for their replies,
+    /// and a refused RCPT resets the transaction without DATA.
+    #[tokio::test]
+    async fn mail_and_rcpts_are_pipelined_when_offered() {
+        let (mut up, theirs) = scripted(&["PIPELINING", "SIZE 1000000"]);
+        let mut end = BufReader::new(theirs);
+        let rcpts = vec!["a@example.org".to_string(), "b@example.org".to_string()];
+        let server = async {
+            let got = lines(&mut end, 3).await;
+            assert_eq!(
+                got,
+                [
+                    "MAIL FROM:<s@example.com> BODY=8BITMIME SIZE=42\r\n",
+                    "RCPT TO:<a@example.org>\r\n",
+                    "RCPT TO:<b@example.org>\r\n"
+                ]
+            );
+            end.get_mut()
+                .write_all(b"250 ok\r\n250 ok\r\n550 5.1.1 no such user\r\n")
+                .await
+                .unwrap();
+            assert_eq!(lines(&mut end, 1).await, ["RSET\r\n"]);
+            end.get_mut().write_all(b"250 reset\r\n").await.unwrap();
+            // The next transaction: all accepted, then DATA.
+            lines(&mut end, 3).await;
+            end.get_mut()
+                .write_all(b"250 ok\r\n250 ok\r\n250 ok\r\n")
+                .await
+                .unwrap();
+            assert_eq!(lines(&mut end, 1).await, ["DATA\r\n"]);
+            end.get_mut().write_all(b"354 go on\r\n").await.unwrap();
+        };
+        let client = async {
+            let refused = up
+                .begin("s@example.com", &rcpts, &["BODY=8BITMIME"], 42)
+                .await
+                .unwrap();
+            assert_eq!(refused.unwrap_err().code, 550);
+            let open = up
+                .begin("s@example.com", &rcpts, &["BODY=8BITMIME"], 42)
+                .await
+                .unwrap();
+            assert!(open.is_ok());
+        };
+        tokio::time::timeout(Duration::from_secs(5), async {
+            tokio::join!(server, client)
+        })
+        .await
+        .expect("the client waited for a reply before sending the whole batch");
+    }
+
+    /// Without PIPELINING each command waits for its reply, and the first refusal ends
+    /// the transaction.
+    #[tokio::test]
+    async fn without_pipelining_each_command_waits_for_its_reply() {
+        let (mut up, theirs) = scripted(&[]);
+        let mut end = BufReader::new(theirs);
+        let rcpts = vec!["a@example.org".to_string(), "b@example.org".to_string()];
+        let server = async {
+            assert_eq!(lines(&mut end, 1).await, ["MAIL FROM:<s@example.com>\r\n"]);
+            end.get_mut().write_all(b"250 ok\r\n").await.unwrap();
+            assert_eq!(lines(&mut end, 1).await, ["RCPT TO:<a@example.org>\r\n"]);
+            end.get_mut()
+                .write_all(b"451 4.3.0 later\r\n")
+                .await
+                .unwrap();
+            assert_eq!(lines(&mut end, 1).await, ["RSET\r\n"]);
+            end.get_mut().write_all(b"250 reset\r\n").await.unwrap();
+        };
+        let client = async {
+            let r = up.begin("s@example.com", &rcpts, &[], 42).await.unwrap();
+            assert_eq!(r.unwrap_err().code, 451);
+        };
+        tokio::time::timeout(Duration::from_secs(5), async {
+            tokio::join!(server, client)
+        })
+        .await
+        .expect("no deadlock");
+    }
 
     #[test]
     fn dot_stuffing() {

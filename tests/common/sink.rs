@@ -34,6 +34,9 @@ pub struct SinkConfig {
     pub max_line: Option<usize>,
     /// SIZE limit in bytes (default 128 MiB).
     pub size_limit: Option<u64>,
+    /// After this many messages in one session the sink sends `421` and closes the
+    /// connection (as a provider's idle timeout does).
+    pub close_after: Option<u32>,
 }
 
 impl Default for SinkConfig {
@@ -46,6 +49,7 @@ impl Default for SinkConfig {
             reject_data: None,
             max_line: None,
             size_limit: None,
+            close_after: None,
         }
     }
 }
@@ -240,6 +244,9 @@ fn spawn_sink(
     }
     if let Some(s) = cfg.size_limit {
         cmd.arg("--size-limit").arg(s.to_string());
+    }
+    if let Some(n) = cfg.close_after {
+        cmd.arg("--close-after").arg(n.to_string());
     }
     let mut child = cmd
         .env_remove("PYTHONPATH")

@@ -14,6 +14,7 @@ Prints ``READY`` on stdout once listening, then runs until killed.
 """
 
 import argparse
+import asyncio
 import json
 import logging
 import os
@@ -28,7 +29,8 @@ from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 
 class SinkHandler:
-    def __init__(self, outdir, reject_rcpt, reject_data):
+    def __init__(self, outdir, reject_rcpt, reject_data, close_after=None):
+        self.close_after = close_after
         self.outdir = outdir
         self.reject_rcpt = reject_rcpt
         self.reject_data = reject_data.encode("utf-8") if reject_data else None
@@ -79,6 +81,18 @@ class SinkHandler:
             f.flush()
             os.fsync(f.fileno())
         os.rename(tmp, base + ".json")
+        if self.close_after is not None:
+            # As a provider's idle timeout does: 421, then the connection closes (once
+            # the 250 below has gone out).
+            session.sink_count = getattr(session, "sink_count", 0) + 1
+            if session.sink_count >= self.close_after:
+                transport = server.transport
+
+                def close():
+                    transport.write(b"421 4.4.2 sink closing the connection\r\n")
+                    transport.close()
+
+                asyncio.get_running_loop().call_later(0.05, close)
         return "250 2.0.0 Message accepted for delivery"
 
 
@@ -126,6 +140,7 @@ def main():
     p.add_argument("--outdir", required=True)
     p.add_argument("--reject-rcpt", action="append", default=[])
     p.add_argument("--reject-data", default=None)
+    p.add_argument("--close-after", type=int, default=None)
     p.add_argument("--size-limit", type=int, default=128 * 1024 * 1024)
     # RFC 5321: 998 octets + CRLF + possible transparency dot.
     p.add_argument("--max-line", type=int, default=1001)
@@ -143,7 +158,7 @@ def main():
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
 
-    handler = SinkHandler(args.outdir, args.reject_rcpt, args.reject_data)
+    handler = SinkHandler(args.outdir, args.reject_rcpt, args.reject_data, args.close_after)
     common = dict(
         hostname="127.0.0.1",
         port=args.port,

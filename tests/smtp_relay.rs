@@ -677,3 +677,36 @@ s.quit()
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(sink.messages().len(), 3, "a message was sent twice");
 }
+
+/// A message with a Bcc copy whose recipient the provider refuses: the refusal reaches
+/// the client and no copy was sent (before, the To copy had already been delivered, so
+/// the client's retry would deliver it twice).
+#[test]
+fn a_refused_bcc_recipient_is_reported_before_any_copy_is_sent() {
+    let ca = TestCa::shared();
+    let sink = Sink::start_with(
+        ca,
+        SinkConfig {
+            reject_rcpt: vec!["refuse-me".into()],
+            ..SinkConfig::default()
+        },
+    );
+    let mut opts = ProxyOptions::new(sink.port);
+    opts.import = keys(&["bob"]);
+    let proxy = Proxy::start(ca, &opts);
+    let msg = message("bob@example.org", "", "Two copies", "hi\r\n");
+    let r = submit(
+        &proxy,
+        ca,
+        "alice@example.com",
+        &["bob@example.org", "refuse-me@example.net"],
+        &msg,
+    );
+    assert!(!r.ok, "{r:?}");
+    assert_eq!(r.code, 550, "{r:?}\n{}", proxy.log());
+    sink.assert_no_messages(Duration::from_millis(500));
+    // The connection stays usable: the next message goes out.
+    let r = submit(&proxy, ca, "alice@example.com", &["bob@example.org"], &msg);
+    assert!(r.ok, "{r:?}");
+    assert_eq!(sink.wait_for_messages(1, WAIT).len(), 1);
+}

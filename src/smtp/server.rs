@@ -134,9 +134,14 @@ impl UpstreamLink {
         rcpts: &[String],
         params: &[&str],
         size: usize,
+        open: bool,
     ) -> Result<Result<(), Reply>, UpstreamError> {
         let (conn, fresh) = self.ready(target).await?;
-        let first = conn.begin(from, rcpts, params, size).await;
+        let first = if open {
+            conn.begin(from, rcpts, params, size).await
+        } else {
+            conn.probe(from, rcpts, params, size).await
+        };
         let closed = match &first {
             Err(_) => true,
             Ok(Err(r)) => r.code == 421,
@@ -148,7 +153,11 @@ impl UpstreamLink {
         tracing::debug!("the provider closed the kept connection; opening a new one");
         self.conn = None;
         let (conn, _) = self.ready(target).await?;
-        conn.begin(from, rcpts, params, size).await
+        if open {
+            conn.begin(from, rcpts, params, size).await
+        } else {
+            conn.probe(from, rcpts, params, size).await
+        }
     }
 }
 
@@ -407,6 +416,40 @@ async fn relay(
         params.push("SMTPUTF8");
     }
     let encrypted = copies.iter().filter(|c| c.encrypted).count();
+    // Several copies (Bcc recipients get their own) cannot be sent atomically: before
+    // the first is sent, every later copy's sender and recipients are put to the
+    // provider (then reset), so that a recipient it refuses is reported with nothing
+    // sent.
+    for copy in copies.iter().skip(1) {
+        let probed = link
+            .begin(
+                &svc.target,
+                &envelope.from,
+                &copy.rcpts,
+                &params,
+                copy.message.len(),
+                false,
+            )
+            .await;
+        let (reply, outcome) = match probed {
+            Ok(Ok(())) => continue,
+            Ok(Err(r)) => {
+                tracing::info!(code = r.code, "upstream refused a copy; nothing sent");
+                (r, Outcome::UpstreamRefused)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "upstream failed before relaying");
+                crate::metrics::upstream_error("smtp");
+                link.conn = None;
+                let reply = Reply::new(
+                    451,
+                    "4.4.1 Connection to the mail provider failed; the message was not sent",
+                );
+                (reply, Outcome::Failed)
+            }
+        };
+        return done(reply, outcome, records);
+    }
     for copy in &copies {
         let sent = match link
             .begin(
@@ -415,6 +458,7 @@ async fn relay(
                 &copy.rcpts,
                 &params,
                 copy.message.len(),
+                true,
             )
             .await
         {

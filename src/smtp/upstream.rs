@@ -199,6 +199,31 @@ impl Upstream {
         params: &[&str],
         size: usize,
     ) -> Result<Result<(), Reply>, UpstreamError> {
+        self.transaction(from, rcpts, params, size, true).await
+    }
+
+    /// Asks whether the provider takes this transaction's sender and recipients, then
+    /// resets it: MAIL FROM and each RCPT TO, then RSET. `Ok(Ok(()))`: all accepted.
+    /// Nothing is sent or stored.
+    pub async fn probe(
+        &mut self,
+        from: &str,
+        rcpts: &[String],
+        params: &[&str],
+        size: usize,
+    ) -> Result<Result<(), Reply>, UpstreamError> {
+        self.transaction(from, rcpts, params, size, false).await
+    }
+
+    /// MAIL and the RCPTs, then DATA (`open`) or RSET.
+    async fn transaction(
+        &mut self,
+        from: &str,
+        rcpts: &[String],
+        params: &[&str],
+        size: usize,
+        open: bool,
+    ) -> Result<Result<(), Reply>, UpstreamError> {
         let mut mail = format!("MAIL FROM:<{from}>");
         for p in params {
             mail.push(' ');
@@ -237,6 +262,11 @@ impl Upstream {
         if let Some(r) = refused {
             self.reset().await;
             return Ok(Err(r));
+        }
+        if !open {
+            self.send_line("RSET").await?;
+            let r = self.read_reply().await?;
+            return Ok(if r.is_positive() { Ok(()) } else { Err(r) });
         }
         self.send_line("DATA").await?;
         let r = self.read_reply().await?;

@@ -6,10 +6,11 @@
 //! (newest first), so that the first SEARCH of a large mailbox reads the index instead of
 //! decrypting everything while the client waits.
 //!
-//! Bounded: one mailbox is filled at a time, process-wide; each batch decrypts on one
-//! blocking thread holding one of the process's decryption slots (so it never takes more
-//! than one core, and waits its turn with the sessions' own decryptions); a mailbox is
-//! filled at most once every [`AGAIN_AFTER`]. Resumable: what was committed is skipped
+//! Bounded: one mailbox is filled at a time, process-wide, starting [`START_AFTER`] the
+//! SELECT (the client's own first fetches go first); each batch decrypts on one blocking
+//! thread holding one of the process's decryption slots, taken only while another slot
+//! is free (so it never takes more than one core, and never the sessions' last one); a
+//! mailbox is filled at most once every [`AGAIN_AFTER`]. Resumable: what was committed is skipped
 //! the next time, after a restart too.
 //!
 //! The credential a client logged in with is kept in its session's memory for this
@@ -32,6 +33,13 @@ use zeroize::Zeroizing;
 /// A mailbox is filled again at the earliest this long after its last fill started (new
 /// mail in between is indexed when the client fetches it).
 const AGAIN_AFTER: Duration = Duration::from_secs(10 * 60);
+/// How long after the SELECT a fill starts: the client's own first fetches (which index
+/// what they decrypt) go first.
+const START_AFTER: Duration = Duration::from_secs(2);
+/// Messages decrypted per turn (each turn holds one decryption slot).
+const BATCH: usize = 32;
+/// How long the fill waits for a decryption slot to come free before it looks again.
+const YIELD: Duration = Duration::from_millis(20);
 /// A progress line at most this often.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 /// Mailboxes remembered as recently filled; older entries go first beyond it.
@@ -179,6 +187,7 @@ pub fn start(ctx: Arc<ImapContext>, up: ImapUpstream, req: FillRequest) {
     let span = tracing::info_span!("index", account = %ctx.account, mailbox = %job.mailbox);
     tokio::spawn(
         async move {
+            tokio::time::sleep(START_AFTER).await;
             let Ok(_turn) = ctx.search.filler().turn.acquire().await else {
                 return;
             };
@@ -296,8 +305,14 @@ async fn fill(ctx: &Arc<ImapContext>, up: &ImapUpstream, req: &Job) -> Result<us
         uidvalidity,
         uid,
     };
-    for batch in super::seal::batches(&missing, &sizes) {
-        // What a SEARCH read meanwhile is indexed already.
+    // The process has a decryption slot per core (see `serve`); on one core the fill
+    // waits only for it to be free.
+    let keep_free = usize::from(
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get) > 1,
+    );
+    let batches = super::seal::batches(&missing, &sizes);
+    for batch in batches.iter().flat_map(|b| b.chunks(BATCH)) {
+        // What a SEARCH or a FETCH read meanwhile is indexed already.
         let batch: Vec<u32> = batch
             .iter()
             .copied()
@@ -311,7 +326,19 @@ async fn fill(ctx: &Arc<ImapContext>, up: &ImapUpstream, req: &Job) -> Result<us
         if let Some(previous) = indexing.take() {
             done += finish(ctx, previous).await?;
         }
-        let Ok(slot) = ctx.decrypt_slots.clone().acquire_owned().await else {
+        // Second to the sessions' own decryptions: a slot only while another is free.
+        let slot = loop {
+            if ctx.decrypt_slots.available_permits() > keep_free {
+                if let Ok(slot) = ctx.decrypt_slots.clone().try_acquire_owned() {
+                    break Some(slot);
+                }
+            }
+            if ctx.decrypt_slots.is_closed() {
+                break None;
+            }
+            tokio::time::sleep(YIELD).await;
+        };
+        let Some(slot) = slot else {
             break;
         };
         let keys: Vec<Key> = stored.iter().map(|m| key(m.uid)).collect();

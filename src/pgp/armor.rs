@@ -5,6 +5,7 @@
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
+use std::io::Write;
 
 const BEGIN: &[u8] = b"-----BEGIN PGP MESSAGE-----";
 const END: &[u8] = b"-----END PGP MESSAGE-----";
@@ -13,27 +14,104 @@ const LINE_BYTES: usize = 48;
 
 /// `binary` as an armored message with CRLF line ends, the layout Sequoia writes: no
 /// armor headers, 64 characters a line, and the CRC-24 line that RFC 4880
-/// implementations expect (RFC 9580 readers ignore it).
+/// implementations expect (RFC 9580 readers ignore it). (The code writes it with
+/// [`Writer`]; this is the same for tests.)
+#[cfg(test)]
 pub fn encode(binary: &[u8]) -> Vec<u8> {
     let lines = binary.len().div_ceil(LINE_BYTES);
-    let mut out = Vec::with_capacity(lines * 66 + 80);
-    out.extend_from_slice(BEGIN);
-    out.extend_from_slice(b"\r\n\r\n");
-    let mut line = [0u8; 64];
-    for chunk in binary.chunks(LINE_BYTES) {
-        let n = STANDARD
-            .encode_slice(chunk, &mut line)
-            .expect("48 bytes fit 64 characters");
-        out.extend_from_slice(&line[..n]);
-        out.extend_from_slice(b"\r\n");
+    let mut w = Writer::new(Vec::with_capacity(lines * 66 + 80));
+    w.write_all(binary).expect("writing to a Vec");
+    w.finish().expect("writing to a Vec")
+}
+
+/// What [`encode`] writes, written as the packets come: a message is armored as it is
+/// encrypted, never held in binary too.
+pub struct Writer<W: Write> {
+    inner: W,
+    /// Bytes of the next line not yet encoded (fewer than [`LINE_BYTES`]).
+    pending: [u8; LINE_BYTES],
+    filled: usize,
+    crc: u32,
+    started: bool,
+}
+
+impl<W: Write> Writer<W> {
+    pub fn new(inner: W) -> Writer<W> {
+        Writer {
+            inner,
+            pending: [0; LINE_BYTES],
+            filled: 0,
+            crc: CRC24_INIT,
+            started: false,
+        }
     }
-    out.push(b'=');
-    let crc = crc24(binary).to_be_bytes();
-    out.extend_from_slice(STANDARD.encode(&crc[1..]).as_bytes());
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(END);
-    out.extend_from_slice(b"\r\n");
-    out
+
+    fn start(&mut self) -> std::io::Result<()> {
+        if !self.started {
+            self.started = true;
+            self.inner.write_all(BEGIN)?;
+            self.inner.write_all(b"\r\n\r\n")?;
+        }
+        Ok(())
+    }
+
+    fn line(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let mut line = [0u8; 66];
+        let n = STANDARD
+            .encode_slice(bytes, &mut line)
+            .expect("48 bytes fit 64 characters");
+        line[n..n + 2].copy_from_slice(b"\r\n");
+        self.inner.write_all(&line[..n + 2])
+    }
+
+    /// Writes the last line, the CRC and the END line; returns the inner writer.
+    pub fn finish(mut self) -> std::io::Result<W> {
+        self.start()?;
+        if self.filled > 0 {
+            let pending = self.pending;
+            self.line(&pending[..self.filled])?;
+        }
+        let crc = (self.crc & 0x00FF_FFFF).to_be_bytes();
+        self.inner.write_all(b"=")?;
+        self.inner
+            .write_all(STANDARD.encode(&crc[1..]).as_bytes())?;
+        self.inner.write_all(b"\r\n")?;
+        self.inner.write_all(END)?;
+        self.inner.write_all(b"\r\n")?;
+        Ok(self.inner)
+    }
+}
+
+impl<W: Write> Write for Writer<W> {
+    fn write(&mut self, mut data: &[u8]) -> std::io::Result<usize> {
+        self.start()?;
+        let n = data.len();
+        self.crc = crc24_update(self.crc, data);
+        if self.filled > 0 {
+            let take = (LINE_BYTES - self.filled).min(data.len());
+            self.pending[self.filled..self.filled + take].copy_from_slice(&data[..take]);
+            self.filled += take;
+            data = &data[take..];
+            if self.filled < LINE_BYTES {
+                return Ok(n);
+            }
+            let pending = self.pending;
+            self.line(&pending)?;
+            self.filled = 0;
+        }
+        let mut chunks = data.chunks_exact(LINE_BYTES);
+        for chunk in &mut chunks {
+            self.line(chunk)?;
+        }
+        let rest = chunks.remainder();
+        self.pending[..rest.len()].copy_from_slice(rest);
+        self.filled = rest.len();
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// The packets of an armored message laid out as [`encode`] writes it (and as gpg,
@@ -81,9 +159,11 @@ pub fn decode(armored: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// CRC-24 of RFC 4880 §6.1 (generator 0x864CFB, initial value 0xB704CE).
-fn crc24(data: &[u8]) -> u32 {
+const CRC24_INIT: u32 = 0x00B7_04CE;
+
+/// `crc` continued over `data`.
+fn crc24_update(mut crc: u32, data: &[u8]) -> u32 {
     static TABLE: [u32; 256] = crc24_table();
-    let mut crc: u32 = 0x00B7_04CE;
     for &b in data {
         let i = ((crc >> 16) as u8 ^ b) as usize;
         crc = ((crc << 8) ^ TABLE[i]) & 0x00FF_FFFF;
@@ -148,6 +228,24 @@ mod tests {
                 Some(binary.as_slice())
             );
         }
+    }
+
+    #[test]
+    fn written_in_pieces_it_is_the_same_armor() {
+        let binary: Vec<u8> = (0..5000u32).map(|i| (i * 31 % 251) as u8).collect();
+        let whole = encode(&binary);
+        for step in [1, 2, 47, 48, 49, 100, 4999] {
+            let mut w = super::Writer::new(Vec::new());
+            for piece in binary.chunks(step) {
+                w.write_all(piece).unwrap();
+            }
+            assert_eq!(w.finish().unwrap(), whole, "pieces of {step}");
+        }
+        // Nothing written: still a whole (empty) message.
+        assert_eq!(
+            super::Writer::new(Vec::new()).finish().unwrap(),
+            encode(b"")
+        );
     }
 
     #[test]

@@ -210,8 +210,8 @@ pub struct EncryptRequest<'a> {
 
 /// Builds the PGP/MIME message. Fields named in `drop_fields` (e.g. Bcc) are removed
 /// from both the outer header and the protected copy. The inner entity is streamed
-/// into the encryption, whose binary output is then armored into the message: a large
-/// message is held about three times (input, packets, armored output).
+/// into the encryption, whose output is armored into the message as it comes: a large
+/// message is held about twice (input, armored output).
 pub fn encrypt_message(
     req: &EncryptRequest<'_>,
     drop_fields: &[&str],
@@ -349,9 +349,9 @@ fn encrypt_into(
         return Err(PgpError::NoRecipients);
     }
     let e = |e: anyhow::Error| PgpError::Encrypt(e.to_string());
-    // Binary packets first, armored after in one pass (see `armor`).
-    let mut binary = Vec::with_capacity(plaintext.iter().map(|p| p.len()).sum::<usize>() + 1024);
-    let message = Message::new(&mut binary);
+    // Armored as the packets come (see `armor::Writer`): never held in binary too.
+    let mut armored = armor::Writer::new(sink);
+    let message = Message::new(&mut armored);
     let message = Encryptor::for_recipients(message, keys)
         .build()
         .map_err(e)?;
@@ -369,7 +369,9 @@ fn encrypt_into(
             .map_err(|err| PgpError::Encrypt(err.to_string()))?;
     }
     message.finalize().map_err(e)?;
-    sink.write_all(&armor::encode(&binary))
+    armored
+        .finish()
+        .map(|_| ())
         .map_err(|err| PgpError::Encrypt(err.to_string()))
 }
 

@@ -35,6 +35,9 @@ need "swaks with AUTH PLAIN/LOGIN" swaks has_line '^=== Basic AUTH supported' sw
 need "curl with IMAP over TLS" curl has_line '^Protocols:.* imaps( |$)' curl -V
 need "curl with SMTP over TLS" curl has_line '^Protocols:.* smtps( |$)' curl -V
 need "mbsync (isync) with TLS" isync has_line 'libssl' ldd "$(command -v mbsync || echo /nonexistent)"
+need "offlineimap3 (pulls a mailbox into a Maildir)" offlineimap3 has_line '^[0-9]' offlineimap --version
+need "getmail6 with IMAP over TLS" getmail6 /usr/bin/python3 -c "import getmailcore.retrievers as r, ssl; r.SimpleIMAPSSLRetriever"
+need "fetchmail with TLS" fetchmail has_line '^This is fetchmail release .*SSL' fetchmail --version
 need "haproxy 2.x (send-proxy-v2, tcp-check)" haproxy has_line '^HAProxy version 2\.' haproxy -v
 need "gpg" gnupg has_line '^gpg \(GnuPG\) 2\.' gpg --version
 need "gpg-agent (secret keys)" gpg-agent has_line '^gpg-agent:' gpgconf --list-components

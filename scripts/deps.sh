@@ -12,11 +12,15 @@ set -euo pipefail
 build_pkgs=(pkg-config libclang-dev libssl-dev libsqlite3-dev make gcc)
 test_pkgs=(gnupg gpg-agent sq swaks libnet-ssleay-perl isync python3 python3-aiosmtpd
   dovecot-core dovecot-imapd curl openssl ca-certificates procps systemd postgresql
-  util-linux haproxy)
+  util-linux haproxy offlineimap3 getmail6 fetchmail)
 # postgresql: tests/state.rs starts its own server (initdb, postgres; the client library is
 # pure Rust); util-linux's setpriv runs it as the package's postgres user when root.
 # systemd: systemd-analyze rates and verifies the units in systemd/ (tests/systemd.rs);
 # a minbase Debian has no systemd, and nothing here starts it.
+# offlineimap3, getmail6, fetchmail: tests/clients.rs pulls a mailbox with each, through
+# sealpost and directly; offlineimap3 depends on python3-imaplib2 and python3-distro
+# (Depends, installed with it), fetchmail's one Recommends (ca-certificates) is named above.
+# None of them starts a service (Debian's fetchmail daemon stays off: START_DAEMON=no).
 # haproxy: the README's load-balancer guide runs in front of two instances (tests/haproxy.rs);
 # the tests start their own, and the packaged service is stopped below.
 # sequoia-sq 1.x builds with Sequoia's default backend (nettle), links OpenSSL and

@@ -5,7 +5,8 @@
 //!
 //! Everything here talks to 127.0.0.1 only and uses external tools that are
 //! installed on the test machine: the `openssl` CLI, `gpg` (2.2), `sq` (0.27)
-//! and Debian's `/usr/bin/python3` with python3-aiosmtpd.
+//! and Debian's `/usr/bin/python3` with python3-aiosmtpd; [`pullers`] drives
+//! offlineimap3, getmail6 and fetchmail.
 #![allow(dead_code, unused_imports)]
 
 pub mod dovecot;
@@ -17,6 +18,7 @@ pub mod pgp;
 pub mod postgres;
 pub mod prometheus;
 pub mod proxy;
+pub mod pullers;
 pub mod sink;
 pub mod tls;
 
@@ -38,6 +40,7 @@ pub use pgp::{
     armored, gpg, gpg_decrypt, gpg_detach_sign, gpg_encrypt, gpg_list_packets,
     gpg_recipient_keyids, keyring, sq_decrypt, GpgResult, Keyring, Person,
 };
+pub use pullers::{Pull, Puller};
 pub use sink::{Sink, SinkConfig, SinkMessage, SinkMode};
 pub use tls::TestCa;
 

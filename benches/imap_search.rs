@@ -189,6 +189,8 @@ fn main() {
     let mut opts = ProxyOptions::new(1);
     opts.imap_upstream = Some((dovecot.imaps_port, "tls"));
     opts.alice_login = USER.into();
+    // As configured by default.
+    opts.search_index_fill = true;
 
     // --- (i) the first content search builds the Docs; mbsync pulls INBOX directly
     // (The median of 3 pulls after one untimed: a single pull's time swings.)

@@ -180,6 +180,7 @@ impl Env {
         let mut opts = ProxyOptions::new(1);
         opts.imap_upstream = Some((dovecot.imaps_port, "tls"));
         opts.alice_login = USER.into();
+        opts.search_index_fill = true;
         let proxy = Proxy::start(ca, &opts);
         Env { ca, dovecot, proxy }
     }

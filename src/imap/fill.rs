@@ -97,6 +97,9 @@ impl Credential {
 pub struct FillRequest {
     pub identity: String,
     pub mailbox: String,
+    /// The mailbox's UIDVALIDITY as the client's session saw it: the fill's own EXAMINE
+    /// must find the same, or it is not the same mailbox.
+    pub uidvalidity: u32,
     pub credential: Arc<Credential>,
 }
 
@@ -108,6 +111,7 @@ type MailboxOf = (Arc<str>, String, String);
 struct Job {
     identity: String,
     mailbox: String,
+    uidvalidity: u32,
     credential: std::sync::Weak<Credential>,
 }
 
@@ -149,14 +153,10 @@ impl Filler {
         if started.len() >= REMEMBERED {
             started.retain(|_, at| now.duration_since(*at) < AGAIN_AFTER);
             if started.len() >= REMEMBERED {
-                // All recent: the oldest goes.
-                if let Some(oldest) = started
-                    .iter()
-                    .min_by_key(|(_, at)| **at)
-                    .map(|(k, _)| k.clone())
-                {
-                    started.remove(&oldest);
-                }
+                // All recent (a client selecting thousands of mailboxes): no more until
+                // some are older; a recent claim is never dropped, or selecting them
+                // in a loop would queue fills without end.
+                return false;
             }
         }
         started.insert(key, now);
@@ -181,6 +181,7 @@ pub fn start(ctx: Arc<ImapContext>, up: ImapUpstream, req: FillRequest) {
     let job = Job {
         identity: req.identity,
         mailbox: req.mailbox,
+        uidvalidity: req.uidvalidity,
         credential: Arc::downgrade(&req.credential),
     };
     drop(req.credential);
@@ -191,6 +192,12 @@ pub fn start(ctx: Arc<ImapContext>, up: ImapUpstream, req: FillRequest) {
             let Ok(_turn) = ctx.search.filler().turn.acquire().await else {
                 return;
             };
+            if job.credential.strong_count() == 0 {
+                // The client left while the fill waited: nothing to do, and no
+                // credential to do it with.
+                ctx.search.filler().release(&claimed);
+                return;
+            }
             let started = Instant::now();
             match fill(&ctx, &up, &job).await {
                 Ok(0) => tracing::debug!("search index already holds this mailbox"),
@@ -263,6 +270,12 @@ async fn fill(ctx: &Arc<ImapContext>, up: &ImapUpstream, req: &Job) -> Result<us
             _ => None,
         })
         .ok_or_else(|| FillError::Refused("EXAMINE gave no UIDVALIDITY".into()))?;
+    if uidvalidity != req.uidvalidity {
+        return Err(FillError::Refused(format!(
+            "the mailbox has UIDVALIDITY {uidvalidity} here but {} in the client's session",
+            req.uidvalidity
+        )));
+    }
     // The same test SEARCH uses (see `search::SearchJob`), within the size views are
     // built for.
     let encrypted = super::seal::search(
@@ -308,76 +321,92 @@ async fn fill(ctx: &Arc<ImapContext>, up: &ImapUpstream, req: &Job) -> Result<us
     // The process has a decryption slot per core (see `serve`); on one core the fill
     // waits only for it to be free.
     let keep_free = usize::from(
-        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get) > 1,
+        std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get) > 1,
     );
     let batches = super::seal::batches(&missing, &sizes);
-    for batch in batches.iter().flat_map(|b| b.chunks(BATCH)) {
-        // What a SEARCH or a FETCH read meanwhile is indexed already.
-        let batch: Vec<u32> = batch
-            .iter()
-            .copied()
-            .filter(|&uid| ctx.search.doc(&key(uid)).is_none())
-            .collect();
-        if batch.is_empty() {
-            continue;
-        }
-        let stored = super::seal::fetch(&mut c, &batch).await?;
-        // One batch decrypts while the next downloads; never two at once.
-        if let Some(previous) = indexing.take() {
-            done += finish(ctx, previous).await?;
-        }
-        // Second to the sessions' own decryptions: a slot only while another is free.
-        let slot = loop {
-            if ctx.decrypt_slots.available_permits() > keep_free {
-                if let Ok(slot) = ctx.decrypt_slots.clone().try_acquire_owned() {
-                    break Some(slot);
-                }
+    // (A block, so that a batch still decrypting is waited for however it ends: the
+    // fill never leaves work behind that holds a slot after its turn.)
+    let looped: Result<(), FillError> = async {
+        for batch in batches.iter().flat_map(|b| b.chunks(BATCH)) {
+            // What a SEARCH or a FETCH read meanwhile is indexed already.
+            let batch: Vec<u32> = batch
+                .iter()
+                .copied()
+                .filter(|&uid| ctx.search.doc(&key(uid)).is_none())
+                .collect();
+            if batch.is_empty() {
+                continue;
             }
-            if ctx.decrypt_slots.is_closed() {
-                break None;
+            let stored = super::seal::fetch(&mut c, &batch).await?;
+            // One batch decrypts while the next downloads; never two at once.
+            if let Some(previous) = indexing.take() {
+                done += finish(ctx, previous).await?;
             }
-            tokio::time::sleep(YIELD).await;
-        };
-        let Some(slot) = slot else {
-            break;
-        };
-        let keys: Vec<Key> = stored.iter().map(|m| key(m.uid)).collect();
-        let work = {
-            let ctx = ctx.clone();
-            let identity = req.identity.clone();
-            move || {
-                let _slot = slot;
-                let mut n = 0;
-                for (m, key) in stored.into_iter().zip(keys) {
-                    let view = super::fetch::view_or_stand_in(&m.raw, || {
-                        ctx.view(&identity, &m.raw, ctx.max_message_size)
-                    });
-                    if super::search_state::lasting(&view) {
-                        n += 1;
-                    }
-                    let recorded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        ctx.search.record(&ctx, key, &view)
-                    }));
-                    if recorded.is_err() {
-                        tracing::error!("reading a view for the search index failed");
+            // Second to the sessions' own decryptions: a slot only while another is free.
+            let slot = loop {
+                if ctx.decrypt_slots.available_permits() > keep_free {
+                    if let Ok(slot) = ctx.decrypt_slots.clone().try_acquire_owned() {
+                        break Some(slot);
                     }
                 }
-                n
+                if ctx.decrypt_slots.is_closed() {
+                    break None;
+                }
+                tokio::time::sleep(YIELD).await;
+            };
+            let Some(slot) = slot else {
+                return Ok(());
+            };
+            let keys: Vec<Key> = stored.iter().map(|m| key(m.uid)).collect();
+            let work = {
+                let ctx = ctx.clone();
+                let identity = req.identity.clone();
+                move || {
+                    let _slot = slot;
+                    let mut n = 0;
+                    for (m, key) in stored.into_iter().zip(keys) {
+                        let view = super::fetch::view_or_stand_in(&m.raw, || {
+                            ctx.view(&identity, &m.raw, ctx.max_message_size)
+                        });
+                        // Audited like every decryption (not counted as a view shown).
+                        crate::audit::decryption(
+                            &ctx.account,
+                            &identity,
+                            &key.mailbox,
+                            key.uid,
+                            &view.kind,
+                        );
+                        if super::search_state::lasting(&view) {
+                            n += 1;
+                        }
+                        let recorded =
+                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                ctx.search.record(&ctx, key, &view)
+                            }));
+                        if recorded.is_err() {
+                            tracing::error!("reading a view for the search index failed");
+                        }
+                    }
+                    n
+                }
+            };
+            indexing = Some(tokio::task::spawn_blocking(work));
+            if last_line.elapsed() >= PROGRESS_EVERY {
+                last_line = Instant::now();
+                tracing::info!(
+                    indexed = done,
+                    of = missing.len(),
+                    "indexing encrypted mail in the background"
+                );
             }
-        };
-        indexing = Some(tokio::task::spawn_blocking(work));
-        if last_line.elapsed() >= PROGRESS_EVERY {
-            last_line = Instant::now();
-            tracing::info!(
-                indexed = done,
-                of = missing.len(),
-                "indexing encrypted mail in the background"
-            );
         }
+        Ok(())
     }
+    .await;
     if let Some(last) = indexing.take() {
         done += finish(ctx, last).await?;
     }
+    looped?;
     let committed = tokio::task::spawn_blocking(move || index.commit())
         .await
         .map_err(|e| FillError::Refused(e.to_string()))?;
@@ -402,26 +431,36 @@ async fn finish(
 
 /// Logs in the way the client did.
 async fn login(c: &mut Client, credential: &Credential) -> Result<(), FillError> {
-    let command = match credential {
+    let r = match credential {
         Credential::Login { user, password } => {
-            CommandBody::login(user.as_slice(), password.as_slice())
-                .map_err(|_| FillError::Refused("the login cannot be repeated".into()))?
+            let command = CommandBody::login(user.as_slice(), password.as_slice())
+                .map_err(|_| FillError::Refused("the login cannot be repeated".into()))?;
+            c.run(command).await?
         }
         Credential::Sasl {
             mechanism,
             response,
         } => {
-            let mechanism = AuthMechanism::try_from(mechanism.as_str())
-                .map_err(|_| FillError::Refused("the login cannot be repeated".into()))?;
-            CommandBody::authenticate_with_ir(mechanism, response.as_slice())
+            let caps = c.run_text("CAPABILITY").await?;
+            let sasl_ir = caps.untagged.iter().any(|r| {
+                matches!(r, Response::Data(imap_types::response::Data::Capability(list))
+                    if list.as_ref().iter().any(|c| c.to_string().eq_ignore_ascii_case("SASL-IR")))
+            });
+            c.authenticate(mechanism, response, sasl_ir).await?
         }
     };
-    let r = c.run(command).await?;
     if r.ok() {
         Ok(())
     } else {
-        // The server's words only: they never hold the secret.
-        Err(FillError::Refused(format!("login refused: {}", r.text)))
+        // Its status and code only: nothing the server echoes of the command.
+        Err(FillError::Refused(format!(
+            "login refused ({:?}{})",
+            r.kind,
+            r.code
+                .as_ref()
+                .map(|c| format!(" [{c:?}]"))
+                .unwrap_or_default()
+        )))
     }
 }
 

@@ -876,21 +876,42 @@ pub(super) async fn fetch(c: &mut Client, uids: &[u32]) -> Result<Vec<Stored>, S
     if !r.ok() {
         return Err(ClientError::Protocol(format!("{cmd}: {}", r.text)).into());
     }
-    let mut out = Vec::new();
-    for resp in r.untagged {
+    Ok(stored_from(r.untagged, uids))
+}
+
+/// The messages of `uids` in a FETCH's untagged responses, ascending. A server may
+/// split one message's items over several responses, and adds unsolicited ones (a flag
+/// change made meanwhile, with its UID): items are merged per UID, and a message whose
+/// whole `BODY[]` did not come is left out (never taken as empty).
+fn stored_from(responses: Vec<Response<'static>>, uids: &[u32]) -> Vec<Stored> {
+    let mut found: std::collections::BTreeMap<u32, (Stored, bool)> = Default::default();
+    for resp in responses {
         let Response::Data(Data::Fetch { items, .. }) = resp else {
             continue;
         };
         let items: Vec1<MessageDataItem<'static>> = items;
-        let mut m = Stored {
-            uid: 0,
-            flags: Vec::new(),
-            date: None,
-            raw: Vec::new(),
+        let Some(uid) = items.as_ref().iter().find_map(|i| match i {
+            MessageDataItem::Uid(u) => Some(u.get()),
+            _ => None,
+        }) else {
+            continue;
         };
+        if !uids.contains(&uid) {
+            continue;
+        }
+        let (m, has_body) = found.entry(uid).or_insert_with(|| {
+            (
+                Stored {
+                    uid,
+                    flags: Vec::new(),
+                    date: None,
+                    raw: Vec::new(),
+                },
+                false,
+            )
+        });
         for item in items.into_iter() {
             match item {
-                MessageDataItem::Uid(u) => m.uid = u.get(),
                 MessageDataItem::Flags(f) => {
                     // \Recent belongs to the session, not the message.
                     m.flags = f
@@ -902,22 +923,69 @@ pub(super) async fn fetch(c: &mut Client, uids: &[u32]) -> Result<Vec<Stored>, S
                         .collect();
                 }
                 MessageDataItem::InternalDate(d) => m.date = Some(d),
-                MessageDataItem::BodyExt { data, .. } => {
-                    m.raw = data.0.map(|d| d.as_ref().to_vec()).unwrap_or_default()
+                MessageDataItem::BodyExt {
+                    section: None,
+                    origin: None,
+                    data,
+                } => {
+                    if let Some(d) = data.0 {
+                        m.raw = d.as_ref().to_vec();
+                        *has_body = true;
+                    }
                 }
                 _ => {}
             }
         }
-        if m.uid != 0 && uids.contains(&m.uid) {
-            out.push(m);
-        }
     }
-    Ok(out)
+    found
+        .into_values()
+        .filter(|(_, has_body)| *has_body)
+        .map(|(m, _)| m)
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn responses(raw: &[&[u8]]) -> Vec<Response<'static>> {
+        use imap_codec::decode::Decoder;
+        use imap_types::IntoStatic;
+        raw.iter()
+            .map(|r| {
+                imap_codec::ResponseCodec::default()
+                    .decode(r)
+                    .expect("a response")
+                    .1
+                    .into_static()
+            })
+            .collect()
+    }
+
+    /// An unsolicited flag update with the UID (as Dovecot sends during UID commands),
+    /// or a message's items split over two responses, never make an empty message.
+    #[test]
+    fn fetched_messages_need_their_whole_body() {
+        let got = stored_from(
+            responses(&[
+                b"* 1 FETCH (UID 5 FLAGS (\\Seen) INTERNALDATE \"01-Jan-2026 10:00:00 +0000\" BODY[] {5}\r\nhello)\r\n",
+                b"* 1 FETCH (UID 5 FLAGS (\\Seen \\Flagged))\r\n",
+                b"* 2 FETCH (UID 6 FLAGS (\\Seen))\r\n",
+                b"* 3 FETCH (UID 7 BODY[HEADER] {3}\r\nx\r\n)\r\n",
+                b"* 4 FETCH (UID 8 BODY[] NIL)\r\n",
+                b"* 5 FETCH (FLAGS () UID 9)\r\n",
+                b"* 5 FETCH (UID 9 BODY[] {2}\r\nhi)\r\n",
+                b"* 6 FETCH (UID 10 BODY[] {2}\r\nno)\r\n",
+            ]),
+            &[5, 6, 7, 8, 9],
+        );
+        let summary: Vec<(u32, &[u8], usize)> = got
+            .iter()
+            .map(|m| (m.uid, m.raw.as_slice(), m.flags.len()))
+            .collect();
+        assert_eq!(summary, [(5, &b"hello"[..], 2), (9, &b"hi"[..], 0)]);
+        assert!(got[0].date.is_some());
+    }
 
     #[test]
     fn a_multiappend_uid_set_names_each_copy_in_order() {

@@ -1841,12 +1841,13 @@ impl Session {
                         "SELECT without UIDVALIDITY; encrypted mail is relayed as stored"
                     );
                 }
-                if let (Some(identity), Some(credential), Some(_)) =
+                if let (Some(identity), Some(credential), Some(uidvalidity)) =
                     (&identity, &self.credential, uidvalidity)
                 {
                     self.out.push(Output::Fill(fill::FillRequest {
                         identity: identity.clone(),
                         mailbox: mailbox.clone(),
+                        uidvalidity,
                         credential: credential.clone(),
                     }));
                 }

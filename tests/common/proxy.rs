@@ -38,6 +38,9 @@ pub struct ProxyOptions {
     pub key_dir: Option<PathBuf>,
     /// Lines added to both `[account.smtp]` and `[account.imap]` (e.g. `proxy_protocol = true`).
     pub listener_extra: String,
+    /// `[imap] search_index_fill`: off unless a test is about it, so that no test
+    /// meets a background connection it did not ask for.
+    pub search_index_fill: bool,
 }
 
 impl ProxyOptions {
@@ -57,6 +60,7 @@ impl ProxyOptions {
             keys_extra: "discover = [\"store\", \"autocrypt\"]\n".into(),
             key_dir: None,
             listener_extra: String::new(),
+            search_index_fill: false,
         }
     }
 }
@@ -193,7 +197,21 @@ protect_headers = {protect}
                 kr.alice_pass.display()
             ));
         }
-        toml.push_str(&opts.extra);
+        // `[imap] search_index_fill`, in the `[imap]` table `extra` may bring.
+        let fill = format!("search_index_fill = {}\n", opts.search_index_fill);
+        match opts.extra.find("[imap]\n") {
+            Some(at) => {
+                let cut = at + "[imap]\n".len();
+                toml.push_str(&opts.extra[..cut]);
+                toml.push_str(&fill);
+                toml.push_str(&opts.extra[cut..]);
+            }
+            None => {
+                toml.push_str(&opts.extra);
+                toml.push_str("\n[imap]\n");
+                toml.push_str(&fill);
+            }
+        }
         let path = dir.join("sealpost.toml");
         std::fs::write(&path, toml).unwrap();
         path

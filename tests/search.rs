@@ -175,12 +175,18 @@ struct Env {
 
 impl Env {
     fn new() -> Env {
+        Env::with_extra("")
+    }
+
+    /// With `extra` TOML in the config.
+    fn with_extra(extra: &str) -> Env {
         let ca = TestCa::shared();
         let dovecot = Dovecot::start(ca, &[(USER, PASS)]);
         let mut opts = ProxyOptions::new(1);
         opts.imap_upstream = Some((dovecot.imaps_port, "tls"));
         opts.alice_login = USER.into();
         opts.search_index_fill = true;
+        opts.extra = extra.to_string();
         let proxy = Proxy::start(ca, &opts);
         Env { ca, dovecot, proxy }
     }
@@ -409,6 +415,32 @@ fn search_through_sealpost_equals_dovecot_over_the_decrypted_copies() {
         ),
     ]);
     compare_all(&env);
+}
+
+/// Without a persistent index (`search_index = false`) and after a restart (nothing in
+/// memory), every search decrypts what it needs again, and the answers are the same.
+#[test]
+fn without_an_index_searches_decrypt_and_answer_the_same() {
+    let mut env = Env::with_extra("[imap]\nsearch_index = false\n");
+    {
+        let mut d = env.direct();
+        d.command_ok("CREATE Work");
+        d.command_ok("CREATE Reference");
+    }
+    env.store(&corpus());
+    env.proxy.terminate(std::time::Duration::from_secs(10));
+    env.proxy.restart(true);
+    compare_all(&env);
+    let log = env.proxy.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("to be decrypted for SEARCH") && !l.contains("to_decrypt=0")),
+        "nothing was decrypted for SEARCH:\n{log}"
+    );
+    assert!(
+        files_under(&env.proxy.dir.path().join("state").join("index")).is_empty(),
+        "an index was written although search_index = false"
+    );
 }
 
 #[test]

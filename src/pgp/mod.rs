@@ -327,6 +327,15 @@ pub(crate) fn pgp_mime(
     Ok(out)
 }
 
+/// Whether `recipients` give at least one key to encrypt to (what [`encrypt_message`]
+/// needs): checked before any copy of a message leaves.
+pub fn has_encryption_keys(recipients: &[Cert]) -> bool {
+    recipients.iter().any(|c| {
+        c.with_policy(&crate::keys::POLICY, None)
+            .is_ok_and(|vc| crate::keys::encryption_keys(&vc).next().is_some())
+    })
+}
+
 /// The streaming core: the pieces of `plaintext` go through literal data, signing,
 /// encryption and armor into `sink`, for every usable encryption subkey of
 /// `recipients`.

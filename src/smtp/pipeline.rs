@@ -17,12 +17,43 @@ use sequoia_openpgp::Cert;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-/// One message to relay upstream.
+/// One message to relay upstream: its recipients, and how its bytes are made. An
+/// encrypted copy is built only when it is about to be sent ([`Outbound::build`]), so
+/// a message with many copies (Bcc recipients) holds one copy at a time.
 #[derive(Debug, Clone)]
 pub struct OutgoingCopy {
     pub rcpts: Vec<String>,
-    pub message: Vec<u8>,
     pub encrypted: bool,
+    make: Make,
+}
+
+#[derive(Clone)]
+enum Make {
+    /// The bytes as they are.
+    Ready(Vec<u8>),
+    /// `extra_outer`, then the message without its Bcc fields.
+    Plain { extra_outer: Vec<u8> },
+    /// PGP/MIME to `certs`, signed by `signer` when given.
+    Encrypted {
+        certs: Vec<Cert>,
+        signer: Option<Arc<LoadedIdentity>>,
+        extra_outer: Vec<u8>,
+    },
+}
+
+impl std::fmt::Debug for Make {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Make::Ready(b) => write!(f, "Ready({} bytes)", b.len()),
+            Make::Plain { .. } => f.write_str("Plain"),
+            Make::Encrypted { certs, signer, .. } => write!(
+                f,
+                "Encrypted(to {} certificates, signed: {})",
+                certs.len(),
+                signer.is_some()
+            ),
+        }
+    }
 }
 
 /// Everything the pipeline needs, shared by all sessions.
@@ -141,7 +172,7 @@ impl Outbound {
                 client_encrypted: true,
                 result: Ok(vec![OutgoingCopy {
                     rcpts: env.rcpts.clone(),
-                    message: mime::without_fields(raw, &["Bcc"]),
+                    make: Make::Ready(mime::without_fields(raw, &["Bcc"])),
                     encrypted: true,
                 }]),
             };
@@ -211,8 +242,8 @@ impl Outbound {
             ),
             None => (HashSet::new(), None),
         };
-        let identity = self.identity(env, from_header.as_deref());
-        let identity = identity.as_deref();
+        let identity_arc = self.identity(env, from_header.as_deref());
+        let identity = identity_arc.as_deref();
         // Autocrypt Level 1 §2.1: announce the sender's key, unless the client does.
         let autocrypt_field = match (self.autocrypt, identity) {
             (Some(mutual), Some(id)) if !mime::fields(header).iter().any(|f| f.is("Autocrypt")) => {
@@ -252,31 +283,26 @@ impl Outbound {
             Some(id) => vec![id.cert.clone()],
             None => self.store.lookup(&env.from).unwrap_or_default(),
         };
-        let signer = identity
-            .filter(|_| self.policy.sign)
-            .and_then(|id| id.signer.as_ref());
+        let signer = identity_arc.filter(|id| self.policy.sign && id.signer.is_some());
         let encrypt = |group: &[(String, Vec<Cert>)]| -> Result<OutgoingCopy, Reply> {
             let mut certs: Vec<Cert> = group.iter().flat_map(|(_, c)| c.clone()).collect();
             certs.extend(own.iter().cloned());
-            let boundary = pgp::random_boundary();
-            let message = pgp::encrypt_message(
-                &pgp::EncryptRequest {
-                    raw,
-                    recipients: &certs,
-                    signer,
-                    protect_headers: self.policy.protect_headers,
-                    boundary: &boundary,
-                    extra_outer,
-                },
-                &["Bcc"],
-            )
-            .map_err(|e| {
-                tracing::error!(error = %e, "encryption failed");
-                Reply::new(451, "4.7.0 Encryption failed; the message was not sent")
-            })?;
+            // What could make the encryption fail later is checked now, before any
+            // copy leaves.
+            if !pgp::has_encryption_keys(&certs) {
+                tracing::error!("no usable encryption key among the copy's certificates");
+                return Err(Reply::new(
+                    451,
+                    "4.7.0 Encryption failed; the message was not sent",
+                ));
+            }
             Ok(OutgoingCopy {
                 rcpts: group.iter().map(|(r, _)| r.clone()).collect(),
-                message,
+                make: Make::Encrypted {
+                    certs,
+                    signer: signer.clone(),
+                    extra_outer: extra_outer.to_vec(),
+                },
                 encrypted: true,
             })
         };
@@ -291,11 +317,58 @@ impl Outbound {
         if !plain.is_empty() {
             copies.push(OutgoingCopy {
                 rcpts: plain,
-                message: [extra_outer, &mime::without_fields(raw, &["Bcc"])].concat(),
+                make: Make::Plain {
+                    extra_outer: extra_outer.to_vec(),
+                },
                 encrypted: false,
             });
         }
         Ok(copies)
+    }
+
+    /// At least the size of `copy` once built from a message of `raw_len` bytes (the
+    /// armor's growth and the MIME around it), for SMTP SIZE before it exists.
+    pub fn size_estimate(copy: &OutgoingCopy, raw_len: usize) -> usize {
+        match &copy.make {
+            Make::Ready(bytes) => bytes.len(),
+            Make::Plain { extra_outer } => extra_outer.len() + raw_len,
+            Make::Encrypted { extra_outer, .. } => {
+                extra_outer.len() + raw_len.div_ceil(48) * 66 + raw_len / 16 + 8192
+            }
+        }
+    }
+
+    /// The bytes of `copy` of the message `raw` (CPU work for an encrypted copy: call
+    /// off the I/O threads). `Err` is the reply for a copy that cannot be made.
+    pub fn build(&self, copy: &OutgoingCopy, raw: &[u8]) -> Result<Vec<u8>, Reply> {
+        match &copy.make {
+            Make::Ready(bytes) => Ok(bytes.clone()),
+            Make::Plain { extra_outer } => {
+                Ok([extra_outer.as_slice(), &mime::without_fields(raw, &["Bcc"])].concat())
+            }
+            Make::Encrypted {
+                certs,
+                signer,
+                extra_outer,
+            } => {
+                let boundary = pgp::random_boundary();
+                pgp::encrypt_message(
+                    &pgp::EncryptRequest {
+                        raw,
+                        recipients: certs,
+                        signer: signer.as_ref().and_then(|id| id.signer.as_ref()),
+                        protect_headers: self.policy.protect_headers,
+                        boundary: &boundary,
+                        extra_outer,
+                    },
+                    &["Bcc"],
+                )
+                .map_err(|e| {
+                    tracing::error!(error = %e, "encryption failed");
+                    Reply::new(451, "4.7.0 Encryption failed; the message was not sent")
+                })
+            }
+        }
     }
 }
 
@@ -377,7 +450,8 @@ mod tests {
         assert_eq!(copies[2].rcpts, vec!["carol@example.org"]);
         assert!(!copies[2].encrypted);
         for c in &copies {
-            let text = String::from_utf8_lossy(&c.message);
+            let built = out.build(c, MSG).unwrap();
+            let text = String::from_utf8_lossy(&built);
             assert!(!text.contains("Bcc:"), "{text}");
         }
     }
@@ -534,7 +608,7 @@ mod tests {
             )
             .unwrap();
         assert_eq!(copies.len(), 1);
-        assert_eq!(copies[0].message, encrypted);
+        assert_eq!(out.build(&copies[0], &with_bcc).unwrap(), encrypted);
         // Armor lines around plaintext are no encryption: `require` refuses it.
         let fake = b"To: carol@example.org\r\n\r\n-----BEGIN PGP MESSAGE-----\r\n\r\nRevenue 4.2M\r\n-----END PGP MESSAGE-----\r\n";
         let refused = out.plan_from_store(&env(&["carol@example.org"]), fake);

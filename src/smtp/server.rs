@@ -373,9 +373,14 @@ async fn relay(
     let found = svc.discovery.keys_for(identity.as_deref(), &wanted).await;
     let env = envelope.clone();
     let size = message.len();
-    // Encryption is CPU work: keep it off the I/O threads. The message moves there
-    // and is dropped as soon as its copies exist.
-    let planned = tokio::task::spawn_blocking(move || outbound.plan(&env, &message, &found)).await;
+    // Planning and encryption are CPU work: off the I/O threads. The message is held
+    // until its last copy is built; each copy is built just before it is sent and
+    // dropped after, so a message held several times is never held all at once.
+    let raw = Arc::new(message);
+    let planned = {
+        let raw = raw.clone();
+        tokio::task::spawn_blocking(move || outbound.plan(&env, &raw, &found)).await
+    };
     let planned = match planned {
         Ok(p) => p,
         Err(e) => {
@@ -427,7 +432,7 @@ async fn relay(
                 &envelope.from,
                 &copy.rcpts,
                 &params,
-                copy.message.len(),
+                Outbound::size_estimate(copy, raw.len()),
                 false,
             )
             .await;
@@ -451,19 +456,32 @@ async fn relay(
         return done(reply, outcome, records);
     }
     for copy in &copies {
+        let built = {
+            let (outbound, raw, copy) = (svc.outbound.clone(), raw.clone(), copy.clone());
+            tokio::task::spawn_blocking(move || outbound.build(&copy, &raw)).await
+        };
+        let message = match built {
+            Ok(Ok(m)) => m,
+            Ok(Err(reply)) => return done(reply, Outcome::Failed, records),
+            Err(e) => {
+                tracing::error!(error = %e, "building a copy crashed");
+                let reply = Reply::new(451, "4.3.0 Internal error; the message was not sent");
+                return done(reply, Outcome::Failed, records);
+            }
+        };
         let sent = match link
             .begin(
                 &svc.target,
                 &envelope.from,
                 &copy.rcpts,
                 &params,
-                copy.message.len(),
+                message.len(),
                 true,
             )
             .await
         {
             Ok(Ok(())) => match link.conn.as_mut() {
-                Some(conn) => conn.data(&copy.message).await,
+                Some(conn) => conn.data(&message).await,
                 None => Err(UpstreamError::Io {
                     target: format!("{}:{}", svc.target.host, svc.target.port),
                     message: "connection lost".into(),

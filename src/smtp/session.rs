@@ -91,6 +91,9 @@ pub struct Session {
     greeted: bool,
     user: Option<String>,
     from: Option<(String, bool, bool)>,
+    /// The message size MAIL FROM declared (RFC 1870), within the limit: DATA is read
+    /// into a buffer of that size, never copied to grow.
+    declared_size: usize,
     rcpts: Vec<String>,
     input: Vec<u8>,
     output: Vec<u8>,
@@ -107,6 +110,7 @@ impl Session {
             greeted: false,
             user: None,
             from: None,
+            declared_size: 0,
             rcpts: Vec::new(),
             input: Vec::new(),
             output: Vec::new(),
@@ -159,6 +163,7 @@ impl Session {
 
     fn reset_transaction(&mut self) {
         self.from = None;
+        self.declared_size = 0;
         self.rcpts.clear();
     }
 
@@ -366,7 +371,8 @@ impl Session {
                     self.reply(Reply::new(354, "Start mail input; end with <CRLF>.<CRLF>"));
                     self.mode = Mode::Data {
                         rx: DataReceiver::new(),
-                        message: Vec::new(),
+                        // (Capacity only: no memory is touched before data comes.)
+                        message: Vec::with_capacity(self.declared_size),
                         oversize: false,
                     };
                 }
@@ -505,6 +511,7 @@ impl Session {
             let body_8bit = from.flags & smtp_proto::MAIL_BODY_8BITMIME != 0;
             let smtputf8 = from.flags & smtp_proto::MAIL_SMTPUTF8 != 0;
             self.from = Some((from.address, body_8bit, smtputf8));
+            self.declared_size = from.size.min(self.cfg.max_message_size);
             self.reply(Reply::new(250, "2.1.0 Sender OK"));
         }
     }

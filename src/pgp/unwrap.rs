@@ -111,13 +111,23 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 /// The original of one of the identity's own sealed copies (see [`super::stored`]):
 /// decrypted with `keys`, signed by `own`, and unsealed to the bytes it records. `None`
 /// for any other message.
+///
+/// A panic inside the parsers (sequoia-openpgp 2.4 panics on some crafted SEIPD v1 data,
+/// which anyone can send) is contained: such a message is no copy of ours, so `sealpost
+/// seal` goes on and never removes an original on its account.
 pub fn own_copy(raw: &[u8], keys: &[KeyPair], own: &Cert, max_size: usize) -> Option<Vec<u8>> {
-    let Encrypted::PgpMime(ciphertext) = encrypted_payload(raw)? else {
-        return None;
-    };
-    let me = Believed::for_all_user_ids(own.clone());
-    let d = decrypt_bytes(&ciphertext, keys, &[&me], max_size).ok()?;
-    unseal_own(&d.signature, own, &mime::to_crlf(&d.plaintext))
+    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let Encrypted::PgpMime(ciphertext) = encrypted_payload(raw)? else {
+            return None;
+        };
+        let me = Believed::for_all_user_ids(own.clone());
+        let d = decrypt_bytes(&ciphertext, keys, &[&me], max_size).ok()?;
+        unseal_own(&d.signature, own, &mime::to_crlf(&d.plaintext))
+    }));
+    opened.unwrap_or_else(|_| {
+        tracing::error!("reading an encrypted message failed unexpectedly; taken as not ours");
+        None
+    })
 }
 
 /// The original a sealed payload records, when `own`'s key signed it (only then is it
@@ -287,6 +297,33 @@ pub(crate) mod tests {
     use crate::keys::tests::make_cert;
     use openpgp::cert::CertBuilder;
     use openpgp::policy::StandardPolicy;
+
+    /// The input the pgp_unwrap fuzz target found (`fuzz/found/sequoia-seip-v1-panic.bin`:
+    /// a shape byte, two limit bytes, then armored data encrypted to `fuzz/keys/alice.pgp`)
+    /// as the data of a PGP/MIME message: sequoia panics reading it; `own_copy`, which
+    /// `sealpost seal` calls on every encrypted message, answers `None`.
+    #[test]
+    fn a_message_that_makes_the_parser_panic_is_no_copy_of_ours() {
+        let dir = env!("CARGO_MANIFEST_DIR");
+        let id = crate::keys::load_identity(&crate::config::Identity {
+            address: "alice@example.com".into(),
+            login: None,
+            account: None,
+            secret_key: format!("{dir}/fuzz/keys/alice.pgp").into(),
+            passphrase_file: None,
+            passphrase_credential: None,
+            passphrase_env: None,
+        })
+        .unwrap();
+        let found = std::fs::read(format!("{dir}/fuzz/found/sequoia-seip-v1-panic.bin")).unwrap();
+        let message = [
+            b"From: bob@example.org\r\nTo: alice@example.com\r\nSubject: x\r\nContent-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: application/pgp-encrypted\r\n\r\nVersion: 1\r\n\r\n--b\r\nContent-Type: application/octet-stream\r\n\r\n".as_slice(),
+            &found[3..],
+            b"\r\n--b--\r\n",
+        ]
+        .concat();
+        assert_eq!(own_copy(&message, &id.decryptors, &id.cert, 1 << 20), None);
+    }
 
     /// The transport-encryption key pairs of `cert`.
     pub(crate) fn keypairs(cert: &Cert) -> Vec<KeyPair> {

@@ -137,11 +137,7 @@ impl UpstreamLink {
         open: bool,
     ) -> Result<Result<(), Reply>, UpstreamError> {
         let (conn, fresh) = self.ready(target).await?;
-        let first = if open {
-            conn.begin(from, rcpts, params, size).await
-        } else {
-            conn.probe(from, rcpts, params, size).await
-        };
+        let first = conn.transaction(from, rcpts, params, size, open).await;
         let closed = match &first {
             Err(_) => true,
             Ok(Err(r)) => r.code == 421,
@@ -153,11 +149,7 @@ impl UpstreamLink {
         tracing::debug!("the provider closed the kept connection; opening a new one");
         self.conn = None;
         let (conn, _) = self.ready(target).await?;
-        if open {
-            conn.begin(from, rcpts, params, size).await
-        } else {
-            conn.probe(from, rcpts, params, size).await
-        }
+        conn.transaction(from, rcpts, params, size, open).await
     }
 }
 

@@ -202,21 +202,10 @@ impl Upstream {
         self.transaction(from, rcpts, params, size, true).await
     }
 
-    /// Asks whether the provider takes this transaction's sender and recipients, then
-    /// resets it: MAIL FROM and each RCPT TO, then RSET. `Ok(Ok(()))`: all accepted.
-    /// Nothing is sent or stored.
-    pub async fn probe(
-        &mut self,
-        from: &str,
-        rcpts: &[String],
-        params: &[&str],
-        size: usize,
-    ) -> Result<Result<(), Reply>, UpstreamError> {
-        self.transaction(from, rcpts, params, size, false).await
-    }
-
-    /// MAIL and the RCPTs, then DATA (`open`) or RSET.
-    async fn transaction(
+    /// MAIL and the RCPTs, then DATA (`open`, see [`begin`](Self::begin)) or RSET: a
+    /// probe of whether the provider takes this sender and these recipients, which
+    /// sends and stores nothing (`Ok(Ok(()))`: all accepted).
+    pub async fn transaction(
         &mut self,
         from: &str,
         rcpts: &[String],

@@ -41,6 +41,42 @@ fn ports() {
     assert!(msg.contains(&b.to_string()), "{msg}");
 }
 
+/// sealpost's "listener ready" log lines give the bound ports; nothing else does.
+#[test]
+fn listener_ready_lines_are_parsed_and_others_are_not() {
+    use common::listeners::{parse_ready, Listener};
+    let smtp = "2026-01-02T10:00:00.000001Z  INFO sealpost::serve: SMTP listener ready account=test addr=127.0.0.1:40123 implicit_tls=true upstream=localhost:465";
+    assert_eq!(
+        parse_ready(smtp),
+        Some((
+            Listener::smtp("test", true),
+            "127.0.0.1:40123".parse().unwrap()
+        ))
+    );
+    let imap = "2026-01-02T10:00:00.000001Z  INFO sealpost::serve: IMAP listener ready account=corp addr=127.0.0.1:40124 implicit_tls=false upstream=localhost:993";
+    assert_eq!(
+        parse_ready(imap),
+        Some((
+            Listener::imap("corp", false),
+            "127.0.0.1:40124".parse().unwrap()
+        ))
+    );
+    let metrics = "2026-01-02T10:00:00.000001Z  INFO sealpost::serve: metrics listener ready (GET /metrics) addr=[::1]:9187";
+    assert_eq!(
+        parse_ready(metrics),
+        Some((Listener::metrics(), "[::1]:9187".parse().unwrap()))
+    );
+    for other in [
+        "2026-01-02T10:00:00.000001Z DEBUG sealpost::serve: SMTP listener ready account=test addr=127.0.0.1:1 implicit_tls=true",
+        "2026-01-02T10:00:00.000001Z  INFO smtp{account=test peer=127.0.0.1:5}: sealpost::smtp: said SMTP listener ready addr=127.0.0.1:1",
+        "2026-01-02T10:00:00.000001Z  INFO sealpost::serve: SMTP listener readyish addr=127.0.0.1:1",
+        "2026-01-02T10:00:00.000001Z  INFO sealpost::serve: autoconfig listener ready",
+        "",
+    ] {
+        assert_eq!(parse_ready(other), None, "{other}");
+    }
+}
+
 #[test]
 fn test_ca_is_accepted_by_rustls_webpki() {
     use rustls::client::danger::ServerCertVerifier;

@@ -41,6 +41,32 @@ fn ports() {
     assert!(msg.contains(&b.to_string()), "{msg}");
 }
 
+/// A spawned server's `PORT n` / `READY` handshake: the port, or what was missing.
+#[test]
+fn port_and_ready_handshake() {
+    let run = |script: &str| {
+        let mut child = Command::new(common::PYTHON)
+            .args(["-c", script])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let got = common::net::read_port_and_ready(&mut child, Duration::from_secs(10));
+        let _ = child.kill();
+        let _ = child.wait();
+        got
+    };
+    assert_eq!(
+        run("print('starting'); print('PORT 40125'); print('READY')"),
+        Ok(40125)
+    );
+    let no_port = run("print('READY')").unwrap_err();
+    assert!(no_port.contains("no `PORT n` line"), "{no_port}");
+    let no_ready = run("print('PORT 40125')").unwrap_err();
+    assert!(no_ready.contains("PORT 40125 but no READY"), "{no_ready}");
+    let zero = run("print('PORT 0'); print('READY')").unwrap_err();
+    assert!(zero.contains("port 0"), "{zero}");
+}
+
 /// sealpost's "listener ready" log lines give the bound ports; nothing else does.
 #[test]
 fn listener_ready_lines_are_parsed_and_others_are_not() {

@@ -9,7 +9,7 @@ mod common;
 
 use common::listeners::{wait_for_bound, Listener};
 use common::proxy::{sealpost_bin, sealpost_cmd};
-use common::{free_port, run_python, wait_for_port, Dovecot, Sink, SinkMode, TestCa};
+use common::{free_port, run_python, Dovecot, Sink, SinkMode, TestCa};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -114,6 +114,55 @@ fn client(kind: &str, port: u16, ca: &TestCa) -> (String, u16) {
     (text, source)
 }
 
+/// HAProxy with `cfg` (the README's, backends filled in), its frontends on 127.0.0.1;
+/// returns it and the SMTP and IMAP frontend ports. HAProxy refuses `bind 127.0.0.1:0`,
+/// so these are free_port() picks, picked again (three tries) when HAProxy exits because
+/// another process took one before its bind.
+fn start_haproxy(dir: &Path, cfg: &str) -> (Running, u16, u16) {
+    let mut last = String::new();
+    for attempt in 1..=3 {
+        let (smtp, imap) = (free_port(), free_port());
+        let cfg = cfg
+            .replace("bind :587", &format!("bind 127.0.0.1:{smtp}"))
+            .replace("bind :143", &format!("bind 127.0.0.1:{imap}"));
+        let cfg_path = dir.join(format!("haproxy-{attempt}.cfg"));
+        std::fs::write(&cfg_path, &cfg).unwrap();
+        let check = Command::new("haproxy")
+            .arg("-c")
+            .arg("-f")
+            .arg(&cfg_path)
+            .output()
+            .expect("run haproxy (Debian package haproxy; scripts/deps.sh test installs it)");
+        assert!(
+            check.status.success(),
+            "haproxy -c: {}{}",
+            String::from_utf8_lossy(&check.stdout),
+            String::from_utf8_lossy(&check.stderr)
+        );
+        let mut haproxy = Running::spawn(
+            Command::new("haproxy").arg("-db").arg("-f").arg(&cfg_path),
+            dir.join(format!("haproxy-{attempt}.log")),
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let listening = |port| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+        loop {
+            if let Some(status) = haproxy.child.try_wait().unwrap() {
+                last = format!("HAProxy exited ({status}):\n{}", haproxy.log());
+                break;
+            }
+            if listening(smtp) && listening(imap) {
+                return (haproxy, smtp, imap);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "HAProxy did not listen on {smtp} and {imap} within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    panic!("HAProxy did not start in three tries; the last: {last}");
+}
+
 fn wait_until(what: &str, timeout: Duration, f: impl Fn() -> bool) {
     let deadline = Instant::now() + timeout;
     while !f() {
@@ -139,9 +188,7 @@ fn haproxy_in_front_of_two_instances_as_the_readme_shows() {
         state.display(),
         ca.ca_pem.display()
     );
-    // sealpost's listeners on port 0 (their ports are read from the logs); HAProxy has
-    // no way to report a port it was given, so its own two are picked beforehand.
-    let (lb_smtp, lb_imap) = (free_port(), free_port());
+    // sealpost's listeners on port 0: their ports are read from the logs.
     let instance_config = |name: &str| {
         let text = readme_toml
             .replace("instance = \"a\"", &format!("instance = \"{name}\""))
@@ -196,34 +243,13 @@ fn haproxy_in_front_of_two_instances_as_the_readme_shows() {
         assert!(cfg.contains(server), "README's haproxy.cfg lost {server}");
     }
     let cfg = cfg
-        .replace("bind :587", &format!("bind 127.0.0.1:{lb_smtp}"))
-        .replace("bind :143", &format!("bind 127.0.0.1:{lb_imap}"))
         .replace("127.0.0.1:2587", &format!("127.0.0.1:{a_smtp}"))
         .replace("127.0.0.1:2588", &format!("127.0.0.1:{b_smtp}"))
         .replace("127.0.0.1:2143", &format!("127.0.0.1:{a_imap}"))
         .replace("127.0.0.1:2144", &format!("127.0.0.1:{b_imap}"));
-    let cfg_path = dir.path().join("haproxy.cfg");
-    std::fs::write(&cfg_path, &cfg).unwrap();
-    let check = Command::new("haproxy")
-        .arg("-c")
-        .arg("-f")
-        .arg(&cfg_path)
-        .output()
-        .expect("run haproxy (Debian package haproxy; scripts/deps.sh test installs it)");
-    assert!(
-        check.status.success(),
-        "haproxy -c: {}{}",
-        String::from_utf8_lossy(&check.stdout),
-        String::from_utf8_lossy(&check.stderr)
-    );
     // What the instances logged so far is their start; count from here.
     let (a_mark, b_mark) = (a.log().len(), b.log().len());
-    let haproxy = Running::spawn(
-        Command::new("haproxy").arg("-db").arg("-f").arg(&cfg_path),
-        dir.path().join("haproxy.log"),
-    );
-    wait_for_port(lb_smtp, Duration::from_secs(10));
-    wait_for_port(lb_imap, Duration::from_secs(10));
+    let (haproxy, lb_smtp, lb_imap) = start_haproxy(dir.path(), &cfg);
 
     // HAProxy's health checks (LOCAL headers) are greeted as the balancer: sessions
     // with no `via`, and not a single refusal.

@@ -33,6 +33,11 @@ fn seed() -> u64 {
 /// A currently free TCP port on 127.0.0.1. Never returns the same port twice
 /// within one test process (tests run in parallel threads).
 ///
+/// Only for what cannot listen on port 0 and say which port it got (Dovecot, PostgreSQL
+/// and HAProxy refuse port 0) and for a port where nothing must listen: another process
+/// can still take the port before the server's bind, so their starts retry with another
+/// pick. sealpost, the SMTP sink and the key server bind port 0 and report their ports.
+///
 /// Ports are taken at random from *below* the kernel's ephemeral range
 /// (10000..low), so that the source port of a concurrent outgoing connection
 /// cannot take the port between this call and the server's bind, and are

@@ -18,6 +18,7 @@ use crate::smtp::pipeline::Outbound;
 use crate::smtp::server::SmtpService;
 use crate::smtp::session::SessionConfig;
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
@@ -36,7 +37,6 @@ struct Shared {
 struct Built {
     smtp: BTreeMap<String, Arc<SmtpService>>,
     imap: BTreeMap<String, Arc<ImapService>>,
-    directory: Arc<Directory>,
     store: Arc<KeyStore>,
 }
 
@@ -98,7 +98,6 @@ fn build(config: &Config, loaded: &Loaded, shared: &Shared) -> Built {
     let mut built = Built {
         smtp: BTreeMap::new(),
         imap: BTreeMap::new(),
-        directory: Arc::new(Directory::from_config(config)),
         store: loaded.store.clone(),
     };
     for account in &config.accounts {
@@ -141,6 +140,33 @@ fn build(config: &Config, loaded: &Loaded, shared: &Shared) -> Built {
         }
     }
     built
+}
+
+/// The address each account listener was bound on, by (account, "smtp"/"imap",
+/// implicit TLS).
+type BoundAddrs = BTreeMap<(String, &'static str, bool), SocketAddr>;
+
+/// `config` with each account listener configured on port 0 moved to the port the
+/// kernel gave it: what autoconfig must tell clients.
+fn with_bound_ports(config: &Config, bound: &BoundAddrs) -> Config {
+    let mut config = config.clone();
+    for account in &mut config.accounts {
+        for (kind, service) in [("smtp", &mut account.smtp), ("imap", &mut account.imap)] {
+            let Some(service) = service else { continue };
+            for (addr, implicit) in [
+                (&mut service.listen, false),
+                (&mut service.listen_tls, true),
+            ] {
+                let Some(addr) = addr.as_mut().filter(|a| a.port() == 0) else {
+                    continue;
+                };
+                if let Some(b) = bound.get(&(account.name.clone(), kind, implicit)) {
+                    *addr = *b;
+                }
+            }
+        }
+    }
+    config
 }
 
 /// What must not change on a reload: the sockets already bound, where state is, and
@@ -216,6 +242,8 @@ struct Running {
     directory: watch::Sender<Arc<Directory>>,
     store: watch::Sender<Arc<KeyStore>>,
     refresh: Option<JoinHandle<()>>,
+    /// Where the account listeners are; a reload cannot move them.
+    bound: BoundAddrs,
 }
 
 impl Running {
@@ -241,7 +269,11 @@ impl Running {
                 tx.send_replace(svc);
             }
         }
-        self.directory.send_replace(built.directory);
+        self.directory
+            .send_replace(Arc::new(Directory::from_config(&with_bound_ports(
+                &config,
+                &self.bound,
+            ))));
         self.store.send_replace(built.store);
         if let Some(r) = self.refresh.take() {
             r.abort();
@@ -297,10 +329,12 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     let mut running = Running {
         smtp: BTreeMap::new(),
         imap: BTreeMap::new(),
-        directory: watch::channel(built.directory.clone()).0,
+        // Filled in once the account listeners are bound (see `with_bound_ports`).
+        directory: watch::channel(Arc::new(Directory::default())).0,
         store: watch::channel(built.store.clone()).0,
         refresh: spawn_refresh(&config, &loaded),
         config: config.clone(),
+        bound: BoundAddrs::new(),
     };
     for account in &config.accounts {
         if let (Some(smtp), Some(svc)) = (&account.smtp, built.smtp.get(&account.name)) {
@@ -310,6 +344,11 @@ pub async fn run(config: Config) -> Result<(), AppError> {
                 let Some(addr) = addr else { continue };
                 let what = format!("account {} smtp", account.name);
                 let listener = bind(addr, what.clone()).await?;
+                // The bound address: on port 0 the kernel picked one.
+                let addr = listener.local_addr().unwrap_or(addr);
+                running
+                    .bound
+                    .insert((account.name.clone(), "smtp", implicit), addr);
                 tracing::info!(account = %account.name, %addr, implicit_tls = implicit, upstream = %smtp.upstream, "SMTP listener ready");
                 register(
                     &listener,
@@ -330,6 +369,11 @@ pub async fn run(config: Config) -> Result<(), AppError> {
                 let Some(addr) = addr else { continue };
                 let what = format!("account {} imap", account.name);
                 let listener = bind(addr, what.clone()).await?;
+                // The bound address: on port 0 the kernel picked one.
+                let addr = listener.local_addr().unwrap_or(addr);
+                running
+                    .bound
+                    .insert((account.name.clone(), "imap", implicit), addr);
                 tracing::info!(account = %account.name, %addr, implicit_tls = implicit, upstream = %imap.upstream, "IMAP listener ready");
                 register(
                     &listener,
@@ -344,8 +388,15 @@ pub async fn run(config: Config) -> Result<(), AppError> {
             }
         }
     }
+    running
+        .directory
+        .send_replace(Arc::new(Directory::from_config(&with_bound_ports(
+            &config,
+            &running.bound,
+        ))));
     if let Some(addr) = config.metrics.listen {
         let listener = bind(addr, "[metrics] listen".into()).await?;
+        let addr = listener.local_addr().unwrap_or(addr);
         tracing::info!(%addr, "metrics listener ready (GET /metrics)");
         register(&listener, "metrics (HTTP)");
         tasks.push(tokio::spawn(crate::metrics::serve(
@@ -355,7 +406,8 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     }
     if let Some(ac) = &config.autoconfig {
         let listener = bind(ac.listen, "autoconfig".into()).await?;
-        tracing::info!(addr = %ac.listen, "autoconfig listener ready");
+        let addr = listener.local_addr().unwrap_or(ac.listen);
+        tracing::info!(%addr, "autoconfig listener ready");
         register(&listener, "autoconfig (HTTP)");
         tasks.push(tokio::spawn(crate::autoconfig::serve(
             listener,
@@ -421,4 +473,50 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         tracing::warn!("some sessions did not finish in time; closing them");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clients_are_told_the_port_a_port_0_listener_was_bound_on() {
+        let text = r#"
+state_dir = "s"
+[[account]]
+name = "a"
+[account.smtp]
+listen = "127.0.0.1:0"
+listen_tls = "127.0.0.1:1465"
+upstream = "smtp.example.org:465"
+upstream_security = "tls"
+[account.imap]
+listen_tls = "127.0.0.1:0"
+upstream = "imap.example.org:993"
+upstream_security = "tls"
+[[identity]]
+address = "al@example.org"
+secret_key = "k"
+"#;
+        let config = Config::parse(text, std::path::Path::new("/x/c.toml")).unwrap();
+        let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let bound = BoundAddrs::from([
+            (("a".into(), "smtp", false), addr("127.0.0.1:40001")),
+            (("a".into(), "smtp", true), addr("127.0.0.1:1465")),
+            (("a".into(), "imap", true), addr("127.0.0.1:40002")),
+        ]);
+        let entry = Directory::from_config(&with_bound_ports(&config, &bound))
+            .lookup("al@example.org", true)
+            .unwrap();
+        let ports = |e: &[crate::autoconfig::Endpoint]| -> Vec<(u16, bool)> {
+            e.iter().map(|e| (e.port, e.implicit_tls)).collect()
+        };
+        assert_eq!(ports(&entry.smtp), [(1465, true), (40001, false)]);
+        assert_eq!(ports(&entry.imap), [(40002, true)]);
+        // The configured addresses stay as written: a reload compares them.
+        assert_eq!(
+            config.accounts[0].smtp.as_ref().unwrap().listen,
+            Some(addr("127.0.0.1:0"))
+        );
+    }
 }

@@ -8,7 +8,7 @@ mod common;
 
 use common::net::run_python_stdin;
 use common::proxy::{Proxy, ProxyOptions};
-use common::{free_port, wait_for_port, TestCa};
+use common::TestCa;
 use std::process::Command;
 use std::time::Duration;
 
@@ -51,13 +51,13 @@ for e in root.iter():
 #[test]
 fn thunderbird_and_outlook_are_told_sealposts_listeners() {
     let ca = TestCa::shared();
-    let port = free_port();
     let mut opts = ProxyOptions::new(1);
     opts.imap_upstream = Some((1, "tls"));
     opts.alice_login = "alice&co".into();
-    opts.extra = format!("[autoconfig]\nlisten = \"127.0.0.1:{port}\"\n");
+    // Every listener on port 0: clients are told the ports sealpost was given.
+    opts.extra = "[autoconfig]\nlisten = \"127.0.0.1:0\"\n".into();
     let proxy = Proxy::start(ca, &opts);
-    wait_for_port(port, Duration::from_secs(10));
+    let port = proxy.autoconfig_port();
     let base = format!("http://127.0.0.1:{port}");
 
     for path in [
@@ -184,8 +184,8 @@ fn a_wildcard_listener_needs_a_hostname() {
     let ca = TestCa::shared();
     let dir = common::tempdir();
     let mut opts = ProxyOptions::new(1);
-    opts.extra = format!("[autoconfig]\nlisten = \"127.0.0.1:{}\"\n", free_port());
-    let config = Proxy::write_config(dir.path(), ca, &opts, (free_port(), free_port()));
+    opts.extra = "[autoconfig]\nlisten = \"127.0.0.1:0\"\n".into();
+    let config = Proxy::write_config(dir.path(), ca, &opts, (0, 0));
     let text = std::fs::read_to_string(&config).unwrap().replacen(
         "listen = \"127.0.0.1:",
         "listen = \"0.0.0.0:",

@@ -30,18 +30,26 @@ fn audit_log_and_metrics_record_every_outbound_decision() {
     let sink = Sink::start(ca, SinkMode::Tls);
     let audit_dir = common::tempdir();
     let audit_path = audit_dir.path().join("audit.jsonl");
-    let metrics_port = free_port();
     let mut opts = ProxyOptions::new(sink.port);
     opts.import = vec![keyring().person("bob").pub_asc.clone()];
     opts.extra = format!(
-        "[audit]\nfile = \"{}\"\njournal = true\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n\
+        "[audit]\nfile = \"{}\"\njournal = true\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
          [[policy.rule]]\nrecipient = \"secret.example\"\naction = \"require\"\n",
         audit_path.display()
     );
     let proxy = Proxy::start(ca, &opts);
+    let metrics_port = proxy.metrics_port();
 
-    // sealpost check sees the audit file and the metrics address (in use: by the proxy).
-    let check = sealpost_cmd(&proxy.config, &["check"]);
+    // sealpost check sees the audit file and the metrics address (in use: by the proxy,
+    // on the port it was given for `127.0.0.1:0`, written into a copy of its config).
+    let mut table: toml::Table = std::fs::read_to_string(&proxy.config)
+        .unwrap()
+        .parse()
+        .unwrap();
+    table["metrics"]["listen"] = format!("127.0.0.1:{metrics_port}").into();
+    let pinned = proxy.dir.path().join("pinned.toml");
+    std::fs::write(&pinned, toml::to_string(&table).unwrap()).unwrap();
+    let check = sealpost_cmd(&pinned, &["check"]);
     let report = String::from_utf8_lossy(&check.stdout);
     assert!(
         report.contains(&format!(
@@ -232,7 +240,7 @@ fn an_unwritable_audit_file_stops_start_up_and_check() {
     let dir = common::tempdir();
     let mut opts = ProxyOptions::new(free_port());
     opts.extra = "[audit]\nfile = \"/nonexistent-sealpost/audit.jsonl\"\n".into();
-    let config = Proxy::write_config(dir.path(), ca, &opts, (free_port(), free_port()));
+    let config = Proxy::write_config(dir.path(), ca, &opts, (0, 0));
     let out = Command::new(common::proxy::sealpost_bin())
         .args(["run", "--config"])
         .arg(&config)
@@ -364,7 +372,6 @@ fn secret_dir_users_decrypt_through_imap_and_each_decryption_is_audited() {
         .unwrap();
     }
     let audit_path = secrets.path().join("audit.jsonl");
-    let metrics_port = free_port();
     let mut opts = ProxyOptions::new(1);
     opts.alice_identity = false;
     opts.imap_upstream = Some((dovecot.imaps_port, "tls"));
@@ -372,10 +379,11 @@ fn secret_dir_users_decrypt_through_imap_and_each_decryption_is_audited() {
     opts.keys_extra
         .push_str(&format!("secret_dir = \"{}\"\n", secrets.path().display()));
     opts.extra = format!(
-        "[audit]\nfile = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n",
+        "[audit]\nfile = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
         audit_path.display()
     );
     let proxy = Proxy::start(ca, &opts);
+    let metrics_port = proxy.metrics_port();
     let check = sealpost_cmd(&proxy.config, &["check"]);
     let report = String::from_utf8_lossy(&check.stdout);
     assert!(report.contains("holds 2 secret key file(s)"), "{report}");
@@ -508,11 +516,11 @@ fn a_secret_dir_user_sends_mail_signed_with_the_key_from_the_folder() {
 #[test]
 fn an_unreachable_provider_is_counted_as_an_upstream_error() {
     let ca = TestCa::shared();
-    let metrics_port = free_port();
     // Nothing listens on the upstream port.
     let mut opts = ProxyOptions::new(free_port());
-    opts.extra = format!("[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n");
+    opts.extra = "[metrics]\nlisten = \"127.0.0.1:0\"\n".into();
     let proxy = Proxy::start(ca, &opts);
+    let metrics_port = proxy.metrics_port();
     let r = submit(
         &proxy,
         ca,
@@ -583,13 +591,7 @@ fn sealpost_seal_works_for_a_secret_dir_user() {
     opts.keys_extra
         .push_str(&format!("secret_dir = \"{}\"\n", secrets.path().display()));
     let dir = common::tempdir();
-    let config = Proxy::write_config_imap(
-        dir.path(),
-        ca,
-        &opts,
-        (free_port(), free_port()),
-        (free_port(), free_port()),
-    );
+    let config = Proxy::write_config_imap(dir.path(), ca, &opts, (0, 0), (0, 0));
     let pw = dir.path().join("pw");
     std::fs::write(&pw, format!("{pass}\n")).unwrap();
     let args = [

@@ -7,8 +7,9 @@
 
 mod common;
 
+use common::listeners::{wait_for_bound, Listener};
 use common::proxy::{sealpost_bin, sealpost_cmd};
-use common::{free_port, run_python, wait_for_port, Dovecot, Sink, SinkMode, TestCa};
+use common::{free_port, run_python, Dovecot, Sink, SinkMode, TestCa};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -64,14 +65,15 @@ impl Drop for Running {
     }
 }
 
-/// smtplib and imaplib from a chosen source port, so that sealpost's log can be matched
-/// against the client's own address (everything runs on 127.0.0.1).
+/// smtplib and imaplib, printing their source port first (`source N`) so that sealpost's
+/// log can be matched against the client's own address (everything runs on 127.0.0.1).
 const PY: &str = r#"
-import imaplib, smtplib, socket, ssl, sys
-kind, port, source_port, cafile = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+import imaplib, smtplib, ssl, sys
+kind, port, cafile = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 ctx = ssl.create_default_context(cafile=cafile)
 if kind == "smtp":
-    s = smtplib.SMTP("127.0.0.1", port, timeout=20, source_address=("127.0.0.1", source_port))
+    s = smtplib.SMTP("127.0.0.1", port, timeout=20)
+    print("source", s.sock.getsockname()[1])
     s.starttls(context=ctx)
     s.login("sinkuser", "sinkpass")
     s.sendmail("alice@example.com", ["carol@example.org"],
@@ -79,23 +81,21 @@ if kind == "smtp":
     s.quit()
     print("sent")
 else:
-    class Imap(imaplib.IMAP4):
-        def _create_socket(self, timeout):
-            return socket.create_connection((self.host, self.port), timeout, source_address=("127.0.0.1", source_port))
-    m = Imap("127.0.0.1", port, timeout=20)
+    m = imaplib.IMAP4("127.0.0.1", port, timeout=20)
+    print("source", m.sock.getsockname()[1])
     m.starttls(ssl_context=ctx)
-    m.login(sys.argv[5], sys.argv[6])
+    m.login(sys.argv[4], sys.argv[5])
     print("select", m.select("INBOX")[0])
     m.logout()
 "#;
 
-fn client(kind: &str, port: u16, source_port: u16, ca: &TestCa) -> String {
+/// Runs [`PY`]; returns its output and the client's source port.
+fn client(kind: &str, port: u16, ca: &TestCa) -> (String, u16) {
     let out = run_python(
         PY,
         &[
             kind,
             &port.to_string(),
-            &source_port.to_string(),
             &ca.ca_pem.display().to_string(),
             USER,
             PASS,
@@ -107,7 +107,60 @@ fn client(kind: &str, port: u16, source_port: u16, ca: &TestCa) -> String {
         "{kind} through HAProxy: {text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    text
+    let source = text
+        .lines()
+        .find_map(|l| l.strip_prefix("source ")?.parse().ok())
+        .unwrap_or_else(|| panic!("{kind}: no source port in {text}"));
+    (text, source)
+}
+
+/// HAProxy with `cfg` (the README's, backends filled in), its frontends on 127.0.0.1;
+/// returns it and the SMTP and IMAP frontend ports. HAProxy refuses `bind 127.0.0.1:0`,
+/// so these are free_port() picks, picked again (three tries) when HAProxy exits because
+/// another process took one before its bind.
+fn start_haproxy(dir: &Path, cfg: &str) -> (Running, u16, u16) {
+    let mut last = String::new();
+    for attempt in 1..=3 {
+        let (smtp, imap) = (free_port(), free_port());
+        let cfg = cfg
+            .replace("bind :587", &format!("bind 127.0.0.1:{smtp}"))
+            .replace("bind :143", &format!("bind 127.0.0.1:{imap}"));
+        let cfg_path = dir.join(format!("haproxy-{attempt}.cfg"));
+        std::fs::write(&cfg_path, &cfg).unwrap();
+        let check = Command::new("haproxy")
+            .arg("-c")
+            .arg("-f")
+            .arg(&cfg_path)
+            .output()
+            .expect("run haproxy (Debian package haproxy; scripts/deps.sh test installs it)");
+        assert!(
+            check.status.success(),
+            "haproxy -c: {}{}",
+            String::from_utf8_lossy(&check.stdout),
+            String::from_utf8_lossy(&check.stderr)
+        );
+        let mut haproxy = Running::spawn(
+            Command::new("haproxy").arg("-db").arg("-f").arg(&cfg_path),
+            dir.join(format!("haproxy-{attempt}.log")),
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let listening = |port| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+        loop {
+            if let Some(status) = haproxy.child.try_wait().unwrap() {
+                last = format!("HAProxy exited ({status}):\n{}", haproxy.log());
+                break;
+            }
+            if listening(smtp) && listening(imap) {
+                return (haproxy, smtp, imap);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "HAProxy did not listen on {smtp} and {imap} within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    panic!("HAProxy did not start in three tries; the last: {last}");
 }
 
 fn wait_until(what: &str, timeout: Duration, f: impl Fn() -> bool) {
@@ -135,14 +188,12 @@ fn haproxy_in_front_of_two_instances_as_the_readme_shows() {
         state.display(),
         ca.ca_pem.display()
     );
-    let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
-    let (a_smtp, a_imap, b_smtp, b_imap, lb_smtp, lb_imap) =
-        (ports[0], ports[1], ports[2], ports[3], ports[4], ports[5]);
-    let instance_config = |name: &str, smtp: u16, imap: u16| {
+    // sealpost's listeners on port 0: their ports are read from the logs.
+    let instance_config = |name: &str| {
         let text = readme_toml
             .replace("instance = \"a\"", &format!("instance = \"{name}\""))
-            .replace("127.0.0.1:2587", &format!("127.0.0.1:{smtp}"))
-            .replace("127.0.0.1:2143", &format!("127.0.0.1:{imap}"))
+            .replace("127.0.0.1:2587", "127.0.0.1:0")
+            .replace("127.0.0.1:2143", "127.0.0.1:0")
             .replace("/var/lib/sealpost", &state.display().to_string())
             .replace("mail.corp.example:465", &format!("localhost:{}", sink.port))
             .replace(
@@ -153,8 +204,8 @@ fn haproxy_in_front_of_two_instances_as_the_readme_shows() {
         std::fs::write(&path, format!("{text}{test_tail}")).unwrap();
         path
     };
-    let a_config = instance_config("a", a_smtp, a_imap);
-    let b_config = instance_config("b", b_smtp, b_imap);
+    let a_config = instance_config("a");
+    let b_config = instance_config("b");
     let start = |config: &Path, name: &str| {
         Running::spawn(
             Command::new(sealpost_bin())
@@ -164,11 +215,22 @@ fn haproxy_in_front_of_two_instances_as_the_readme_shows() {
             dir.path().join(format!("{name}.log")),
         )
     };
-    let a = start(&a_config, "a");
-    let b = start(&b_config, "b");
-    for port in [a_smtp, a_imap, b_smtp, b_imap] {
-        wait_for_port(port, Duration::from_secs(30));
-    }
+    let (mut a, mut b) = (start(&a_config, "a"), start(&b_config, "b"));
+    let ports = |config: &Path, instance: &mut Running| {
+        let bound = wait_for_bound(
+            config,
+            &instance.log,
+            0,
+            &mut instance.child,
+            Duration::from_secs(30),
+        );
+        (
+            bound.port(&Listener::smtp("corp", false)),
+            bound.port(&Listener::imap("corp", false)),
+        )
+    };
+    let (a_smtp, a_imap) = ports(&a_config, &mut a);
+    let (b_smtp, b_imap) = ports(&b_config, &mut b);
 
     // The README's haproxy.cfg, on test ports.
     let cfg = readme_block("cfg");
@@ -181,35 +243,13 @@ fn haproxy_in_front_of_two_instances_as_the_readme_shows() {
         assert!(cfg.contains(server), "README's haproxy.cfg lost {server}");
     }
     let cfg = cfg
-        .replace("bind :587", &format!("bind 127.0.0.1:{lb_smtp}"))
-        .replace("bind :143", &format!("bind 127.0.0.1:{lb_imap}"))
         .replace("127.0.0.1:2587", &format!("127.0.0.1:{a_smtp}"))
         .replace("127.0.0.1:2588", &format!("127.0.0.1:{b_smtp}"))
         .replace("127.0.0.1:2143", &format!("127.0.0.1:{a_imap}"))
         .replace("127.0.0.1:2144", &format!("127.0.0.1:{b_imap}"));
-    let cfg_path = dir.path().join("haproxy.cfg");
-    std::fs::write(&cfg_path, &cfg).unwrap();
-    let check = Command::new("haproxy")
-        .arg("-c")
-        .arg("-f")
-        .arg(&cfg_path)
-        .output()
-        .expect("run haproxy (Debian package haproxy; scripts/deps.sh test installs it)");
-    assert!(
-        check.status.success(),
-        "haproxy -c: {}{}",
-        String::from_utf8_lossy(&check.stdout),
-        String::from_utf8_lossy(&check.stderr)
-    );
-    // What the instances logged so far is the port probes above; count from here.
-    std::thread::sleep(Duration::from_millis(300));
+    // What the instances logged so far is their start; count from here.
     let (a_mark, b_mark) = (a.log().len(), b.log().len());
-    let haproxy = Running::spawn(
-        Command::new("haproxy").arg("-db").arg("-f").arg(&cfg_path),
-        dir.path().join("haproxy.log"),
-    );
-    wait_for_port(lb_smtp, Duration::from_secs(10));
-    wait_for_port(lb_imap, Duration::from_secs(10));
+    let (haproxy, lb_smtp, lb_imap) = start_haproxy(dir.path(), &cfg);
 
     // HAProxy's health checks (LOCAL headers) are greeted as the balancer: sessions
     // with no `via`, and not a single refusal.
@@ -242,14 +282,14 @@ fn haproxy_in_front_of_two_instances_as_the_readme_shows() {
     // Mail through HAProxy: each client's own address (its source port) in the logs.
     let mut sources = Vec::new();
     for _ in 0..4 {
-        let source = free_port();
-        assert!(client("smtp", lb_smtp, source, ca).contains("sent"));
+        let (said, source) = client("smtp", lb_smtp, ca);
+        assert!(said.contains("sent"), "{said}");
         sources.push(source);
     }
     assert_eq!(sink.wait_for_messages(4, Duration::from_secs(20)).len(), 4);
     for _ in 0..2 {
-        let source = free_port();
-        assert!(client("imap", lb_imap, source, ca).contains("select OK"));
+        let (said, source) = client("imap", lb_imap, ca);
+        assert!(said.contains("select OK"), "{said}");
         sources.push(source);
     }
     let (la, lb) = (a.log(), b.log());

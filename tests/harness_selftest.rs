@@ -41,6 +41,68 @@ fn ports() {
     assert!(msg.contains(&b.to_string()), "{msg}");
 }
 
+/// A spawned server's `PORT n` / `READY` handshake: the port, or what was missing.
+#[test]
+fn port_and_ready_handshake() {
+    let run = |script: &str| {
+        let mut child = Command::new(common::PYTHON)
+            .args(["-c", script])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let got = common::net::read_port_and_ready(&mut child, Duration::from_secs(10));
+        let _ = child.kill();
+        let _ = child.wait();
+        got
+    };
+    assert_eq!(
+        run("print('starting'); print('PORT 40125'); print('READY')"),
+        Ok(40125)
+    );
+    let no_port = run("print('READY')").unwrap_err();
+    assert!(no_port.contains("no `PORT n` line"), "{no_port}");
+    let no_ready = run("print('PORT 40125')").unwrap_err();
+    assert!(no_ready.contains("PORT 40125 but no READY"), "{no_ready}");
+    let zero = run("print('PORT 0'); print('READY')").unwrap_err();
+    assert!(zero.contains("port 0"), "{zero}");
+}
+
+/// sealpost's "listener ready" log lines give the bound ports; nothing else does.
+#[test]
+fn listener_ready_lines_are_parsed_and_others_are_not() {
+    use common::listeners::{parse_ready, Listener};
+    let smtp = "2026-01-02T10:00:00.000001Z  INFO sealpost::serve: SMTP listener ready account=test addr=127.0.0.1:40123 implicit_tls=true upstream=localhost:465";
+    assert_eq!(
+        parse_ready(smtp),
+        Some((
+            Listener::smtp("test", true),
+            "127.0.0.1:40123".parse().unwrap()
+        ))
+    );
+    let imap = "2026-01-02T10:00:00.000001Z  INFO sealpost::serve: IMAP listener ready account=corp addr=127.0.0.1:40124 implicit_tls=false upstream=localhost:993";
+    assert_eq!(
+        parse_ready(imap),
+        Some((
+            Listener::imap("corp", false),
+            "127.0.0.1:40124".parse().unwrap()
+        ))
+    );
+    let metrics = "2026-01-02T10:00:00.000001Z  INFO sealpost::serve: metrics listener ready (GET /metrics) addr=[::1]:9187";
+    assert_eq!(
+        parse_ready(metrics),
+        Some((Listener::metrics(), "[::1]:9187".parse().unwrap()))
+    );
+    for other in [
+        "2026-01-02T10:00:00.000001Z DEBUG sealpost::serve: SMTP listener ready account=test addr=127.0.0.1:1 implicit_tls=true",
+        "2026-01-02T10:00:00.000001Z  INFO smtp{account=test peer=127.0.0.1:5}: sealpost::smtp: said SMTP listener ready addr=127.0.0.1:1",
+        "2026-01-02T10:00:00.000001Z  INFO sealpost::serve: SMTP listener readyish addr=127.0.0.1:1",
+        "2026-01-02T10:00:00.000001Z  INFO sealpost::serve: autoconfig listener ready",
+        "",
+    ] {
+        assert_eq!(parse_ready(other), None, "{other}");
+    }
+}
+
 #[test]
 fn test_ca_is_accepted_by_rustls_webpki() {
     use rustls::client::danger::ServerCertVerifier;

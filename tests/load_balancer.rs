@@ -8,7 +8,7 @@ mod common;
 
 use common::prometheus::{parse_exposition, scrape};
 use common::proxy::{Proxy, ProxyOptions};
-use common::{free_port, run_python, Dovecot, Sink, SinkMode, TestCa};
+use common::{run_python, Dovecot, Sink, SinkMode, TestCa};
 use std::io::{Read, Write};
 use std::net::{IpAddr, TcpStream};
 use std::time::{Duration, Instant};
@@ -183,12 +183,13 @@ fn eventually(what: &str, f: impl Fn() -> bool) {
 }
 
 fn start(ca: &TestCa, sink: &Sink, dovecot: &Dovecot, listener_extra: &str) -> (Proxy, u16) {
-    let metrics_port = free_port();
     let mut opts = ProxyOptions::new(sink.port);
     opts.imap_upstream = Some((dovecot.imaps_port, "tls"));
     opts.listener_extra = listener_extra.into();
-    opts.extra = format!("[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n");
-    (Proxy::start(ca, &opts), metrics_port)
+    opts.extra = "[metrics]\nlisten = \"127.0.0.1:0\"\n".into();
+    let proxy = Proxy::start(ca, &opts);
+    let metrics_port = proxy.metrics_port();
+    (proxy, metrics_port)
 }
 
 #[test]

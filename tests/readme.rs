@@ -6,8 +6,9 @@
 mod common;
 
 use common::dovecot::Dovecot;
+use common::listeners::{wait_for_bound, Listener};
 use common::proxy::{sealpost_bin, Proxy, ProxyOptions};
-use common::{free_port, keyring, wait_for_port, Sink, SinkMode, TestCa};
+use common::{keyring, Sink, SinkMode, TestCa};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -220,8 +221,8 @@ fn every_readme_command_runs() {
     let mut opts = ProxyOptions::new(sink.port);
     opts.imap_upstream = Some((dovecot.imaps_port, "tls"));
     opts.alice_login = "alice@example.com".into();
-    let (smtp, imap) = ((free_port(), free_port()), (free_port(), free_port()));
-    let written = Proxy::write_config_imap(d, ca, &opts, smtp, imap);
+    // Listeners on port 0: `sealpost run` logs the ports it was given.
+    let written = Proxy::write_config_imap(d, ca, &opts, (0, 0), (0, 0));
     assert_eq!(written, d.join("sealpost.toml"));
     let kr = keyring();
     let bob_fpr = kr.bob().fpr.to_lowercase();
@@ -378,20 +379,27 @@ fn every_readme_command_runs() {
     let out = ok(&sh(d, &seal, &gnupg), &seal);
     assert!(out.contains("would seal 1, already encrypted 0"), "{out}");
 
-    // `sealpost run`: it listens on the config's ports and exits 0 on SIGTERM.
+    // `sealpost run`: it listens on the config's listeners and exits 0 on SIGTERM.
     let run = find(&commands, "sealpost run --config");
+    let run_log = d.join("run.log");
     let mut child = sh_command(d, &format!("exec {run}"), &gnupg)
+        .env("SEALPOST_LOG", "info")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&run_log).unwrap())
         .spawn()
         .unwrap();
-    for port in [smtp.0, smtp.1, imap.0, imap.1] {
-        wait_for_port(port, Duration::from_secs(30));
-    }
+    let bound = wait_for_bound(
+        &d.join("sealpost.toml"),
+        &run_log,
+        0,
+        &mut child,
+        Duration::from_secs(30),
+    );
+    let imap_port = bound.port(&Listener::imap("test", false));
     // `sealpost status` asks the running instance.
     let status = find(&commands, "sealpost status --config");
     let out = ok(&sh(d, &status, &gnupg), &status);
-    assert!(out.contains(&format!("127.0.0.1:{}", imap.0)), "{out}");
+    assert!(out.contains(&format!("127.0.0.1:{imap_port}")), "{out}");
     assert!(out.contains("connections: "), "{out}");
     let status_json = find(&commands, "sealpost status --json");
     let out = ok(&sh(d, &status_json, &gnupg), &status_json);
@@ -418,12 +426,7 @@ fn every_readme_command_runs() {
 fn config_option_is_accepted_anywhere() {
     let ca = TestCa::shared();
     let dir = common::tempdir();
-    let config = Proxy::write_config(
-        dir.path(),
-        ca,
-        &ProxyOptions::new(1),
-        (free_port(), free_port()),
-    );
+    let config = Proxy::write_config(dir.path(), ca, &ProxyOptions::new(1), (0, 0));
     let c = config.display().to_string();
     for args in [
         vec!["--config", &c, "keys", "list"],

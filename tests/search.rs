@@ -534,7 +534,7 @@ fn the_index_survives_a_restart_and_holds_no_plaintext() {
     }
     // After a restart the answers come from the index: nothing is decrypted again.
     env.proxy.terminate(std::time::Duration::from_secs(10));
-    env.proxy.restart(true);
+    env.proxy.restart();
     let decrypting = |log: &str| {
         log.lines()
             .filter(|l| l.contains("to be decrypted for SEARCH") && !l.contains("to_decrypt=0"))
@@ -641,7 +641,7 @@ fn selecting_a_mailbox_fills_the_index_in_the_background() {
         let mut d = env.direct();
         assert!(d.append("Work", &[], &encrypted[2]).is_ok());
     }
-    env.proxy.restart(true);
+    env.proxy.restart();
     let mut c = common::imapclients::RawImap::connect(
         env.proxy.imap_port,
         "starttls",

@@ -512,12 +512,7 @@ fn check_reports_each_problem_and_graceful_stop_exits_zero() {
     let sink = Sink::start(ca, SinkMode::Tls);
     let dir = common::tempdir();
     let opts = ProxyOptions::new(sink.port);
-    let config = Proxy::write_config(
-        dir.path(),
-        ca,
-        &opts,
-        (common::free_port(), common::free_port()),
-    );
+    let config = Proxy::write_config(dir.path(), ca, &opts, (0, 0));
     let out = sealpost_cmd(&config, &["check"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
@@ -578,15 +573,16 @@ fn an_identity_signs_only_for_its_own_accounts_listener() {
     let sink = Sink::start(ca, SinkMode::Tls);
     let mut opts = ProxyOptions::new(sink.port);
     opts.import = keys(&["bob"]);
-    let other_port = common::free_port();
     // The harness's `[[identity]]` (alice) is the last table: bind it to account
     // "test", then add account "other" with the same upstream.
     opts.extra = format!(
-        "account = \"test\"\n[[account]]\nname = \"other\"\n[account.smtp]\nlisten = \"127.0.0.1:{other_port}\"\nupstream = \"localhost:{}\"\nupstream_security = \"tls\"\n",
+        "account = \"test\"\n[[account]]\nname = \"other\"\n[account.smtp]\nlisten = \"127.0.0.1:0\"\nupstream = \"localhost:{}\"\nupstream_security = \"tls\"\n",
         sink.port
     );
     let proxy = Proxy::start(ca, &opts);
-    common::wait_for_port(other_port, Duration::from_secs(10));
+    let other_port = proxy
+        .bound
+        .port(&common::listeners::Listener::smtp("other", false));
     let msg = message(
         "Bob <bob@example.org>",
         "",

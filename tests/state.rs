@@ -107,7 +107,7 @@ fn acknowledged_autocrypt_state_survives_kill_9_and_a_restart() {
     drop(c);
     assert!(!proxy.dir.path().join("state/autocrypt.toml").exists());
 
-    proxy.restart(true);
+    proxy.restart();
     for uid in &acknowledged {
         let line = autocrypt_lookup(&proxy.config, &format!("peer{uid}@example.net"));
         assert!(

@@ -7,6 +7,7 @@ mod common;
 use common::dovecot::Dovecot;
 use common::imapclients::RawImap;
 use common::json::Json;
+use common::listeners::{wait_for_bound, Listener};
 use common::proxy::{sealpost_cmd, Proxy, ProxyOptions};
 use common::{gpg_encrypt, keyring, Sink, SinkMode, TestCa};
 use std::time::Duration;
@@ -151,12 +152,7 @@ fn status_shows_the_last_errors() {
 fn status_without_a_running_instance_says_so() {
     let ca = TestCa::shared();
     let dir = common::tempdir();
-    let config = Proxy::write_config(
-        dir.path(),
-        ca,
-        &ProxyOptions::new(1),
-        (common::free_port(), common::free_port()),
-    );
+    let config = Proxy::write_config(dir.path(), ca, &ProxyOptions::new(1), (0, 0));
     let out = sealpost_cmd(&config, &["status"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -172,15 +168,9 @@ fn a_second_instance_on_the_same_state_dir_leaves_the_first_ones_socket_alone() 
     let ca = TestCa::shared();
     let sink = Sink::start(ca, SinkMode::Tls);
     let first = Proxy::start(ca, &ProxyOptions::new(sink.port));
-    // The same config on other ports: the same state_dir.
-    let (p1, p2) = (first.smtp_port, first.smtps_port);
-    let (q1, q2) = (common::free_port(), common::free_port());
-    let text = std::fs::read_to_string(&first.config)
-        .unwrap()
-        .replace(&format!("127.0.0.1:{p1}\""), &format!("127.0.0.1:{q1}\""))
-        .replace(&format!("127.0.0.1:{p2}\""), &format!("127.0.0.1:{q2}\""));
+    // The same config (listeners on port 0: other ports), so the same state_dir.
     let second_config = first.dir.path().join("second.toml");
-    std::fs::write(&second_config, text).unwrap();
+    std::fs::copy(&first.config, &second_config).unwrap();
     let log_path = first.dir.path().join("second.log");
     /// Killed if the test fails before it stops the instance itself.
     struct Second(std::process::Child);
@@ -194,11 +184,19 @@ fn a_second_instance_on_the_same_state_dir_leaves_the_first_ones_socket_alone() 
         std::process::Command::new(common::proxy::sealpost_bin())
             .args(["run", "--config"])
             .arg(&second_config)
+            .env("SEALPOST_LOG", "info")
             .stderr(std::fs::File::create(&log_path).unwrap())
             .spawn()
             .unwrap(),
     );
-    common::wait_for_port(q1, Duration::from_secs(30));
+    let q1 = wait_for_bound(
+        &second_config,
+        &log_path,
+        0,
+        &mut second.0,
+        Duration::from_secs(30),
+    )
+    .port(&Listener::smtp("test", false));
     let status_pid = || {
         let out = sealpost_cmd(&first.config, &["status", "--json"]);
         assert!(

@@ -4,8 +4,9 @@
 
 mod common;
 
+use common::listeners::{wait_for_bound, Listener};
 use common::proxy::{sealpost_bin, Proxy, ProxyOptions};
-use common::{free_port, keyring, TestCa};
+use common::{keyring, TestCa};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -129,13 +130,14 @@ fn system_unit_enables_into_multi_user_target() {
     );
 }
 
-fn run_with_notify(config: &Path, notify: &str) -> Child {
+fn run_with_notify(config: &Path, notify: &str, log: &Path) -> Child {
     Command::new(sealpost_bin())
         .args(["run", "--config"])
         .arg(config)
         .env("NOTIFY_SOCKET", notify)
+        .env("SEALPOST_LOG", "info")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
         .spawn()
         .unwrap()
 }
@@ -161,16 +163,23 @@ fn ready_is_sent_once_every_listener_is_bound() {
     let dir = common::tempdir();
     let mut opts = ProxyOptions::new(1);
     opts.imap_upstream = Some((1, "tls"));
-    let smtp = (free_port(), free_port());
-    let imap = (free_port(), free_port());
-    let config = Proxy::write_config_imap(dir.path(), ca, &opts, smtp, imap);
+    let config = Proxy::write_config_imap(dir.path(), ca, &opts, (0, 0), (0, 0));
 
     // A socket path, as the system manager passes it.
     let path = dir.path().join("notify");
     let rx = UnixDatagram::bind(&path).unwrap();
-    let mut child = run_with_notify(&config, &path.display().to_string());
+    let log = dir.path().join("sealpost.log");
+    let mut child = run_with_notify(&config, &path.display().to_string(), &log);
     let said = wait_for(&rx, "READY=1");
-    for port in [smtp.0, smtp.1, imap.0, imap.1] {
+    // Each listener has logged its port already (no waiting), and accepts.
+    let bound = wait_for_bound(&config, &log, 0, &mut child, Duration::ZERO);
+    let listeners = [
+        Listener::smtp("test", false),
+        Listener::smtp("test", true),
+        Listener::imap("test", false),
+        Listener::imap("test", true),
+    ];
+    for port in listeners.iter().map(|l| bound.port(l)) {
         assert!(
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
             "READY=1 before port {port} listens"
@@ -188,7 +197,8 @@ fn ready_is_sent_once_every_listener_is_bound() {
     let name = format!("sealpost-notify-test-{}", std::process::id());
     let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
     let rx = UnixDatagram::bind_addr(&addr).unwrap();
-    let mut child = run_with_notify(&config, &format!("@{name}"));
+    let log = dir.path().join("sealpost-abstract.log");
+    let mut child = run_with_notify(&config, &format!("@{name}"), &log);
     wait_for(&rx, "READY=1");
     let _ = child.kill();
     let _ = child.wait();
@@ -204,7 +214,7 @@ fn identity_key_from_credentials_directory() {
     let mut opts = ProxyOptions::new(1);
     opts.alice_identity = false;
     opts.extra = "[[identity]]\naddress = \"alice@example.com\"\nsecret_key = \"%d/identity.sec.asc\"\npassphrase_file = \"%d/identity.pass\"\n".into();
-    let config = Proxy::write_config(dir.path(), ca, &opts, (free_port(), free_port()));
+    let config = Proxy::write_config(dir.path(), ca, &opts, (0, 0));
     let creds = dir.path().join("creds");
     std::fs::create_dir(&creds).unwrap();
     std::fs::copy(&kr.alice().sec_asc, creds.join("identity.sec.asc")).unwrap();

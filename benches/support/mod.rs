@@ -21,7 +21,7 @@ pub fn service_command(bin: &Path) -> Command {
     c
 }
 
-use crate::common::net::{free_port, wait_for_port};
+use crate::common::listeners::{wait_for_bound, Listener};
 use crate::common::proxy::{Proxy, ProxyOptions};
 use crate::common::TestCa;
 
@@ -104,13 +104,12 @@ fn spawn_watchdog(pid: u32) -> Option<Child> {
 }
 
 impl BenchProxy {
-    /// Writes the config (same generator as the integration tests), imports
-    /// `opts.import`, starts `bin run` and waits until its listeners accept.
+    /// Writes the config (same generator as the integration tests, listeners on port
+    /// 0), imports `opts.import`, starts `bin run` and reads its listeners' ports from its
+    /// log.
     pub fn start(bin: &Path, ca: &TestCa, opts: &ProxyOptions) -> BenchProxy {
         let dir = crate::common::tempdir();
-        let ports = (free_port(), free_port());
-        let imap_ports = (free_port(), free_port());
-        let config = Proxy::write_config_imap(dir.path(), ca, opts, ports, imap_ports);
+        let config = Proxy::write_config_imap(dir.path(), ca, opts, (0, 0), (0, 0));
         if !opts.import.is_empty() {
             let out = Command::new(bin)
                 .arg("keys")
@@ -141,35 +140,28 @@ impl BenchProxy {
         let watchdog = spawn_watchdog(child.id());
         let mut p = BenchProxy {
             watchdog,
-            smtp_port: ports.0,
-            smtps_port: ports.1,
-            imap_port: imap_ports.0,
-            imaps_port: imap_ports.1,
+            smtp_port: 0,
+            smtps_port: 0,
+            imap_port: 0,
+            imaps_port: 0,
             config,
             log_path,
             dir,
             child: Some(child),
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = p.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("sealpost exited early ({status}):\n{}", p.log());
-            }
-            if std::net::TcpStream::connect(("127.0.0.1", ports.1)).is_ok() {
-                wait_for_port(ports.0, Duration::from_secs(5));
-                if opts.imap_upstream.is_some() {
-                    wait_for_port(imap_ports.0, Duration::from_secs(5));
-                    wait_for_port(imap_ports.1, Duration::from_secs(5));
-                }
-                return p;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "sealpost did not listen within 30 s:\n{}",
-                p.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        // The listener lines are logged at info, the level set above.
+        let bound = wait_for_bound(
+            &p.config,
+            &p.log_path,
+            0,
+            p.child.as_mut().expect("just started"),
+            Duration::from_secs(30),
+        );
+        p.smtp_port = bound.port(&Listener::smtp("test", false));
+        p.smtps_port = bound.port(&Listener::smtp("test", true));
+        p.imap_port = bound.get(&Listener::imap("test", false)).unwrap_or(0);
+        p.imaps_port = bound.get(&Listener::imap("test", true)).unwrap_or(0);
+        p
     }
 
     pub fn pid(&self) -> u32 {

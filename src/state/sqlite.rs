@@ -6,7 +6,11 @@ use super::{Arg, Rows, StateError};
 use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// How long a statement waits for another connection (another instance sharing
+/// `state_dir`) to release the file.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(super) struct Sqlite {
     path: PathBuf,
@@ -39,16 +43,21 @@ impl Sqlite {
         // Created owner-only: the state names who writes to whom.
         if !path.exists() {
             use std::os::unix::fs::OpenOptionsExt;
-            std::fs::OpenOptions::new()
+            let created = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
-                .open(path)
-                .map_err(|e| open_err(e.to_string()))?;
+                .open(path);
+            match created {
+                Ok(_) => {}
+                // Another instance sharing state_dir created it in the meantime.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(open_err(e.to_string())),
+            }
         }
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags).map_err(|e| classify(path, e))?;
-        conn.busy_timeout(Duration::from_secs(10))
+        conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(|e| classify(path, e))?;
         // Reading the header first: a file that is not a database fails here, before
         // anything could be written to it.
@@ -61,9 +70,21 @@ impl Sqlite {
                 message: format!("integrity check failed ({check})"),
             });
         }
-        let mode: String = conn
-            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-            .map_err(|e| classify(path, e))?;
+        // Switching to WAL needs the file to itself, and SQLite answers SQLITE_BUSY at
+        // once instead of waiting (no busy handler there) while another instance opens
+        // it: retried within the busy timeout. Once in WAL the switch takes no lock.
+        let deadline = Instant::now() + BUSY_TIMEOUT;
+        let mode: String = loop {
+            match conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)) {
+                Err(e)
+                    if e.sqlite_error_code() == Some(ErrorCode::DatabaseBusy)
+                        && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                done => break done.map_err(|e| classify(path, e))?,
+            }
+        };
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(open_err(format!(
                 "cannot switch to WAL (journal mode {mode})"

@@ -54,6 +54,29 @@ fn rows_survive_reopening() {
     assert!(s.all_provenance().unwrap().is_empty());
 }
 
+/// Instances sharing `state_dir` (README: behind a load balancer) may start together:
+/// each must open the file another one is creating at that moment.
+#[test]
+fn instances_starting_together_all_open_a_new_file() {
+    for _ in 0..20 {
+        let dir = tempfile::tempdir().unwrap();
+        let start = std::sync::Barrier::new(6);
+        std::thread::scope(|s| {
+            let opened: Vec<_> = (0..6)
+                .map(|_| {
+                    s.spawn(|| {
+                        start.wait();
+                        State::open(&StateConfig::default(), dir.path()).map(|_| ())
+                    })
+                })
+                .collect();
+            for o in opened {
+                o.join().unwrap().unwrap();
+            }
+        });
+    }
+}
+
 #[test]
 fn garbage_file_is_reported_and_left_alone() {
     let dir = tempfile::tempdir().unwrap();

@@ -19,10 +19,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use super::net::{free_port, PYTHON};
+use super::net::{read_port_and_ready, PYTHON};
 use super::pgp::{gpg, keyring, NOBODY};
 use super::tls::TestCa;
 
@@ -111,29 +110,22 @@ impl KeyServer {
         let log_path = dir.path().join("requests.log");
         std::fs::write(&log_path, b"").unwrap();
         let stderr_path = dir.path().join("keyserver.stderr");
-        let mut last_err = String::new();
-        for _attempt in 0..3 {
-            let port = free_port();
-            match spawn_server(port, &chain_pem, &key_pem, &root, &log_path, &stderr_path) {
-                Ok((child, stdin)) => {
-                    return KeyServer {
-                        port,
-                        root,
-                        log_path,
-                        ca_pem: ca.ca_pem.clone(),
-                        cert_pem,
-                        key_pem,
-                        stderr_path,
-                        hosts,
-                        child,
-                        _stdin: Some(stdin),
-                        dir: Some(dir),
-                    }
-                }
-                Err(e) => last_err = e,
-            }
+        let (child, stdin, port) =
+            spawn_server(&chain_pem, &key_pem, &root, &log_path, &stderr_path)
+                .unwrap_or_else(|e| panic!("keyserver.py did not start: {e}"));
+        KeyServer {
+            port,
+            root,
+            log_path,
+            ca_pem: ca.ca_pem.clone(),
+            cert_pem,
+            key_pem,
+            stderr_path,
+            hosts,
+            child,
+            _stdin: Some(stdin),
+            dir: Some(dir),
         }
-        panic!("keyserver.py did not start: {last_err}");
     }
 
     /// `127.0.0.1:PORT`.
@@ -689,14 +681,15 @@ fn make_leaf(dir: &Path, ca: &TestCa, hosts: &[String]) -> (PathBuf, PathBuf, Pa
     )
 }
 
+/// Starts `keyserver.py` on port 0; returns it, its stdin (held open) and the port it
+/// reported.
 fn spawn_server(
-    port: u16,
     chain_pem: &Path,
     key_pem: &Path,
     root: &Path,
     log_path: &Path,
     stderr_path: &Path,
-) -> Result<(Child, ChildStdin), String> {
+) -> Result<(Child, ChildStdin, u16), String> {
     let script = super::support_file("keyserver.py");
     let errlog = std::fs::OpenOptions::new()
         .create(true)
@@ -706,7 +699,7 @@ fn spawn_server(
     let mut child = Command::new(PYTHON)
         .arg(&script)
         .arg("--port")
-        .arg(port.to_string())
+        .arg("0")
         .arg("--cert")
         .arg(chain_pem)
         .arg("--key")
@@ -724,33 +717,15 @@ fn spawn_server(
         .spawn()
         .map_err(|e| format!("spawn {PYTHON} {}: {e}", script.display()))?;
     let stdin = child.stdin.take().expect("keyserver stdin");
-    let stdout = child.stdout.take().expect("keyserver stdout");
-    let (tx, rx) = mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout).lines() {
-            match line {
-                Ok(l) => {
-                    let _ = tx.send(l);
-                }
-                Err(_) => break,
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(l) if l.trim() == "READY" => return Ok((child, stdin)),
-            Ok(_) => continue,
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!(
-                    "no READY from keyserver on port {port} ({e}); stderr:\n{}",
-                    std::fs::read_to_string(stderr_path).unwrap_or_default()
-                ));
-            }
+    match read_port_and_ready(&mut child, Duration::from_secs(20)) {
+        Ok(port) => Ok((child, stdin, port)),
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(format!(
+                "{e}; stderr:\n{}",
+                std::fs::read_to_string(stderr_path).unwrap_or_default()
+            ))
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod dovecot;
 pub mod imapclients;
 pub mod json;
 pub mod keyserver;
+pub mod listeners;
 pub mod net;
 pub mod pgp;
 pub mod postgres;

@@ -1,11 +1,11 @@
 //! Ports, waiting, and running Debian's python3 (smtplib as a real client).
 
 use std::collections::HashSet;
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::sync::Mutex;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Always Debian's interpreter: the pyenv `python3` on PATH lacks aiosmtpd.
@@ -32,6 +32,11 @@ fn seed() -> u64 {
 
 /// A currently free TCP port on 127.0.0.1. Never returns the same port twice
 /// within one test process (tests run in parallel threads).
+///
+/// Only for what cannot listen on port 0 and say which port it got (Dovecot, PostgreSQL
+/// and HAProxy refuse port 0) and for a port where nothing must listen: another process
+/// can still take the port before the server's bind, so their starts retry with another
+/// pick. sealpost, the SMTP sink and the key server bind port 0 and report their ports.
 ///
 /// Ports are taken at random from *below* the kernel's ephemeral range
 /// (10000..low), so that the source port of a concurrent outgoing connection
@@ -73,6 +78,44 @@ pub fn free_port() -> u16 {
         }
     }
     panic!("free_port: could not find an unused port");
+}
+
+/// The start-up handshake of a server the tests spawn with its stdout piped, told to
+/// listen on port 0 (`tests/support/*.py`): a line `PORT n` with the port the kernel
+/// gave it, then `READY` once it serves. Returns the port; stdout is drained for the
+/// rest of the child's life. The error says what was missing (the caller adds its log).
+pub fn read_port_and_ready(child: &mut Child, timeout: Duration) -> Result<u16, String> {
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or("the child's stdout is not piped")?;
+    let (tx, rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + timeout;
+    let mut port = None;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx.recv_timeout(left).map_err(|e| match port {
+            None => format!("no `PORT n` line ({e})"),
+            Some(p) => format!("PORT {p} but no READY ({e})"),
+        })?;
+        match (port, line.trim().split_once(' ')) {
+            (None, Some(("PORT", n))) => {
+                let n: u16 = n.parse().map_err(|_| format!("bad port line {line:?}"))?;
+                if n == 0 {
+                    return Err("it reported port 0".into());
+                }
+                port = Some(n);
+            }
+            (Some(p), None) if line.trim() == "READY" => return Ok(p),
+            _ => {}
+        }
+    }
 }
 
 /// Block until something accepts TCP connections on 127.0.0.1:`port`.

@@ -87,53 +87,74 @@ impl Postgres {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let port = free_port();
         let log_path = dir.path().join("postgres.log");
-        let log = std::fs::File::create(&log_path).unwrap();
-        let child = command(&bin.join("postgres"))
-            .arg("-D")
-            .arg(&data)
-            .arg("-k")
-            .arg(dir.path())
-            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start postgres");
         let mut pg = Postgres {
-            port,
+            port: 0,
             dir,
-            child: Some(child),
+            child: None,
             log_path,
         };
+        // PostgreSQL refuses port 0 (its `port` is 1 to 65535): a free_port() pick, picked
+        // again (three tries) when postgres exits because another process took it first.
+        let mut last = String::new();
+        for _attempt in 0..3 {
+            pg.port = free_port();
+            let log = std::fs::File::create(&pg.log_path).unwrap();
+            let child = command(&bin.join("postgres"))
+                .arg("-D")
+                .arg(&data)
+                .arg("-k")
+                .arg(pg.dir.path())
+                .args(["-h", "127.0.0.1", "-p", &pg.port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("start postgres");
+            pg.child = Some(child);
+            match pg.wait_ready() {
+                Ok(()) => return pg,
+                Err(status) => {
+                    pg.child = None;
+                    last = format!("postgres exited early ({status}):\n{}", pg.log());
+                }
+            }
+        }
+        panic!("postgres did not start in three tries; the last: {last}");
+    }
+
+    /// Waits until the server answers a query (not merely until the port is open);
+    /// `Err` with its exit status if it stopped first. Panics after 30 s.
+    fn wait_ready(&mut self) -> Result<(), std::process::ExitStatus> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Some(s) = pg.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("postgres exited early ({s}):\n{}", pg.log());
+            if let Some(s) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                return Err(s);
             }
-            // Ready when it answers a query, not merely when the port is open.
-            if pg.ready() {
-                return pg;
+            if self.ready() {
+                return Ok(());
             }
             assert!(
                 Instant::now() < deadline,
                 "postgres did not start:\n{}",
-                pg.log()
+                self.log()
             );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 
+    /// Whether the server answers; each try gives up after 3 s, so that another
+    /// process that took the port and never answers cannot stall the start.
     fn ready(&self) -> bool {
         let psql = bin_dir().join("psql");
         let cmd = if psql.exists() {
             Command::new(psql)
+                .env("PGCONNECT_TIMEOUT", "3")
                 .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
                 .args(["-U", "sealpost", "-d", "postgres", "-c", "SELECT 1"])
                 .output()
         } else {
             Command::new(bin_dir().join("pg_isready"))
-                .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+                .args(["-t", "3", "-h", "127.0.0.1", "-p", &self.port.to_string()])
                 .output()
         };
         cmd.map(|o| o.status.success()).unwrap_or(false)

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use super::net::{free_port, wait_for_port};
+use super::listeners::{wait_for_bound, Bound, Listener};
 use super::tls::TestCa;
 
 /// What goes into the generated config.
@@ -65,14 +65,19 @@ impl ProxyOptions {
     }
 }
 
+/// A running `sealpost run`. Its listeners are configured on port 0 and their ports read
+/// from its log (see [`super::listeners`]); they change when it is restarted.
 pub struct Proxy {
     /// Plain listener (offers STARTTLS).
     pub smtp_port: u16,
     /// Implicit-TLS listener.
     pub smtps_port: u16,
-    /// IMAP listener (STARTTLS offered) and implicit-TLS IMAP listener.
+    /// IMAP listener (STARTTLS offered) and implicit-TLS IMAP listener; 0 without
+    /// `imap_upstream`.
     pub imap_port: u16,
     pub imaps_port: u16,
+    /// Every listener of the config (also those `extra` adds), as bound.
+    pub bound: Bound,
     pub config: PathBuf,
     pub log_path: PathBuf,
     pub dir: tempfile::TempDir,
@@ -217,12 +222,11 @@ protect_headers = {protect}
         path
     }
 
-    /// Writes the config, imports keys, starts `sealpost run` and waits for its ports.
+    /// Writes the config (listeners on port 0), imports keys, starts `sealpost run` and
+    /// waits for its listeners.
     pub fn start(ca: &TestCa, opts: &ProxyOptions) -> Proxy {
         let dir = super::tempdir();
-        let ports = (free_port(), free_port());
-        let imap_ports = (free_port(), free_port());
-        let config = Proxy::write_config_imap(dir.path(), ca, opts, ports, imap_ports);
+        let config = Proxy::write_config_imap(dir.path(), ca, opts, (0, 0), (0, 0));
         if !opts.import.is_empty() {
             let mut args = vec!["keys", "import"];
             let files: Vec<String> = opts
@@ -240,26 +244,30 @@ protect_headers = {protect}
         }
         let log_path = dir.path().join("sealpost.log");
         let mut proxy = Proxy {
-            smtp_port: ports.0,
-            smtps_port: ports.1,
-            imap_port: imap_ports.0,
-            imaps_port: imap_ports.1,
+            smtp_port: 0,
+            smtps_port: 0,
+            imap_port: 0,
+            imaps_port: 0,
+            bound: Bound::default(),
             config,
             log_path,
             dir,
             child: None,
         };
-        proxy.spawn(opts.imap_upstream.is_some());
+        proxy.spawn();
         proxy
     }
 
-    /// Starts `sealpost run` with this config (log appended) and waits for its ports.
-    fn spawn(&mut self, imap: bool) {
+    /// Starts `sealpost run` with this config (log appended) and reads its listeners' ports
+    /// from what it logs.
+    fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log_path)
             .unwrap();
+        // This run's lines start here.
+        let from = log.metadata().unwrap().len() as usize;
         let child = Command::new(sealpost_bin())
             .arg("run")
             .arg("--config")
@@ -269,24 +277,29 @@ protect_headers = {protect}
             .stderr(log)
             .spawn()
             .expect("start sealpost");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("sealpost exited early ({status}):\n{}", self.log());
-            }
-            if std::net::TcpStream::connect(("127.0.0.1", self.smtps_port)).is_ok() {
-                wait_for_port(self.smtp_port, Duration::from_secs(5));
-                // The IMAP listeners are bound after the SMTP ones.
-                if imap {
-                    wait_for_port(self.imap_port, Duration::from_secs(5));
-                    wait_for_port(self.imaps_port, Duration::from_secs(5));
-                }
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("sealpost did not listen in time:\n{}", self.log());
+        let child = self.child.insert(child);
+        let bound = wait_for_bound(
+            &self.config,
+            &self.log_path,
+            from,
+            child,
+            Duration::from_secs(30),
+        );
+        self.smtp_port = bound.port(&Listener::smtp("test", false));
+        self.smtps_port = bound.port(&Listener::smtp("test", true));
+        self.imap_port = bound.get(&Listener::imap("test", false)).unwrap_or(0);
+        self.imaps_port = bound.get(&Listener::imap("test", true)).unwrap_or(0);
+        self.bound = bound;
+    }
+
+    /// The `[metrics]` listener's port (`listen = "127.0.0.1:0"` in `extra`).
+    pub fn metrics_port(&self) -> u16 {
+        self.bound.port(&Listener::metrics())
+    }
+
+    /// The `[autoconfig]` listener's port (`listen = "127.0.0.1:0"` in `extra`).
+    pub fn autoconfig_port(&self) -> u16 {
+        self.bound.port(&Listener::autoconfig())
     }
 
     /// Kills the process with SIGKILL (no shutdown of any kind) and reaps it.
@@ -299,10 +312,11 @@ protect_headers = {protect}
         let _ = child.wait();
     }
 
-    /// Starts the stopped (terminated or killed) instance again on the same ports.
-    pub fn restart(&mut self, imap: bool) {
+    /// Starts the stopped (terminated or killed) instance again. Its listeners get new
+    /// ports: the `*_port` fields and `bound` are updated.
+    pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop it first");
-        self.spawn(imap);
+        self.spawn();
     }
 
     pub fn log(&self) -> String {

@@ -1,13 +1,11 @@
 //! Upstream SMTP server for tests: `tests/support/smtp_sink.py` (aiosmtpd).
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use super::json;
-use super::net::{free_port, PYTHON};
+use super::net::{read_port_and_ready, PYTHON};
 use super::tls::TestCa;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,32 +97,25 @@ impl Sink {
         )
     }
 
-    /// Start a sink and wait for it to print READY (retries on a port clash).
+    /// Start a sink on a port the kernel picks and wait for it to report that port and
+    /// READY.
     pub fn start_with(ca: &TestCa, cfg: SinkConfig) -> Sink {
         let dir = super::tempdir();
         let outdir = dir.path().join("out");
         std::fs::create_dir_all(&outdir).unwrap();
         let log_path = dir.path().join("sink.log");
-        let mut last_err = String::new();
-        for _attempt in 0..3 {
-            let port = free_port();
-            match spawn_sink(ca, &cfg, port, &outdir, &log_path) {
-                Ok(child) => {
-                    return Sink {
-                        port,
-                        outdir,
-                        mode: cfg.mode,
-                        user: cfg.user.clone(),
-                        password: cfg.password.clone(),
-                        log_path,
-                        child,
-                        dir: Some(dir),
-                    }
-                }
-                Err(e) => last_err = e,
-            }
+        let (child, port) = spawn_sink(ca, &cfg, &outdir, &log_path)
+            .unwrap_or_else(|e| panic!("smtp_sink.py did not start: {e}"));
+        Sink {
+            port,
+            outdir,
+            mode: cfg.mode,
+            user: cfg.user.clone(),
+            password: cfg.password.clone(),
+            log_path,
+            child,
+            dir: Some(dir),
         }
-        panic!("smtp_sink.py did not start: {last_err}");
     }
 
     /// Completed messages (json present), sorted by number.
@@ -205,19 +196,19 @@ impl Drop for Sink {
     }
 }
 
+/// Starts `smtp_sink.py` on port 0; returns it and the port it reported.
 fn spawn_sink(
     ca: &TestCa,
     cfg: &SinkConfig,
-    port: u16,
     outdir: &Path,
     log_path: &Path,
-) -> Result<Child, String> {
+) -> Result<(Child, u16), String> {
     let script = super::support_file("smtp_sink.py");
     let log = std::fs::File::create(log_path).map_err(|e| e.to_string())?;
     let mut cmd = Command::new(PYTHON);
     cmd.arg(&script)
         .arg("--port")
-        .arg(port.to_string())
+        .arg("0")
         .arg("--cert")
         .arg(&ca.cert_pem)
         .arg("--key")
@@ -256,33 +247,15 @@ fn spawn_sink(
         .stderr(Stdio::from(log))
         .spawn()
         .map_err(|e| format!("spawn {PYTHON} {}: {e}", script.display()))?;
-    let stdout = child.stdout.take().expect("sink stdout");
-    let (tx, rx) = mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        // Keeps draining stdout for the life of the process.
-        for line in BufReader::new(stdout).lines() {
-            match line {
-                Ok(l) => {
-                    let _ = tx.send(l);
-                }
-                Err(_) => break,
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(l) if l.trim() == "READY" => return Ok(child),
-            Ok(_) => continue,
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!(
-                    "no READY from sink on port {port} ({e}); log:\n{}",
-                    std::fs::read_to_string(log_path).unwrap_or_default()
-                ));
-            }
+    match read_port_and_ready(&mut child, Duration::from_secs(20)) {
+        Ok(port) => Ok((child, port)),
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(format!(
+                "{e}; log:\n{}",
+                std::fs::read_to_string(log_path).unwrap_or_default()
+            ))
         }
     }
 }

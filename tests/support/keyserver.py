@@ -4,9 +4,10 @@
 Used by sealpost's integration tests (see ``tests/common/keyserver.rs``); run
 with Debian's /usr/bin/python3 (standard library only).
 
-One threaded HTTPS server on 127.0.0.1:PORT serves every test hostname; the
-virtual host is taken from the Host header (port stripped), falling back to
-the TLS SNI name when there is no Host header.
+One threaded HTTPS server on 127.0.0.1:PORT (default 0: a port the kernel
+picks) serves every test hostname; the virtual host is taken from the Host
+header (port stripped), falling back to the TLS SNI name when there is no Host
+header.
 
 * ``GET https://HOST/PATH?QUERY`` -> the file ``ROOT/HOST/PATH`` (query
   ignored, percent-decoding applied to the path), 404 if there is no such
@@ -25,8 +26,9 @@ the TLS SNI name when there is no Host header.
 * Responses are HTTP/1.1 with Content-Length and ``Connection: close``; the
   TLS connection is closed with close_notify.
 
-Prints ``READY`` on stdout once listening, then serves until killed (or, with
-``--exit-on-stdin-eof``, until its stdin is closed, i.e. the parent died).
+Prints ``PORT n`` (the port bound) and then ``READY`` on stdout once
+listening, then serves until killed (or, with ``--exit-on-stdin-eof``, until
+its stdin is closed, i.e. the parent died).
 """
 
 import argparse
@@ -221,7 +223,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--cert", required=True, help="leaf (+ chain) PEM")
     ap.add_argument("--key", required=True, help="leaf private key PEM")
     ap.add_argument("--root", required=True, help="ROOT/HOST/PATH files")
@@ -248,6 +250,7 @@ def main():
 
         threading.Thread(target=watch_stdin, daemon=True).start()
 
+    print("PORT", server.server_address[1], flush=True)
     print("READY", flush=True)
     try:
         server.serve_forever(poll_interval=0.2)

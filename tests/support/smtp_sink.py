@@ -3,14 +3,16 @@
 
 Must be run with Debian's /usr/bin/python3 (python3-aiosmtpd).
 
-Listens on 127.0.0.1:PORT either with implicit TLS (``--mode tls``) or plain
-text + mandatory STARTTLS (``--mode starttls``).  AUTH PLAIN / LOGIN with the
-given credentials is required before MAIL.  Every accepted message is stored as
+Listens on 127.0.0.1:PORT (default 0: a port the kernel picks) either with
+implicit TLS (``--mode tls``) or plain text + mandatory STARTTLS (``--mode
+starttls``).  AUTH PLAIN / LOGIN with the given credentials is required before
+MAIL.  Every accepted message is stored as
 ``OUTDIR/NNNN.eml`` (raw bytes as received, after dot-unstuffing) followed by
 ``OUTDIR/NNNN.json`` (envelope), the json being written atomically last so that
 its presence means "message complete".
 
-Prints ``READY`` on stdout once listening, then runs until killed.
+Prints ``PORT n`` (the port bound) and then ``READY`` on stdout once
+listening, then runs until killed.
 """
 
 import argparse
@@ -128,10 +130,22 @@ class SinkController(Controller):
     def factory(self):
         return self.smtp_class(self.handler, **self.SMTP_kwargs)
 
+    def _create_server(self):
+        # Asked for port 0, the server is on the port the kernel picked: keep that one,
+        # which start() then connects to (and main() prints).
+        creating = super()._create_server()
+
+        async def create():
+            server = await creating
+            self.port = server.sockets[0].getsockname()[1]
+            return server
+
+        return create()
+
 
 def main():
     p = argparse.ArgumentParser(description="sealpost test SMTP sink")
-    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--port", type=int, default=0)
     p.add_argument("--cert", required=True)
     p.add_argument("--key", required=True)
     p.add_argument("--mode", choices=["tls", "starttls"], required=True)
@@ -192,7 +206,7 @@ def main():
         )
 
     controller.start()
-    sys.stdout.write("READY\n")
+    sys.stdout.write("PORT %d\nREADY\n" % controller.port)
     sys.stdout.flush()
 
     stop = threading.Event()

@@ -429,7 +429,7 @@ fn without_an_index_searches_decrypt_and_answer_the_same() {
     }
     env.store(&corpus());
     env.proxy.terminate(std::time::Duration::from_secs(10));
-    env.proxy.restart(true);
+    env.proxy.restart();
     compare_all(&env);
     let log = env.proxy.log();
     assert!(

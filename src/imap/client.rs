@@ -47,6 +47,15 @@ impl Reply {
     pub fn ok(&self) -> bool {
         self.kind == StatusKind::Ok
     }
+
+    /// Whether an untagged CAPABILITY response among this reply's lists `name`.
+    pub fn lists_capability(&self, name: &str) -> bool {
+        use imap_types::response::Data;
+        self.untagged.iter().any(|r| {
+            matches!(r, Response::Data(Data::Capability(list))
+                if list.as_ref().iter().any(|c| c.to_string().eq_ignore_ascii_case(name)))
+        })
+    }
 }
 
 pub struct Client {

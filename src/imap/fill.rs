@@ -442,11 +442,8 @@ async fn login(c: &mut Client, credential: &Credential) -> Result<(), FillError>
             response,
         } => {
             let caps = c.run_text("CAPABILITY").await?;
-            let sasl_ir = caps.untagged.iter().any(|r| {
-                matches!(r, Response::Data(imap_types::response::Data::Capability(list))
-                    if list.as_ref().iter().any(|c| c.to_string().eq_ignore_ascii_case("SASL-IR")))
-            });
-            c.authenticate(mechanism, response, sasl_ir).await?
+            c.authenticate(mechanism, response, caps.lists_capability("SASL-IR"))
+                .await?
         }
     };
     if r.ok() {

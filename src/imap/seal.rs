@@ -149,12 +149,7 @@ pub async fn run(
         });
     }
     let caps = c.run_text("CAPABILITY").await?;
-    let offers = |name: &str| {
-        caps.untagged.iter().any(|r| {
-            matches!(r, Response::Data(Data::Capability(list))
-                if list.as_ref().iter().any(|c| c.to_string().eq_ignore_ascii_case(name)))
-        })
-    };
+    let offers = |name: &str| caps.lists_capability(name);
     if !offers("UIDPLUS") {
         return Err(SealError::NoUidPlus);
     }

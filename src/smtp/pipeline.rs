@@ -340,9 +340,9 @@ impl Outbound {
 
     /// The bytes of `copy` of the message `raw` (CPU work for an encrypted copy: call
     /// off the I/O threads). `Err` is the reply for a copy that cannot be made.
-    pub fn build(&self, copy: &OutgoingCopy, raw: &[u8]) -> Result<Vec<u8>, Reply> {
-        match &copy.make {
-            Make::Ready(bytes) => Ok(bytes.clone()),
+    pub fn build(&self, copy: OutgoingCopy, raw: &[u8]) -> Result<Vec<u8>, Reply> {
+        match copy.make {
+            Make::Ready(bytes) => Ok(bytes),
             Make::Plain { extra_outer } => {
                 Ok([extra_outer.as_slice(), &mime::without_fields(raw, &["Bcc"])].concat())
             }
@@ -355,11 +355,11 @@ impl Outbound {
                 pgp::encrypt_message(
                     &pgp::EncryptRequest {
                         raw,
-                        recipients: certs,
+                        recipients: &certs,
                         signer: signer.as_ref().and_then(|id| id.signer.as_ref()),
                         protect_headers: self.policy.protect_headers,
                         boundary: &boundary,
-                        extra_outer,
+                        extra_outer: &extra_outer,
                     },
                     &["Bcc"],
                 )
@@ -450,7 +450,7 @@ mod tests {
         assert_eq!(copies[2].rcpts, vec!["carol@example.org"]);
         assert!(!copies[2].encrypted);
         for c in &copies {
-            let built = out.build(c, MSG).unwrap();
+            let built = out.build(c.clone(), MSG).unwrap();
             let text = String::from_utf8_lossy(&built);
             assert!(!text.contains("Bcc:"), "{text}");
         }
@@ -608,7 +608,8 @@ mod tests {
             )
             .unwrap();
         assert_eq!(copies.len(), 1);
-        assert_eq!(out.build(&copies[0], &with_bcc).unwrap(), encrypted);
+        let copy = copies.into_iter().next().unwrap();
+        assert_eq!(out.build(copy, &with_bcc).unwrap(), encrypted);
         // Armor lines around plaintext are no encryption: `require` refuses it.
         let fake = b"To: carol@example.org\r\n\r\n-----BEGIN PGP MESSAGE-----\r\n\r\nRevenue 4.2M\r\n-----END PGP MESSAGE-----\r\n";
         let refused = out.plan_from_store(&env(&["carol@example.org"]), fake);

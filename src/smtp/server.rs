@@ -413,6 +413,7 @@ async fn relay(
         params.push("SMTPUTF8");
     }
     let encrypted = copies.iter().filter(|c| c.encrypted).count();
+    let total = copies.len();
     // Several copies (Bcc recipients get their own) cannot be sent atomically: before
     // the first is sent, every later copy's sender and recipients are put to the
     // provider (then reset), so that a recipient it refuses is reported with nothing
@@ -447,10 +448,11 @@ async fn relay(
         };
         return done(reply, outcome, records);
     }
-    for copy in &copies {
+    for copy in copies {
+        let rcpts = copy.rcpts.clone();
         let built = {
-            let (outbound, raw, copy) = (svc.outbound.clone(), raw.clone(), copy.clone());
-            tokio::task::spawn_blocking(move || outbound.build(&copy, &raw)).await
+            let (outbound, raw) = (svc.outbound.clone(), raw.clone());
+            tokio::task::spawn_blocking(move || outbound.build(copy, &raw)).await
         };
         let message = match built {
             Ok(Ok(m)) => m,
@@ -465,7 +467,7 @@ async fn relay(
             .begin(
                 &svc.target,
                 &envelope.from,
-                &copy.rcpts,
+                &rcpts,
                 &params,
                 message.len(),
                 true,
@@ -500,9 +502,9 @@ async fn relay(
             }
         }
     }
-    crate::stats::global().relayed(&svc.account, encrypted, copies.len() - encrypted);
+    crate::stats::global().relayed(&svc.account, encrypted, total - encrypted);
     tracing::info!(
-        copies = copies.len(),
+        copies = total,
         encrypted,
         rcpts = envelope.rcpts.len(),
         size,
@@ -513,7 +515,7 @@ async fn relay(
         format!(
             "2.0.0 Message relayed ({} encrypted, {} plain)",
             encrypted,
-            copies.len() - encrypted
+            total - encrypted
         ),
     );
     done(reply, Outcome::Relayed, records)

@@ -122,6 +122,18 @@ impl UpstreamLink {
         Ok((self.conn.as_mut().expect("set above"), fresh))
     }
 
+    /// The connection failed `when`: it is dropped, and the client told nothing was
+    /// sent.
+    fn failed(&mut self, e: &UpstreamError, when: &str) -> Reply {
+        tracing::warn!(error = %e, "upstream failed {when}");
+        crate::metrics::upstream_error("smtp");
+        self.conn = None;
+        Reply::new(
+            451,
+            "4.4.1 Connection to the mail provider failed; the message was not sent",
+        )
+    }
+
     /// Opens a transaction (see [`Upstream::begin`]). A connection kept from an earlier
     /// message that turns out closed (an error, or the `421` a provider sends when it
     /// times a connection out) is replaced and the transaction tried once more on a new
@@ -435,16 +447,7 @@ async fn relay(
                 tracing::info!(code = r.code, "upstream refused a copy; nothing sent");
                 (r, Outcome::UpstreamRefused)
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "upstream failed before relaying");
-                crate::metrics::upstream_error("smtp");
-                link.conn = None;
-                let reply = Reply::new(
-                    451,
-                    "4.4.1 Connection to the mail provider failed; the message was not sent",
-                );
-                (reply, Outcome::Failed)
-            }
+            Err(e) => (link.failed(&e, "before relaying"), Outcome::Failed),
         };
         return done(reply, outcome, records);
     }
@@ -491,13 +494,7 @@ async fn relay(
                 return done(r, Outcome::UpstreamRefused, records);
             }
             Err(e) => {
-                tracing::warn!(error = %e, "upstream failed during relay");
-                crate::metrics::upstream_error("smtp");
-                link.conn = None;
-                let reply = Reply::new(
-                    451,
-                    "4.4.1 Connection to the mail provider failed; the message was not sent",
-                );
+                let reply = link.failed(&e, "during relay");
                 return done(reply, Outcome::Failed, records);
             }
         }

@@ -379,13 +379,7 @@ async fn fill(ctx: &Arc<ImapContext>, up: &ImapUpstream, req: &Job) -> Result<us
                         if super::search_state::lasting(&view) {
                             n += 1;
                         }
-                        let recorded =
-                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                                ctx.search.record(&ctx, key, &view)
-                            }));
-                        if recorded.is_err() {
-                            tracing::error!("reading a view for the search index failed");
-                        }
+                        ctx.search.record(&ctx, key, &view);
                     }
                     n
                 }

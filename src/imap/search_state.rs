@@ -177,18 +177,25 @@ impl SearchState {
     }
 
     /// What SEARCH reads of a view just built: kept in memory and in the index. Called
-    /// beside the decryption, off the protocol task.
+    /// beside the decryption, off the protocol task. A panic while reading the view is
+    /// contained and logged: whoever built the view goes on with it (a FETCH job waits
+    /// for it; the background fill has more to index).
     pub fn record(&self, ctx: &ImapContext, key: Key, view: &View) {
         if !lasting(view) {
             return;
         }
-        let doc = Arc::new(Doc::from_message(&view.bytes));
-        if let Some(index) = self.index(ctx, &key.account, &key.identity) {
-            if let Err(e) = index.put(&key.mailbox, key.uidvalidity, key.uid, &doc) {
-                tracing::warn!(error = %crate::error_chain(&e), "could not add to the search index");
+        let recorded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let doc = Arc::new(Doc::from_message(&view.bytes));
+            if let Some(index) = self.index(ctx, &key.account, &key.identity) {
+                if let Err(e) = index.put(&key.mailbox, key.uidvalidity, key.uid, &doc) {
+                    tracing::warn!(error = %crate::error_chain(&e), "could not add to the search index");
+                }
             }
+            self.put_doc(key, doc);
+        }));
+        if recorded.is_err() {
+            tracing::error!("reading a view for SEARCH failed");
         }
-        self.put_doc(key, doc);
     }
 
     /// Makes what was added to the identity's index durable, on a thread of its own (a

@@ -261,15 +261,9 @@ async fn handle(
                             });
                             crate::metrics::imap_decrypt_time(started.elapsed());
                             if let Some(key) = req.doc {
-                                // A failure here must not lose the view: the job waits
-                                // for it.
-                                let recorded =
-                                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                                        ctx.search.record(&ctx, key, &view)
-                                    }));
-                                if recorded.is_err() {
-                                    tracing::error!("reading a view for SEARCH failed");
-                                }
+                                // (A failure there is contained: the job waits for the
+                                // view.)
+                                ctx.search.record(&ctx, key, &view);
                             }
                             (req.job, req.uid, req.raw, view)
                         })

@@ -226,15 +226,9 @@ fn dot_stuff(msg: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Bare LFs as CRLF (sealpost's own normalisation).
 fn crlf(data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(data.len() + data.len() / 50);
-    for &b in data {
-        if b == b'\n' && out.last() != Some(&b'\r') {
-            out.push(b'\r');
-        }
-        out.push(b);
-    }
-    out
+    sealpost::mime::to_crlf(data).into_owned()
 }
 
 // ---------------------------------------------------------------------------

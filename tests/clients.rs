@@ -38,15 +38,9 @@ struct Message {
     stored: Vec<u8>,
 }
 
+/// Bare LFs as CRLF (sealpost's own normalisation).
 fn crlf(data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(data.len() + data.len() / 40);
-    for &b in data {
-        if b == b'\n' && out.last() != Some(&b'\r') {
-            out.push(b'\r');
-        }
-        out.push(b);
-    }
-    out
+    sealpost::mime::to_crlf(data).into_owned()
 }
 
 /// Deterministic pseudo-random bytes, base64 in 76-character CRLF lines.

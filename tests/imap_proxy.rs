@@ -41,15 +41,9 @@ fn base64_lines(data: &[u8]) -> String {
         .collect()
 }
 
+/// Bare LFs as CRLF (sealpost's own normalisation).
 fn crlf(data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(data.len() + data.len() / 40);
-    for &b in data {
-        if b == b'\n' && out.last() != Some(&b'\r') {
-            out.push(b'\r');
-        }
-        out.push(b);
-    }
-    out
+    sealpost::mime::to_crlf(data).into_owned()
 }
 
 fn pgp_mime(outer_headers: &str, armored: &[u8]) -> Vec<u8> {

@@ -231,11 +231,16 @@ async fn handle(
     // (TLS records are 16 KiB; larger reads bring little).
     let mut cbuf = vec![0u8; 16 * 1024];
     let mut ubuf = vec![0u8; 64 * 1024];
+    let up_timeout = svc.upstream.timeout;
     loop {
         for out in std::mem::take(&mut outputs) {
             match out {
-                Output::Client(b) => client.write_all(&b).await?,
-                Output::Upstream(b) => upstream.write_all(&b).await?,
+                Output::Client(b) => within(IMAP_IDLE_TIMEOUT, client.write_all(&b)).await?,
+                Output::Upstream(b) => {
+                    if let Err(e) = within(up_timeout, upstream.write_all(&b)).await {
+                        return upstream_lost(&mut client, &e).await;
+                    }
+                }
                 Output::StartTls => {
                     client.flush().await?;
                     let Some(tls) =
@@ -302,8 +307,10 @@ async fn handle(
                 }
             }
         }
-        client.flush().await?;
-        upstream.flush().await?;
+        within(IMAP_IDLE_TIMEOUT, client.flush()).await?;
+        if let Err(e) = within(up_timeout, upstream.flush()).await {
+            return upstream_lost(&mut client, &e).await;
+        }
         if *shutdown.borrow() && session.is_idle() {
             let _ = client
                 .write_all(b"* BYE sealpost is shutting down\r\n")
@@ -312,6 +319,9 @@ async fn handle(
             return Ok(());
         }
         let read_client = !session.client_blocked();
+        // Restarted whenever anything happens; fires only while upstream owes a reply.
+        let awaiting = session.awaits_upstream();
+        let upstream_silence = tokio::time::sleep(up_timeout);
         tokio::select! {
             r = tokio::time::timeout(IMAP_IDLE_TIMEOUT, client.read(&mut cbuf)), if read_client => {
                 let n = match r {
@@ -334,7 +344,10 @@ async fn handle(
                 }
             }
             r = upstream.read(&mut ubuf) => {
-                let n = r?;
+                let n = match r {
+                    Ok(n) => n,
+                    Err(e) => return upstream_lost(&mut client, &e).await,
+                };
                 if n == 0 {
                     if !session.logged_out() {
                         let _ = client.write_all(b"* BYE The mail server closed the connection\r\n").await;
@@ -349,9 +362,48 @@ async fn handle(
             Some((tag, index, sealed)) = sealed_rx.recv() => {
                 outputs = session.on_sealed(&tag, index, sealed);
             }
+            () = upstream_silence, if awaiting => {
+                let e = std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {up_timeout:?}"),
+                );
+                return upstream_lost(&mut client, &e).await;
+            }
             _ = shutdown.changed(), if !*shutdown.borrow() => {}
         }
     }
+}
+
+/// `fut` (a write or flush), failing with `TimedOut` after `limit`.
+async fn within(
+    limit: Duration,
+    fut: impl std::future::Future<Output = std::io::Result<()>>,
+) -> std::io::Result<()> {
+    tokio::time::timeout(limit, fut).await.map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("the peer took no data for {limit:?}"),
+        )
+    })?
+}
+
+/// The upstream connection failed, was cut, or stopped answering: the client is told
+/// with an untagged BYE (RFC 3501 §7.1.5) and the session ends. Whatever it had in flight
+/// gets no tagged reply, so it cannot mistake an unfinished command for a completed one.
+async fn upstream_lost(client: &mut Box<dyn Io>, e: &std::io::Error) -> std::io::Result<()> {
+    tracing::warn!(error = %e, "lost the IMAP server mid-session; closing the client's session");
+    crate::metrics::upstream_error("imap");
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = client
+            .write_all(
+                b"* BYE [UNAVAILABLE] The mail server stopped answering; try again later\r\n",
+            )
+            .await;
+        let _ = client.flush().await;
+        let _ = client.shutdown().await;
+    })
+    .await;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -414,6 +414,27 @@ impl Session {
         !self.busy()
     }
 
+    /// True while upstream owes a reply: its greeting, or a response to a command in
+    /// flight. Not while IDLE idles, and not while a command waits for the client (an
+    /// APPEND literal being uploaded, the client's next SASL response): silence from
+    /// upstream is normal then. The server loop closes a session whose upstream stays
+    /// silent this long past the upstream timeout.
+    pub fn awaits_upstream(&self) -> bool {
+        if !self.greeted {
+            return true;
+        }
+        !self.in_flight.is_empty()
+            && !matches!(
+                self.inflow,
+                Inflow::Idle {
+                    stage: IdleStage::Idling,
+                    ..
+                } | Inflow::Relay { .. }
+                    | Inflow::Hold { .. }
+                    | Inflow::Sasl { ready: true, .. }
+            )
+    }
+
     /// While a FETCH job runs or waits, or a literal waits for upstream's `+`, client
     /// input is held, not framed.
     fn busy(&self) -> bool {

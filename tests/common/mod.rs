@@ -10,6 +10,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod dovecot;
+pub mod fault;
 pub mod imapclients;
 pub mod json;
 pub mod keyserver;

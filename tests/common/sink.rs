@@ -14,6 +14,8 @@ pub enum SinkMode {
     Tls,
     /// Plain text; STARTTLS required before anything else (like port 587).
     StartTls,
+    /// No TLS; AUTH in the clear (for tests that put a fault-injecting relay in front).
+    Plain,
 }
 
 /// Options for [`Sink::start_with`]. `Default` = implicit TLS, user
@@ -217,6 +219,7 @@ fn spawn_sink(
         .arg(match cfg.mode {
             SinkMode::Tls => "tls",
             SinkMode::StartTls => "starttls",
+            SinkMode::Plain => "plain",
         })
         .arg("--user")
         .arg(&cfg.user)

@@ -5,7 +5,7 @@ Must be run with Debian's /usr/bin/python3 (python3-aiosmtpd).
 
 Listens on 127.0.0.1:PORT (default 0: a port the kernel picks) either with
 implicit TLS (``--mode tls``) or plain text + mandatory STARTTLS (``--mode
-starttls``).  AUTH PLAIN / LOGIN with the given credentials is required before
+starttls``), or in the clear throughout (``--mode plain``, for the fault tests).  AUTH PLAIN / LOGIN with the given credentials is required before
 MAIL.  Every accepted message is stored as
 ``OUTDIR/NNNN.eml`` (raw bytes as received, after dot-unstuffing) followed by
 ``OUTDIR/NNNN.json`` (envelope), the json being written atomically last so that
@@ -148,7 +148,7 @@ def main():
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--cert", required=True)
     p.add_argument("--key", required=True)
-    p.add_argument("--mode", choices=["tls", "starttls"], required=True)
+    p.add_argument("--mode", choices=["tls", "starttls", "plain"], required=True)
     p.add_argument("--user", required=True)
     p.add_argument("--password", required=True)
     p.add_argument("--outdir", required=True)
@@ -192,6 +192,15 @@ def main():
             handler,
             make_smtp_class(args.max_line),
             ssl_context=ctx,
+            auth_require_tls=False,
+            **common,
+        )
+    elif args.mode == "plain":
+        # No TLS at all, AUTH in the clear: only for tests that must see the bytes
+        # (the fault-injecting relay sits between sealpost and this sink).
+        controller = SinkController(
+            handler,
+            make_smtp_class(args.max_line),
             auth_require_tls=False,
             **common,
         )

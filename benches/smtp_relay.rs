@@ -11,7 +11,9 @@
 //!   subprocess per message (alice signing), the result wrapped as PGP/MIME and
 //!   submitted directly to the sink;
 //! * (d) the peak memory (`VmHWM`) of a fresh sealpost process relaying one 25 MiB
-//!   message.
+//!   message (and (e) the same with two Bcc copies);
+//! * (f) 2,000 messages over 20 parallel sessions through sealpost against directly:
+//!   throughput, each message arriving exactly once, sealpost's RSS across the run.
 //!
 //! (a)-(c) run in 3 interleaved rounds (b, a, c) and medians are reported, so that
 //! load from other processes on the machine spreads over all three paths.
@@ -559,6 +561,150 @@ async fn run() {
         bcc_delta as f64 / delta.max(1) as f64
     );
     drop(proxy);
+
+    // (f) 20 parallel sessions, 2,000 messages: throughput through sealpost against
+    // directly, every message arriving exactly once, sealpost's RSS across the run.
+    let mut opts = ProxyOptions::new(sink.port);
+    opts.import = vec![kr.bob().pub_asc.clone()];
+    let proxy = BenchProxy::start(&bin, ca, &opts);
+    let pid = proxy.pid();
+    let load: Vec<Vec<u8>> = (0..SESSIONS * PER_SESSION)
+        .map(|i| dot_stuff(&Msg::new(100_000 + i, MSG_SIZE, &mut rng).full()))
+        .collect();
+    let load = std::sync::Arc::new(load);
+    let (mut par_direct, mut par_sealpost) = (Vec::new(), Vec::new());
+    let mut rss_samples = Vec::new();
+    for _round in 0..2 {
+        let (t, _) = parallel(sink.port, Security::Implicit, ca, load.clone(), None)
+            .await
+            .unwrap_or_else(|e| panic!("parallel direct submission failed: {e}\n{}", sink.log()));
+        par_direct.push(t);
+        expected += load.len();
+        assert_eq!(
+            sink.wait_for_messages(expected, Duration::from_secs(120))
+                .len(),
+            expected
+        );
+
+        let first = expected;
+        let (t, rss) = parallel(
+            proxy.smtp_port,
+            Security::StartTls,
+            ca,
+            load.clone(),
+            Some(pid),
+        )
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "parallel submission to sealpost failed: {e}\n{}",
+                proxy.log()
+            )
+        });
+        par_sealpost.push(t);
+        rss_samples = rss;
+        expected += load.len();
+        let got = sink.wait_for_messages(expected, Duration::from_secs(120));
+        assert_eq!(got.len(), expected, "one copy per message through sealpost");
+        // Exactly once: every Message-ID of the load among the new messages, once.
+        let mut seen = std::collections::HashMap::new();
+        for m in &got[first..] {
+            let text = m.text();
+            let id = text
+                .lines()
+                .find_map(|l| l.strip_prefix("Message-ID: "))
+                .unwrap_or_else(|| panic!("a relayed message without Message-ID"))
+                .to_owned();
+            *seen.entry(id).or_insert(0usize) += 1;
+        }
+        assert_eq!(seen.len(), load.len(), "every message arrived");
+        assert!(seen.values().all(|&n| n == 1), "a message arrived twice");
+    }
+    let (pd, ps) = (median(&par_direct), median(&par_sealpost));
+    let total = load.len() as f64;
+    println!(
+        "\n{SESSIONS} parallel sessions, {} messages of {} bytes, 2 interleaved rounds (direct, sealpost), median:",
+        load.len(),
+        MSG_SIZE
+    );
+    println!(
+        "  direct {} ({:.0} msgs/s), through sealpost {} ({:.0} msgs/s): sealpost / direct = {:.3}",
+        secs(pd),
+        total / pd.as_secs_f64(),
+        secs(ps),
+        total / ps.as_secs_f64(),
+        pd.as_secs_f64() / ps.as_secs_f64()
+    );
+    println!("  every message arrived exactly once (Message-IDs counted at the sink), both rounds");
+    // Flat: after the first quarter of the run, RSS stays within a bound.
+    let quarter = rss_samples.len() / 4;
+    let settled = rss_samples[quarter..].iter().copied().min().unwrap_or(0);
+    let top = rss_samples[quarter..].iter().copied().max().unwrap_or(0);
+    println!(
+        "  sealpost RSS during the last round ({} samples): first {}, after a quarter {}, max {}, last {}",
+        rss_samples.len(),
+        mib(rss_samples[0]),
+        mib(rss_samples[quarter]),
+        mib(top),
+        mib(*rss_samples.last().unwrap())
+    );
+    assert!(
+        top <= settled + 32 * 1024 * 1024,
+        "sealpost's RSS grew through the run: {} to {}",
+        mib(settled),
+        mib(top)
+    );
+    drop(proxy);
     drop(sink);
     println!("\ntotal benchmark wall time: {}", secs(t_all.elapsed()));
+}
+
+const SESSIONS: usize = 20;
+const PER_SESSION: usize = 100;
+
+/// Sends `load` over `SESSIONS` concurrent sessions (session k sends messages k,
+/// k + SESSIONS, ...); returns the time until the last one was accepted and, with
+/// `watch`, that process's RSS sampled every 100 ms meanwhile.
+async fn parallel(
+    port: u16,
+    security: Security,
+    ca: &'static TestCa,
+    load: std::sync::Arc<Vec<Vec<u8>>>,
+    watch: Option<u32>,
+) -> Res<(Duration, Vec<u64>)> {
+    let t0 = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for k in 0..SESSIONS {
+        let load = load.clone();
+        tasks.spawn(async move {
+            let mut c = SmtpClient::open(port, security, ca).await?;
+            for m in load.iter().skip(k).step_by(SESSIONS) {
+                c.send(FROM, TO, m).await?;
+            }
+            c.quit().await;
+            Ok::<(), String>(())
+        });
+    }
+    let mut rss = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            done = tasks.join_next() => match done {
+                None => break,
+                Some(Ok(Ok(()))) => {}
+                Some(Ok(Err(e))) => return Err(e),
+                Some(Err(e)) => return Err(format!("session task: {e}")),
+            },
+            _ = tick.tick() => {
+                if let Some(pid) = watch {
+                    rss.push(proc_status_bytes(pid, "VmRSS"));
+                }
+            }
+        }
+    }
+    let elapsed = t0.elapsed();
+    if let Some(pid) = watch {
+        rss.push(proc_status_bytes(pid, "VmRSS"));
+    }
+    Ok((elapsed, rss))
 }

@@ -84,6 +84,10 @@ const COVERAGE: &[(&str, Covered)] = &[
         Covered::Ci("cargo bench --locked --bench imap_search"),
     ),
     (
+        "cargo bench --bench imap_soak",
+        Covered::Ci("cargo bench --locked --bench imap_soak"),
+    ),
+    (
         "gpg --export-secret-keys --armor you@example.com > you.sec.asc",
         Covered::Here,
     ),

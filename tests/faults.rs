@@ -949,3 +949,49 @@ fn imap_idle_faults() {
     rig.relay.clear();
     assert_nothing_left(&rig.proxy, &rig.relay, "imap", base_fds);
 }
+
+/// The client goes away inside its APPEND literal, both for a message sealpost seals
+/// (held whole first) and for one already encrypted (streamed through as it comes):
+/// nothing is stored upstream, and nothing is left behind.
+#[test]
+fn imap_client_gone_inside_append_stores_nothing() {
+    let rig = imap_rig();
+    let count = || rig.dovecot.uids(USER, PASS, "INBOX").len();
+    let stored = count();
+    assert_nothing_left(&rig.proxy, &rig.relay, "imap", usize::MAX / 2);
+    let base_fds = fds(rig.proxy.pid());
+    let mut plain =
+        b"From: alice@example.com\r\nTo: bob@example.org\r\nSubject: draft\r\n\r\n".to_vec();
+    for i in 0..2000 {
+        plain.extend_from_slice(format!("draft line {i:04}\r\n").as_bytes());
+    }
+    // Already encrypted: appended unchanged, so relayed as it arrives.
+    let armored = common::gpg_encrypt(None, &["alice"], &plain, true);
+    let mut encrypted = b"From: alice@example.com\r\nSubject: ...\r\nMIME-Version: 1.0\r\nContent-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: application/pgp-encrypted\r\n\r\nVersion: 1\r\n\r\n--b\r\nContent-Type: application/octet-stream\r\n\r\n".to_vec();
+    encrypted.extend_from_slice(&sealpost::mime::to_crlf(&armored));
+    encrypted.extend_from_slice(b"\r\n--b--\r\n");
+    for (what, msg) in [("plain", &plain), ("encrypted", &encrypted)] {
+        for literal_plus in [false, true] {
+            let (mut c, g) = Imap::connect(rig.proxy.imap_port);
+            assert!(g.is_some() && c.login().ok());
+            let plus = if literal_plus { "+" } else { "" };
+            c.w.write_all(format!("a2 APPEND INBOX {{{}{plus}}}\r\n", msg.len()).as_bytes())
+                .unwrap();
+            if !literal_plus {
+                let r = c.response().unwrap();
+                assert!(r.starts_with(b"+"), "{}", String::from_utf8_lossy(&r));
+            }
+            c.w.write_all(&msg[..msg.len() / 2]).unwrap();
+            std::thread::sleep(Duration::from_millis(200));
+            drop(c);
+            std::thread::sleep(Duration::from_millis(300));
+            assert_eq!(
+                count(),
+                stored,
+                "a {what} APPEND the client never finished was stored\n{}",
+                rig.proxy.log()
+            );
+        }
+    }
+    assert_nothing_left(&rig.proxy, &rig.relay, "imap", base_fds);
+}

@@ -12,7 +12,7 @@ set -euo pipefail
 build_pkgs=(pkg-config libclang-dev libssl-dev libsqlite3-dev make gcc)
 test_pkgs=(gnupg gpg-agent sq swaks libnet-ssleay-perl isync python3 python3-aiosmtpd
   dovecot-core dovecot-imapd curl openssl ca-certificates procps systemd postgresql
-  util-linux haproxy offlineimap3 getmail6 fetchmail)
+  util-linux haproxy offlineimap3 getmail6 fetchmail postfix)
 # postgresql: tests/state.rs starts its own server (initdb, postgres; the client library is
 # pure Rust); util-linux's setpriv runs it as the package's postgres user when root.
 # systemd: systemd-analyze rates and verifies the units in systemd/ (tests/systemd.rs);
@@ -21,6 +21,9 @@ test_pkgs=(gnupg gpg-agent sq swaks libnet-ssleay-perl isync python3 python3-aio
 # sealpost and directly; offlineimap3 depends on python3-imaplib2 and python3-distro
 # (Depends, installed with it), fetchmail's one Recommends (ca-certificates) is named above.
 # None of them starts a service (Debian's fetchmail daemon stays off: START_DAEMON=no).
+# postfix: tests/smtp_postfix.rs starts its own as the provider's submission server (SASL
+# through the test Dovecot's auth socket, so no Cyrus SASL packages); installed with "No
+# configuration" (preseeded below), so the packaged instance has no main.cf and never runs.
 # haproxy: the README's load-balancer guide runs in front of two instances (tests/haproxy.rs);
 # the tests start their own, and the packaged service is stopped below.
 # sequoia-sq 1.x builds with Sequoia's default backend (nettle), links OpenSSL and
@@ -49,11 +52,14 @@ fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
+  if printf '%s\n' "${missing[@]}" | grep -qx postfix; then
+    echo "postfix postfix/main_mailer_type select No configuration" | $sudo debconf-set-selections
+  fi
   $sudo apt-get update -qq
   $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  # The packaged Dovecot, HAProxy and PostgreSQL services are not used: the tests start
+  # The packaged Dovecot, HAProxy, PostgreSQL and Postfix services are not used: the tests start
   # their own instances on free ports.
-  for unit in dovecot-imapd:dovecot haproxy:haproxy postgresql:postgresql; do
+  for unit in dovecot-imapd:dovecot haproxy:haproxy postgresql:postgresql postfix:postfix; do
     if [ -d /run/systemd/system ] && printf '%s\n' "${missing[@]}" | grep -qx "${unit%%:*}"; then
       $sudo systemctl disable --now "${unit#*:}" >/dev/null 2>&1 || true
     fi

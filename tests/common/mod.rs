@@ -17,6 +17,7 @@ pub mod keyserver;
 pub mod listeners;
 pub mod net;
 pub mod pgp;
+pub mod postfix;
 pub mod postgres;
 pub mod prometheus;
 pub mod proxy;

@@ -113,8 +113,9 @@ fn fetcher(
             k[rng.below(ready.load(Ordering::SeqCst))].clone()
         };
         let mut r = c.command(&format!("UID FETCH {uid} (FLAGS BODY.PEEK[])"));
-        if r.is_ok() && r.untagged.is_empty() {
-            // New mail this session has not seen yet: a NOOP makes the server look.
+        if r.is_ok() && !contains(&r.untagged, &expect.needle) {
+            // New mail this session has not seen yet (the FETCH names no such UID, only
+            // other sessions' flag changes): a NOOP makes the server look.
             c.command_ok("NOOP");
             r = c.command(&format!("UID FETCH {uid} (FLAGS BODY.PEEK[])"));
         }

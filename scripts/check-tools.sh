@@ -46,6 +46,10 @@ need "openssl (test CA)" openssl has_line '^OpenSSL 3' openssl version
 need "python3 with aiosmtpd (SMTP upstream)" python3-aiosmtpd /usr/bin/python3 -c "import aiosmtpd.controller, ssl"
 need "Dovecot IMAP server" dovecot-imapd test -x /usr/lib/dovecot/imap
 need "Dovecot master" dovecot-core has_line '^2\.' dovecot --version
+need "Cyrus IMAP master and SASL database tool" "cyrus-common sasl2-bin (scripts/deps.sh test installs them)" \
+  test -x /usr/sbin/cyrmaster -a -x /usr/sbin/saslpasswd2
+need "Cyrus imapd (unpacked from cyrus-imapd)" "scripts/deps.sh test (it unpacks it)" \
+  test -x "${SEALPOST_CYRUS_IMAPD:-/opt/sealpost-test/cyrus-imapd/usr/lib/cyrus/bin/imapd}"
 need "Postfix with Dovecot SASL (SMTP upstream)" postfix has_line '^dovecot$' /usr/sbin/postconf -a
 need "systemd-analyze with offline security ratings (systemd units)" systemd \
   has_line 'Overall exposure level' systemd-analyze security --offline=yes /lib/systemd/system/systemd-journald.service

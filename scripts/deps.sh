@@ -12,7 +12,7 @@ set -euo pipefail
 build_pkgs=(pkg-config libclang-dev libssl-dev libsqlite3-dev make gcc)
 test_pkgs=(gnupg gpg-agent sq swaks libnet-ssleay-perl isync python3 python3-aiosmtpd
   dovecot-core dovecot-imapd curl openssl ca-certificates procps systemd postgresql
-  util-linux haproxy offlineimap3 getmail6 fetchmail postfix)
+  util-linux haproxy offlineimap3 getmail6 fetchmail postfix cyrus-common sasl2-bin)
 # postgresql: tests/state.rs starts its own server (initdb, postgres; the client library is
 # pure Rust); util-linux's setpriv runs it as the package's postgres user when root.
 # systemd: systemd-analyze rates and verifies the units in systemd/ (tests/systemd.rs);
@@ -24,6 +24,10 @@ test_pkgs=(gnupg gpg-agent sq swaks libnet-ssleay-perl isync python3 python3-aio
 # postfix: tests/smtp_postfix.rs starts its own as the provider's submission server (SASL
 # through the test Dovecot's auth socket, so no Cyrus SASL packages); installed with "No
 # configuration" (preseeded below), so the packaged instance has no main.cf and never runs.
+# cyrus-common, sasl2-bin: Cyrus IMAP as a second upstream (tests/imap_proxy.rs): its
+# master, database tools and SASL password tool. Cyrus's imapd itself is in cyrus-imapd,
+# which conflicts with dovecot-imapd (both provide imap-server), so it is unpacked below
+# into a folder of its own instead of installed.
 # haproxy: the README's load-balancer guide runs in front of two instances (tests/haproxy.rs);
 # the tests start their own, and the packaged service is stopped below.
 # sequoia-sq 1.x builds with Sequoia's default backend (nettle), links OpenSSL and
@@ -57,13 +61,33 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
   $sudo apt-get update -qq
   $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  # The packaged Dovecot, HAProxy, PostgreSQL and Postfix services are not used: the tests start
+  # The packaged Dovecot, HAProxy, PostgreSQL, Postfix and Cyrus services are not used: the tests start
   # their own instances on free ports.
-  for unit in dovecot-imapd:dovecot haproxy:haproxy postgresql:postgresql postfix:postfix; do
+  for unit in dovecot-imapd:dovecot haproxy:haproxy postgresql:postgresql postfix:postfix \
+    cyrus-common:cyrus-imapd; do
     if [ -d /run/systemd/system ] && printf '%s\n' "${missing[@]}" | grep -qx "${unit%%:*}"; then
       $sudo systemctl disable --now "${unit#*:}" >/dev/null 2>&1 || true
     fi
   done
+fi
+
+# Cyrus's imapd, from the cyrus-imapd package of the same version as cyrus-common, unpacked
+# (not installed: it would remove dovecot-imapd) where tests/common/cyrus.rs looks for it.
+CYRUS_ROOT=/opt/sealpost-test/cyrus-imapd
+if [ "$mode" != build ]; then
+  cyrus_version="$(dpkg-query -W -f='${Version}' cyrus-common)"
+  if [ "$(cat "$CYRUS_ROOT/VERSION" 2>/dev/null)" != "$cyrus_version" ]; then
+    echo "unpacking cyrus-imapd $cyrus_version into $CYRUS_ROOT" >&2
+    dl="$(mktemp -d)"
+    chmod 755 "$dl" # apt's download user writes here
+    (cd "$dl" && $sudo apt-get download -qq "cyrus-imapd=$cyrus_version" >/dev/null 2>&1 ||
+      { $sudo apt-get update -qq && $sudo apt-get download -qq "cyrus-imapd=$cyrus_version"; })
+    $sudo rm -rf "$CYRUS_ROOT"
+    $sudo mkdir -p "$CYRUS_ROOT"
+    $sudo dpkg-deb -x "$dl"/cyrus-imapd_*.deb "$CYRUS_ROOT"
+    echo "$cyrus_version" | $sudo tee "$CYRUS_ROOT/VERSION" >/dev/null
+    $sudo rm -rf "$dl"
+  fi
 fi
 
 # Debian's sq (0.27) predates the shared certificate directory, so the key-store

@@ -2,10 +2,14 @@
 //! Dovecot holding mail encrypted by real GnuPG and sq. What the client sees of an
 //! encrypted message is checked against gpg's own decryption, and every item computed
 //! from the view is checked against what Dovecot itself answers for the decrypted
-//! message (appended to a scratch mailbox as plain mail).
+//! message (appended to a scratch mailbox as plain mail). The differential checks and
+//! the real clients run against Cyrus IMAP too (`cyrus_*`), a second server with its own
+//! ways (items in another order, types upper-cased, flag changes reported even after
+//! `.SILENT`).
 
 mod common;
 
+use common::cyrus::Cyrus;
 use common::dovecot::Dovecot;
 use common::imapclients::{parse_fetches, RawImap};
 use common::proxy::{Proxy, ProxyOptions};
@@ -113,9 +117,47 @@ fn corpus() -> &'static Corpus {
     })
 }
 
+/// The provider's IMAP server: Dovecot, or Cyrus as the second real server.
+enum Server {
+    Dovecot(Dovecot),
+    Cyrus(Cyrus),
+}
+
+impl Server {
+    fn imaps_port(&self) -> u16 {
+        match self {
+            Server::Dovecot(d) => d.imaps_port,
+            Server::Cyrus(c) => c.imaps_port,
+        }
+    }
+
+    fn session(&self, user: &str, pass: &str) -> RawImap {
+        match self {
+            Server::Dovecot(d) => d.session(user, pass),
+            Server::Cyrus(c) => c.session(user, pass),
+        }
+    }
+
+    fn append(&self, user: &str, pass: &str, mailbox: &str, msg: &[u8]) -> u32 {
+        match self {
+            Server::Dovecot(d) => d.append(user, pass, mailbox, msg, &[]),
+            Server::Cyrus(c) => c.append(user, pass, mailbox, msg, &[]),
+        }
+    }
+
+    fn fetch_raw(&self, user: &str, pass: &str, mailbox: &str, uid: u32, items: &str) -> Vec<u8> {
+        match self {
+            Server::Dovecot(d) => d.fetch_raw(user, pass, mailbox, uid, items),
+            Server::Cyrus(c) => c.fetch_raw(user, pass, mailbox, uid, items),
+        }
+    }
+}
+
 struct Env {
     ca: &'static TestCa,
-    dovecot: Dovecot,
+    server: Server,
+    /// The login at the server (Cyrus's users have no domain).
+    user: &'static str,
     proxy: Proxy,
     uids: HashMap<&'static str, u32>,
 }
@@ -127,22 +169,48 @@ impl Env {
 
     fn with_extra(extra: &str) -> Env {
         let ca = TestCa::shared();
-        let dovecot = Dovecot::start(ca, &[(USER, PASS)]);
+        Env::on(
+            Server::Dovecot(Dovecot::start(ca, &[(USER, PASS)])),
+            USER,
+            extra,
+        )
+    }
+
+    /// The same corpus and sealpost in front of Cyrus IMAP.
+    fn cyrus() -> Env {
+        let ca = TestCa::shared();
+        Env::on(
+            Server::Cyrus(Cyrus::start(ca, &[("alice", PASS)])),
+            "alice",
+            "",
+        )
+    }
+
+    fn on(server: Server, user: &'static str, extra: &str) -> Env {
+        let ca = TestCa::shared();
         let mut uids = HashMap::new();
         for (name, msg) in &corpus().messages {
-            uids.insert(*name, dovecot.append(USER, PASS, "INBOX", msg, &[]));
+            uids.insert(*name, server.append(user, PASS, "INBOX", msg));
         }
         let mut opts = ProxyOptions::new(1);
-        opts.imap_upstream = Some((dovecot.imaps_port, "tls"));
-        opts.alice_login = USER.into();
+        opts.imap_upstream = Some((server.imaps_port(), "tls"));
+        opts.alice_login = user.into();
         opts.import = vec![keyring().bob().pub_asc.clone()];
         opts.extra = extra.to_string();
         let proxy = Proxy::start(ca, &opts);
         Env {
             ca,
-            dovecot,
+            server,
+            user,
             proxy,
             uids,
+        }
+    }
+
+    fn dovecot(&self) -> &Dovecot {
+        match &self.server {
+            Server::Dovecot(d) => d,
+            Server::Cyrus(_) => panic!("a Dovecot-only test"),
         }
     }
 
@@ -151,16 +219,17 @@ impl Env {
             self.proxy.imap_port,
             "starttls",
             Some(&self.ca.ca_pem),
-            USER,
+            self.user,
             PASS,
         );
         c.command_ok("SELECT INBOX");
         c
     }
 
-    /// Dovecot's own answer for `items` of a plain copy of `view` (appended to a scratch mailbox).
-    fn dovecot_answer(&self, view: &[u8], items: &str) -> common::imapclients::Fetch {
-        let mut s = self.dovecot.session(USER, PASS);
+    /// The server's own answer for `items` of a plain copy of `view` (appended to a
+    /// scratch mailbox).
+    fn server_answer(&self, view: &[u8], items: &str) -> common::imapclients::Fetch {
+        let mut s = self.server.session(self.user, PASS);
         let _ = s.command("CREATE Scratch");
         let r = s.append("Scratch", &[], view);
         assert!(r.is_ok(), "{}", r.tagged_text());
@@ -194,7 +263,16 @@ fn body_after_header(msg: &[u8]) -> &[u8] {
 
 #[test]
 fn encrypted_messages_are_shown_decrypted_and_every_item_agrees() {
-    let env = Env::new();
+    shown_decrypted_and_every_item_agrees(&Env::new());
+}
+
+/// The same against Cyrus IMAP: every item agrees with Cyrus's own answer.
+#[test]
+fn cyrus_encrypted_messages_are_shown_decrypted_and_every_item_agrees() {
+    shown_decrypted_and_every_item_agrees(&Env::cyrus());
+}
+
+fn shown_decrypted_and_every_item_agrees(env: &Env) {
     let mut c = env.client();
     let kr = keyring();
     let bob_fpr = &kr.bob().fpr;
@@ -265,7 +343,7 @@ fn encrypted_messages_are_shown_decrypted_and_every_item_agrees() {
         // Every content item agrees with Dovecot's answer for the decrypted message.
         let items = "BODYSTRUCTURE BODY ENVELOPE RFC822.SIZE BODY.PEEK[HEADER] BODY.PEEK[TEXT] BODY.PEEK[1] BODY.PEEK[1.MIME] BODY.PEEK[HEADER.FIELDS (Subject From Content-Type)] BODY.PEEK[HEADER.FIELDS.NOT (Received Subject)] RFC822.HEADER";
         let ours = fetch_one(&mut c, uid, items);
-        let theirs = env.dovecot_answer(&view, items);
+        let theirs = env.server_answer(&view, items);
         for (item, value) in theirs.items.iter().filter(|(i, _)| i != "UID") {
             let mut o = ours
                 .get(item)
@@ -276,13 +354,20 @@ fn encrypted_messages_are_shown_decrypted_and_every_item_agrees() {
                 // types are case-insensitive (RFC 2045 §5.1).
                 o = o.map(|s| s.replace("\"TEXT\"", "\"text\""));
                 t = t.map(|s| s.replace("\"TEXT\"", "\"text\""));
+                if matches!(env.server, Server::Cyrus(_)) {
+                    // Cyrus upper-cases types, subtypes, parameter and disposition
+                    // names and encodings, all case-insensitive (RFC 2045 §5.1, §6.1,
+                    // RFC 2183 §2.8); the Dovecot run compares them exactly.
+                    o = o.map(|s| s.to_ascii_lowercase());
+                    t = t.map(|s| s.to_ascii_lowercase());
+                }
             }
-            assert_eq!(o, t, "{name}: {item} differs from Dovecot's");
+            assert_eq!(o, t, "{name}: {item} differs from the server's");
         }
         if name == "signed_mime" {
             for item in ["BODY.PEEK[2]", "BODY.PEEK[2.MIME]", "BODY.PEEK[1]<5.10>"] {
                 let ours = fetch_one(&mut c, uid, item);
-                let theirs = env.dovecot_answer(&view, item);
+                let theirs = env.server_answer(&view, item);
                 let last = |f: &common::imapclients::Fetch| {
                     f.items.iter().rfind(|(i, _)| i != "UID").cloned()
                 };
@@ -326,7 +411,16 @@ fn encrypted_messages_are_shown_decrypted_and_every_item_agrees() {
 
 #[test]
 fn undecryptable_and_plain_messages_are_byte_identical_to_dovecot() {
-    let env = Env::new();
+    byte_identical_to_the_server(&Env::new());
+}
+
+/// The same against Cyrus IMAP.
+#[test]
+fn cyrus_undecryptable_and_plain_messages_are_byte_identical_to_cyrus() {
+    byte_identical_to_the_server(&Env::cyrus());
+}
+
+fn byte_identical_to_the_server(env: &Env) {
     let mut c = env.client();
     for name in ["for_carol", "plain"] {
         let uid = env.uids[name];
@@ -335,7 +429,7 @@ fn undecryptable_and_plain_messages_are_byte_identical_to_dovecot() {
             "UID BODYSTRUCTURE ENVELOPE BODY.PEEK[1]",
         ] {
             let ours = c.command_ok(&format!("UID FETCH {uid} ({items})"));
-            let theirs = env.dovecot.fetch_raw(USER, PASS, "INBOX", uid, items);
+            let theirs = env.server.fetch_raw(env.user, PASS, "INBOX", uid, items);
             assert_eq!(
                 String::from_utf8_lossy(&ours),
                 String::from_utf8_lossy(&theirs),
@@ -360,7 +454,7 @@ fn body_fetch_sets_seen_and_reports_flags_like_the_server() {
     assert!(String::from_utf8_lossy(f.get("FLAGS").expect("FLAGS reported")).contains("\\Seen"));
     assert!(String::from_utf8_lossy(f.get("BODY[1]").unwrap()).contains("minutes are attached"));
     assert!(env
-        .dovecot
+        .dovecot()
         .flags(USER, PASS, "INBOX", uid)
         .iter()
         .any(|f| f == "\\Seen"));
@@ -368,7 +462,7 @@ fn body_fetch_sets_seen_and_reports_flags_like_the_server() {
     let uid2 = env.uids["sq_mime"];
     fetch_one(&mut c, uid2, "UID BODY.PEEK[]");
     assert!(!env
-        .dovecot
+        .dovecot()
         .flags(USER, PASS, "INBOX", uid2)
         .iter()
         .any(|f| f == "\\Seen"));
@@ -377,7 +471,7 @@ fn body_fetch_sets_seen_and_reports_flags_like_the_server() {
     let f = fetch_one(&mut c, uid2, "UID BODY[]");
     assert!(f.get("BODY[]").is_some());
     assert!(!env
-        .dovecot
+        .dovecot()
         .flags(USER, PASS, "INBOX", uid2)
         .iter()
         .any(|f| f == "\\Seen"));
@@ -443,7 +537,16 @@ fn sequence_fetch_of_a_mixed_range_and_thunderbirds_habits() {
 
 #[test]
 fn real_clients_imaplib_curl_and_mbsync_see_decrypted_mail() {
-    let env = Env::new();
+    real_clients_see_decrypted_mail(&Env::new());
+}
+
+/// The same against Cyrus IMAP.
+#[test]
+fn cyrus_real_clients_imaplib_curl_and_mbsync_see_decrypted_mail() {
+    real_clients_see_decrypted_mail(&Env::cyrus());
+}
+
+fn real_clients_see_decrypted_mail(env: &Env) {
     let uid = env.uids["signed_mime"];
     let mut c = env.client();
     let view = fetch_one(&mut c, uid, "UID BODY.PEEK[]")
@@ -467,7 +570,7 @@ c.logout()
         &[
             &env.proxy.imaps_port.to_string(),
             env.ca.ca_pem.to_str().unwrap(),
-            USER,
+            env.user,
             PASS,
             &uid.to_string(),
         ],
@@ -483,7 +586,7 @@ c.logout()
         env.proxy.imaps_port,
         "tls",
         &env.ca.ca_pem,
-        USER,
+        env.user,
         PASS,
         "INBOX",
         uid,
@@ -495,7 +598,7 @@ c.logout()
         env.proxy.imaps_port,
         "tls",
         &env.ca.ca_pem,
-        USER,
+        env.user,
         PASS,
         "INBOX",
     );
@@ -542,7 +645,7 @@ fn idle_through_sealpost_sees_new_mail_and_capabilities_are_filtered() {
     c.send_raw(format!("{tag} IDLE\r\n").as_bytes());
     let cont = c.read_line();
     assert!(cont.starts_with(b"+"), "{}", String::from_utf8_lossy(&cont));
-    env.dovecot.deliver_new(
+    env.dovecot().deliver_new(
         USER,
         b"From: x@example.org\r\nSubject: new\r\n\r\nhello\r\n",
     );

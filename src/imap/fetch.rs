@@ -822,6 +822,19 @@ impl FetchJob {
                     doc: Some(self.key(uid)),
                 })])
             }
+            // Our own `STORE +FLAGS.SILENT (\Seen)` is not silent everywhere (Cyrus
+            // answers it with `FETCH (FLAGS ...)`): for the messages it was for, that is
+            // not relayed, as the special FETCH right after brings their flags in the
+            // one response the client gets for each (curl, for one, takes a second
+            // FETCH response without the body it asked for as an error).
+            Step::Store
+                if self
+                    .msgs
+                    .iter()
+                    .any(|m| m.uid == uid && m.class == Class::Special) =>
+            {
+                Some(Vec::new())
+            }
             // Only the messages this step asked about; anything else is unsolicited.
             Step::Special
                 if self
@@ -1476,7 +1489,12 @@ fn synthesize(
     // client too, asked for or not: the flag change this fetch caused (RFC 3501 §6.4.5),
     // or the answer to another pipelined command about the same message (which
     // command a FETCH response answers cannot be told), which the client would
-    // otherwise never get.
+    // otherwise never get. They go right after UID, before any literal, where Dovecot
+    // and Cyrus put them: curl, for one, reads nothing after a FETCH response's literal.
+    let mut at = items
+        .iter()
+        .take_while(|i| matches!(i, MessageDataItem::Uid(_)))
+        .count();
     for item in upstream {
         let content = matches!(
             item,
@@ -1494,7 +1512,8 @@ fn synthesize(
         );
         let kind = std::mem::discriminant(item);
         if !content && !items.iter().any(|i| std::mem::discriminant(i) == kind) {
-            items.push(item.clone().into_static());
+            items.insert(at, item.clone().into_static());
+            at += 1;
         }
     }
     let (Some(seq), Ok(items)) = (NonZeroU32::new(seq), Vec1::try_from(items)) else {

@@ -652,6 +652,74 @@ fn a_fetch_job_step_by_step() {
     }
 }
 
+/// A FETCH that sets `\Seen` through a view, as Cyrus answers it: Cyrus reports the
+/// flag change of sealpost's own `STORE +FLAGS.SILENT` anyway, and puts FLAGS before
+/// the body. The client gets one FETCH response for the message, FLAGS before the
+/// literal (curl reads nothing after a literal and fails on a second response).
+#[test]
+fn a_fetch_that_sets_seen_gives_one_response_with_flags_before_the_body() {
+    let ctx = gateway();
+    let id = ctx.identities[0].clone();
+    let stored = crate::pgp::encrypt_message(
+        &crate::pgp::EncryptRequest {
+            raw: b"From: bob@example.org\r\nSubject: hidden\r\n\r\nsecret body\r\n",
+            recipients: std::slice::from_ref(&id.cert),
+            signer: None,
+            protect_headers: true,
+            boundary: "b1",
+            extra_outer: b"",
+        },
+        &[],
+    )
+    .unwrap();
+    let mut s = with_identity(&ctx);
+    let out = s.on_client(b"a1 UID FETCH 5 (UID BODY[])\r\n");
+    assert!(
+        upstream_text(&out).starts_with("sp1x1 UID FETCH 5:"),
+        "{}",
+        upstream_text(&out)
+    );
+    let mut classify = b"* 1 FETCH (UID 5 RFC822.SIZE 900 BODYSTRUCTURE ((\"application\" \"pgp-encrypted\" NIL NIL NIL \"7bit\" 10 NIL NIL NIL NIL)(\"application\" \"octet-stream\" NIL NIL NIL \"7bit\" 500 NIL NIL NIL NIL) \"encrypted\" (\"protocol\" \"application/pgp-encrypted\" \"boundary\" \"b1\") NIL NIL NIL) BODY[HEADER.FIELDS (SEALPOST-DECRYPTED)] {2}\r\n\r\n)\r\n".to_vec();
+    classify.extend_from_slice(b"sp1x1 OK done\r\n");
+    let out = s.on_upstream(&classify);
+    assert_eq!(
+        upstream_text(&out),
+        "sp1x2 UID FETCH 5 (UID BODY.PEEK[])\r\n"
+    );
+    let mut download = format!("* 1 FETCH (UID 5 BODY[] {{{}}}\r\n", stored.len()).into_bytes();
+    download.extend_from_slice(&stored);
+    download.extend_from_slice(b")\r\nsp1x2 OK done\r\n");
+    let out = s.on_upstream(&download);
+    let req = out
+        .into_iter()
+        .find_map(|o| match o {
+            Output::Decrypt(r) => Some(r),
+            _ => None,
+        })
+        .expect("a decryption");
+    let view = s.ctx.view(&req.identity, &req.raw, req.limit);
+    let out = s.on_view("sp1x", 5, &req.raw, view);
+    assert_eq!(
+        upstream_text(&out),
+        "sp1x3 UID STORE 5 +FLAGS.SILENT (\\Seen)\r\n"
+    );
+    // Not silent after all.
+    let out = s.on_upstream(b"* 1 FETCH (FLAGS (\\Recent \\Seen) UID 5)\r\nsp1x3 OK done\r\n");
+    assert_eq!(client_text(&out), "", "our own STORE's echo is not relayed");
+    assert_eq!(upstream_text(&out), "sp1x4 UID FETCH 5 (UID FLAGS)\r\n");
+    let out = s.on_upstream(b"* 1 FETCH (FLAGS (\\Recent \\Seen) UID 5)\r\nsp1x4 OK done\r\n");
+    let text = client_text(&out);
+    assert_eq!(text.matches("FETCH").count(), 1, "{text}");
+    assert!(
+        text.starts_with("* 1 FETCH (UID 5 FLAGS (\\Recent \\Seen) BODY[] {"),
+        "{text}"
+    );
+    assert!(
+        text.contains("secret body") && text.contains("a1 OK"),
+        "{text}"
+    );
+}
+
 // ----- found by an attacking review ---------------------------------------------
 
 /// During AUTHENTICATE the login was taken from the first line sealpost could decode;

@@ -216,6 +216,20 @@ pub fn encrypt_message(
     req: &EncryptRequest<'_>,
     drop_fields: &[&str],
 ) -> Result<Vec<u8>, PgpError> {
+    // Armor grows the data by 4/3 plus line ends; reserve once.
+    let mut out = Vec::with_capacity(req.raw.len() * 14 / 10 + req.extra_outer.len() + 4096);
+    encrypt_message_into(&mut out, req, drop_fields)?;
+    Ok(out)
+}
+
+/// [`encrypt_message`], written into `sink` as it is made: the SMTP relay streams an
+/// encrypted copy to the provider this way, so that a large message is held once (the
+/// input), not twice.
+pub fn encrypt_message_into(
+    sink: &mut (dyn Write + Send + Sync),
+    req: &EncryptRequest<'_>,
+    drop_fields: &[&str],
+) -> Result<(), PgpError> {
     let raw = mime::to_crlf(req.raw);
     let (header, body) = mime::split_message(&raw);
     let fields: Vec<_> = mime::fields(header)
@@ -275,7 +289,8 @@ pub fn encrypt_message(
     }
     inner.extend_from_slice(b"\r\n");
     let outer = [req.extra_outer, &outer].concat();
-    pgp_mime(
+    pgp_mime_into(
+        sink,
         &outer,
         &[&inner, body],
         req.recipients,
@@ -296,8 +311,22 @@ pub(crate) fn pgp_mime(
     // Armor grows the data by 4/3 plus line ends; reserve once.
     let size: usize = plaintext.iter().map(|p| p.len()).sum();
     let mut out = Vec::with_capacity(size * 14 / 10 + outer.len() + 2048);
-    out.extend_from_slice(outer);
-    out.extend_from_slice(
+    pgp_mime_into(&mut out, outer, plaintext, recipients, signer, b)?;
+    Ok(out)
+}
+
+/// [`pgp_mime`], written into `sink`.
+fn pgp_mime_into(
+    sink: &mut (dyn Write + Send + Sync),
+    outer: &[u8],
+    plaintext: &[&[u8]],
+    recipients: &[Cert],
+    signer: Option<&KeyPair>,
+    b: &str,
+) -> Result<(), PgpError> {
+    let io = |err: std::io::Error| PgpError::Encrypt(err.to_string());
+    sink.write_all(outer).map_err(io)?;
+    sink.write_all(
         format!(
             "MIME-Version: 1.0\r\n\
              Content-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\";\r\n \
@@ -317,14 +346,14 @@ pub(crate) fn pgp_mime(
              \r\n"
         )
         .as_bytes(),
-    );
-    // The armor comes with CRLF line ends (see `armor::encode`): written as it is.
-    encrypt_into(&mut out, plaintext, recipients, signer)?;
-    if !out.ends_with(b"\r\n") {
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(format!("\r\n--{b}--\r\n").as_bytes());
-    Ok(out)
+    )
+    .map_err(io)?;
+    // The armor comes with CRLF line ends (see `armor::encode`), ending in one: written
+    // as it is.
+    encrypt_into(sink, plaintext, recipients, signer)?;
+    sink.write_all(format!("\r\n--{b}--\r\n").as_bytes())
+        .map_err(io)?;
+    Ok(())
 }
 
 /// Whether `recipients` give at least one key to encrypt to (what [`encrypt_message`]

@@ -341,10 +341,40 @@ impl Outbound {
     /// The bytes of `copy` of the message `raw` (CPU work for an encrypted copy: call
     /// off the I/O threads). `Err` is the reply for a copy that cannot be made.
     pub fn build(&self, copy: OutgoingCopy, raw: &[u8]) -> Result<Vec<u8>, Reply> {
+        let mut out = Vec::with_capacity(Outbound::size_estimate(&copy, raw.len()));
+        self.build_into(copy, raw, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Outbound::build`], written into `sink` as it is made (the relay streams each
+    /// copy to the provider: a large message is held once). `Err` is the reply for a
+    /// copy that cannot be made, or whose sink failed.
+    pub fn build_into(
+        &self,
+        copy: OutgoingCopy,
+        raw: &[u8],
+        sink: &mut (dyn std::io::Write + Send + Sync),
+    ) -> Result<(), Reply> {
+        let failed = || Reply::new(451, "4.7.0 Encryption failed; the message was not sent");
+        let written = |r: std::io::Result<()>| {
+            r.map_err(|e| {
+                tracing::debug!(error = %e, "the copy's destination went away");
+                Reply::new(
+                    451,
+                    "4.4.1 The copy could not be sent; the message was not sent",
+                )
+            })
+        };
         match copy.make {
-            Make::Ready(bytes) => Ok(bytes),
+            Make::Ready(bytes) => written(sink.write_all(&bytes)),
             Make::Plain { extra_outer } => {
-                Ok([extra_outer.as_slice(), &mime::without_fields(raw, &["Bcc"])].concat())
+                written(sink.write_all(&extra_outer))?;
+                // The header (and the blank line) without Bcc, then the body as it is:
+                // the message is not copied whole.
+                let (_, body) = mime::split_message(raw);
+                let head = &raw[..raw.len() - body.len()];
+                written(sink.write_all(&mime::without_fields(head, &["Bcc"])))?;
+                written(sink.write_all(body))
             }
             Make::Encrypted {
                 certs,
@@ -352,7 +382,8 @@ impl Outbound {
                 extra_outer,
             } => {
                 let boundary = pgp::random_boundary();
-                pgp::encrypt_message(
+                pgp::encrypt_message_into(
+                    sink,
                     &pgp::EncryptRequest {
                         raw,
                         recipients: &certs,
@@ -365,7 +396,7 @@ impl Outbound {
                 )
                 .map_err(|e| {
                     tracing::error!(error = %e, "encryption failed");
-                    Reply::new(451, "4.7.0 Encryption failed; the message was not sent")
+                    failed()
                 })
             }
         }

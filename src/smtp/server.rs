@@ -453,46 +453,22 @@ async fn relay(
     }
     for copy in copies {
         let rcpts = copy.rcpts.clone();
-        let built = {
-            let (outbound, raw) = (svc.outbound.clone(), raw.clone());
-            tokio::task::spawn_blocking(move || outbound.build(copy, &raw)).await
-        };
-        let message = match built {
-            Ok(Ok(m)) => m,
-            Ok(Err(reply)) => return done(reply, Outcome::Failed, records),
-            Err(e) => {
-                tracing::error!(error = %e, "building a copy crashed");
-                let reply = Reply::new(451, "4.3.0 Internal error; the message was not sent");
-                return done(reply, Outcome::Failed, records);
-            }
-        };
-        let sent = match link
-            .begin(
-                &svc.target,
-                &envelope.from,
-                &rcpts,
-                &params,
-                message.len(),
-                true,
-            )
-            .await
-        {
-            Ok(Ok(())) => match link.conn.as_mut() {
-                Some(conn) => conn.data(&message).await,
-                None => Err(UpstreamError::Io {
-                    target: format!("{}:{}", svc.target.host, svc.target.port),
-                    message: "connection lost".into(),
-                }),
-            },
-            Ok(Err(r)) => Ok(r),
+        let size = Outbound::size_estimate(&copy, raw.len());
+        let opened = link
+            .begin(&svc.target, &envelope.from, &rcpts, &params, size, true)
+            .await;
+        let sent = match opened {
+            Ok(Ok(())) => send_copy(svc, link, copy, raw.clone()).await,
+            Ok(Err(r)) => Ok(Ok(r)),
             Err(e) => Err(e),
         };
         match sent {
-            Ok(r) if r.is_positive() => {}
-            Ok(r) => {
+            Ok(Ok(r)) if r.is_positive() => {}
+            Ok(Ok(r)) => {
                 tracing::info!(code = r.code, "upstream refused a copy");
                 return done(r, Outcome::UpstreamRefused, records);
             }
+            Ok(Err(reply)) => return done(reply, Outcome::Failed, records),
             Err(e) => {
                 let reply = link.failed(&e, "during relay");
                 return done(reply, Outcome::Failed, records);
@@ -516,4 +492,94 @@ async fn relay(
         ),
     );
     done(reply, Outcome::Relayed, records)
+}
+
+/// Builds `copy` on the blocking pool and streams it into the transaction `link` has
+/// open (after its `354`), 64 KiB at a time: a copy is never held whole. `Ok(Ok(reply))`
+/// is upstream's final reply; `Ok(Err(reply))`, a copy that could not be made, whose
+/// connection is dropped before the final dot (so upstream discards the part it got);
+/// `Err`, connection trouble.
+async fn send_copy(
+    svc: &SmtpService,
+    link: &mut UpstreamLink,
+    copy: crate::smtp::pipeline::OutgoingCopy,
+    raw: Arc<Vec<u8>>,
+) -> Result<Result<Reply, Reply>, UpstreamError> {
+    let lost = || UpstreamError::Io {
+        target: format!("{}:{}", svc.target.host, svc.target.port),
+        message: "connection lost".into(),
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    let outbound = svc.outbound.clone();
+    let producer = tokio::task::spawn_blocking(move || {
+        let mut sink = ChunkWriter {
+            tx,
+            buf: Vec::with_capacity(CHUNK),
+        };
+        outbound.build_into(copy, &raw, &mut sink)?;
+        std::io::Write::flush(&mut sink).map_err(|_| {
+            Reply::new(
+                451,
+                "4.4.1 The copy could not be sent; the message was not sent",
+            )
+        })
+    });
+    let conn = link.conn.as_mut().ok_or_else(lost)?;
+    let mut stuffer = crate::smtp::upstream::DotStuffer::default();
+    while let Some(piece) = rx.recv().await {
+        // On an error the receiver is dropped with this frame: the producer's next send
+        // fails and it stops.
+        conn.data_piece(&mut stuffer, &piece).await?;
+    }
+    match producer.await {
+        Ok(Ok(())) => conn.end_data(stuffer).await.map(Ok),
+        Ok(Err(reply)) => {
+            // No final dot: upstream drops what it got of this copy.
+            link.conn = None;
+            Ok(Err(reply))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "building a copy crashed");
+            link.conn = None;
+            Ok(Err(Reply::new(
+                451,
+                "4.3.0 Internal error; the message was not sent",
+            )))
+        }
+    }
+}
+
+/// Pieces of a copy in the making, handed to the relay over a bounded channel.
+const CHUNK: usize = 64 * 1024;
+
+struct ChunkWriter {
+    tx: tokio::sync::mpsc::Sender<Vec<u8>>,
+    buf: Vec<u8>,
+}
+
+impl ChunkWriter {
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let full = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+        self.tx
+            .blocking_send(full)
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "relay gone"))
+    }
+}
+
+impl std::io::Write for ChunkWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let take = (CHUNK - self.buf.len()).min(data.len());
+        self.buf.extend_from_slice(&data[..take]);
+        if self.buf.len() >= CHUNK {
+            self.send()?;
+        }
+        Ok(take)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send()
+    }
 }

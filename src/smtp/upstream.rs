@@ -279,6 +279,23 @@ impl Upstream {
         self.read_reply().await
     }
 
+    /// Sends a piece of the message of an open transaction, stuffed by `stuffer` (the
+    /// message streams: see [`Upstream::end_data`]).
+    pub async fn data_piece(
+        &mut self,
+        stuffer: &mut DotStuffer,
+        piece: &[u8],
+    ) -> Result<(), UpstreamError> {
+        let out = stuffer.push(piece);
+        self.write_all(&out).await
+    }
+
+    /// Ends a message sent with [`Upstream::data_piece`]; the server's final reply.
+    pub async fn end_data(&mut self, stuffer: DotStuffer) -> Result<Reply, UpstreamError> {
+        self.write_all(&stuffer.finish()).await?;
+        self.read_reply().await
+    }
+
     async fn reset(&mut self) {
         if self.send_line("RSET").await.is_ok() {
             let _ = self.read_reply().await;

@@ -454,11 +454,15 @@ async fn relay(
     for copy in copies {
         let rcpts = copy.rcpts.clone();
         let size = Outbound::size_estimate(&copy, raw.len());
+        // The copy is made while the transaction opens (MAIL, RCPT, DATA round trips):
+        // a small one is ready when upstream's 354 comes; a large one waits in the
+        // bounded channel. Refused or failed, the pieces are dropped and the making stops.
+        let making = make_copy(svc, copy, raw.clone());
         let opened = link
             .begin(&svc.target, &envelope.from, &rcpts, &params, size, true)
             .await;
         let sent = match opened {
-            Ok(Ok(())) => send_copy(svc, link, copy, raw.clone()).await,
+            Ok(Ok(())) => send_copy(svc, link, making).await,
             Ok(Err(r)) => Ok(Ok(r)),
             Err(e) => Err(e),
         };
@@ -494,24 +498,24 @@ async fn relay(
     done(reply, Outcome::Relayed, records)
 }
 
-/// Builds `copy` on the blocking pool and streams it into the transaction `link` has
-/// open (after its `354`), 64 KiB at a time: a copy is never held whole. `Ok(Ok(reply))`
-/// is upstream's final reply; `Ok(Err(reply))`, a copy that could not be made, whose
-/// connection is dropped before the final dot (so upstream discards the part it got);
-/// `Err`, connection trouble.
-async fn send_copy(
+/// A copy being made on the blocking pool (see [`make_copy`]): its pieces, and the
+/// verdict once made.
+struct Making {
+    pieces: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    done: tokio::task::JoinHandle<Result<(), Reply>>,
+}
+
+/// Starts making `copy` on the blocking pool, 64 KiB pieces at a time into a bounded
+/// channel: a copy is never held whole, and its making stops when the pieces are
+/// dropped.
+fn make_copy(
     svc: &SmtpService,
-    link: &mut UpstreamLink,
     copy: crate::smtp::pipeline::OutgoingCopy,
     raw: Arc<Vec<u8>>,
-) -> Result<Result<Reply, Reply>, UpstreamError> {
-    let lost = || UpstreamError::Io {
-        target: format!("{}:{}", svc.target.host, svc.target.port),
-        message: "connection lost".into(),
-    };
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+) -> Making {
+    let (tx, pieces) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
     let outbound = svc.outbound.clone();
-    let producer = tokio::task::spawn_blocking(move || {
+    let done = tokio::task::spawn_blocking(move || {
         let mut sink = ChunkWriter {
             tx,
             buf: Vec::with_capacity(CHUNK),
@@ -524,14 +528,30 @@ async fn send_copy(
             )
         })
     });
-    let conn = link.conn.as_mut().ok_or_else(lost)?;
+    Making { pieces, done }
+}
+
+/// Streams a copy in the making into the transaction `link` has open (after its
+/// `354`). `Ok(Ok(reply))` is upstream's final reply; `Ok(Err(reply))`, a copy that
+/// could not be made, whose connection is dropped before the final dot (so upstream
+/// discards the part it got); `Err`, connection trouble.
+async fn send_copy(
+    svc: &SmtpService,
+    link: &mut UpstreamLink,
+    making: Making,
+) -> Result<Result<Reply, Reply>, UpstreamError> {
+    let Making { mut pieces, done } = making;
+    let conn = link.conn.as_mut().ok_or_else(|| UpstreamError::Io {
+        target: format!("{}:{}", svc.target.host, svc.target.port),
+        message: "connection lost".into(),
+    })?;
     let mut stuffer = crate::smtp::upstream::DotStuffer::default();
-    while let Some(piece) = rx.recv().await {
-        // On an error the receiver is dropped with this frame: the producer's next send
+    while let Some(piece) = pieces.recv().await {
+        // On an error the pieces are dropped with this frame: the maker's next send
         // fails and it stops.
         conn.data_piece(&mut stuffer, &piece).await?;
     }
-    match producer.await {
+    match done.await {
         Ok(Ok(())) => conn.end_data(stuffer).await.map(Ok),
         Ok(Err(reply)) => {
             // No final dot: upstream drops what it got of this copy.

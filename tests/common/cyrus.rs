@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::imapclients::{imap_quote, parse_fetches, RawImap};
+use super::imapclients::{parse_fetches, RawImap};
 use super::net::free_port;
 use super::tls::TestCa;
 
@@ -37,17 +37,6 @@ pub struct Cyrus {
     _tmp: tempfile::TempDir,
 }
 
-fn owner(user: &str) -> (u32, u32) {
-    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
-    passwd
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            (f.first() == Some(&user)).then(|| (f[2].parse().unwrap(), f[3].parse().unwrap()))
-        })
-        .unwrap_or_else(|| panic!("no user {user:?}: is Debian's cyrus-imapd installed?"))
-}
-
 fn own(p: &Path, mode: u32, uid_gid: (u32, u32)) {
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
     std::os::unix::fs::chown(p, Some(uid_gid.0), Some(uid_gid.1)).unwrap();
@@ -60,7 +49,7 @@ impl Cyrus {
         let tmp = super::tempdir();
         let dir = tmp.path().to_path_buf();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let cyrus = owner("cyrus");
+        let cyrus = super::child::system_user("cyrus", "cyrus-common");
         let conf = dir.join("conf");
         let spool = dir.join("spool");
         let run = dir.join("run");
@@ -189,7 +178,7 @@ tls_server_key: {key}
                 }
                 Err(e) => {
                     last = format!("{e}\n{}", read_log(&dir));
-                    stop(&mut child);
+                    super::child::stop(&mut child, "TERM");
                 }
             }
         }
@@ -216,14 +205,9 @@ tls_server_key: {key}
         flags: &[&str],
     ) -> u32 {
         let mut s = self.session(user, password);
-        let r = s.append(mailbox, flags, message);
-        let text = r.tagged_text();
-        assert!(r.is_ok(), "APPEND to {mailbox} failed: {text}");
-        let uid = text
-            .split("[APPENDUID ")
-            .nth(1)
-            .and_then(|rest| rest.split([' ', ']']).nth(1)?.parse().ok())
-            .unwrap_or_else(|| panic!("no APPENDUID in {text:?}"));
+        let uid = s
+            .append_uid(mailbox, flags, message)
+            .unwrap_or_else(|e| panic!("{e}"));
         s.logout();
         uid
     }
@@ -238,8 +222,7 @@ tls_server_key: {key}
         items: &str,
     ) -> Vec<u8> {
         let mut s = self.session(user, password);
-        s.command_ok(&format!("EXAMINE {}", imap_quote(mailbox)));
-        let raw = s.command_ok(&format!("UID FETCH {uid} ({items})"));
+        let raw = s.examine_fetch(mailbox, uid, items);
         s.logout();
         raw
     }
@@ -291,29 +274,11 @@ fn read_log(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("master.log")).unwrap_or_default()
 }
 
-fn stop(child: &mut Option<Child>) {
-    if let Some(mut c) = child.take() {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(c.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = c.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = c.kill();
-        let _ = c.wait();
-    }
-}
-
 impl Drop for Cyrus {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!("[cyrus] test panicked; master's output:\n{}", self.log());
         }
-        stop(&mut self.child);
+        super::child::stop(&mut self.child, "TERM");
     }
 }

@@ -453,18 +453,9 @@ impl Dovecot {
         flags: &[&str],
     ) -> u32 {
         let mut s = self.session(user, password);
-        let r = s.append(mailbox, flags, message);
-        let text = r.tagged_text();
-        assert!(
-            r.is_ok(),
-            "APPEND to {mailbox} failed: {text}\n{}",
-            self.log()
-        );
-        let uid = text
-            .split("[APPENDUID ")
-            .nth(1)
-            .and_then(|rest| rest.split([' ', ']']).nth(1)?.parse().ok())
-            .unwrap_or_else(|| panic!("no APPENDUID in {text:?}"));
+        let uid = s
+            .append_uid(mailbox, flags, message)
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.log()));
         s.logout();
         uid
     }
@@ -522,14 +513,7 @@ impl Dovecot {
         items: &str,
     ) -> Vec<u8> {
         let mut s = self.session(user, password);
-        s.command_ok(&format!("EXAMINE {}", imap_quote(mailbox)));
-        let items = items.trim();
-        let items = if items.starts_with('(') {
-            items.to_owned()
-        } else {
-            format!("({items})")
-        };
-        let raw = s.command_ok(&format!("UID FETCH {uid} {items}"));
+        let raw = s.examine_fetch(mailbox, uid, items);
         s.logout();
         raw
     }

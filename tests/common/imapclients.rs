@@ -400,6 +400,39 @@ impl RawImap {
         r
     }
 
+    /// APPEND, and the UID the server gave the message (UIDPLUS's APPENDUID); `Err`
+    /// names what it said instead.
+    pub fn append_uid(
+        &mut self,
+        mailbox: &str,
+        flags: &[&str],
+        message: &[u8],
+    ) -> Result<u32, String> {
+        let r = self.append(mailbox, flags, message);
+        let text = r.tagged_text();
+        if !r.is_ok() {
+            return Err(format!("APPEND to {mailbox} failed: {text}"));
+        }
+        text.split("[APPENDUID ")
+            .nth(1)
+            .and_then(|rest| rest.split([' ', ']']).nth(1)?.parse().ok())
+            .ok_or_else(|| format!("no APPENDUID in {text:?}"))
+    }
+
+    /// EXAMINE `mailbox` (so that nothing sets \Seen), then the server's untagged answer
+    /// to `UID FETCH uid (items)`, exactly as sent. `items` may come with or without
+    /// the parentheses.
+    pub fn examine_fetch(&mut self, mailbox: &str, uid: u32, items: &str) -> Vec<u8> {
+        self.command_ok(&format!("EXAMINE {}", imap_quote(mailbox)));
+        let items = items.trim();
+        let items = if items.starts_with('(') {
+            items.to_owned()
+        } else {
+            format!("({items})")
+        };
+        self.command_ok(&format!("UID FETCH {uid} {items}"))
+    }
+
     /// `APPEND mailbox (flags) {N}` + message; returns the reply.
     pub fn append(&mut self, mailbox: &str, flags: &[&str], message: &[u8]) -> ImapReply {
         let prefix = format!("APPEND {} ({})", imap_quote(mailbox), flags.join(" "));

@@ -9,6 +9,7 @@
 //! offlineimap3, getmail6 and fetchmail.
 #![allow(dead_code, unused_imports)]
 
+pub mod child;
 pub mod cyrus;
 pub mod dovecot;
 pub mod fault;

@@ -21,7 +21,6 @@ pub struct Postfix {
     /// The submission port (STARTTLS, AUTH).
     pub port: u16,
     pub dir: PathBuf,
-    config: PathBuf,
     maildir: PathBuf,
     child: Option<Child>,
     /// Removed on drop.
@@ -66,17 +65,6 @@ postlog   unix-dgram n  -       n       -       1       postlogd
     )
 }
 
-fn uid_gid(user: &str) -> (u32, u32) {
-    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
-    passwd
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            (f.first() == Some(&user)).then(|| (f[2].parse().unwrap(), f[3].parse().unwrap()))
-        })
-        .unwrap_or_else(|| panic!("no user {user:?}: is Debian's postfix installed?"))
-}
-
 fn mkdir(p: &Path, mode: u32, owner: Option<(u32, u32)>) {
     std::fs::create_dir_all(p).unwrap();
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
@@ -90,13 +78,13 @@ impl Postfix {
     /// `auth-postfix`, which [`Postfix::DOVECOT_CONF`] adds to a Dovecot's config).
     pub fn start(ca: &TestCa, dovecot: &Dovecot) -> Postfix {
         assert!(
-            is_root(),
+            super::child::is_root(),
             "Postfix tests need root (its master runs as root)"
         );
         let tmp = super::tempdir();
         let dir = tmp.path().to_path_buf();
         mkdir(&dir, 0o755, None);
-        let (uid, gid) = uid_gid("postfix");
+        let (uid, gid) = super::child::system_user("postfix", "postfix");
         let config = dir.join("etc");
         let spool = dir.join("spool");
         let data = dir.join("data");
@@ -180,7 +168,6 @@ smtpd_sasl_path = {auth}
                     return Postfix {
                         port,
                         dir,
-                        config,
                         maildir: mail.join("Maildir"),
                         child,
                         _tmp: tmp,
@@ -188,7 +175,7 @@ smtpd_sasl_path = {auth}
                 }
                 Err(e) => {
                     last = format!("{e}\n{}", read_log(&dir));
-                    stop(&config, &mut child);
+                    super::child::stop(&mut child, "TERM");
                 }
             }
         }
@@ -254,41 +241,11 @@ fn read_log(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("postfix.log")).unwrap_or_default()
 }
 
-fn stop(config: &Path, child: &mut Option<Child>) {
-    let _ = Command::new("/usr/sbin/postfix")
-        .arg("-c")
-        .arg(config)
-        .arg("stop")
-        .output();
-    if let Some(mut c) = child.take() {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = c.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = c.kill();
-        let _ = c.wait();
-    }
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|v| v.split_whitespace().next().map(|u| u == "0"))
-        })
-        .unwrap_or(false)
-}
-
 impl Drop for Postfix {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!("[postfix] test panicked; log:\n{}", self.log());
         }
-        stop(&self.config, &mut self.child);
+        super::child::stop(&mut self.child, "TERM");
     }
 }

@@ -176,21 +176,7 @@ impl Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // SIGINT: PostgreSQL's fast shutdown.
-            let _ = Command::new("kill")
-                .arg("-INT")
-                .arg(c.id().to_string())
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        // SIGINT: PostgreSQL's fast shutdown.
+        super::child::stop(&mut self.child, "INT");
     }
 }

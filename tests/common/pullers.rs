@@ -300,23 +300,6 @@ fn make_maildir(path: &Path) {
     }
 }
 
-fn is_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
-}
-
-/// (uid, gid) of the system user `name` in /etc/passwd.
-fn system_user(name: &str) -> (u32, u32) {
-    let passwd = std::fs::read_to_string("/etc/passwd").expect("read /etc/passwd");
-    passwd
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            (f.len() > 3 && f[0] == name).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
-        })
-        .unwrap_or_else(|| panic!("no system user {name:?} in /etc/passwd"))
-}
-
 /// A command with the environment the tools would otherwise pick configuration up from
 /// (HOME, Python's search path, fetchmail's user for the MDA) set to nothing of the host's.
 fn command(program: &str, home: &Path) -> Command {
@@ -399,8 +382,8 @@ fn getmail_setup(
     make_maildir(&maildir);
     // getmail refuses to deliver as root: as root, it delivers as the system user `mail`
     // (`[destination] user`), which must reach and write the Maildir.
-    let deliver_as = if is_root() {
-        let (uid, gid) = system_user("mail");
+    let deliver_as = if super::child::is_root() {
+        let (uid, gid) = super::child::system_user("mail", "base-passwd");
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
             .expect("chmod getmail dir");
         for p in ["", "cur", "new", "tmp"].map(|sub| maildir.join(sub)) {

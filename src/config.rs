@@ -409,6 +409,10 @@ pub struct Limits {
     /// Seconds allowed for connecting to and each reply from upstream.
     #[serde(default = "default_upstream_timeout")]
     pub upstream_timeout_secs: u64,
+    /// Seconds an IMAP server may stay silent while it owes a reply (not in IDLE)
+    /// before the session ends with BYE.
+    #[serde(default = "default_imap_reply_timeout")]
+    pub imap_reply_timeout_secs: u64,
     /// Most client connections served at once, per listener.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
@@ -425,6 +429,7 @@ impl Default for Limits {
             max_recipients: default_max_recipients(),
             idle_timeout_secs: default_idle_timeout(),
             upstream_timeout_secs: default_upstream_timeout(),
+            imap_reply_timeout_secs: default_imap_reply_timeout(),
             max_connections: default_max_connections(),
             view_cache_size: default_view_cache_size(),
         }
@@ -437,6 +442,9 @@ impl Limits {
     }
     pub fn upstream_timeout(&self) -> Duration {
         Duration::from_secs(self.upstream_timeout_secs)
+    }
+    pub fn imap_reply_timeout(&self) -> Duration {
+        Duration::from_secs(self.imap_reply_timeout_secs)
     }
 }
 
@@ -464,6 +472,12 @@ fn default_idle_timeout() -> u64 {
 }
 fn default_upstream_timeout() -> u64 {
     60
+}
+fn default_imap_reply_timeout() -> u64 {
+    // Longer than Thunderbird waits for a reply (100 s by default), so that a slow
+    // command the provider is still working on (a MOVE of thousands of messages, a
+    // SEARCH of a large mailbox) is the client's to give up on, not sealpost's.
+    120
 }
 fn default_max_connections() -> usize {
     256
@@ -747,10 +761,13 @@ impl Config {
                 "max_recipients and max_connections must be at least 1",
             ));
         }
-        if l.idle_timeout_secs == 0 || l.upstream_timeout_secs == 0 {
+        if l.idle_timeout_secs == 0
+            || l.upstream_timeout_secs == 0
+            || l.imap_reply_timeout_secs == 0
+        {
             return Err(self.invalid(
                 "limits",
-                "idle_timeout_secs and upstream_timeout_secs must be at least 1",
+                "idle_timeout_secs, upstream_timeout_secs and imap_reply_timeout_secs must be at least 1",
             ));
         }
         Ok(())

@@ -133,6 +133,7 @@ fn build(config: &Config, loaded: &Loaded, shared: &Shared) -> Built {
                     tls: loaded.client_tls.clone(),
                     timeout: config.limits.upstream_timeout(),
                 },
+                reply_timeout: config.limits.imap_reply_timeout(),
                 acceptor: acceptor.clone(),
                 admission: admission(imap),
             });

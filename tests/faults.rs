@@ -24,7 +24,7 @@ const WAIT: Duration = Duration::from_secs(20);
 
 fn limits() -> String {
     format!(
-        "[limits]\nupstream_timeout_secs = {UPSTREAM_TIMEOUT}\nidle_timeout_secs = {IDLE_TIMEOUT}\n[metrics]\nlisten = \"127.0.0.1:0\"\n"
+        "[limits]\nupstream_timeout_secs = {UPSTREAM_TIMEOUT}\nimap_reply_timeout_secs = {UPSTREAM_TIMEOUT}\nidle_timeout_secs = {IDLE_TIMEOUT}\n[metrics]\nlisten = \"127.0.0.1:0\"\n"
     )
 }
 
@@ -560,6 +560,16 @@ impl Ended {
     fn ok(&self) -> bool {
         matches!(self, Ended::Tagged(s, _) if s == "OK")
     }
+    /// How it ended, and the start of what came, for assertion messages.
+    fn brief(&self) -> String {
+        let (how, b) = match self {
+            Ended::Tagged(s, b) => (s.as_str(), b),
+            Ended::Gone(b) => ("gone", b),
+        };
+        let text = String::from_utf8_lossy(b);
+        format!("{how}: {}", text.chars().take(300).collect::<String>())
+    }
+
     fn bytes(&self) -> &[u8] {
         match self {
             Ended::Tagged(_, b) | Ended::Gone(b) => b,
@@ -657,14 +667,7 @@ fn imap_rig() -> ImapRig {
         plain.extend_from_slice(format!("plain line {i:04} for the fault tests\r\n").as_bytes());
     }
     let secret = "the encrypted token 7f3a";
-    let mut inner = b"Content-Type: text/plain; charset=utf-8\r\n\r\n".to_vec();
-    for i in 0..400 {
-        inner.extend_from_slice(format!("{secret} line {i:04}\r\n").as_bytes());
-    }
-    let armored = common::gpg_encrypt(Some("bob"), &["alice"], &inner, true);
-    let mut enc = b"From: bob@example.org\r\nTo: alice@example.com\r\nSubject: ...\r\nMessage-ID: <enc@example.org>\r\nMIME-Version: 1.0\r\nContent-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; boundary=\"b1\"\r\n\r\n--b1\r\nContent-Type: application/pgp-encrypted\r\n\r\nVersion: 1\r\n\r\n--b1\r\nContent-Type: application/octet-stream\r\n\r\n".to_vec();
-    enc.extend_from_slice(&sealpost::mime::to_crlf(&armored));
-    enc.extend_from_slice(b"\r\n--b1--\r\n");
+    let enc = encrypted_for_alice(secret);
     dovecot.deliver_new(USER, &plain);
     dovecot.deliver_new(USER, &enc);
     let uids = dovecot.uids(USER, PASS, "INBOX");
@@ -683,6 +686,19 @@ fn imap_rig() -> ImapRig {
         plain: (uids[0], plain),
         encrypted: (uids[1], secret.as_bytes().to_vec()),
     }
+}
+
+/// A PGP/MIME message to alice (signed by bob) whose plaintext repeats `secret`.
+fn encrypted_for_alice(secret: &str) -> Vec<u8> {
+    let mut inner = b"Content-Type: text/plain; charset=utf-8\r\n\r\n".to_vec();
+    for i in 0..400 {
+        inner.extend_from_slice(format!("{secret} line {i:04}\r\n").as_bytes());
+    }
+    let armored = common::gpg_encrypt(Some("bob"), &["alice"], &inner, true);
+    let mut enc = b"From: bob@example.org\r\nTo: alice@example.com\r\nSubject: ...\r\nMIME-Version: 1.0\r\nContent-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; boundary=\"b1\"\r\n\r\n--b1\r\nContent-Type: application/pgp-encrypted\r\n\r\nVersion: 1\r\n\r\n--b1\r\nContent-Type: application/octet-stream\r\n\r\n".to_vec();
+    enc.extend_from_slice(&sealpost::mime::to_crlf(&armored));
+    enc.extend_from_slice(b"\r\n--b1--\r\n");
+    enc
 }
 
 /// The tag sealpost gave upstream for the command whose line contains `word`, on relay
@@ -744,7 +760,8 @@ fn imap_login_faults() {
         if got.ok() {
             assert!(
                 upstream_said_ok(&rig.relay, conn, "LOGIN"),
-                "{plan:?}: the client got OK for a LOGIN upstream never accepted: {got:?}"
+                "{plan:?}: the client got OK for a LOGIN upstream never accepted: {}",
+                got.brief()
             );
         } else {
             refused += 1;
@@ -795,7 +812,8 @@ fn imap_fetch_literal_faults() {
                 } else {
                     assert!(
                         matches!(got, Ended::Gone(_)),
-                        "{what}: {got:?} (a NO or BAD is wrong here: upstream is gone)"
+                        "{what}: {} (a NO or BAD is wrong here: upstream is gone)",
+                        got.brief()
                     );
                 }
             }
@@ -809,7 +827,11 @@ fn imap_fetch_literal_faults() {
         "a3",
         &format!("UID FETCH {} (BODY.PEEK[])", rig.encrypted.0),
     );
-    assert!(got.ok() && find(got.bytes(), &rig.encrypted.1), "{got:?}");
+    assert!(
+        got.ok() && find(got.bytes(), &rig.encrypted.1),
+        "{}",
+        got.brief()
+    );
     drop(c);
     rig.relay.clear();
     assert_nothing_left(&rig.proxy, &rig.relay, "imap", base_fds);
@@ -928,7 +950,8 @@ fn imap_idle_faults() {
         );
         assert!(
             got.ok() && find(got.bytes(), &rig.encrypted.1),
-            "{action:?}: {got:?}"
+            "{action:?}: {}",
+            got.brief()
         );
         drop(o);
         let started = Instant::now();
@@ -938,7 +961,8 @@ fn imap_idle_faults() {
         let got = c.until("a3");
         assert!(
             matches!(&got, Ended::Gone(b) if find(b, b"* BYE")),
-            "{action:?} during IDLE: {got:?}"
+            "{action:?} during IDLE: {}",
+            got.brief()
         );
         assert!(
             started.elapsed() <= bound(),
@@ -993,5 +1017,55 @@ fn imap_client_gone_inside_append_stores_nothing() {
             );
         }
     }
+    assert_nothing_left(&rig.proxy, &rig.relay, "imap", base_fds);
+}
+
+/// Upstream stalls inside sealpost's own work for a FETCH or SEARCH of encrypted mail
+/// nobody has seen yet (classification, download, SEARCH ALL): those commands are
+/// sealpost's, not the client's, and a stall there too ends in a BYE within the timeout.
+#[test]
+fn imap_stall_inside_a_decrypting_job_is_answered_in_time() {
+    let rig = imap_rig();
+    assert_nothing_left(&rig.proxy, &rig.relay, "imap", usize::MAX / 2);
+    let base_fds = fds(rig.proxy.pid());
+    let stalls = [
+        (
+            "classification",
+            "FETCH",
+            Trigger::after("HEADER.FIELDS (CONTENT-TYPE"),
+        ),
+        ("download", "FETCH", Trigger::after_plus("BODY[] {", 100)),
+        ("SEARCH ALL", "SEARCH", Trigger::after("* SEARCH")),
+    ];
+    for (i, (what, command, trigger)) in stalls.into_iter().enumerate() {
+        // A message no view cache or index knows.
+        rig.dovecot
+            .deliver_new(USER, &encrypted_for_alice(&format!("fresh secret {i}")));
+        let uid = *rig.dovecot.uids(USER, PASS, "INBOX").last().unwrap();
+        rig.relay.clear();
+        rig.relay
+            .push(Plan::new(Dir::ToClient, trigger.clone(), Action::Stall));
+        let (mut c, g) = Imap::connect(rig.proxy.imap_port);
+        assert!(g.is_some() && c.login().ok(), "{}", rig.proxy.log());
+        assert!(c.cmd("a2", "SELECT INBOX").ok());
+        let started = Instant::now();
+        let line = match command {
+            "FETCH" => format!("UID FETCH {uid} (BODY.PEEK[])"),
+            _ => "UID SEARCH BODY \"fresh secret\"".to_string(),
+        };
+        let got = c.cmd("a3", &line);
+        assert!(
+            matches!(&got, Ended::Gone(b) if find(b, b"* BYE")),
+            "a stall in the {what}: {}\n{}",
+            got.brief(),
+            rig.proxy.log()
+        );
+        assert!(
+            started.elapsed() <= bound(),
+            "a stall in the {what}: answered after {:?}",
+            started.elapsed()
+        );
+    }
+    rig.relay.clear();
     assert_nothing_left(&rig.proxy, &rig.relay, "imap", base_fds);
 }

@@ -15,19 +15,6 @@ use common::{
 const WAIT: Duration = Duration::from_secs(15);
 
 #[test]
-fn json_reader() {
-    let j = common::json::parse(
-        r#"{"mail_from": "a@x", "rcpt_tos": ["b@y", "\u00e9\ud83d\ude00"], "n": -1.5e2, "z": null, "t": true, "o": {}}"#,
-    )
-    .unwrap();
-    assert_eq!(j.get("mail_from").unwrap().as_str(), Some("a@x"));
-    assert_eq!(j.get("rcpt_tos").unwrap().str_list(), vec!["b@y", "é😀"]);
-    assert_eq!(j.get("n").unwrap().as_f64(), Some(-150.0));
-    assert_eq!(j.get("z"), Some(&common::json::Json::Null));
-    assert!(common::json::parse("[1,").is_err());
-}
-
-#[test]
 fn ports() {
     let a = free_port();
     let b = free_port();

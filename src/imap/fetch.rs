@@ -109,9 +109,16 @@ pub trait Job: Send {
         view: View,
         ctx: &ImapContext,
     ) -> (Vec<JobOutput>, bool);
+    /// True while the job waits for views being built and for nothing from upstream
+    /// (every other moment of a job, upstream owes it a reply: see
+    /// [`super::session::Session::awaits_upstream`]).
+    fn waits_on_views(&self) -> bool;
 }
 
 impl Job for FetchJob {
+    fn waits_on_views(&self) -> bool {
+        self.step == Step::Download && self.downloaded && !self.decrypting.is_empty()
+    }
     fn start(&mut self, ctx: &ImapContext) -> Vec<JobOutput> {
         FetchJob::start(self, ctx)
     }

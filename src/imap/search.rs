@@ -951,6 +951,11 @@ impl SearchJob {
 }
 
 impl Job for SearchJob {
+    fn waits_on_views(&self) -> bool {
+        // The download's reply came; the next goes up only once views come back.
+        self.step == Step::Download && self.downloaded && !self.decrypting.is_empty()
+    }
+
     fn start(&mut self, ctx: &ImapContext) -> Vec<JobOutput> {
         self.started = Some(std::time::Instant::now());
         self.known = ctx.search.classified(&self.mailbox_key());

@@ -28,6 +28,9 @@ pub struct ImapService {
     pub account: String,
     pub ctx: Arc<ImapContext>,
     pub upstream: ImapUpstream,
+    /// How long upstream may stay silent while it owes a reply (`[limits]
+    /// imap_reply_timeout_secs`).
+    pub reply_timeout: Duration,
     pub acceptor: tokio_rustls::TlsAcceptor,
     pub admission: crate::listener::Admission,
 }
@@ -232,12 +235,13 @@ async fn handle(
     let mut cbuf = vec![0u8; 16 * 1024];
     let mut ubuf = vec![0u8; 64 * 1024];
     let up_timeout = svc.upstream.timeout;
+    let reply_timeout = svc.reply_timeout;
     loop {
         for out in std::mem::take(&mut outputs) {
             match out {
-                Output::Client(b) => within(IMAP_IDLE_TIMEOUT, client.write_all(&b)).await?,
+                Output::Client(b) => write_paced(&mut client, &b, IMAP_IDLE_TIMEOUT).await?,
                 Output::Upstream(b) => {
-                    if let Err(e) = within(up_timeout, upstream.write_all(&b)).await {
+                    if let Err(e) = write_paced(&mut upstream, &b, up_timeout).await {
                         return upstream_lost(&mut client, &e).await;
                     }
                 }
@@ -321,7 +325,7 @@ async fn handle(
         let read_client = !session.client_blocked();
         // Restarted whenever anything happens; fires only while upstream owes a reply.
         let awaiting = session.awaits_upstream();
-        let upstream_silence = tokio::time::sleep(up_timeout);
+        let upstream_silence = tokio::time::sleep(reply_timeout);
         tokio::select! {
             r = tokio::time::timeout(IMAP_IDLE_TIMEOUT, client.read(&mut cbuf)), if read_client => {
                 let n = match r {
@@ -365,13 +369,23 @@ async fn handle(
             () = upstream_silence, if awaiting => {
                 let e = std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
-                    format!("no answer within {up_timeout:?}"),
+                    format!("no answer within {reply_timeout:?}"),
                 );
                 return upstream_lost(&mut client, &e).await;
             }
             _ = shutdown.changed(), if !*shutdown.borrow() => {}
         }
     }
+}
+
+/// Writes `bytes` in pieces, each of which must be taken within `limit`: a slow peer
+/// that keeps taking data is not cut off however long the whole takes (a sealed APPEND
+/// of tens of megabytes over a slow uplink), a stuck one is.
+async fn write_paced(io: &mut Box<dyn Io>, bytes: &[u8], limit: Duration) -> std::io::Result<()> {
+    for piece in bytes.chunks(64 * 1024) {
+        within(limit, io.write_all(piece)).await?;
+    }
+    Ok(())
 }
 
 /// `fut` (a write or flush), failing with `TimedOut` after `limit`.

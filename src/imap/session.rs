@@ -423,6 +423,10 @@ impl Session {
         if !self.greeted {
             return true;
         }
+        // A FETCH or SEARCH job's own commands are not in `in_flight`.
+        if let Some(job) = &self.job {
+            return !job.waits_on_views();
+        }
         !self.in_flight.is_empty()
             && !matches!(
                 self.inflow,

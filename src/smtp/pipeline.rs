@@ -326,14 +326,27 @@ impl Outbound {
         Ok(copies)
     }
 
-    /// At least the size of `copy` once built from a message of `raw_len` bytes (the
-    /// armor's growth and the MIME around it), for SMTP SIZE before it exists.
-    pub fn size_estimate(copy: &OutgoingCopy, raw_len: usize) -> usize {
+    /// At least the size of `copy` once built from the message `raw`, for SMTP SIZE
+    /// before it exists (a strict server refuses a message larger than declared). An
+    /// encrypted copy holds the header up to three times (outside; protected inside, with
+    /// an `HP-Outer` copy of what stays outside), one encrypted session key per
+    /// recipient key (about 530 bytes for RSA-4096; two keys per certificate allowed),
+    /// a signature, and the armor's growth.
+    pub fn size_estimate(copy: &OutgoingCopy, raw: &[u8]) -> usize {
+        // Bare LFs become CRLF on the way.
+        let lf = raw.iter().filter(|&&b| b == b'\n').count();
+        let raw_len = raw.len() + lf;
         match &copy.make {
-            Make::Ready(bytes) => bytes.len(),
+            Make::Ready(bytes) => bytes.len() + bytes.iter().filter(|&&b| b == b'\n').count(),
             Make::Plain { extra_outer } => extra_outer.len() + raw_len,
-            Make::Encrypted { extra_outer, .. } => {
-                extra_outer.len() + raw_len.div_ceil(48) * 66 + raw_len / 16 + 8192
+            Make::Encrypted {
+                extra_outer, certs, ..
+            } => {
+                let (header, _) = mime::split_message(raw);
+                let header_len = header.len() + header.iter().filter(|&&b| b == b'\n').count();
+                let binary = raw_len + 2 * header_len + 2 * certs.len() * 600 + 2048;
+                let armored = binary.div_ceil(48) * 66 + 256;
+                extra_outer.len() + header_len + armored + 4096
             }
         }
     }
@@ -341,7 +354,7 @@ impl Outbound {
     /// The bytes of `copy` of the message `raw` (CPU work for an encrypted copy: call
     /// off the I/O threads). `Err` is the reply for a copy that cannot be made.
     pub fn build(&self, copy: OutgoingCopy, raw: &[u8]) -> Result<Vec<u8>, Reply> {
-        let mut out = Vec::with_capacity(Outbound::size_estimate(&copy, raw.len()));
+        let mut out = Vec::with_capacity(Outbound::size_estimate(&copy, raw));
         self.build_into(copy, raw, &mut out)?;
         Ok(out)
     }
@@ -463,6 +476,35 @@ mod tests {
     }
 
     const MSG: &[u8] = b"From: alice@example.com\r\nTo: bob@example.org, carol@example.org\r\nBcc: dave@example.net\r\nSubject: hi\r\n\r\nbody\r\n";
+
+    #[test]
+    fn the_size_declared_before_a_copy_exists_is_never_too_small() {
+        let (_d, mut out) = setup(PolicyAction::Opportunistic);
+        out.policy.protect_headers = true;
+        // A header much larger than the body (protected headers hold it three times),
+        // bare LFs (sent as CRLF), and a body of a few bytes or of some kilobytes.
+        let refs: String = (0..150)
+            .map(|i| format!(" <thread-{i:04}-of-a-long-discussion@lists.example.org>\n"))
+            .collect();
+        for body in ["x\n".to_string(), "line of text\n".repeat(400)] {
+            let raw = format!(
+                "From: alice@example.com\nTo: bob@example.org, carol@example.org\nSubject: s\nReferences:{refs}\n{body}"
+            );
+            let copies = out
+                .plan_from_store(
+                    &env(&["bob@example.org", "carol@example.org"]),
+                    raw.as_bytes(),
+                )
+                .unwrap();
+            for c in copies {
+                let estimate = Outbound::size_estimate(&c, raw.as_bytes());
+                // What the server counts: the message with CRLF line ends (RFC 1870).
+                let built = out.build(c, raw.as_bytes()).unwrap();
+                let sent = crate::mime::to_crlf(&built).len();
+                assert!(estimate >= sent, "declared {estimate}, sent {sent}");
+            }
+        }
+    }
 
     #[test]
     fn opportunistic_splits_into_shared_bcc_and_plain_copies() {

@@ -437,7 +437,7 @@ async fn relay(
                 &envelope.from,
                 &copy.rcpts,
                 &params,
-                Outbound::size_estimate(copy, raw.len()),
+                Outbound::size_estimate(copy, &raw),
                 false,
             )
             .await;
@@ -453,7 +453,7 @@ async fn relay(
     }
     for copy in copies {
         let rcpts = copy.rcpts.clone();
-        let size = Outbound::size_estimate(&copy, raw.len());
+        let size = Outbound::size_estimate(&copy, &raw);
         // The copy is made while the transaction opens (MAIL, RCPT, DATA round trips):
         // a small one is ready when upstream's 354 comes; a large one waits in the
         // bounded channel. Refused or failed, the pieces are dropped and the making stops.

@@ -14,7 +14,6 @@ pub mod cyrus;
 pub mod dovecot;
 pub mod fault;
 pub mod imapclients;
-pub mod json;
 pub mod keyserver;
 pub mod listeners;
 pub mod net;

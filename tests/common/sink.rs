@@ -4,7 +4,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::json;
 use super::net::{read_port_and_ready, PYTHON};
 use super::tls::TestCa;
 
@@ -267,7 +266,17 @@ fn read_message(outdir: &Path, n: u32) -> SinkMessage {
     let base = outdir.join(format!("{n:04}"));
     let meta_text = std::fs::read_to_string(base.with_extension("json"))
         .unwrap_or_else(|e| panic!("read {n:04}.json: {e}"));
-    let meta = json::parse(&meta_text).unwrap_or_else(|e| panic!("parse {n:04}.json: {e}"));
+    let meta: serde_json::Value =
+        serde_json::from_str(&meta_text).unwrap_or_else(|e| panic!("parse {n:04}.json: {e}"));
+    let str_list = |j: &serde_json::Value| -> Vec<String> {
+        j.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
     let data = std::fs::read(base.with_extension("eml"))
         .unwrap_or_else(|e| panic!("read {n:04}.eml: {e}"));
     SinkMessage {
@@ -277,14 +286,8 @@ fn read_message(outdir: &Path, n: u32) -> SinkMessage {
             .and_then(|j| j.as_str())
             .unwrap_or("")
             .to_owned(),
-        rcpt_tos: meta
-            .get("rcpt_tos")
-            .map(|j| j.str_list())
-            .unwrap_or_default(),
-        mail_options: meta
-            .get("mail_options")
-            .map(|j| j.str_list())
-            .unwrap_or_default(),
+        rcpt_tos: meta.get("rcpt_tos").map(str_list).unwrap_or_default(),
+        mail_options: meta.get("mail_options").map(str_list).unwrap_or_default(),
         auth_user: meta
             .get("auth_user")
             .and_then(|j| j.as_str())

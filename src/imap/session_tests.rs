@@ -659,19 +659,7 @@ fn a_fetch_job_step_by_step() {
 #[test]
 fn a_fetch_that_sets_seen_gives_one_response_with_flags_before_the_body() {
     let ctx = gateway();
-    let id = ctx.identities[0].clone();
-    let stored = crate::pgp::encrypt_message(
-        &crate::pgp::EncryptRequest {
-            raw: b"From: bob@example.org\r\nSubject: hidden\r\n\r\nsecret body\r\n",
-            recipients: std::slice::from_ref(&id.cert),
-            signer: None,
-            protect_headers: true,
-            boundary: "b1",
-            extra_outer: b"",
-        },
-        &[],
-    )
-    .unwrap();
+    let stored = sealed_to_mallory(&ctx, "secret body");
     let mut s = with_identity(&ctx);
     let out = s.on_client(b"a1 UID FETCH 5 (UID BODY[])\r\n");
     assert!(

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::imapclients::{parse_fetches, RawImap};
+use super::imapclients::RawImap;
 use super::net::free_port;
 use super::tls::TestCa;
 
@@ -225,17 +225,6 @@ tls_server_key: {key}
         let raw = s.examine_fetch(mailbox, uid, items);
         s.logout();
         raw
-    }
-
-    /// The message's exact bytes, straight from Cyrus.
-    pub fn fetch_body(&self, user: &str, password: &str, mailbox: &str, uid: u32) -> Vec<u8> {
-        let raw = self.fetch_raw(user, password, mailbox, uid, "UID BODY.PEEK[]");
-        parse_fetches(&raw)
-            .iter()
-            .find(|f| f.uid() == Some(uid))
-            .and_then(|f| f.get("BODY[]"))
-            .map(<[u8]>::to_vec)
-            .unwrap_or_else(|| panic!("no BODY[] for UID {uid}"))
     }
 }
 

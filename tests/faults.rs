@@ -1069,3 +1069,43 @@ fn imap_stall_inside_a_decrypting_job_is_answered_in_time() {
     rig.relay.clear();
     assert_nothing_left(&rig.proxy, &rig.relay, "imap", base_fds);
 }
+
+/// A client that keeps talking while upstream is stuck does not keep its session
+/// waiting: the silence counts from upstream's last bytes, not from the client's.
+#[test]
+fn imap_a_chatty_client_does_not_hide_a_stuck_upstream() {
+    let rig = imap_rig();
+    rig.relay.push(Plan::new(
+        Dir::ToClient,
+        Trigger::line("a2 OK"),
+        Action::Stall,
+    ));
+    let (mut c, g) = Imap::connect(rig.proxy.imap_port);
+    assert!(g.is_some() && c.login().ok(), "{}", rig.proxy.log());
+    assert!(c.cmd("a2", "SELECT INBOX").ok());
+    let started = Instant::now();
+    c.w.write_all(b"a3 NOOP\r\n").unwrap();
+    // A command every half second from a second thread, as long as the socket takes them.
+    let mut w = c.w.try_clone().unwrap();
+    let talker = std::thread::spawn(move || {
+        for i in 4..100 {
+            std::thread::sleep(Duration::from_millis(500));
+            if w.write_all(format!("a{i} NOOP\r\n").as_bytes()).is_err() {
+                break;
+            }
+        }
+    });
+    let got = c.until("a3");
+    assert!(
+        matches!(&got, Ended::Gone(b) if find(b, b"* BYE")),
+        "{}",
+        got.brief()
+    );
+    assert!(
+        started.elapsed() <= bound(),
+        "answered after {:?} although upstream was silent",
+        started.elapsed()
+    );
+    drop(c);
+    let _ = talker.join();
+}

@@ -236,6 +236,11 @@ async fn handle(
     let mut ubuf = vec![0u8; 64 * 1024];
     let up_timeout = svc.upstream.timeout;
     let reply_timeout = svc.reply_timeout;
+    // When upstream last showed life while it owed a reply: its last bytes, or the moment
+    // it began to owe one. Client traffic does not count (a client sending a byte a
+    // minute would otherwise keep a stuck upstream's session open).
+    let mut heard = tokio::time::Instant::now();
+    let mut was_awaiting = false;
     loop {
         for out in std::mem::take(&mut outputs) {
             match out {
@@ -323,9 +328,13 @@ async fn handle(
             return Ok(());
         }
         let read_client = !session.client_blocked();
-        // Restarted whenever anything happens; fires only while upstream owes a reply.
+        // Fires only while upstream owes a reply, `reply_timeout` after it was last heard.
         let awaiting = session.awaits_upstream();
-        let upstream_silence = tokio::time::sleep(reply_timeout);
+        if awaiting && !was_awaiting {
+            heard = tokio::time::Instant::now();
+        }
+        was_awaiting = awaiting;
+        let upstream_silence = tokio::time::sleep_until(heard + reply_timeout);
         tokio::select! {
             r = tokio::time::timeout(IMAP_IDLE_TIMEOUT, client.read(&mut cbuf)), if read_client => {
                 let n = match r {
@@ -348,6 +357,7 @@ async fn handle(
                 }
             }
             r = upstream.read(&mut ubuf) => {
+                heard = tokio::time::Instant::now();
                 let n = match r {
                     Ok(n) => n,
                     Err(e) => return upstream_lost(&mut client, &e).await,

@@ -18,7 +18,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// One message to relay upstream: its recipients, and how its bytes are made. An
-/// encrypted copy is built only when it is about to be sent ([`Outbound::build`]), so
+/// encrypted copy is built only when it is about to be sent ([`Outbound::build_into`]), so
 /// a message with many copies (Bcc recipients) holds one copy at a time.
 #[derive(Debug, Clone)]
 pub struct OutgoingCopy {
@@ -351,17 +351,19 @@ impl Outbound {
         }
     }
 
-    /// The bytes of `copy` of the message `raw` (CPU work for an encrypted copy: call
-    /// off the I/O threads). `Err` is the reply for a copy that cannot be made.
+    /// The bytes of `copy` of the message `raw`, whole (the relay streams them instead:
+    /// [`Outbound::build_into`]). `Err` is the reply for a copy that cannot be made.
+    #[cfg(test)]
     pub fn build(&self, copy: OutgoingCopy, raw: &[u8]) -> Result<Vec<u8>, Reply> {
         let mut out = Vec::with_capacity(Outbound::size_estimate(&copy, raw));
         self.build_into(copy, raw, &mut out)?;
         Ok(out)
     }
 
-    /// [`Outbound::build`], written into `sink` as it is made (the relay streams each
-    /// copy to the provider: a large message is held once). `Err` is the reply for a
-    /// copy that cannot be made, or whose sink failed.
+    /// The bytes of `copy` of the message `raw` (CPU work for an encrypted copy: call
+    /// off the I/O threads), written into `sink` as they are made and flushed at the end
+    /// (the relay streams each copy to the provider: a large message is held once).
+    /// `Err` is the reply for a copy that cannot be made, or whose sink failed.
     pub fn build_into(
         &self,
         copy: OutgoingCopy,
@@ -378,7 +380,7 @@ impl Outbound {
                 )
             })
         };
-        match copy.make {
+        let made = match copy.make {
             Make::Ready(bytes) => written(sink.write_all(&bytes)),
             Make::Plain { extra_outer } => {
                 written(sink.write_all(&extra_outer))?;
@@ -412,7 +414,9 @@ impl Outbound {
                     failed()
                 })
             }
-        }
+        };
+        made?;
+        written(sink.flush())
     }
 }
 

@@ -520,13 +520,8 @@ fn make_copy(
             tx,
             buf: Vec::with_capacity(CHUNK),
         };
-        outbound.build_into(copy, &raw, &mut sink)?;
-        std::io::Write::flush(&mut sink).map_err(|_| {
-            Reply::new(
-                451,
-                "4.4.1 The copy could not be sent; the message was not sent",
-            )
-        })
+        // `build_into` flushes the last piece.
+        outbound.build_into(copy, &raw, &mut sink)
     });
     Making { pieces, done }
 }

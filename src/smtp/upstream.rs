@@ -266,21 +266,9 @@ impl Upstream {
         Ok(Ok(()))
     }
 
-    /// Sends the message of a transaction [`begin`](Self::begin) opened; the server's
-    /// final reply.
-    pub async fn data(&mut self, message: &[u8]) -> Result<Reply, UpstreamError> {
-        // Stuffed chunk by chunk: a large message is never held twice.
-        let mut stuffer = DotStuffer::default();
-        for chunk in message.chunks(64 * 1024) {
-            let out = stuffer.push(chunk);
-            self.write_all(&out).await?;
-        }
-        self.write_all(&stuffer.finish()).await?;
-        self.read_reply().await
-    }
-
-    /// Sends a piece of the message of an open transaction, stuffed by `stuffer` (the
-    /// message streams: see [`Upstream::end_data`]).
+    /// Sends a piece of the message of a transaction [`begin`](Self::begin) opened,
+    /// stuffed by `stuffer` (the message streams, never held twice: see
+    /// [`Upstream::end_data`]).
     pub async fn data_piece(
         &mut self,
         stuffer: &mut DotStuffer,

@@ -418,7 +418,7 @@ impl Session {
     /// flight. Not while IDLE idles, and not while a command waits for the client (an
     /// APPEND literal being uploaded, the client's next SASL response): silence from
     /// upstream is normal then. The server loop closes a session whose upstream stays
-    /// silent this long past the upstream timeout.
+    /// silent past `[limits] imap_reply_timeout_secs` while this holds.
     pub fn awaits_upstream(&self) -> bool {
         if !self.greeted {
             return true;

@@ -652,6 +652,30 @@ fn a_fetch_job_step_by_step() {
     }
 }
 
+/// The BODYSTRUCTURE upstream reports for a PGP/MIME message.
+const PGP_MIME_STRUCTURE: &str = "(\"application\" \"pgp-encrypted\" NIL NIL NIL \"7bit\" 10 NIL NIL NIL NIL)(\"application\" \"octet-stream\" NIL NIL NIL \"7bit\" 500 NIL NIL NIL NIL) \"encrypted\" (\"protocol\" \"application/pgp-encrypted\" \"boundary\" \"b1\") NIL NIL NIL";
+
+/// Upstream's answer to a FETCH job's classification (tag `sp1x1`) naming UID 5 (seq
+/// 1) a PGP/MIME message.
+fn five_classified_encrypted() -> Vec<u8> {
+    format!("* 1 FETCH (UID 5 RFC822.SIZE 900 BODYSTRUCTURE ({PGP_MIME_STRUCTURE}) BODY[HEADER.FIELDS (SEALPOST-DECRYPTED)] {{2}}\r\n\r\n)\r\nsp1x1 OK done\r\n").into_bytes()
+}
+
+/// Upstream's answer to the job's download (tag `sp1x2`) of UID 5, stored as `stored`;
+/// returns the decryption the job then asks for.
+fn five_downloaded(s: &mut Session, stored: &[u8]) -> DecryptRequest {
+    let mut download = format!("* 1 FETCH (UID 5 BODY[] {{{}}}\r\n", stored.len()).into_bytes();
+    download.extend_from_slice(stored);
+    download.extend_from_slice(b")\r\nsp1x2 OK done\r\n");
+    s.on_upstream(&download)
+        .into_iter()
+        .find_map(|o| match o {
+            Output::Decrypt(r) => Some(r),
+            _ => None,
+        })
+        .expect("a decrypt request")
+}
+
 /// A FETCH that sets `\Seen` through a view, as Cyrus answers it: Cyrus reports the
 /// flag change of sealpost's own `STORE +FLAGS.SILENT` anyway, and puts FLAGS before
 /// the body. The client gets one FETCH response for the message, FLAGS before the
@@ -667,24 +691,12 @@ fn a_fetch_that_sets_seen_gives_one_response_with_flags_before_the_body() {
         "{}",
         upstream_text(&out)
     );
-    let mut classify = b"* 1 FETCH (UID 5 RFC822.SIZE 900 BODYSTRUCTURE ((\"application\" \"pgp-encrypted\" NIL NIL NIL \"7bit\" 10 NIL NIL NIL NIL)(\"application\" \"octet-stream\" NIL NIL NIL \"7bit\" 500 NIL NIL NIL NIL) \"encrypted\" (\"protocol\" \"application/pgp-encrypted\" \"boundary\" \"b1\") NIL NIL NIL) BODY[HEADER.FIELDS (SEALPOST-DECRYPTED)] {2}\r\n\r\n)\r\n".to_vec();
-    classify.extend_from_slice(b"sp1x1 OK done\r\n");
-    let out = s.on_upstream(&classify);
+    let out = s.on_upstream(&five_classified_encrypted());
     assert_eq!(
         upstream_text(&out),
         "sp1x2 UID FETCH 5 (UID BODY.PEEK[])\r\n"
     );
-    let mut download = format!("* 1 FETCH (UID 5 BODY[] {{{}}}\r\n", stored.len()).into_bytes();
-    download.extend_from_slice(&stored);
-    download.extend_from_slice(b")\r\nsp1x2 OK done\r\n");
-    let out = s.on_upstream(&download);
-    let req = out
-        .into_iter()
-        .find_map(|o| match o {
-            Output::Decrypt(r) => Some(r),
-            _ => None,
-        })
-        .expect("a decryption");
+    let req = five_downloaded(&mut s, &stored);
     let view = s.ctx.view(&req.identity, &req.raw, req.limit);
     let out = s.on_view("sp1x", 5, &req.raw, view);
     assert_eq!(
@@ -1465,24 +1477,8 @@ fn only_the_signed_payloads_autocrypt_key_is_authenticated() {
     let c = Arc::new(c);
     let mut s = with_identity(&c);
     s.on_client(b"a1 UID FETCH 5 (UID BODY.PEEK[])\r\n");
-    let structure = b"(\"application\" \"pgp-encrypted\" NIL NIL NIL \"7bit\" 10 NIL NIL NIL NIL)(\"application\" \"octet-stream\" NIL NIL NIL \"7bit\" 500 NIL NIL NIL NIL) \"encrypted\" (\"protocol\" \"application/pgp-encrypted\" \"boundary\" \"b1\") NIL NIL NIL";
-    let mut classify = b"* 1 FETCH (UID 5 RFC822.SIZE 900 BODYSTRUCTURE (".to_vec();
-    classify.extend_from_slice(structure);
-    classify.extend_from_slice(
-        b") BODY[HEADER.FIELDS (SEALPOST-DECRYPTED)] {2}\r\n\r\n)\r\nsp1x1 OK done\r\n",
-    );
-    s.on_upstream(&classify);
-    let mut download = format!("* 1 FETCH (UID 5 BODY[] {{{}}}\r\n", stored.len()).into_bytes();
-    download.extend_from_slice(&stored);
-    download.extend_from_slice(b")\r\nsp1x2 OK done\r\n");
-    let out = s.on_upstream(&download);
-    let req = out
-        .into_iter()
-        .find_map(|o| match o {
-            Output::Decrypt(r) => Some(r),
-            _ => None,
-        })
-        .expect("a decrypt request");
+    s.on_upstream(&five_classified_encrypted());
+    let req = five_downloaded(&mut s, &stored);
     let view = s.ctx.view(&req.identity, &req.raw, req.limit);
     assert!(matches!(
         view.kind,
@@ -1537,24 +1533,8 @@ fn a_sealed_copy_of_received_mail_vouches_for_nothing_in_it() {
     let c = Arc::new(c);
     let mut s = with_identity(&c);
     s.on_client(b"a1 UID FETCH 5 (UID BODY.PEEK[])\r\n");
-    let structure = b"(\"application\" \"pgp-encrypted\" NIL NIL NIL \"7bit\" 10 NIL NIL NIL NIL)(\"application\" \"octet-stream\" NIL NIL NIL \"7bit\" 500 NIL NIL NIL NIL) \"encrypted\" (\"protocol\" \"application/pgp-encrypted\" \"boundary\" \"b1\") NIL NIL NIL";
-    let mut classify = b"* 1 FETCH (UID 5 RFC822.SIZE 900 BODYSTRUCTURE (".to_vec();
-    classify.extend_from_slice(structure);
-    classify.extend_from_slice(
-        b") BODY[HEADER.FIELDS (SEALPOST-DECRYPTED)] {2}\r\n\r\n)\r\nsp1x1 OK done\r\n",
-    );
-    s.on_upstream(&classify);
-    let mut download = format!("* 1 FETCH (UID 5 BODY[] {{{}}}\r\n", stored.len()).into_bytes();
-    download.extend_from_slice(&stored);
-    download.extend_from_slice(b")\r\nsp1x2 OK done\r\n");
-    let out = s.on_upstream(&download);
-    let req = out
-        .into_iter()
-        .find_map(|o| match o {
-            Output::Decrypt(r) => Some(r),
-            _ => None,
-        })
-        .expect("a decrypt request");
+    s.on_upstream(&five_classified_encrypted());
+    let req = five_downloaded(&mut s, &stored);
     let view = s.ctx.view(&req.identity, &req.raw, req.limit);
     assert_eq!(view.bytes, raw.as_bytes(), "the copy reads as the original");
     s.on_view("sp1x", req.uid, &req.raw, view);

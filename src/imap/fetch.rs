@@ -744,7 +744,24 @@ impl FetchJob {
         let uid = items.iter().find_map(|i| match i {
             MessageDataItem::Uid(u) => Some(u.get()),
             _ => None,
-        })?;
+        });
+        if self.step == Step::Store {
+            // Our own `STORE +FLAGS.SILENT (\Seen)` is not silent everywhere (Cyrus
+            // answers it with `FETCH (FLAGS ...)`, without a UID to a seq-number STORE):
+            // for the messages it was for, that is not relayed, as the special FETCH
+            // right after brings their flags in the one response the client gets for
+            // each (curl, for one, takes a second FETCH response without the body it
+            // asked for as an error). Seq numbers hold still during a seq-number job.
+            let ours = self.msgs.iter().any(|m| {
+                m.class == Class::Special
+                    && match uid {
+                        Some(uid) => m.uid == uid,
+                        None => !self.uid && m.seq == Some(seq.get()),
+                    }
+            });
+            return ours.then(Vec::new);
+        }
+        let uid = uid?;
         match self.step {
             Step::Classify => {
                 let structure = items.iter().find_map(|i| match i {
@@ -828,19 +845,6 @@ impl FetchJob {
                     prefetch,
                     doc: Some(self.key(uid)),
                 })])
-            }
-            // Our own `STORE +FLAGS.SILENT (\Seen)` is not silent everywhere (Cyrus
-            // answers it with `FETCH (FLAGS ...)`): for the messages it was for, that is
-            // not relayed, as the special FETCH right after brings their flags in the
-            // one response the client gets for each (curl, for one, takes a second
-            // FETCH response without the body it asked for as an error).
-            Step::Store
-                if self
-                    .msgs
-                    .iter()
-                    .any(|m| m.uid == uid && m.class == Class::Special) =>
-            {
-                Some(Vec::new())
             }
             // Only the messages this step asked about; anything else is unsolicited.
             Step::Special

@@ -720,6 +720,51 @@ fn a_fetch_that_sets_seen_gives_one_response_with_flags_before_the_body() {
     );
 }
 
+/// The same through a seq-number FETCH: Cyrus's echo of a seq-number STORE carries no
+/// UID, and was relayed as a second FETCH response for the message.
+#[test]
+fn a_seq_number_fetch_that_sets_seen_gives_one_response() {
+    let ctx = gateway();
+    let stored = sealed_to_mallory(&ctx, "secret body");
+    let mut s = with_identity(&ctx);
+    let out = s.on_client(b"a1 FETCH 1 (BODY[])\r\n");
+    assert!(
+        upstream_text(&out).starts_with("sp1x1 FETCH 1 (UID RFC822.SIZE"),
+        "{}",
+        upstream_text(&out)
+    );
+    let out = s.on_upstream(&five_classified_encrypted());
+    assert_eq!(upstream_text(&out), "sp1x2 FETCH 1 (UID BODY.PEEK[])\r\n");
+    let req = five_downloaded(&mut s, &stored);
+    let view = s.ctx.view(&req.identity, &req.raw, req.limit);
+    let out = s.on_view("sp1x", 5, &req.raw, view);
+    assert_eq!(
+        upstream_text(&out),
+        "sp1x3 STORE 1 +FLAGS.SILENT (\\Seen)\r\n"
+    );
+    // Cyrus: the echo, without a UID; and another message's flags changing meanwhile.
+    let out = s.on_upstream(
+        b"* 1 FETCH (FLAGS (\\Seen))\r\n* 2 FETCH (FLAGS (\\Flagged))\r\nsp1x3 OK done\r\n",
+    );
+    assert_eq!(
+        client_text(&out),
+        "* 2 FETCH (FLAGS (\\Flagged))\r\n",
+        "only the echo of our own STORE is not relayed"
+    );
+    assert_eq!(upstream_text(&out), "sp1x4 FETCH 1 (UID FLAGS)\r\n");
+    let out = s.on_upstream(b"* 1 FETCH (UID 5 FLAGS (\\Seen))\r\nsp1x4 OK done\r\n");
+    let text = client_text(&out);
+    assert_eq!(text.matches("FETCH").count(), 1, "{text}");
+    assert!(
+        text.starts_with("* 1 FETCH (FLAGS (\\Seen) BODY[] {"),
+        "{text}"
+    );
+    assert!(
+        text.contains("secret body") && text.contains("a1 OK"),
+        "{text}"
+    );
+}
+
 // ----- found by an attacking review ---------------------------------------------
 
 /// During AUTHENTICATE the login was taken from the first line sealpost could decode;

@@ -483,17 +483,16 @@ fn describe_reqwest(e: &reqwest::Error) -> String {
     }
 }
 
-/// Percent-encodes everything but unreserved characters (RFC 3986 §2.3).
+/// Everything but unreserved characters (RFC 3986 §2.3) is percent-encoded.
+const NOT_UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// `s` as one URL path segment or query value.
 fn percent_encode(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(s, NOT_UNRESERVED).to_string()
 }
 
 /// The `result` label of `sealpost_key_lookups_total` for an outcome.

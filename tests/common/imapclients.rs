@@ -1005,19 +1005,6 @@ pub fn script_values(stdout: &str, label: &str) -> Vec<Vec<u8>> {
 // curl
 // ---------------------------------------------------------------------------
 
-/// Percent-encode a mailbox name (or other path segment) for an IMAP URL.
-pub fn url_encode(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// Run curl against `imap(s)://127.0.0.1:port/<url_path>` with the given
 /// extra arguments (e.g. `["-X", "UID SEARCH ALL"]`). "starttls" uses
 /// `imap://` with `--ssl-reqd` (curl then issues STARTTLS and refuses to go
@@ -1065,7 +1052,7 @@ pub fn curl_fetch(
     mailbox: &str,
     uid: u32,
 ) -> Vec<u8> {
-    let path = format!("{};UID={uid}", url_encode(mailbox));
+    let path = format!("{};UID={uid}", super::percent_encode(mailbox));
     let out = curl_imap(port, tls_mode, cafile, user, password, &path, &[]);
     if !out.status.success() {
         panic!(

@@ -429,7 +429,7 @@ pub fn wkd_advanced_url(email: &str) -> String {
     format!(
         "https://openpgpkey.{domain}/.well-known/openpgpkey/{domain}/hu/{}?l={}",
         wkd_hash(&local),
-        percent_encode(&local)
+        super::percent_encode(&local)
     )
 }
 
@@ -439,7 +439,7 @@ pub fn wkd_direct_url(email: &str) -> String {
     format!(
         "https://{domain}/.well-known/openpgpkey/hu/{}?l={}",
         wkd_hash(&local),
-        percent_encode(&local)
+        super::percent_encode(&local)
     )
 }
 
@@ -535,18 +535,6 @@ fn valid_host(h: &str) -> bool {
         && !h.contains("..")
         && h.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
-}
-
-fn percent_encode(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 fn leading_slash(p: &str) -> String {

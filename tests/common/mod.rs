@@ -66,3 +66,14 @@ pub fn support_file(name: &str) -> PathBuf {
         .join("support")
         .join(name)
 }
+
+/// `s` as one URL path segment or query value: everything but RFC 3986's unreserved
+/// characters percent-encoded (IMAP URLs for curl, the key server's WKD and VKS paths).
+pub fn percent_encode(s: &str) -> String {
+    const NOT_UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(s, NOT_UNRESERVED).to_string()
+}

@@ -573,10 +573,11 @@ fn an_identity_signs_only_for_its_own_accounts_listener() {
     let sink = Sink::start(ca, SinkMode::Tls);
     let mut opts = ProxyOptions::new(sink.port);
     opts.import = keys(&["bob"]);
-    // The harness's `[[identity]]` (alice) is the last table: bind it to account
-    // "test", then add account "other" with the same upstream.
+    // The harness's `[[identity]]` (alice) belongs to account "test"; account "other"
+    // has the same upstream.
+    opts.alice_account = Some("test".into());
     opts.extra = format!(
-        "account = \"test\"\n[[account]]\nname = \"other\"\n[account.smtp]\nlisten = \"127.0.0.1:0\"\nupstream = \"localhost:{}\"\nupstream_security = \"tls\"\n",
+        "[[account]]\nname = \"other\"\n[account.smtp]\nlisten = \"127.0.0.1:0\"\nupstream = \"localhost:{}\"\nupstream_security = \"tls\"\n",
         sink.port
     );
     let proxy = Proxy::start(ca, &opts);

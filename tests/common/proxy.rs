@@ -25,6 +25,8 @@ pub struct ProxyOptions {
     /// The login that is alice (it picks her key for signing and decryption); the
     /// SMTP sink's user by default, alice's Dovecot login in IMAP tests.
     pub alice_login: String,
+    /// `account` of alice's `[[identity]]`: the `[[account]]` whose listeners she may use.
+    pub alice_account: Option<String>,
     /// Public key files imported with `sealpost keys import` before start.
     pub import: Vec<PathBuf>,
     /// Extra TOML appended verbatim (e.g. a `[limits]` table).
@@ -54,6 +56,7 @@ impl ProxyOptions {
             protect_headers: true,
             alice_identity: true,
             alice_login: "sinkuser".into(),
+            alice_account: None,
             import: Vec::new(),
             extra: String::new(),
             imap_upstream: None,
@@ -139,84 +142,87 @@ impl Proxy {
         imap_ports: (u16, u16),
     ) -> PathBuf {
         let kr = super::pgp::keyring();
-        let mut toml = format!(
-            r#"state_dir = "{state}"
-[tls]
-cert = "{cert}"
-key = "{key}"
-[[account]]
-name = "test"
-[account.smtp]
-listen = "127.0.0.1:{p1}"
-listen_tls = "127.0.0.1:{p2}"
-upstream = "localhost:{up}"
-upstream_security = "{sec}"
-{listener_extra}[keys]
-dir = "{key_dir}"
-extra_ca = "{ca}"
-{keys_extra}[policy]
-default = "{policy}"
-sign = {sign}
-protect_headers = {protect}
-"#,
-            state = dir.join("state").display(),
-            cert = ca.cert_pem.display(),
-            key = ca.key_pem.display(),
-            p1 = ports.0,
-            p2 = ports.1,
-            up = opts.upstream_port,
-            sec = opts.upstream_security,
-            ca = ca.ca_pem.display(),
-            policy = opts.policy,
-            sign = opts.sign,
-            protect = opts.protect_headers,
-            keys_extra = opts.keys_extra,
-            key_dir = opts
-                .key_dir
-                .clone()
-                .unwrap_or_else(|| dir.join("state").join("keys"))
-                .display(),
-            listener_extra = opts.listener_extra,
+        // The config is built as data; the TOML fragments of the options are parsed and
+        // merged in (see `merge`), so a test names tables the way the config does.
+        let fragment = |what: &str, text: &str| -> toml::Table {
+            text.parse()
+                .unwrap_or_else(|e| panic!("ProxyOptions.{what} is not TOML: {e}\n{text}"))
+        };
+        let path_of = |p: &Path| toml::Value::from(p.display().to_string());
+        let listener = |plain: u16, tls: u16, upstream: u16, security: &str| {
+            let mut t = toml::Table::new();
+            t.insert("listen".into(), format!("127.0.0.1:{plain}").into());
+            t.insert("listen_tls".into(), format!("127.0.0.1:{tls}").into());
+            t.insert("upstream".into(), format!("localhost:{upstream}").into());
+            t.insert("upstream_security".into(), security.into());
+            merge(&mut t, fragment("listener_extra", &opts.listener_extra));
+            toml::Value::Table(t)
+        };
+        let mut account = toml::Table::new();
+        account.insert("name".into(), "test".into());
+        account.insert(
+            "smtp".into(),
+            listener(ports.0, ports.1, opts.upstream_port, opts.upstream_security),
         );
         if let Some((port, security)) = opts.imap_upstream {
-            // TOML: a sub-table of the last [[account]] may follow its other tables.
-            toml = toml.replacen(
-                "[keys]",
-                &format!(
-                    "[account.imap]\nlisten = \"127.0.0.1:{}\"\nlisten_tls = \"127.0.0.1:{}\"\nupstream = \"localhost:{port}\"\nupstream_security = \"{security}\"\n{}[keys]",
-                    imap_ports.0, imap_ports.1, opts.listener_extra
-                ),
-                1,
+            account.insert(
+                "imap".into(),
+                listener(imap_ports.0, imap_ports.1, port, security),
             );
         }
-        for (r, a) in &opts.rules {
-            toml.push_str(&format!(
-                "[[policy.rule]]\nrecipient = \"{r}\"\naction = \"{a}\"\n"
-            ));
+        let mut keys = toml::Table::new();
+        let key_dir = opts
+            .key_dir
+            .clone()
+            .unwrap_or_else(|| dir.join("state").join("keys"));
+        keys.insert("dir".into(), path_of(&key_dir));
+        keys.insert("extra_ca".into(), path_of(&ca.ca_pem));
+        // Lines of the `[keys]` table, which may go on with sub-tables (`[keys.resolve]`).
+        let keys_extra = fragment("keys_extra", &format!("[keys]\n{}", opts.keys_extra));
+        let rules: Vec<toml::Value> = opts
+            .rules
+            .iter()
+            .map(|(recipient, action)| {
+                let mut r = toml::Table::new();
+                r.insert("recipient".into(), recipient.as_str().into());
+                r.insert("action".into(), action.as_str().into());
+                toml::Value::Table(r)
+            })
+            .collect();
+        let mut policy = toml::Table::new();
+        policy.insert("default".into(), opts.policy.into());
+        policy.insert("sign".into(), opts.sign.into());
+        policy.insert("protect_headers".into(), opts.protect_headers.into());
+        if !rules.is_empty() {
+            policy.insert("rule".into(), rules.into());
         }
+        let mut tls = toml::Table::new();
+        tls.insert("cert".into(), path_of(&ca.cert_pem));
+        tls.insert("key".into(), path_of(&ca.key_pem));
+        let mut imap = toml::Table::new();
+        imap.insert("search_index_fill".into(), opts.search_index_fill.into());
+
+        let mut config = toml::Table::new();
+        config.insert("state_dir".into(), path_of(&dir.join("state")));
+        config.insert("tls".into(), tls.into());
+        config.insert("account".into(), vec![toml::Value::Table(account)].into());
+        config.insert("keys".into(), keys.into());
+        merge(&mut config, keys_extra);
+        config.insert("policy".into(), policy.into());
+        config.insert("imap".into(), imap.into());
         if opts.alice_identity {
-            toml.push_str(&format!(
-                "[[identity]]\naddress = \"alice@example.com\"\nlogin = \"{}\"\nsecret_key = \"{}\"\npassphrase_file = \"{}\"\n",
-                opts.alice_login,
-                kr.alice().sec_asc.display(),
-                kr.alice_pass.display()
-            ));
-        }
-        // `[imap] search_index_fill`, in the `[imap]` table `extra` may bring.
-        let fill = format!("search_index_fill = {}\n", opts.search_index_fill);
-        match opts.extra.find("[imap]\n") {
-            Some(at) => {
-                let cut = at + "[imap]\n".len();
-                toml.push_str(&opts.extra[..cut]);
-                toml.push_str(&fill);
-                toml.push_str(&opts.extra[cut..]);
+            let mut alice = toml::Table::new();
+            alice.insert("address".into(), "alice@example.com".into());
+            alice.insert("login".into(), opts.alice_login.as_str().into());
+            alice.insert("secret_key".into(), path_of(&kr.alice().sec_asc));
+            alice.insert("passphrase_file".into(), path_of(&kr.alice_pass));
+            if let Some(account) = &opts.alice_account {
+                alice.insert("account".into(), account.as_str().into());
             }
-            None => {
-                toml.push_str(&opts.extra);
-                toml.push_str("\n[imap]\n");
-                toml.push_str(&fill);
-            }
+            config.insert("identity".into(), vec![toml::Value::Table(alice)].into());
         }
+        merge(&mut config, fragment("extra", &opts.extra));
+        let toml = toml::to_string(&config).expect("serialize the test config");
         let path = dir.join("sealpost.toml");
         std::fs::write(&path, toml).unwrap();
         path
@@ -356,6 +362,26 @@ impl Drop for Proxy {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+}
+
+/// Merges the TOML fragment `from` into `into`: tables key by key, arrays of tables
+/// appended (another `[[account]]`, `[[policy.rule]]`, `[[identity]]`), and a table given
+/// for an array of tables merged into its last element (`[account.imap]` after
+/// `[[account]]`, as TOML reads it in one file); any other value replaces the one before.
+fn merge(into: &mut toml::Table, from: toml::Table) {
+    for (key, value) in from {
+        match (into.get_mut(&key), value) {
+            (Some(toml::Value::Table(old)), toml::Value::Table(new)) => merge(old, new),
+            (Some(toml::Value::Array(old)), toml::Value::Array(new)) => old.extend(new),
+            (Some(toml::Value::Array(old)), toml::Value::Table(new)) => match old.last_mut() {
+                Some(toml::Value::Table(last)) => merge(last, new),
+                _ => old.push(toml::Value::Table(new)),
+            },
+            (_, value) => {
+                into.insert(key, value);
+            }
         }
     }
 }

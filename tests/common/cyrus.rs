@@ -16,7 +16,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::imapclients::RawImap;
-use super::net::free_port;
 use super::tls::TestCa;
 
 /// The SASL realm users are made in: Cyrus asks for the server's name.
@@ -124,65 +123,65 @@ tls_server_key: {key}
             ),
         )
         .unwrap();
-        let mut last = String::new();
-        for _attempt in 0..4 {
-            let (p1, p2) = (free_port(), free_port());
-            // Every service names the config: the master's -C is its own only.
-            let c = imapd_conf.display();
-            let imapd = imapd();
-            assert!(
-                Path::new(&imapd).exists(),
-                "no Cyrus imapd at {imapd}: run scripts/deps.sh test"
-            );
-            let cyrus_conf = dir.join("cyrus.conf");
-            std::fs::write(
-                &cyrus_conf,
-                format!(
-                    "START {{\n  recover cmd=\"ctl_cyrusdb -C {c} -r\"\n}}\nSERVICES {{\n  imap cmd=\"{imapd} -C {c}\" listen=\"127.0.0.1:{p1}\" prefork=0\n  imaps cmd=\"{imapd} -s -C {c}\" listen=\"127.0.0.1:{p2}\" prefork=0\n}}\nEVENTS {{\n}}\nDAEMON {{\n}}\n"
-                ),
-            )
-            .unwrap();
-            let log = std::fs::File::create(dir.join("master.log")).unwrap();
-            // In a process group of its own: stopping, the master signals its whole
-            // group, which would otherwise be the test process's and every other
-            // test's Cyrus.
-            let child = Command::new("/usr/sbin/cyrmaster")
-                .process_group(0)
-                .arg("-C")
-                .arg(&imapd_conf)
-                .arg("-M")
-                .arg(&cyrus_conf)
-                .arg("-D")
-                .arg("-p")
-                .arg(run.join("master.pid"))
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .expect("start cyrmaster (Debian's cyrus-imapd)");
-            let mut child = Some(child);
-            match wait_ready(&mut child, (p1, p2), Duration::from_secs(20)) {
-                Ok(()) => {
-                    let c = Cyrus {
-                        imap_port: p1,
-                        imaps_port: p2,
-                        dir,
-                        child,
-                        _tmp: tmp,
-                    };
-                    // First logins make the users' mailboxes.
-                    for (user, password) in users {
-                        c.session(user, password).logout();
-                    }
-                    return c;
+        // Every service names the config: the master's -C is its own only. Both listen
+        // on port 0, and their ports are read off the master's sockets (Cyrus does not
+        // print them): no port is ever free between being chosen and being bound.
+        let c = imapd_conf.display();
+        let imapd = imapd();
+        assert!(
+            Path::new(&imapd).exists(),
+            "no Cyrus imapd at {imapd}: run scripts/deps.sh test"
+        );
+        let cyrus_conf = dir.join("cyrus.conf");
+        std::fs::write(
+            &cyrus_conf,
+            format!(
+                "START {{\n  recover cmd=\"ctl_cyrusdb -C {c} -r\"\n}}\nSERVICES {{\n  imap cmd=\"{imapd} -C {c}\" listen=\"127.0.0.1:0\" prefork=0\n  imaps cmd=\"{imapd} -s -C {c}\" listen=\"127.0.0.1:0\" prefork=0\n}}\nEVENTS {{\n}}\nDAEMON {{\n}}\n"
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.join("master.log")).unwrap();
+        // In a process group of its own: stopping, the master signals its whole group,
+        // which would otherwise be the test process's and every other test's Cyrus.
+        let child = Command::new("/usr/sbin/cyrmaster")
+            .process_group(0)
+            .arg("-C")
+            .arg(&imapd_conf)
+            .arg("-M")
+            .arg(&cyrus_conf)
+            .arg("-D")
+            .arg("-p")
+            .arg(run.join("master.pid"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start cyrmaster (Debian's cyrus-imapd)");
+        let mut child = Some(child);
+        let ready = bound_ports(&mut child, Duration::from_secs(20)).and_then(|ports| {
+            wait_ready(&mut child, ports, Duration::from_secs(20)).map(|()| ports)
+        });
+        match ready {
+            Ok((p1, p2)) => {
+                let c = Cyrus {
+                    imap_port: p1,
+                    imaps_port: p2,
+                    dir,
+                    child,
+                    _tmp: tmp,
+                };
+                // First logins make the users' mailboxes.
+                for (user, password) in users {
+                    c.session(user, password).logout();
                 }
-                Err(e) => {
-                    last = format!("{e}\n{}", read_log(&dir));
-                    super::child::stop(&mut child, "TERM");
-                }
+                c
+            }
+            Err(e) => {
+                let log = read_log(&dir);
+                super::child::stop(&mut child, "TERM");
+                panic!("Cyrus did not start: {e}\n{log}");
             }
         }
-        panic!("Cyrus did not start: {last}");
     }
 
     /// What the master printed (Cyrus's own log goes to syslog).
@@ -229,6 +228,28 @@ tls_server_key: {key}
 }
 
 /// Waits for the plain listener's greeting and for the TLS listener to accept.
+/// The imap and imaps ports the master bound (it opens them in config order).
+fn bound_ports(child: &mut Option<Child>, within: Duration) -> Result<(u16, u16), String> {
+    let deadline = Instant::now() + within;
+    loop {
+        let Some(c) = child.as_mut() else {
+            return Err("no cyrmaster".into());
+        };
+        if let Ok(Some(s)) = c.try_wait() {
+            return Err(format!("cyrmaster exited: {s}"));
+        }
+        if let [imap, imaps] = super::child::listening_ports(c.id())[..] {
+            return Ok((imap, imaps));
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "cyrmaster listens on no two ports within {within:?}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn wait_ready(
     child: &mut Option<Child>,
     ports: (u16, u16),

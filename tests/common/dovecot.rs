@@ -19,7 +19,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::imapclients::{imap_quote, parse_fetches, RawImap};
-use super::net::free_port;
 use super::tls::TestCa;
 
 /// A running Dovecot; stopped (by the PID in `base_dir/master.pid`) on drop.
@@ -283,12 +282,6 @@ fn try_login(port: u16, user: &str, password: &str) -> Result<(), String> {
     }
 }
 
-enum StartError {
-    /// Port clash or similar: try again with other ports.
-    Retry(String),
-    Fatal(String),
-}
-
 /// Keep the instance directory if SEALPOST_TEST_KEEP is set (else it is
 /// removed); returns a description for messages.
 fn keep(tmp: tempfile::TempDir) -> String {
@@ -361,41 +354,31 @@ impl Dovecot {
         let log_path = dir.join("dovecot.log");
         let stderr_path = dir.join("dovecot.stderr");
         let base_dir = dir.join("run");
-        let mut last = String::new();
-        for _attempt in 0..4 {
-            let ports = (free_port(), free_port());
-            let config = write_config(&dir, ca, &u, ports, extra_conf);
-            match spawn_and_wait(&dir, &config, ports, users[0]) {
-                Ok(child) => {
-                    let watchdog = spawn_watchdog(child.id(), &dir);
-                    return Dovecot {
-                        imap_port: ports.0,
-                        imaps_port: ports.1,
-                        dir,
-                        base_dir,
-                        config,
-                        log_path,
-                        stderr_path,
-                        ca_pem: ca.ca_pem.clone(),
-                        users: users
-                            .iter()
-                            .map(|(a, b)| (a.to_string(), b.to_string()))
-                            .collect(),
-                        mail_uid: u.mail_uid,
-                        mail_gid: u.mail_gid,
-                        child: Some(child),
-                        watchdog,
-                        tmp: Some(tmp),
-                    };
+        match spawn_and_wait(&dir, ca, &u, extra_conf, users[0]) {
+            Ok((child, ports, config)) => {
+                let watchdog = spawn_watchdog(child.id(), &dir);
+                Dovecot {
+                    imap_port: ports.0,
+                    imaps_port: ports.1,
+                    dir,
+                    base_dir,
+                    config,
+                    log_path,
+                    stderr_path,
+                    ca_pem: ca.ca_pem.clone(),
+                    users: users
+                        .iter()
+                        .map(|(a, b)| (a.to_string(), b.to_string()))
+                        .collect(),
+                    mail_uid: u.mail_uid,
+                    mail_gid: u.mail_gid,
+                    child: Some(child),
+                    watchdog,
+                    tmp: Some(tmp),
                 }
-                Err(StartError::Retry(e)) => last = e,
-                Err(StartError::Fatal(e)) => panic!("Dovecot did not start in {}:\n{e}", keep(tmp)),
             }
+            Err(e) => panic!("Dovecot did not start in {}:\n{e}", keep(tmp)),
         }
-        panic!(
-            "Dovecot did not start after 4 attempts in {}:\n{last}",
-            keep(tmp)
-        );
     }
 
     /// Dovecot's log plus anything it wrote to stdout/stderr.
@@ -623,29 +606,39 @@ impl Drop for Dovecot {
     }
 }
 
-/// Spawn `dovecot -F -c config` and wait until both ports accept and the
-/// first user can log in.
+/// Starts `dovecot -F -c config` on two listening sockets bound to ports the kernel
+/// picked (`tests/support/listen_fds.py` binds them and hands them over by systemd's
+/// socket activation, which Debian's Dovecot takes: it uses an inherited socket whose
+/// address and port match a listener's), and waits until both accept and the first user
+/// can log in. Returns the child, the imap and imaps ports, and the config written.
 fn spawn_and_wait(
     dir: &Path,
-    config: &Path,
-    ports: (u16, u16),
+    ca: &TestCa,
+    users: &Users,
+    extra_conf: &str,
     first_user: (&str, &str),
-) -> Result<Child, StartError> {
+) -> Result<(Child, (u16, u16), PathBuf), String> {
+    use std::io::Write;
     let stderr_path = dir.join("dovecot.stderr");
     let log_path = dir.join("dovecot.log");
-    // A fresh base_dir: stale sockets of a failed attempt confuse Dovecot.
-    let _ = std::fs::remove_dir_all(dir.join("run"));
+    let ports_path = dir.join("dovecot.ports");
+    let config_path = dir.join("dovecot.conf");
     let out = std::fs::File::create(&stderr_path).expect("create dovecot.stderr");
     let err = out.try_clone().expect("dup file");
-    let mut child = Command::new(dovecot_bin())
+    let mut child = Command::new(super::net::PYTHON)
+        .arg(super::support_file("listen_fds.py"))
+        .arg(&ports_path)
+        .arg("2")
+        .arg("--")
+        .arg(dovecot_bin())
         .arg("-F")
         .arg("-c")
-        .arg(config)
-        .stdin(Stdio::null())
+        .arg(&config_path)
+        .stdin(Stdio::piped())
         .stdout(Stdio::from(out))
         .stderr(Stdio::from(err))
         .spawn()
-        .map_err(|e| StartError::Fatal(format!("spawn {}: {e}", dovecot_bin())))?;
+        .map_err(|e| format!("spawn {} listen_fds.py: {e}", super::net::PYTHON))?;
     let logs = || {
         format!(
             "--- stderr:\n{}--- log:\n{}",
@@ -654,16 +647,44 @@ fn spawn_and_wait(
         )
     };
     let deadline = Instant::now() + Duration::from_secs(30);
+    let give_up = |child: &mut Child, why: String| {
+        let _ = child.kill();
+        let _ = child.wait();
+        Err(why)
+    };
+    let ports = loop {
+        if let Some(ports) = std::fs::read_to_string(&ports_path).ok().and_then(|t| {
+            let p: Vec<u16> = t
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect();
+            (p.len() == 2).then(|| (p[0], p[1]))
+        }) {
+            break ports;
+        }
+        if let Ok(Some(st)) = child.try_wait() {
+            return Err(format!("listen_fds.py exited ({st}):\n{}", logs()));
+        }
+        if Instant::now() >= deadline {
+            return give_up(
+                &mut child,
+                format!("no ports from listen_fds.py:\n{}", logs()),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let config = write_config(dir, ca, users, ports, extra_conf);
+    assert_eq!(config, config_path);
+    // Go: the config names the ports now.
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    if let Err(e) = stdin.write_all(b"go\n") {
+        return give_up(&mut child, format!("listen_fds.py gone: {e}\n{}", logs()));
+    }
+    drop(stdin);
     let mut last = String::new();
     loop {
         if let Ok(Some(st)) = child.try_wait() {
-            let l = logs();
-            let msg = format!("dovecot exited early ({st}):\n{l}");
-            return Err(if l.contains("Address already in use") {
-                StartError::Retry(msg)
-            } else {
-                StartError::Fatal(msg)
-            });
+            return Err(format!("dovecot exited early ({st}):\n{}", logs()));
         }
         let up = [ports.0, ports.1].iter().all(|p| {
             std::net::TcpStream::connect_timeout(
@@ -674,17 +695,18 @@ fn spawn_and_wait(
         });
         if up {
             match try_login(ports.0, first_user.0, first_user.1) {
-                Ok(()) => return Ok(child),
+                Ok(()) => return Ok((child, ports, config)),
                 Err(e) => last = e,
             }
         }
         if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(StartError::Fatal(format!(
-                "dovecot not ready on ports {ports:?} after 30 s (last: {last}):\n{}",
-                logs()
-            )));
+            return give_up(
+                &mut child,
+                format!(
+                    "dovecot not ready on ports {ports:?} after 30 s (last: {last}):\n{}",
+                    logs()
+                ),
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }

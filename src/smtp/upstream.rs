@@ -399,18 +399,32 @@ pub struct DotStuffer {
 
 impl DotStuffer {
     pub fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(chunk.len() + chunk.len() / 64 + 2);
-        for &b in chunk {
-            let at_line_start = !self.started || self.prev == b'\n';
-            if at_line_start && b == b'.' {
+        let mut out = Vec::with_capacity(chunk.len() + chunk.len() / 32 + 4);
+        let mut rest = chunk;
+        // A line at a time (or the piece of one this chunk holds): each step starts at
+        // a line's start or at the chunk's.
+        while let Some(&first) = rest.first() {
+            if (!self.started || self.prev == b'\n') && first == b'.' {
                 out.push(b'.');
             }
-            if b == b'\n' && self.prev != b'\r' {
-                out.push(b'\r');
-            }
-            out.push(b);
-            self.prev = b;
             self.started = true;
+            match memchr::memchr(b'\n', rest) {
+                Some(i) => {
+                    let before = if i > 0 { rest[i - 1] } else { self.prev };
+                    out.extend_from_slice(&rest[..i]);
+                    if before != b'\r' {
+                        out.push(b'\r');
+                    }
+                    out.push(b'\n');
+                    self.prev = b'\n';
+                    rest = &rest[i + 1..];
+                }
+                None => {
+                    out.extend_from_slice(rest);
+                    self.prev = rest[rest.len() - 1];
+                    rest = &[];
+                }
+            }
         }
         out
     }
@@ -552,6 +566,47 @@ mod tests {
         })
         .await
         .expect("no deadlock");
+    }
+
+    /// The stuffer a byte at a time, as RFC 5321 §4.5.2 reads.
+    fn stuffed_bytewise(data: &[u8]) -> Vec<u8> {
+        let (mut out, mut prev, mut started) = (Vec::new(), 0u8, false);
+        for &b in data {
+            if (!started || prev == b'\n') && b == b'.' {
+                out.push(b'.');
+            }
+            if b == b'\n' && prev != b'\r' {
+                out.push(b'\r');
+            }
+            out.push(b);
+            prev = b;
+            started = true;
+        }
+        out
+    }
+
+    #[test]
+    fn stuffing_is_the_same_in_any_pieces() {
+        let samples: [&[u8]; 6] = [
+            b".a\n..b\r\n.\r\nc.\n\n.\r\r\n.",
+            b"\n\n\n...\n",
+            b"\r\n.\r\n",
+            b"no line end at all",
+            b"",
+            b".",
+        ];
+        for data in samples {
+            let want = stuffed_bytewise(data);
+            for cut in 0..=data.len() {
+                for cut2 in cut..=data.len() {
+                    let mut s = DotStuffer::default();
+                    let mut got = s.push(&data[..cut]);
+                    got.extend(s.push(&data[cut..cut2]));
+                    got.extend(s.push(&data[cut2..]));
+                    assert_eq!(got, want, "{data:?} cut at {cut} and {cut2}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -45,10 +45,17 @@ pub fn is_encrypted(raw: &[u8]) -> bool {
             ct.contains("application/pgp-encrypted")
         }
         Some(ct) if !ct.starts_with("text/plain") => false,
-        _ => body
-            .split(|&b| b == b'\n')
-            .any(|line| line.trim_ascii_start().starts_with(ARMOR_BEGIN)),
+        _ => has_armor_line(body),
     }
+}
+
+/// Does a line of `body` start with the armor's BEGIN line, after white space? (Found
+/// with a substring search, not line by line: every message sent is asked this.)
+fn has_armor_line(body: &[u8]) -> bool {
+    memchr::memmem::find_iter(body, ARMOR_BEGIN).any(|at| {
+        let line = memchr::memrchr(b'\n', &body[..at]).map_or(0, |nl| nl + 1);
+        body[line..at].iter().all(u8::is_ascii_whitespace)
+    })
 }
 
 /// Is the whole message OpenPGP-encrypted, so it may be relayed unchanged even under
@@ -423,6 +430,32 @@ pub fn random_boundary() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_armor_line_is_found_where_a_line_by_line_reading_finds_it() {
+        let by_lines = |body: &[u8]| {
+            body.split(|&b| b == b'\n')
+                .any(|line| line.trim_ascii_start().starts_with(ARMOR_BEGIN))
+        };
+        let begin = std::str::from_utf8(ARMOR_BEGIN).unwrap();
+        for body in [
+            format!("{begin}\nx"),
+            format!("text\n  \t{begin}\n"),
+            format!("text {begin}\n"),
+            format!("text\r\n\x0c{begin}"),
+            format!("a\n\x0b{begin}"),
+            format!("quoted: {begin}\n> {begin}\n"),
+            format!("x{begin}\n \n {begin}"),
+            "-----BEGIN PGP MESSAGE----".to_string(),
+            String::new(),
+        ] {
+            assert_eq!(
+                has_armor_line(body.as_bytes()),
+                by_lines(body.as_bytes()),
+                "{body:?}"
+            );
+        }
+    }
     use crate::keys::tests::make_cert;
     use openpgp::serialize::stream::Armorer;
 

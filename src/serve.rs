@@ -62,6 +62,7 @@ fn build(config: &Config, loaded: &Loaded, shared: &Shared) -> Built {
                 .keys
                 .autocrypt
                 .then_some(config.keys.prefer_encrypt_mutual),
+            autocrypt_fields: Default::default(),
         })
     };
     let imap_ctx = |account: &str| {

@@ -63,6 +63,38 @@ pub struct Outbound {
     pub policy: PolicyConfig,
     /// Announce the sender's key with an Autocrypt header (and with `mutual`).
     pub autocrypt: Option<bool>,
+    /// Those headers, made once for a while (see [`AutocryptFields`]).
+    pub autocrypt_fields: AutocryptFields,
+}
+
+/// How long an identity's Autocrypt header field is kept once made: which of its keys
+/// the field names can change with time (a subkey expiring), and a reloaded
+/// configuration makes a new [`Outbound`].
+const AUTOCRYPT_FIELD_TTL: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// The Autocrypt header field of each identity (by certificate, address and
+/// `prefer-encrypt=mutual`): making one minimises and serializes the certificate, a
+/// few percent of the CPU a message costs, the same every time.
+#[derive(Default)]
+pub struct AutocryptFields(std::sync::Mutex<HashMap<(String, String, bool), AutocryptField>>);
+
+type AutocryptField = (std::time::Instant, Option<Arc<str>>);
+
+impl AutocryptFields {
+    fn get(&self, id: &LoadedIdentity, mutual: bool) -> Option<Arc<str>> {
+        let key = (id.cert.fingerprint().to_hex(), id.address.clone(), mutual);
+        let now = std::time::Instant::now();
+        let mut fields = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((made, field)) = fields.get(&key) {
+            if now.duration_since(*made) < AUTOCRYPT_FIELD_TTL {
+                return field.clone();
+            }
+        }
+        let field: Option<Arc<str>> =
+            crate::keys::autocrypt::header_field(&id.cert, &id.address, mutual).map(Arc::from);
+        fields.insert(key, (now, field.clone()));
+        field
+    }
 }
 
 /// Keys found for recipients, by normalised address, with what vouches for them.
@@ -247,7 +279,7 @@ impl Outbound {
         // Autocrypt Level 1 §2.1: announce the sender's key, unless the client does.
         let autocrypt_field = match (self.autocrypt, identity) {
             (Some(mutual), Some(id)) if !mime::fields(header).iter().any(|f| f.is("Autocrypt")) => {
-                crate::keys::autocrypt::header_field(&id.cert, &id.address, mutual)
+                self.autocrypt_fields.get(id, mutual)
             }
             _ => None,
         };
@@ -439,6 +471,7 @@ mod tests {
             store: Arc::new(store),
             identities: Vec::new(),
             autocrypt: None,
+            autocrypt_fields: Default::default(),
             policy: PolicyConfig {
                 default,
                 rules: vec![PolicyRule {

@@ -9,7 +9,7 @@ mod common;
 
 use common::listeners::{wait_for_bound, Listener};
 use common::proxy::{sealpost_bin, sealpost_cmd};
-use common::{free_port, run_python, Dovecot, Sink, SinkMode, TestCa};
+use common::{run_python, Dovecot, Sink, SinkMode, TestCa};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -116,51 +116,66 @@ fn client(kind: &str, port: u16, ca: &TestCa) -> (String, u16) {
 
 /// HAProxy with `cfg` (the README's, backends filled in), its frontends on 127.0.0.1;
 /// returns it and the SMTP and IMAP frontend ports. HAProxy refuses `bind 127.0.0.1:0`,
-/// so these are free_port() picks, picked again (three tries) when HAProxy exits because
-/// another process took one before its bind.
+/// so its frontends take sockets bound to ports the kernel picked, handed to it as
+/// descriptors 3 and 4 (`bind fd@3`, see `common::child::spawn_on_listeners`).
 fn start_haproxy(dir: &Path, cfg: &str) -> (Running, u16, u16) {
-    let mut last = String::new();
-    for attempt in 1..=3 {
-        let (smtp, imap) = (free_port(), free_port());
-        let cfg = cfg
-            .replace("bind :587", &format!("bind 127.0.0.1:{smtp}"))
-            .replace("bind :143", &format!("bind 127.0.0.1:{imap}"));
-        let cfg_path = dir.join(format!("haproxy-{attempt}.cfg"));
-        std::fs::write(&cfg_path, &cfg).unwrap();
-        let check = Command::new("haproxy")
-            .arg("-c")
-            .arg("-f")
-            .arg(&cfg_path)
-            .output()
-            .expect("run haproxy (Debian package haproxy; scripts/deps.sh test installs it)");
-        assert!(
-            check.status.success(),
-            "haproxy -c: {}{}",
-            String::from_utf8_lossy(&check.stdout),
-            String::from_utf8_lossy(&check.stderr)
-        );
-        let mut haproxy = Running::spawn(
-            Command::new("haproxy").arg("-db").arg("-f").arg(&cfg_path),
-            dir.join(format!("haproxy-{attempt}.log")),
-        );
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let listening = |port| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
-        loop {
-            if let Some(status) = haproxy.child.try_wait().unwrap() {
-                last = format!("HAProxy exited ({status}):\n{}", haproxy.log());
-                break;
-            }
-            if listening(smtp) && listening(imap) {
-                return (haproxy, smtp, imap);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "HAProxy did not listen on {smtp} and {imap} within 10 s"
-            );
-            std::thread::sleep(Duration::from_millis(50));
+    let cfg = cfg
+        .replace("bind :587", "bind fd@3")
+        .replace("bind :143", "bind fd@4");
+    let cfg_path = dir.join("haproxy.cfg");
+    std::fs::write(&cfg_path, &cfg).unwrap();
+    // The check opens the descriptors too: it runs on sockets of its own.
+    let check_log = dir.join("haproxy-check.log");
+    let (mut check, _) = common::child::spawn_on_listeners(
+        2,
+        Path::new("/usr/sbin/haproxy"),
+        &["-c".as_ref(), "-f".as_ref(), cfg_path.as_os_str()],
+        &check_log,
+        |_| {},
+    )
+    .expect("run haproxy (Debian package haproxy; scripts/deps.sh test installs it)");
+    let checked = check.wait().unwrap();
+    assert!(
+        checked.success(),
+        "haproxy -c: {}",
+        std::fs::read_to_string(&check_log).unwrap_or_default()
+    );
+    let log = dir.join("haproxy.log");
+    let (child, ports) = common::child::spawn_on_listeners(
+        2,
+        Path::new("/usr/sbin/haproxy"),
+        &["-db".as_ref(), "-f".as_ref(), cfg_path.as_os_str()],
+        &log,
+        |_| {},
+    )
+    .unwrap_or_else(|e| panic!("HAProxy did not start: {e}"));
+    let mut haproxy = Running { child, log };
+    let (smtp, imap) = (ports[0], ports[1]);
+    // Accepting is not enough (the sockets listen before HAProxy runs): a frontend
+    // answers with its backend's greeting once HAProxy serves it.
+    let greets = |port| {
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+        let mut b = [0u8; 1];
+        matches!(s.read(&mut b), Ok(1))
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = haproxy.child.try_wait().unwrap() {
+            panic!("HAProxy exited ({status}):\n{}", haproxy.log());
         }
+        if greets(smtp) && greets(imap) {
+            return (haproxy, smtp, imap);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "HAProxy did not serve {smtp} and {imap} within 10 s:\n{}",
+            haproxy.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
-    panic!("HAProxy did not start in three tries; the last: {last}");
 }
 
 fn wait_until(what: &str, timeout: Duration, f: impl Fn() -> bool) {

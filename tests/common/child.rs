@@ -87,3 +87,64 @@ pub fn listening_ports(pid: u32) -> Vec<u16> {
         .filter_map(|(_, inode)| listening.get(inode).copied())
         .collect()
 }
+
+/// Starts `program` with `args` on `count` listening TCP sockets on 127.0.0.1, bound to
+/// ports the kernel picked, as its descriptors 3, 4, ... (`tests/support/listen_fds.py`
+/// binds them, and sets LISTEN_FDS and LISTEN_PID for servers that take sockets by
+/// systemd's socket activation). `configure` gets the ports before the program starts,
+/// to write its config; stdout and stderr go to `log`. No port is ever free between
+/// being picked and being listened on, so parallel tests never race for one.
+pub fn spawn_on_listeners(
+    count: usize,
+    program: &std::path::Path,
+    args: &[&std::ffi::OsStr],
+    log: &std::path::Path,
+    configure: impl FnOnce(&[u16]),
+) -> Result<(Child, Vec<u16>), String> {
+    use std::io::Write;
+    let ports_path = log.with_extension("ports");
+    let out = std::fs::File::create(log).map_err(|e| format!("create {}: {e}", log.display()))?;
+    let err = out.try_clone().map_err(|e| e.to_string())?;
+    let mut child = Command::new(super::net::PYTHON)
+        .arg(super::support_file("listen_fds.py"))
+        .arg(&ports_path)
+        .arg(count.to_string())
+        .arg("--")
+        .arg(program)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .map_err(|e| format!("spawn {} listen_fds.py: {e}", super::net::PYTHON))?;
+    let log_text = || std::fs::read_to_string(log).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let ports = loop {
+        let read = std::fs::read_to_string(&ports_path).unwrap_or_default();
+        let ports: Vec<u16> = read
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        if ports.len() == count {
+            break ports;
+        }
+        if let Ok(Some(st)) = child.try_wait() {
+            return Err(format!("listen_fds.py exited ({st}):\n{}", log_text()));
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("no ports from listen_fds.py:\n{}", log_text()));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    configure(&ports);
+    // Go: the program's config names the ports now.
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    if let Err(e) = stdin.write_all(b"go\n") {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(format!("listen_fds.py gone: {e}\n{}", log_text()));
+    }
+    Ok((child, ports))
+}

@@ -618,27 +618,9 @@ fn spawn_and_wait(
     extra_conf: &str,
     first_user: (&str, &str),
 ) -> Result<(Child, (u16, u16), PathBuf), String> {
-    use std::io::Write;
     let stderr_path = dir.join("dovecot.stderr");
     let log_path = dir.join("dovecot.log");
-    let ports_path = dir.join("dovecot.ports");
     let config_path = dir.join("dovecot.conf");
-    let out = std::fs::File::create(&stderr_path).expect("create dovecot.stderr");
-    let err = out.try_clone().expect("dup file");
-    let mut child = Command::new(super::net::PYTHON)
-        .arg(super::support_file("listen_fds.py"))
-        .arg(&ports_path)
-        .arg("2")
-        .arg("--")
-        .arg(dovecot_bin())
-        .arg("-F")
-        .arg("-c")
-        .arg(&config_path)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::from(out))
-        .stderr(Stdio::from(err))
-        .spawn()
-        .map_err(|e| format!("spawn {} listen_fds.py: {e}", super::net::PYTHON))?;
     let logs = || {
         format!(
             "--- stderr:\n{}--- log:\n{}",
@@ -646,41 +628,22 @@ fn spawn_and_wait(
             std::fs::read_to_string(&log_path).unwrap_or_default()
         )
     };
+    let mut config = PathBuf::new();
+    let (mut child, ports) = super::child::spawn_on_listeners(
+        2,
+        Path::new(dovecot_bin()),
+        &["-F".as_ref(), "-c".as_ref(), config_path.as_os_str()],
+        &stderr_path,
+        |ports| config = write_config(dir, ca, users, (ports[0], ports[1]), extra_conf),
+    )?;
+    assert_eq!(config, config_path);
+    let ports = (ports[0], ports[1]);
     let deadline = Instant::now() + Duration::from_secs(30);
     let give_up = |child: &mut Child, why: String| {
         let _ = child.kill();
         let _ = child.wait();
         Err(why)
     };
-    let ports = loop {
-        if let Some(ports) = std::fs::read_to_string(&ports_path).ok().and_then(|t| {
-            let p: Vec<u16> = t
-                .split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .collect();
-            (p.len() == 2).then(|| (p[0], p[1]))
-        }) {
-            break ports;
-        }
-        if let Ok(Some(st)) = child.try_wait() {
-            return Err(format!("listen_fds.py exited ({st}):\n{}", logs()));
-        }
-        if Instant::now() >= deadline {
-            return give_up(
-                &mut child,
-                format!("no ports from listen_fds.py:\n{}", logs()),
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let config = write_config(dir, ca, users, ports, extra_conf);
-    assert_eq!(config, config_path);
-    // Go: the config names the ports now.
-    let mut stdin = child.stdin.take().expect("piped stdin");
-    if let Err(e) = stdin.write_all(b"go\n") {
-        return give_up(&mut child, format!("listen_fds.py gone: {e}\n{}", logs()));
-    }
-    drop(stdin);
     let mut last = String::new();
     loop {
         if let Ok(Some(st)) = child.try_wait() {

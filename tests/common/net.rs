@@ -33,10 +33,14 @@ fn seed() -> u64 {
 /// A currently free TCP port on 127.0.0.1. Never returns the same port twice
 /// within one test process (tests run in parallel threads).
 ///
-/// Only for what cannot listen on port 0 and say which port it got (Dovecot, PostgreSQL
-/// and HAProxy refuse port 0) and for a port where nothing must listen: another process
-/// can still take the port before the server's bind, so their starts retry with another
-/// pick. sealpost, the SMTP sink and the key server bind port 0 and report their ports.
+/// Only for what can neither listen on port 0 nor take a listening socket handed to it
+/// (Postfix: its master looks a service's port up by name, and "0" names none;
+/// PostgreSQL and HAProxy refuse port 0), and for a port where nothing must listen:
+/// another process can still take the port before the server's bind, so their starts
+/// retry with another pick. sealpost, the SMTP sink and the key server bind port 0 and
+/// report their ports; Cyrus listens on port 0 and its ports are read off its sockets;
+/// Dovecot takes sockets bound to port 0 by systemd's socket activation
+/// (`tests/support/listen_fds.py`).
 ///
 /// Ports are taken at random from *below* the kernel's ephemeral range
 /// (10000..low), so that the source port of a concurrent outgoing connection

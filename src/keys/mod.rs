@@ -87,6 +87,10 @@ struct StoreState {
 struct Snapshot {
     certs: Arc<Vec<Cert>>,
     believed: Arc<Vec<crate::trust::Believed>>,
+    /// The positions in `certs` of the certificates with a user ID (valid or not) whose
+    /// address is the key, normalised, in order: a lookup checks those, not every
+    /// certificate of a gateway's store.
+    by_address: Arc<HashMap<String, Vec<usize>>>,
 }
 
 impl KeyStore {
@@ -406,9 +410,21 @@ impl KeyStore {
                 }
             })
             .collect();
+        let mut by_address: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, c) in certs.iter().enumerate() {
+            for ua in c.userids() {
+                if let Ok(Some(email)) = ua.userid().email() {
+                    let at = by_address.entry(normalize_address(email)).or_default();
+                    if at.last() != Some(&i) {
+                        at.push(i);
+                    }
+                }
+            }
+        }
         let s = Snapshot {
             certs: Arc::new(certs),
             believed: Arc::new(believed),
+            by_address: Arc::new(by_address),
         };
         state.snapshot = Some(s.clone());
         Ok(s)
@@ -477,7 +493,12 @@ impl KeyStore {
         let state = self.lock();
         let mut certs = Vec::new();
         let mut best: Option<crate::trust::Vouch> = None;
-        for c in snapshot.certs.iter() {
+        // Only a certificate with a user ID of this address can be usable for it.
+        let candidates = snapshot
+            .by_address
+            .get(&wanted)
+            .map_or(&[][..], Vec::as_slice);
+        for c in candidates.iter().map(|&i| &snapshot.certs[i]) {
             let fpr = c.fingerprint().to_hex().to_lowercase();
             let vouch = match state.provenance.get(&fpr) {
                 Some(p) => p.vouch_for(&wanted),
@@ -802,6 +823,36 @@ pub(crate) mod tests {
         assert!(store.lookup("bobby@example.org").unwrap().is_empty());
         // The store holds no secret key material.
         assert!(!store.certs().unwrap()[0].is_tsk());
+    }
+
+    /// A lookup checks only the certificates with a user ID of the address (the
+    /// snapshot's index), and finds every one of them, whichever user ID names it.
+    #[test]
+    fn a_lookup_finds_every_certificate_of_the_address_and_no_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::open(dir.path()).unwrap();
+        let (two, _) = CertBuilder::general_purpose(Some("Carol <carol@example.org>"))
+            .add_userid("Carol Work <Carol@Work.Example>")
+            .generate()
+            .unwrap();
+        for cert in [
+            make_cert("Bob <bob@example.org>"),
+            make_cert("Bob again <bob@example.org>"),
+            make_cert("Dave <dave@example.org>"),
+            two.clone(),
+        ] {
+            store
+                .import(&cert.armored().to_vec().unwrap(), "t.asc")
+                .unwrap();
+        }
+        assert_eq!(store.lookup("bob@example.org").unwrap().len(), 2);
+        assert_eq!(store.lookup("DAVE@example.org").unwrap().len(), 1);
+        for carol in ["carol@example.org", "carol@work.example"] {
+            let found = store.lookup(carol).unwrap();
+            assert_eq!(found.len(), 1, "{carol}");
+            assert_eq!(found[0].fingerprint(), two.fingerprint());
+        }
+        assert!(store.lookup("eve@example.org").unwrap().is_empty());
     }
 
     #[test]

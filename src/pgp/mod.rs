@@ -50,11 +50,18 @@ pub fn is_encrypted(raw: &[u8]) -> bool {
 }
 
 /// Does a line of `body` start with the armor's BEGIN line, after white space? (Found
-/// with a substring search, not line by line: every message sent is asked this.)
+/// with a substring search, not line by line: every message sent is asked this.) Only
+/// the white space right before a match is looked at, which no two matches share, so a
+/// long line full of matches costs what its length does.
 fn has_armor_line(body: &[u8]) -> bool {
     memchr::memmem::find_iter(body, ARMOR_BEGIN).any(|at| {
-        let line = memchr::memrchr(b'\n', &body[..at]).map_or(0, |nl| nl + 1);
-        body[line..at].iter().all(u8::is_ascii_whitespace)
+        matches!(
+            body[..at]
+                .iter()
+                .rev()
+                .find(|&&b| b == b'\n' || !b.is_ascii_whitespace()),
+            None | Some(b'\n')
+        )
     })
 }
 
@@ -455,7 +462,18 @@ mod tests {
                 "{body:?}"
             );
         }
+        // One long line of matches, none at its start (a search that looked back over
+        // the whole line for each match took minutes on a message ten times this size).
+        let mut line = b"x".to_vec();
+        while line.len() < 4 << 20 {
+            line.extend_from_slice(ARMOR_BEGIN);
+        }
+        assert!(!has_armor_line(&line));
+        line.extend_from_slice(b"\n \t");
+        line.extend_from_slice(ARMOR_BEGIN);
+        assert!(has_armor_line(&line));
     }
+
     use crate::keys::tests::make_cert;
     use openpgp::serialize::stream::Armorer;
 

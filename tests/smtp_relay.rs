@@ -226,6 +226,45 @@ fn opportunistic_sends_plain_to_recipients_without_keys() {
     gpg_decrypt("bob", &armored(&enc.data)).assert_decrypted_signed_by("alice");
 }
 
+/// A bare CR before a dot (`<CR>.<CR><LF>`) ends the data at a server that takes a
+/// bare CR for a line end, and what follows runs there as commands of sealpost's own
+/// session (SMTP smuggling: here a second transaction past the policy). Every line end
+/// reaches upstream as CRLF, so the dot is doubled and the data ends only at its end.
+#[test]
+fn a_bare_cr_never_reaches_upstream_so_nothing_can_be_smuggled() {
+    let ca = TestCa::shared();
+    let sink = Sink::start(ca, SinkMode::Tls);
+    let proxy = Proxy::start(ca, &ProxyOptions::new(sink.port));
+    let body = "first\r.\r\nMAIL FROM:<alice@example.com>\r\nRCPT TO:<dave@example.net>\r\nDATA\r\nsmuggled\r\n\r.\r\nlast\rline\r\n";
+    let msg = message("carol@example.org", "", "Bare CR", body);
+    let r = submit(
+        &proxy,
+        ca,
+        "alice@example.com",
+        &["carol@example.org"],
+        &msg,
+    );
+    assert!(r.ok, "{r:?}");
+    let got = sink.wait_for_messages(1, WAIT);
+    assert_eq!(got.len(), 1);
+    let data = &got[0].data;
+    for (i, &b) in data.iter().enumerate() {
+        assert!(
+            b != b'\r' || data.get(i + 1) == Some(&b'\n'),
+            "a bare CR reached upstream at {i}: {:?}",
+            String::from_utf8_lossy(data)
+        );
+    }
+    let text = got[0].text();
+    assert!(
+        text.contains("first\r\n.\r\nMAIL FROM:<alice@example.com>\r\n")
+            && text.contains("smuggled\r\n\r\n.\r\nlast\r\nline\r\n"),
+        "{text}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(sink.messages().len(), 1, "a second message was smuggled");
+}
+
 #[test]
 fn require_policy_refuses_and_nothing_leaves() {
     let ca = TestCa::shared();

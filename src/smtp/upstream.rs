@@ -395,12 +395,29 @@ impl Upstream {
 pub struct DotStuffer {
     started: bool,
     prev: u8,
+    /// The chunk ended in a CR: whether an LF follows is for the next one to say.
+    cr_pending: bool,
 }
 
 impl DotStuffer {
+    /// Every line end becomes CRLF, a bare CR or a bare LF too (RFC 5321 §2.3.8 allows
+    /// no other), and a line's leading dot is doubled. A bare CR passed on would end a
+    /// line, and with `<CR>.<CR><LF>` the message, at a server that reads it so (SMTP
+    /// smuggling): what came after would run there as commands of this session.
     pub fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(chunk.len() + chunk.len() / 32 + 4);
         let mut rest = chunk;
+        if self.cr_pending {
+            let Some(&first) = rest.first() else {
+                return out;
+            };
+            self.cr_pending = false;
+            out.extend_from_slice(b"\r\n");
+            self.prev = b'\n';
+            if first == b'\n' {
+                rest = &rest[1..];
+            }
+        }
         // A line at a time (or the piece of one this chunk holds): each step starts at
         // a line's start or at the chunk's.
         while let Some(&first) = rest.first() {
@@ -408,30 +425,30 @@ impl DotStuffer {
                 out.push(b'.');
             }
             self.started = true;
-            match memchr::memchr(b'\n', rest) {
-                Some(i) => {
-                    let before = if i > 0 { rest[i - 1] } else { self.prev };
-                    out.extend_from_slice(&rest[..i]);
-                    if before != b'\r' {
-                        out.push(b'\r');
-                    }
-                    out.push(b'\n');
-                    self.prev = b'\n';
-                    rest = &rest[i + 1..];
+            let Some(i) = memchr::memchr2(b'\r', b'\n', rest) else {
+                out.extend_from_slice(rest);
+                self.prev = rest[rest.len() - 1];
+                break;
+            };
+            out.extend_from_slice(&rest[..i]);
+            let end = match (rest[i], rest.get(i + 1)) {
+                (b'\r', Some(b'\n')) => i + 2,
+                (b'\r', None) => {
+                    self.cr_pending = true;
+                    break;
                 }
-                None => {
-                    out.extend_from_slice(rest);
-                    self.prev = rest[rest.len() - 1];
-                    rest = &[];
-                }
-            }
+                _ => i + 1,
+            };
+            out.extend_from_slice(b"\r\n");
+            self.prev = b'\n';
+            rest = &rest[end..];
         }
         out
     }
 
     pub fn finish(self) -> Vec<u8> {
         let mut out = Vec::new();
-        if self.started && self.prev != b'\n' {
+        if self.cr_pending || (self.started && self.prev != b'\n') {
             out.extend_from_slice(b"\r\n");
         }
         out.extend_from_slice(b".\r\n");
@@ -568,32 +585,46 @@ mod tests {
         .expect("no deadlock");
     }
 
-    /// The stuffer a byte at a time, as RFC 5321 §4.5.2 reads.
+    /// The stuffer a byte at a time, with the whole message in view: CRLF, a bare CR
+    /// and a bare LF each end a line and become CRLF, and a line's leading dot is
+    /// doubled (RFC 5321 §2.3.8, §4.5.2); then the end of the data.
     fn stuffed_bytewise(data: &[u8]) -> Vec<u8> {
-        let (mut out, mut prev, mut started) = (Vec::new(), 0u8, false);
-        for &b in data {
-            if (!started || prev == b'\n') && b == b'.' {
+        let (mut out, mut line_start, mut i) = (Vec::new(), true, 0);
+        while i < data.len() {
+            let b = data[i];
+            if line_start && b == b'.' {
                 out.push(b'.');
             }
-            if b == b'\n' && prev != b'\r' {
-                out.push(b'\r');
+            line_start = b == b'\r' || b == b'\n';
+            if line_start {
+                out.extend_from_slice(b"\r\n");
+                if b == b'\r' && data.get(i + 1) == Some(&b'\n') {
+                    i += 1;
+                }
+            } else {
+                out.push(b);
             }
-            out.push(b);
-            prev = b;
-            started = true;
+            i += 1;
         }
+        if !data.is_empty() && !line_start {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b".\r\n");
         out
     }
 
     #[test]
     fn stuffing_is_the_same_in_any_pieces() {
-        let samples: [&[u8]; 6] = [
+        let samples: [&[u8]; 9] = [
             b".a\n..b\r\n.\r\nc.\n\n.\r\r\n.",
             b"\n\n\n...\n",
             b"\r\n.\r\n",
             b"no line end at all",
             b"",
             b".",
+            b"smuggle\r.\r\nMAIL FROM:<x@y>\r\n",
+            b"bare\r\r\r.\n.\r",
+            b"\r",
         ];
         for data in samples {
             let want = stuffed_bytewise(data);
@@ -603,10 +634,28 @@ mod tests {
                     let mut got = s.push(&data[..cut]);
                     got.extend(s.push(&data[cut..cut2]));
                     got.extend(s.push(&data[cut2..]));
+                    got.extend(s.finish());
                     assert_eq!(got, want, "{data:?} cut at {cut} and {cut2}");
                 }
             }
         }
+    }
+
+    /// No line of the data sent ends otherwise than in CRLF, so `.` alone on a line
+    /// ends it only where the message ends, whatever a server takes for a line end.
+    #[test]
+    fn no_bare_cr_or_lf_reaches_the_server() {
+        let data = dot_stuff(b"a\rb\nc\r.\r\nQUIT\r\n\r.\n.\r");
+        for (i, &b) in data.iter().enumerate() {
+            match b {
+                b'\r' => assert_eq!(data.get(i + 1), Some(&b'\n'), "{data:?} at {i}"),
+                b'\n' => assert_eq!(data[i - 1], b'\r', "{data:?} at {i}"),
+                _ => {}
+            }
+        }
+        assert!(data.ends_with(b"\r\n.\r\n"));
+        let ends = data.windows(5).filter(|w| w == b"\r\n.\r\n").count();
+        assert_eq!(ends, 1, "{data:?}");
     }
 
     #[test]

@@ -81,7 +81,16 @@ struct StoreState {
     provenance: std::collections::BTreeMap<String, provenance::Provenance>,
     /// Rebuilt after any change of `files` or `provenance`.
     snapshot: Option<Snapshot>,
+    /// When the store's tag was last read (see [`TAG_PROBE_INTERVAL`]); `None` after a
+    /// change made here.
+    probed: Option<std::time::Instant>,
 }
+
+/// How long the store's tag, once read, is taken as current. Reading it stats every
+/// sub-directory of the cert-d (256 of them in a gateway's store) and every message
+/// looks keys up several times; a certificate another process adds is seen this much
+/// later, one added here at once.
+const TAG_PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
 
 #[derive(Clone)]
 struct Snapshot {
@@ -341,6 +350,8 @@ impl KeyStore {
                 Ok(MergeResult::Data(merged.to_vec()?))
             })
             .map_err(|e| store_err(e.to_string()))?;
+        // Seen by the next lookup here, not only after TAG_PROBE_INTERVAL.
+        self.lock().probed = None;
         Ok(Imported {
             fingerprint,
             user_ids,
@@ -351,8 +362,18 @@ impl KeyStore {
     /// The current snapshot: files whose cert-d tag changed are parsed again, the others
     /// kept, so a busy gateway's store is not re-read whole after each discovered key.
     fn snapshot(&self) -> Result<Snapshot, KeyError> {
+        {
+            let state = self.lock();
+            if let (Some(s), Some(at)) = (&state.snapshot, state.probed) {
+                if at.elapsed() < TAG_PROBE_INTERVAL {
+                    return Ok(s.clone());
+                }
+            }
+        }
+        let probed = std::time::Instant::now();
         let tag = self.certd.tag();
         let mut state = self.lock();
+        state.probed = Some(probed);
         if state.tag != Some(tag) {
             let store_err = |message: String| KeyError::Store {
                 dir: self.dir.clone(),
@@ -458,6 +479,7 @@ impl KeyStore {
                 let mut state = self.lock();
                 // Make the change visible even if the store's tag did not move.
                 state.tag = None;
+                state.probed = None;
                 self.change_provenance(&mut state, &fpr, |_| None)?;
                 Ok(true)
             }

@@ -6,6 +6,9 @@
 //!
 //! * (a) 100 x 20 KiB messages to bob submitted to sealpost (STARTTLS + AUTH), which
 //!   encrypts to bob, signs as alice and relays to the sink;
+//! * (a') the same through a second sealpost whose key store also holds 2,000 other
+//!   people's certificates, as a company gateway's does (a lookup must not check them
+//!   all);
 //! * (b) the same messages submitted directly to the sink (no encryption);
 //! * (c) what gpg-based gateways do: one `gpg --encrypt --sign --armor -r bob`
 //!   subprocess per message (alice signing), the result wrapped as PGP/MIME and
@@ -15,7 +18,7 @@
 //! * (f) 2,000 messages over 20 parallel sessions through sealpost against directly:
 //!   throughput, each message arriving exactly once, sealpost's RSS across the run.
 //!
-//! (a)-(c) run in 3 interleaved rounds (b, a, c) and medians are reported, so that
+//! (a)-(c) run in 3 interleaved rounds (b, a, a', c) and medians are reported, so that
 //! load from other processes on the machine spreads over all three paths.
 //!
 //! Needs the `sealpost` binary: `cargo build --release --bin sealpost` (cargo bench
@@ -41,6 +44,8 @@ const MSG_SIZE: usize = 20 * 1024;
 const WARMUP: usize = 2;
 /// Interleaved rounds of (b), (a), (c); medians are reported.
 const ROUNDS: usize = 3;
+/// Certificates of other people in the key store of path (a') (a company gateway's).
+const STORE_CERTS: usize = 2000;
 const BIG_SIZE: usize = 25 * 1024 * 1024;
 const FROM: &str = "alice@example.com";
 const TO: &str = "bob@example.org";
@@ -327,6 +332,20 @@ async fn timed_session(
     Ok(elapsed)
 }
 
+/// `n` certificates of other people (`<person{i}@many.example>`), one keyring.
+fn many_certs(n: usize) -> Vec<u8> {
+    use sequoia_openpgp::cert::CertBuilder;
+    use sequoia_openpgp::serialize::Serialize;
+    let mut out = Vec::new();
+    for i in 0..n {
+        let (cert, _) = CertBuilder::general_purpose(Some(format!("<person{i}@many.example>")))
+            .generate()
+            .expect("generate a certificate");
+        cert.serialize(&mut out).expect("serialize a certificate");
+    }
+    out
+}
+
 fn main() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -373,6 +392,19 @@ async fn run() {
         .map(|i| dot_stuff(&Msg::new(2000 + i, MSG_SIZE, &mut rng).gpg_gateway()))
         .collect();
     let (mut direct, mut sealpost, mut gpg) = (Vec::new(), Vec::new(), Vec::new());
+    // (a') the same sealpost with a gateway's key store: bob and STORE_CERTS others.
+    let t0 = Instant::now();
+    let many_dir = common::tempdir();
+    let many = many_dir.path().join("many.pgp");
+    std::fs::write(&many, many_certs(STORE_CERTS)).unwrap();
+    let mut opts_many = ProxyOptions::new(sink.port);
+    opts_many.import = vec![kr.bob().pub_asc.clone(), many];
+    let proxy_many = BenchProxy::start(&bin, ca, &opts_many);
+    println!(
+        "(a') has {STORE_CERTS} more certificates in its key store (made and imported in {})",
+        secs(t0.elapsed())
+    );
+    let mut sealpost_many = Vec::new();
     let (mut encrypted_size, mut gpg_size) = (0, 0);
     for round in 0..ROUNDS {
         // (b) direct, plain.
@@ -406,6 +438,22 @@ async fn run() {
             encrypted_size = sample.data.len();
         }
 
+        // (a') through sealpost with the large key store.
+        let t = timed_session(proxy_many.smtp_port, Security::StartTls, ca, &warm, |i| {
+            stuffed[i].clone()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("submission to sealpost failed: {e}\n{}", proxy_many.log()));
+        sealpost_many.push(t);
+        expected += WARMUP + N;
+        let got = sink.wait_for_messages(expected, Duration::from_secs(30));
+        assert_eq!(
+            got.len(),
+            expected,
+            "one copy per message through sealpost (a')"
+        );
+        assert!(got[expected - 1].text().contains("multipart/encrypted"));
+
         // (c) gpg subprocess per message, then direct submission.
         let first = expected + WARMUP;
         let t = timed_session(sink.port, Security::Implicit, ca, &warm_gpg, |i| {
@@ -427,7 +475,7 @@ async fn run() {
     let rate = |d: Duration| N as f64 / d.as_secs_f64();
     let (md, ms, mg) = (median(&direct), median(&sealpost), median(&gpg));
     println!(
-        "throughput, {N} messages per session, {ROUNDS} interleaved rounds (b, a, c), median:"
+        "throughput, {N} messages per session, {ROUNDS} interleaved rounds (b, a, a', c), median:"
     );
     println!(
         "  {:<50} {:>9} {:>8}   all rounds (msgs/s)",
@@ -435,6 +483,10 @@ async fn run() {
     );
     for (label, v) in [
         ("(a) client -> sealpost (encrypt+sign) -> sink", &sealpost),
+        (
+            "(a') the same, 2,000 more certificates in the store",
+            &sealpost_many,
+        ),
         ("(b) client -> sink directly (no encryption)", &direct),
         ("(c) gpg --encrypt --sign subprocess, then -> sink", &gpg),
     ] {
@@ -465,12 +517,20 @@ async fn run() {
         per_round(&sealpost, &direct),
         (ms.as_secs_f64() - md.as_secs_f64()) * 1000.0 / N as f64
     );
+    let mm = median(&sealpost_many);
+    println!(
+        "  large store / small store = {:.3}  [{}]  (the large store adds {:.2} ms per message)",
+        rate(mm) / rate(ms),
+        per_round(&sealpost_many, &sealpost),
+        (mm.as_secs_f64() - ms.as_secs_f64()) * 1000.0 / N as f64
+    );
     println!(
         "  sealpost / gpg-subprocess = {:.3}  [{}]",
         rate(ms) / rate(mg),
         per_round(&sealpost, &gpg)
     );
     drop(proxy);
+    drop(proxy_many);
 
     // (d) peak memory while relaying one big message, in a fresh process.
     let mut opts = ProxyOptions::new(sink.port);

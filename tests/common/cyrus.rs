@@ -227,8 +227,8 @@ tls_server_key: {key}
     }
 }
 
-/// Waits for the plain listener's greeting and for the TLS listener to accept.
-/// The imap and imaps ports the master bound (it opens them in config order).
+/// The imap and imaps ports the master bound (it opens them in config order; should
+/// that change, `wait_ready` fails at once, as no greeting comes on the imap port).
 fn bound_ports(child: &mut Option<Child>, within: Duration) -> Result<(u16, u16), String> {
     let deadline = Instant::now() + within;
     loop {
@@ -250,6 +250,7 @@ fn bound_ports(child: &mut Option<Child>, within: Duration) -> Result<(u16, u16)
     }
 }
 
+/// Waits for the plain listener's greeting and for the TLS listener to accept.
 fn wait_ready(
     child: &mut Option<Child>,
     ports: (u16, u16),

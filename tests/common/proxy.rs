@@ -207,7 +207,6 @@ impl Proxy {
         config.insert("tls".into(), tls.into());
         config.insert("account".into(), vec![toml::Value::Table(account)].into());
         config.insert("keys".into(), keys.into());
-        merge(&mut config, keys_extra);
         config.insert("policy".into(), policy.into());
         config.insert("imap".into(), imap.into());
         if opts.alice_identity {
@@ -221,6 +220,7 @@ impl Proxy {
             }
             config.insert("identity".into(), vec![toml::Value::Table(alice)].into());
         }
+        merge(&mut config, keys_extra);
         merge(&mut config, fragment("extra", &opts.extra));
         let toml = toml::to_string(&config).expect("serialize the test config");
         let path = dir.join("sealpost.toml");
@@ -369,12 +369,18 @@ impl Drop for Proxy {
 /// Merges the TOML fragment `from` into `into`: tables key by key, arrays of tables
 /// appended (another `[[account]]`, `[[policy.rule]]`, `[[identity]]`), and a table given
 /// for an array of tables merged into its last element (`[account.imap]` after
-/// `[[account]]`, as TOML reads it in one file); any other value replaces the one before.
+/// `[[account]]`, as TOML reads it in one file); any other value (a list such as
+/// `discover` too) replaces the one before.
 fn merge(into: &mut toml::Table, from: toml::Table) {
+    let tables = |a: &[toml::Value]| !a.is_empty() && a.iter().all(toml::Value::is_table);
     for (key, value) in from {
         match (into.get_mut(&key), value) {
             (Some(toml::Value::Table(old)), toml::Value::Table(new)) => merge(old, new),
-            (Some(toml::Value::Array(old)), toml::Value::Array(new)) => old.extend(new),
+            (Some(toml::Value::Array(old)), toml::Value::Array(new))
+                if tables(old) && tables(&new) =>
+            {
+                old.extend(new)
+            }
             (Some(toml::Value::Array(old)), toml::Value::Table(new)) => match old.last_mut() {
                 Some(toml::Value::Table(last)) => merge(last, new),
                 _ => old.push(toml::Value::Table(new)),

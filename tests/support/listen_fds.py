@@ -5,8 +5,8 @@ between being chosen and being listened on, so parallel tests never race for one
     listen_fds.py PORTS_FILE N -- COMMAND ARGS...
 
 Binds N TCP sockets on 127.0.0.1 port 0 and listens on them, writes their ports (one
-line, space-separated, in order) to PORTS_FILE, then waits for a line on stdin (the
-caller writes the server's config naming those ports meanwhile) and executes COMMAND
+line, space-separated, in order) to PORTS_FILE, then waits for the line "go" on stdin
+(the caller writes the server's config naming those ports meanwhile) and executes COMMAND
 with the sockets as descriptors 3, 4, ... and LISTEN_FDS / LISTEN_PID set. The process
 keeps its PID across exec, which LISTEN_PID names.
 """
@@ -33,7 +33,9 @@ def main() -> None:
     with open(tmp, "w") as f:
         f.write(" ".join(str(s.getsockname()[1]) for s in sockets) + "\n")
     os.rename(tmp, ports_file)
-    sys.stdin.readline()
+    if sys.stdin.readline() != "go\n":
+        # The caller gave up (its end of the pipe closed): no server without a config.
+        sys.exit("listen_fds.py: no go from the caller")
     # Out of the way of 3, 4, ... first, then into place, inheritable.
     high = [fcntl.fcntl(s.fileno(), fcntl.F_DUPFD_CLOEXEC, 64) for s in sockets]
     for s in sockets:

@@ -144,6 +144,11 @@ impl Job for FetchJob {
 }
 
 /// The UID of a FETCH response, from its items.
+/// Is `frame` the start of a continuation request (`+ ...`, RFC 3501 §7.5)?
+pub fn is_continuation(frame: &Frame) -> bool {
+    matches!(frame, Frame::Line { bytes, first: true, .. } if bytes.starts_with(b"+"))
+}
+
 pub fn item_uid(items: &[MessageDataItem<'_>]) -> Option<u32> {
     items.iter().find_map(|i| match i {
         MessageDataItem::Uid(u) => Some(u.get()),
@@ -645,6 +650,14 @@ impl FetchJob {
         complete: bool,
         ctx: &ImapContext,
     ) -> (Vec<JobOutput>, bool) {
+        if is_continuation(frame) {
+            // No command of this job carries a literal, and the client's commands wait
+            // until it ends: a `+` now asks for nothing. Relayed, it would tell the
+            // client to send a held command's synchronizing literal, which sealpost may
+            // then refuse unread, leaving its bytes to be read as commands.
+            tracing::debug!("a continuation request upstream sent during a FETCH job dropped");
+            return (Vec::new(), false);
+        }
         // Plain step: relay the client's own responses as they stream in.
         if self.step == Step::Plain {
             if let Frame::Line { bytes, first, .. } = frame {

@@ -972,16 +972,17 @@ impl Job for SearchJob {
         complete: bool,
         ctx: &ImapContext,
     ) -> (Vec<JobOutput>, bool) {
-        // A `+` asks for the next literal of the plain step's command.
-        if self.step == Step::Plain {
-            if let Frame::Line { bytes, first, .. } = frame {
-                if *first && bytes.starts_with(b"+") {
-                    return match self.rest.pop_front() {
-                        Some(next) => (vec![JobOutput::Upstream(next)], false),
-                        None => (Vec::new(), false),
-                    };
-                }
-            }
+        // A `+` asks for the next literal of the plain step's command; at any other
+        // time it asks for nothing, and never goes to the client (whose commands wait
+        // meanwhile: see `FetchJob::on_upstream`).
+        if super::fetch::is_continuation(frame) {
+            let next = (self.step == Step::Plain)
+                .then(|| self.rest.pop_front())
+                .flatten();
+            return match next {
+                Some(next) => (vec![JobOutput::Upstream(next)], false),
+                None => (Vec::new(), false),
+            };
         }
         if !complete {
             return (Vec::new(), false);

@@ -1786,7 +1786,14 @@ impl Session {
             Inflow::Idle { stage, .. } if *stage == IdleStage::Requested => {
                 *stage = IdleStage::Idling
             }
-            _ => {}
+            _ => {
+                // No relayed command waits for one: a `+` now asks for nothing. Relayed,
+                // it would tell the client to send the synchronizing literal of a
+                // command sealpost holds (and may refuse unread), whose bytes would
+                // then be read as commands.
+                tracing::debug!("a continuation request no command waits for dropped");
+                return;
+            }
         }
         self.send_client(bytes);
         if !self.busy() {

@@ -765,6 +765,50 @@ fn a_seq_number_fetch_that_sets_seen_gives_one_response() {
     );
 }
 
+/// Found by fuzzing (`imap_session`, after 5.8 million runs): upstream sent a `+` while
+/// a FETCH job ran and a LOGIN with a synchronizing literal was held. Relayed, it told
+/// the client to send the literal; sealpost then refused the LOGIN itself without
+/// reading it, and the literal's `ZZ9 DELETE INBOX` went upstream as a command. A `+`
+/// that no relayed command waits for is dropped, during a job or not.
+#[test]
+fn a_continuation_no_command_waits_for_is_never_relayed() {
+    let ctx = gateway();
+    let mut s = with_identity(&ctx);
+    let out = s.on_client(b"a1 UID FETCH 5 (UID BODY[])\r\na2 LOGIN {23}\r\n");
+    assert!(
+        upstream_text(&out).starts_with("sp1x1 UID FETCH 5:"),
+        "{}",
+        upstream_text(&out)
+    );
+    assert_eq!(
+        client_text(&out),
+        "",
+        "the LOGIN waits; sealpost says no go-ahead"
+    );
+    let out = s.on_upstream(b"+ OK\r\n");
+    assert_eq!(client_text(&out), "", "a + during a job is dropped");
+    assert_eq!(upstream_text(&out), "");
+    // The job goes on: UID 5 is plain, and the client's own FETCH is relayed.
+    let out = s.on_upstream(
+        b"* 1 FETCH (UID 5 RFC822.SIZE 10 BODY[HEADER.FIELDS (CONTENT-TYPE SEALPOST-DECRYPTED)] {2}\r\n\r\n)\r\nsp1x1 OK done\r\n",
+    );
+    assert!(upstream_text(&out).starts_with("sp1x2 UID SEARCH UID 5 BODY"));
+    let out = s.on_upstream(b"* SEARCH\r\n+ more\r\nsp1x2 OK done\r\n");
+    assert_eq!(client_text(&out), "", "a + during a job is dropped");
+    let up = upstream_text(&out);
+    assert!(up.contains("UID FETCH 5 (UID BODY[])"), "{up}");
+    let tag = up.split(' ').next().unwrap().to_string();
+    let out = s.on_upstream(format!("+ go on\r\n{tag} OK done\r\n").as_bytes());
+    let text = client_text(&out);
+    assert!(!text.contains("+ "), "{text}");
+    assert!(text.contains("a1 OK") && text.contains("a2 BAD"), "{text}");
+
+    // Without a job, nothing waits for a continuation either.
+    let mut s = with_identity(&ctx);
+    let out = s.on_upstream(b"+ idling\r\n");
+    assert_eq!(client_text(&out), "");
+}
+
 // ----- found by an attacking review ---------------------------------------------
 
 /// During AUTHENTICATE the login was taken from the first line sealpost could decode;

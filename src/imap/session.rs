@@ -1784,7 +1784,14 @@ impl Session {
             // One SASL response per challenge (RFC 3501 §6.2.2).
             Inflow::Sasl { ready, .. } => *ready = true,
             Inflow::Idle { stage, .. } if *stage == IdleStage::Requested => {
-                *stage = IdleStage::Idling
+                *stage = IdleStage::Idling;
+                if self.held.len() >= 6 && self.held[..6].eq_ignore_ascii_case(b"DONE\r\n") {
+                    // The client ended the IDLE before it began and waits for no `+`;
+                    // one relayed now could only be taken for the go-ahead of a literal
+                    // it sent after (a held command sealpost may refuse unread).
+                    self.resume_client();
+                    return;
+                }
             }
             _ => {
                 // No relayed command waits for one: a `+` now asks for nothing. Relayed,

@@ -809,6 +809,25 @@ fn a_continuation_no_command_waits_for_is_never_relayed() {
     assert_eq!(client_text(&out), "");
 }
 
+/// Found by fuzzing too: a client that sends `DONE` before IDLE's `+`, then a command
+/// with a synchronizing literal, would take the `+` for the literal's go-ahead. It waits
+/// for no `+` (its IDLE is over), so none is relayed.
+#[test]
+fn an_idle_ended_before_its_continuation_relays_no_continuation() {
+    let ctx = gateway();
+    let mut s = with_identity(&ctx);
+    let out = s.on_client(b"c1 IDLE\r\nDONE\r\nc2 LOGIN {5}\r\n");
+    assert_eq!(upstream_text(&out), "c1 IDLE\r\n");
+    let out = s.on_upstream(b"+ idling\r\n");
+    assert_eq!(client_text(&out), "", "no + for an IDLE the client ended");
+    assert_eq!(upstream_text(&out), "DONE\r\n");
+    let out = s.on_upstream(b"c1 OK done\r\n");
+    let text = client_text(&out);
+    assert!(text.starts_with("c1 OK done\r\n"), "{text}");
+    assert!(text.contains("c2 BAD") && !text.contains("+ "), "{text}");
+    assert_eq!(upstream_text(&out), "");
+}
+
 // ----- found by an attacking review ---------------------------------------------
 
 /// During AUTHENTICATE the login was taken from the first line sealpost could decode;

@@ -538,15 +538,10 @@ impl Harness {
     }
 
     fn upstream(&mut self, item: &UpItem) {
-        // Upstream is honest about one thing: it asks for a continuation only when it
-        // waits for one (a synchronizing literal, a SASL response, the end of IDLE). An
-        // unsolicited `+` is relayed to a client that may be waiting to send a literal
-        // sealpost has not sent on yet: see fuzz/README.md, "Found".
-        let may_continue = self.awaiting.as_ref().is_some_and(|(_, granted)| !granted)
-            || self.sasl.is_some()
-            || self.upstream_idle;
+        // Upstream may ask for a continuation at any time, also when it waits for none:
+        // sealpost relays a `+` only while a relayed command waits for one (see
+        // fuzz/README.md, "Found").
         let bytes: Vec<u8> = match item {
-            UpItem::Plus if !may_continue => return,
             UpItem::Plus => b"+ OK\r\n".to_vec(),
             UpItem::Tagged { which, status } => {
                 let Some(tag) = (!self.open_tags.is_empty())
@@ -615,15 +610,6 @@ impl Harness {
             }
             UpItem::Raw(b) => b.clone(),
         };
-        let mut bytes = bytes;
-        if !may_continue || !matches!(item, UpItem::Plus | UpItem::Untagged(_)) {
-            // No `+` at a line start (inside message data it would not matter).
-            for i in 0..bytes.len() {
-                if bytes[i] == b'+' && (i == 0 || bytes[i - 1] == b'\n') {
-                    bytes[i] = b'*';
-                }
-            }
-        }
         if debug() {
             eprintln!("S: {:?}", String::from_utf8_lossy(&bytes));
         }

@@ -143,12 +143,12 @@ impl Job for FetchJob {
     }
 }
 
-/// The UID of a FETCH response, from its items.
 /// Is `frame` the start of a continuation request (`+ ...`, RFC 3501 §7.5)?
 pub fn is_continuation(frame: &Frame) -> bool {
     matches!(frame, Frame::Line { bytes, first: true, .. } if bytes.starts_with(b"+"))
 }
 
+/// The UID of a FETCH response, from its items.
 pub fn item_uid(items: &[MessageDataItem<'_>]) -> Option<u32> {
     items.iter().find_map(|i| match i {
         MessageDataItem::Uid(u) => Some(u.get()),
@@ -754,10 +754,7 @@ impl FetchJob {
             return None;
         };
         let items = items.into_inner();
-        let uid = items.iter().find_map(|i| match i {
-            MessageDataItem::Uid(u) => Some(u.get()),
-            _ => None,
-        });
+        let uid = item_uid(&items);
         if self.step == Step::Store {
             // Our own `STORE +FLAGS.SILENT (\Seen)` is not silent everywhere (Cyrus
             // answers it with `FETCH (FLAGS ...)`, without a UID to a seq-number STORE):

@@ -885,10 +885,7 @@ fn stored_from(responses: Vec<Response<'static>>, uids: &[u32]) -> Vec<Stored> {
             continue;
         };
         let items: Vec1<MessageDataItem<'static>> = items;
-        let Some(uid) = items.as_ref().iter().find_map(|i| match i {
-            MessageDataItem::Uid(u) => Some(u.get()),
-            _ => None,
-        }) else {
+        let Some(uid) = super::fetch::item_uid(items.as_ref()) else {
             continue;
         };
         if !uids.contains(&uid) {

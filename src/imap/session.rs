@@ -1704,10 +1704,7 @@ impl Session {
             return None;
         };
         let items = items.into_inner();
-        let uid = items.iter().find_map(|i| match i {
-            imap_types::fetch::MessageDataItem::Uid(u) => Some(u.get()),
-            _ => None,
-        })?;
+        let uid = super::fetch::item_uid(&items)?;
         // Which command a `* n FETCH` answers cannot be told: upstream may run
         // pipelined FETCHes in parallel (Dovecot does; RFC 3501 §5.5), and a STORE's or
         // another session's flag change looks the same. So the first one about a UID

@@ -393,8 +393,8 @@ impl Upstream {
 /// incrementally; [`DotStuffer::finish`] ends the data with `.CRLF`.
 #[derive(Default)]
 pub struct DotStuffer {
-    started: bool,
-    prev: u8,
+    /// Inside a line: the last byte pushed ended none (at the start, a line starts).
+    mid_line: bool,
     /// The chunk ended in a CR: whether an LF follows is for the next one to say.
     cr_pending: bool,
 }
@@ -413,7 +413,6 @@ impl DotStuffer {
             };
             self.cr_pending = false;
             out.extend_from_slice(b"\r\n");
-            self.prev = b'\n';
             if first == b'\n' {
                 rest = &rest[1..];
             }
@@ -421,26 +420,27 @@ impl DotStuffer {
         // A line at a time (or the piece of one this chunk holds): each step starts at
         // a line's start or at the chunk's.
         while let Some(&first) = rest.first() {
-            if (!self.started || self.prev == b'\n') && first == b'.' {
+            if !self.mid_line && first == b'.' {
                 out.push(b'.');
             }
-            self.started = true;
             let Some(i) = memchr::memchr2(b'\r', b'\n', rest) else {
                 out.extend_from_slice(rest);
-                self.prev = rest[rest.len() - 1];
+                self.mid_line = true;
                 break;
             };
             out.extend_from_slice(&rest[..i]);
             let end = match (rest[i], rest.get(i + 1)) {
                 (b'\r', Some(b'\n')) => i + 2,
                 (b'\r', None) => {
+                    // A line ends here either way: CRLF, or a bare CR made one.
                     self.cr_pending = true;
+                    self.mid_line = false;
                     break;
                 }
                 _ => i + 1,
             };
             out.extend_from_slice(b"\r\n");
-            self.prev = b'\n';
+            self.mid_line = false;
             rest = &rest[end..];
         }
         out
@@ -448,7 +448,7 @@ impl DotStuffer {
 
     pub fn finish(self) -> Vec<u8> {
         let mut out = Vec::new();
-        if self.cr_pending || (self.started && self.prev != b'\n') {
+        if self.cr_pending || self.mid_line {
             out.extend_from_slice(b"\r\n");
         }
         out.extend_from_slice(b".\r\n");
@@ -456,7 +456,9 @@ impl DotStuffer {
     }
 }
 
-/// The whole message, stuffed and terminated (see [`DotStuffer`]).
+/// The whole message, stuffed and terminated (see [`DotStuffer`]); the relay streams
+/// instead.
+#[cfg(test)]
 pub fn dot_stuff(message: &[u8]) -> Vec<u8> {
     let mut s = DotStuffer::default();
     let mut out = s.push(message);

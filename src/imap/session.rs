@@ -1782,8 +1782,9 @@ impl Session {
             Inflow::Sasl { ready, .. } => *ready = true,
             Inflow::Idle { stage, .. } if *stage == IdleStage::Requested => {
                 *stage = IdleStage::Idling;
-                if self.held.len() >= 6 && self.held[..6].eq_ignore_ascii_case(b"DONE\r\n") {
-                    // The client ended the IDLE before it began and waits for no `+`;
+                if !self.held.is_empty() {
+                    // The client sent on before the `+`: its DONE, or a line that ends
+                    // the IDLE all the same (see `on_client_frame`). It waits for no `+`;
                     // one relayed now could only be taken for the go-ahead of a literal
                     // it sent after (a held command sealpost may refuse unread).
                     self.resume_client();

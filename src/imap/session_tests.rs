@@ -815,17 +815,20 @@ fn a_continuation_no_command_waits_for_is_never_relayed() {
 #[test]
 fn an_idle_ended_before_its_continuation_relays_no_continuation() {
     let ctx = gateway();
-    let mut s = with_identity(&ctx);
-    let out = s.on_client(b"c1 IDLE\r\nDONE\r\nc2 LOGIN {5}\r\n");
-    assert_eq!(upstream_text(&out), "c1 IDLE\r\n");
-    let out = s.on_upstream(b"+ idling\r\n");
-    assert_eq!(client_text(&out), "", "no + for an IDLE the client ended");
-    assert_eq!(upstream_text(&out), "DONE\r\n");
-    let out = s.on_upstream(b"c1 OK done\r\n");
-    let text = client_text(&out);
-    assert!(text.starts_with("c1 OK done\r\n"), "{text}");
-    assert!(text.contains("c2 BAD") && !text.contains("+ "), "{text}");
-    assert_eq!(upstream_text(&out), "");
+    // DONE as RFC 2177 writes it, with a bare LF (which ends an IDLE too).
+    for done in ["DONE\r\n", "DONE\n"] {
+        let mut s = with_identity(&ctx);
+        let out = s.on_client(format!("c1 IDLE\r\n{done}c2 LOGIN {{5}}\r\n").as_bytes());
+        assert_eq!(upstream_text(&out), "c1 IDLE\r\n");
+        let out = s.on_upstream(b"+ idling\r\n");
+        assert_eq!(client_text(&out), "", "no + for an IDLE the client ended");
+        assert_eq!(upstream_text(&out), "DONE\r\n");
+        let out = s.on_upstream(b"c1 OK done\r\n");
+        let text = client_text(&out);
+        assert!(text.starts_with("c1 OK done\r\n"), "{text}");
+        assert!(text.contains("c2 BAD") && !text.contains("+ "), "{text}");
+        assert_eq!(upstream_text(&out), "");
+    }
 }
 
 // ----- found by an attacking review ---------------------------------------------

@@ -261,8 +261,6 @@ struct Harness {
     /// An AUTHENTICATE upstream is running, and whether it asked for a response.
     sasl: Option<(Vec<u8>, bool)>,
     upstream_closed: bool,
-    /// Upstream received IDLE and not yet DONE.
-    upstream_idle: bool,
     /// Client side.
     tags: u32,
     pending: Option<Pending>,
@@ -325,7 +323,6 @@ impl Harness {
         let awaiting = &mut self.awaiting;
         let sasl = &mut self.sasl;
         let open = &mut self.open_tags;
-        let idle = &mut self.upstream_idle;
         self.to_upstream.push(bytes, |p| match p {
             Piece::Literal(data) => {
                 if let Some((tag, granted)) = awaiting {
@@ -354,15 +351,9 @@ impl Harness {
                         "upstream reads a literal's line as a command: {:?}",
                         String::from_utf8_lossy(bytes)
                     );
-                    if bytes.eq_ignore_ascii_case(b"DONE\r\n") {
-                        *idle = false;
-                    }
                     if let Some((tag, rest)) = tag_of(bytes) {
                         open.push(tag.to_vec());
                         let upper = rest.to_ascii_uppercase();
-                        if upper.starts_with(b"IDLE") {
-                            *idle = true;
-                        }
                         if upper.starts_with(b"AUTHENTICATE") {
                             *sasl = Some((tag.to_vec(), false));
                         }
@@ -672,7 +663,6 @@ fuzz_target!(|input: Input| {
         awaiting: None,
         sasl: None,
         upstream_closed: false,
-        upstream_idle: false,
         tags: 0,
         pending: None,
         plus_seen: false,

@@ -720,6 +720,21 @@ fn bound() -> Duration {
     Duration::from_secs(UPSTREAM_TIMEOUT * 2 + 3)
 }
 
+/// The session ended with `* BYE` (no tagged answer for what upstream left unfinished),
+/// within [`bound`] of `started`. `log`, if any, is shown on failure.
+fn assert_bye_in_time(got: &Ended, started: Instant, what: &str, log: &str) {
+    assert!(
+        matches!(got, Ended::Gone(b) if find(b, b"* BYE")),
+        "{what}: {}\n{log}",
+        got.brief()
+    );
+    assert!(
+        started.elapsed() <= bound(),
+        "{what}: answered after {:?}",
+        started.elapsed()
+    );
+}
+
 /// Upstream cut or stalled during LOGIN, at every 4th byte of its greeting, capability
 /// and login replies and right after sealpost sent LOGIN: no `OK` for a login upstream
 /// did not accept, and an answer within the timeout.
@@ -959,16 +974,7 @@ fn imap_idle_faults() {
             c.w.write_all(b"DONE\r\n").unwrap();
         }
         let got = c.until("a3");
-        assert!(
-            matches!(&got, Ended::Gone(b) if find(b, b"* BYE")),
-            "{action:?} during IDLE: {}",
-            got.brief()
-        );
-        assert!(
-            started.elapsed() <= bound(),
-            "{action:?} during IDLE: answered after {:?}",
-            started.elapsed()
-        );
+        assert_bye_in_time(&got, started, &format!("{action:?} during IDLE"), "");
     }
     rig.relay.clear();
     assert_nothing_left(&rig.proxy, &rig.relay, "imap", base_fds);
@@ -1054,16 +1060,11 @@ fn imap_stall_inside_a_decrypting_job_is_answered_in_time() {
             _ => "UID SEARCH BODY \"fresh secret\"".to_string(),
         };
         let got = c.cmd("a3", &line);
-        assert!(
-            matches!(&got, Ended::Gone(b) if find(b, b"* BYE")),
-            "a stall in the {what}: {}\n{}",
-            got.brief(),
-            rig.proxy.log()
-        );
-        assert!(
-            started.elapsed() <= bound(),
-            "a stall in the {what}: answered after {:?}",
-            started.elapsed()
+        assert_bye_in_time(
+            &got,
+            started,
+            &format!("a stall in the {what}"),
+            &rig.proxy.log(),
         );
     }
     rig.relay.clear();
@@ -1096,16 +1097,7 @@ fn imap_a_chatty_client_does_not_hide_a_stuck_upstream() {
         }
     });
     let got = c.until("a3");
-    assert!(
-        matches!(&got, Ended::Gone(b) if find(b, b"* BYE")),
-        "{}",
-        got.brief()
-    );
-    assert!(
-        started.elapsed() <= bound(),
-        "answered after {:?} although upstream was silent",
-        started.elapsed()
-    );
+    assert_bye_in_time(&got, started, "upstream silent, the client talking", "");
     drop(c);
     let _ = talker.join();
 }

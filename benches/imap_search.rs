@@ -191,6 +191,7 @@ fn main() {
     opts.alice_login = USER.into();
     // As configured by default.
     opts.search_index_fill = true;
+    opts.classify_on_select = true;
 
     // --- (i) the first content search builds the Docs; mbsync pulls INBOX directly
     // (The median of 3 pulls after one untimed: a single pull's time swings.)

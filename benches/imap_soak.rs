@@ -201,6 +201,8 @@ fn main() {
     let mut opts = ProxyOptions::new(1);
     opts.imap_upstream = Some((dovecot.imaps_port, "tls"));
     opts.alice_login = USER.into();
+    // As configured by default (new logins select INBOX again and again).
+    opts.classify_on_select = true;
     let proxy = BenchProxy::start(&bin, ca, &opts);
     let pid = proxy.pid();
     let port = proxy.imaps_port;

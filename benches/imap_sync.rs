@@ -563,6 +563,8 @@ fn proxy_options(dovecot: &Dovecot) -> ProxyOptions {
     opts.imap_upstream = Some((dovecot.imaps_port, "tls"));
     opts.alice_login = USER.into();
     opts.import = vec![keyring().bob().pub_asc.clone()];
+    // As configured by default.
+    opts.classify_on_select = true;
     opts
 }
 

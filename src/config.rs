@@ -359,6 +359,11 @@ pub struct ImapSettings {
     /// password or token is then kept in memory while the client's session lasts).
     #[serde(default = "yes")]
     pub search_index_fill: bool,
+    /// Classify a mailbox's messages (encrypted or not) as soon as a client selects it,
+    /// over a connection of sealpost's own that logs in as the client did: a client
+    /// syncing the mailbox then does not wait for it at its first FETCHes.
+    #[serde(default = "yes")]
+    pub classify_on_select: bool,
 }
 
 impl Default for ImapSettings {
@@ -368,6 +373,7 @@ impl Default for ImapSettings {
             search_index: true,
             search_index_size: default_search_index_size(),
             search_index_fill: true,
+            classify_on_select: true,
         }
     }
 }
@@ -912,6 +918,7 @@ upstream_security = "tls"
         assert_eq!(c.imap.search_index, d.search_index);
         assert_eq!(c.imap.search_index_size, d.search_index_size);
         assert_eq!(c.imap.search_index_fill, d.search_index_fill);
+        assert_eq!(c.imap.classify_on_select, d.classify_on_select);
     }
 
     #[test]

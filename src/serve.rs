@@ -30,6 +30,7 @@ struct Shared {
     /// Search state (which messages are encrypted, what SEARCH reads of them), keyed
     /// like the view cache.
     search: Arc<crate::imap::search_state::SearchState>,
+    ahead: Arc<crate::imap::ahead::Ahead>,
     decrypt_slots: Arc<Semaphore>,
 }
 
@@ -85,6 +86,7 @@ fn build(config: &Config, loaded: &Loaded, shared: &Shared) -> Built {
             max_line_length: config.limits.max_line_length,
             encrypt_append: config.imap.encrypt_append,
             search: shared.search.clone(),
+            ahead: shared.ahead.clone(),
             max_job_view_bytes: config
                 .limits
                 .view_cache_size
@@ -324,6 +326,9 @@ pub async fn run(config: Config) -> Result<(), AppError> {
             crate::imap::search_state::SearchState::default()
         }),
         decrypt_slots: Arc::new(Semaphore::new(cores)),
+        ahead: Arc::new(crate::imap::ahead::Ahead::new(
+            config.imap.classify_on_select,
+        )),
     };
     let built = build(&config, &loaded, &shared);
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -690,3 +690,116 @@ fn a_cache_too_small_for_any_view_still_gives_consistent_answers() {
     assert_eq!(b.get("BODY[]<0>").unwrap(), &view[..100]);
     assert!(String::from_utf8_lossy(b.get("ENVELOPE").unwrap()).contains("Board meeting minutes"));
 }
+
+/// `[imap] classify_on_select`: when a client selects a mailbox, sealpost's own
+/// connection (logged in as the client did) learns which messages need a view, so the
+/// client's FETCHes send no classification upstream, and what the client sees is the
+/// same, byte for byte, as from a sealpost whose FETCHes classify for themselves.
+#[test]
+fn a_mailbox_classified_at_select_looks_exactly_as_one_each_fetch_classifies() {
+    use common::fault::FaultRelay;
+    let ca = TestCa::shared();
+    let dovecot = Dovecot::start(ca, &[(USER, PASS)]);
+    // More messages than one FETCH job classifies along: every kind of the corpus
+    // (not the big one, for time) among plain mail, throughout the mailbox.
+    let kinds: Vec<&[u8]> = corpus()
+        .messages
+        .iter()
+        .filter(|(name, _)| *name != "big")
+        .map(|(_, m)| m.as_slice())
+        .collect();
+    const ROUNDS: usize = 30;
+    for round in 0..ROUNDS {
+        for m in &kinds {
+            dovecot.deliver_new(USER, m);
+        }
+        for i in 0..4 {
+            dovecot.deliver_new(
+                USER,
+                format!("From: carol@example.org\r\nSubject: filler {round} {i}\r\n\r\nplain {round} {i}\r\n")
+                    .as_bytes(),
+            );
+        }
+    }
+    let uids = dovecot.uids(USER, PASS, "INBOX");
+    assert_eq!(uids.len(), ROUNDS * (kinds.len() + 4));
+
+    // Each sealpost reaches Dovecot through a relay that records what it carries.
+    let pull = |ahead: bool| -> (FaultRelay, Vec<Vec<u8>>) {
+        let relay = FaultRelay::start(dovecot.imap_port);
+        let mut opts = ProxyOptions::new(1);
+        opts.imap_upstream = Some((relay.port, "plain"));
+        opts.alice_login = USER.into();
+        opts.import = vec![keyring().bob().pub_asc.clone()];
+        opts.classify_on_select = ahead;
+        let proxy = Proxy::start(ca, &opts);
+        let mut c =
+            RawImap::connect_login(proxy.imap_port, "starttls", Some(&ca.ca_pem), USER, PASS);
+        c.command_ok("SELECT INBOX");
+        if ahead {
+            // Its own connection, second at the relay, ends with LOGOUT once done.
+            let until = std::time::Instant::now() + Duration::from_secs(30);
+            while !(relay.accepted() >= 2
+                && String::from_utf8_lossy(&relay.carried(1).0).contains("LOGOUT"))
+            {
+                assert!(
+                    std::time::Instant::now() < until,
+                    "no classification at SELECT:\n{}",
+                    proxy.log()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        // The way mbsync syncs: list, then one message per command (without FLAGS:
+        // `\Recent` goes to the first session only).
+        c.command_ok("UID FETCH 1:* (UID FLAGS)");
+        let shown: Vec<Vec<u8>> = uids
+            .iter()
+            .map(|uid| c.command_ok(&format!("UID FETCH {uid} (UID RFC822.SIZE BODY.PEEK[])")))
+            .collect();
+        c.logout();
+        drop(proxy);
+        (relay, shown)
+    };
+    let (with_relay, with_ahead) = pull(true);
+    let (without_relay, without) = pull(false);
+
+    for (i, (a, b)) in with_ahead.iter().zip(&without).enumerate() {
+        assert_eq!(
+            String::from_utf8_lossy(a),
+            String::from_utf8_lossy(b),
+            "UID {} differs",
+            uids[i]
+        );
+    }
+    // And what both show is the view: decrypted, the forged status field gone.
+    let count = |needle: &str| {
+        with_ahead
+            .iter()
+            .filter(|r| String::from_utf8_lossy(r).contains(needle))
+            .count()
+    };
+    assert_eq!(count("inline secret text"), ROUNDS);
+    assert_eq!(count("Encrypted by sq, not signed."), ROUNDS);
+    assert_eq!(count("signer=0000"), 0);
+
+    let classification = "BODY.PEEK[HEADER.FIELDS (CONTENT-TYPE SEALPOST-DECRYPTED)]";
+    let session = String::from_utf8_lossy(&with_relay.carried(0).0).to_string();
+    let own = String::from_utf8_lossy(&with_relay.carried(1).0).to_string();
+    assert!(
+        !session.contains(classification),
+        "the client's session classified:\n{session}"
+    );
+    assert!(
+        own.contains(&format!("FETCH 1:* (UID RFC822.SIZE {classification})")),
+        "{own}"
+    );
+    assert!(
+        own.contains("SEARCH UID"),
+        "the inline candidates searched: {own}"
+    );
+    // Without it, the session classifies (the check above can fail), and no second
+    // connection is made.
+    assert!(String::from_utf8_lossy(&without_relay.carried(0).0).contains(classification));
+    assert_eq!(without_relay.accepted(), 1);
+}

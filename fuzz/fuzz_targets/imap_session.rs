@@ -81,6 +81,7 @@ fn context(max_line: usize) -> Arc<ImapContext> {
         max_job_view_bytes: 1 << 18,
         encrypt_append: sealpost::config::EncryptAppend::All,
         search: Default::default(),
+        ahead: Default::default(),
     })
 }
 
@@ -293,7 +294,7 @@ impl Harness {
                 Output::Decrypt(r) => self.decrypts.push(r),
                 Output::Seal(r) => self.seals.push(r),
                 // The background fill runs on a connection of its own (not simulated).
-                Output::Fill(_) => {}
+                Output::Background(_) => {}
                 Output::Close => self.closed = true,
             }
         }

@@ -58,6 +58,7 @@ fn fixed() -> &'static Fixed {
             max_job_view_bytes: 1 << 20,
             encrypt_append: sealpost::config::EncryptAppend::All,
             search: Default::default(),
+            ahead: Default::default(),
         });
         Fixed { ctx, _dir: dir }
     })

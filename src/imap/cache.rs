@@ -91,7 +91,28 @@ impl ViewCache {
             inner.bytes -= cost(&old);
         }
         inner.bytes += c;
-        while inner.bytes > self.max_bytes || inner.map.len() > self.max_entries {
+        Self::evict(&mut inner, self.max_bytes, self.max_entries);
+    }
+
+    /// Inserts `entry` unless `key` has one already (whatever it is): a classification
+    /// learnt ahead never replaces a view built meanwhile. Returns whether it did.
+    pub fn insert_absent(&self, key: Key, entry: Entry) -> bool {
+        let c = cost(&entry);
+        if c > self.max_bytes {
+            return false;
+        }
+        let mut inner = self.lock();
+        if inner.map.peek(&key).is_some() {
+            return false;
+        }
+        inner.map.put(key, entry);
+        inner.bytes += c;
+        Self::evict(&mut inner, self.max_bytes, self.max_entries);
+        true
+    }
+
+    fn evict(inner: &mut Inner, max_bytes: usize, max_entries: usize) {
+        while inner.bytes > max_bytes || inner.map.len() > max_entries {
             let Some((_, e)) = inner.map.pop_lru() else {
                 break;
             };

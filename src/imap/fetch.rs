@@ -50,7 +50,7 @@ enum Step {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Class {
+pub(super) enum Class {
     Plain,
     Special,
     /// Single-part text: inline PGP possible, to be searched.
@@ -60,6 +60,27 @@ enum Class {
     /// never seen): not shown; the FETCH ends with `NO [LIMIT]` naming it.
     Withheld,
 }
+
+impl Class {
+    /// What the view cache remembers of a message so classified (a candidate not found
+    /// by the armor search is plain by then).
+    pub(super) fn entry(self, size: u32) -> Entry {
+        match self {
+            Class::Plain => Entry::Plain,
+            Class::Withheld => Entry::Withheld,
+            Class::Special | Class::Candidate => Entry::Special { size },
+        }
+    }
+}
+
+/// What a classification asks upstream of each message: its size and the two header
+/// fields that decide whether it is shown through a view.
+pub(super) const CLASSIFY_ITEMS: &str =
+    "(UID RFC822.SIZE BODY.PEEK[HEADER.FIELDS (CONTENT-TYPE SEALPOST-DECRYPTED)])";
+
+/// The SEARCH criterion that finds inline PGP among single-part text messages
+/// ([`Class::Candidate`]).
+pub(super) const ARMOR_CRITERION: &str = "BODY \"-----BEGIN PGP MESSAGE-----\"";
 
 #[derive(Debug, Clone)]
 struct Msg {
@@ -605,10 +626,13 @@ impl FetchJob {
                 }
                 if msgs.len() == uids.len() {
                     self.msgs = msgs;
-                    // Encrypted messages classified earlier that come next are built
-                    // along (see `after_search`).
+                    // Encrypted messages classified earlier (by a job, or at SELECT: see
+                    // `super::ahead`) that come next are built along, as far as one job
+                    // ever looks ahead: what is built is bounded by `PREFETCH_MESSAGES`
+                    // and `PREFETCH_BYTES` (see `after_search`), and a client syncing the
+                    // mailbox meets one such job instead of one per window.
                     let last = uids.iter().max().copied().unwrap_or(0);
-                    for uid in last.saturating_add(1)..=last.saturating_add(self.classify_ahead) {
+                    for uid in last.saturating_add(1)..=last.saturating_add(CLASSIFY_AHEAD_MAX) {
                         if let Some(Entry::Special { size }) = ctx.cache.peek(&self.key(uid)) {
                             self.ahead.push(Msg {
                                 seq: None,
@@ -633,7 +657,7 @@ impl FetchJob {
         }
         self.step = Step::Classify;
         let body = format!(
-            "{}FETCH {} (UID RFC822.SIZE BODY.PEEK[HEADER.FIELDS (CONTENT-TYPE SEALPOST-DECRYPTED)]){}",
+            "{}FETCH {} {CLASSIFY_ITEMS}{}",
             self.uid_prefix(),
             classify_set,
             self.modifier_text(self.vanished)
@@ -774,51 +798,8 @@ impl FetchJob {
         let uid = uid?;
         match self.step {
             Step::Classify => {
-                let structure = items.iter().find_map(|i| match i {
-                    MessageDataItem::BodyStructure(b) => Some(b),
-                    _ => None,
-                });
-                let header = items.iter().find_map(|i| match i {
-                    MessageDataItem::BodyExt {
-                        section: Some(Section::HeaderFields(..)),
-                        data,
-                        ..
-                    } => Some(data.0.as_ref().map(|d| d.as_ref()).unwrap_or_default()),
-                    _ => None,
-                })?;
-                let fields = crate::mime::fields(header);
-                let forged = fields.iter().any(|f| f.is(crate::pgp::STATUS_HEADER));
-                let mut class = if forged {
-                    // A forged status field: the message is downloaded, the field removed.
-                    Class::Special
-                } else if let Some(structure) = structure {
-                    classify(structure)
-                } else {
-                    classify_content_type(
-                        fields
-                            .iter()
-                            .find(|f| f.is("Content-Type"))
-                            .map(|f| f.value()),
-                    )
-                };
-                let size = items
-                    .iter()
-                    .find_map(|i| match i {
-                        MessageDataItem::Rfc822Size(n) => Some(*n),
-                        _ => None,
-                    })
-                    .unwrap_or(0);
-                if class != Class::Plain && size as usize > self.max_stored {
-                    // Too large to decrypt or to hold, so known now and not downloaded:
-                    // encrypted mail is shown as stored (logged), and stored mail with a
-                    // status field is not shown at all (it would show the field).
-                    class = if forged {
-                        Class::Withheld
-                    } else {
-                        tracing::warn!(uid, mailbox = %self.selected.mailbox, size, "message over max_message_size; shown as stored");
-                        Class::Plain
-                    };
-                }
+                let (class, size, forged) =
+                    classify_items(&items, self.max_stored, uid, &self.selected.mailbox)?;
                 let msg = Msg {
                     seq: Some(seq.get()),
                     uid,
@@ -1045,9 +1026,9 @@ impl FetchJob {
             self.step = Step::Search;
             let set = format_set(&candidates);
             let body = if self.uid {
-                format!("UID SEARCH UID {set} BODY \"-----BEGIN PGP MESSAGE-----\"")
+                format!("UID SEARCH UID {set} {ARMOR_CRITERION}")
             } else {
-                format!("SEARCH {set} BODY \"-----BEGIN PGP MESSAGE-----\"")
+                format!("SEARCH {set} {ARMOR_CRITERION}")
             };
             return vec![self.command(body)];
         }
@@ -1061,13 +1042,8 @@ impl FetchJob {
             }
         }
         for m in self.msgs.iter().chain(self.ahead.iter()) {
-            let entry = match m.class {
-                Class::Plain => Entry::Plain,
-                Class::Withheld => Entry::Withheld,
-                Class::Special | Class::Candidate => Entry::Special { size: m.size },
-            };
             if ctx.cache.get(&self.key(m.uid)).is_none() {
-                ctx.cache.insert(self.key(m.uid), entry);
+                ctx.cache.insert(self.key(m.uid), m.class.entry(m.size));
             }
         }
         let mut to_download: Vec<u32> = self
@@ -1546,6 +1522,68 @@ fn synthesize(
 
 /// `* SEQ FETCH (UID UID ...`: the start of a response to the classification command,
 /// which asks for UID first (RFC 3501 §7.4.2 grammar: nz-number SP "FETCH" SP "(").
+/// A message's class from the items of its classification response ([`CLASSIFY_ITEMS`]),
+/// with its stored size and whether its stored header carries a (forged) status field;
+/// `None` when the header fields asked for are missing. A message stored larger than
+/// `max_stored` that would need a view is decided here too: encrypted mail is then shown
+/// as stored (logged), mail with a status field not at all.
+pub(super) fn classify_items(
+    items: &[MessageDataItem<'_>],
+    max_stored: usize,
+    uid: u32,
+    mailbox: &str,
+) -> Option<(Class, u32, bool)> {
+    let structure = items.iter().find_map(|i| match i {
+        MessageDataItem::BodyStructure(b) => Some(b),
+        _ => None,
+    });
+    let header = items.iter().find_map(|i| match i {
+        MessageDataItem::BodyExt {
+            section: Some(Section::HeaderFields(..)),
+            data,
+            ..
+        } => Some(data.0.as_ref().map(|d| d.as_ref()).unwrap_or_default()),
+        _ => None,
+    })?;
+    let fields = crate::mime::fields(header);
+    let forged = fields.iter().any(|f| f.is(crate::pgp::STATUS_HEADER));
+    let mut class = if forged {
+        // A forged status field: the message is downloaded, the field removed.
+        Class::Special
+    } else if let Some(structure) = structure {
+        classify(structure)
+    } else {
+        classify_content_type(
+            fields
+                .iter()
+                .find(|f| f.is("Content-Type"))
+                .map(|f| f.value()),
+        )
+    };
+    let size = items
+        .iter()
+        .find_map(|i| match i {
+            MessageDataItem::Rfc822Size(n) => Some(*n),
+            _ => None,
+        })
+        .unwrap_or(0);
+    if class != Class::Plain && size as usize > max_stored {
+        // Too large to decrypt or to hold, so known now and not downloaded.
+        class = if forged {
+            Class::Withheld
+        } else {
+            tracing::warn!(
+                uid,
+                mailbox,
+                size,
+                "message over max_message_size; shown as stored"
+            );
+            Class::Plain
+        };
+    }
+    Some((class, size, forged))
+}
+
 fn classify_prefix(message: &[u8]) -> Option<(u32, u32)> {
     fn number(bytes: &[u8]) -> Option<(u32, &[u8])> {
         let len = bytes.iter().take_while(|b| b.is_ascii_digit()).count();

@@ -218,7 +218,7 @@ pub fn start(ctx: Arc<ImapContext>, up: ImapUpstream, req: FillRequest) {
 }
 
 #[derive(Debug, thiserror::Error)]
-enum FillError {
+pub(super) enum FillError {
     #[error(transparent)]
     Client(#[from] ClientError),
     #[error("{0}")]
@@ -424,7 +424,7 @@ async fn finish(
 }
 
 /// Logs in the way the client did.
-async fn login(c: &mut Client, credential: &Credential) -> Result<(), FillError> {
+pub(super) async fn login(c: &mut Client, credential: &Credential) -> Result<(), FillError> {
     let r = match credential {
         Credential::Login { user, password } => {
             let command = CommandBody::login(user.as_slice(), password.as_slice())

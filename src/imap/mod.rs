@@ -1,6 +1,7 @@
 //! The IMAP proxy: one upstream connection per client connection, the conversation
 //! relayed as it is except where the decrypted view of encrypted mail must be shown.
 
+pub mod ahead;
 pub mod cache;
 pub mod caps;
 pub mod client;
@@ -42,9 +43,18 @@ pub struct ImapContext {
     pub encrypt_append: crate::config::EncryptAppend,
     /// Which messages of a mailbox are encrypted, and what SEARCH reads of them.
     pub search: Arc<search_state::SearchState>,
+    /// Mailboxes classified at SELECT over a connection of sealpost's own (see
+    /// [`ahead`]).
+    pub ahead: Arc<ahead::Ahead>,
 }
 
 impl ImapContext {
+    /// Whether a session keeps the credential its client logged in with, for the
+    /// connections sealpost opens in its name (see [`ahead`] and [`fill`]).
+    pub fn keeps_credential(&self) -> bool {
+        self.ahead.enabled() || self.search.filler().enabled()
+    }
+
     /// The identity whose key decrypts for a login name (`login`, else `address`),
     /// among this account's identities only, else from `[keys] secret_dir`.
     pub fn identity_for_login(&self, login: &str) -> Option<Arc<LoadedIdentity>> {

@@ -1212,8 +1212,9 @@ fn tagged_by(bytes: &[u8], tag: &str) -> bool {
 /// anything carrying sealpost's status field (which must never be shown as stored).
 pub(super) fn encrypted_criteria() -> String {
     format!(
-        "OR OR HEADER Content-Type \"multipart/encrypted\" HEADER {} \"\" BODY \"-----BEGIN PGP MESSAGE-----\"",
-        crate::pgp::STATUS_HEADER
+        "OR OR HEADER Content-Type \"multipart/encrypted\" HEADER {} \"\" {}",
+        crate::pgp::STATUS_HEADER,
+        super::fetch::ARMOR_CRITERION
     )
 }
 

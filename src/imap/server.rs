@@ -306,7 +306,8 @@ async fn handle(
                         let _ = tx.send((tag, index, sealed));
                     });
                 }
-                Output::Fill(req) => {
+                Output::Background(req) => {
+                    crate::imap::ahead::start(svc.ctx.clone(), svc.upstream.clone(), &req);
                     crate::imap::fill::start(svc.ctx.clone(), svc.upstream.clone(), req)
                 }
                 Output::Close => {

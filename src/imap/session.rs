@@ -47,8 +47,10 @@ pub enum Output {
     /// Encrypt a message an APPEND stores to the identity's own key and hand the result
     /// to [`Session::on_sealed`] (CPU work, run off the protocol task).
     Seal(SealRequest),
-    /// Fill the search index for a mailbox in the background (see [`fill::start`]).
-    Fill(fill::FillRequest),
+    /// A mailbox was selected: work for it in the background on connections of
+    /// sealpost's own: classify it ahead (see [`super::ahead::start`]) and fill the
+    /// search index (see [`fill::start`]).
+    Background(fill::FillRequest),
     Close,
 }
 
@@ -852,7 +854,7 @@ impl Session {
                     if let Phase::Authenticating { login, .. } = &mut self.phase {
                         *login = sasl_response_login(&mechanism, &bytes);
                     }
-                    if self.ctx.search.filler().enabled() {
+                    if self.ctx.keeps_credential() {
                         self.offered = sasl_response(&bytes)
                             .and_then(|data| fill::Credential::sasl(&mechanism, &data));
                     }
@@ -951,7 +953,7 @@ impl Session {
                 ref password,
             } => {
                 let user = String::from_utf8_lossy(username.as_ref()).into_owned();
-                if self.ctx.search.filler().enabled() {
+                if self.ctx.keeps_credential() {
                     self.offered = Some(fill::Credential::login(
                         username.as_ref(),
                         password.declassify().as_ref(),
@@ -971,7 +973,7 @@ impl Session {
                 let login = initial_response
                     .as_ref()
                     .and_then(|r| sasl_login(&mechanism, r.declassify().as_ref()));
-                if self.ctx.search.filler().enabled() {
+                if self.ctx.keeps_credential() {
                     self.offered = initial_response
                         .as_ref()
                         .and_then(|r| fill::Credential::sasl(&mechanism, r.declassify().as_ref()));
@@ -1881,7 +1883,7 @@ impl Session {
                 if let (Some(identity), Some(credential), Some(uidvalidity)) =
                     (&identity, &self.credential, uidvalidity)
                 {
-                    self.out.push(Output::Fill(fill::FillRequest {
+                    self.out.push(Output::Background(fill::FillRequest {
                         identity: identity.clone(),
                         mailbox: mailbox.clone(),
                         uidvalidity,

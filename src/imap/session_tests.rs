@@ -17,6 +17,7 @@ fn ctx() -> Arc<ImapContext> {
         max_job_view_bytes: 1 << 20,
         encrypt_append: crate::config::EncryptAppend::All,
         search: Default::default(),
+        ahead: Default::default(),
     })
 }
 
@@ -546,6 +547,7 @@ fn a_fetch_job_step_by_step() {
             max_job_view_bytes: c.max_job_view_bytes,
             encrypt_append: c.encrypt_append,
             search: Default::default(),
+            ahead: Default::default(),
         };
         c = Arc::new(fresh);
         let mut s = with_identity(&c);
@@ -1583,6 +1585,7 @@ fn only_the_signed_payloads_autocrypt_key_is_authenticated() {
         max_job_view_bytes: ctx.max_job_view_bytes,
         encrypt_append: ctx.encrypt_append,
         search: Default::default(),
+        ahead: Default::default(),
     };
     c.max_job_view_bytes = 1 << 20;
     let c = Arc::new(c);
@@ -1639,6 +1642,7 @@ fn a_sealed_copy_of_received_mail_vouches_for_nothing_in_it() {
         max_job_view_bytes: ctx.max_job_view_bytes,
         encrypt_append: ctx.encrypt_append,
         search: Default::default(),
+        ahead: Default::default(),
     };
     c.max_job_view_bytes = 1 << 20;
     let c = Arc::new(c);
@@ -2181,7 +2185,7 @@ fn filling_gateway() -> Arc<ImapContext> {
 fn fills(outs: &[Output]) -> Vec<&fill::FillRequest> {
     outs.iter()
         .filter_map(|o| match o {
-            Output::Fill(r) => Some(r),
+            Output::Background(r) => Some(r),
             _ => None,
         })
         .collect()

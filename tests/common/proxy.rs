@@ -43,6 +43,8 @@ pub struct ProxyOptions {
     /// `[imap] search_index_fill`: off unless a test is about it, so that no test
     /// meets a background connection it did not ask for.
     pub search_index_fill: bool,
+    /// `[imap] classify_on_select`: off unless a test is about it, for the same reason.
+    pub classify_on_select: bool,
 }
 
 impl ProxyOptions {
@@ -64,6 +66,7 @@ impl ProxyOptions {
             key_dir: None,
             listener_extra: String::new(),
             search_index_fill: false,
+            classify_on_select: false,
         }
     }
 }
@@ -201,6 +204,7 @@ impl Proxy {
         tls.insert("key".into(), path_of(&ca.key_pem));
         let mut imap = toml::Table::new();
         imap.insert("search_index_fill".into(), opts.search_index_fill.into());
+        imap.insert("classify_on_select".into(), opts.classify_on_select.into());
 
         let mut config = toml::Table::new();
         config.insert("state_dir".into(), path_of(&dir.join("state")));

@@ -360,8 +360,10 @@ pub struct ImapSettings {
     #[serde(default = "yes")]
     pub search_index_fill: bool,
     /// Classify a mailbox's messages (encrypted or not) as soon as a client selects it,
-    /// over a connection of sealpost's own that logs in as the client did: a client
-    /// syncing the mailbox then does not wait for it at its first FETCHes.
+    /// over a connection of sealpost's own that logs in as the client did (the login's
+    /// password or token is then kept in memory while the client's session lasts, as
+    /// for `search_index_fill`): a client syncing the mailbox then does not wait for it
+    /// at its first FETCHes.
     #[serde(default = "yes")]
     pub classify_on_select: bool,
 }

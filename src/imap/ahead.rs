@@ -38,6 +38,12 @@ pub const RUNNING: usize = 2;
 pub const AGAIN_AFTER: Duration = Duration::from_secs(60);
 /// Mailboxes remembered; the oldest entries go first beyond it.
 const REMEMBERED: usize = 4096;
+/// A run that takes longer than this is given up (each read has the upstream timeout
+/// too).
+const DEADLINE: Duration = Duration::from_secs(120);
+/// Candidates searched for an armor line per SEARCH command, so that its line stays
+/// short whatever the UIDs.
+const SEARCH_CHUNK: usize = 1000;
 
 /// (account, identity, mailbox).
 type MailboxOf = (Arc<str>, String, String);
@@ -136,7 +142,9 @@ pub fn start(ctx: Arc<ImapContext>, up: ImapUpstream, req: &FillRequest) {
     let Some(from) = ahead.claim(key.clone(), req.uidvalidity, Instant::now()) else {
         return;
     };
-    let credential = req.credential.clone();
+    // The credential lives as long as the client's session and no longer: a run whose
+    // client left before it logged in does not log in.
+    let credential = Arc::downgrade(&req.credential);
     let (identity, mailbox, uidvalidity) =
         (req.identity.clone(), req.mailbox.clone(), req.uidvalidity);
     let span = tracing::debug_span!("ahead", account = %ctx.account, mailbox = %mailbox);
@@ -150,14 +158,25 @@ pub fn start(ctx: Arc<ImapContext>, up: ImapUpstream, req: &FillRequest) {
                 uidvalidity,
                 from,
             };
-            match classify(&ctx, &up, &run, &credential).await {
+            let ran = tokio::time::timeout(DEADLINE, classify(&ctx, &up, &run, &credential)).await;
+            match ran.unwrap_or_else(|_| {
+                Err(FillError::Refused(format!(
+                    "not done within {}s",
+                    DEADLINE.as_secs()
+                )))
+            }) {
                 Ok((n, next_uid)) => {
-                    ctx.ahead.finished(&key, uidvalidity, next_uid);
+                    if let Some(next_uid) = next_uid {
+                        ctx.ahead.finished(&key, uidvalidity, next_uid);
+                    }
                     tracing::debug!(
                         messages = n,
                         ms = started.elapsed().as_millis() as u64,
                         "mailbox classified ahead"
                     );
+                }
+                Err(FillError::Gone) => {
+                    tracing::debug!("the client left before the mailbox was classified ahead")
                 }
                 Err(e) => tracing::info!(
                     error = %e,
@@ -178,29 +197,35 @@ struct Run {
 }
 
 /// Classifies the run's messages into the view cache; returns how many were new to it
-/// and the first UID after them.
+/// and the first UID after them (`None` when the next run should look at the newest
+/// messages again, as after finding none).
 async fn classify(
     ctx: &ImapContext,
     up: &ImapUpstream,
     run: &Run,
-    credential: &super::fill::Credential,
-) -> Result<(usize, u32), FillError> {
+    credential: &std::sync::Weak<super::fill::Credential>,
+) -> Result<(usize, Option<u32>), FillError> {
     let mut c = Client::connect(up, ctx.max_message_size).await?;
-    login(&mut c, credential).await?;
+    let Some(credential) = credential.upgrade() else {
+        return Err(FillError::Gone);
+    };
+    let logged_in = login(&mut c, &credential).await;
+    drop(credential);
+    logged_in?;
     let examine = CommandBody::examine(run.mailbox.as_str())
         .map_err(|e| FillError::Refused(format!("mailbox name: {e:?}")))?;
     let r = c.run(examine).await?;
     if !r.ok() {
         return Err(FillError::Refused(format!("EXAMINE: {}", r.text)));
     }
-    let (mut uidvalidity, mut exists) = (None, 0u32);
+    let (mut uidvalidity, mut uidnext, mut exists) = (None, None, 0u32);
     for response in &r.untagged {
         match response {
-            Response::Status(Status::Untagged(body)) => {
-                if let Some(Code::UidValidity(v)) = body.code {
-                    uidvalidity = Some(v.get());
-                }
-            }
+            Response::Status(Status::Untagged(body)) => match body.code {
+                Some(Code::UidValidity(v)) => uidvalidity = Some(v.get()),
+                Some(Code::UidNext(v)) => uidnext = Some(v.get()),
+                _ => {}
+            },
             Response::Data(Data::Exists(n)) => exists = *n,
             _ => {}
         }
@@ -211,18 +236,23 @@ async fn classify(
             run.uidvalidity
         )));
     }
-    let from = run.from.unwrap_or(1);
     if exists == 0 {
         let _ = c.run_text("LOGOUT").await;
-        return Ok((0, from));
+        return Ok((0, None));
     }
-    let command = match run.from {
+    // The new messages since the last run when there can be no more of them than a
+    // run takes (UIDs below UIDNEXT), else the newest ones.
+    let from = run
+        .from
+        .filter(|&from| uidnext.is_some_and(|next| next.saturating_sub(from) <= MAX_MESSAGES));
+    let command = match from {
         Some(uid) => format!("UID FETCH {uid}:* {CLASSIFY_ITEMS}"),
         None => format!(
             "FETCH {}:* {CLASSIFY_ITEMS}",
             exists.saturating_sub(MAX_MESSAGES - 1).max(1)
         ),
     };
+    let from = from.unwrap_or(1);
     let r = c.run_text(&command).await?;
     if !r.ok() {
         return Err(FillError::Refused(format!("FETCH: {}", r.text)));
@@ -234,7 +264,7 @@ async fn classify(
         uidvalidity: run.uidvalidity,
         uid,
     };
-    let mut next_uid = from;
+    let mut next_uid = None;
     let mut classified: Vec<(u32, Class, u32)> = Vec::new();
     for response in &r.untagged {
         let Response::Data(Data::Fetch { items, .. }) = response else {
@@ -245,7 +275,7 @@ async fn classify(
         let Some(uid) = item_uid(items).filter(|&u| u >= from) else {
             continue;
         };
-        next_uid = next_uid.max(uid.saturating_add(1));
+        next_uid = next_uid.max(Some(uid.saturating_add(1)));
         if ctx.cache.peek(&key(uid)).is_some() {
             continue;
         }
@@ -261,20 +291,18 @@ async fn classify(
         .filter(|(_, class, _)| *class == Class::Candidate)
         .map(|(uid, ..)| *uid)
         .collect();
-    if !candidates.is_empty() {
-        let armored = super::seal::search(
+    let mut armored = std::collections::HashSet::new();
+    for chunk in candidates.chunks(SEARCH_CHUNK) {
+        let found = super::seal::search(
             &mut c,
-            &format!(
-                "UID SEARCH UID {} {ARMOR_CRITERION}",
-                format_set(&candidates)
-            ),
+            &format!("UID SEARCH UID {} {ARMOR_CRITERION}", format_set(chunk)),
         )
         .await?;
-        let armored: std::collections::HashSet<u32> = armored.into_iter().collect();
-        for (uid, class, _) in classified.iter_mut() {
-            if *class == Class::Candidate && !armored.contains(uid) {
-                *class = Class::Plain;
-            }
+        armored.extend(found);
+    }
+    for (uid, class, _) in classified.iter_mut() {
+        if *class == Class::Candidate && !armored.contains(uid) {
+            *class = Class::Plain;
         }
     }
     let mut added = 0;

@@ -64,6 +64,9 @@ pub struct Client {
     next_tag: u64,
     timeout: std::time::Duration,
     buf: Vec<u8>,
+    /// Most bytes of responses held for one command: a server that answers without
+    /// end cannot exhaust memory.
+    reply_limit: usize,
 }
 
 impl Client {
@@ -76,6 +79,7 @@ impl Client {
             next_tag: 0,
             timeout: up.timeout,
             buf: vec![0; 64 * 1024],
+            reply_limit: max_message.saturating_add(64 << 20),
         };
         if greeting.is_empty() {
             // TLS or plain: the greeting comes from the server.
@@ -186,6 +190,18 @@ impl Client {
         self.exchange(&tag, out).await.map(Some)
     }
 
+    /// Counts `msg` into what one command's responses hold (`held` so far).
+    fn hold(&self, held: usize, msg: &[u8]) -> Result<usize, ClientError> {
+        let held = held.saturating_add(msg.len());
+        if held > self.reply_limit {
+            return Err(ClientError::Protocol(format!(
+                "the server sent more than {} MiB in answer to one command",
+                self.reply_limit >> 20
+            )));
+        }
+        Ok(held)
+    }
+
     fn new_tag(&mut self) -> String {
         self.next_tag += 1;
         format!("s{}", self.next_tag)
@@ -205,6 +221,7 @@ impl Client {
         fragments: Vec<Fragment>,
     ) -> Result<Reply, ClientError> {
         let mut untagged = Vec::new();
+        let mut held = 0usize;
         let mut pending = Vec::new();
         for fragment in fragments {
             match fragment {
@@ -221,6 +238,7 @@ impl Client {
                         if msg.starts_with(b"+") {
                             break;
                         }
+                        held = self.hold(held, &msg)?;
                         if let Some(done) = take(&msg, tag, &mut untagged) {
                             return Ok(done);
                         }
@@ -235,6 +253,7 @@ impl Client {
             if msg.starts_with(b"+") {
                 continue;
             }
+            held = self.hold(held, &msg)?;
             if let Some(done) = take(&msg, tag, &mut untagged) {
                 return Ok(done);
             }
@@ -268,11 +287,13 @@ impl Client {
     /// come before it are its own.
     pub async fn finish(&mut self, tag: &str) -> Result<Reply, ClientError> {
         let mut untagged = Vec::new();
+        let mut held = 0usize;
         loop {
             let msg = self.read_message().await?;
             if msg.starts_with(b"+") {
                 continue;
             }
+            held = self.hold(held, &msg)?;
             if let Some(done) = take(&msg, tag, &mut untagged) {
                 return Ok(done);
             }
@@ -399,8 +420,36 @@ mod tests {
             next_tag: 0,
             timeout: std::time::Duration::from_secs(5),
             buf: vec![0; 4096],
+            reply_limit: 1 << 20,
         };
         (c, BufReader::new(theirs))
+    }
+
+    /// A server that answers one command without end is cut off at the limit instead
+    /// of filling memory.
+    #[tokio::test]
+    async fn responses_to_one_command_are_bounded() {
+        let (mut c, mut end) = scripted();
+        let server = async {
+            let _ = line(&mut end).await;
+            let chunk = "* 1 FETCH (UID 1 FLAGS (\\Seen))\r\n".repeat(1000);
+            // Until the client stops reading (it drops the connection).
+            while end.get_mut().write_all(chunk.as_bytes()).await.is_ok() {}
+        };
+        let client = async {
+            let r = c.run_text("UID FETCH 1:* (FLAGS)").await;
+            drop(c);
+            match r {
+                Err(ClientError::Protocol(m)) => assert!(m.contains("more than 1 MiB"), "{m}"),
+                Err(e) => panic!("{e}"),
+                Ok(_) => panic!("an endless answer completed"),
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            tokio::join!(server, client)
+        })
+        .await
+        .expect("cut off, not timed out");
     }
 
     async fn line(end: &mut BufReader<tokio::io::DuplexStream>) -> String {

@@ -206,6 +206,10 @@ pub struct DecryptRequest {
     /// Where what SEARCH reads of the view is kept (see `search::SearchState::record`),
     /// worked out beside the decryption.
     pub doc: Option<Key>,
+    /// The job reads that when the view comes (a SEARCH): it is worked out before the
+    /// view is handed over. Otherwise (a FETCH) after, so the client does not wait for
+    /// the indexing.
+    pub doc_first: bool,
 }
 
 /// Mailbox context of the FETCH.
@@ -627,12 +631,18 @@ impl FetchJob {
                 if msgs.len() == uids.len() {
                     self.msgs = msgs;
                     // Encrypted messages classified earlier (by a job, or at SELECT: see
-                    // `super::ahead`) that come next are built along, as far as one job
-                    // ever looks ahead: what is built is bounded by `PREFETCH_MESSAGES`
-                    // and `PREFETCH_BYTES` (see `after_search`), and a client syncing the
-                    // mailbox meets one such job instead of one per window.
+                    // `super::ahead`) that come next are built along (see
+                    // `after_search`, bounded by `PREFETCH_MESSAGES` and
+                    // `PREFETCH_BYTES`): within the first window for a client that reads
+                    // a message now and then, as far as any job looks once it reads on
+                    // (a sync then meets one such job, not one per doubling window).
+                    let window = if self.classify_ahead > CLASSIFY_AHEAD {
+                        CLASSIFY_AHEAD_MAX
+                    } else {
+                        self.classify_ahead
+                    };
                     let last = uids.iter().max().copied().unwrap_or(0);
-                    for uid in last.saturating_add(1)..=last.saturating_add(CLASSIFY_AHEAD_MAX) {
+                    for uid in last.saturating_add(1)..=last.saturating_add(window) {
                         if let Some(Entry::Special { size }) = ctx.cache.peek(&self.key(uid)) {
                             self.ahead.push(Msg {
                                 seq: None,
@@ -835,6 +845,7 @@ impl FetchJob {
                     limit,
                     prefetch,
                     doc: Some(self.key(uid)),
+                    doc_first: false,
                 })])
             }
             // Only the messages this step asked about; anything else is unsolicited.

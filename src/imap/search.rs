@@ -1085,6 +1085,7 @@ impl SearchJob {
                     limit: self.max_view,
                     prefetch: false,
                     doc: Some(self.selected.key(uid)),
+                    doc_first: true,
                 })])
             }
             Step::State => {

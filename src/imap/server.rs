@@ -268,24 +268,31 @@ async fn handle(
                         let Ok(_permit) = ctx.decrypt_slots.clone().acquire_owned().await else {
                             return;
                         };
-                        let built = tokio::task::spawn_blocking(move || {
+                        // Only a runtime shutting down cancels it: the session ends too.
+                        let _ = tokio::task::spawn_blocking(move || {
                             let started = std::time::Instant::now();
                             let view = crate::imap::fetch::view_or_stand_in(&req.raw, || {
                                 ctx.view(&req.identity, &req.raw, req.limit)
                             });
                             crate::metrics::imap_decrypt_time(started.elapsed());
-                            if let Some(key) = req.doc {
-                                // (A failure there is contained: the job waits for the
-                                // view.)
+                            // What SEARCH reads of it is indexed in the same slot (a
+                            // failure there is contained): before the view is handed
+                            // over when the job reads that, else after.
+                            let mut index = req
+                                .doc
+                                .filter(|_| crate::imap::search_state::lasting(&view));
+                            if req.doc_first {
+                                if let Some(key) = index.take() {
+                                    ctx.search.record(&ctx, key, &view);
+                                }
+                            }
+                            let after = index.map(|key| (key, view.clone()));
+                            let _ = tx.send((req.job, req.uid, req.raw, view));
+                            if let Some((key, view)) = after {
                                 ctx.search.record(&ctx, key, &view);
                             }
-                            (req.job, req.uid, req.raw, view)
                         })
                         .await;
-                        // Only a runtime shutting down cancels it: the session ends too.
-                        if let Ok(result) = built {
-                            let _ = tx.send(result);
-                        }
                     });
                 }
                 Output::Seal(req) => {

@@ -18,13 +18,11 @@
 //! meanwhile) stays.
 
 use super::cache::Key;
-use super::client::Client;
 use super::fetch::{classify_items, format_set, item_uid, Class, ARMOR_CRITERION, CLASSIFY_ITEMS};
-use super::fill::{login, FillError, FillRequest};
+use super::fill::{examine, Examined, FillError, FillRequest};
 use super::server::ImapUpstream;
 use super::ImapContext;
-use imap_types::command::CommandBody;
-use imap_types::response::{Code, Data, Response, Status};
+use imap_types::response::{Data, Response};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -205,37 +203,8 @@ async fn classify(
     run: &Run,
     credential: &std::sync::Weak<super::fill::Credential>,
 ) -> Result<(usize, Option<u32>), FillError> {
-    let mut c = Client::connect(up, ctx.max_message_size).await?;
-    let Some(credential) = credential.upgrade() else {
-        return Err(FillError::Gone);
-    };
-    let logged_in = login(&mut c, &credential).await;
-    drop(credential);
-    logged_in?;
-    let examine = CommandBody::examine(run.mailbox.as_str())
-        .map_err(|e| FillError::Refused(format!("mailbox name: {e:?}")))?;
-    let r = c.run(examine).await?;
-    if !r.ok() {
-        return Err(FillError::Refused(format!("EXAMINE: {}", r.text)));
-    }
-    let (mut uidvalidity, mut uidnext, mut exists) = (None, None, 0u32);
-    for response in &r.untagged {
-        match response {
-            Response::Status(Status::Untagged(body)) => match body.code {
-                Some(Code::UidValidity(v)) => uidvalidity = Some(v.get()),
-                Some(Code::UidNext(v)) => uidnext = Some(v.get()),
-                _ => {}
-            },
-            Response::Data(Data::Exists(n)) => exists = *n,
-            _ => {}
-        }
-    }
-    if uidvalidity != Some(run.uidvalidity) {
-        return Err(FillError::Refused(format!(
-            "the mailbox has UIDVALIDITY {uidvalidity:?} here but {} in the client's session",
-            run.uidvalidity
-        )));
-    }
+    let (mut c, Examined { exists, uidnext }) =
+        examine(ctx, up, credential, &run.mailbox, run.uidvalidity).await?;
     if exists == 0 {
         let _ = c.run_text("LOGOUT").await;
         return Ok((0, None));

@@ -179,6 +179,17 @@ pub fn item_uid(items: &[MessageDataItem<'_>]) -> Option<u32> {
 
 /// The bytes of a FETCH response's body section: `BODY[]` when `whole`, else any
 /// section (`BODY[HEADER.FIELDS …]`). NIL is empty.
+/// RFC822.SIZE among a FETCH response's items (0 when not there).
+pub fn item_size(items: &[MessageDataItem<'_>]) -> u32 {
+    items
+        .iter()
+        .find_map(|i| match i {
+            MessageDataItem::Rfc822Size(n) => Some(*n),
+            _ => None,
+        })
+        .unwrap_or(0)
+}
+
 pub fn item_body(items: &[MessageDataItem<'_>], whole: bool) -> Option<Vec<u8>> {
     items.iter().find_map(|i| match i {
         MessageDataItem::BodyExt { section, data, .. } if !whole || section.is_none() => Some(
@@ -1571,13 +1582,7 @@ pub(super) fn classify_items(
                 .map(|f| f.value()),
         )
     };
-    let size = items
-        .iter()
-        .find_map(|i| match i {
-            MessageDataItem::Rfc822Size(n) => Some(*n),
-            _ => None,
-        })
-        .unwrap_or(0);
+    let size = item_size(items);
     if class != Class::Plain && size as usize > max_stored {
         // Too large to decrypt or to hold, so known now and not downloaded.
         class = if forged {

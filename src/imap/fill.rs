@@ -23,7 +23,7 @@ use super::server::ImapUpstream;
 use super::ImapContext;
 use imap_types::auth::AuthMechanism;
 use imap_types::command::CommandBody;
-use imap_types::response::{Code, Response, Status};
+use imap_types::response::{Code, Data, Response, Status};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -246,36 +246,8 @@ async fn fill(ctx: &Arc<ImapContext>, up: &ImapUpstream, req: &Job) -> Result<us
             .flatten()
             .ok_or(FillError::NoIndex)?
     };
-    let mut c = Client::connect(up, ctx.max_message_size).await?;
-    let Some(credential) = req.credential.upgrade() else {
-        return Err(FillError::Gone);
-    };
-    let logged_in = login(&mut c, &credential).await;
-    drop(credential);
-    logged_in?;
-    let examine = CommandBody::examine(req.mailbox.as_str())
-        .map_err(|e| FillError::Refused(format!("mailbox name: {e:?}")))?;
-    let r = c.run(examine).await?;
-    if !r.ok() {
-        return Err(FillError::Refused(format!("EXAMINE: {}", r.text)));
-    }
-    let uidvalidity = r
-        .untagged
-        .iter()
-        .find_map(|r| match r {
-            Response::Status(Status::Untagged(body)) => match body.code {
-                Some(Code::UidValidity(v)) => Some(v.get()),
-                _ => None,
-            },
-            _ => None,
-        })
-        .ok_or_else(|| FillError::Refused("EXAMINE gave no UIDVALIDITY".into()))?;
-    if uidvalidity != req.uidvalidity {
-        return Err(FillError::Refused(format!(
-            "the mailbox has UIDVALIDITY {uidvalidity} here but {} in the client's session",
-            req.uidvalidity
-        )));
-    }
+    let (mut c, _) = examine(ctx, up, &req.credential, &req.mailbox, req.uidvalidity).await?;
+    let uidvalidity = req.uidvalidity;
     // The same test SEARCH uses (see `search::SearchJob`), within the size views are
     // built for.
     let encrypted = super::seal::search(
@@ -423,8 +395,57 @@ async fn finish(
     Ok(n)
 }
 
+/// What EXAMINE told of a mailbox.
+pub(super) struct Examined {
+    pub exists: u32,
+    pub uidnext: Option<u32>,
+}
+
+/// Connects, logs in the way the client did (unless the client has left: `Gone`) and
+/// EXAMINEs `mailbox`, which must have the UIDVALIDITY the client's session saw.
+pub(super) async fn examine(
+    ctx: &ImapContext,
+    up: &ImapUpstream,
+    credential: &std::sync::Weak<Credential>,
+    mailbox: &str,
+    uidvalidity: u32,
+) -> Result<(Client, Examined), FillError> {
+    let mut c = Client::connect(up, ctx.max_message_size).await?;
+    let Some(credential) = credential.upgrade() else {
+        return Err(FillError::Gone);
+    };
+    let logged_in = login(&mut c, &credential).await;
+    drop(credential);
+    logged_in?;
+    let command = CommandBody::examine(mailbox)
+        .map_err(|e| FillError::Refused(format!("mailbox name: {e:?}")))?;
+    let r = c.run(command).await?;
+    if !r.ok() {
+        return Err(FillError::Refused(format!("EXAMINE: {}", r.text)));
+    }
+    let (mut found, mut uidnext, mut exists) = (None, None, 0u32);
+    for response in &r.untagged {
+        match response {
+            Response::Status(Status::Untagged(body)) => match body.code {
+                Some(Code::UidValidity(v)) => found = Some(v.get()),
+                Some(Code::UidNext(v)) => uidnext = Some(v.get()),
+                _ => {}
+            },
+            Response::Data(Data::Exists(n)) => exists = *n,
+            _ => {}
+        }
+    }
+    let found = found.ok_or_else(|| FillError::Refused("EXAMINE gave no UIDVALIDITY".into()))?;
+    if found != uidvalidity {
+        return Err(FillError::Refused(format!(
+            "the mailbox has UIDVALIDITY {found} here but {uidvalidity} in the client's session"
+        )));
+    }
+    Ok((c, Examined { exists, uidnext }))
+}
+
 /// Logs in the way the client did.
-pub(super) async fn login(c: &mut Client, credential: &Credential) -> Result<(), FillError> {
+async fn login(c: &mut Client, credential: &Credential) -> Result<(), FillError> {
     let r = match credential {
         Credential::Login { user, password } => {
             let command = CommandBody::login(user.as_slice(), password.as_slice())

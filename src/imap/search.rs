@@ -937,13 +937,7 @@ impl SearchJob {
         if !self.sort_set.contains(&uid) {
             return None;
         }
-        let size = items
-            .iter()
-            .find_map(|i| match i {
-                MessageDataItem::Rfc822Size(n) => Some(*n),
-                _ => None,
-            })
-            .unwrap_or(0);
+        let size = super::fetch::item_size(items);
         let mut doc = Doc::from_message(&header);
         doc.size = size;
         Some(SortKeys::of(&doc, arrival, seq, uid))

@@ -150,6 +150,66 @@ enum Pending {
     },
 }
 
+/// The client's commands (and sealpost's own LIST) relayed and not completed, by tag;
+/// how many of them select a mailbox or are sealpost's LIST is counted as they come and
+/// go, so that asking costs nothing with a thousand FETCHes pipelined.
+#[derive(Debug, Default)]
+struct InFlight {
+    map: HashMap<String, Pending>,
+    selects: usize,
+    discovers: usize,
+}
+
+impl InFlight {
+    fn count(&mut self, p: &Pending, up: bool) {
+        let n = match p {
+            Pending::Select { .. } => &mut self.selects,
+            Pending::Discover { .. } => &mut self.discovers,
+            _ => return,
+        };
+        *n = if up { *n + 1 } else { n.saturating_sub(1) };
+    }
+
+    fn insert(&mut self, tag: String, p: Pending) {
+        self.count(&p, true);
+        if let Some(old) = self.map.insert(tag, p) {
+            self.count(&old, false);
+        }
+    }
+
+    fn remove(&mut self, tag: &str) -> Option<Pending> {
+        let p = self.map.remove(tag)?;
+        self.count(&p, false);
+        Some(p)
+    }
+
+    fn get(&self, tag: &str) -> Option<&Pending> {
+        self.map.get(tag)
+    }
+
+    fn contains_key(&self, tag: &str) -> bool {
+        self.map.contains_key(tag)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &String> + std::fmt::Debug {
+        self.map.keys()
+    }
+
+    /// A SELECT or EXAMINE is in flight.
+    fn selecting(&self) -> bool {
+        self.selects > 0
+    }
+
+    /// sealpost's own LIST is in flight.
+    fn discovering(&self) -> bool {
+        self.discovers > 0
+    }
+}
+
 /// Where an IDLE is (RFC 2177).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum IdleStage {
@@ -229,7 +289,7 @@ pub struct Session {
     greeted: bool,
     phase: Phase,
     inflow: Inflow,
-    in_flight: HashMap<String, Pending>,
+    in_flight: InFlight,
     /// The FETCH job running (see [`FetchJob`]).
     job: Option<Box<dyn fetch::Job>>,
     /// UID FETCHes in flight answered from cached views, oldest first (see
@@ -298,7 +358,7 @@ impl Session {
             greeted: false,
             phase: Phase::NotAuthenticated,
             inflow: Inflow::Start,
-            in_flight: HashMap::new(),
+            in_flight: InFlight::default(),
             job: None,
             rewrites: std::collections::VecDeque::new(),
             prefetching: HashMap::new(),
@@ -367,9 +427,7 @@ impl Session {
     }
 
     fn discovering(&self) -> bool {
-        self.in_flight
-            .values()
-            .any(|p| matches!(p, Pending::Discover { .. }))
+        self.in_flight.discovering()
     }
 
     /// After login, with `encrypt_append = "sent-drafts"`: asks upstream which
@@ -902,11 +960,7 @@ impl Session {
         if command_head(&msg).is_some_and(|(_, n)| {
             matches!(n.as_str(), "SEARCH" | "UID SEARCH" | "SORT" | "UID SORT")
         }) {
-            if self
-                .in_flight
-                .values()
-                .any(|p| matches!(p, Pending::Select { .. }))
-            {
+            if self.in_flight.selecting() {
                 // Behind a SELECT: which mailbox it searches is known at its reply.
                 self.waiting = Some(Waiting::Command(tag, msg, splits));
                 return;
@@ -1065,11 +1119,7 @@ impl Session {
         if !fetch::needs_view(&items) {
             return self.relay(tag, Pending::Relayed, msg);
         }
-        if self
-            .in_flight
-            .values()
-            .any(|p| matches!(p, Pending::Select { .. }))
-        {
+        if self.in_flight.selecting() {
             // Pipelined behind a SELECT or EXAMINE: nothing is selected until its reply,
             // and relaying it now would show encrypted mail as stored. It goes on once
             // the reply is in.
@@ -1663,11 +1713,7 @@ impl Session {
             Some(Response::Status(Status::Untagged(body))) => {
                 // RFC 3501 §6.3.1: `OK [UIDVALIDITY n]` comes before the tagged reply.
                 if let Some(Code::UidValidity(v)) = body.code {
-                    if self
-                        .in_flight
-                        .values()
-                        .any(|p| matches!(p, Pending::Select { .. }))
-                    {
+                    if self.in_flight.selecting() {
                         self.last_uidvalidity = Some(v.get());
                     }
                 }

@@ -2264,3 +2264,29 @@ fn a_select_starts_the_background_fill_with_the_logins_credential() {
         assert!(fills(&select(&mut s)).is_empty(), "{login:?}");
     }
 }
+
+/// What is in flight is counted by kind whatever the order of coming and going: a tag
+/// reused (refused by the session, but counted right here too), one removed twice.
+#[test]
+fn commands_in_flight_are_counted_by_kind() {
+    let mut f = InFlight::default();
+    let select = || Pending::Select {
+        mailbox: "INBOX".into(),
+        read_only: false,
+    };
+    f.insert("a".into(), select());
+    f.insert("b".into(), Pending::Discover { special_use: true });
+    f.insert("c".into(), Pending::Relayed);
+    assert!(f.selecting() && f.discovering());
+    f.insert("a".into(), Pending::Relayed);
+    assert!(!f.selecting(), "a SELECT replaced is no longer in flight");
+    f.insert("c".into(), select());
+    assert!(f.selecting());
+    assert!(f.remove("c").is_some());
+    assert!(f.remove("c").is_none());
+    assert!(!f.selecting());
+    f.remove("b");
+    assert!(!f.discovering());
+    f.remove("a");
+    assert!(f.is_empty());
+}

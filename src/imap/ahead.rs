@@ -12,8 +12,10 @@
 //! messages classified, and a job only downloads what must be decrypted.
 //!
 //! Bounded: the newest [`MAX_MESSAGES`] messages of a mailbox; at most [`RUNNING`]
-//! mailboxes at once, process-wide (a SELECT that finds none free does without); a
-//! mailbox again only [`AGAIN_AFTER`] its last run, and then only its new messages.
+//! mailboxes at once per `[[account]]` and [`RUNNING_ALL`] process-wide (a SELECT that
+//! finds none free does without, so one account's slow provider cannot take the
+//! others' turns); a mailbox again only [`AGAIN_AFTER`] its last run, and then only its
+//! new messages.
 //! What it learns is only added to the cache: an entry there already (a view built
 //! meanwhile) stays.
 
@@ -30,8 +32,10 @@ use tracing::Instrument;
 
 /// The newest this many messages of a mailbox are classified ahead.
 pub const MAX_MESSAGES: u32 = 20_000;
-/// Mailboxes classified at once, process-wide.
+/// Mailboxes classified at once per account.
 pub const RUNNING: usize = 2;
+/// Mailboxes classified at once, process-wide.
+pub const RUNNING_ALL: usize = 8;
 /// A mailbox is classified again (its new messages) at the earliest this long after.
 pub const AGAIN_AFTER: Duration = Duration::from_secs(60);
 /// Mailboxes remembered; the oldest entries go first beyond it.
@@ -42,6 +46,12 @@ const DEADLINE: Duration = Duration::from_secs(120);
 /// Candidates searched for an armor line per SEARCH command, so that its line stays
 /// short whatever the UIDs.
 const SEARCH_CHUNK: usize = 1000;
+
+/// The permits a run holds: its account's and the process's.
+type Turn = (
+    tokio::sync::OwnedSemaphorePermit,
+    tokio::sync::OwnedSemaphorePermit,
+);
 
 /// (account, identity, mailbox).
 type MailboxOf = (Arc<str>, String, String);
@@ -59,6 +69,8 @@ struct Done {
 pub struct Ahead {
     enabled: bool,
     running: Arc<tokio::sync::Semaphore>,
+    /// Per account.
+    accounts: Mutex<HashMap<Arc<str>, Arc<tokio::sync::Semaphore>>>,
     done: Mutex<HashMap<MailboxOf, Done>>,
 }
 
@@ -73,13 +85,28 @@ impl Ahead {
     pub fn new(enabled: bool) -> Ahead {
         Ahead {
             enabled,
-            running: Arc::new(tokio::sync::Semaphore::new(RUNNING)),
+            running: Arc::new(tokio::sync::Semaphore::new(RUNNING_ALL)),
+            accounts: Mutex::new(HashMap::new()),
             done: Mutex::new(HashMap::new()),
         }
     }
 
     pub fn enabled(&self) -> bool {
         self.enabled
+    }
+
+    /// A turn for `account`: one of its own and one of the process's, or `None`.
+    fn turn(&self, account: &Arc<str>) -> Option<Turn> {
+        let mine = self
+            .accounts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(account.clone())
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(RUNNING)))
+            .clone();
+        let mine = mine.try_acquire_owned().ok()?;
+        let all = self.running.clone().try_acquire_owned().ok()?;
+        Some((mine, all))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<MailboxOf, Done>> {
@@ -122,13 +149,13 @@ impl Ahead {
 }
 
 /// Starts classifying the mailbox of `req` on a task of its own, unless that is off,
-/// was done recently, or [`RUNNING`] runs are under way.
+/// was done recently, or enough runs are under way (see [`RUNNING`]).
 pub fn start(ctx: Arc<ImapContext>, up: ImapUpstream, req: &FillRequest) {
     let ahead = &ctx.ahead;
     if !ahead.enabled() {
         return;
     }
-    let Ok(permit) = ahead.running.clone().try_acquire_owned() else {
+    let Some(permit) = ahead.turn(&ctx.account) else {
         tracing::debug!("no mailbox classified ahead: enough runs under way");
         return;
     };
@@ -309,6 +336,26 @@ mod tests {
         let after = again + AGAIN_AFTER;
         assert_eq!(a.claim(key("INBOX"), 8, after), Some(None));
         assert_eq!(a.claim(key("Archive"), 8, after), Some(None));
+    }
+
+    #[test]
+    fn each_account_has_turns_of_its_own_within_the_process_bound() {
+        let a = Ahead::new(true);
+        let busy: Arc<str> = "busy".into();
+        let turns: Vec<Turn> = (0..RUNNING).map(|_| a.turn(&busy).unwrap()).collect();
+        assert!(
+            a.turn(&busy).is_none(),
+            "the busy account has used its turns"
+        );
+        // Another account still gets one, up to the process-wide bound.
+        let mut others = Vec::new();
+        for i in 0..RUNNING_ALL - RUNNING {
+            let account: Arc<str> = format!("other{i}").into();
+            others.push(a.turn(&account).expect("a turn of its own"));
+        }
+        assert!(a.turn(&"last".into()).is_none(), "the process-wide bound");
+        drop(turns);
+        assert!(a.turn(&busy).is_some());
     }
 
     #[test]

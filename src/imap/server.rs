@@ -220,9 +220,8 @@ async fn handle(
     };
     let mut session = Session::new(svc.ctx.clone(), implicit_tls, peer.plaintext_ok);
     let mut start = StartCheck::new(peer.check_start);
-    // Views built on the blocking pool come back here: (uid, stored bytes, view).
-    let (views_tx, mut views_rx) =
-        tokio::sync::mpsc::unbounded_channel::<(String, u32, Vec<u8>, crate::pgp::View)>();
+    // Views built on the blocking pool come back here (see `build_view`).
+    let (views_tx, mut views_rx) = tokio::sync::mpsc::unbounded_channel::<Built>();
     // Sealed APPEND messages come back the same way: (tag, sealed message or why not).
     let (sealed_tx, mut sealed_rx) =
         tokio::sync::mpsc::unbounded_channel::<(String, usize, Result<Vec<u8>, String>)>();
@@ -261,39 +260,7 @@ async fn handle(
                     session.tls_started();
                 }
                 Output::Decrypt(req) => {
-                    let ctx = svc.ctx.clone();
-                    let tx = views_tx.clone();
-                    tokio::spawn(async move {
-                        // At most one decryption per core runs at a time, process-wide.
-                        let Ok(_permit) = ctx.decrypt_slots.clone().acquire_owned().await else {
-                            return;
-                        };
-                        // Only a runtime shutting down cancels it: the session ends too.
-                        let _ = tokio::task::spawn_blocking(move || {
-                            let started = std::time::Instant::now();
-                            let view = crate::imap::fetch::view_or_stand_in(&req.raw, || {
-                                ctx.view(&req.identity, &req.raw, req.limit)
-                            });
-                            crate::metrics::imap_decrypt_time(started.elapsed());
-                            // What SEARCH reads of it is indexed in the same slot (a
-                            // failure there is contained): before the view is handed
-                            // over when the job reads that, else after.
-                            let mut index = req
-                                .doc
-                                .filter(|_| crate::imap::search_state::lasting(&view));
-                            if req.doc_first {
-                                if let Some(key) = index.take() {
-                                    ctx.search.record(&ctx, key, &view);
-                                }
-                            }
-                            let after = index.map(|key| (key, view.clone()));
-                            let _ = tx.send((req.job, req.uid, req.raw, view));
-                            if let Some((key, view)) = after {
-                                ctx.search.record(&ctx, key, &view);
-                            }
-                        })
-                        .await;
-                    });
+                    tokio::spawn(build_view(svc.ctx.clone(), req, views_tx.clone()));
                 }
                 Output::Seal(req) => {
                     let ctx = svc.ctx.clone();
@@ -436,6 +403,72 @@ async fn upstream_lost(client: &mut Box<dyn Io>, e: &std::io::Error) -> std::io:
     })
     .await;
     Ok(())
+}
+
+/// Views of FETCHes waiting to be indexed for SEARCH, at most this many: beyond it a
+/// view is not indexed now (a SEARCH that reads it decrypts it again, or the background
+/// fill indexes it).
+static INDEX_BACKLOG: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(256);
+
+/// A view built: (job, UID, stored bytes, view).
+type Built = (String, u32, Vec<u8>, crate::pgp::View);
+
+/// Builds the view `req` asks for, in one of the process's decryption slots, and hands
+/// it to the session. What SEARCH reads of it is indexed in that slot before it is
+/// handed over when the job reads that (a SEARCH); for a FETCH it is indexed after,
+/// in a slot taken again behind the decryptions waiting by then: those hold up clients,
+/// indexing does not. (A failure in indexing is contained.)
+async fn build_view(
+    ctx: Arc<ImapContext>,
+    req: crate::imap::fetch::DecryptRequest,
+    tx: tokio::sync::mpsc::UnboundedSender<Built>,
+) {
+    // At most one decryption per core runs at a time, process-wide.
+    let Ok(slot) = ctx.decrypt_slots.clone().acquire_owned().await else {
+        return;
+    };
+    let worker = ctx.clone();
+    // Only a runtime shutting down cancels it: the session ends too.
+    let Ok(later) = tokio::task::spawn_blocking(move || {
+        let ctx = worker;
+        let started = std::time::Instant::now();
+        let view = crate::imap::fetch::view_or_stand_in(&req.raw, || {
+            ctx.view(&req.identity, &req.raw, req.limit)
+        });
+        crate::metrics::imap_decrypt_time(started.elapsed());
+        let index = req
+            .doc
+            .filter(|_| crate::imap::search_state::lasting(&view));
+        let later = if req.doc_first {
+            if let Some(key) = index {
+                ctx.search.record(&ctx, key, &view);
+            }
+            None
+        } else {
+            index.and_then(|key| {
+                let queued = INDEX_BACKLOG.try_acquire().ok()?;
+                Some((queued, key, view.clone()))
+            })
+        };
+        let _ = tx.send((req.job, req.uid, req.raw, view));
+        later
+    })
+    .await
+    else {
+        return;
+    };
+    drop(slot);
+    let Some((queued, key, view)) = later else {
+        return;
+    };
+    let Ok(_slot) = ctx.decrypt_slots.clone().acquire_owned().await else {
+        return;
+    };
+    let _ = tokio::task::spawn_blocking(move || {
+        ctx.search.record(&ctx, key, &view);
+        drop(queued);
+    })
+    .await;
 }
 
 #[cfg(test)]

@@ -249,12 +249,11 @@ impl openpgp::crypto::Decryptor for X25519<'_> {
         // The sender's ephemeral public key V; S = rV.
         let (v, _) = e.decode_point(&openpgp::types::Curve::Cv25519)?;
         let peer = aws_lc_rs::agreement::UnparsedPublicKey::new(&aws_lc_rs::agreement::X25519, v);
-        let shared: openpgp::crypto::mem::Protected = aws_lc_rs::agreement::agree(
-            &self.secret,
-            peer,
-            anyhow::anyhow!("X25519 key agreement failed"),
-            |s| Ok(s.into()),
-        )?;
+        // (The error value is made before the agreement runs: a unit, so that a
+        // decryption costs no error built for nothing.)
+        let shared: openpgp::crypto::mem::Protected =
+            aws_lc_rs::agreement::agree(&self.secret, peer, (), |s| Ok(s.into()))
+                .map_err(|()| anyhow::anyhow!("X25519 key agreement failed"))?;
         openpgp::crypto::ecdh::decrypt_unwrap(self.public, &shared, ciphertext, plaintext_len)
     }
 }
